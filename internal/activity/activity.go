@@ -1,0 +1,239 @@
+package activity
+
+import (
+	"context"
+	"embed"
+	"fmt"
+	"net/netip"
+	"regexp"
+	"sort"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+// Session is one row of pg_stat_activity: a client session, or a parallel
+// worker of one. A NULL column is the Go zero value (the empty string, the
+// zero time, 0), except ApplicationName and Query, where the empty string is
+// a real value.
+type Session struct {
+	PID             int32
+	LeaderPID       int32 // 0: not a parallel worker, or unknown (PostgreSQL 12)
+	Datname         string
+	Usename         string
+	ApplicationName string
+	ClientAddr      netip.Addr // invalid: a unix socket, or not visible to us
+	BackendType     string
+	State           string
+	BackendStart    time.Time
+	XactStart       time.Time
+	QueryStart      time.Time
+	StateChange     time.Time
+	WaitEventType   string
+	WaitEvent       string
+	Query           string
+	QueryID         int64 // 0: not computed (compute_query_id), or before 14
+	// BlockedBy names the backends that block this one; set only for
+	// sessions waiting on a lock.
+	BlockedBy []int32
+}
+
+// IsParallelWorker reports whether the session is a parallel worker: it
+// dies with its leader, and it is the leader that one acts on.
+func (s *Session) IsParallelWorker() bool {
+	return s.BackendType == "parallel worker"
+}
+
+// StateAge is how long the session has been in its current state at now:
+// for an active session the age of its query, otherwise the time since the
+// state began. It is 0 when the server did not show us the times.
+func (s *Session) StateAge(now time.Time) time.Duration {
+	since := s.StateChange
+	if s.State == "active" {
+		since = s.QueryStart
+	}
+	if since.IsZero() || now.Before(since) {
+		return 0
+	}
+	return now.Sub(since)
+}
+
+// Snapshot is one look at pg_stat_activity.
+type Snapshot struct {
+	// Taken is the server's clock when it took the snapshot; ages are
+	// measured against it, not against the local clock.
+	Taken time.Time
+	// ServerVersion is the server's server_version_num (150004 for 15.4).
+	ServerVersion int
+	// Sessions are ordered by pid, each parallel worker right after its
+	// leader.
+	Sessions []Session
+}
+
+// HasLeaderPID reports whether the server tells a parallel worker's leader
+// (leader_pid is 13+).
+func (s *Snapshot) HasLeaderPID() bool { return s.ServerVersion >= 130000 }
+
+// HasQueryID reports whether the server has pg_stat_activity.query_id (14+).
+func (s *Snapshot) HasQueryID() bool { return s.ServerVersion >= 140000 }
+
+// Filter narrows a snapshot on the server: Where is an SQL boolean
+// expression over pg_catalog.pg_stat_activity aliased "a", with parameters
+// numbered from $1, bound to Args. The zero Filter keeps every session.
+type Filter struct {
+	Where string
+	Args  []any
+}
+
+// MinVersion is the oldest server pgreap supports (PostgreSQL 12).
+const MinVersion = 120000
+
+// ServerVersion is the server's version as server_version_num. It is read
+// from the server_version parameter the server reports when the connection
+// starts, so it costs no round trip; only if that cannot be read does it ask
+// with SHOW server_version_num.
+func ServerVersion(ctx context.Context, conn *pgx.Conn) (int, error) {
+	if v, ok := parseServerVersion(conn.PgConn().ParameterStatus("server_version")); ok {
+		return v, nil
+	}
+	var s string
+	if err := conn.QueryRow(ctx, "SHOW server_version_num").Scan(&s); err != nil {
+		return 0, fmt.Errorf("server version: %w", err)
+	}
+	v, err := strconv.Atoi(s)
+	if err != nil {
+		return 0, fmt.Errorf("server version: cannot read %q", s)
+	}
+	return v, nil
+}
+
+var versionRE = regexp.MustCompile(`^(\d+)(?:\.(\d+))?`)
+
+// parseServerVersion reads "15.4", "16beta2" or "17.0 (Debian 17.0-1)" as
+// server_version_num does (150004, 160000, 170000).
+func parseServerVersion(s string) (int, bool) {
+	m := versionRE.FindStringSubmatch(s)
+	if m == nil {
+		return 0, false
+	}
+	major, _ := strconv.Atoi(m[1])
+	minor, _ := strconv.Atoi(m[2])
+	if major < 10 {
+		return 0, false // 9.6.x: not supported, and numbered otherwise
+	}
+	return major*10000 + minor, true
+}
+
+// statement returns the snapshot statement for a server version.
+func statement(version int) (string, error) {
+	if version < MinVersion {
+		return "", fmt.Errorf("PostgreSQL %d is not supported (12 or later is)", version/10000)
+	}
+	file := "sql/snapshot.v14.sql"
+	switch {
+	case version < 130000:
+		file = "sql/snapshot.v12.sql"
+	case version < 140000:
+		file = "sql/snapshot.v13.sql"
+	}
+	b, err := sqlFiles.ReadFile(file)
+	if err != nil {
+		return "", err
+	}
+	return string(b), nil
+}
+
+// Take takes a snapshot in one statement: the sessions the filter keeps,
+// without pgreap's own session and without non-client backends.
+func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
+	version, err := ServerVersion(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	sql, err := statement(version)
+	if err != nil {
+		return nil, err
+	}
+	if f.Where != "" {
+		sql += "   AND (" + f.Where + ")\n"
+	}
+	sql += " ORDER BY a.pid"
+	rows, err := conn.Query(ctx, sql, f.Args...)
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	defer rows.Close()
+	snap := &Snapshot{ServerVersion: version}
+	for rows.Next() {
+		var (
+			s                                     Session
+			leader                                *int32
+			usename, state, btype, wet, we, query *string
+			addr                                  *netip.Prefix
+			bs, xs, qs, sc                        *time.Time
+			qid                                   *int64
+			app                                   *string
+		)
+		if err := rows.Scan(&s.PID, &leader, &s.Datname, &usename, &app, &addr, &btype, &state,
+			&bs, &xs, &qs, &sc, &wet, &we, &query, &qid, &s.BlockedBy, &snap.Taken); err != nil {
+			return nil, fmt.Errorf("snapshot: %w", err)
+		}
+		s.LeaderPID = deref(leader)
+		s.Usename, s.ApplicationName, s.BackendType, s.State = deref(usename), deref(app), deref(btype), deref(state)
+		s.WaitEventType, s.WaitEvent, s.Query = deref(wet), deref(we), deref(query)
+		s.BackendStart, s.XactStart, s.QueryStart, s.StateChange = deref(bs), deref(xs), deref(qs), deref(sc)
+		s.QueryID = deref(qid)
+		if addr != nil {
+			s.ClientAddr = addr.Addr()
+		}
+		snap.Sessions = append(snap.Sessions, s)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if snap.Taken.IsZero() {
+		snap.Taken = time.Now()
+	}
+	snap.Sessions = GroupWorkers(snap.Sessions)
+	return snap, nil
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
+
+// GroupWorkers orders sessions by pid and moves each parallel worker right
+// after its leader, when the leader is among them. Workers whose leader is
+// not (it was filtered out, or the server is 12 and does not say) keep their
+// place by pid.
+func GroupWorkers(in []Session) []Session {
+	sessions := append([]Session(nil), in...)
+	sort.SliceStable(sessions, func(i, j int) bool { return sessions[i].PID < sessions[j].PID })
+	present := make(map[int32]bool, len(sessions))
+	for _, s := range sessions {
+		present[s.PID] = true
+	}
+	workers := map[int32][]Session{}
+	out := make([]Session, 0, len(sessions))
+	for _, s := range sessions {
+		if s.LeaderPID != 0 && s.LeaderPID != s.PID && present[s.LeaderPID] {
+			workers[s.LeaderPID] = append(workers[s.LeaderPID], s)
+		}
+	}
+	for _, s := range sessions {
+		if s.LeaderPID != 0 && s.LeaderPID != s.PID && present[s.LeaderPID] {
+			continue
+		}
+		out = append(out, s)
+		out = append(out, workers[s.PID]...)
+	}
+	return out
+}

@@ -1,0 +1,27 @@
+-- pgreap snapshot, PostgreSQL 14 and later (leader_pid 13+, query_id 14+).
+-- One row per client session. pgreap's own backend is left out, and so are
+-- rows with datname IS NULL: those are not clients (checkpointer, walwriter,
+-- the autovacuum launcher, physical walsenders, ...).
+-- blocked_by is computed only for sessions waiting on a heavyweight lock:
+-- pg_blocking_pids takes the lock manager's partition locks, so it is costly.
+SELECT a.pid,
+       a.leader_pid,
+       a.datname::text,
+       a.usename::text,
+       a.application_name,
+       a.client_addr,
+       a.backend_type,
+       a.state,
+       a.backend_start,
+       a.xact_start,
+       a.query_start,
+       a.state_change,
+       a.wait_event_type,
+       a.wait_event,
+       a.query,
+       a.query_id,
+       CASE WHEN a.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(a.pid) END AS blocked_by,
+       pg_catalog.statement_timestamp() AS now
+  FROM pg_catalog.pg_stat_activity AS a
+ WHERE a.datname IS NOT NULL
+   AND a.pid <> pg_catalog.pg_backend_pid()

@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime/debug"
+	"strings"
+	"syscall"
+
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/conn"
+)
+
+// The exit codes of shared/PRODUCT.md.
+const (
+	ExitOK         = 0 // every chosen session reached the asked outcome, or ls listed
+	ExitNoMatch    = 1 // nothing matched
+	ExitUsage      = 2 // usage, configuration or connection error
+	ExitIncomplete = 3 // some sessions denied, survived, changed, or protected by pid
+)
+
+// ErrNoMatch: the selection matched no session.
+var ErrNoMatch = errors.New("no sessions matched")
+
+type exitError struct {
+	code int
+	err  error
+}
+
+func (e *exitError) Error() string { return e.err.Error() }
+func (e *exitError) Unwrap() error { return e.err }
+
+// usageError marks bad input: exit 2.
+func usageError(err error) error {
+	if err == nil {
+		return nil
+	}
+	return &exitError{ExitUsage, err}
+}
+
+// ExitCode maps an error to the exit code of shared/PRODUCT.md.
+func ExitCode(err error) int {
+	var ee *exitError
+	switch {
+	case err == nil:
+		return ExitOK
+	case errors.Is(err, ErrNoMatch):
+		return ExitNoMatch
+	case errors.As(err, &ee):
+		return ee.code
+	}
+	return ExitUsage
+}
+
+// Message is the one line printed for an error, with a hint for the
+// SQLSTATEs an operator can fix.
+func Message(err error) string {
+	msg := err.Error()
+	var ce *conn.Error
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &ce) && errors.As(err, &pgErr) {
+		switch pgErr.Code {
+		case "42501":
+			msg += " (hint: this needs pg_read_all_stats, or pg_signal_backend to signal other roles' sessions)"
+		case "57014":
+			msg += " (hint: statement_timeout ended it; set a longer one in the connection string, e.g. statement_timeout=2min)"
+		}
+	}
+	// One line, always: a server message or a wrapped error may have more.
+	return strings.Join(strings.Fields(msg), " ")
+}
+
+// Main runs pgreap with the process's arguments and streams.
+func Main() int {
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return Run(ctx, os.Args[1:], System())
+}
+
+// Run runs pgreap with the given arguments and streams and returns the
+// exit code. Errors are printed as one line on standard error.
+func Run(ctx context.Context, args []string, streams *IOStreams) (code int) {
+	f := &Factory{IO: streams}
+	defer func() {
+		if r := recover(); r != nil {
+			fmt.Fprintf(streams.ErrOut, "pgreap: internal error: %v (please report it, with the output of -v)\n", r)
+			if f.verbose {
+				streams.ErrOut.Write(debug.Stack())
+			}
+			code = ExitUsage
+		}
+	}()
+	cmd := NewCmdRoot(f)
+	cmd.SetArgs(args)
+	cmd.SetIn(streams.In)
+	cmd.SetOut(streams.Out)
+	cmd.SetErr(streams.ErrOut)
+	err := cmd.ExecuteContext(ctx)
+	report(streams.ErrOut, err)
+	return ExitCode(err)
+}
+
+func report(w io.Writer, err error) {
+	if err == nil {
+		return
+	}
+	fmt.Fprintln(w, "pgreap: "+Message(err))
+}

@@ -1,0 +1,111 @@
+package cli
+
+import (
+	"context"
+	"fmt"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// LsOptions are the inputs of `pgreap ls`.
+type LsOptions struct {
+	IO      *IOStreams
+	Connect func(context.Context) (*pgx.Conn, error)
+	Logger  *slog.Logger
+
+	Format    output.Format
+	Color     bool
+	Selectors *selector.Flags
+}
+
+// NewCmdLs builds `pgreap ls`; runF replaces the run in tests.
+func NewCmdLs(f *Factory, runF func(context.Context, *LsOptions) error) *cobra.Command {
+	opts := &LsOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "ls [SELECTORS]",
+		Short: "List client sessions",
+		Long: `List client sessions: pid, database, user, application, client, state,
+how long the state has lasted, wait event, who blocks it, and the query.
+Parallel workers follow their leader. pgreap's own session and
+non-client backends (checkpointer, walwriter, ...) are not listed.
+
+Selectors narrow the list on the server; globs use *. --query is an RE2
+regular expression on the query text.
+
+Exit status: 0 listed, 1 nothing matched, 2 usage or connection error.`,
+		Example: `  pgreap ls
+  pgreap ls --state active --longer-than 5m
+  pgreap ls --db 'shop*' --exclude-user replicator --waiting
+  pgreap ls --app 'report*' --query '(?i)^select' -o json
+  pgreap ls --client 10.0.0.0/8 -o csv > sessions.csv`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if opts.Format, err = f.Format(); err != nil {
+				return err
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			opts.Color = f.Color()
+			opts.Connect = f.Connect
+			opts.Logger = f.Logger()
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return lsRun(cmd.Context(), opts)
+		},
+	}
+	opts.Selectors = selector.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func lsRun(ctx context.Context, opts *LsOptions) error {
+	sel, err := opts.Selectors.Selector()
+	if err != nil {
+		return usageError(err)
+	}
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	snap, err := activity.Take(ctx, conn, sel.Filter())
+	if err != nil {
+		return err
+	}
+	opts.Logger.Debug("snapshot", "sessions", len(snap.Sessions), "server_version", snap.ServerVersion)
+	sessions := snap.Sessions[:0]
+	workers := false
+	for i := range snap.Sessions {
+		if sel.Keep(&snap.Sessions[i]) {
+			sessions = append(sessions, snap.Sessions[i])
+			workers = workers || snap.Sessions[i].IsParallelWorker()
+		}
+	}
+	if workers && !snap.HasLeaderPID() {
+		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: PostgreSQL 12 does not say which leader a parallel worker serves (leader_pid is 13+); workers are listed on their own")
+	}
+	if len(sessions) == 0 && opts.Format == output.Table {
+		return ErrNoMatch
+	}
+	err = output.Write(opts.IO.Out, opts.Format, sessions, output.Options{
+		Now:     snap.Taken,
+		QueryID: snap.HasQueryID(),
+		Color:   opts.Color,
+		Width:   opts.IO.Width,
+	})
+	if err != nil {
+		return err
+	}
+	if len(sessions) == 0 {
+		return ErrNoMatch
+	}
+	return nil
+}

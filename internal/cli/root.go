@@ -1,0 +1,113 @@
+package cli
+
+import (
+	"context"
+	"io"
+	"log/slog"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+// Factory carries what every command needs: the streams, and the global
+// flags that say how to connect and how to print.
+type Factory struct {
+	IO *IOStreams
+
+	conn    conn.Params
+	output  string
+	noColor bool
+	verbose bool
+}
+
+// Connect opens pgreap's own connection as the global flags say.
+func (f *Factory) Connect(ctx context.Context) (*pgx.Conn, error) {
+	cfg, err := f.ConnConfig()
+	if err != nil {
+		return nil, err
+	}
+	f.Logger().Debug("connecting", "host", cfg.Host, "port", cfg.Port, "user", cfg.User, "database", cfg.Database)
+	c, err := conn.Connect(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	f.Logger().Debug("connected", "server_version", c.PgConn().ParameterStatus("server_version"), "pid", c.PgConn().PID())
+	return c, nil
+}
+
+// ConnConfig checks the connection flags without connecting, so that bad
+// input is reported before anything is done.
+func (f *Factory) ConnConfig() (*pgx.ConnConfig, error) {
+	cfg, err := conn.Config(f.conn)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return cfg, nil
+}
+
+// Format is the output format: -o, else a table.
+func (f *Factory) Format() (output.Format, error) {
+	if f.output == "" {
+		return output.Table, nil
+	}
+	format, err := output.ParseFormat(f.output)
+	if err != nil {
+		return "", usageError(err)
+	}
+	return format, nil
+}
+
+// Color reports whether to print ANSI colours: only on a terminal, and not
+// with NO_COLOR, TERM=dumb or --no-color.
+func (f *Factory) Color() bool {
+	return f.IO.OutTTY && !f.IO.NoColor && !f.noColor
+}
+
+// Logger is the diagnostic log on standard error: warnings, and debug
+// lines with -v.
+func (f *Factory) Logger() *slog.Logger {
+	level := slog.LevelWarn
+	if f.verbose {
+		level = slog.LevelDebug
+	}
+	var w io.Writer = f.IO.ErrOut
+	return slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: level}))
+}
+
+// NewCmdRoot builds the whole command tree.
+func NewCmdRoot(f *Factory) *cobra.Command {
+	cmd := &cobra.Command{
+		Use:   "pgreap",
+		Short: "Find PostgreSQL sessions and end them safely",
+		Long: `pgreap finds PostgreSQL sessions and ends them safely.
+
+It connects like psql does: -d takes a keyword/value string or a URL, and
+the PG* environment variables, ~/.pgpass and service files apply.`,
+		Example: `  pgreap ls
+  pgreap ls --state active --longer-than 5m
+  pgreap -h db1 -U admin ls --db shop -o json`,
+		SilenceUsage:  true,
+		SilenceErrors: true,
+		CompletionOptions: cobra.CompletionOptions{
+			DisableDefaultCmd: true,
+		},
+	}
+	pf := cmd.PersistentFlags()
+	// -h is the host, as in psql; help is --help only.
+	pf.Bool("help", false, "help for a command")
+	pf.StringVarP(&f.conn.DSN, "dsn", "d", "", "connection string: keyword/value or URL (as psql's -d)")
+	pf.StringVarP(&f.conn.Host, "host", "h", "", "server host or socket directory")
+	pf.StringVarP(&f.conn.Port, "port", "p", "", "server port")
+	pf.StringVarP(&f.conn.User, "username", "U", "", "role to connect as")
+	pf.StringVarP(&f.output, "output", "o", "", "output format: table, json or csv (default table)")
+	pf.BoolVar(&f.noColor, "no-color", false, "no colours, even on a terminal")
+	pf.BoolVarP(&f.verbose, "verbose", "v", false, "debug log on standard error")
+	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
+		return usageError(err)
+	})
+	cmd.AddCommand(NewCmdLs(f, nil))
+	return cmd
+}

@@ -1,0 +1,226 @@
+package output
+
+import (
+	"fmt"
+	"io"
+	"strconv"
+	"strings"
+	"time"
+	"unicode"
+	"unicode/utf8"
+
+	"github.com/mattn/go-runewidth"
+
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+// column caps keep one long name from pushing the query off the screen.
+var tableColumns = []struct {
+	title string
+	max   int
+}{
+	{"PID", 0},
+	{"DB", 16},
+	{"USER", 16},
+	{"APP", 20},
+	{"CLIENT", 39},
+	{"STATE", 0},
+	{"AGE", 0},
+	{"WAIT", 24},
+	{"BLOCKED BY", 24},
+	{"QUERY", 0},
+}
+
+const (
+	sgrReset  = "\x1b[0m"
+	sgrBold   = "\x1b[1m"
+	sgrDim    = "\x1b[2m"
+	sgrRed    = "\x1b[31m"
+	sgrGreen  = "\x1b[32m"
+	sgrYellow = "\x1b[33m"
+)
+
+// minQueryWidth is the least room the query gets before the row is cut.
+const minQueryWidth = 20
+
+func writeTable(w io.Writer, sessions []activity.Session, opt Options) error {
+	rows := make([][]string, 0, len(sessions)+1)
+	header := make([]string, len(tableColumns))
+	for i, c := range tableColumns {
+		header[i] = c.title
+	}
+	rows = append(rows, header)
+	for i := range sessions {
+		rows = append(rows, tableRow(&sessions[i], opt.Now))
+	}
+	widths := make([]int, len(tableColumns))
+	for _, r := range rows {
+		for i, cell := range r[:len(r)-1] {
+			if w := runewidth.StringWidth(cell); w > widths[i] {
+				widths[i] = w
+			}
+		}
+	}
+	for i, c := range tableColumns {
+		if c.max > 0 && widths[i] > c.max {
+			widths[i] = c.max
+		}
+	}
+	queryWidth := 0 // no limit
+	if opt.Width > 0 {
+		used := 0
+		for _, w := range widths[:len(widths)-1] {
+			used += w + 2
+		}
+		queryWidth = max(opt.Width-used, minQueryWidth)
+	}
+	var b strings.Builder
+	for n, r := range rows {
+		b.Reset()
+		for i, cell := range r {
+			last := i == len(r)-1
+			width := widths[i]
+			if last {
+				width = queryWidth
+			}
+			if width > 0 {
+				cell = runewidth.Truncate(cell, width, "…")
+			}
+			pad := 0
+			if !last {
+				pad = widths[i] - runewidth.StringWidth(cell) + 2
+			}
+			var s *activity.Session // nil: the header
+			if n > 0 {
+				s = &sessions[n-1]
+			}
+			b.WriteString(colorize(cell, i, s, opt))
+			if !last {
+				b.WriteString(strings.Repeat(" ", pad))
+			}
+		}
+		line := strings.TrimRight(b.String(), " ")
+		if _, err := io.WriteString(w, line+"\n"); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func colorize(cell string, col int, s *activity.Session, opt Options) string {
+	if !opt.Color || cell == "" {
+		return cell
+	}
+	if s == nil {
+		return sgrBold + cell + sgrReset
+	}
+	sgr := ""
+	switch tableColumns[col].title {
+	case "STATE":
+		switch s.State {
+		case "active":
+			sgr = sgrGreen
+		case "idle in transaction":
+			sgr = sgrYellow
+		case "idle in transaction (aborted)":
+			sgr = sgrRed
+		case "idle":
+			sgr = sgrDim
+		}
+	case "WAIT":
+		if s.WaitEventType == "Lock" {
+			sgr = sgrRed
+		}
+	case "BLOCKED BY":
+		sgr = sgrRed
+	}
+	if sgr == "" {
+		return cell
+	}
+	return sgr + cell + sgrReset
+}
+
+func tableRow(s *activity.Session, now time.Time) []string {
+	pid := strconv.Itoa(int(s.PID))
+	if s.LeaderPID != 0 && s.LeaderPID != s.PID {
+		pid = "└ " + pid
+	}
+	client := ""
+	if s.ClientAddr.IsValid() {
+		client = s.ClientAddr.String()
+	}
+	wait := s.WaitEventType
+	if s.WaitEvent != "" {
+		wait += ":" + s.WaitEvent
+	}
+	blocked := make([]string, len(s.BlockedBy))
+	for i, p := range s.BlockedBy {
+		blocked[i] = strconv.Itoa(int(p))
+	}
+	state := s.State
+	if s.IsParallelWorker() {
+		state = "worker " + state
+	}
+	return []string{
+		pid,
+		clean(s.Datname),
+		clean(s.Usename),
+		clean(s.ApplicationName),
+		client,
+		state,
+		Age(s.StateAge(now)),
+		clean(wait),
+		strings.Join(blocked, ","),
+		clean(s.Query),
+	}
+}
+
+// clean makes text safe for one table cell on a terminal: runs of
+// whitespace become one space, control characters (escape sequences among
+// them) and invalid UTF-8 become U+FFFD, so no query text or application
+// name can move the cursor, change colours or break a row.
+func clean(s string) string {
+	var b strings.Builder
+	b.Grow(len(s))
+	space := false
+	for i, r := range s {
+		if r == utf8.RuneError {
+			if _, size := utf8.DecodeRuneInString(s[i:]); size <= 1 {
+				b.WriteRune(utf8.RuneError)
+				space = false
+				continue
+			}
+		}
+		switch {
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\f' || r == '\v':
+			if !space {
+				b.WriteByte(' ')
+			}
+			space = true
+			continue
+		case unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r):
+			b.WriteRune(utf8.RuneError)
+		default:
+			b.WriteRune(r)
+		}
+		space = false
+	}
+	return strings.TrimSpace(b.String())
+}
+
+// Age renders a duration compactly: 850ms, 42s, 3m07s, 2h05m, 3d04h.
+func Age(d time.Duration) string {
+	switch {
+	case d <= 0:
+		return ""
+	case d < time.Second:
+		return fmt.Sprintf("%dms", d.Milliseconds())
+	case d < time.Minute:
+		return fmt.Sprintf("%ds", int(d.Seconds()))
+	case d < time.Hour:
+		return fmt.Sprintf("%dm%02ds", int(d.Minutes()), int(d.Seconds())%60)
+	case d < 24*time.Hour:
+		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
+	}
+	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}

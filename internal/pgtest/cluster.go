@@ -1,0 +1,344 @@
+package pgtest
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"net"
+	"os"
+	"os/exec"
+	"os/user"
+	"path/filepath"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"syscall"
+	"time"
+)
+
+// Superuser is the bootstrap superuser of every cluster pgtest starts.
+const Superuser = "postgres"
+
+// Options tune a cluster before it starts.
+type Options struct {
+	// MaxConnections sets max_connections (default 200).
+	MaxConnections int
+	// Settings are extra postgresql.conf lines, name to value.
+	Settings map[string]string
+	// HBA lines are put before the default "trust" lines of pg_hba.conf.
+	HBA []string
+}
+
+// Cluster is a throwaway PostgreSQL server: its data directory and unix
+// socket live in one temporary directory that Stop removes. It listens on
+// the socket and on 127.0.0.1 (for tests of client addresses), never on
+// another address.
+type Cluster struct {
+	// Dir holds the data directory, the socket and the server log.
+	Dir string
+	// BinDir is where initdb, pg_ctl and postgres were taken from.
+	BinDir string
+	// Major is the server's major version (12, 13, ...).
+	Major int
+	// Port is the TCP port on 127.0.0.1 and the socket's port number.
+	Port int
+
+	cred *syscall.Credential
+}
+
+// SocketDir is the directory of the server's unix socket (libpq's host).
+func (c *Cluster) SocketDir() string { return c.Dir }
+
+// DataDir is the cluster's data directory.
+func (c *Cluster) DataDir() string { return filepath.Join(c.Dir, "data") }
+
+// LogFile is the server log.
+func (c *Cluster) LogFile() string { return filepath.Join(c.Dir, "server.log") }
+
+// DSN is a keyword/value connection string over the unix socket.
+func (c *Cluster) DSN(db, user string) string {
+	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=disable", c.Dir, c.Port, quote(db), quote(user))
+}
+
+// TCPDSN is a keyword/value connection string over 127.0.0.1.
+func (c *Cluster) TCPDSN(db, user string) string {
+	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=%s sslmode=disable", c.Port, quote(db), quote(user))
+}
+
+// Env is the libpq environment that points at the cluster as its superuser.
+func (c *Cluster) Env() []string {
+	return []string{
+		"PGHOST=" + c.Dir,
+		"PGPORT=" + strconv.Itoa(c.Port),
+		"PGUSER=" + Superuser,
+		"PGDATABASE=postgres",
+		"PGSSLMODE=disable",
+	}
+}
+
+func quote(s string) string {
+	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
+}
+
+// Start creates and starts a cluster. When the process runs as root the
+// server runs as an unprivileged user ("postgres", else "nobody"), because
+// initdb and postgres refuse to run as root.
+func Start(ctx context.Context, opt Options) (*Cluster, error) {
+	bin, err := FindBinDir()
+	if err != nil {
+		return nil, err
+	}
+	major, err := serverMajor(ctx, bin)
+	if err != nil {
+		return nil, err
+	}
+	dir, err := os.MkdirTemp("", "pgreap-test-*")
+	if err != nil {
+		return nil, err
+	}
+	c := &Cluster{Dir: dir, BinDir: bin, Major: major}
+	ok := false
+	defer func() {
+		if !ok {
+			os.RemoveAll(dir)
+		}
+	}()
+	if os.Geteuid() == 0 {
+		if c.cred, err = unprivileged(); err != nil {
+			return nil, err
+		}
+		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
+			return nil, err
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		return nil, err
+	}
+	if out, err := c.run(ctx, "initdb", "-D", c.DataDir(), "-U", Superuser, "-A", "trust",
+		"-E", "UTF8", "--locale=C", "-N"); err != nil {
+		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
+	}
+	if err := c.configure(opt); err != nil {
+		return nil, err
+	}
+	// A free port can be taken by someone else between our probe and the
+	// server's bind: try a few.
+	for attempt := 0; ; attempt++ {
+		if c.Port, err = freePort(); err != nil {
+			return nil, err
+		}
+		out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60",
+			"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.Port, c.Dir), "start")
+		if err == nil {
+			break
+		}
+		logText, _ := os.ReadFile(c.LogFile())
+		if attempt < 3 && strings.Contains(string(logText), "could not bind") {
+			continue
+		}
+		return nil, fmt.Errorf("pg_ctl start: %w\n%s\n%s", err, out, logText)
+	}
+	ok = true
+	return c, nil
+}
+
+func (c *Cluster) configure(opt Options) error {
+	settings := map[string]string{
+		"max_connections":         "200",
+		"fsync":                   "off",
+		"synchronous_commit":      "off",
+		"full_page_writes":        "off",
+		"shared_buffers":          "32MB",
+		"log_line_prefix":         "'%m [%p] app=%a '",
+		"log_connections":         "off",
+		"max_worker_processes":    "16",
+		"max_parallel_workers":    "8",
+		"unix_socket_permissions": "0777",
+	}
+	if opt.MaxConnections > 0 {
+		settings["max_connections"] = strconv.Itoa(opt.MaxConnections)
+	}
+	for k, v := range opt.Settings {
+		settings[k] = v
+	}
+	keys := make([]string, 0, len(settings))
+	for k := range settings {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	var conf strings.Builder
+	conf.WriteString("\n# pgtest\n")
+	for _, k := range keys {
+		fmt.Fprintf(&conf, "%s = %s\n", k, settings[k])
+	}
+	if err := appendFile(filepath.Join(c.DataDir(), "postgresql.conf"), conf.String()); err != nil {
+		return err
+	}
+	hba := strings.Join(opt.HBA, "\n") + "\n" +
+		"local all all trust\n" +
+		"host all all 127.0.0.1/32 trust\n"
+	return os.WriteFile(filepath.Join(c.DataDir(), "pg_hba.conf"), []byte(hba), 0o600)
+}
+
+func appendFile(name, text string) error {
+	f, err := os.OpenFile(name, os.O_APPEND|os.O_WRONLY, 0)
+	if err != nil {
+		return err
+	}
+	if _, err := f.WriteString(text); err != nil {
+		f.Close()
+		return err
+	}
+	return f.Close()
+}
+
+// Stop stops the server and removes its directory.
+func (c *Cluster) Stop() error {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	_, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "fast", "-w", "-t", "20", "stop")
+	if err != nil {
+		// Only our own postmaster, by the pid in its own pid file.
+		_, err = c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "10", "stop")
+	}
+	if rmErr := os.RemoveAll(c.Dir); err == nil {
+		err = rmErr
+	}
+	return err
+}
+
+// Restart stops and starts the server on the same port.
+func (c *Cluster) Restart(ctx context.Context) error {
+	out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60", "-m", "fast",
+		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.Port, c.Dir), "restart")
+	if err != nil {
+		return fmt.Errorf("pg_ctl restart: %w\n%s", err, out)
+	}
+	return nil
+}
+
+// run executes one of the cluster's binaries as the server's user.
+func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(c.BinDir, name), args...)
+	cmd.Dir = c.Dir
+	cmd.Env = []string{"PATH=" + c.BinDir + ":/usr/bin:/bin", "LC_ALL=C", "TZ=UTC"}
+	if c.cred != nil {
+		cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred}
+	}
+	// pg_ctl start leaves the postmaster running with our pipes open; a log
+	// file instead of a pipe lets pg_ctl return.
+	out, err := os.CreateTemp("", "pgtest-cmd-*")
+	if err != nil {
+		return nil, err
+	}
+	defer os.Remove(out.Name())
+	defer out.Close()
+	cmd.Stdout, cmd.Stderr = out, out
+	err = cmd.Run()
+	text, _ := os.ReadFile(out.Name())
+	return text, err
+}
+
+func unprivileged() (*syscall.Credential, error) {
+	for _, name := range []string{"postgres", "nobody"} {
+		u, err := user.Lookup(name)
+		if err != nil {
+			continue
+		}
+		uid, _ := strconv.Atoi(u.Uid)
+		gid, _ := strconv.Atoi(u.Gid)
+		return &syscall.Credential{Uid: uint32(uid), Gid: uint32(gid), Groups: []uint32{}}, nil
+	}
+	return nil, errors.New("running as root and no unprivileged user (postgres or nobody) to run the server as")
+}
+
+func freePort() (int, error) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		return 0, err
+	}
+	defer l.Close()
+	return l.Addr().(*net.TCPAddr).Port, nil
+}
+
+// FindBinDir finds PostgreSQL server binaries: $PGREAP_TEST_PGBIN; else,
+// with $PGREAP_TEST_PG=MAJOR, the cache that scripts/pg-fetch fills; else
+// `pg_config --bindir`; else the newest /usr/lib/postgresql/*/bin.
+func FindBinDir() (string, error) {
+	if dir := os.Getenv("PGREAP_TEST_PGBIN"); dir != "" {
+		return checkBinDir(dir, "PGREAP_TEST_PGBIN")
+	}
+	if major := os.Getenv("PGREAP_TEST_PG"); major != "" {
+		dir := filepath.Join(CacheDir(), major, "bin")
+		if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
+			return "", fmt.Errorf("PGREAP_TEST_PG=%s: no server binaries in %s (run scripts/pg-fetch %s)", major, dir, major)
+		}
+		return dir, nil
+	}
+	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
+		dir := strings.TrimSpace(string(out))
+		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
+			return dir, nil
+		}
+	}
+	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
+	best, bestMajor := "", 0
+	for _, d := range dirs {
+		m, err := strconv.Atoi(filepath.Base(filepath.Dir(d)))
+		if err != nil || m <= bestMajor {
+			continue
+		}
+		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
+			best, bestMajor = d, m
+		}
+	}
+	if best == "" {
+		return "", errors.New("no PostgreSQL server binaries: install postgresql (apt-get install -y postgresql), or set PGREAP_TEST_PGBIN, or PGREAP_TEST_PG=MAJOR after scripts/pg-fetch MAJOR")
+	}
+	return best, nil
+}
+
+func checkBinDir(dir, from string) (string, error) {
+	for _, b := range []string{"initdb", "pg_ctl", "postgres"} {
+		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
+			return "", fmt.Errorf("%s=%s: no %s there", from, dir, b)
+		}
+	}
+	return dir, nil
+}
+
+// CacheDir is where scripts/pg-fetch keeps server binaries per major
+// version: $PGREAP_PG_CACHE, else /var/cache/pgreap/pg for root (readable by
+// the unprivileged user that runs the servers), else ~/.cache/pgreap/pg.
+func CacheDir() string {
+	if d := os.Getenv("PGREAP_PG_CACHE"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/pgreap/pg"
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "pgreap", "pg")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "pgreap", "pg")
+}
+
+var versionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)
+
+func serverMajor(ctx context.Context, bin string) (int, error) {
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "postgres"), "--version")
+	out, err := cmd.Output()
+	if err != nil {
+		return 0, fmt.Errorf("%s/postgres --version: %w", bin, err)
+	}
+	sc := bufio.NewScanner(strings.NewReader(string(out)))
+	for sc.Scan() {
+		if m := versionRE.FindStringSubmatch(sc.Text()); m != nil {
+			return strconv.Atoi(m[1])
+		}
+	}
+	return 0, fmt.Errorf("%s/postgres --version: cannot read %q", bin, out)
+}

@@ -1,0 +1,231 @@
+package pgtest
+
+import (
+	"context"
+	"crypto/sha1"
+	"encoding/hex"
+	"fmt"
+	"os"
+	"regexp"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
+)
+
+var (
+	shared    *Cluster
+	adminPool *pgxpool.Pool
+	adminOnce sync.Once
+	adminErr  error
+	counter   atomic.Int64
+)
+
+// Main starts the package's cluster, points the libpq environment (PGHOST,
+// PGPORT, PGUSER, PGDATABASE) at it, runs the tests and removes the cluster.
+// Use it from TestMain: os.Exit(pgtest.Main(m, pgtest.Options{})) is wrong;
+// call pgtest.Main(m, opts), which exits itself.
+func Main(m *testing.M, opt Options) {
+	os.Exit(run(m, opt))
+}
+
+func run(m *testing.M, opt Options) int {
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	c, err := Start(ctx, opt)
+	cancel()
+	if err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: cannot start a PostgreSQL cluster: %v\n", err)
+		return 1
+	}
+	shared = c
+	for _, kv := range c.Env() {
+		k, v, _ := strings.Cut(kv, "=")
+		os.Setenv(k, v)
+	}
+	os.Unsetenv("PGSERVICE")
+	os.Unsetenv("PGAPPNAME")
+	os.Unsetenv("PGOPTIONS")
+	code := m.Run()
+	if adminPool != nil {
+		adminPool.Close()
+	}
+	if code != 0 {
+		if tail, err := os.ReadFile(c.LogFile()); err == nil && len(tail) > 0 {
+			if len(tail) > 8000 {
+				tail = tail[len(tail)-8000:]
+			}
+			fmt.Fprintf(os.Stderr, "pgtest: server log tail (PostgreSQL %d):\n%s\n", c.Major, tail)
+		}
+	}
+	if err := c.Stop(); err != nil {
+		fmt.Fprintf(os.Stderr, "pgtest: stop: %v\n", err)
+	}
+	return code
+}
+
+// Shared is the cluster that Main started for this test package.
+func Shared(t testing.TB) *Cluster {
+	t.Helper()
+	if shared == nil {
+		t.Fatal("pgtest: no cluster: call pgtest.Main from TestMain")
+	}
+	return shared
+}
+
+// Admin is a superuser pool on the shared cluster's postgres database.
+func Admin(t testing.TB) *pgxpool.Pool {
+	t.Helper()
+	c := Shared(t)
+	adminOnce.Do(func() {
+		adminPool, adminErr = pgxpool.New(context.Background(), c.DSN("postgres", Superuser)+" application_name=pgtest pool_max_conns=8")
+	})
+	if adminErr != nil {
+		t.Fatalf("pgtest: admin pool: %v", adminErr)
+	}
+	return adminPool
+}
+
+// Context is a context bounded by the test's deadline (or 2 minutes).
+func Context(t testing.TB) context.Context {
+	t.Helper()
+	d := 2 * time.Minute
+	if tt, ok := t.(*testing.T); ok {
+		if dl, ok := tt.Deadline(); ok && time.Until(dl) < d {
+			d = time.Until(dl) - time.Second
+		}
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), d)
+	t.Cleanup(cancel)
+	return ctx
+}
+
+var nonWord = regexp.MustCompile(`[^a-z0-9]+`)
+
+// Tag is the test's tag: its name, cut to fit application_name (63 bytes)
+// with a hash that keeps it unique. Sessions a test opens carry it, so the
+// test can scope selectors to its own sessions.
+func Tag(t testing.TB) string {
+	return fit(t.Name(), 63)
+}
+
+func fit(s string, n int) string {
+	if len(s) <= n {
+		return s
+	}
+	sum := sha1.Sum([]byte(s))
+	h := hex.EncodeToString(sum[:4])
+	return s[:n-len(h)-1] + "-" + h
+}
+
+// Name is a fresh SQL identifier (lower case, [a-z0-9_]) for the test, with
+// a prefix, unique in the run.
+func Name(t testing.TB, prefix string) string {
+	base := strings.Trim(nonWord.ReplaceAllString(strings.ToLower(t.Name()), "_"), "_")
+	n := fmt.Sprintf("_%d", counter.Add(1))
+	return prefix + fit(base, 63-len(prefix)-len(n)) + n
+}
+
+// NewDB creates a database for the test, dropped (with its sessions) when
+// the test ends. It returns the database's name.
+func NewDB(t testing.TB) string {
+	t.Helper()
+	ctx := Context(t)
+	name := Name(t, "t_")
+	if _, err := Admin(t).Exec(ctx, "CREATE DATABASE "+pgx.Identifier{name}.Sanitize()); err != nil {
+		t.Fatalf("pgtest: create database: %v", err)
+	}
+	t.Cleanup(func() { dropDB(t, name) })
+	return name
+}
+
+func dropDB(t testing.TB, name string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	pool := Admin(t)
+	// Sessions the test left open are the test's own: end them so the
+	// database can go (DROP DATABASE ... WITH (FORCE) is 13+).
+	_, _ = pool.Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE datname = $1`, name)
+	for i := 0; i < 100; i++ {
+		_, err := pool.Exec(ctx, "DROP DATABASE IF EXISTS "+pgx.Identifier{name}.Sanitize())
+		if err == nil {
+			return
+		}
+		if !strings.Contains(err.Error(), "being accessed by other users") {
+			t.Logf("pgtest: drop database %s: %v", name, err)
+			return
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// NewRole creates a login role for the test with the given attributes
+// (e.g. "NOSUPERUSER", "PASSWORD 'x'") and grants, dropped when the test ends.
+func NewRole(t testing.TB, attrs string, grants ...string) string {
+	t.Helper()
+	ctx := Context(t)
+	name := Name(t, "r_")
+	id := pgx.Identifier{name}.Sanitize()
+	if _, err := Admin(t).Exec(ctx, "CREATE ROLE "+id+" LOGIN "+attrs); err != nil {
+		t.Fatalf("pgtest: create role: %v", err)
+	}
+	for _, g := range grants {
+		if _, err := Admin(t).Exec(ctx, "GRANT "+g+" TO "+id); err != nil {
+			t.Fatalf("pgtest: grant %s: %v", g, err)
+		}
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+		defer cancel()
+		_, _ = Admin(t).Exec(ctx, `SELECT pg_catalog.pg_terminate_backend(pid) FROM pg_catalog.pg_stat_activity WHERE usename = $1`, name)
+		for i := 0; i < 100; i++ {
+			if _, err := Admin(t).Exec(ctx, "DROP ROLE IF EXISTS "+id); err == nil {
+				return
+			}
+			time.Sleep(50 * time.Millisecond)
+		}
+	})
+	return name
+}
+
+// Connect opens a connection with the given DSN, closed when the test ends.
+func Connect(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	conn, err := pgx.Connect(Context(t), dsn)
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		conn.Close(ctx)
+	})
+	return conn
+}
+
+// Eventually polls cond until it returns true or the test's context ends.
+func Eventually(t testing.TB, what string, cond func() (bool, error)) {
+	t.Helper()
+	ctx := Context(t)
+	delay := 5 * time.Millisecond
+	for {
+		ok, err := cond()
+		if err != nil {
+			t.Fatalf("waiting for %s: %v", what, err)
+		}
+		if ok {
+			return
+		}
+		select {
+		case <-ctx.Done():
+			t.Fatalf("waiting for %s: %v", what, ctx.Err())
+		case <-time.After(delay):
+		}
+		if delay < 100*time.Millisecond {
+			delay *= 2
+		}
+	}
+}

@@ -1,0 +1,134 @@
+package pgtest
+
+import (
+	"context"
+	"errors"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// VictimOptions say where and as whom a victim session connects.
+type VictimOptions struct {
+	// DB is the database (default: postgres).
+	DB string
+	// User is the role (default: the superuser).
+	User string
+	// App is application_name (default: the test's Tag).
+	App string
+	// TCP connects over 127.0.0.1 instead of the unix socket, so the
+	// session has a client_addr.
+	TCP bool
+}
+
+// Victim is a client session a test opened, named by its identity.
+type Victim struct {
+	Conn         *pgx.Conn
+	PID          int32
+	BackendStart time.Time
+	App          string
+
+	t       testing.TB
+	running chan error
+	cancel  context.CancelFunc
+}
+
+// NewVictim opens a tagged client session, closed when the test ends.
+func NewVictim(t testing.TB, opt VictimOptions) *Victim {
+	t.Helper()
+	c := Shared(t)
+	if opt.DB == "" {
+		opt.DB = "postgres"
+	}
+	if opt.User == "" {
+		opt.User = Superuser
+	}
+	if opt.App == "" {
+		opt.App = Tag(t)
+	}
+	dsn := c.DSN(opt.DB, opt.User)
+	if opt.TCP {
+		dsn = c.TCPDSN(opt.DB, opt.User)
+	}
+	dsn += " application_name=" + quote(opt.App)
+	conn := Connect(t, dsn)
+	v := &Victim{Conn: conn, App: opt.App, t: t}
+	err := conn.QueryRow(Context(t), `SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()`).
+		Scan(&v.PID, &v.BackendStart)
+	if err != nil {
+		t.Fatalf("pgtest: victim identity: %v", err)
+	}
+	t.Cleanup(v.stop)
+	return v
+}
+
+// Exec runs statements on the victim and fails the test on error.
+func (v *Victim) Exec(sql string, args ...any) {
+	v.t.Helper()
+	if _, err := v.Conn.Exec(Context(v.t), sql, args...); err != nil {
+		v.t.Fatalf("pgtest: victim %d: %s: %v", v.PID, sql, err)
+	}
+}
+
+// Start runs a statement on the victim in the background (a long query, a
+// lock wait). Wait collects its result; the test's end cancels it.
+func (v *Victim) Start(sql string, args ...any) {
+	v.t.Helper()
+	if v.running != nil {
+		v.t.Fatal("pgtest: victim already runs a statement")
+	}
+	ctx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+	v.running = make(chan error, 1)
+	go func() {
+		_, err := v.Conn.Exec(ctx, sql, args...)
+		v.running <- err
+	}()
+}
+
+// Wait waits for the statement Start began and returns its error.
+func (v *Victim) Wait() error {
+	v.t.Helper()
+	if v.running == nil {
+		return errors.New("pgtest: nothing started")
+	}
+	select {
+	case err := <-v.running:
+		v.running = nil
+		v.cancel()
+		return err
+	case <-Context(v.t).Done():
+		return Context(v.t).Err()
+	}
+}
+
+func (v *Victim) stop() {
+	if v.running != nil {
+		v.cancel()
+		select {
+		case <-v.running:
+		case <-time.After(10 * time.Second):
+		}
+		v.running = nil
+	}
+}
+
+// WaitState polls pg_stat_activity (as the superuser) until the victim's
+// state and wait_event_type are as given ("" matches any wait).
+func (v *Victim) WaitState(state, waitEventType string) {
+	v.t.Helper()
+	Eventually(v.t, "victim "+v.App+" in state "+state, func() (bool, error) {
+		var s, w *string
+		err := Admin(v.t).QueryRow(Context(v.t),
+			`SELECT state, wait_event_type FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2`,
+			v.PID, v.BackendStart).Scan(&s, &w)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, errors.New("victim is gone")
+		}
+		if err != nil {
+			return false, err
+		}
+		return s != nil && *s == state && (waitEventType == "" || (w != nil && *w == waitEventType)), nil
+	})
+}

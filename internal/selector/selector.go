@@ -1,0 +1,285 @@
+package selector
+
+import (
+	"fmt"
+	"net/netip"
+	"regexp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+// Spec is a selection as the user wrote it: the flags of ls, cancel,
+// terminate and kick, or the `match` of a policy rule. Parse checks it.
+type Spec struct {
+	DB             []string `yaml:"db"`
+	User           []string `yaml:"user"`
+	App            []string `yaml:"app"`
+	Client         []string `yaml:"client"`
+	State          []string `yaml:"state"`
+	BackendType    []string `yaml:"backend_type"`
+	ExcludeDB      []string `yaml:"exclude_db"`
+	ExcludeUser    []string `yaml:"exclude_user"`
+	ExcludeApp     []string `yaml:"exclude_app"`
+	Query          string   `yaml:"query"`
+	LongerThan     string   `yaml:"longer_than"`
+	XactLongerThan string   `yaml:"xact_longer_than"`
+	Waiting        bool     `yaml:"waiting"`
+	Blocking       bool     `yaml:"blocking"`
+}
+
+// Selector is a checked selection. Everything but Query is decided by the
+// server (Compile); Query is a regular expression on the query text, decided
+// in Go on the snapshot (Keep).
+type Selector struct {
+	DB, User, App, BackendType         []string // globs
+	ExcludeDB, ExcludeUser, ExcludeApp []string // globs
+	State                              []string // globs over state names
+	Client                             []netip.Prefix
+	Query                              *regexp.Regexp
+	LongerThan, XactLongerThan         time.Duration
+	Waiting, Blocking                  bool
+}
+
+// Error is a selection that cannot be used. Field is the policy key
+// (longer_than); a command line shows it as its flag (--longer-than).
+type Error struct {
+	Field  string
+	Value  string
+	Reason string
+}
+
+func (e *Error) Error() string {
+	return fmt.Sprintf("%s %q: %s", e.Field, e.Value, e.Reason)
+}
+
+// Flag is the command-line flag of the field.
+func (e *Error) Flag() string { return "--" + strings.ReplaceAll(e.Field, "_", "-") }
+
+// States are pg_stat_activity's state names.
+var States = []string{
+	"active",
+	"idle",
+	"idle in transaction",
+	"idle in transaction (aborted)",
+	"fastpath function call",
+	"disabled",
+}
+
+// Parse checks a Spec and turns it into a Selector.
+func Parse(spec Spec) (*Selector, error) {
+	s := &Selector{
+		Waiting:  spec.Waiting,
+		Blocking: spec.Blocking,
+	}
+	var err error
+	lists := []struct {
+		field string
+		in    []string
+		out   *[]string
+	}{
+		{"db", spec.DB, &s.DB},
+		{"user", spec.User, &s.User},
+		{"app", spec.App, &s.App},
+		{"backend_type", spec.BackendType, &s.BackendType},
+		{"exclude_db", spec.ExcludeDB, &s.ExcludeDB},
+		{"exclude_user", spec.ExcludeUser, &s.ExcludeUser},
+		{"exclude_app", spec.ExcludeApp, &s.ExcludeApp},
+	}
+	for _, l := range lists {
+		for _, v := range l.in {
+			if v == "" && l.field != "app" && l.field != "exclude_app" {
+				return nil, &Error{l.field, v, "empty"}
+			}
+			*l.out = append(*l.out, v)
+		}
+	}
+	for _, v := range spec.State {
+		// Accept idle_in_transaction for "idle in transaction": the names
+		// have spaces that are awkward in a shell and in YAML keys.
+		st := strings.ReplaceAll(strings.TrimSpace(v), "_", " ")
+		if !slices.ContainsFunc(States, globRegexp(st).MatchString) {
+			return nil, &Error{"state", v, "not a pg_stat_activity state (" + strings.Join(States, ", ") + ")"}
+		}
+		s.State = append(s.State, st)
+	}
+	for _, v := range spec.Client {
+		p, err := parseClient(v)
+		if err != nil {
+			return nil, &Error{"client", v, err.Error()}
+		}
+		s.Client = append(s.Client, p)
+	}
+	if spec.Query != "" {
+		if s.Query, err = regexp.Compile(spec.Query); err != nil {
+			return nil, &Error{"query", spec.Query, "not a regular expression (RE2): " + strings.TrimPrefix(err.Error(), "error parsing regexp: ")}
+		}
+	}
+	if s.LongerThan, err = parseDuration("longer_than", spec.LongerThan); err != nil {
+		return nil, err
+	}
+	if s.XactLongerThan, err = parseDuration("xact_longer_than", spec.XactLongerThan); err != nil {
+		return nil, err
+	}
+	return s, nil
+}
+
+func parseClient(v string) (netip.Prefix, error) {
+	if strings.Contains(v, "/") {
+		p, err := netip.ParsePrefix(v)
+		if err != nil {
+			return netip.Prefix{}, fmt.Errorf("not an address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7, ::1)")
+		}
+		return p.Masked(), nil
+	}
+	a, err := netip.ParseAddr(v)
+	if err != nil {
+		return netip.Prefix{}, fmt.Errorf("not an address or CIDR (e.g. 10.0.0.0/8, 192.0.2.7, ::1)")
+	}
+	return netip.PrefixFrom(a.WithZone(""), a.BitLen()), nil
+}
+
+func parseDuration(field, v string) (time.Duration, error) {
+	if v == "" {
+		return 0, nil
+	}
+	d, err := time.ParseDuration(v)
+	if err != nil {
+		return 0, &Error{field, v, "not a duration (Go syntax: 90s, 5m, 1h30m)"}
+	}
+	if d <= 0 {
+		return 0, &Error{field, v, "must be more than zero"}
+	}
+	return d, nil
+}
+
+// Keep reports whether a session of the snapshot passes the part of the
+// selection that is decided in Go: the query regular expression. The server
+// decides the rest in Compile's predicate.
+//
+// The regular expression is matched against the text the snapshot saw. It
+// is safe to act on the result only because an action's guard repeats the
+// session's query_start: if the backend moved on to another statement since,
+// the guard no longer matches and the session is reported changed.
+func (s *Selector) Keep(sess *activity.Session) bool {
+	return s.Query == nil || s.Query.MatchString(sess.Query)
+}
+
+// Filter is the selection as a snapshot filter over pg_stat_activity "a".
+func (s *Selector) Filter() activity.Filter {
+	where, args := s.Compile("a", 1)
+	return activity.Filter{Where: where, Args: args}
+}
+
+// Compile turns the selection into one SQL boolean expression over the
+// pg_stat_activity row aliased alias, with parameters numbered from $first.
+// Values are always bound, never spliced into the text; the expression can
+// be repeated inside an action statement so the server re-checks it at the
+// instant of signalling. The query regular expression is not part of it
+// (see Keep).
+func (s *Selector) Compile(alias string, first int) (string, []any) {
+	c := compiler{alias: alias, next: first}
+	c.anyLike("datname", s.DB, false)
+	c.anyLike("usename", s.User, false)
+	c.anyLike("application_name", s.App, false)
+	c.anyLike("backend_type", s.BackendType, false)
+	c.anyLike("state", s.State, false)
+	c.anyLike("datname", s.ExcludeDB, true)
+	c.anyLike("usename", s.ExcludeUser, true)
+	c.anyLike("application_name", s.ExcludeApp, true)
+	if len(s.Client) > 0 {
+		cidrs := make([]string, len(s.Client))
+		for i, p := range s.Client {
+			cidrs[i] = p.String()
+		}
+		c.add(fmt.Sprintf("%s.client_addr <<= ANY (%s::inet[])", alias, c.arg(cidrs)))
+	}
+	if s.LongerThan > 0 {
+		// The current state's age: for an active session its query's,
+		// for any other the time since the state began.
+		c.add(fmt.Sprintf("CASE WHEN %[1]s.state = 'active' THEN %[1]s.query_start ELSE %[1]s.state_change END < pg_catalog.statement_timestamp() - %[2]s::interval",
+			alias, c.arg(interval(s.LongerThan))))
+	}
+	if s.XactLongerThan > 0 {
+		c.add(fmt.Sprintf("%s.xact_start < pg_catalog.statement_timestamp() - %s::interval", alias, c.arg(interval(s.XactLongerThan))))
+	}
+	if s.Waiting {
+		c.add(fmt.Sprintf("%s.wait_event_type = 'Lock'", alias))
+	}
+	if s.Blocking {
+		// Uncorrelated, so the server computes the set of blockers once
+		// for the statement, not once per row.
+		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) FROM pg_catalog.pg_stat_activity AS w WHERE w.wait_event_type = 'Lock')", alias))
+	}
+	if len(c.terms) == 0 {
+		return "true", nil
+	}
+	return strings.Join(c.terms, "\n   AND "), c.args
+}
+
+func interval(d time.Duration) pgtype.Interval {
+	return pgtype.Interval{Microseconds: d.Microseconds(), Valid: true}
+}
+
+type compiler struct {
+	alias string
+	next  int
+	terms []string
+	args  []any
+}
+
+func (c *compiler) arg(v any) string {
+	c.args = append(c.args, v)
+	c.next++
+	return "$" + strconv.Itoa(c.next-1)
+}
+
+func (c *compiler) add(term string) { c.terms = append(c.terms, term) }
+
+func (c *compiler) anyLike(column string, globs []string, exclude bool) {
+	if len(globs) == 0 {
+		return
+	}
+	patterns := make([]string, len(globs))
+	for i, g := range globs {
+		patterns[i] = likePattern(g)
+	}
+	term := fmt.Sprintf("%s.%s LIKE ANY (%s::text[])", c.alias, column, c.arg(patterns))
+	if exclude {
+		// A NULL column (a row we may not see) is not excluded by a name.
+		term = "(" + term + ") IS NOT TRUE"
+	}
+	c.add(term)
+}
+
+// likePattern turns a glob, where only * is special, into a LIKE pattern
+// with the default escape character.
+func likePattern(glob string) string {
+	var b strings.Builder
+	for _, r := range glob {
+		switch r {
+		case '*':
+			b.WriteByte('%')
+		case '%', '_', '\\':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		default:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// globRegexp matches a whole string against a glob where only * is special.
+func globRegexp(glob string) *regexp.Regexp {
+	parts := strings.Split(glob, "*")
+	for i, p := range parts {
+		parts[i] = regexp.QuoteMeta(p)
+	}
+	return regexp.MustCompile("^" + strings.Join(parts, ".*") + "$")
+}
