@@ -229,3 +229,11 @@ func Eventually(t testing.TB, what string, cond func() (bool, error)) {
 		}
 	}
 }
+
+// Exec runs a statement as the superuser on the postgres database.
+func Exec(t testing.TB, sql string, args ...any) {
+	t.Helper()
+	if _, err := Admin(t).Exec(Context(t), sql, args...); err != nil {
+		t.Fatalf("pgtest: %s: %v", sql, err)
+	}
+}

@@ -1,0 +1,4 @@
+package activity
+
+// ParseServerVersion is parseServerVersion, for tests.
+var ParseServerVersion = parseServerVersion
