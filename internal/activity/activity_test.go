@@ -343,7 +343,7 @@ func TestGroupWorkers(t *testing.T) {
 		{PID: 10},
 		{PID: 40, LeaderPID: 10, BackendType: "parallel worker"},
 		{PID: 60, LeaderPID: 99, BackendType: "parallel worker"}, // leader not listed
-		{PID: 20, BackendType: "parallel worker"},               // 12: leader unknown
+		{PID: 20, BackendType: "parallel worker"},                // 12: leader unknown
 	}
 	var got []int32
 	for _, s := range activity.GroupWorkers(in) {
