@@ -5,6 +5,7 @@
 package output
 
 import (
+	"bytes"
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
@@ -123,30 +124,35 @@ func nullTime(t time.Time) any {
 }
 
 func writeJSON(w io.Writer, sessions []activity.Session, opt Options) error {
-	rows := make([]json.RawMessage, 0, len(sessions))
-	var b strings.Builder
+	// Objects are written field by field to keep pg_stat_activity's
+	// column order; query text stays readable (no HTML escaping).
+	var b bytes.Buffer
+	enc := json.NewEncoder(&b)
+	enc.SetEscapeHTML(false)
+	b.WriteString("[")
 	for i := range sessions {
-		b.Reset()
-		b.WriteByte('{')
+		if i > 0 {
+			b.WriteString(",")
+		}
+		b.WriteString("\n  {")
 		for j, f := range fields(&sessions[i], opt) {
 			if j > 0 {
-				b.WriteByte(',')
+				b.WriteString(",")
 			}
-			k, _ := json.Marshal(f.name)
-			v, err := json.Marshal(f.json)
-			if err != nil {
+			b.WriteString("\n    \"" + f.name + "\": ")
+			if err := enc.Encode(f.json); err != nil {
 				return err
 			}
-			b.Write(k)
-			b.WriteByte(':')
-			b.Write(v)
+			b.Truncate(b.Len() - 1) // Encode ends with a newline
 		}
-		b.WriteByte('}')
-		rows = append(rows, json.RawMessage(b.String()))
+		b.WriteString("\n  }")
 	}
-	enc := json.NewEncoder(w)
-	enc.SetIndent("", "  ")
-	return enc.Encode(rows)
+	if len(sessions) > 0 {
+		b.WriteString("\n")
+	}
+	b.WriteString("]\n")
+	_, err := w.Write(b.Bytes())
+	return err
 }
 
 func writeCSV(w io.Writer, sessions []activity.Session, opt Options) error {

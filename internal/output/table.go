@@ -77,26 +77,34 @@ func writeTable(w io.Writer, sessions []activity.Session, opt Options) error {
 	var b strings.Builder
 	for n, r := range rows {
 		b.Reset()
+		used := 0 // columns on the line so far
 		for i, cell := range r {
 			last := i == len(r)-1
 			width := widths[i]
 			if last {
 				width = queryWidth
 			}
-			if width > 0 {
-				cell = runewidth.Truncate(cell, width, "…")
+			if opt.Width > 0 && (width == 0 || width > opt.Width-used) {
+				// A narrow terminal: what does not fit is cut, the
+				// line never wraps.
+				width = max(opt.Width-used, 0)
 			}
-			pad := 0
-			if !last {
-				pad = widths[i] - runewidth.StringWidth(cell) + 2
+			if width > 0 || opt.Width > 0 {
+				cell = cut(cell, width)
 			}
 			var s *activity.Session // nil: the header
 			if n > 0 {
 				s = &sessions[n-1]
 			}
 			b.WriteString(colorize(cell, i, s, opt))
+			used += runewidth.StringWidth(cell)
 			if !last {
+				pad := widths[i] - runewidth.StringWidth(cell) + 2
+				if opt.Width > 0 {
+					pad = min(pad, max(opt.Width-used, 0))
+				}
 				b.WriteString(strings.Repeat(" ", pad))
+				used += pad
 			}
 		}
 		line := strings.TrimRight(b.String(), " ")
@@ -105,6 +113,17 @@ func writeTable(w io.Writer, sessions []activity.Session, opt Options) error {
 		}
 	}
 	return nil
+}
+
+// cut fits a cell in width columns, marking a cut with an ellipsis.
+func cut(cell string, width int) string {
+	switch {
+	case runewidth.StringWidth(cell) <= width:
+		return cell
+	case width <= 1:
+		return runewidth.Truncate(cell, max(width, 0), "")
+	}
+	return runewidth.Truncate(cell, width, "…")
 }
 
 func colorize(cell string, col int, s *activity.Session, opt Options) string {

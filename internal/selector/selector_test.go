@@ -3,10 +3,7 @@ package selector_test
 import (
 	"context"
 	"errors"
-	"flag"
 	"fmt"
-	"os"
-	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
@@ -16,11 +13,10 @@ import (
 
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/golden"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
-
-var update = flag.Bool("update", false, "rewrite golden files")
 
 func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{})
@@ -302,7 +298,7 @@ func TestCompileGolden(t *testing.T) {
 	for i, a := range args {
 		fmt.Fprintf(&b, "-- $%d = %v\n", i+3, a)
 	}
-	golden(t, "compile_all.golden", b.String())
+	golden.Check(t, "compile_all.golden", b.String())
 	for _, lit := range []string{"shop", "replicator", "pg_dump", "10.0.0.0", "web-"} {
 		if strings.Contains(where, lit) {
 			t.Errorf("value %q spliced into the SQL", lit)
@@ -310,25 +306,5 @@ func TestCompileGolden(t *testing.T) {
 	}
 	if where, args := (&selector.Selector{}).Compile("a", 1); where != "true" || len(args) != 0 {
 		t.Errorf("empty selector: %q %v", where, args)
-	}
-}
-
-func golden(t *testing.T, name, got string) {
-	t.Helper()
-	path := filepath.Join("testdata", name)
-	if *update {
-		if err := os.MkdirAll("testdata", 0o755); err != nil {
-			t.Fatal(err)
-		}
-		if err := os.WriteFile(path, []byte(got), 0o644); err != nil {
-			t.Fatal(err)
-		}
-	}
-	want, err := os.ReadFile(path)
-	if err != nil {
-		t.Fatalf("%v (run go test -update)", err)
-	}
-	if got != string(want) {
-		t.Errorf("%s differs:\n--- got\n%s\n--- want\n%s", name, got, want)
 	}
 }
