@@ -4,12 +4,14 @@ import (
 	"encoding/csv"
 	"encoding/json"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/rogpeppe/go-internal/testscript"
 
 	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -20,7 +22,16 @@ import (
 const passwordGroup = "pgreap_password_required"
 
 func TestMain(m *testing.M) {
-	pgtest.Main(m, pgtest.Options{
+	// The test binary is also the pgreap of testscript's scripts.
+	testscript.Main(clusterM{m}, map[string]func(){
+		"pgreap": func() { os.Exit(cli.Main()) },
+	})
+}
+
+type clusterM struct{ m *testing.M }
+
+func (c clusterM) Run() int {
+	return pgtest.Run(c.m, pgtest.Options{
 		HBA: []string{
 			"local all +" + passwordGroup + " scram-sha-256",
 			"host all +" + passwordGroup + " 127.0.0.1/32 scram-sha-256",

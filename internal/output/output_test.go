@@ -40,6 +40,7 @@ func sessions() []activity.Session {
 			BackendType: "client backend", State: "idle in transaction",
 			BackendStart: ago(26 * time.Hour), XactStart: ago(25*time.Hour + 3*time.Minute),
 			QueryStart: ago(25 * time.Hour), StateChange: ago(25 * time.Hour),
+			WaitEventType: "Client", WaitEvent: "ClientRead",
 			Query: "UPDATE stock SET n = n - 1 WHERE sku = 'A1'\x1b]0;pwned\x07\r\n-- done",
 		},
 		{

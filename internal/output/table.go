@@ -172,6 +172,9 @@ func tableRow(s *activity.Session, now time.Time) []string {
 	if s.WaitEvent != "" {
 		wait += ":" + s.WaitEvent
 	}
+	if wait == "Client:ClientRead" && strings.HasPrefix(s.State, "idle") {
+		wait = "" // what idle means; JSON and CSV keep it
+	}
 	blocked := make([]string, len(s.BlockedBy))
 	for i, p := range s.BlockedBy {
 		blocked[i] = strconv.Itoa(int(p))

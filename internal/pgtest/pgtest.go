@@ -25,15 +25,15 @@ var (
 	counter   atomic.Int64
 )
 
-// Main starts the package's cluster, points the libpq environment (PGHOST,
-// PGPORT, PGUSER, PGDATABASE) at it, runs the tests and removes the cluster.
-// Use it from TestMain: os.Exit(pgtest.Main(m, pgtest.Options{})) is wrong;
-// call pgtest.Main(m, opts), which exits itself.
+// Main is TestMain for a package whose tests need a server: it starts the
+// package's cluster, points the libpq environment (PGHOST, PGPORT, PGUSER,
+// PGDATABASE) at it, runs the tests, removes the cluster and exits.
 func Main(m *testing.M, opt Options) {
-	os.Exit(run(m, opt))
+	os.Exit(Run(m, opt))
 }
 
-func run(m *testing.M, opt Options) int {
+// Run is Main without the exit, for a TestMain that wraps m (testscript).
+func Run(m interface{ Run() int }, opt Options) int {
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	c, err := Start(ctx, opt)
 	cancel()
