@@ -354,3 +354,18 @@ func TestGroupWorkers(t *testing.T) {
 		t.Fatalf("got %v, want %v", got, want)
 	}
 }
+
+func TestQueryID(t *testing.T) {
+	t.Parallel()
+	if pgtest.Shared(t).Major < 14 {
+		t.Skipf("query_id is in pg_stat_activity from PostgreSQL 14; this is %d", pgtest.Shared(t).Major)
+	}
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("SET compute_query_id = on")
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	snap := take(t, open(t, pgtest.Superuser))
+	if s := find(snap, v.PID); s == nil || s.QueryID == 0 || !snap.HasQueryID() {
+		t.Fatalf("query_id not read: %+v", s)
+	}
+}

@@ -312,3 +312,48 @@ func TestConnectionFailure(t *testing.T) {
 		"-U", role, "ls", "-o", "json", "--app", "no-such-app-"+pgtest.Tag(t))
 	r.wantCode(t, 1)
 }
+
+func TestLsParallelWorkers(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	leader := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	leader.Exec("CREATE TABLE big AS SELECT g AS id FROM pg_catalog.generate_series(1, 200000) AS g")
+	leader.Exec("ANALYZE big")
+	leader.Exec("SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0")
+	leader.Start("SELECT count(*) FROM big WHERE pg_catalog.pg_sleep(0.0005) IS NOT NULL")
+	var rows []struct {
+		PID         int32
+		LeaderPID   *int32 `json:"leader_pid"`
+		BackendType string `json:"backend_type"`
+	}
+	var r result
+	pgtest.Eventually(t, "parallel workers in ls", func() (bool, error) {
+		r = run(t, false, "ls", "--db", db, "-o", "json")
+		if r.code != 0 {
+			return false, nil
+		}
+		rows = rows[:0]
+		if err := json.Unmarshal([]byte(r.out), &rows); err != nil {
+			return false, err
+		}
+		return len(rows) > 1, nil
+	})
+	if rows[0].PID != leader.PID {
+		t.Fatalf("first row %d, want the leader %d: %s", rows[0].PID, leader.PID, r.out)
+	}
+	for _, w := range rows[1:] {
+		if w.BackendType != "parallel worker" {
+			t.Fatalf("row %d after the leader is a %s", w.PID, w.BackendType)
+		}
+		if pgtest.Shared(t).Major >= 13 && (w.LeaderPID == nil || *w.LeaderPID != leader.PID) {
+			t.Errorf("worker %d: leader_pid %v, want %d", w.PID, w.LeaderPID, leader.PID)
+		}
+		if pgtest.Shared(t).Major == 12 && w.LeaderPID != nil {
+			t.Errorf("worker %d: leader_pid %v on 12", w.PID, *w.LeaderPID)
+		}
+	}
+	note := strings.Count(r.errOut, "does not say which leader a parallel worker serves")
+	if want := map[bool]int{true: 1, false: 0}[pgtest.Shared(t).Major == 12]; note != want {
+		t.Errorf("PostgreSQL %d: the note appears %d times, want %d: %q", pgtest.Shared(t).Major, note, want, r.errOut)
+	}
+}

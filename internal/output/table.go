@@ -180,8 +180,10 @@ func tableRow(s *activity.Session, now time.Time) []string {
 		blocked[i] = strconv.Itoa(int(p))
 	}
 	state := s.State
-	if s.IsParallelWorker() {
-		state = "worker " + state
+	if s.BackendType != "client backend" && s.BackendType != "" {
+		// Not an ordinary client: a parallel worker, an autovacuum
+		// worker, a logical walsender ... say so where the eye looks.
+		state = strings.TrimSpace(s.BackendType + " " + state)
 	}
 	return []string{
 		pid,
