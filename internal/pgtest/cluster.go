@@ -156,6 +156,8 @@ func (c *Cluster) configure(opt Options) error {
 		"max_worker_processes":    "16",
 		"max_parallel_workers":    "8",
 		"unix_socket_permissions": "0777",
+		// the default from 14 on; 12 and 13 store md5 otherwise
+		"password_encryption": "scram-sha-256",
 	}
 	if opt.MaxConnections > 0 {
 		settings["max_connections"] = strconv.Itoa(opt.MaxConnections)
