@@ -55,8 +55,8 @@ func run(ctx context.Context) error {
 			cn.Close(context.Background())
 		}
 	}()
-	open := func(db, app string) (*pgx.Conn, error) {
-		cn, err := pgx.Connect(ctx, c.DSN(db, pgtest.Superuser)+" application_name="+app)
+	open := func(db, app string, settings ...string) (*pgx.Conn, error) {
+		cn, err := pgx.Connect(ctx, c.DSN(db, pgtest.Superuser)+" application_name="+app+" "+strings.Join(settings, " "))
 		if err == nil {
 			conns = append(conns, cn)
 		}
@@ -107,12 +107,13 @@ func run(ctx context.Context) error {
 		return err
 	}
 	background(queued, "UPDATE stock SET n = n + 1 WHERE sku = 'A1'")
-	report, err := open("shop", "report")
+	// A parallel plan even on a small table, set by the connection so the
+	// query text stays the report's own.
+	report, err := open("shop", "report", "max_parallel_workers_per_gather=2", "parallel_setup_cost=0", "min_parallel_table_scan_size=0")
 	if err != nil {
 		return err
 	}
-	background(report, `SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET min_parallel_table_scan_size = 0;
-		SELECT customer, count(*) FROM orders WHERE pg_sleep(0.001) IS NOT NULL GROUP BY customer`)
+	background(report, "SELECT customer, count(*) FROM orders WHERE pg_sleep(0.001) IS NOT NULL GROUP BY customer")
 
 	// Wait until the lock wait and the report's workers show.
 	deadline := time.Now().Add(20 * time.Second)
