@@ -8,6 +8,7 @@ import (
 	"regexp"
 	"sort"
 	"strconv"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -69,6 +70,9 @@ type Snapshot struct {
 	Taken time.Time
 	// ServerVersion is the server's server_version_num (150004 for 15.4).
 	ServerVersion int
+	// ServerStarted is pg_postmaster_start_time(): with the address, it
+	// tells one server run from another (a restart changes it).
+	ServerStarted time.Time
 	// Sessions are ordered by pid, each parallel worker right after its
 	// leader.
 	Sessions []Session
@@ -161,8 +165,31 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 	if f.Where != "" {
 		sql += "   AND (" + f.Where + ")\n"
 	}
-	sql += " ORDER BY a.pid"
-	rows, err := conn.Query(ctx, sql, f.Args...)
+	return take(ctx, conn, version, sql+" ORDER BY a.pid", f.Args...)
+}
+
+// Lookup takes the backends with these pids as they are, pgreap's own and
+// non-client backends included: an action named by pid must say why it
+// refuses those. Workers are not grouped under their leaders.
+func Lookup(ctx context.Context, conn *pgx.Conn, pids []int32) (*Snapshot, error) {
+	version, err := ServerVersion(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	sql, err := statement(version)
+	if err != nil {
+		return nil, err
+	}
+	// The same columns as a snapshot, without its exclusions.
+	where := strings.Index(sql, "\n WHERE ")
+	if where < 0 {
+		return nil, fmt.Errorf("lookup: snapshot statement has no WHERE clause")
+	}
+	return take(ctx, conn, version, sql[:where]+"\n WHERE a.pid = ANY ($1::integer[])\n ORDER BY a.pid", pids)
+}
+
+func take(ctx context.Context, conn *pgx.Conn, version int, sql string, args ...any) (*Snapshot, error) {
+	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
@@ -170,19 +197,20 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 	snap := &Snapshot{ServerVersion: version}
 	for rows.Next() {
 		var (
-			s                                     Session
-			leader                                *int32
-			usename, state, btype, wet, we, query *string
-			addr                                  *netip.Prefix
-			bs, xs, qs, sc                        *time.Time
-			qid                                   *int64
-			app                                   *string
+			s                                   Session
+			leader                              *int32
+			datname, usename, state, btype, wet *string
+			we, query                           *string
+			addr                                *netip.Prefix
+			bs, xs, qs, sc                      *time.Time
+			qid                                 *int64
+			app                                 *string
 		)
-		if err := rows.Scan(&s.PID, &leader, &s.Datname, &usename, &app, &addr, &btype, &state,
-			&bs, &xs, &qs, &sc, &wet, &we, &query, &qid, &s.BlockedBy, &snap.Taken); err != nil {
+		if err := rows.Scan(&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
+			&bs, &xs, &qs, &sc, &wet, &we, &query, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
-		s.LeaderPID = deref(leader)
+		s.LeaderPID, s.Datname = deref(leader), deref(datname)
 		s.Usename, s.ApplicationName, s.BackendType, s.State = deref(usename), deref(app), deref(btype), deref(state)
 		s.WaitEventType, s.WaitEvent, s.Query = deref(wet), deref(we), deref(query)
 		s.BackendStart, s.XactStart, s.QueryStart, s.StateChange = deref(bs), deref(xs), deref(qs), deref(sc)

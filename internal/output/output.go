@@ -48,15 +48,48 @@ type Options struct {
 	Width int
 }
 
+// Row is a session and, in an action's output, what was done to it.
+type Row struct {
+	activity.Session
+	// Action is cancel or terminate; empty in a listing.
+	Action string
+	// Outcome is one of PRODUCT.md's outcomes (terminated, changed, ...).
+	Outcome string
+	// Detail says why, when the outcome needs a reason.
+	Detail string
+	// Extra fields follow in JSON only (a plan's guard and server).
+	Extra []Field
+}
+
+// Field is an extra named JSON value of a row.
+type Field struct {
+	Name  string
+	Value any
+}
+
 // Write renders sessions in the format.
 func Write(w io.Writer, f Format, sessions []activity.Session, opt Options) error {
+	rows := make([]Row, len(sessions))
+	for i := range sessions {
+		rows[i].Session = sessions[i]
+	}
+	return write(w, f, rows, opt, false)
+}
+
+// WriteResults renders an action's rows: the sessions with their action,
+// outcome and detail.
+func WriteResults(w io.Writer, f Format, rows []Row, opt Options) error {
+	return write(w, f, rows, opt, true)
+}
+
+func write(w io.Writer, f Format, rows []Row, opt Options, results bool) error {
 	switch f {
 	case JSON:
-		return writeJSON(w, sessions, opt)
+		return writeJSON(w, rows, opt, results)
 	case CSV:
-		return writeCSV(w, sessions, opt)
+		return writeCSV(w, rows, opt, results)
 	default:
-		return writeTable(w, sessions, opt)
+		return writeTable(w, rows, opt, results)
 	}
 }
 
@@ -67,7 +100,8 @@ type field struct {
 	json any
 }
 
-func fields(s *activity.Session, opt Options) []field {
+func fields(r *Row, opt Options, results, extra bool) []field {
+	s := &r.Session
 	f := []field{
 		{"pid", s.PID},
 		{"leader_pid", nullInt(int64(s.LeaderPID))},
@@ -92,7 +126,16 @@ func fields(s *activity.Session, opt Options) []field {
 	if blockedBy == nil {
 		blockedBy = []int32{}
 	}
-	return append(f, field{"blocked_by", blockedBy})
+	f = append(f, field{"blocked_by", blockedBy})
+	if results {
+		f = append(f, field{"action", nullStr(r.Action)}, field{"outcome", nullStr(r.Outcome)}, field{"detail", nullStr(r.Detail)})
+	}
+	if extra {
+		for _, e := range r.Extra {
+			f = append(f, field{e.Name, e.Value})
+		}
+	}
+	return f
 }
 
 func nullStr(s string) any {
@@ -123,19 +166,19 @@ func nullTime(t time.Time) any {
 	return t.Format(time.RFC3339Nano)
 }
 
-func writeJSON(w io.Writer, sessions []activity.Session, opt Options) error {
+func writeJSON(w io.Writer, rows []Row, opt Options, results bool) error {
 	// Objects are written field by field to keep pg_stat_activity's
 	// column order; query text stays readable (no HTML escaping).
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
 	enc.SetEscapeHTML(false)
 	b.WriteString("[")
-	for i := range sessions {
+	for i := range rows {
 		if i > 0 {
 			b.WriteString(",")
 		}
 		b.WriteString("\n  {")
-		for j, f := range fields(&sessions[i], opt) {
+		for j, f := range fields(&rows[i], opt, results, true) {
 			if j > 0 {
 				b.WriteString(",")
 			}
@@ -147,7 +190,7 @@ func writeJSON(w io.Writer, sessions []activity.Session, opt Options) error {
 		}
 		b.WriteString("\n  }")
 	}
-	if len(sessions) > 0 {
+	if len(rows) > 0 {
 		b.WriteString("\n")
 	}
 	b.WriteString("]\n")
@@ -155,18 +198,18 @@ func writeJSON(w io.Writer, sessions []activity.Session, opt Options) error {
 	return err
 }
 
-func writeCSV(w io.Writer, sessions []activity.Session, opt Options) error {
+func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	cw := csv.NewWriter(w)
 	var header []string
-	for _, f := range fields(&activity.Session{}, opt) {
+	for _, f := range fields(&Row{}, opt, results, false) {
 		header = append(header, f.name)
 	}
 	if err := cw.Write(header); err != nil {
 		return err
 	}
-	for i := range sessions {
+	for i := range rows {
 		var rec []string
-		for _, f := range fields(&sessions[i], opt) {
+		for _, f := range fields(&rows[i], opt, results, false) {
 			rec = append(rec, csvText(f.json))
 		}
 		if err := cw.Write(rec); err != nil {

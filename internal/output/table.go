@@ -10,26 +10,25 @@ import (
 	"unicode/utf8"
 
 	"github.com/mattn/go-runewidth"
-
-	"github.com/pgreap/pgreap/internal/activity"
 )
 
-// column caps keep one long name from pushing the query off the screen.
-var tableColumns = []struct {
+// A column of the table; caps keep one long name from pushing the query
+// off the screen. The last column (the query) takes what is left.
+type column struct {
 	title string
 	max   int
-}{
-	{"PID", 0},
-	{"DB", 16},
-	{"USER", 16},
-	{"APP", 20},
-	{"CLIENT", 39},
-	{"STATE", 0},
-	{"AGE", 0},
-	{"WAIT", 24},
-	{"BLOCKED BY", 24},
-	{"QUERY", 0},
 }
+
+var (
+	listColumns = []column{
+		{"PID", 0}, {"DB", 16}, {"USER", 16}, {"APP", 20}, {"CLIENT", 39}, {"STATE", 0},
+		{"AGE", 0}, {"WAIT", 24}, {"BLOCKED BY", 24}, {"QUERY", 0},
+	}
+	resultColumns = []column{
+		{"PID", 0}, {"DB", 16}, {"USER", 16}, {"APP", 20}, {"CLIENT", 39}, {"STATE", 0},
+		{"AGE", 0}, {"ACTION", 0}, {"OUTCOME", 0}, {"DETAIL", 60}, {"QUERY", 0},
+	}
+)
 
 const (
 	sgrReset  = "\x1b[0m"
@@ -43,15 +42,19 @@ const (
 // minQueryWidth is the least room the query gets before the row is cut.
 const minQueryWidth = 20
 
-func writeTable(w io.Writer, sessions []activity.Session, opt Options) error {
-	rows := make([][]string, 0, len(sessions)+1)
+func writeTable(w io.Writer, in []Row, opt Options, results bool) error {
+	tableColumns := listColumns
+	if results {
+		tableColumns = resultColumns
+	}
+	rows := make([][]string, 0, len(in)+1)
 	header := make([]string, len(tableColumns))
 	for i, c := range tableColumns {
 		header[i] = c.title
 	}
 	rows = append(rows, header)
-	for i := range sessions {
-		rows = append(rows, tableRow(&sessions[i], opt.Now))
+	for i := range in {
+		rows = append(rows, tableRow(&in[i], opt.Now, results))
 	}
 	widths := make([]int, len(tableColumns))
 	for _, r := range rows {
@@ -92,11 +95,11 @@ func writeTable(w io.Writer, sessions []activity.Session, opt Options) error {
 			if width > 0 || opt.Width > 0 {
 				cell = cut(cell, width)
 			}
-			var s *activity.Session // nil: the header
+			var r *Row // nil: the header
 			if n > 0 {
-				s = &sessions[n-1]
+				r = &in[n-1]
 			}
-			b.WriteString(colorize(cell, i, s, opt))
+			b.WriteString(colorize(cell, tableColumns[i].title, r, opt))
 			used += runewidth.StringWidth(cell)
 			if !last {
 				pad := widths[i] - runewidth.StringWidth(cell) + 2
@@ -126,15 +129,16 @@ func cut(cell string, width int) string {
 	return runewidth.Truncate(cell, width, "…")
 }
 
-func colorize(cell string, col int, s *activity.Session, opt Options) string {
+func colorize(cell, title string, r *Row, opt Options) string {
 	if !opt.Color || cell == "" {
 		return cell
 	}
-	if s == nil {
+	if r == nil {
 		return sgrBold + cell + sgrReset
 	}
+	s := &r.Session
 	sgr := ""
-	switch tableColumns[col].title {
+	switch title {
 	case "STATE":
 		switch s.State {
 		case "active":
@@ -152,6 +156,15 @@ func colorize(cell string, col int, s *activity.Session, opt Options) string {
 		}
 	case "BLOCKED BY":
 		sgr = sgrRed
+	case "OUTCOME":
+		switch r.Outcome {
+		case "cancelled", "terminated", "planned":
+			sgr = sgrGreen
+		case "gone", "protected":
+			sgr = sgrDim
+		default: // changed, denied, survived: someone should look
+			sgr = sgrRed
+		}
 	}
 	if sgr == "" {
 		return cell
@@ -159,7 +172,8 @@ func colorize(cell string, col int, s *activity.Session, opt Options) string {
 	return sgr + cell + sgrReset
 }
 
-func tableRow(s *activity.Session, now time.Time) []string {
+func tableRow(r *Row, now time.Time, results bool) []string {
+	s := &r.Session
 	pid := strconv.Itoa(int(s.PID))
 	if s.LeaderPID != 0 && s.LeaderPID != s.PID {
 		pid = "└ " + pid
@@ -184,6 +198,21 @@ func tableRow(s *activity.Session, now time.Time) []string {
 		// Not an ordinary client: a parallel worker, an autovacuum
 		// worker, a logical walsender ... say so where the eye looks.
 		state = strings.TrimSpace(s.BackendType + " " + state)
+	}
+	if results {
+		return []string{
+			pid,
+			clean(s.Datname),
+			clean(s.Usename),
+			clean(s.ApplicationName),
+			client,
+			state,
+			Age(s.StateAge(now)),
+			r.Action,
+			r.Outcome,
+			clean(r.Detail),
+			clean(s.Query),
+		}
 	}
 	return []string{
 		pid,

@@ -21,7 +21,8 @@ SELECT a.pid,
        a.query,
        NULL::bigint AS query_id,
        CASE WHEN a.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(a.pid) END AS blocked_by,
-       pg_catalog.statement_timestamp() AS now
+       pg_catalog.statement_timestamp() AS now,
+       pg_catalog.pg_postmaster_start_time() AS server_started
   FROM pg_catalog.pg_stat_activity AS a
  WHERE a.datname IS NOT NULL
    AND a.pid <> pg_catalog.pg_backend_pid()

@@ -1,0 +1,591 @@
+package action
+
+import (
+	"context"
+	"embed"
+	"errors"
+	"fmt"
+	"slices"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+//go:embed sql/*.sql
+var sqlFiles embed.FS
+
+func mustSQL(name string) string {
+	b, err := sqlFiles.ReadFile("sql/" + name)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+var (
+	actSQL  = mustSQL("act.sql")
+	waitSQL = mustSQL("wait.sql")
+)
+
+// Kind is what is done to a session.
+type Kind string
+
+// The actions.
+const (
+	// Cancel ends the running query and keeps the connection.
+	Cancel Kind = "cancel"
+	// Terminate ends the connection.
+	Terminate Kind = "terminate"
+)
+
+// Outcome is what became of one chosen session (shared/PRODUCT.md).
+type Outcome string
+
+// The outcomes.
+const (
+	Cancelled  Outcome = "cancelled"  // its query ended after the cancel
+	Terminated Outcome = "terminated" // its backend is gone after the terminate
+	Gone       Outcome = "gone"       // it ended before we acted
+	Changed    Outcome = "changed"    // pid reused, query moved on, or no longer matching: left alone
+	Denied     Outcome = "denied"     // no privilege to signal it, or to guard its identity
+	Protected  Outcome = "protected"  // a safety rule refused it
+	Survived   Outcome = "survived"   // signalled, and still there after the wait
+	Planned    Outcome = "planned"    // dry run: would be signalled
+)
+
+// Guard names what the signalling statement re-checks for one session
+// besides the selection: always the pid and backend_start, and with Query
+// also query_start and state_change.
+type Guard struct {
+	Query bool
+}
+
+// Columns are the pg_stat_activity columns the guard pins.
+func (g Guard) Columns() []string {
+	if g.Query {
+		return []string{"pid", "backend_start", "query_start", "state_change"}
+	}
+	return []string{"pid", "backend_start"}
+}
+
+// Result is one chosen session and what became of it. Session is the
+// session as it was seen when it was chosen.
+type Result struct {
+	activity.Session
+	Action  Kind
+	Outcome Outcome
+	Detail  string
+	Guard   Guard
+	// Named: chosen by pid. A protected session named by pid makes the
+	// whole action incomplete; one a selector found is only reported.
+	Named bool
+}
+
+// Incomplete reports whether the result keeps the action from being
+// complete (exit 3): denied, survived, changed, or protected when named.
+func (r *Result) Incomplete() bool {
+	switch r.Outcome {
+	case Denied, Survived, Changed:
+		return true
+	case Protected:
+		return r.Named
+	}
+	return false
+}
+
+// Request says which sessions to act on and how.
+type Request struct {
+	Action Kind
+	// PIDs names sessions; with a selector as well, both must hold.
+	PIDs []int32
+	// Selector chooses sessions; nil with PIDs: those sessions, whatever
+	// they are. Nil without PIDs chooses nothing (Choose refuses it).
+	Selector *selector.Selector
+	// IncludeReplication allows walsenders, IncludeAutovacuum autovacuum
+	// workers; both are refused otherwise.
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// Server identifies the server run a plan was made on.
+type Server struct {
+	Host    string
+	Port    uint16
+	Started time.Time // pg_postmaster_start_time()
+}
+
+// Plan is what an action will do: every chosen session with its action and,
+// until it is carried out, the outcome Planned, or the outcome that already
+// refuses it (protected, denied, gone, changed).
+type Plan struct {
+	Server        Server
+	ServerVersion int
+	// Taken is the server's clock when the sessions were seen.
+	Taken   time.Time
+	Results []Result
+
+	sel                                   *selector.Selector
+	includeReplication, includeAutovacuum bool
+}
+
+// Count is how many results have the outcome.
+func (p *Plan) Count(o Outcome) int {
+	n := 0
+	for i := range p.Results {
+		if p.Results[i].Outcome == o {
+			n++
+		}
+	}
+	return n
+}
+
+// ErrNothingChosen is a request with neither pids nor a selector: pgreap
+// never reads that as "every session".
+var ErrNothingChosen = errors.New("name sessions by pid or choose them with selectors (to end every session of a database, use kick)")
+
+// Choose finds the sessions of a request, in one statement (two when a pid
+// named is not a client session, to say why it is refused), and applies
+// the protections.
+func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
+	if len(req.PIDs) == 0 && req.Selector == nil {
+		return nil, ErrNothingChosen
+	}
+	if req.Action != Cancel && req.Action != Terminate {
+		return nil, fmt.Errorf("unknown action %q", req.Action)
+	}
+	sel := req.Selector
+	if sel == nil {
+		sel = &selector.Selector{}
+	}
+	where, args := sel.Compile("a", 1)
+	if req.Action == Cancel && len(req.PIDs) == 0 {
+		// A selection of sessions to cancel means their running queries:
+		// an idle session has none.
+		where += "\n   AND a.state IN ('active', 'fastpath function call')"
+	}
+	if len(req.PIDs) > 0 {
+		args = append(args, req.PIDs)
+		where += fmt.Sprintf("\n   AND a.pid = ANY ($%d::integer[])", len(args))
+	}
+	snap, err := activity.Take(ctx, conn, activity.Filter{Where: where, Args: args})
+	if err != nil {
+		return nil, err
+	}
+	cfg := conn.Config()
+	plan := &Plan{
+		Server:             Server{Host: cfg.Host, Port: cfg.Port, Started: snap.ServerStarted},
+		ServerVersion:      snap.ServerVersion,
+		Taken:              snap.Taken,
+		sel:                req.Selector,
+		includeReplication: req.IncludeReplication,
+		includeAutovacuum:  req.IncludeAutovacuum,
+	}
+	// The query is pinned for a cancel (it is the target), and whenever
+	// the selection depends on what the session runs or how long.
+	pinQuery := req.Action == Cancel || sel.Query != nil || len(sel.State) > 0 ||
+		sel.LongerThan > 0 || sel.XactLongerThan > 0 || sel.Waiting || sel.Blocking
+	named := len(req.PIDs) > 0
+	seen := map[int32]bool{}
+	for i := range snap.Sessions {
+		s := &snap.Sessions[i]
+		seen[s.PID] = true
+		r := Result{Session: *s, Action: req.Action, Guard: Guard{Query: pinQuery}, Named: named}
+		if !sel.Keep(s) {
+			if !named {
+				continue
+			}
+			r.Outcome, r.Detail = Changed, "does not match the selection (--query)"
+		} else {
+			r.Outcome, r.Detail = plan.judge(s, req.Action)
+		}
+		plan.Results = append(plan.Results, r)
+	}
+	var missing []int32
+	for _, pid := range req.PIDs {
+		if !seen[pid] && !slices.Contains(missing, pid) {
+			missing = append(missing, pid)
+		}
+	}
+	if len(missing) > 0 {
+		if err := plan.explainMissing(ctx, conn, req, missing); err != nil {
+			return nil, err
+		}
+	}
+	return plan, nil
+}
+
+// judge applies the protections to a session seen in the snapshot (the
+// snapshot already leaves out pgreap's own session and non-client rows).
+func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
+	switch {
+	case s.BackendStart.IsZero():
+		// Another role's session, seen without pg_read_all_stats: not even
+		// its backend_type shows.
+		return Denied, invisibleDetail(s.Usename)
+	case s.IsParallelWorker():
+		if s.LeaderPID != 0 {
+			return Protected, fmt.Sprintf("parallel worker of %d: it ends with its leader; act on %d", s.LeaderPID, s.LeaderPID)
+		}
+		return Protected, "parallel worker: it ends with its leader; act on the leader (PostgreSQL 12 does not say which it is)"
+	case s.BackendType == "walsender" && !p.includeReplication:
+		return Protected, "walsender (replication): --include-replication to allow"
+	case s.BackendType == "autovacuum worker" && !p.includeAutovacuum:
+		return Protected, "autovacuum worker: --include-autovacuum to allow"
+	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
+		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+	case action == Cancel && s.State != "active" && s.State != "fastpath function call":
+		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", s.State)
+	}
+	return Planned, ""
+}
+
+func invisibleDetail(usename string) string {
+	return fmt.Sprintf("cannot see the backend_start of role %s's session, so cannot make sure it is the same session: GRANT pg_read_all_stats (or %s) to pgreap's role", usename, usename)
+}
+
+// explainMissing reports pids that the snapshot did not show: pgreap's own
+// session, non-client backends, sessions that do not match the selection,
+// and pids with no backend.
+func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, pids []int32) error {
+	snap, err := activity.Lookup(ctx, conn, pids)
+	if err != nil {
+		return err
+	}
+	found := map[int32]*activity.Session{}
+	for i := range snap.Sessions {
+		found[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	own := conn.PgConn().PID()
+	for _, pid := range pids {
+		r := Result{Action: req.Action, Named: true}
+		s, ok := found[pid]
+		switch {
+		case !ok:
+			r.Session = activity.Session{PID: pid}
+			r.Outcome, r.Detail = Gone, "no such backend"
+		case uint32(pid) == own:
+			r.Session = *s
+			r.Outcome, r.Detail = Protected, "pgreap's own session"
+		case s.Datname == "" && s.BackendType == "walsender":
+			r.Session = *s
+			r.Outcome, r.Detail = p.judge(s, req.Action)
+		case s.Datname == "":
+			r.Session = *s
+			r.Outcome, r.Detail = Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+		default:
+			r.Session = *s
+			r.Outcome, r.Detail = Changed, "does not match the selection"
+			if req.Selector == nil {
+				// It began after the snapshot: judge it as one.
+				r.Outcome, r.Detail = p.judge(s, req.Action)
+				r.Guard = Guard{Query: req.Action == Cancel}
+			}
+		}
+		if r.Outcome == Planned {
+			// A physical walsender with --include-replication.
+			r.Guard = Guard{Query: req.Action == Cancel}
+		}
+		p.Results = append(p.Results, r)
+	}
+	return nil
+}
+
+// Options say how an action is carried out.
+type Options struct {
+	// DryRun judges every session at this instant, signals none, and
+	// leaves the ones that would be signalled Planned.
+	DryRun bool
+	// Wait is how long to wait for signalled sessions to be gone (their
+	// query ended, for a cancel); survivors are reported survived.
+	Wait time.Duration
+	// Grace, for a terminate, cancels the running queries first and
+	// terminates only the sessions still running the same query after it.
+	Grace time.Duration
+	// After is time.After; tests may replace it.
+	After func(time.Duration) <-chan time.Time
+}
+
+func (o *Options) after(d time.Duration) <-chan time.Time {
+	if o.After != nil {
+		return o.After(d)
+	}
+	return time.After(d)
+}
+
+// Execute carries out a plan: one statement signals every planned session
+// that still is what was chosen, then it waits for them. The results are
+// updated in place, and returned.
+func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) ([]Result, error) {
+	var todo []int
+	for i := range p.Results {
+		if p.Results[i].Outcome == Planned {
+			todo = append(todo, i)
+		}
+	}
+	if len(todo) == 0 {
+		return p.Results, nil
+	}
+	if opt.DryRun {
+		return p.Results, p.act(ctx, conn, todo, nil, false)
+	}
+	grace := opt.Grace > 0
+	if grace {
+		// A query gets the chance to end cleanly; an idle session has no
+		// query to cancel, so it is terminated at once.
+		actions := make(map[int]Kind, len(todo))
+		for _, i := range todo {
+			r := &p.Results[i]
+			if r.Action == Terminate && (r.State == "active" || r.State == "fastpath function call") {
+				actions[i] = Cancel
+				r.Guard.Query = true
+			}
+		}
+		if err := p.act(ctx, conn, todo, actions, true); err != nil {
+			return p.Results, err
+		}
+		var cancelled, terminated []int
+		for _, i := range todo {
+			if p.Results[i].Outcome != sentOutcome {
+				continue
+			}
+			if actions[i] == Cancel {
+				cancelled = append(cancelled, i)
+			} else {
+				terminated = append(terminated, i)
+			}
+		}
+		if err := p.wait(ctx, conn, cancelled, Cancel, opt.Grace, &opt); err != nil {
+			return p.Results, err
+		}
+		// Still running the same query after the grace: terminate it.
+		var still []int
+		for _, i := range cancelled {
+			r := &p.Results[i]
+			if r.Outcome == Survived {
+				r.Outcome, r.Action, r.Detail = Planned, Terminate, ""
+				still = append(still, i)
+			}
+		}
+		if err := p.act(ctx, conn, still, nil, true); err != nil {
+			return p.Results, err
+		}
+		for _, i := range still {
+			r := &p.Results[i]
+			switch {
+			case r.Outcome == sentOutcome:
+				terminated = append(terminated, i)
+			case r.Outcome == Changed && r.Detail == movedDetail, r.Outcome == Gone:
+				// It ended between the grace and the terminate.
+				r.Outcome, r.Detail = Cancelled, ""
+			}
+		}
+		return p.Results, p.wait(ctx, conn, terminated, Terminate, opt.Wait, &opt)
+	}
+	if err := p.act(ctx, conn, todo, nil, true); err != nil {
+		return p.Results, err
+	}
+	var sent []int
+	for _, i := range todo {
+		if p.Results[i].Outcome == sentOutcome {
+			sent = append(sent, i)
+		}
+	}
+	if len(sent) == 0 {
+		return p.Results, nil
+	}
+	return p.Results, p.wait(ctx, conn, sent, p.Results[sent[0]].Action, opt.Wait, &opt)
+}
+
+// sentOutcome marks a result signalled and not yet verified; wait turns it
+// into a final outcome.
+const sentOutcome Outcome = "sent"
+
+const movedDetail = "moved on: its query or state changed since it was chosen"
+
+// ErrOtherServer: the plan was made on another server, or before a restart.
+var ErrOtherServer = errors.New("the plan was made on another server or before a restart (pg_postmaster_start_time differs): nothing done")
+
+// act sends the action statement for the results at idx (actions
+// overrides a result's action), and records each verdict: sentOutcome for
+// the signalled, else why not.
+func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) error {
+	if len(idx) == 0 {
+		return nil
+	}
+	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
+	if err != nil && signal && isStatementError(err) {
+		// One failing signal aborts a whole statement (a role became a
+		// superuser, a pid was reused by one, between the judging and the
+		// signal). Signals already sent by it are not undone, so go on
+		// session by session and say that a session found gone or moved
+		// may have been signalled by the failed statement.
+		verdicts = make([]verdict, len(idx))
+		for k, i := range idx {
+			v, err1 := p.judgeAndSignal(ctx, conn, []int{i}, actions, signal)
+			switch {
+			case err1 == nil:
+				verdicts[k] = v[0]
+				verdicts[k].retried = err.Error()
+			case isStatementError(err1):
+				verdicts[k] = verdict{code: "error", err: err1}
+			default:
+				return err1
+			}
+		}
+		err = nil
+	}
+	if err != nil {
+		return err
+	}
+	for k, i := range idx {
+		r := &p.Results[i]
+		if a, ok := actions[i]; ok {
+			r.Action = a
+		}
+		v := verdicts[k]
+		if v.code == "other_server" {
+			return ErrOtherServer
+		}
+		r.Outcome, r.Detail = v.outcome(r, signal)
+	}
+	return nil
+}
+
+// isStatementError: the server refused the statement (as opposed to a
+// lost connection), so trying again session by session makes sense.
+func isStatementError(err error) bool {
+	var pgErr interface{ SQLState() string }
+	return errors.As(err, &pgErr)
+}
+
+type verdict struct {
+	code     string
+	sent     *bool
+	btype    *string
+	usename  *string
+	state    *string
+	nowStart *time.Time
+	retried  string // the error of the set statement, when retried alone
+	err      error  // the error of the statement alone
+}
+
+func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) ([]verdict, error) {
+	n := len(idx)
+	pids := make([]int32, n)
+	starts := make([]*time.Time, n)
+	queryStarts := make([]*time.Time, n)
+	stateChanges := make([]*time.Time, n)
+	pins := make([]bool, n)
+	kinds := make([]string, n)
+	for k, i := range idx {
+		r := &p.Results[i]
+		pids[k] = r.PID
+		starts[k] = timePtr(r.BackendStart)
+		queryStarts[k] = timePtr(r.QueryStart)
+		stateChanges[k] = timePtr(r.StateChange)
+		pins[k] = r.Guard.Query
+		kinds[k] = string(r.Action)
+		if a, ok := actions[i]; ok {
+			kinds[k] = string(a)
+		}
+	}
+	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
+		p.includeReplication, p.includeAutovacuum, timePtr(p.Server.Started)}
+	sql := actSQL
+	if p.sel != nil {
+		where, selArgs := p.sel.Compile("a", len(args)+1)
+		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
+		args = append(args, selArgs...)
+	}
+	rows, err := conn.Query(ctx, sql, args...)
+	if err != nil {
+		return nil, fmt.Errorf("signal: %w", err)
+	}
+	verdicts := make([]verdict, 0, n)
+	for rows.Next() {
+		var v verdict
+		var ord int64
+		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart); err != nil {
+			rows.Close()
+			return nil, fmt.Errorf("signal: %w", err)
+		}
+		verdicts = append(verdicts, v)
+	}
+	if err := rows.Err(); err != nil {
+		return nil, fmt.Errorf("signal: %w", err)
+	}
+	if len(verdicts) != n {
+		return nil, fmt.Errorf("signal: %d verdicts for %d sessions", len(verdicts), n)
+	}
+	return verdicts, nil
+}
+
+func timePtr(t time.Time) *time.Time {
+	if t.IsZero() {
+		return nil
+	}
+	return &t
+}
+
+// outcome turns the statement's verdict on a session into its outcome.
+func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
+	str := func(p *string) string {
+		if p == nil {
+			return ""
+		}
+		return *p
+	}
+	maybe := ""
+	if v.retried != "" {
+		maybe = " (the statement for the whole set failed and may have signalled it: " + v.retried + ")"
+	}
+	switch v.code {
+	case "ok":
+		if !signal {
+			return Planned, ""
+		}
+		if v.sent != nil && *v.sent {
+			return sentOutcome, ""
+		}
+		return Gone, "ended before the signal reached it" + maybe
+	case "error":
+		return Denied, "the server refused: " + v.err.Error()
+	case "gone":
+		return Gone, "ended before we acted" + maybe
+	case "own":
+		return Protected, "pgreap's own session"
+	case "parallel_worker":
+		return Protected, "parallel worker: it ends with its leader; act on the leader"
+	case "walsender":
+		return Protected, "walsender (replication): --include-replication to allow"
+	case "autovacuum":
+		return Protected, "autovacuum worker: --include-autovacuum to allow"
+	case "not_client":
+		return Protected, fmt.Sprintf("not a client backend (%s)", str(v.btype))
+	case "invisible":
+		return Denied, invisibleDetail(str(v.usename))
+	case "reused":
+		started := ""
+		if v.nowStart != nil {
+			started = " (" + v.nowStart.Format(time.RFC3339Nano) + ")"
+		}
+		return Changed, "pid reused: another backend started since it was chosen" + started
+	case "moved":
+		return Changed, movedDetail + maybe
+	case "not_running":
+		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", str(v.state)) + maybe
+	case "no_match":
+		return Changed, "no longer matches the selection"
+	case "superuser":
+		return Denied, fmt.Sprintf("role %s is a superuser: only a superuser may signal its sessions", str(v.usename))
+	case "no_role":
+		return Denied, "a background process with no role: only a superuser may signal it"
+	case "not_member":
+		return Denied, fmt.Sprintf("a session of role %s, not ours: GRANT pg_signal_backend to pgreap's role to signal other roles' sessions", str(v.usename))
+	}
+	return Denied, "unexpected verdict " + v.code
+}

@@ -1,0 +1,565 @@
+package action_test
+
+import (
+	"context"
+	"errors"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/pgtest"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+func TestMain(m *testing.M) {
+	// wal_level=logical: a logical walsender is a session with a
+	// database, which selectors would find were it not protected.
+	pgtest.Main(m, pgtest.Options{Settings: map[string]string{"wal_level": "logical"}})
+}
+
+// open opens a pgreap connection, as the CLI does, to the shared cluster.
+func open(t *testing.T, user string) *pgx.Conn {
+	t.Helper()
+	c := pgtest.Shared(t)
+	cfg, err := conn.Config(conn.Params{DSN: c.DSN("postgres", user)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn, err := conn.Connect(pgtest.Context(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cn.Close(context.Background()) })
+	return cn
+}
+
+func mustSelector(t *testing.T, spec selector.Spec) *selector.Selector {
+	t.Helper()
+	s, err := selector.Parse(spec)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return s
+}
+
+// run chooses and carries out a request, failing the test on error.
+func run(t *testing.T, cn *pgx.Conn, req action.Request, opt action.Options) []action.Result {
+	t.Helper()
+	plan, err := action.Choose(pgtest.Context(t), cn, req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := action.Execute(pgtest.Context(t), cn, plan, opt)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func outcomes(res []action.Result) map[int32]action.Result {
+	m := map[int32]action.Result{}
+	for _, r := range res {
+		m[r.PID] = r
+	}
+	return m
+}
+
+func want(t *testing.T, res []action.Result, pid int32, o action.Outcome, detail string) {
+	t.Helper()
+	r, ok := outcomes(res)[pid]
+	if !ok {
+		t.Fatalf("no result for %d in %+v", pid, res)
+	}
+	if r.Outcome != o || !strings.Contains(r.Detail, detail) {
+		t.Fatalf("%d: %s (%s), want %s (%q)", pid, r.Outcome, r.Detail, o, detail)
+	}
+}
+
+// alive reports whether the session (pid, backend_start) is still there.
+func alive(t *testing.T, v *pgtest.Victim) bool {
+	t.Helper()
+	var n int
+	err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+func TestTerminateSelectionHitsExactlyTheChosen(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	tag := pgtest.Tag(t)
+	var victims []*pgtest.Victim
+	for range 3 {
+		victims = append(victims, pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: tag + "-v"}))
+	}
+	victims[1].Exec("BEGIN")
+	victims[2].Start("SELECT pg_catalog.pg_sleep(60)")
+	victims[2].WaitState("active", "")
+	bystander := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: tag + "-bystander"})
+	other := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-v"}) // same app, other database
+
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{
+		Action:   action.Terminate,
+		Selector: mustSelector(t, selector.Spec{DB: []string{db}, App: []string{tag + "-v"}}),
+	}, action.Options{Wait: 10 * time.Second})
+	if len(res) != 3 {
+		t.Fatalf("%d results, want 3: %+v", len(res), res)
+	}
+	for _, v := range victims {
+		want(t, res, v.PID, action.Terminated, "")
+		if alive(t, v) {
+			t.Errorf("victim %d reported terminated but is still there", v.PID)
+		}
+	}
+	if !alive(t, bystander) || !alive(t, other) {
+		t.Fatal("a session outside the selection was ended")
+	}
+	bystander.Exec("SELECT 1")
+}
+
+func TestCancelEndsTheQueryKeepsTheConnection(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	idle := pgtest.NewVictim(t, pgtest.VictimOptions{}) // same tag, idle: no query to cancel
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{
+		Action:   action.Cancel,
+		Selector: mustSelector(t, selector.Spec{App: []string{v.App}}),
+	}, action.Options{Wait: 10 * time.Second})
+	if len(res) != 1 {
+		t.Fatalf("%d results, want only the running one: %+v", len(res), res)
+	}
+	want(t, res, v.PID, action.Cancelled, "")
+	var pgErr *pgconn.PgError
+	if err := v.Wait(); !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+		t.Fatalf("victim's query ended with %v, want a cancel (57014)", err)
+	}
+	v.Exec("SELECT 1") // the connection is still there
+	if !alive(t, idle) {
+		t.Fatal("idle session ended")
+	}
+
+	// Named by pid, the idle session has nothing to cancel.
+	res = run(t, cn, action.Request{Action: action.Cancel, PIDs: []int32{idle.PID}}, action.Options{Wait: time.Second})
+	want(t, res, idle.PID, action.Changed, "no query running (idle)")
+}
+
+func TestProtectedByPID(t *testing.T) {
+	t.Parallel()
+	cn := open(t, pgtest.Superuser)
+	var checkpointer int32
+	err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'checkpointer'").Scan(&checkpointer)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own := int32(cn.PgConn().PID())
+	const nobody = 2147483000 // no such backend
+	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{own, checkpointer, nobody}}, action.Options{Wait: time.Second})
+	want(t, res, own, action.Protected, "pgreap's own session")
+	want(t, res, checkpointer, action.Protected, "not a client backend (checkpointer)")
+	want(t, res, nobody, action.Gone, "no such backend")
+	for _, r := range res {
+		if (r.Outcome == action.Protected) != r.Incomplete() {
+			t.Errorf("%d: protected by pid must make the action incomplete", r.PID)
+		}
+	}
+	// Still connected: our own session was not signalled.
+	if err := cn.Ping(pgtest.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+// parallel starts a parallel query in a new database and returns its
+// leader and the pid of one of its workers.
+func parallel(t *testing.T) (db string, leader *pgtest.Victim, worker int32) {
+	t.Helper()
+	db = pgtest.NewDB(t)
+	leader = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	leader.Exec("CREATE TABLE big AS SELECT g AS id FROM pg_catalog.generate_series(1, 200000) AS g")
+	leader.Exec("ANALYZE big")
+	leader.Exec("SET max_parallel_workers_per_gather = 2")
+	leader.Exec("SET parallel_setup_cost = 0")
+	leader.Exec("SET parallel_tuple_cost = 0")
+	leader.Exec("SET min_parallel_table_scan_size = 0")
+	leader.Start("SELECT count(*) FROM big WHERE pg_catalog.pg_sleep(0.001) IS NOT NULL")
+	pgtest.Eventually(t, "a parallel worker", func() (bool, error) {
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'parallel worker' AND datname = $1 LIMIT 1", db).Scan(&worker)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return db, leader, worker
+}
+
+func TestParallelWorkerByPIDIsProtectedAndNothingIsTouched(t *testing.T) {
+	t.Parallel()
+	_, leader, worker := parallel(t)
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{worker}}, action.Options{Wait: time.Second})
+	detail := "parallel worker"
+	if pgtest.Shared(t).Major >= 13 {
+		detail = "parallel worker of " + itoa(leader.PID)
+	}
+	want(t, res, worker, action.Protected, detail)
+	if !alive(t, leader) {
+		t.Fatal("the leader was ended")
+	}
+	var n int
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", worker).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("worker gone (%d, %v)", n, err)
+	}
+}
+
+func TestTerminateByDatabaseActsOnLeadersNotWorkers(t *testing.T) {
+	t.Parallel()
+	db, leader, worker := parallel(t)
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{
+		Action:   action.Terminate,
+		Selector: mustSelector(t, selector.Spec{DB: []string{db}}),
+	}, action.Options{Wait: 10 * time.Second})
+	want(t, res, leader.PID, action.Terminated, "")
+	for _, r := range res {
+		if r.IsParallelWorker() && (r.Outcome != action.Protected || r.Incomplete()) {
+			t.Errorf("worker %d: %s, want protected (not named, so not incomplete)", r.PID, r.Outcome)
+		}
+		if r.PID == worker && r.Outcome != action.Protected {
+			t.Errorf("worker %d: %s", worker, r.Outcome)
+		}
+	}
+}
+
+func itoa(n int32) string { return strconv.Itoa(int(n)) }
+
+func TestPlanWhoseQueryMovedOnIsChanged(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{
+		Action: action.Cancel, Selector: mustSelector(t, selector.Spec{App: []string{v.App}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The backend moves on to another query between the plan and the act.
+	admin := pgtest.Admin(t)
+	if _, err := admin.Exec(pgtest.Context(t), "SELECT pg_catalog.pg_cancel_backend($1)", v.PID); err != nil {
+		t.Fatal(err)
+	}
+	_ = v.Wait()
+	v.Start("SELECT pg_catalog.pg_sleep(60) /* the new query */")
+	pgtest.Eventually(t, "the new query", func() (bool, error) {
+		var q string
+		err := admin.QueryRow(pgtest.Context(t), "SELECT query FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND state = 'active'", v.PID).Scan(&q)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return strings.Contains(q, "the new query"), err
+	})
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Changed, "moved on")
+	if !res[0].Incomplete() {
+		t.Error("changed must make the action incomplete")
+	}
+	v.WaitState("active", "") // the new query keeps running
+}
+
+func TestForgedBackendStartIsChanged(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// As if the pid had been reused by a newer backend since.
+	plan.Results[0].BackendStart = plan.Results[0].BackendStart.Add(-time.Microsecond)
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Changed, "pid reused")
+	if !alive(t, v) {
+		t.Fatal("the session was ended")
+	}
+}
+
+func TestSelectionRecheckedAtTheSignal(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("BEGIN")
+	v.Exec("SELECT 1")
+	v.WaitState("idle in transaction", "")
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{
+		Action: action.Terminate, Selector: mustSelector(t, selector.Spec{App: []string{v.App}, State: []string{"idle in transaction"}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if plan.Count(action.Planned) != 1 {
+		t.Fatalf("plan: %+v", plan.Results)
+	}
+	v.Exec("COMMIT") // no longer idle in transaction
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Changed, "")
+	if !alive(t, v) {
+		t.Fatal("the session was ended")
+	}
+}
+
+func TestPrivilegeDecidedPerSession(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name      string
+		grants    []string
+		superuser string // detail for the superuser's session
+	}{
+		// Without pg_read_all_stats the role cannot see the other
+		// session's backend_start, so it cannot guard its identity.
+		{"plain", nil, "cannot see the backend_start"},
+		{"read_all_stats", []string{"pg_read_all_stats"}, "is a superuser"},
+		{"signal_backend", []string{"pg_read_all_stats", "pg_signal_backend"}, "is a superuser"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			role := pgtest.NewRole(t, "NOSUPERUSER", tt.grants...)
+			mine := pgtest.NewVictim(t, pgtest.VictimOptions{User: role})
+			super := pgtest.NewVictim(t, pgtest.VictimOptions{})
+			other := pgtest.NewRole(t, "NOSUPERUSER")
+			theirs := pgtest.NewVictim(t, pgtest.VictimOptions{User: other})
+			cn := open(t, role)
+			res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{mine.PID, super.PID, theirs.PID}},
+				action.Options{Wait: 10 * time.Second})
+			want(t, res, mine.PID, action.Terminated, "")
+			want(t, res, super.PID, action.Denied, tt.superuser)
+			if len(tt.grants) == 2 {
+				want(t, res, theirs.PID, action.Terminated, "")
+			} else {
+				want(t, res, theirs.PID, action.Denied, "")
+			}
+			if !alive(t, super) {
+				t.Fatal("the superuser's session was ended")
+			}
+		})
+	}
+}
+
+func TestGraceCancelsFirst(t *testing.T) {
+	t.Parallel()
+	running := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	idle := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	running.Start("SELECT pg_catalog.pg_sleep(60)")
+	running.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Terminate, Selector: mustSelector(t, selector.Spec{App: []string{running.App}})},
+		action.Options{Grace: 10 * time.Second, Wait: 10 * time.Second})
+	// The query ended on the cancel: the connection is spared.
+	want(t, res, running.PID, action.Cancelled, "")
+	if r := outcomes(res)[running.PID]; r.Action != action.Cancel {
+		t.Errorf("action %s, want cancel", r.Action)
+	}
+	_ = running.Wait()
+	running.Exec("SELECT 1")
+	// An idle session has no query to cancel: it is terminated.
+	want(t, res, idle.PID, action.Terminated, "")
+}
+
+func TestGraceTerminatesWhatStillRuns(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	// A query that ignores the cancel: the SQL function catches it and
+	// goes on (plpgsql's EXCEPTION WHEN query_canceled).
+	v.Exec(`CREATE FUNCTION pg_temp.stubborn() RETURNS void LANGUAGE plpgsql AS $$
+		BEGIN
+			LOOP
+				BEGIN
+					PERFORM pg_catalog.pg_sleep(60);
+				EXCEPTION WHEN query_canceled THEN
+					NULL;
+				END;
+			END LOOP;
+		END $$`)
+	v.Start("SELECT pg_temp.stubborn()")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}},
+		action.Options{Grace: 200 * time.Millisecond, Wait: 10 * time.Second})
+	want(t, res, v.PID, action.Terminated, "")
+	if alive(t, v) {
+		t.Fatal("still there")
+	}
+}
+
+func TestDryRunSignalsNothing(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	super := pgtest.NewVictim(t, pgtest.VictimOptions{App: v.App + "-s"})
+	role := pgtest.NewRole(t, "NOSUPERUSER", "pg_read_all_stats")
+	cn := open(t, role)
+	res := run(t, cn, action.Request{Action: action.Terminate, Selector: mustSelector(t, selector.Spec{App: []string{v.App + "*"}})},
+		action.Options{DryRun: true})
+	want(t, res, v.PID, action.Denied, "is a superuser")
+	want(t, res, super.PID, action.Denied, "is a superuser")
+	mine := pgtest.NewVictim(t, pgtest.VictimOptions{User: role, App: v.App + "-mine"})
+	res = run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{mine.PID}}, action.Options{DryRun: true})
+	want(t, res, mine.PID, action.Planned, "")
+	if !alive(t, mine) || !alive(t, v) {
+		t.Fatal("a dry run ended a session")
+	}
+}
+
+func TestNothingChosenIsRefused(t *testing.T) {
+	t.Parallel()
+	cn := open(t, pgtest.Superuser)
+	_, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate})
+	if !errors.Is(err, action.ErrNothingChosen) {
+		t.Fatalf("err = %v", err)
+	}
+}
+
+func TestLogicalWalsender(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Shared(t)
+	slot := pgtest.Name(t, "s_")
+	recv := exec.Command(filepath.Join(c.BinDir, "pg_recvlogical"), "-h", c.SocketDir(), "-p", itoa(int32(c.Port)),
+		"-U", pgtest.Superuser, "-d", "postgres", "--slot", slot, "--create-slot", "--start", "-P", "test_decoding", "-f", os.DevNull)
+	recv.Env = append(os.Environ(), "PGAPPNAME="+pgtest.Tag(t))
+	if err := recv.Start(); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = recv.Process.Kill()
+		_ = recv.Wait()
+		ctx, cancel := context.WithTimeout(context.Background(), 10*time.Second)
+		defer cancel()
+		for ctx.Err() == nil {
+			// The slot can be dropped once its walsender has exited.
+			if _, err := pgtest.Admin(t).Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot); err == nil {
+				return
+			}
+			time.Sleep(20 * time.Millisecond)
+		}
+	})
+	var walsender int32
+	pgtest.Eventually(t, "the logical walsender", func() (bool, error) {
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1", pgtest.Tag(t)).Scan(&walsender)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	cn := open(t, pgtest.Superuser)
+	// A selection that finds it: reported, not touched.
+	res := run(t, cn, action.Request{Action: action.Terminate, Selector: mustSelector(t, selector.Spec{DB: []string{"postgres"}, App: []string{pgtest.Tag(t)}})},
+		action.Options{Wait: time.Second})
+	want(t, res, walsender, action.Protected, "--include-replication")
+	// By pid: refused.
+	res = run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{walsender}}, action.Options{Wait: time.Second})
+	want(t, res, walsender, action.Protected, "walsender")
+	var n int
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", walsender).Scan(&n); err != nil || n != 1 {
+		t.Fatalf("walsender gone (%d, %v)", n, err)
+	}
+	// Planned all the same (a forged or stale plan): the statement refuses.
+	res = forged(t, cn, walsender)
+	want(t, res, walsender, action.Protected, "--include-replication")
+	// Allowed explicitly.
+	res = run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{walsender}, IncludeReplication: true}, action.Options{Wait: 10 * time.Second})
+	want(t, res, walsender, action.Terminated, "")
+}
+
+// forged makes a plan to terminate some client session, then swaps in the
+// identity of another backend, as a forged or stale plan file would: only
+// the signalling statement's own checks stand between it and the signal.
+func forged(t *testing.T, cn *pgx.Conn, pid int32) []action.Result {
+	t.Helper()
+	decoy := pgtest.NewVictim(t, pgtest.VictimOptions{App: pgtest.Tag(t) + "-decoy"})
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{decoy.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	var start time.Time
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&start); err != nil {
+		t.Fatal(err)
+	}
+	plan.Results[0].PID, plan.Results[0].BackendStart = pid, start
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return res
+}
+
+func TestStatementRefusesProtectedSessionsInAPlan(t *testing.T) {
+	t.Parallel()
+	_, leader, worker := parallel(t)
+	cn := open(t, pgtest.Superuser)
+	var checkpointer int32
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'checkpointer'").Scan(&checkpointer); err != nil {
+		t.Fatal(err)
+	}
+	own := int32(cn.PgConn().PID())
+	want(t, forged(t, cn, own), own, action.Protected, "pgreap's own session")
+	want(t, forged(t, cn, worker), worker, action.Protected, "parallel worker")
+	want(t, forged(t, cn, checkpointer), checkpointer, action.Protected, "not a client backend (checkpointer)")
+	if !alive(t, leader) {
+		t.Fatal("the leader was ended")
+	}
+	if err := cn.Ping(pgtest.Context(t)); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func TestSessionThatNoLongerMatchesIsChanged(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{
+		Action: action.Terminate, Selector: mustSelector(t, selector.Spec{App: []string{v.App}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Only the selection can tell: the guard does not pin the query of a
+	// selection by name.
+	v.Exec("SET application_name = 'moved-elsewhere'")
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Changed, "no longer matches the selection")
+	if !alive(t, v) {
+		t.Fatal("the session was ended")
+	}
+}

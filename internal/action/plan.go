@@ -1,0 +1,235 @@
+package action
+
+import (
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"net/netip"
+	"slices"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+// PlanVersion is the version of the plan format that --dry-run -o json
+// writes and apply reads.
+const PlanVersion = 1
+
+// PlanHeader identifies the server run a plan was made on; every row of a
+// plan file carries it as "plan".
+type PlanHeader struct {
+	Version             int       `json:"version"`
+	Host                string    `json:"host"`
+	Port                uint16    `json:"port"`
+	PostmasterStartTime time.Time `json:"postmaster_start_time"`
+}
+
+// Header is the plan's header.
+func (p *Plan) Header() PlanHeader {
+	return PlanHeader{Version: PlanVersion, Host: p.Server.Host, Port: p.Server.Port, PostmasterStartTime: p.Server.Started}
+}
+
+// planRow is one row of a plan file: the fields --dry-run -o json writes.
+type planRow struct {
+	PID             *int32      `json:"pid"`
+	LeaderPID       *int32      `json:"leader_pid"`
+	Datname         *string     `json:"datname"`
+	Usename         *string     `json:"usename"`
+	ApplicationName *string     `json:"application_name"`
+	ClientAddr      *string     `json:"client_addr"`
+	BackendType     *string     `json:"backend_type"`
+	State           *string     `json:"state"`
+	BackendStart    *time.Time  `json:"backend_start"`
+	XactStart       *time.Time  `json:"xact_start"`
+	QueryStart      *time.Time  `json:"query_start"`
+	StateChange     *time.Time  `json:"state_change"`
+	WaitEventType   *string     `json:"wait_event_type"`
+	WaitEvent       *string     `json:"wait_event"`
+	Query           *string     `json:"query"`
+	QueryID         *int64      `json:"query_id"`
+	BlockedBy       []int32     `json:"blocked_by"`
+	Action          *string     `json:"action"`
+	Outcome         *string     `json:"outcome"`
+	Detail          *string     `json:"detail"`
+	Guard           []string    `json:"guard"`
+	Plan            *PlanHeader `json:"plan"`
+}
+
+// optionalKeys may be missing from a row: query_id exists on 14+ only.
+var optionalKeys = []string{"query_id"}
+
+// maxPlanSize bounds what ReadPlan reads: a plan of every session of a
+// server with 10,000 connections and long queries fits.
+const maxPlanSize = 256 << 20
+
+// ReadPlan reads a plan file strictly: one JSON array of rows as
+// --dry-run -o json writes them, with no unknown and no missing field,
+// all made on one server run. Only the rows whose outcome is planned are
+// kept: those are the sessions the plan acts on.
+func ReadPlan(r io.Reader) (*Plan, error) {
+	data, err := io.ReadAll(io.LimitReader(r, maxPlanSize+1))
+	if err != nil {
+		return nil, err
+	}
+	if len(data) > maxPlanSize {
+		return nil, fmt.Errorf("more than %d MiB: not a plan", maxPlanSize>>20)
+	}
+	var raws []map[string]json.RawMessage
+	if err := json.Unmarshal(data, &raws); err != nil {
+		return nil, fmt.Errorf("not a plan (a JSON array of sessions from --dry-run -o json): %s", jsonError(err))
+	}
+	if len(raws) == 0 {
+		return nil, errors.New("the plan has no sessions")
+	}
+	known := map[string]bool{}
+	var required []string
+	for _, f := range jsonFields(planRow{}) {
+		known[f] = true
+		if !slices.Contains(optionalKeys, f) {
+			required = append(required, f)
+		}
+	}
+	plan := &Plan{}
+	for n, raw := range raws {
+		where := fmt.Sprintf("session %d", n+1)
+		for _, k := range required {
+			if _, ok := raw[k]; !ok {
+				return nil, fmt.Errorf("%s: missing field %q", where, k)
+			}
+		}
+		var unknown []string
+		for k := range raw {
+			if !known[k] {
+				unknown = append(unknown, k)
+			}
+		}
+		if len(unknown) > 0 {
+			sort.Strings(unknown)
+			return nil, fmt.Errorf("%s: unknown field %q", where, unknown[0])
+		}
+		obj, _ := json.Marshal(raw)
+		dec := json.NewDecoder(bytes.NewReader(obj))
+		dec.DisallowUnknownFields()
+		var row planRow
+		if err := dec.Decode(&row); err != nil {
+			return nil, fmt.Errorf("%s: %s", where, jsonError(err))
+		}
+		res, err := row.result()
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		if n == 0 {
+			plan.Server = Server{Host: row.Plan.Host, Port: row.Plan.Port, Started: row.Plan.PostmasterStartTime}
+		} else if h := plan.Header(); row.Plan.Host != h.Host || row.Plan.Port != h.Port ||
+			!row.Plan.PostmasterStartTime.Equal(h.PostmasterStartTime) {
+			return nil, fmt.Errorf("%s: made on another server than session 1 (its \"plan\" differs)", where)
+		}
+		if res.Outcome == Planned {
+			plan.Results = append(plan.Results, res)
+		}
+	}
+	return plan, nil
+}
+
+func jsonFields(v any) []string {
+	b, _ := json.Marshal(v)
+	var m map[string]json.RawMessage
+	_ = json.Unmarshal(b, &m)
+	var out []string
+	for k := range m {
+		out = append(out, k)
+	}
+	sort.Strings(out)
+	return out
+}
+
+// jsonError is a decoding error in one line without Go type names.
+func jsonError(err error) string {
+	var te *json.UnmarshalTypeError
+	if errors.As(err, &te) {
+		return fmt.Sprintf("field %q: %s is the wrong type", te.Field, te.Value)
+	}
+	var se *json.SyntaxError
+	if errors.As(err, &se) {
+		return fmt.Sprintf("bad JSON at byte %d: %s", se.Offset, se.Error())
+	}
+	return strings.TrimPrefix(err.Error(), "json: ")
+}
+
+func (row *planRow) result() (Result, error) {
+	var r Result
+	if row.Plan == nil {
+		return r, errors.New(`"plan" is null`)
+	}
+	if row.Plan.Version != PlanVersion {
+		return r, fmt.Errorf("plan version %d: this pgreap reads version %d", row.Plan.Version, PlanVersion)
+	}
+	if row.Plan.PostmasterStartTime.IsZero() {
+		return r, errors.New(`"plan": no postmaster_start_time`)
+	}
+	if row.PID == nil || *row.PID <= 0 {
+		return r, errors.New(`"pid" must be a positive number`)
+	}
+	if row.BackendStart == nil {
+		return r, errors.New(`"backend_start" is null: the session cannot be guarded`)
+	}
+	if row.Action == nil || (Kind(*row.Action) != Cancel && Kind(*row.Action) != Terminate) {
+		return r, errors.New(`"action" must be cancel or terminate`)
+	}
+	if row.Outcome == nil {
+		return r, errors.New(`"outcome" is null`)
+	}
+	switch {
+	case slices.Equal(row.Guard, Guard{}.Columns()):
+	case slices.Equal(row.Guard, Guard{Query: true}.Columns()):
+		r.Guard.Query = true
+	default:
+		return r, fmt.Errorf(`"guard" must be %q or %q`, Guard{}.Columns(), Guard{Query: true}.Columns())
+	}
+	if Kind(*row.Action) == Cancel && !r.Guard.Query {
+		return r, errors.New(`a cancel must guard its query ("guard" with query_start)`)
+	}
+	s := activity.Session{
+		PID:             *row.PID,
+		LeaderPID:       deref(row.LeaderPID),
+		Datname:         deref(row.Datname),
+		Usename:         deref(row.Usename),
+		ApplicationName: deref(row.ApplicationName),
+		BackendType:     deref(row.BackendType),
+		State:           deref(row.State),
+		BackendStart:    *row.BackendStart,
+		XactStart:       deref(row.XactStart),
+		QueryStart:      deref(row.QueryStart),
+		StateChange:     deref(row.StateChange),
+		WaitEventType:   deref(row.WaitEventType),
+		WaitEvent:       deref(row.WaitEvent),
+		Query:           deref(row.Query),
+		QueryID:         deref(row.QueryID),
+		BlockedBy:       row.BlockedBy,
+	}
+	if row.ClientAddr != nil {
+		a, err := netip.ParseAddr(*row.ClientAddr)
+		if err != nil {
+			return r, fmt.Errorf(`"client_addr" %q is not an address`, *row.ClientAddr)
+		}
+		s.ClientAddr = a
+	}
+	r.Session = s
+	r.Action = Kind(*row.Action)
+	r.Outcome = Outcome(*row.Outcome)
+	r.Detail = deref(row.Detail)
+	r.Named = true
+	return r, nil
+}
+
+func deref[T any](p *T) T {
+	var zero T
+	if p == nil {
+		return zero
+	}
+	return *p
+}
