@@ -127,9 +127,14 @@ type Plan struct {
 	// Taken is the server's clock when the sessions were seen.
 	Taken   time.Time
 	Results []Result
+	// IncludeReplication and IncludeAutovacuum let the signalling statement
+	// signal walsenders and autovacuum workers; it refuses them otherwise.
+	IncludeReplication bool
+	IncludeAutovacuum  bool
 
-	sel                                   *selector.Selector
-	includeReplication, includeAutovacuum bool
+	// sel is re-checked by the signalling statement; nil for a plan read
+	// from a file, which pins identities only.
+	sel *selector.Selector
 }
 
 // Count is how many results have the outcome.
@@ -181,8 +186,8 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 		ServerVersion:      snap.ServerVersion,
 		Taken:              snap.Taken,
 		sel:                req.Selector,
-		includeReplication: req.IncludeReplication,
-		includeAutovacuum:  req.IncludeAutovacuum,
+		IncludeReplication: req.IncludeReplication,
+		IncludeAutovacuum:  req.IncludeAutovacuum,
 	}
 	// The query is pinned for a cancel (it is the target), and whenever
 	// the selection depends on what the session runs or how long.
@@ -231,9 +236,9 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 			return Protected, fmt.Sprintf("parallel worker of %d: it ends with its leader; act on %d", s.LeaderPID, s.LeaderPID)
 		}
 		return Protected, "parallel worker: it ends with its leader; act on the leader (PostgreSQL 12 does not say which it is)"
-	case s.BackendType == "walsender" && !p.includeReplication:
+	case s.BackendType == "walsender" && !p.IncludeReplication:
 		return Protected, "walsender (replication): --include-replication to allow"
-	case s.BackendType == "autovacuum worker" && !p.includeAutovacuum:
+	case s.BackendType == "autovacuum worker" && !p.IncludeAutovacuum:
 		return Protected, "autovacuum worker: --include-autovacuum to allow"
 	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
 		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
@@ -494,7 +499,7 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 		}
 	}
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
-		p.includeReplication, p.includeAutovacuum, timePtr(p.Server.Started)}
+		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started)}
 	sql := actSQL
 	if p.sel != nil {
 		where, selArgs := p.sel.Compile("a", len(args)+1)

@@ -6,12 +6,14 @@ import (
 	"fmt"
 	"net/netip"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 )
 
 //go:embed sql/*.sql
@@ -195,28 +197,29 @@ func take(ctx context.Context, conn *pgx.Conn, version int, sql string, args ...
 	}
 	defer rows.Close()
 	snap := &Snapshot{ServerVersion: version}
+	// Scanned into pgtype values rather than pointers: no allocation per
+	// nullable column, which counts with thousands of sessions.
+	var (
+		leader                                          pgtype.Int4
+		datname, usename, app, btype, state, wet, we, q pgtype.Text
+		addr                                            *netip.Prefix // NULL for most: no allocation
+		bs, xs, qs, sc                                  pgtype.Timestamptz
+		qid                                             pgtype.Int8
+	)
 	for rows.Next() {
-		var (
-			s                                   Session
-			leader                              *int32
-			datname, usename, state, btype, wet *string
-			we, query                           *string
-			addr                                *netip.Prefix
-			bs, xs, qs, sc                      *time.Time
-			qid                                 *int64
-			app                                 *string
-		)
+		var s Session
 		if err := rows.Scan(&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
-			&bs, &xs, &qs, &sc, &wet, &we, &query, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted); err != nil {
+			&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
-		s.LeaderPID, s.Datname = deref(leader), deref(datname)
-		s.Usename, s.ApplicationName, s.BackendType, s.State = deref(usename), deref(app), deref(btype), deref(state)
-		s.WaitEventType, s.WaitEvent, s.Query = deref(wet), deref(we), deref(query)
-		s.BackendStart, s.XactStart, s.QueryStart, s.StateChange = deref(bs), deref(xs), deref(qs), deref(sc)
-		s.QueryID = deref(qid)
+		s.LeaderPID, s.QueryID = leader.Int32, qid.Int64
+		s.Datname, s.Usename, s.ApplicationName = datname.String, usename.String, app.String
+		s.BackendType, s.State = btype.String, state.String
+		s.WaitEventType, s.WaitEvent, s.Query = wet.String, we.String, q.String
+		s.BackendStart, s.XactStart, s.QueryStart, s.StateChange = bs.Time, xs.Time, qs.Time, sc.Time
 		if addr != nil {
 			s.ClientAddr = addr.Addr()
+			addr = nil
 		}
 		snap.Sessions = append(snap.Sessions, s)
 	}
@@ -230,21 +233,19 @@ func take(ctx context.Context, conn *pgx.Conn, version int, sql string, args ...
 	return snap, nil
 }
 
-func deref[T any](p *T) T {
-	var zero T
-	if p == nil {
-		return zero
-	}
-	return *p
-}
-
 // GroupWorkers orders sessions by pid and moves each parallel worker right
 // after its leader, when the leader is among them. Workers whose leader is
 // not (it was filtered out, or the server is 12 and does not say) keep their
 // place by pid.
 func GroupWorkers(in []Session) []Session {
-	sessions := append([]Session(nil), in...)
-	sort.SliceStable(sessions, func(i, j int) bool { return sessions[i].PID < sessions[j].PID })
+	sessions := in
+	if !sort.SliceIsSorted(sessions, func(i, j int) bool { return sessions[i].PID < sessions[j].PID }) {
+		sessions = append([]Session(nil), in...)
+		sort.SliceStable(sessions, func(i, j int) bool { return sessions[i].PID < sessions[j].PID })
+	}
+	if !slices.ContainsFunc(sessions, func(s Session) bool { return s.LeaderPID != 0 && s.LeaderPID != s.PID }) {
+		return sessions // no worker whose leader is known: nothing moves
+	}
 	present := make(map[int32]bool, len(sessions))
 	for _, s := range sessions {
 		present[s.PID] = true

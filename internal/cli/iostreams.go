@@ -15,6 +15,8 @@ type IOStreams struct {
 	Out    io.Writer
 	ErrOut io.Writer
 
+	// InTTY: standard input is a terminal, so pgreap may ask.
+	InTTY bool
 	// OutTTY: standard output is a terminal.
 	OutTTY bool
 	// Width is the terminal's width in columns (0 when not a terminal).
@@ -32,6 +34,7 @@ func System() *IOStreams {
 			io.Width = w
 		}
 	}
+	io.InTTY = term.IsTerminal(int(os.Stdin.Fd()))
 	// https://no-color.org: set and not empty.
 	io.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb"
 	return io

@@ -88,6 +88,8 @@ It connects like psql does: -d takes a keyword/value string or a URL, and
 the PG* environment variables, ~/.pgpass and service files apply.`,
 		Example: `  pgreap ls
   pgreap ls --state active --longer-than 5m
+  pgreap cancel --app 'report*' --longer-than 5m --yes
+  pgreap terminate --state 'idle in transaction' --longer-than 10m --dry-run
   pgreap -h db1 -U admin ls --db shop -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
@@ -108,6 +110,11 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 	cmd.SetFlagErrorFunc(func(c *cobra.Command, err error) error {
 		return usageError(err)
 	})
-	cmd.AddCommand(NewCmdLs(f, nil))
+	cmd.AddCommand(
+		NewCmdLs(f, nil),
+		NewCmdCancel(f, nil),
+		NewCmdTerminate(f, nil),
+		NewCmdApply(f, nil),
+	)
 	return cmd
 }

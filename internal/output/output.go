@@ -5,6 +5,7 @@
 package output
 
 import (
+	"bufio"
 	"bytes"
 	"encoding/csv"
 	"encoding/json"
@@ -13,6 +14,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/pgreap/pgreap/internal/activity"
 )
@@ -93,115 +95,237 @@ func write(w io.Writer, f Format, rows []Row, opt Options, results bool) error {
 	}
 }
 
-// field is one output column: its pg_stat_activity name and its value as
-// JSON and as text (CSV). A NULL is JSON null and an empty CSV cell.
+// field is one output column: its pg_stat_activity name and its value.
+// A NULL is JSON null and an empty CSV cell.
 type field struct {
 	name string
-	json any
+	v    value
 }
 
-func fields(r *Row, opt Options, results, extra bool) []field {
-	s := &r.Session
-	f := []field{
-		{"pid", s.PID},
-		{"leader_pid", nullInt(int64(s.LeaderPID))},
-		{"datname", nullStr(s.Datname)},
-		{"usename", nullStr(s.Usename)},
-		{"application_name", s.ApplicationName},
-		{"client_addr", nullAddr(s)},
-		{"backend_type", nullStr(s.BackendType)},
-		{"state", nullStr(s.State)},
-		{"backend_start", nullTime(s.BackendStart)},
-		{"xact_start", nullTime(s.XactStart)},
-		{"query_start", nullTime(s.QueryStart)},
-		{"state_change", nullTime(s.StateChange)},
-		{"wait_event_type", nullStr(s.WaitEventType)},
-		{"wait_event", nullStr(s.WaitEvent)},
-		{"query", s.Query},
+type kind uint8
+
+const (
+	kindNull kind = iota
+	kindString
+	kindInt
+	kindInts
+	kindTime
+	kindAny
+)
+
+// value is a field's value without boxing it in an interface: a listing of
+// thousands of sessions would spend its time allocating otherwise.
+type value struct {
+	kind kind
+	s    string
+	n    int64
+	ints []int32
+	t    time.Time
+	any  any
+}
+
+func str(s string) value { return value{kind: kindString, s: s} }
+
+func nullStr(s string) value {
+	if s == "" {
+		return value{}
 	}
+	return str(s)
+}
+
+func nullInt(n int64) value {
+	if n == 0 {
+		return value{}
+	}
+	return value{kind: kindInt, n: n}
+}
+
+func nullAddr(s *activity.Session) value {
+	if !s.ClientAddr.IsValid() {
+		return value{}
+	}
+	return str(s.ClientAddr.String())
+}
+
+func nullTime(t time.Time) value {
+	if t.IsZero() {
+		return value{}
+	}
+	return value{kind: kindTime, t: t}
+}
+
+// fields appends the row's fields to dst.
+func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
+	s := &r.Session
+	f := append(dst,
+		field{"pid", value{kind: kindInt, n: int64(s.PID)}},
+		field{"leader_pid", nullInt(int64(s.LeaderPID))},
+		field{"datname", nullStr(s.Datname)},
+		field{"usename", nullStr(s.Usename)},
+		field{"application_name", str(s.ApplicationName)},
+		field{"client_addr", nullAddr(s)},
+		field{"backend_type", nullStr(s.BackendType)},
+		field{"state", nullStr(s.State)},
+		field{"backend_start", nullTime(s.BackendStart)},
+		field{"xact_start", nullTime(s.XactStart)},
+		field{"query_start", nullTime(s.QueryStart)},
+		field{"state_change", nullTime(s.StateChange)},
+		field{"wait_event_type", nullStr(s.WaitEventType)},
+		field{"wait_event", nullStr(s.WaitEvent)},
+		field{"query", str(s.Query)},
+	)
 	if opt.QueryID {
 		f = append(f, field{"query_id", nullInt(s.QueryID)})
 	}
-	blockedBy := s.BlockedBy
-	if blockedBy == nil {
-		blockedBy = []int32{}
-	}
-	f = append(f, field{"blocked_by", blockedBy})
+	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}})
 	if results {
 		f = append(f, field{"action", nullStr(r.Action)}, field{"outcome", nullStr(r.Outcome)}, field{"detail", nullStr(r.Detail)})
 	}
 	if extra {
 		for _, e := range r.Extra {
-			f = append(f, field{e.Name, e.Value})
+			f = append(f, field{e.Name, value{kind: kindAny, any: e.Value}})
 		}
 	}
 	return f
 }
 
-func nullStr(s string) any {
-	if s == "" {
-		return nil
-	}
-	return s
-}
-
-func nullInt(n int64) any {
-	if n == 0 {
-		return nil
-	}
-	return n
-}
-
-func nullAddr(s *activity.Session) any {
-	if !s.ClientAddr.IsValid() {
-		return nil
-	}
-	return s.ClientAddr.String()
-}
-
-func nullTime(t time.Time) any {
-	if t.IsZero() {
-		return nil
-	}
-	return t.Format(time.RFC3339Nano)
-}
-
 func writeJSON(w io.Writer, rows []Row, opt Options, results bool) error {
-	// Objects are written field by field to keep pg_stat_activity's
-	// column order; query text stays readable (no HTML escaping).
-	var b bytes.Buffer
-	enc := json.NewEncoder(&b)
-	enc.SetEscapeHTML(false)
-	b.WriteString("[")
+	// One object per line, so a session is one line for grep and diff;
+	// fields in pg_stat_activity's column order; query text readable (no
+	// HTML escaping). Values are appended directly: a listing of
+	// thousands of sessions is on an operator's critical path.
+	bw := bufio.NewWriterSize(w, 64<<10)
+	buf := make([]byte, 0, 4096)
+	var fs []field
+	buf = append(buf, '[')
 	for i := range rows {
 		if i > 0 {
-			b.WriteString(",")
+			buf = append(buf, ',')
 		}
-		b.WriteString("\n  {")
-		for j, f := range fields(&rows[i], opt, results, true) {
+		buf = append(buf, "\n{"...)
+		fs = fields(fs[:0], &rows[i], opt, results, true)
+		for j, f := range fs {
 			if j > 0 {
-				b.WriteString(",")
+				buf = append(buf, ',')
 			}
-			b.WriteString("\n    \"" + f.name + "\": ")
-			if err := enc.Encode(f.json); err != nil {
+			buf = append(buf, '"')
+			buf = append(buf, f.name...)
+			buf = append(buf, '"', ':')
+			var err error
+			if buf, err = appendJSON(buf, f.v); err != nil {
 				return err
 			}
-			b.Truncate(b.Len() - 1) // Encode ends with a newline
 		}
-		b.WriteString("\n  }")
+		buf = append(buf, '}')
+		if _, err := bw.Write(buf); err != nil {
+			return err
+		}
+		buf = buf[:0]
 	}
 	if len(rows) > 0 {
-		b.WriteString("\n")
+		buf = append(buf, '\n')
 	}
-	b.WriteString("]\n")
-	_, err := w.Write(b.Bytes())
-	return err
+	buf = append(buf, "]\n"...)
+	if _, err := bw.Write(buf); err != nil {
+		return err
+	}
+	return bw.Flush()
+}
+
+// appendJSON appends v as JSON, as encoding/json without HTML escaping
+// would.
+func appendJSON(b []byte, v value) ([]byte, error) {
+	switch v.kind {
+	case kindNull:
+		return append(b, "null"...), nil
+	case kindString:
+		return appendJSONString(b, v.s), nil
+	case kindInt:
+		return strconv.AppendInt(b, v.n, 10), nil
+	case kindTime:
+		b = append(b, '"')
+		b = v.t.AppendFormat(b, time.RFC3339Nano)
+		return append(b, '"'), nil
+	case kindInts:
+		b = append(b, '[')
+		for i, n := range v.ints {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = strconv.AppendInt(b, int64(n), 10)
+		}
+		return append(b, ']'), nil
+	}
+	var out bytes.Buffer
+	enc := json.NewEncoder(&out)
+	enc.SetEscapeHTML(false)
+	if err := enc.Encode(v.any); err != nil {
+		return b, err
+	}
+	return append(b, bytes.TrimSuffix(out.Bytes(), []byte("\n"))...), nil
+}
+
+const hexDigits = "0123456789abcdef"
+
+// appendJSONString quotes s as encoding/json does with SetEscapeHTML(false):
+// control characters escaped, invalid UTF-8 replaced by U+FFFD, and U+2028
+// and U+2029 escaped (JavaScript reads them as line ends).
+func appendJSONString(b []byte, s string) []byte {
+	b = append(b, '"')
+	start := 0
+	for i := 0; i < len(s); {
+		c := s[i]
+		if c < utf8.RuneSelf {
+			if c >= 0x20 && c != '"' && c != '\\' {
+				i++
+				continue
+			}
+			b = append(b, s[start:i]...)
+			switch c {
+			case '"', '\\':
+				b = append(b, '\\', c)
+			case '\n':
+				b = append(b, '\\', 'n')
+			case '\r':
+				b = append(b, '\\', 'r')
+			case '\t':
+				b = append(b, '\\', 't')
+			case '\b':
+				b = append(b, '\\', 'b')
+			case '\f':
+				b = append(b, '\\', 'f')
+			default:
+				b = append(b, '\\', 'u', '0', '0', hexDigits[c>>4], hexDigits[c&0xf])
+			}
+			i++
+			start = i
+			continue
+		}
+		r, size := utf8.DecodeRuneInString(s[i:])
+		if r == utf8.RuneError && size == 1 {
+			b = append(b, s[start:i]...)
+			b = append(b, "\\ufffd"...)
+			i += size
+			start = i
+			continue
+		}
+		if r == '\u2028' || r == '\u2029' {
+			b = append(b, s[start:i]...)
+			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			i += size
+			start = i
+			continue
+		}
+		i += size
+	}
+	b = append(b, s[start:]...)
+	return append(b, '"')
 }
 
 func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	cw := csv.NewWriter(w)
 	var header []string
-	for _, f := range fields(&Row{}, opt, results, false) {
+	for _, f := range fields(nil, &Row{}, opt, results, false) {
 		header = append(header, f.name)
 	}
 	if err := cw.Write(header); err != nil {
@@ -209,8 +333,8 @@ func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	}
 	for i := range rows {
 		var rec []string
-		for _, f := range fields(&rows[i], opt, results, false) {
-			rec = append(rec, csvText(f.json))
+		for _, f := range fields(nil, &rows[i], opt, results, false) {
+			rec = append(rec, csvText(f.v))
 		}
 		if err := cw.Write(rec); err != nil {
 			return err
@@ -220,22 +344,22 @@ func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	return cw.Error()
 }
 
-func csvText(v any) string {
-	switch v := v.(type) {
-	case nil:
+func csvText(v value) string {
+	switch v.kind {
+	case kindNull:
 		return ""
-	case string:
-		return v
-	case int32:
-		return strconv.FormatInt(int64(v), 10)
-	case int64:
-		return strconv.FormatInt(v, 10)
-	case []int32:
-		parts := make([]string, len(v))
-		for i, p := range v {
+	case kindString:
+		return v.s
+	case kindInt:
+		return strconv.FormatInt(v.n, 10)
+	case kindTime:
+		return v.t.Format(time.RFC3339Nano)
+	case kindInts:
+		parts := make([]string, len(v.ints))
+		for i, p := range v.ints {
 			parts[i] = strconv.FormatInt(int64(p), 10)
 		}
 		return strings.Join(parts, " ")
 	}
-	return fmt.Sprint(v)
+	return fmt.Sprint(v.any)
 }

@@ -3,6 +3,7 @@ package selector
 import (
 	"errors"
 	"fmt"
+	"reflect"
 
 	"github.com/spf13/pflag"
 )
@@ -31,6 +32,11 @@ func AddFlags(fs *pflag.FlagSet) *Flags {
 	fs.BoolVar(&s.Waiting, "waiting", false, "waits on a lock")
 	fs.BoolVar(&s.Blocking, "blocking", false, "blocks another session")
 	return f
+}
+
+// Given reports whether any selector flag was given.
+func (f *Flags) Given() bool {
+	return !reflect.ValueOf(f.spec).IsZero()
 }
 
 // Selector checks the flags. Its error names the flag, e.g.

@@ -1,0 +1,236 @@
+package cli
+
+import (
+	"bufio"
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// ActOptions are the inputs of `pgreap cancel` and `pgreap terminate`.
+type ActOptions struct {
+	IO      *IOStreams
+	Connect func(context.Context) (*pgx.Conn, error)
+	Logger  *slog.Logger
+
+	Action             action.Kind
+	Format             output.Format
+	Color              bool
+	PIDs               []int32
+	Selectors          *selector.Flags
+	DryRun             bool
+	Yes                bool
+	Limit              int
+	Wait               time.Duration
+	Grace              time.Duration
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// newActCmd builds cancel or terminate: the same pipeline, another signal.
+func newActCmd(f *Factory, kind action.Kind, cmd *cobra.Command, runF func(context.Context, *ActOptions) error) *cobra.Command {
+	opts := &ActOptions{IO: f.IO, Action: kind}
+	cmd.Args = cobra.ArbitraryArgs
+	cmd.RunE = func(cmd *cobra.Command, args []string) error {
+		var err error
+		if opts.PIDs, err = parsePIDs(args); err != nil {
+			return usageError(err)
+		}
+		if opts.Format, err = f.Format(); err != nil {
+			return err
+		}
+		if _, err := f.ConnConfig(); err != nil {
+			return err
+		}
+		if opts.Limit < 0 {
+			return usageError(fmt.Errorf("--limit %d: must be 0 (no limit) or more", opts.Limit))
+		}
+		if opts.Wait < 0 || opts.Grace < 0 {
+			return usageError(errors.New("--wait and --grace must not be negative"))
+		}
+		opts.Color = f.Color()
+		opts.Connect = f.Connect
+		opts.Logger = f.Logger()
+		if runF != nil {
+			return runF(cmd.Context(), opts)
+		}
+		return actRun(cmd.Context(), opts)
+	}
+	fs := cmd.Flags()
+	opts.Selectors = selector.AddFlags(fs)
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: print the plan (with -o json, ready for `pgreap apply`)")
+	fs.BoolVarP(&opts.Yes, "yes", "y", false, "do not ask: needed for sessions chosen by selectors without a terminal")
+	fs.IntVar(&opts.Limit, "limit", 0, "refuse to act on more than `N` sessions (0: no limit)")
+	fs.DurationVar(&opts.Wait, "wait", 5*time.Second, "how long to wait for the signalled sessions to end (`D`)")
+	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "allow walsenders (replication connections)")
+	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "allow autovacuum workers")
+	if kind == action.Terminate {
+		fs.DurationVar(&opts.Grace, "grace", 0, "cancel first; terminate only what still runs the same query after `D`")
+	}
+	return cmd
+}
+
+func parsePIDs(args []string) ([]int32, error) {
+	var pids []int32
+	for _, a := range args {
+		n, err := strconv.ParseInt(a, 10, 32)
+		if err != nil || n <= 0 {
+			return nil, fmt.Errorf("%q: not a pid (a positive number); choose sessions by name with selectors such as --app", a)
+		}
+		pids = append(pids, int32(n))
+	}
+	return pids, nil
+}
+
+func actRun(ctx context.Context, opts *ActOptions) error {
+	sel, err := opts.Selectors.Selector()
+	if err != nil {
+		return usageError(err)
+	}
+	bySelector := opts.Selectors.Given()
+	if !bySelector {
+		sel = nil
+	}
+	if !bySelector && len(opts.PIDs) == 0 {
+		return usageError(action.ErrNothingChosen)
+	}
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	plan, err := action.Choose(ctx, conn, action.Request{
+		Action:             opts.Action,
+		PIDs:               opts.PIDs,
+		Selector:           sel,
+		IncludeReplication: opts.IncludeReplication,
+		IncludeAutovacuum:  opts.IncludeAutovacuum,
+	})
+	if err != nil {
+		return err
+	}
+	opts.Logger.Debug("chosen", "sessions", len(plan.Results), "planned", plan.Count(action.Planned))
+	if len(plan.Results) == 0 {
+		return ErrNoMatch
+	}
+	planned := plan.Count(action.Planned)
+	if opts.Limit > 0 && planned > opts.Limit {
+		return usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
+	}
+	// Sessions chosen by selectors are confirmed; sessions named by pid
+	// alone were chosen one by one already.
+	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
+		if err := confirm(opts, plan, planned); err != nil {
+			return err
+		}
+	}
+	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
+	if err != nil {
+		return err
+	}
+	if err := writeResults(opts.IO, opts.Format, opts.Color, plan, results, opts.DryRun); err != nil {
+		return err
+	}
+	return resultsError(opts.Action, results)
+}
+
+// confirm shows the plan on a terminal and asks; without one, it refuses.
+func confirm(opts *ActOptions, plan *action.Plan, planned int) error {
+	what := fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned))
+	if !opts.IO.InTTY {
+		return usageError(fmt.Errorf("refusing to %s chosen by selectors without a terminal to confirm on: add --yes, or see them with --dry-run", what))
+	}
+	if err := output.WriteResults(opts.IO.ErrOut, output.Table, toRows(plan, plan.Results, false), output.Options{
+		Now: plan.Taken, Color: opts.Color, Width: opts.IO.Width,
+	}); err != nil {
+		return err
+	}
+	fmt.Fprintf(opts.IO.ErrOut, "%s? [y/N] ", what)
+	line, _ := bufio.NewReader(opts.IO.In).ReadString('\n')
+	switch strings.ToLower(strings.TrimSpace(line)) {
+	case "y", "yes":
+		return nil
+	}
+	return usageError(errors.New("not confirmed: nothing done"))
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
+}
+
+// toRows turns results into output rows; a dry run's JSON rows carry what
+// `pgreap apply` needs: the guard and the server the plan was made on.
+func toRows(plan *action.Plan, results []action.Result, planFields bool) []output.Row {
+	rows := make([]output.Row, len(results))
+	header := plan.Header()
+	for i := range results {
+		r := &results[i]
+		rows[i] = output.Row{Session: r.Session, Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail}
+		if planFields {
+			rows[i].Extra = []output.Field{{Name: "guard", Value: r.Guard.Columns()}, {Name: "plan", Value: header}}
+		}
+	}
+	return rows
+}
+
+func writeResults(io *IOStreams, format output.Format, color bool, plan *action.Plan, results []action.Result, dryRun bool) error {
+	return output.WriteResults(io.Out, format, toRows(plan, results, dryRun), output.Options{
+		Now:     plan.Taken,
+		QueryID: plan.ServerVersion >= 140000,
+		Color:   color,
+		Width:   io.Width,
+	})
+}
+
+// resultsError is the exit status of an action: incomplete (3) when a
+// session was denied, survived, changed, or protected though named by pid;
+// nothing matched (1) when no session could be acted on at all.
+func resultsError(kind action.Kind, results []action.Result) error {
+	counts := map[action.Outcome]int{}
+	incomplete, acted := 0, 0
+	for i := range results {
+		r := &results[i]
+		counts[r.Outcome]++
+		if r.Incomplete() {
+			incomplete++
+		}
+		if r.Outcome != action.Protected {
+			acted++
+		}
+	}
+	if incomplete > 0 {
+		var parts []string
+		for _, o := range []action.Outcome{action.Denied, action.Survived, action.Changed, action.Protected} {
+			if counts[o] > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
+			}
+		}
+		return &exitError{ExitIncomplete, fmt.Errorf("%d of %d sessions did not reach %s: %s (see detail)",
+			incomplete, len(results), want(kind), strings.Join(parts, ", "))}
+	}
+	if acted == 0 {
+		return fmt.Errorf("%w that pgreap may act on (%d protected)", ErrNoMatch, counts[action.Protected])
+	}
+	return nil
+}
+
+func want(kind action.Kind) action.Outcome {
+	if kind == action.Cancel {
+		return action.Cancelled
+	}
+	return action.Terminated
+}

@@ -1,0 +1,135 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+// ApplyOptions are the inputs of `pgreap apply`.
+type ApplyOptions struct {
+	IO      *IOStreams
+	Connect func(context.Context) (*pgx.Conn, error)
+	Logger  *slog.Logger
+
+	Format             output.Format
+	Color              bool
+	File               string
+	Wait               time.Duration
+	Grace              time.Duration
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// NewCmdApply builds `pgreap apply`; runF replaces the run in tests.
+func NewCmdApply(f *Factory, runF func(context.Context, *ApplyOptions) error) *cobra.Command {
+	opts := &ApplyOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "apply PLAN.json",
+		Short: "Carry out exactly the plan a --dry-run printed",
+		Long: `Carry out exactly the plan that 'pgreap cancel|terminate --dry-run -o json'
+printed ('-' reads it from standard input): the sessions whose outcome was
+planned, each with its action, and nothing else.
+
+Each session is pinned as the plan saw it: (pid, backend_start), and
+query_start and state_change where the plan's guard says so. The one
+statement that sends the signals re-checks them, so a session that moved on
+since the plan is reported changed and left alone. A plan made on another
+server, or before the server restarted (pg_postmaster_start_time), is
+refused as a whole. The file is read strictly: unknown or missing fields
+are errors. A plan names its sessions one by one, so apply does not ask.
+
+Exit status: 0 all reached the planned action's outcome, 1 nothing planned,
+2 bad plan, usage or connection error, 3 some denied, survived, changed or
+protected.`,
+		Example: `  pgreap terminate --db shop --dry-run -o json > plan.json
+  less plan.json
+  pgreap apply plan.json
+  pgreap cancel --app 'report*' --dry-run -o json | pgreap apply -`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError(errors.New("apply takes one plan file (or - for standard input)"))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			opts.File = args[0]
+			if opts.Format, err = f.Format(); err != nil {
+				return err
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			if opts.Wait < 0 || opts.Grace < 0 {
+				return usageError(errors.New("--wait and --grace must not be negative"))
+			}
+			opts.Color = f.Color()
+			opts.Connect = f.Connect
+			opts.Logger = f.Logger()
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return applyRun(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	fs.DurationVar(&opts.Wait, "wait", 5*time.Second, "how long to wait for the signalled sessions to end (`D`)")
+	fs.DurationVar(&opts.Grace, "grace", 0, "terminate: cancel first; terminate only what still runs the same query after `D`")
+	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "allow walsenders (replication connections)")
+	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "allow autovacuum workers")
+	return cmd
+}
+
+func applyRun(ctx context.Context, opts *ApplyOptions) error {
+	plan, err := readPlan(opts.IO, opts.File)
+	if err != nil {
+		return usageError(fmt.Errorf("%s: %w", opts.File, err))
+	}
+	if len(plan.Results) == 0 {
+		return fmt.Errorf("%w: the plan has no planned session", ErrNoMatch)
+	}
+	plan.IncludeReplication, plan.IncludeAutovacuum = opts.IncludeReplication, opts.IncludeAutovacuum
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	plan.ServerVersion, _ = activity.ServerVersion(ctx, conn)
+	plan.Taken = time.Now()
+	results, err := action.Execute(ctx, conn, plan, action.Options{Wait: opts.Wait, Grace: opts.Grace})
+	if errors.Is(err, action.ErrOtherServer) {
+		return usageError(err)
+	}
+	if err != nil {
+		return err
+	}
+	if err := writeResults(opts.IO, opts.Format, opts.Color, plan, results, false); err != nil {
+		return err
+	}
+	return resultsError(results[0].Action, results)
+}
+
+func readPlan(streams *IOStreams, name string) (*action.Plan, error) {
+	var r io.Reader = streams.In
+	if name != "-" {
+		f, err := os.Open(name)
+		if err != nil {
+			return nil, errors.Unwrap(err) // the path is said once, by the caller
+		}
+		defer f.Close()
+		r = f
+	}
+	return action.ReadPlan(r)
+}
