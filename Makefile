@@ -1,8 +1,8 @@
 # pgreap — see README.md.
 GO      ?= go
 MAJORS  ?= 12 13 14 15 16 17 18
-# The packages whose behaviour depends on the server version.
-MATRIX_PKGS ?= ./internal/activity ./internal/selector ./internal/conn ./internal/cli
+# Every package (most of them depend on the server version).
+MATRIX_PKGS ?= ./...
 
 .PHONY: build test vet matrix quickstart bench clean
 

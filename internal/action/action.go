@@ -233,9 +233,9 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		return Denied, invisibleDetail(s.Usename)
 	case s.IsParallelWorker():
 		if s.LeaderPID != 0 {
-			return Protected, fmt.Sprintf("parallel worker of %d: it ends with its leader; act on %d", s.LeaderPID, s.LeaderPID)
+			return Protected, fmt.Sprintf("parallel worker of %d: act on its leader", s.LeaderPID)
 		}
-		return Protected, "parallel worker: it ends with its leader; act on the leader (PostgreSQL 12 does not say which it is)"
+		return Protected, "parallel worker: act on its leader (PostgreSQL 12 does not say which it is)"
 	case s.BackendType == "walsender" && !p.IncludeReplication:
 		return Protected, "walsender (replication): --include-replication to allow"
 	case s.BackendType == "autovacuum worker" && !p.IncludeAutovacuum:
@@ -564,7 +564,7 @@ func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
 	case "own":
 		return Protected, "pgreap's own session"
 	case "parallel_worker":
-		return Protected, "parallel worker: it ends with its leader; act on the leader"
+		return Protected, "parallel worker: act on its leader"
 	case "walsender":
 		return Protected, "walsender (replication): --include-replication to allow"
 	case "autovacuum":

@@ -463,7 +463,9 @@ func TestLogicalWalsender(t *testing.T) {
 		defer cancel()
 		for ctx.Err() == nil {
 			// The slot can be dropped once its walsender has exited.
-			if _, err := pgtest.Admin(t).Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot); err == nil {
+			_, err := pgtest.Admin(t).Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot)
+			var pgErr *pgconn.PgError
+			if err == nil || (errors.As(err, &pgErr) && pgErr.Code == "42704") { // gone already
 				return
 			}
 			time.Sleep(20 * time.Millisecond)

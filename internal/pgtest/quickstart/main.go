@@ -2,7 +2,7 @@
 // a PostgreSQL cluster in a temporary directory, opens a few realistic
 // sessions (idle ones, a long report, a transaction left open holding a
 // lock and a query queued behind it, a parallel query), runs pgreap ls on
-// them, and removes everything. `pgreap demo` will replace it.
+// them, ends the blocker and cancels the report, and removes everything. `pgreap demo` will replace it.
 //
 //	go run ./internal/pgtest/quickstart
 package main
@@ -136,8 +136,19 @@ func run(ctx context.Context) error {
 		{"ls", "--db", "shop"},
 		{"ls", "--blocking"},
 		{"ls", "--waiting", "-o", "json"},
+		{"terminate", "--blocking", "--state", "idle in transaction", "--dry-run"},
+		{"terminate", "--blocking", "--state", "idle in transaction", "--yes"},
+		{"cancel", "--app", "report", "--yes"},
+		{"ls", "--db", "shop"},
 	} {
-		fmt.Printf("$ pgreap %s\n", strings.Join(args, " "))
+		shown := make([]string, len(args))
+		for i, a := range args {
+			shown[i] = a
+			if strings.Contains(a, " ") {
+				shown[i] = "'" + a + "'"
+			}
+		}
+		fmt.Printf("$ pgreap %s\n", strings.Join(shown, " "))
 		code := cli.Run(ctx, args, streams)
 		fmt.Printf("(exit %d)\n\n", code)
 	}

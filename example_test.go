@@ -1,0 +1,96 @@
+package pgreap_test
+
+import (
+	"context"
+	"fmt"
+	"log"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// The examples run against a throwaway server: pgtest points the PG*
+// variables at it, so Connect("") connects as psql with no arguments would.
+func TestMain(m *testing.M) {
+	pgtest.Main(m, pgtest.Options{})
+}
+
+// session opens a client session named app, as an application would.
+func session(ctx context.Context, app, sql string) *pgx.Conn {
+	c, err := pgx.Connect(ctx, "application_name="+app)
+	if err != nil {
+		log.Fatal(err)
+	}
+	if sql != "" {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			log.Fatal(err)
+		}
+	}
+	return c
+}
+
+func ExampleSessions() {
+	ctx := context.Background()
+	app := session(ctx, "example-sessions", "BEGIN; SELECT 42")
+	defer app.Close(ctx)
+
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	sessions, err := pgreap.Sessions(ctx, conn, &pgreap.Selection{App: []string{"example-sessions"}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, s := range sessions {
+		fmt.Printf("%s: %s: %s\n", s.ApplicationName, s.State, s.Query)
+	}
+	// Output:
+	// example-sessions: idle in transaction: BEGIN; SELECT 42
+}
+
+func ExampleTerminate() {
+	ctx := context.Background()
+	// A transaction someone forgot.
+	forgotten := session(ctx, "example-batch", "BEGIN; SELECT 1")
+	defer forgotten.Close(ctx)
+
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	results, err := pgreap.Terminate(ctx, conn, pgreap.Target{
+		Select: &pgreap.Selection{App: []string{"example-*"}, State: []string{"idle in transaction"}},
+	}, pgreap.Options{Limit: 10})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range results {
+		fmt.Println(r.ApplicationName, r.Action, r.Outcome)
+	}
+	// Output:
+	// example-batch terminate terminated
+}
+
+func ExampleCancel() {
+	ctx := context.Background()
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+
+	// Cancelling one's own session is refused, even by pid.
+	results, err := pgreap.Cancel(ctx, conn, pgreap.Target{PIDs: []int32{int32(conn.PgConn().PID())}}, pgreap.Options{})
+	if err != nil {
+		log.Fatal(err)
+	}
+	fmt.Println(results[0].Outcome, "-", results[0].Detail)
+	// Output:
+	// protected - pgreap's own session
+}

@@ -1,0 +1,180 @@
+// Package pgreap finds PostgreSQL sessions and ends them safely. It is the
+// library under the pgreap command; the command is a thin user of it.
+//
+// Every action goes through one guard: the chosen sessions are named by
+// (pid, backend_start), and by query_start as well for a cancel or a
+// selection that depends on what a session runs, and the one statement
+// that sends the signals re-checks them, the selection and the privilege
+// of each session at that instant. A session that moved on is reported
+// Changed and left alone; pgreap's own session, parallel workers,
+// non-client backends, walsenders and autovacuum workers are Protected;
+// a session the role may not signal is Denied without failing the others.
+// A signal sent is not a backend gone: Cancel and Terminate wait until
+// each one is (Cancelled, Terminated) or report it Survived.
+//
+// Use a connection from Connect, which sets what pgreap relies on
+// (search_path with pg_catalog first, application_name, statement and
+// lock timeouts), or a *pgx.Conn whose search_path puts no schema before
+// pg_catalog.
+package pgreap
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// Session is one row of pg_stat_activity, as a snapshot saw it.
+type Session = activity.Session
+
+// Selection chooses sessions as the command's selectors do; the field
+// names are those of a policy's match (DB, User, App, State, LongerThan
+// as a Go duration string, ...).
+type Selection = selector.Spec
+
+// Result is one chosen session and what became of it.
+type Result = action.Result
+
+// Outcome is what became of a session.
+type Outcome = action.Outcome
+
+// The outcomes.
+const (
+	Cancelled  = action.Cancelled
+	Terminated = action.Terminated
+	Gone       = action.Gone
+	Changed    = action.Changed
+	Denied     = action.Denied
+	Protected  = action.Protected
+	Survived   = action.Survived
+	Planned    = action.Planned
+)
+
+// Target names the sessions to act on: by pid, by selection, or both
+// (then both must hold). The zero Target chooses nothing.
+type Target struct {
+	PIDs   []int32
+	Select *Selection
+}
+
+// Options say how an action is carried out.
+type Options struct {
+	// DryRun judges every chosen session, signals none, and reports the
+	// ones that would be signalled as Planned.
+	DryRun bool
+	// Wait is how long to wait for signalled sessions to end (0: 5s).
+	Wait time.Duration
+	// Grace, for Terminate, cancels running queries first and terminates
+	// only the sessions still running the same query after it.
+	Grace time.Duration
+	// Limit refuses (ErrLimit) to act on more than Limit sessions; 0: no limit.
+	Limit int
+	// IncludeReplication and IncludeAutovacuum allow walsenders and
+	// autovacuum workers, refused otherwise.
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// ErrLimit: more sessions were chosen than Options.Limit allows; nothing
+// was done.
+var ErrLimit = errors.New("more sessions chosen than the limit: nothing done")
+
+// ErrNothingChosen: a Target with neither pids nor a selection.
+var ErrNothingChosen = action.ErrNothingChosen
+
+// Connect opens a connection as the pgreap command does: dsn is a
+// keyword/value string or a URL, and the PG* variables, ~/.pgpass and
+// service files apply as for psql.
+func Connect(ctx context.Context, dsn string) (*pgx.Conn, error) {
+	cfg, err := conn.Config(conn.Params{DSN: dsn})
+	if err != nil {
+		return nil, err
+	}
+	return conn.Connect(ctx, cfg)
+}
+
+// Sessions lists the client sessions the selection keeps (nil: all), in
+// one statement, parallel workers right after their leader. pgreap's own
+// session and non-client backends are never listed.
+func Sessions(ctx context.Context, c *pgx.Conn, sel *Selection) ([]Session, error) {
+	s := &selector.Selector{}
+	if sel != nil {
+		var err error
+		if s, err = selector.Parse(*sel); err != nil {
+			return nil, err
+		}
+	}
+	snap, err := activity.Take(ctx, c, s.Filter())
+	if err != nil {
+		return nil, err
+	}
+	out := snap.Sessions[:0]
+	for i := range snap.Sessions {
+		if s.Keep(&snap.Sessions[i]) {
+			out = append(out, snap.Sessions[i])
+		}
+	}
+	return out, nil
+}
+
+// Cancel cancels the running query of each chosen session. Chosen by a
+// selection, only sessions running a query are chosen.
+func Cancel(ctx context.Context, c *pgx.Conn, t Target, opt Options) ([]Result, error) {
+	return act(ctx, c, action.Cancel, t, opt)
+}
+
+// Terminate ends the connection of each chosen session.
+func Terminate(ctx context.Context, c *pgx.Conn, t Target, opt Options) ([]Result, error) {
+	return act(ctx, c, action.Terminate, t, opt)
+}
+
+func act(ctx context.Context, c *pgx.Conn, kind action.Kind, t Target, opt Options) ([]Result, error) {
+	req := action.Request{Action: kind, PIDs: t.PIDs, IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum}
+	if t.Select != nil {
+		s, err := selector.Parse(*t.Select)
+		if err != nil {
+			return nil, err
+		}
+		req.Selector = s
+	}
+	plan, err := action.Choose(ctx, c, req)
+	if err != nil {
+		return nil, err
+	}
+	if n := plan.Count(action.Planned); opt.Limit > 0 && n > opt.Limit {
+		return nil, fmt.Errorf("%w (%d chosen, limit %d)", ErrLimit, n, opt.Limit)
+	}
+	return action.Execute(ctx, c, plan, executeOptions(opt))
+}
+
+func executeOptions(opt Options) action.Options {
+	if opt.Wait == 0 {
+		opt.Wait = 5 * time.Second
+	}
+	return action.Options{DryRun: opt.DryRun, Wait: opt.Wait, Grace: opt.Grace}
+}
+
+// Apply carries out a plan as `pgreap cancel|terminate --dry-run -o json`
+// printed it: exactly its planned sessions, each through the guard, so one
+// that moved on since is Changed. A plan from another server run is
+// refused as a whole (action.ErrOtherServer) before anything is signalled.
+func Apply(ctx context.Context, c *pgx.Conn, plan io.Reader, opt Options) ([]Result, error) {
+	p, err := action.ReadPlan(plan)
+	if err != nil {
+		return nil, fmt.Errorf("plan: %w", err)
+	}
+	if opt.Limit > 0 && len(p.Results) > opt.Limit {
+		return nil, fmt.Errorf("%w (%d planned, limit %d)", ErrLimit, len(p.Results), opt.Limit)
+	}
+	p.IncludeReplication, p.IncludeAutovacuum = opt.IncludeReplication, opt.IncludeAutovacuum
+	return action.Execute(ctx, c, p, executeOptions(opt))
+}
