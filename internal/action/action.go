@@ -324,7 +324,16 @@ func (o *Options) after(d time.Duration) <-chan time.Time {
 // Execute carries out a plan: one statement signals every planned session
 // that still is what was chosen, then it waits for them. The results are
 // updated in place, and returned.
-func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) ([]Result, error) {
+func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Result, err error) {
+	defer func() {
+		// Stopped before the wait could tell (interrupted, connection
+		// lost): a signalled session is reported as such, never as done.
+		for i := range p.Results {
+			if r := &p.Results[i]; r.Outcome == sentOutcome {
+				r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
+			}
+		}
+	}()
 	var todo []int
 	for i := range p.Results {
 		if p.Results[i].Outcome == Planned {

@@ -136,13 +136,22 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		}
 	}
 	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
+	return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, err, opts.DryRun)
+}
+
+// finish prints the results and maps them to the exit status. Interrupted
+// (Ctrl-C) after signals were sent, it still prints what is known.
+func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results []action.Result, err error, dryRun bool) error {
+	if err != nil && !errors.Is(err, context.Canceled) {
+		return err
+	}
+	if werr := writeResults(io, format, color, plan, results, dryRun); werr != nil {
+		return werr
+	}
 	if err != nil {
-		return err
+		return &exitError{ExitIncomplete, fmt.Errorf("interrupted: signals sent were not all verified (see outcome survived)")}
 	}
-	if err := writeResults(opts.IO, opts.Format, opts.Color, plan, results, opts.DryRun); err != nil {
-		return err
-	}
-	return resultsError(opts.Action, results)
+	return resultsError(kind, results)
 }
 
 // confirm shows the plan on a terminal and asks; without one, it refuses.

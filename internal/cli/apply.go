@@ -112,13 +112,7 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	if errors.Is(err, action.ErrOtherServer) {
 		return usageError(err)
 	}
-	if err != nil {
-		return err
-	}
-	if err := writeResults(opts.IO, opts.Format, opts.Color, plan, results, false); err != nil {
-		return err
-	}
-	return resultsError(results[0].Action, results)
+	return finish(opts.IO, opts.Format, opts.Color, plan.Results[0].Action, plan, results, err, false)
 }
 
 func readPlan(streams *IOStreams, name string) (*action.Plan, error) {
