@@ -515,6 +515,9 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
 		args = append(args, selArgs...)
 	}
+	if testHookSQL != nil {
+		sql = testHookSQL(sql, n)
+	}
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("signal: %w", err)
@@ -537,6 +540,10 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 	}
 	return verdicts, nil
 }
+
+// testHookSQL lets a test make the statement for a whole set fail, to
+// exercise the session-by-session fallback; nil outside tests.
+var testHookSQL func(sql string, sessions int) string
 
 func timePtr(t time.Time) *time.Time {
 	if t.IsZero() {

@@ -565,3 +565,14 @@ func TestSessionThatNoLongerMatchesIsChanged(t *testing.T) {
 		t.Fatal("the session was ended")
 	}
 }
+
+// Not parallel: it changes how the package builds its statements.
+func TestFailedSetStatementFallsBackToEachSession(t *testing.T) {
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	defer action.FailSetStatements()()
+	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{a.PID, b.PID}}, action.Options{Wait: 10 * time.Second})
+	want(t, res, a.PID, action.Terminated, "")
+	want(t, res, b.PID, action.Terminated, "")
+}

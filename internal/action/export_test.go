@@ -1,0 +1,16 @@
+package action
+
+import "strings"
+
+// FailSetStatements makes every action statement for more than one session
+// raise an error in the server (division by zero), as a signal the judging
+// did not foresee would; statements for one session run as they are.
+func FailSetStatements() (restore func()) {
+	testHookSQL = func(sql string, sessions int) string {
+		if sessions < 2 {
+			return sql
+		}
+		return strings.Replace(sql, "ORDER BY j.n", "ORDER BY j.n / 0", 1)
+	}
+	return func() { testHookSQL = nil }
+}
