@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"testing"
@@ -227,6 +228,22 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 	if !alive(t, v) {
 		t.Fatal("a bad plan ended a session")
 	}
+
+	// A forged plan: the pid is right, the backend_start is not.
+	forged := regexp.MustCompile(`"backend_start":"[^"]+"`).ReplaceAllString(good, `"backend_start":"2001-02-03T04:05:06.789Z"`)
+	file := filepath.Join(dir, "forged.json")
+	if err := os.WriteFile(file, []byte(forged), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", file, "-o", "csv")
+	r.wantCode(t, 3)
+	if !strings.Contains(r.out, ",terminate,changed,pid reused") {
+		t.Fatalf("stdout:\n%s", r.out)
+	}
+	if !alive(t, v) {
+		t.Fatal("a forged plan ended a session")
+	}
+
 	r = run(t, false, "apply", filepath.Join(dir, "nonexistent.json"))
 	r.wantCode(t, 2)
 	if !strings.Contains(r.errOut, "nonexistent.json: no such file or directory") {
