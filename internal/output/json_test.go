@@ -42,3 +42,15 @@ func FuzzAppendJSONString(f *testing.F) {
 		}
 	})
 }
+
+// The fast path of clean must agree with the full one.
+func FuzzCleanFastPath(f *testing.F) {
+	for _, s := range append(jsonStrings, "a  b", " a", "a ", "SELECT 1") {
+		f.Add(s)
+	}
+	f.Fuzz(func(t *testing.T, s string) {
+		if got, want := clean(s), cleanAll(s); got != want {
+			t.Fatalf("clean(%q) = %q, want %q", s, got, want)
+		}
+	})
+}

@@ -233,6 +233,13 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 // them) and invalid UTF-8 become U+FFFD, so no query text or application
 // name can move the cursor, change colours or break a row.
 func clean(s string) string {
+	if plainASCII(s) {
+		return s // the common case, without a copy
+	}
+	return cleanAll(s)
+}
+
+func cleanAll(s string) string {
 	var b strings.Builder
 	b.Grow(len(s))
 	space := false
@@ -259,6 +266,18 @@ func clean(s string) string {
 		space = false
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// plainASCII: printable ASCII, no leading, trailing or doubled space:
+// clean would return it unchanged.
+func plainASCII(s string) bool {
+	for i := 0; i < len(s); i++ {
+		c := s[i]
+		if c < 0x20 || c > 0x7e || (c == ' ' && (i == 0 || i == len(s)-1 || s[i-1] == ' ')) {
+			return false
+		}
+	}
+	return true
 }
 
 // Age renders a duration compactly: 850ms, 42s, 3m07s, 2h05m, 3d04h.
