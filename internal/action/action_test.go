@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -27,20 +26,7 @@ func TestMain(m *testing.M) {
 }
 
 // open opens a pgreap connection, as the CLI does, to the shared cluster.
-func open(t *testing.T, user string) *pgx.Conn {
-	t.Helper()
-	c := pgtest.Shared(t)
-	cfg, err := conn.Config(conn.Params{DSN: c.DSN("postgres", user)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cn, err := conn.Connect(pgtest.Context(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cn.Close(context.Background()) })
-	return cn
-}
+func open(t *testing.T, user string) *pgx.Conn { return pgtest.Pgreap(t, user) }
 
 func mustSelector(t *testing.T, spec selector.Spec) *selector.Selector {
 	t.Helper()
@@ -84,18 +70,6 @@ func want(t *testing.T, res []action.Result, pid int32, o action.Outcome, detail
 	}
 }
 
-// alive reports whether the session (pid, backend_start) is still there.
-func alive(t *testing.T, v *pgtest.Victim) bool {
-	t.Helper()
-	var n int
-	err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n == 1
-}
-
 func TestTerminateSelectionHitsExactlyTheChosen(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -120,11 +94,11 @@ func TestTerminateSelectionHitsExactlyTheChosen(t *testing.T) {
 	}
 	for _, v := range victims {
 		want(t, res, v.PID, action.Terminated, "")
-		if alive(t, v) {
+		if v.Alive() {
 			t.Errorf("victim %d reported terminated but is still there", v.PID)
 		}
 	}
-	if !alive(t, bystander) || !alive(t, other) {
+	if !bystander.Alive() || !other.Alive() {
 		t.Fatal("a session outside the selection was ended")
 	}
 	bystander.Exec("SELECT 1")
@@ -151,7 +125,7 @@ func TestCancelEndsTheQueryKeepsTheConnection(t *testing.T) {
 		t.Fatalf("victim's query ended with %v, want a cancel (57014)", err)
 	}
 	v.Exec("SELECT 1") // the connection is still there
-	if !alive(t, idle) {
+	if !idle.Alive() {
 		t.Fatal("idle session ended")
 	}
 
@@ -220,7 +194,7 @@ func TestParallelWorkerByPIDIsProtectedAndNothingIsTouched(t *testing.T) {
 		detail = "parallel worker of " + itoa(leader.PID)
 	}
 	want(t, res, worker, action.Protected, detail)
-	if !alive(t, leader) {
+	if !leader.Alive() {
 		t.Fatal("the leader was ended")
 	}
 	var n int
@@ -303,7 +277,7 @@ func TestForgedBackendStartIsChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(t, res, v.PID, action.Changed, "pid reused")
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("the session was ended")
 	}
 }
@@ -330,7 +304,7 @@ func TestSelectionRecheckedAtTheSignal(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(t, res, v.PID, action.Changed, "")
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("the session was ended")
 	}
 }
@@ -366,7 +340,7 @@ func TestPrivilegeDecidedPerSession(t *testing.T) {
 			} else {
 				want(t, res, theirs.PID, action.Denied, "")
 			}
-			if !alive(t, super) {
+			if !super.Alive() {
 				t.Fatal("the superuser's session was ended")
 			}
 		})
@@ -414,7 +388,7 @@ func TestGraceTerminatesWhatStillRuns(t *testing.T) {
 	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}},
 		action.Options{Grace: 200 * time.Millisecond, Wait: 10 * time.Second})
 	want(t, res, v.PID, action.Terminated, "")
-	if alive(t, v) {
+	if v.Alive() {
 		t.Fatal("still there")
 	}
 }
@@ -432,7 +406,7 @@ func TestDryRunSignalsNothing(t *testing.T) {
 	mine := pgtest.NewVictim(t, pgtest.VictimOptions{User: role, App: v.App + "-mine"})
 	res = run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{mine.PID}}, action.Options{DryRun: true})
 	want(t, res, mine.PID, action.Planned, "")
-	if !alive(t, mine) || !alive(t, v) {
+	if !mine.Alive() || !v.Alive() {
 		t.Fatal("a dry run ended a session")
 	}
 }
@@ -535,7 +509,7 @@ func TestStatementRefusesProtectedSessionsInAPlan(t *testing.T) {
 	want(t, forged(t, cn, own), own, action.Protected, "pgreap's own session")
 	want(t, forged(t, cn, worker), worker, action.Protected, "parallel worker")
 	want(t, forged(t, cn, checkpointer), checkpointer, action.Protected, "not a client backend (checkpointer)")
-	if !alive(t, leader) {
+	if !leader.Alive() {
 		t.Fatal("the leader was ended")
 	}
 	if err := cn.Ping(pgtest.Context(t)); err != nil {
@@ -561,7 +535,7 @@ func TestSessionThatNoLongerMatchesIsChanged(t *testing.T) {
 		t.Fatal(err)
 	}
 	want(t, res, v.PID, action.Changed, "no longer matches the selection")
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("the session was ended")
 	}
 }

@@ -153,14 +153,20 @@ func statement(version int) (string, error) {
 	return string(b), nil
 }
 
+// statementFor returns the server's version and its snapshot statement.
+func statementFor(ctx context.Context, conn *pgx.Conn) (int, string, error) {
+	version, err := ServerVersion(ctx, conn)
+	if err != nil {
+		return 0, "", err
+	}
+	sql, err := statement(version)
+	return version, sql, err
+}
+
 // Take takes a snapshot in one statement: the sessions the filter keeps,
 // without pgreap's own session and without non-client backends.
 func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
-	version, err := ServerVersion(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
-	sql, err := statement(version)
+	version, sql, err := statementFor(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
@@ -174,11 +180,7 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 // non-client backends included: an action named by pid must say why it
 // refuses those. Workers are not grouped under their leaders.
 func Lookup(ctx context.Context, conn *pgx.Conn, pids []int32) (*Snapshot, error) {
-	version, err := ServerVersion(ctx, conn)
-	if err != nil {
-		return nil, err
-	}
-	sql, err := statement(version)
+	version, sql, err := statementFor(ctx, conn)
 	if err != nil {
 		return nil, err
 	}

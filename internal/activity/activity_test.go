@@ -18,20 +18,7 @@ func TestMain(m *testing.M) {
 }
 
 // open opens a pgreap connection, as the CLI does, to the shared cluster.
-func open(t *testing.T, user string) *pgx.Conn {
-	t.Helper()
-	c := pgtest.Shared(t)
-	cfg, err := conn.Config(conn.Params{DSN: c.DSN("postgres", user)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cn, err := conn.Connect(pgtest.Context(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cn.Close(context.Background()) })
-	return cn
-}
+func open(t *testing.T, user string) *pgx.Conn { return pgtest.Pgreap(t, user) }
 
 // take snapshots the sessions carrying the test's tag (its application_name).
 func take(t *testing.T, cn *pgx.Conn) *activity.Snapshot {
@@ -133,13 +120,7 @@ func TestTCPClientAddr(t *testing.T) {
 func TestLockWaiterBlockedBy(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
-	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	holder.Exec("CREATE TABLE t (id int)")
-	holder.Exec("BEGIN")
-	holder.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	waiter.Start("SELECT count(*) FROM t")
-	waiter.WaitState("active", "Lock")
+	holder, waiter := pgtest.LockWait(t, db)
 
 	snap := take(t, open(t, pgtest.Superuser))
 	w := find(snap, waiter.PID)

@@ -24,17 +24,6 @@ func runAsk(t *testing.T, answer string, args ...string) result {
 	return result{code, out.String(), errOut.String()}
 }
 
-func alive(t *testing.T, v *pgtest.Victim) bool {
-	t.Helper()
-	var n int
-	err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
-	if err != nil {
-		t.Fatal(err)
-	}
-	return n == 1
-}
-
 func jsonRows(t *testing.T, out string) []map[string]any {
 	t.Helper()
 	var rows []map[string]any
@@ -55,7 +44,7 @@ func TestTerminateBySelectorAsksOnATerminal(t *testing.T) {
 		!strings.Contains(r.errOut, "pgreap: not confirmed: nothing done") {
 		t.Fatalf("stderr:\n%s", r.errOut)
 	}
-	if !alive(t, a) || !alive(t, b) {
+	if !a.Alive() || !b.Alive() {
 		t.Fatal("a session ended without a yes")
 	}
 
@@ -70,7 +59,7 @@ func TestTerminateBySelectorAsksOnATerminal(t *testing.T) {
 			t.Fatalf("row %v", row)
 		}
 	}
-	if alive(t, a) || alive(t, b) {
+	if a.Alive() || b.Alive() {
 		t.Fatal("reported terminated, still there")
 	}
 }
@@ -84,13 +73,13 @@ func TestTerminateBySelectorWithoutATerminalNeedsYes(t *testing.T) {
 	if r.errOut != want || r.out != "" {
 		t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
 	}
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("ended without --yes")
 	}
 	// By pid alone: no question.
 	r = run(t, false, "terminate", strconv.Itoa(int(v.PID)))
 	r.wantCode(t, 0)
-	if alive(t, v) {
+	if v.Alive() {
 		t.Fatal("still there")
 	}
 }
@@ -104,7 +93,7 @@ func TestLimit(t *testing.T) {
 	if r.errOut != "pgreap: 2 sessions chosen, more than --limit 1: nothing done\n" {
 		t.Fatalf("stderr %q", r.errOut)
 	}
-	if !alive(t, a) || !alive(t, b) {
+	if !a.Alive() || !b.Alive() {
 		t.Fatal("a session ended over the limit")
 	}
 	r = run(t, false, "terminate", "--app", pgtest.Tag(t), "--limit", "2", "--yes")
@@ -146,7 +135,7 @@ func TestMixedPrivilegeIsIncomplete(t *testing.T) {
 	if !strings.Contains(r.errOut, "1 of 2 sessions did not reach terminated: 1 denied") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
-	if !alive(t, super) {
+	if !super.Alive() {
 		t.Fatal("the superuser's session ended")
 	}
 }
@@ -176,7 +165,7 @@ func TestDryRunPlanThenApply(t *testing.T) {
 	if err := os.WriteFile(file, []byte(r.out), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	if !alive(t, stays) || !alive(t, moves) {
+	if !stays.Alive() || !moves.Alive() {
 		t.Fatal("a dry run ended a session")
 	}
 	// One session moves on to a new query after the plan.
@@ -225,7 +214,7 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 			t.Errorf("%s: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q", tt.name, r.code, r.out, r.errOut, tt.err)
 		}
 	}
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("a bad plan ended a session")
 	}
 
@@ -240,7 +229,7 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 	if !strings.Contains(r.out, ",terminate,changed,pid reused") {
 		t.Fatalf("stdout:\n%s", r.out)
 	}
-	if !alive(t, v) {
+	if !v.Alive() {
 		t.Fatal("a forged plan ended a session")
 	}
 

@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgxpool"
+
+	"github.com/pgreap/pgreap/internal/conn"
 )
 
 var (
@@ -236,4 +238,35 @@ func Exec(t testing.TB, sql string, args ...any) {
 	if _, err := Admin(t).Exec(Context(t), sql, args...); err != nil {
 		t.Fatalf("pgtest: %s: %v", sql, err)
 	}
+}
+
+// Pgreap opens a connection to the shared cluster as the pgreap command
+// does (internal/conn: application_name, timeouts, search_path), as user;
+// closed when the test ends.
+func Pgreap(t testing.TB, user string) *pgx.Conn {
+	t.Helper()
+	cfg, err := conn.Config(conn.Params{DSN: Shared(t).DSN("postgres", user)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn, err := conn.Connect(Context(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { cn.Close(context.Background()) })
+	return cn
+}
+
+// LockWait makes a lock pile-up in db: holder keeps an ACCESS EXCLUSIVE
+// lock on table t in an open transaction, waiter's query waits for it.
+func LockWait(t testing.TB, db string) (holder, waiter *Victim) {
+	t.Helper()
+	holder = NewVictim(t, VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+	waiter = NewVictim(t, VictimOptions{DB: db})
+	waiter.Start("SELECT count(*) FROM t")
+	waiter.WaitState("active", "Lock")
+	return holder, waiter
 }

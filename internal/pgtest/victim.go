@@ -132,3 +132,16 @@ func (v *Victim) WaitState(state, waitEventType string) {
 		return s != nil && *s == state && (waitEventType == "" || (w != nil && *w == waitEventType)), nil
 	})
 }
+
+// Alive reports whether the victim's session (pid, backend_start) is still
+// in pg_stat_activity.
+func (v *Victim) Alive() bool {
+	v.t.Helper()
+	var n int
+	err := Admin(v.t).QueryRow(Context(v.t),
+		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
+	if err != nil {
+		v.t.Fatal(err)
+	}
+	return n == 1
+}

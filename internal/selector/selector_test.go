@@ -1,7 +1,6 @@
 package selector_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"slices"
@@ -12,7 +11,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/activity"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/golden"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -22,19 +20,7 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{})
 }
 
-func open(t *testing.T) *pgx.Conn {
-	t.Helper()
-	cfg, err := conn.Config(conn.Params{DSN: pgtest.Shared(t).DSN("postgres", pgtest.Superuser)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	cn, err := conn.Connect(pgtest.Context(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { cn.Close(context.Background()) })
-	return cn
-}
+func open(t *testing.T) *pgx.Conn { return pgtest.Pgreap(t, pgtest.Superuser) }
 
 // pids selects with spec and returns the pids it keeps among the test's own
 // sessions (those carrying its tag), sorted.
@@ -207,13 +193,7 @@ func TestDurations(t *testing.T) {
 func TestLocks(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
-	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	holder.Exec("CREATE TABLE t (id int)")
-	holder.Exec("BEGIN")
-	holder.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
-	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	waiter.Start("SELECT count(*) FROM t")
-	waiter.WaitState("active", "Lock")
+	holder, waiter := pgtest.LockWait(t, db)
 	bystander := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 	bystander.Exec("SELECT 1")
 	cn := open(t)
