@@ -5,6 +5,7 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"reflect"
 	"slices"
 	"strings"
 	"time"
@@ -156,8 +157,12 @@ var ErrNothingChosen = errors.New("name sessions by pid or choose them with sele
 // named is not a client session, to say why it is refused), and applies
 // the protections.
 func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
-	if len(req.PIDs) == 0 && req.Selector == nil {
+	if len(req.PIDs) == 0 && (req.Selector == nil || reflect.ValueOf(*req.Selector).IsZero()) {
+		// An empty selection would be every session: never by default.
 		return nil, ErrNothingChosen
+	}
+	if err := checkIdle(conn); err != nil {
+		return nil, err
 	}
 	if req.Action != Cancel && req.Action != Terminate {
 		return nil, fmt.Errorf("unknown action %q", req.Action)
@@ -260,6 +265,11 @@ func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, 
 	if err != nil {
 		return err
 	}
+	if p.Server.Started.IsZero() {
+		// The snapshot had no row to say it (a physical walsender named
+		// by pid, say): the lookup does.
+		p.Server.Started, p.Taken = snap.ServerStarted, snap.Taken
+	}
 	found := map[int32]*activity.Session{}
 	for i := range snap.Sessions {
 		found[snap.Sessions[i].PID] = &snap.Sessions[i]
@@ -327,13 +337,20 @@ func (o *Options) after(d time.Duration) <-chan time.Time {
 func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Result, err error) {
 	defer func() {
 		// Stopped before the wait could tell (interrupted, connection
-		// lost): a signalled session is reported as such, never as done.
+		// lost, a statement failed): a session that was, or may have
+		// been, signalled is reported so, never as done.
 		for i := range p.Results {
-			if r := &p.Results[i]; r.Outcome == sentOutcome {
+			switch r := &p.Results[i]; r.Outcome {
+			case sentOutcome:
 				r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
+			case maybeSentOutcome:
+				r.Outcome, r.Detail = Survived, fmt.Sprintf("may have been signalled, not verified: %v", err)
 			}
 		}
 	}()
+	if err := checkIdle(conn); err != nil {
+		return p.Results, err
+	}
 	var todo []int
 	for i := range p.Results {
 		if p.Results[i].Outcome == Planned {
@@ -346,77 +363,93 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 	if opt.DryRun {
 		return p.Results, p.act(ctx, conn, todo, nil, false)
 	}
-	grace := opt.Grace > 0
-	if grace {
-		// A query gets the chance to end cleanly; an idle session has no
-		// query to cancel, so it is terminated at once.
-		actions := make(map[int]Kind, len(todo))
-		for _, i := range todo {
-			r := &p.Results[i]
-			if r.Action == Terminate && (r.State == "active" || r.State == "fastpath function call") {
-				actions[i] = Cancel
-				r.Guard.Query = true
-			}
-		}
-		if err := p.act(ctx, conn, todo, actions, true); err != nil {
+	if opt.Grace <= 0 {
+		if err := p.act(ctx, conn, todo, nil, true); err != nil {
 			return p.Results, err
 		}
-		var cancelled, terminated []int
-		for _, i := range todo {
-			if p.Results[i].Outcome != sentOutcome {
-				continue
-			}
-			if actions[i] == Cancel {
-				cancelled = append(cancelled, i)
-			} else {
-				terminated = append(terminated, i)
-			}
-		}
-		if err := p.wait(ctx, conn, cancelled, Cancel, opt.Grace, &opt); err != nil {
-			return p.Results, err
-		}
-		// Still running the same query after the grace: terminate it.
-		var still []int
-		for _, i := range cancelled {
-			r := &p.Results[i]
-			if r.Outcome == Survived {
-				r.Outcome, r.Action, r.Detail = Planned, Terminate, ""
-				still = append(still, i)
-			}
-		}
-		if err := p.act(ctx, conn, still, nil, true); err != nil {
-			return p.Results, err
-		}
-		for _, i := range still {
-			r := &p.Results[i]
-			switch {
-			case r.Outcome == sentOutcome:
-				terminated = append(terminated, i)
-			case r.Outcome == Changed && r.Detail == movedDetail, r.Outcome == Gone:
-				// It ended between the grace and the terminate.
-				r.Outcome, r.Detail = Cancelled, ""
-			}
-		}
-		return p.Results, p.wait(ctx, conn, terminated, Terminate, opt.Wait, &opt)
+		return p.Results, p.waitSent(ctx, conn, todo, opt.Wait, &opt)
 	}
-	if err := p.act(ctx, conn, todo, nil, true); err != nil {
+	// With a grace, the statement cancels the sessions running a query
+	// (a query gets the chance to end cleanly) and terminates the others,
+	// deciding on what each runs at that instant.
+	actions := make(map[int]Kind, len(todo))
+	for _, i := range todo {
+		if p.Results[i].Action == Terminate {
+			actions[i] = graceKind
+		}
+	}
+	if err := p.act(ctx, conn, todo, actions, true); err != nil {
 		return p.Results, err
 	}
-	var sent []int
+	var cancelled []int
 	for _, i := range todo {
-		if p.Results[i].Outcome == sentOutcome {
-			sent = append(sent, i)
+		if r := &p.Results[i]; r.Outcome == sentOutcome && actions[i] == graceKind && r.Action == Cancel {
+			cancelled = append(cancelled, i)
 		}
 	}
-	if len(sent) == 0 {
-		return p.Results, nil
+	if err := p.wait(ctx, conn, cancelled, Cancel, opt.Grace, &opt); err != nil {
+		return p.Results, err
 	}
-	return p.Results, p.wait(ctx, conn, sent, p.Results[sent[0]].Action, opt.Wait, &opt)
+	// Still running the same query after the grace: terminate it, the
+	// query pinned (it is the one that was cancelled).
+	var still []int
+	for _, i := range cancelled {
+		if r := &p.Results[i]; r.Outcome == Survived {
+			r.Outcome, r.Action, r.Detail, r.Guard.Query = Planned, Terminate, "", true
+			still = append(still, i)
+		}
+	}
+	if err := p.act(ctx, conn, still, nil, true); err != nil {
+		return p.Results, err
+	}
+	for _, i := range still {
+		if r := &p.Results[i]; (r.Outcome == Changed && r.Detail == movedDetail) || r.Outcome == Gone {
+			// It ended between the grace and the terminate.
+			r.Outcome, r.Action, r.Detail = Cancelled, Cancel, ""
+		}
+	}
+	return p.Results, p.waitSent(ctx, conn, todo, opt.Wait, &opt)
 }
 
+// waitSent waits for the signalled sessions among idx, each by its own
+// action: a plan may mix cancels and terminates.
+func (p *Plan) waitSent(ctx context.Context, conn *pgx.Conn, idx []int, d time.Duration, opt *Options) error {
+	byKind := map[Kind][]int{}
+	for _, i := range idx {
+		if r := &p.Results[i]; r.Outcome == sentOutcome {
+			byKind[r.Action] = append(byKind[r.Action], i)
+		}
+	}
+	for _, k := range []Kind{Terminate, Cancel} {
+		if err := p.wait(ctx, conn, byKind[k], k, d, opt); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// checkIdle refuses a connection inside a transaction block: the server
+// keeps one picture of pg_stat_activity for a whole transaction, so the
+// re-check would see what the choice saw, and the wait would never see a
+// session go.
+func checkIdle(conn *pgx.Conn) error {
+	if st := conn.PgConn().TxStatus(); st != 'I' {
+		return errors.New("the connection is in a transaction: pg_stat_activity would not change within it; use a connection outside a transaction")
+	}
+	return nil
+}
+
+// graceKind asks the statement to cancel a session that runs a query and
+// terminate one that does not.
+const graceKind Kind = "grace"
+
 // sentOutcome marks a result signalled and not yet verified; wait turns it
-// into a final outcome.
-const sentOutcome Outcome = "sent"
+// into a final outcome. maybeSentOutcome marks a result while its
+// signalling statement runs: if that statement fails, nobody knows.
+const (
+	sentOutcome      Outcome = "sent"
+	maybeSentOutcome Outcome = "maybe sent"
+)
 
 const movedDetail = "moved on: its query or state changed since it was chosen"
 
@@ -430,41 +463,57 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 	if len(idx) == 0 {
 		return nil
 	}
-	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
-	if err != nil && signal && isStatementError(err) {
-		// One failing signal aborts a whole statement (a role became a
-		// superuser, a pid was reused by one, between the judging and the
-		// signal). Signals already sent by it are not undone, so go on
-		// session by session and say that a session found gone or moved
-		// may have been signalled by the failed statement.
-		verdicts = make([]verdict, len(idx))
-		for k, i := range idx {
-			v, err1 := p.judgeAndSignal(ctx, conn, []int{i}, actions, signal)
-			switch {
-			case err1 == nil:
-				verdicts[k] = v[0]
-				verdicts[k].retried = err.Error()
-			case isStatementError(err1):
-				verdicts[k] = verdict{code: "error", err: err1}
-			default:
-				return err1
+	if signal {
+		for _, i := range idx {
+			p.Results[i].Outcome = maybeSentOutcome
+		}
+	}
+	record := func(i int, v verdict) {
+		r := &p.Results[i]
+		if v.action != nil && *v.action != "" {
+			r.Action = Kind(*v.action)
+		}
+		if r.Action == Cancel && v.queryStart != nil && actions[i] == graceKind {
+			// The query the grace cancelled is the one to wait for.
+			r.QueryStart = *v.queryStart
+			if v.stateChange != nil {
+				r.StateChange = *v.stateChange
 			}
 		}
-		err = nil
+		r.Outcome, r.Detail = v.outcome(r, signal)
 	}
-	if err != nil {
-		return err
-	}
-	for k, i := range idx {
-		r := &p.Results[i]
-		if a, ok := actions[i]; ok {
-			r.Action = a
-		}
-		v := verdicts[k]
-		if v.code == "other_server" {
+	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
+	if err == nil {
+		if verdicts[0].code == "other_server" {
+			for _, i := range idx {
+				p.Results[i].Outcome = Planned // nothing was signalled
+			}
 			return ErrOtherServer
 		}
-		r.Outcome, r.Detail = v.outcome(r, signal)
+		for k, i := range idx {
+			record(i, verdicts[k])
+		}
+		return nil
+	}
+	if !signal || !isStatementError(err) {
+		return err
+	}
+	// One failing signal aborts a whole statement (a role became a
+	// superuser, a pid was reused by one, between the judging and the
+	// signal). Signals already sent by it are not undone, so go on session
+	// by session and say that a session found gone or moved may have been
+	// signalled by the failed statement.
+	for _, i := range idx {
+		v, err1 := p.judgeAndSignal(ctx, conn, []int{i}, actions, signal)
+		switch {
+		case err1 == nil:
+			v[0].retried = err.Error()
+			record(i, v[0])
+		case isStatementError(err1):
+			record(i, verdict{code: "error", err: err1})
+		default:
+			return err1
+		}
 	}
 	return nil
 }
@@ -483,8 +532,12 @@ type verdict struct {
 	usename  *string
 	state    *string
 	nowStart *time.Time
-	retried  string // the error of the set statement, when retried alone
-	err      error  // the error of the statement alone
+	// action is the signal sent (for a grace: cancel or terminate), and
+	// queryStart/stateChange the session's at that instant.
+	action                  *string
+	queryStart, stateChange *time.Time
+	retried                 string // the error of the set statement, when retried alone
+	err                     error  // the error of the statement alone
 }
 
 func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) ([]verdict, error) {
@@ -526,7 +579,8 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 	for rows.Next() {
 		var v verdict
 		var ord int64
-		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart); err != nil {
+		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart,
+			&v.action, &v.queryStart, &v.stateChange); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("signal: %w", err)
 		}

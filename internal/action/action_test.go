@@ -570,3 +570,76 @@ func recvlogical(t *testing.T, c *pgtest.Cluster) string {
 	t.Skip("no pg_recvlogical to open a logical walsender with (Debian: apt-get install postgresql-client)")
 	return ""
 }
+
+func TestGraceOnAnIdentityCancelsTheQueryRunningNow(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60) /* first */")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{
+		Action: action.Terminate, Selector: mustSelector(t, selector.Spec{App: []string{v.App}}),
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	// The session runs another query by the time the signal goes: chosen
+	// by its name alone, it is still the session meant; the grace cancels
+	// the query it runs now and spares the connection.
+	pgtest.Exec(t, "SELECT pg_catalog.pg_cancel_backend($1)", v.PID)
+	_ = v.Wait()
+	v.Start("SELECT pg_catalog.pg_sleep(60) /* second */")
+	v.WaitState("active", "")
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Grace: 10 * time.Second, Wait: 10 * time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Cancelled, "")
+	_ = v.Wait()
+	v.Exec("SELECT 1")
+}
+
+func TestCancelWithGraceIsACancel(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Cancel, PIDs: []int32{v.PID}}, action.Options{Grace: time.Second, Wait: 10 * time.Second})
+	want(t, res, v.PID, action.Cancelled, "")
+}
+
+func TestZeroBackendStartIsNeverSignalled(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	plan.Results[0].BackendStart = time.Time{} // sent as NULL
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: time.Second})
+	if err != nil {
+		t.Fatal(err)
+	}
+	want(t, res, v.PID, action.Changed, "pid reused")
+	if !v.Alive() {
+		t.Fatal("ended")
+	}
+}
+
+func TestRefusedConnectionsAndSelections(t *testing.T) {
+	t.Parallel()
+	cn := open(t, pgtest.Superuser)
+	ctx := pgtest.Context(t)
+	if _, err := action.Choose(ctx, cn, action.Request{Action: action.Terminate, Selector: mustSelector(t, selector.Spec{})}); !errors.Is(err, action.ErrNothingChosen) {
+		t.Fatalf("empty selection: %v", err)
+	}
+	if _, err := cn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	_, err := action.Choose(ctx, cn, action.Request{Action: action.Terminate, PIDs: []int32{1}})
+	if err == nil || !strings.Contains(err.Error(), "in a transaction") {
+		t.Fatalf("in a transaction: %v", err)
+	}
+}

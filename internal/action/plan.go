@@ -59,6 +59,8 @@ type planRow struct {
 	Plan            *PlanHeader `json:"plan"`
 }
 
+var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected, Survived, Planned}
+
 // optionalKeys may be missing from a row: query_id exists on 14+ only.
 var optionalKeys = []string{"query_id"}
 
@@ -129,6 +131,9 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 			return nil, fmt.Errorf("%s: made on another server than session 1 (its \"plan\" differs)", where)
 		}
 		if res.Outcome == Planned {
+			if slices.ContainsFunc(plan.Results, func(o Result) bool { return o.PID == res.PID }) {
+				return nil, fmt.Errorf("%s: pid %d is planned twice", where, res.PID)
+			}
 			plan.Results = append(plan.Results, res)
 		}
 	}
@@ -174,14 +179,14 @@ func (row *planRow) result() (Result, error) {
 	if row.PID == nil || *row.PID <= 0 {
 		return r, errors.New(`"pid" must be a positive number`)
 	}
-	if row.BackendStart == nil {
-		return r, errors.New(`"backend_start" is null: the session cannot be guarded`)
+	if row.BackendStart == nil || row.BackendStart.IsZero() || row.BackendStart.Year() < 2000 {
+		return r, errors.New(`"backend_start" is missing or not a real start time: the session cannot be guarded`)
 	}
 	if row.Action == nil || (Kind(*row.Action) != Cancel && Kind(*row.Action) != Terminate) {
 		return r, errors.New(`"action" must be cancel or terminate`)
 	}
-	if row.Outcome == nil {
-		return r, errors.New(`"outcome" is null`)
+	if row.Outcome == nil || !slices.Contains(outcomes, Outcome(*row.Outcome)) {
+		return r, errors.New(`"outcome" must be one of the outcomes (planned, ...)`)
 	}
 	switch {
 	case slices.Equal(row.Guard, Guard{}.Columns()):

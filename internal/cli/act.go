@@ -131,7 +131,7 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 	// Sessions chosen by selectors are confirmed; sessions named by pid
 	// alone were chosen one by one already.
 	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
-		if err := confirm(opts, plan, planned); err != nil {
+		if err := confirm(ctx, opts, plan, planned); err != nil {
 			return err
 		}
 	}
@@ -142,20 +142,20 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 // finish prints the results and maps them to the exit status. Interrupted
 // (Ctrl-C) after signals were sent, it still prints what is known.
 func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results []action.Result, err error, dryRun bool) error {
-	if err != nil && !errors.Is(err, context.Canceled) {
-		return err
+	if err != nil && !signalled(results) {
+		return err // nothing was sent: a plain error
 	}
 	if werr := writeResults(io, format, color, plan, results, dryRun); werr != nil {
 		return werr
 	}
 	if err != nil {
-		return &exitError{ExitIncomplete, fmt.Errorf("interrupted: signals sent were not all verified (see outcome survived)")}
+		return &exitError{ExitIncomplete, fmt.Errorf("%w; signals were sent and not all verified (see outcome survived)", err)}
 	}
 	return resultsError(kind, results)
 }
 
 // confirm shows the plan on a terminal and asks; without one, it refuses.
-func confirm(opts *ActOptions, plan *action.Plan, planned int) error {
+func confirm(ctx context.Context, opts *ActOptions, plan *action.Plan, planned int) error {
 	what := fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned))
 	if !opts.IO.InTTY {
 		return usageError(fmt.Errorf("refusing to %s chosen by selectors without a terminal to confirm on: add --yes, or see them with --dry-run", what))
@@ -166,10 +166,20 @@ func confirm(opts *ActOptions, plan *action.Plan, planned int) error {
 		return err
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "%s? [y/N] ", what)
-	line, _ := bufio.NewReader(opts.IO.In).ReadString('\n')
-	switch strings.ToLower(strings.TrimSpace(line)) {
-	case "y", "yes":
-		return nil
+	answer := make(chan string, 1)
+	go func() { // abandoned if Ctrl-C comes first: the process ends
+		line, _ := bufio.NewReader(opts.IO.In).ReadString('\n')
+		answer <- line
+	}()
+	select {
+	case <-ctx.Done():
+		fmt.Fprintln(opts.IO.ErrOut)
+		return usageError(errors.New("interrupted: nothing done"))
+	case line := <-answer:
+		switch strings.ToLower(strings.TrimSpace(line)) {
+		case "y", "yes":
+			return nil
+		}
 	}
 	return usageError(errors.New("not confirmed: nothing done"))
 }
@@ -203,6 +213,17 @@ func writeResults(io *IOStreams, format output.Format, color bool, plan *action.
 		Color:   color,
 		Width:   io.Width,
 	})
+}
+
+// signalled: some session was, or may have been, signalled.
+func signalled(results []action.Result) bool {
+	for i := range results {
+		switch results[i].Outcome {
+		case action.Cancelled, action.Terminated, action.Survived:
+			return true
+		}
+	}
+	return false
 }
 
 // resultsError is the exit status of an action: incomplete (3) when a

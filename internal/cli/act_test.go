@@ -201,6 +201,9 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 		{"unknown field", strings.Replace(good, `"pid":`, `"pdi":1,"pid":`, 1), `session 1: unknown field "pdi"`},
 		{"missing field", strings.Replace(good, `"guard":["pid","backend_start"],`, ``, 1), `session 1: missing field "guard"`},
 		{"wrong type", strings.Replace(good, `"pid":`+strconv.Itoa(int(v.PID)), `"pid":"x"`, 1), `session 1: field "pid": string is the wrong type`},
+		{"zero backend_start", regexp.MustCompile(`"backend_start":"[^"]+"`).ReplaceAllString(good, `"backend_start":"0001-01-01T00:00:00Z"`), `"backend_start" is missing or not a real start time`},
+		{"twice", strings.Replace(good, "\n]", ",\n"+strings.Trim(good, "[]\n")+"\n]", 1), "planned twice"},
+		{"bad outcome", strings.Replace(good, `"outcome":"planned"`, `"outcome":"done"`, 1), `"outcome" must be one of the outcomes`},
 		{"bad action", strings.Replace(good, `"action":"terminate"`, `"action":"drop"`, 1), `"action" must be cancel or terminate`},
 		{"other server", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "made on another server or before a restart"},
 	}

@@ -108,11 +108,12 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	plan.ServerVersion, _ = activity.ServerVersion(ctx, conn)
 	plan.Taken = time.Now()
+	kind := plan.Results[0].Action
 	results, err := action.Execute(ctx, conn, plan, action.Options{Wait: opts.Wait, Grace: opts.Grace})
 	if errors.Is(err, action.ErrOtherServer) {
 		return usageError(err)
 	}
-	return finish(opts.IO, opts.Format, opts.Color, plan.Results[0].Action, plan, results, err, false)
+	return finish(opts.IO, opts.Format, opts.Color, kind, plan, results, err, false)
 }
 
 func readPlan(streams *IOStreams, name string) (*action.Plan, error) {

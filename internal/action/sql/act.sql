@@ -8,7 +8,7 @@
 --  $3  timestamptz[]  query_start   \  pinned when $5 says so: the query (and state)
 --  $4  timestamptz[]  state_change  /  seen when chosen, so a backend that moved on is left alone
 --  $5  boolean[]      pin the query and state
---  $6  text[]         action: cancel | terminate
+--  $6  text[]         action: cancel | terminate | grace (cancel if it runs a query, else terminate)
 --  $7  boolean        send the signals (false: judge only, for a dry run)
 --  $8  boolean        walsenders may be signalled (--include-replication)
 --  $9  boolean        autovacuum workers may be signalled (--include-autovacuum)
@@ -32,10 +32,19 @@ WITH me AS (
                       pg_catalog.unnest($5::boolean[]),
                       pg_catalog.unnest($6::text[]))
            WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, n)
+), decided AS (
+    SELECT c.*,
+           CASE WHEN c.action <> 'grace' THEN c.action
+                WHEN a.state IN ('active', 'fastpath function call') THEN 'cancel'
+                ELSE 'terminate'
+           END AS act
+      FROM chosen AS c
+      LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = c.pid
 ), judged AS MATERIALIZED (
-    SELECT c.n, c.pid, c.action,
+    SELECT c.n, c.pid, c.act,
            CASE
-             WHEN $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
+             WHEN $10::timestamptz IS NOT NULL
+                  AND $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
              WHEN a.pid IS NULL THEN 'gone'
              WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
              WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
@@ -43,10 +52,11 @@ WITH me AS (
              WHEN a.backend_type = 'autovacuum worker' AND NOT $9::boolean THEN 'autovacuum'
              WHEN a.backend_type NOT IN ('client backend', 'walsender', 'autovacuum worker') THEN 'not_client'
              WHEN a.backend_start IS NULL THEN 'invisible'
-             WHEN a.backend_start <> c.backend_start THEN 'reused'
+             WHEN c.backend_start IS NULL
+                  OR a.backend_start IS DISTINCT FROM c.backend_start THEN 'reused'
              WHEN c.pin_query AND (a.query_start IS DISTINCT FROM c.query_start
                                    OR a.state_change IS DISTINCT FROM c.state_change) THEN 'moved'
-             WHEN c.action = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
+             WHEN c.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
              WHEN NOT coalesce(/*selection*/ true, false) THEN 'no_match'
              WHEN me.rolsuper THEN 'ok'
              WHEN t.rolsuper THEN 'superuser'
@@ -58,19 +68,22 @@ WITH me AS (
            a.backend_type,
            a.usename::text,
            a.state,
-           a.backend_start AS now_backend_start
-      FROM chosen AS c
+           a.backend_start AS now_backend_start,
+           a.query_start,
+           a.state_change
+      FROM decided AS c
       CROSS JOIN me
       LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = c.pid
       LEFT JOIN pg_catalog.pg_roles AS t ON t.oid = a.usesysid
 )
 SELECT j.n, j.verdict,
        CASE WHEN j.verdict = 'ok' AND $7::boolean THEN
-            CASE j.action
+            CASE j.act
               WHEN 'cancel' THEN pg_catalog.pg_cancel_backend(j.pid)
               WHEN 'terminate' THEN pg_catalog.pg_terminate_backend(j.pid)
             END
        END AS sent,
-       j.backend_type, j.usename, j.state, j.now_backend_start
+       j.backend_type, j.usename, j.state, j.now_backend_start,
+       j.act, j.query_start, j.state_change
   FROM judged AS j
  ORDER BY j.n
