@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -36,12 +37,20 @@ type ActOptions struct {
 	Grace              time.Duration
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// Kick: every session of the databases (--db or --all-databases).
+	Kick         bool
+	AllDatabases bool
 }
 
 // newActCmd builds cancel or terminate: the same pipeline, another signal.
 func newActCmd(f *Factory, kind action.Kind, cmd *cobra.Command, runF func(context.Context, *ActOptions) error) *cobra.Command {
 	opts := &ActOptions{IO: f.IO, Action: kind}
 	cmd.Args = cobra.ArbitraryArgs
+	if cmd.Name() == "kick" {
+		opts.Kick = true
+		cmd.Args = cobra.NoArgs
+		cmd.Flags().BoolVar(&opts.AllDatabases, "all-databases", false, "every database (instead of --db)")
+	}
 	cmd.RunE = func(cmd *cobra.Command, args []string) error {
 		var err error
 		if opts.PIDs, err = parsePIDs(args); err != nil {
@@ -99,6 +108,17 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		return usageError(err)
 	}
 	bySelector := opts.Selectors.Given()
+	if opts.Kick {
+		switch {
+		case opts.AllDatabases && len(sel.DB) > 0:
+			return usageError(errors.New("--db and --all-databases: give one of them"))
+		case !opts.AllDatabases && len(sel.DB) == 0:
+			return usageError(errors.New("kick needs the databases: --db NAME (repeatable, globs with *) or --all-databases"))
+		case opts.AllDatabases:
+			sel.DB = []string{"*"}
+		}
+		bySelector = true
+	}
 	if !bySelector {
 		sel = nil
 	}
@@ -136,7 +156,26 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		}
 	}
 	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
+	if opts.Kick && err == nil && !opts.DryRun {
+		reportArrivals(ctx, opts, conn, sel.DB, plan.Taken)
+	}
 	return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, err, opts.DryRun)
+}
+
+// reportArrivals says, on standard error, how many sessions connected to
+// the kicked databases while kick worked: a kick cannot keep anyone out.
+func reportArrivals(ctx context.Context, opts *ActOptions, conn *pgx.Conn, dbs []string, since time.Time) {
+	n, err := maintenance.Arrivals(ctx, conn, dbs, since)
+	if err != nil {
+		opts.Logger.Warn("cannot count new sessions", "err", err)
+		return
+	}
+	opts.Logger.Debug("arrivals", "sessions", n)
+	if n > 0 {
+		fmt.Fprintf(opts.IO.ErrOut, "pgreap: note: %d new session%s connected to %s while kick worked (a pool reconnecting?); "+
+			"to keep them out, block new connections first: ALTER DATABASE ... CONNECTION LIMIT 0, or ALLOW_CONNECTIONS false\n",
+			n, plural(n), strings.Join(dbs, ", "))
+	}
 }
 
 // finish prints the results and maps them to the exit status. Interrupted

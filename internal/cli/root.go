@@ -115,6 +115,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdCancel(f, nil),
 		NewCmdTerminate(f, nil),
 		NewCmdApply(f, nil),
+		NewCmdKick(f, nil),
 	)
 	return cmd
 }
