@@ -2,6 +2,8 @@ package cli
 
 import (
 	"context"
+	"errors"
+	"fmt"
 	"io"
 	"log/slog"
 
@@ -93,9 +95,6 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
   pgreap -h db1 -U admin ls --db shop -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
-		CompletionOptions: cobra.CompletionOptions{
-			DisableDefaultCmd: true,
-		},
 	}
 	pf := cmd.PersistentFlags()
 	// -h is the host, as in psql; help is --help only.
@@ -116,6 +115,21 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdTerminate(f, nil),
 		NewCmdApply(f, nil),
 		NewCmdKick(f, nil),
+		NewCmdVersion(f),
 	)
+	// cobra's completion command prints its help for an unknown shell and
+	// exits 0: bad input is exit 2 here.
+	cmd.InitDefaultCompletionCmd()
+	for _, c := range cmd.Commands() {
+		if c.Name() == "completion" {
+			c.Args = cobra.ArbitraryArgs
+			c.RunE = func(c *cobra.Command, args []string) error {
+				if len(args) == 0 {
+					return usageError(errors.New("completion needs a shell: bash, zsh, fish or powershell"))
+				}
+				return usageError(fmt.Errorf("completion %q: not a shell (bash, zsh, fish, powershell)", args[0]))
+			}
+		}
+	}
 	return cmd
 }
