@@ -173,7 +173,7 @@ func reportArrivals(ctx context.Context, opts *ActOptions, conn *pgx.Conn, dbs [
 	opts.Logger.Debug("arrivals", "sessions", n)
 	if n > 0 {
 		fmt.Fprintf(opts.IO.ErrOut, "pgreap: note: %d new session%s connected to %s while kick worked (a pool reconnecting?); "+
-			"to keep them out, block new connections first: ALTER DATABASE ... CONNECTION LIMIT 0, or ALLOW_CONNECTIONS false\n",
+			"'pgreap drain NAME' keeps them out\n",
 			n, plural(n), strings.Join(dbs, ", "))
 	}
 }

@@ -22,7 +22,7 @@ workers, walsenders, autovacuum workers, non-client backends) are left
 alone.
 
 A kick does not keep anyone out: sessions that connect while it works are
-counted on standard error; block new connections first to keep them out.
+counted on standard error; 'pgreap drain NAME' keeps them out.
 
 The sessions are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status as terminate: 0 all terminated, 1 nothing matched, 2

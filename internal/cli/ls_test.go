@@ -31,6 +31,13 @@ func TestMain(m *testing.M) {
 type clusterM struct{ m *testing.M }
 
 func (c clusterM) Run() int {
+	// Drain records of in-process runs go to a directory of their own.
+	state, err := os.MkdirTemp("", "pgreap-state-")
+	if err != nil {
+		panic(err)
+	}
+	defer os.RemoveAll(state)
+	os.Setenv("PGREAP_STATE_DIR", state)
 	return pgtest.Run(c.m, pgtest.Options{
 		HBA: []string{
 			"local all +" + passwordGroup + " scram-sha-256",

@@ -115,6 +115,8 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdTerminate(f, nil),
 		NewCmdApply(f, nil),
 		NewCmdKick(f, nil),
+		NewCmdDrain(f, nil),
+		NewCmdUndrain(f, nil),
 		NewCmdVersion(f),
 	)
 	// cobra's completion command prints its help for an unknown shell and

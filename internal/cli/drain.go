@@ -1,0 +1,254 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// DrainOptions are the inputs of `pgreap drain`.
+type DrainOptions struct {
+	IO         *IOStreams
+	Connect    func(context.Context) (*pgx.Conn, error)
+	ConnConfig func() (*pgx.ConnConfig, error)
+	Logger     *slog.Logger
+	Now        func() time.Time
+
+	Format             output.Format
+	Color              bool
+	Database           string
+	Timeout            time.Duration
+	Escalate           bool
+	Grace              time.Duration
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// NewCmdDrain builds `pgreap drain`; runF replaces the run in tests.
+func NewCmdDrain(f *Factory, runF func(context.Context, *DrainOptions) error) *cobra.Command {
+	opts := &DrainOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "drain NAME",
+		Short: "Block new connections to a database, end its sessions, hold it empty",
+		Long: `Drain a database for maintenance:
+
+ 1. record its connection settings (datallowconn, datconnlimit) in a local
+    file, written and synced before anything changes;
+ 2. block new connections: ALTER DATABASE NAME ALLOW_CONNECTIONS false
+    (superusers included; it needs the database's owner or a superuser);
+ 3. terminate its client sessions, through the guard of terminate, until
+    none is left (--escalate cancels first and terminates what is left
+    after --grace);
+ 4. hold it: the database stays blocked until 'pgreap undrain NAME'.
+
+After --timeout (default 60s) with sessions still connected, drain lists
+them and exits 3: the database stays blocked. pgreap never connects to the
+database it drains. The record lives in $PGREAP_STATE_DIR, else
+$XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain; undrain
+reads it there, even after drain was killed.
+
+Exit status: 0 drained and held, 2 usage or connection error or no
+privilege (nothing done), 3 sessions left at the timeout or interrupted
+(the database stays blocked).`,
+		Example: `  pgreap drain shop
+  pgreap drain shop --timeout 5m --escalate --grace 30s
+  pgreap undrain shop`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError(errors.New("drain takes one database name"))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			opts.Database = args[0]
+			if opts.Format, err = f.Format(); err != nil {
+				return err
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			if opts.Timeout <= 0 || opts.Grace < 0 {
+				return usageError(errors.New("--timeout must be more than zero and --grace not negative"))
+			}
+			opts.Color, opts.Connect, opts.ConnConfig, opts.Logger, opts.Now = f.Color(), f.Connect, f.ConnConfig, f.Logger(), time.Now
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return drainRun(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	fs.DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after `D`, leaving the database blocked")
+	fs.BoolVar(&opts.Escalate, "escalate", false, "cancel running queries first, terminate what is left after --grace")
+	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "with --escalate: how long queries get to end after the cancel (`D`)")
+	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "end walsenders of the database too")
+	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "end autovacuum workers of the database too")
+	return cmd
+}
+
+// drainTarget checks the name and where pgreap connects, and returns the
+// record's path.
+func drainTarget(name string, connConfig func() (*pgx.ConnConfig, error)) (string, error) {
+	if strings.Contains(name, "*") {
+		return "", usageError(fmt.Errorf("database %q: drain takes one database name, not a glob", name))
+	}
+	cfg, err := connConfig()
+	if err != nil {
+		return "", err
+	}
+	if cfg.Database == name {
+		return "", usageError(fmt.Errorf("pgreap would connect to %q itself: connect to another database (e.g. -d dbname=postgres)", name))
+	}
+	dir, err := maintenance.Records()
+	if err != nil {
+		return "", usageError(err)
+	}
+	return maintenance.RecordPath(dir, cfg.Host, cfg.Port, name), nil
+}
+
+func drainRun(ctx context.Context, opts *DrainOptions) error {
+	name := opts.Database
+	path, err := drainTarget(name, opts.ConnConfig)
+	if err != nil {
+		return err
+	}
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	if errors.Is(err, maintenance.ErrNoDatabase) {
+		return usageError(err)
+	}
+	if err != nil {
+		return err
+	}
+	if !settings.MayAlter {
+		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", name))
+	}
+	// The record first: whatever happens next, undrain can restore.
+	rec, err := maintenance.ReadRecord(path)
+	switch {
+	case err == nil && rec.RestoredAt == nil:
+		fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: already drained; keeping the settings recorded at %s in %s\n",
+			name, rec.RecordedAt.Format(time.RFC3339), path)
+	case err == nil || errors.Is(err, os.ErrNotExist):
+		cfg, _ := opts.ConnConfig()
+		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: name,
+			AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit, RecordedAt: opts.Now().UTC()}
+		if err := maintenance.WriteRecord(path, rec); err != nil {
+			return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
+		}
+	default:
+		return usageError(fmt.Errorf("%w; nothing done (remove it, or restore by hand, if it is damaged)", err))
+	}
+	if err := maintenance.Block(ctx, conn, name); err != nil {
+		return err
+	}
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: new connections refused, superusers' too (ALLOW_CONNECTIONS false); settings recorded in %s\n", name, path)
+	held := fmt.Sprintf("%s stays blocked: 'pgreap undrain %s' reopens it", name, name)
+
+	start := opts.Now()
+	deadline := start.Add(opts.Timeout)
+	sel := &selector.Selector{DB: []string{name}}
+	ended := map[int32]action.Result{}
+	var last *action.Plan
+	for round := 0; ; round++ {
+		plan, err := action.Choose(ctx, conn, action.Request{Action: action.Terminate, Selector: sel,
+			IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum})
+		if err != nil {
+			return drainStopped(opts, err, held)
+		}
+		last = plan
+		left := len(plan.Results)
+		if opts.IO.OutTTY {
+			fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d session%s left, %.1fs ", name, left, plural(left), opts.Now().Sub(start).Seconds())
+		}
+		if left == 0 {
+			break
+		}
+		remaining := deadline.Sub(opts.Now())
+		if remaining <= 0 {
+			break
+		}
+		exec := action.Options{Wait: min(remaining, 5*time.Second)}
+		if opts.Escalate && round == 0 {
+			exec.Grace = min(opts.Grace, remaining)
+		}
+		results, err := action.Execute(ctx, conn, plan, exec)
+		for _, r := range results {
+			if r.Outcome == action.Terminated || r.Outcome == action.Cancelled || r.Outcome == action.Gone {
+				ended[r.PID] = r
+			}
+		}
+		if err != nil {
+			return drainStopped(opts, err, held)
+		}
+		if !signalled(results) {
+			// Nothing could be ended this round (denied, protected):
+			// look again shortly, the session may end on its own.
+			select {
+			case <-ctx.Done():
+				return drainStopped(opts, ctx.Err(), held)
+			case <-time.After(100 * time.Millisecond):
+			}
+		}
+	}
+	if opts.IO.OutTTY {
+		fmt.Fprintln(opts.IO.ErrOut)
+	}
+	if n := len(last.Results); n > 0 {
+		// Say why each is left: judged now, as the signal would be.
+		if _, err := action.Execute(ctx, conn, last, action.Options{DryRun: true}); err != nil {
+			return drainStopped(opts, err, held)
+		}
+		for i := range last.Results {
+			if r := &last.Results[i]; r.Outcome == action.Planned {
+				r.Outcome, r.Detail = action.Survived, "still connected at the timeout"
+			}
+		}
+		if err := writeResults(opts.IO, opts.Format, opts.Color, last, last.Results, false); err != nil {
+			return err
+		}
+		return &exitError{ExitIncomplete, fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held)}
+	}
+	rows := make([]action.Result, 0, len(ended))
+	for _, r := range ended {
+		rows = append(rows, r)
+	}
+	sort.Slice(rows, func(i, j int) bool { return rows[i].PID < rows[j].PID })
+	if len(rows) > 0 || opts.Format != output.Table {
+		if err := writeResults(opts.IO, opts.Format, opts.Color, last, rows, false); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it\n",
+		name, len(rows), plural(len(rows)), name)
+	return nil
+}
+
+// drainStopped: interrupted or failed after the database was blocked.
+func drainStopped(opts *DrainOptions, err error, held string) error {
+	if opts.IO.OutTTY {
+		fmt.Fprintln(opts.IO.ErrOut)
+	}
+	if errors.Is(err, context.Canceled) {
+		err = errors.New("interrupted")
+	}
+	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", opts.Database, err, held)}
+}

@@ -1,0 +1,134 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"os"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/maintenance"
+)
+
+// UndrainOptions are the inputs of `pgreap undrain`.
+type UndrainOptions struct {
+	IO         *IOStreams
+	Connect    func(context.Context) (*pgx.Conn, error)
+	ConnConfig func() (*pgx.ConnConfig, error)
+	Now        func() time.Time
+
+	Database string
+	// Explicit values, for a database with no record.
+	Explicit         bool
+	AllowConnections bool
+	ConnectionLimit  int32
+}
+
+// NewCmdUndrain builds `pgreap undrain`; runF replaces the run in tests.
+func NewCmdUndrain(f *Factory, runF func(context.Context, *UndrainOptions) error) *cobra.Command {
+	opts := &UndrainOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "undrain NAME",
+		Short: "Restore the connection settings a drain recorded",
+		Long: `Restore exactly the connection settings (ALLOW_CONNECTIONS, CONNECTION
+LIMIT) that 'pgreap drain NAME' recorded before it changed anything, and
+print them. It works after a drain that was killed at any moment, and a
+second undrain does nothing. The record is read from $PGREAP_STATE_DIR,
+else $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain, for
+the same host and port as the drain connected to.
+
+Without a record pgreap does not guess: give the values with
+--allow-connections and --connection-limit.
+
+Exit status: 0 restored (or nothing to do), 2 no record, usage or
+connection error.`,
+		Example: `  pgreap undrain shop
+  pgreap undrain shop --allow-connections=true --connection-limit=-1`,
+		Args: func(cmd *cobra.Command, args []string) error {
+			if len(args) != 1 {
+				return usageError(errors.New("undrain takes one database name"))
+			}
+			return nil
+		},
+		RunE: func(cmd *cobra.Command, args []string) error {
+			opts.Database = args[0]
+			fl := cmd.Flags()
+			opts.Explicit = fl.Changed("allow-connections") || fl.Changed("connection-limit")
+			if opts.Explicit && !(fl.Changed("allow-connections") && fl.Changed("connection-limit")) {
+				return usageError(errors.New("give both --allow-connections and --connection-limit"))
+			}
+			if opts.ConnectionLimit < -1 {
+				return usageError(fmt.Errorf("--connection-limit %d: -1 (no limit) or more", opts.ConnectionLimit))
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			opts.Connect, opts.ConnConfig, opts.Now = f.Connect, f.ConnConfig, time.Now
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return undrainRun(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	fs.BoolVar(&opts.AllowConnections, "allow-connections", true, "without a record: ALLOW_CONNECTIONS to set")
+	fs.Int32Var(&opts.ConnectionLimit, "connection-limit", -1, "without a record: CONNECTION LIMIT to set (-1: none)")
+	return cmd
+}
+
+func undrainRun(ctx context.Context, opts *UndrainOptions) error {
+	name := opts.Database
+	path, err := drainTarget(name, opts.ConnConfig)
+	if err != nil {
+		return err
+	}
+	rec, err := maintenance.ReadRecord(path)
+	switch {
+	case errors.Is(err, os.ErrNotExist) && !opts.Explicit:
+		return usageError(fmt.Errorf("no drain record for %s at %s: pgreap does not guess; give the values (--allow-connections=true --connection-limit=-1)", name, path))
+	case errors.Is(err, os.ErrNotExist):
+		rec = nil
+	case err != nil:
+		return usageError(err)
+	}
+	if opts.Explicit {
+		cfg, _ := opts.ConnConfig()
+		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: name,
+			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC()}
+	}
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
+	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	if errors.Is(err, maintenance.ErrNoDatabase) {
+		return usageError(err)
+	}
+	if err != nil {
+		return err
+	}
+	values := fmt.Sprintf("ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", rec.AllowConnections, rec.ConnectionLimit)
+	if rec.RestoredAt != nil && !opts.Explicit {
+		// Undone already: do not override what was changed since.
+		fmt.Fprintf(opts.IO.Out, "%s: already restored at %s (%s); now ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d\n",
+			name, rec.RestoredAt.Format(time.RFC3339), values, settings.AllowConnections, settings.ConnectionLimit)
+		return nil
+	}
+	if !settings.MayAlter {
+		return usageError(fmt.Errorf("database %q: restoring its settings needs its owner or a superuser (ALTER DATABASE)", name))
+	}
+	if err := maintenance.Restore(ctx, conn, name, rec.AllowConnections, rec.ConnectionLimit); err != nil {
+		return err
+	}
+	now := opts.Now().UTC()
+	rec.RestoredAt = &now
+	if err := maintenance.WriteRecord(path, rec); err != nil {
+		return fmt.Errorf("%s restored (%s), but the record could not be marked: %w", name, values, err)
+	}
+	fmt.Fprintf(opts.IO.Out, "%s: restored %s (recorded at %s)\n", name, values, rec.RecordedAt.Format(time.RFC3339))
+	return nil
+}

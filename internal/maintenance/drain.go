@@ -1,0 +1,157 @@
+package maintenance
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"net/url"
+	"os"
+	"path/filepath"
+	"strconv"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// Record is what drain writes before it changes anything: the database's
+// settings as they were, so that undrain can restore exactly them, even
+// after the drain was killed at any moment.
+type Record struct {
+	Host             string    `json:"host"`
+	Port             uint16    `json:"port"`
+	Database         string    `json:"database"`
+	AllowConnections bool      `json:"datallowconn"`
+	ConnectionLimit  int32     `json:"datconnlimit"`
+	RecordedAt       time.Time `json:"recorded_at"`
+	// RestoredAt is set by undrain once the settings are back; the
+	// record stays, so a second undrain knows there is nothing to do.
+	RestoredAt *time.Time `json:"restored_at,omitempty"`
+}
+
+// Records is where drain records live: $PGREAP_STATE_DIR, else
+// $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain. A local
+// file of the user who drained, because it must outlive the drain process
+// (SIGKILL) and a lost connection, and pgreap creates nothing in the
+// database.
+func Records() (string, error) {
+	if d := os.Getenv("PGREAP_STATE_DIR"); d != "" {
+		return d, nil
+	}
+	if d := os.Getenv("XDG_STATE_HOME"); d != "" {
+		return filepath.Join(d, "pgreap", "drain"), nil
+	}
+	home, err := os.UserHomeDir()
+	if err != nil {
+		return "", fmt.Errorf("no place for drain records: %w (set PGREAP_STATE_DIR)", err)
+	}
+	return filepath.Join(home, ".local", "state", "pgreap", "drain"), nil
+}
+
+// RecordPath is the record of a database on a server (host and port as
+// pgreap connected to them).
+func RecordPath(dir, host string, port uint16, db string) string {
+	name := url.PathEscape(host) + "_" + strconv.Itoa(int(port)) + "_" + url.PathEscape(db) + ".json"
+	return filepath.Join(dir, name)
+}
+
+// ReadRecord reads a record; os.ErrNotExist when there is none.
+func ReadRecord(path string) (*Record, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		return nil, err
+	}
+	var r Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		return nil, fmt.Errorf("drain record %s: %w", path, err)
+	}
+	return &r, nil
+}
+
+// WriteRecord writes a record durably: to a temporary file, synced, renamed
+// over the record, and the directory synced, so that a crash leaves either
+// the old record or the new one, never half of one.
+func WriteRecord(path string, r *Record) error {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return err
+	}
+	b, err := json.MarshalIndent(r, "", "  ")
+	if err != nil {
+		return err
+	}
+	tmp, err := os.CreateTemp(filepath.Dir(path), ".record-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(tmp.Name())
+	if _, err := tmp.Write(append(b, '\n')); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Sync(); err != nil {
+		tmp.Close()
+		return err
+	}
+	if err := tmp.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(tmp.Name(), path); err != nil {
+		return err
+	}
+	dir, err := os.Open(filepath.Dir(path))
+	if err != nil {
+		return err
+	}
+	defer dir.Close()
+	return dir.Sync()
+}
+
+// Settings are a database's connection settings as pg_database has them.
+type Settings struct {
+	AllowConnections bool
+	ConnectionLimit  int32
+	// MayAlter: the role is a superuser or the database's owner, the
+	// privilege ALTER DATABASE needs.
+	MayAlter bool
+}
+
+// ErrNoDatabase: no database of that name.
+var ErrNoDatabase = errors.New("no such database")
+
+// ReadSettings reads a database's connection settings.
+func ReadSettings(ctx context.Context, conn *pgx.Conn, db string) (*Settings, error) {
+	var s Settings
+	err := conn.QueryRow(ctx, `SELECT d.datallowconn, d.datconnlimit,
+	        (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = CURRENT_USER)
+	        OR pg_catalog.pg_has_role(d.datdba, 'USAGE')
+	   FROM pg_catalog.pg_database AS d
+	  WHERE d.datname = $1`, db).Scan(&s.AllowConnections, &s.ConnectionLimit, &s.MayAlter)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, fmt.Errorf("database %q: %w", db, ErrNoDatabase)
+	}
+	if err != nil {
+		return nil, fmt.Errorf("database %q: %w", db, err)
+	}
+	return &s, nil
+}
+
+// Block refuses new connections to the database, superusers' included
+// (ALLOW_CONNECTIONS false; CONNECTION LIMIT 0 would let superusers in).
+func Block(ctx context.Context, conn *pgx.Conn, db string) error {
+	_, err := conn.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" WITH ALLOW_CONNECTIONS false")
+	if err != nil {
+		return fmt.Errorf("block connections to %q: %w", db, err)
+	}
+	return nil
+}
+
+// Restore sets the database's connection settings to the recorded ones.
+func Restore(ctx context.Context, conn *pgx.Conn, db string, allow bool, limit int32) error {
+	// Both are literals pgreap formats itself (a boolean and an integer):
+	// ALTER DATABASE takes no parameters.
+	sql := fmt.Sprintf("ALTER DATABASE %s WITH ALLOW_CONNECTIONS %t CONNECTION LIMIT %d", pgx.Identifier{db}.Sanitize(), allow, limit)
+	if _, err := conn.Exec(ctx, sql); err != nil {
+		return fmt.Errorf("restore %q: %w", db, err)
+	}
+	return nil
+}
