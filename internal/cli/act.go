@@ -130,6 +130,12 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	return actOn(ctx, opts, conn, sel, bySelector)
+}
+
+// actOn chooses, confirms, acts and reports: the pipeline of cancel,
+// terminate, kick and unblock once the selection is known.
+func actOn(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector, bySelector bool) error {
 	plan, err := action.Choose(ctx, conn, action.Request{
 		Action:             opts.Action,
 		PIDs:               opts.PIDs,

@@ -117,6 +117,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdKick(f, nil),
 		NewCmdDrain(f, nil),
 		NewCmdUndrain(f, nil),
+		NewCmdUnblock(f, nil),
 		NewCmdVersion(f),
 	)
 	// cobra's completion command prints its help for an unknown shell and

@@ -268,6 +268,10 @@ func cleanAll(s string) string {
 	return strings.TrimSpace(b.String())
 }
 
+// Clean is what the table does to a cell: one line, no control
+// characters, safe to print on a terminal.
+func Clean(s string) string { return clean(s) }
+
 // plainASCII: printable ASCII, no leading, trailing or doubled space:
 // clean would return it unchanged.
 func plainASCII(s string) bool {

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"fmt"
 	"reflect"
+	"slices"
 
 	"github.com/spf13/pflag"
 )
@@ -13,8 +14,20 @@ type Flags struct {
 	spec Spec
 }
 
-// AddFlags registers the selector flags on fs.
-func AddFlags(fs *pflag.FlagSet) *Flags {
+// AddFlags registers the selector flags on fs, but those named in omit
+// (a command that gives a flag another meaning, as unblock's --longer-than).
+func AddFlags(fs *pflag.FlagSet, omit ...string) *Flags {
+	all := pflag.NewFlagSet("selectors", pflag.ContinueOnError)
+	f := addFlags(all)
+	all.VisitAll(func(fl *pflag.Flag) {
+		if !slices.Contains(omit, fl.Name) {
+			fs.AddFlag(fl)
+		}
+	})
+	return f
+}
+
+func addFlags(fs *pflag.FlagSet) *Flags {
 	f := &Flags{}
 	s := &f.spec
 	fs.StringArrayVar(&s.DB, "db", nil, "database `NAME` (glob with *; repeatable)")

@@ -209,12 +209,14 @@ func (s *Selector) Compile(alias string, first int) (string, []any) {
 		c.add(fmt.Sprintf("%s.xact_start < pg_catalog.statement_timestamp() - %s::interval", alias, c.arg(interval(s.XactLongerThan))))
 	}
 	if s.Waiting {
-		c.add(fmt.Sprintf("%s.wait_event_type = 'Lock'", alias))
+		// A lock not granted: wait_event_type = 'Lock' blinks off every
+		// deadlock_timeout, while the waiter checks for a deadlock.
+		c.add(fmt.Sprintf("%s.pid IN (SELECT l.pid FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
 	}
 	if s.Blocking {
 		// Uncorrelated, so the server computes the set of blockers once
 		// for the statement, not once per row.
-		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) FROM pg_catalog.pg_stat_activity AS w WHERE w.wait_event_type = 'Lock')", alias))
+		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
 	}
 	if len(c.terms) == 0 {
 		return "true", nil

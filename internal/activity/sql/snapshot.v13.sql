@@ -4,6 +4,9 @@
 -- the autovacuum launcher, physical walsenders, ...).
 -- blocked_by is computed only for sessions waiting on a heavyweight lock:
 -- pg_blocking_pids takes the lock manager's partition locks, so it is costly.
+-- Waiting is a lock not granted in pg_locks, not wait_event_type = 'Lock':
+-- a waiter clears its wait event for a moment every deadlock_timeout, when
+-- it wakes to check for a deadlock.
 SELECT a.pid,
        a.leader_pid,
        a.datname::text,
@@ -20,7 +23,8 @@ SELECT a.pid,
        a.wait_event,
        a.query,
        NULL::bigint AS query_id,
-       CASE WHEN a.wait_event_type = 'Lock' THEN pg_catalog.pg_blocking_pids(a.pid) END AS blocked_by,
+       CASE WHEN a.pid IN (SELECT l.pid FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)
+            THEN pg_catalog.pg_blocking_pids(a.pid) END AS blocked_by,
        pg_catalog.statement_timestamp() AS now,
        pg_catalog.pg_postmaster_start_time() AS server_started
   FROM pg_catalog.pg_stat_activity AS a
