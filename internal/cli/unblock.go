@@ -104,6 +104,26 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		return err
 	}
 	tree := maintenance.BlockingTree(snap.Sessions, waits, opts.LongerThan)
+	if opts.Selectors.Given() && len(tree.Roots) > 0 {
+		// Only the roots the selectors keep.
+		chosen, err := activity.Take(ctx, conn, sel.Filter())
+		if err != nil {
+			return err
+		}
+		keep := map[int32]bool{}
+		for i := range chosen.Sessions {
+			if sel.Keep(&chosen.Sessions[i]) {
+				keep[chosen.Sessions[i].PID] = true
+			}
+		}
+		roots := tree.Roots[:0]
+		for _, r := range tree.Roots {
+			if keep[r] {
+				roots = append(roots, r)
+			}
+		}
+		tree.Roots = roots
+	}
 	if len(tree.Roots) == 0 {
 		return fmt.Errorf("%w: no lock wait longer than %s", ErrNoMatch, opts.LongerThan)
 	}

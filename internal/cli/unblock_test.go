@@ -60,3 +60,15 @@ func TestUnblockWaitsYoungerThanTheThresholdAreLeft(t *testing.T) {
 	r = run(t, false, "unblock", "--longer-than", "-1s")
 	r.wantCode(t, 2)
 }
+
+func TestUnblockSelectorsChooseTheRoots(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root, _ := pgtest.LockWait(t, db)
+	other := pgtest.NewDB(t)
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", other, "--yes")
+	r.wantCode(t, 1)
+	if strings.Contains(r.out, db) || !root.Alive() {
+		t.Fatalf("a root of another database was shown or ended:\n%s", r.out)
+	}
+}
