@@ -35,6 +35,7 @@ quickstart:
 bench:
 	$(GO) test ./bench -run '^$$' -bench Ls -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench Terminate -benchtime 1x
+	$(GO) test ./bench -run '^$$' -bench Kick -benchtime 1x
 
 clean:
 	rm -f pgreap
