@@ -126,18 +126,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if err != nil {
 		return err
 	}
-	conn, err := opts.Connect(ctx)
+	conn, settings, err := openSettings(ctx, opts.Connect, name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	settings, err := maintenance.ReadSettings(ctx, conn, name)
-	if errors.Is(err, maintenance.ErrNoDatabase) {
-		return usageError(err)
-	}
-	if err != nil {
-		return err
-	}
 	if !settings.MayAlter {
 		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", name))
 	}
@@ -251,4 +244,22 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 		err = errors.New("interrupted")
 	}
 	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", opts.Database, err, held)}
+}
+
+// openSettings connects and reads the database's connection settings; a
+// database that does not exist is bad input.
+func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), name string) (*pgx.Conn, *maintenance.Settings, error) {
+	conn, err := connect(ctx)
+	if err != nil {
+		return nil, nil, err
+	}
+	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	if err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		if errors.Is(err, maintenance.ErrNoDatabase) {
+			err = usageError(err)
+		}
+		return nil, nil, err
+	}
+	return conn, settings, nil
 }

@@ -99,18 +99,11 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: name,
 			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC()}
 	}
-	conn, err := opts.Connect(ctx)
+	conn, settings, err := openSettings(ctx, opts.Connect, name)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	settings, err := maintenance.ReadSettings(ctx, conn, name)
-	if errors.Is(err, maintenance.ErrNoDatabase) {
-		return usageError(err)
-	}
-	if err != nil {
-		return err
-	}
 	values := fmt.Sprintf("ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", rec.AllowConnections, rec.ConnectionLimit)
 	if rec.RestoredAt != nil && !opts.Explicit {
 		// Undone already: do not override what was changed since.
