@@ -32,16 +32,8 @@ WITH me AS (
                       pg_catalog.unnest($5::boolean[]),
                       pg_catalog.unnest($6::text[]))
            WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, n)
-), decided AS (
-    SELECT c.*,
-           CASE WHEN c.action <> 'grace' THEN c.action
-                WHEN a.state IN ('active', 'fastpath function call') THEN 'cancel'
-                ELSE 'terminate'
-           END AS act
-      FROM chosen AS c
-      LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = c.pid
 ), judged AS MATERIALIZED (
-    SELECT c.n, c.pid, c.act,
+    SELECT c.n, c.pid, d.act,
            CASE
              WHEN $10::timestamptz IS NOT NULL
                   AND $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
@@ -56,7 +48,7 @@ WITH me AS (
                   OR a.backend_start IS DISTINCT FROM c.backend_start THEN 'reused'
              WHEN c.pin_query AND (a.query_start IS DISTINCT FROM c.query_start
                                    OR a.state_change IS DISTINCT FROM c.state_change) THEN 'moved'
-             WHEN c.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
+             WHEN d.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
              WHEN NOT coalesce(/*selection*/ true, false) THEN 'no_match'
              WHEN me.rolsuper THEN 'ok'
              WHEN t.rolsuper THEN 'superuser'
@@ -71,9 +63,15 @@ WITH me AS (
            a.backend_start AS now_backend_start,
            a.query_start,
            a.state_change
-      FROM decided AS c
+      FROM chosen AS c
       CROSS JOIN me
       LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = c.pid
+      -- A grace cancels what runs a query and terminates the rest, decided
+      -- on what the session runs at this instant.
+      CROSS JOIN LATERAL (SELECT CASE WHEN c.action <> 'grace' THEN c.action
+                                      WHEN a.state IN ('active', 'fastpath function call') THEN 'cancel'
+                                      ELSE 'terminate'
+                                 END AS act) AS d
       LEFT JOIN pg_catalog.pg_roles AS t ON t.oid = a.usesysid
 )
 SELECT j.n, j.verdict,
