@@ -71,7 +71,8 @@ const maxPlanSize = 256 << 20
 // ReadPlan reads a plan file strictly: one JSON array of rows as
 // --dry-run -o json writes them, with no unknown and no missing field,
 // all made on one server run. Only the rows whose outcome is planned are
-// kept: those are the sessions the plan acts on.
+// kept: those are the sessions the plan acts on. Rows with no action, no
+// outcome and no guard (the waiters of unblock) are context and skipped.
 func ReadPlan(r io.Reader) (*Plan, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxPlanSize+1))
 	if err != nil {
@@ -96,6 +97,7 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		}
 	}
 	plan := &Plan{}
+	first := true
 	for n, raw := range raws {
 		where := fmt.Sprintf("session %d", n+1)
 		for _, k := range required {
@@ -120,15 +122,21 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		if err := dec.Decode(&row); err != nil {
 			return nil, fmt.Errorf("%s: %s", where, jsonError(err))
 		}
+		if row.Action == nil && row.Outcome == nil && row.Guard == nil {
+			// Context, never acted on: a waiter unblock shows behind
+			// its root.
+			continue
+		}
 		res, err := row.result()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
 		}
-		if n == 0 {
+		if first {
+			first = false
 			plan.Server = Server{Host: row.Plan.Host, Port: row.Plan.Port, Started: row.Plan.PostmasterStartTime}
 		} else if h := plan.Header(); row.Plan.Host != h.Host || row.Plan.Port != h.Port ||
 			!row.Plan.PostmasterStartTime.Equal(h.PostmasterStartTime) {
-			return nil, fmt.Errorf("%s: made on another server than session 1 (its \"plan\" differs)", where)
+			return nil, fmt.Errorf("%s: made on another server than the sessions before it (its \"plan\" differs)", where)
 		}
 		if res.Outcome == Planned {
 			if slices.ContainsFunc(plan.Results, func(o Result) bool { return o.PID == res.PID }) {

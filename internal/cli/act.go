@@ -40,6 +40,10 @@ type ActOptions struct {
 	// Kick: every session of the databases (--db or --all-databases).
 	Kick         bool
 	AllDatabases bool
+	// show, when set, turns the results into the rows printed (unblock
+	// adds the waiters behind each root); the exit status comes from the
+	// results alone.
+	show func([]action.Result) []action.Result
 }
 
 // newActCmd builds cancel or terminate: the same pipeline, another signal.
@@ -165,7 +169,11 @@ func actOn(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.
 	if opts.Kick && err == nil && !opts.DryRun {
 		reportArrivals(ctx, opts, conn, sel.DB, plan.Taken)
 	}
-	return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, err, opts.DryRun)
+	shown := results
+	if opts.show != nil {
+		shown = opts.show(results)
+	}
+	return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, shown, err, opts.DryRun)
 }
 
 // reportArrivals says, on standard error, how many sessions connected to
@@ -186,11 +194,11 @@ func reportArrivals(ctx context.Context, opts *ActOptions, conn *pgx.Conn, dbs [
 
 // finish prints the results and maps them to the exit status. Interrupted
 // (Ctrl-C) after signals were sent, it still prints what is known.
-func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results []action.Result, err error, dryRun bool) error {
+func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results, shown []action.Result, err error, dryRun bool) error {
 	if err != nil && !signalled(results) {
 		return err // nothing was sent: a plain error
 	}
-	if werr := writeResults(io, format, color, plan, results, dryRun); werr != nil {
+	if werr := writeResults(io, format, color, plan, shown, dryRun); werr != nil {
 		return werr
 	}
 	if err != nil {
@@ -237,7 +245,9 @@ func plural(n int) string {
 }
 
 // toRows turns results into output rows; a dry run's JSON rows carry what
-// `pgreap apply` needs: the guard and the server the plan was made on.
+// `pgreap apply` needs: the guard and the server the plan was made on. A
+// row without an action (a waiter shown by unblock) has no guard: apply
+// skips it.
 func toRows(plan *action.Plan, results []action.Result, planFields bool) []output.Row {
 	rows := make([]output.Row, len(results))
 	header := plan.Header()
@@ -245,7 +255,11 @@ func toRows(plan *action.Plan, results []action.Result, planFields bool) []outpu
 		r := &results[i]
 		rows[i] = output.Row{Session: r.Session, Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail}
 		if planFields {
-			rows[i].Extra = []output.Field{{Name: "guard", Value: r.Guard.Columns()}, {Name: "plan", Value: header}}
+			var guard []string
+			if r.Action != "" {
+				guard = r.Guard.Columns()
+			}
+			rows[i].Extra = []output.Field{{Name: "guard", Value: guard}, {Name: "plan", Value: header}}
 		}
 	}
 	return rows

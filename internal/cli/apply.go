@@ -113,7 +113,7 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	if errors.Is(err, action.ErrOtherServer) {
 		return usageError(err)
 	}
-	return finish(opts.IO, opts.Format, opts.Color, kind, plan, results, err, false)
+	return finish(opts.IO, opts.Format, opts.Color, kind, plan, results, results, err, false)
 }
 
 func readPlan(streams *IOStreams, name string) (*action.Plan, error) {

@@ -44,6 +44,12 @@ at that instant. Protected roots (autovacuum workers, walsenders) are
 reported and left alone unless included. Selectors narrow which roots may
 be ended (e.g. --db shop).
 
+The table shows the tree: each root, its waiters indented with how long
+each has waited, then the roots' outcomes. JSON and CSV have one row per
+root with its outcome, each followed by its waiters: rows with blocked_by
+set and no action or outcome. A --dry-run -o json plan can be given to
+'pgreap apply', which acts on the roots and skips the waiters.
+
 The roots are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status: 0 all roots ended, 1 no lock wait that long, 2 usage
 or connection error, 3 some root denied, survived, changed or protected.`,
@@ -129,12 +135,40 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	if opts.Format == output.Table {
 		writeTree(opts.IO, snap, tree, waits)
+	} else {
+		opts.show = func(results []action.Result) []action.Result { return withWaiters(results, snap, tree, waits) }
 	}
 	// The roots, only while they still block someone, and as the
 	// selectors allow.
 	sel.Blocking = true
 	opts.PIDs = tree.Roots
 	return actOn(ctx, &opts.ActOptions, conn, sel, true)
+}
+
+// withWaiters puts after each root's result the waiters queued behind it,
+// as rows with no action and no outcome: their blocked_by draws the tree
+// for a program, as the indented table does for a person.
+func withWaiters(results []action.Result, snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) []action.Result {
+	byPID := map[int32]*activity.Session{}
+	for i := range snap.Sessions {
+		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	shown := make([]action.Result, 0, len(results))
+	seen := map[int32]bool{}
+	for _, r := range results {
+		shown = append(shown, r)
+		for _, w := range tree.Waiters[r.PID] {
+			if s := byPID[w]; s != nil && !seen[w] {
+				seen[w] = true
+				detail := "waiting on a lock"
+				if age := output.Age(waits[w]); age != "" {
+					detail += " for " + age
+				}
+				shown = append(shown, action.Result{Session: *s, Detail: detail})
+			}
+		}
+	}
+	return shown
 }
 
 // writeTree prints the roots with the waiters queued behind each, and how

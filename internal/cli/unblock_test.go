@@ -1,6 +1,8 @@
 package cli_test
 
 import (
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -24,9 +26,29 @@ func TestUnblockEndsOnlyTheRoot(t *testing.T) {
 		t.Fatalf("stdout:\n%s", r.out)
 	}
 
-	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "-o", "json")
+	// JSON: the root, then its waiters with blocked_by and no action;
+	// as a plan, apply acts on the root alone.
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--dry-run", "-o", "json")
 	r.wantCode(t, 0)
 	rows := jsonRows(t, r.out)
+	if len(rows) != 3 || rows[0]["pid"] != float64(root.PID) || rows[0]["outcome"] != "planned" {
+		t.Fatalf("rows %v", rows)
+	}
+	for _, w := range rows[1:] {
+		if w["action"] != nil || w["outcome"] != nil || w["guard"] != nil || !strings.HasPrefix(w["detail"].(string), "waiting on a lock") {
+			t.Fatalf("waiter row %v", w)
+		}
+		if by := w["blocked_by"].([]any); len(by) == 0 || (w["pid"] == float64(first.PID) && by[0] != float64(root.PID)) {
+			t.Fatalf("waiter row %v", w)
+		}
+	}
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", plan, "-o", "json")
+	r.wantCode(t, 0)
+	rows = jsonRows(t, r.out)
 	if len(rows) != 1 || rows[0]["pid"] != float64(root.PID) || rows[0]["outcome"] != "terminated" {
 		t.Fatalf("rows %v", rows)
 	}
