@@ -2,11 +2,15 @@ package cli_test
 
 import (
 	"context"
+	"errors"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -149,5 +153,106 @@ func TestDrainBadInput(t *testing.T) {
 	r.wantCode(t, 0)
 	if allow, limit := dbSettings(t, db); !allow || limit != 5 {
 		t.Fatalf("explicit undrain: %t %d", allow, limit)
+	}
+}
+
+func sqlState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
+}
+
+// --escalate cancels the running queries first; what still runs the same
+// query after --grace is terminated, as are the sessions left idle.
+func TestDrainEscalateCancelsFirst(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	sleeper := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	sleeper.Start("SELECT pg_catalog.pg_sleep(60)")
+	sleeper.WaitState("active", "")
+	// Swallows every cancel: only a terminate ends it.
+	stubborn := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	stubborn.Start(`DO $$ BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$`)
+	stubborn.WaitState("active", "")
+	idle := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+
+	r := run(t, false, "drain", db, "--escalate", "--grace", "500ms", "-o", "json")
+	r.wantCode(t, 0)
+	if len(jsonRows(t, r.out)) != 3 {
+		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)
+	}
+	if code := sqlState(sleeper.Wait()); code != "57014" {
+		t.Errorf("the running query ended with SQLSTATE %q, want 57014 (cancelled first)", code)
+	}
+	if code := sqlState(stubborn.Wait()); code != "57P01" {
+		t.Errorf("the query that ignores cancels ended with SQLSTATE %q, want 57P01 (terminated after the grace)", code)
+	}
+	if sleeper.Alive() || stubborn.Alive() || idle.Alive() {
+		t.Fatal("a session is left")
+	}
+}
+
+// On a terminal, drain shows how many sessions are left as it works.
+func TestDrainProgressOnATerminal(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	r := run(t, true, "drain", db)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "\r"+db+": 1 session left, ") || !strings.Contains(r.errOut, "\r"+db+": 0 sessions left, ") {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = run(t, false, "undrain", db)
+	r.wantCode(t, 0)
+	if r2 := run(t, false, "drain", db); strings.Contains(r2.errOut, "\r") {
+		t.Fatalf("progress without a terminal: %q", r2.errOut)
+	}
+}
+
+// Interrupted (Ctrl-C), drain says the database stays blocked and how to
+// reopen it; the record lets undrain restore it.
+func TestDrainInterrupted(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" CONNECTION LIMIT 9")
+	t.Cleanup(func() {
+		_, _ = pgtest.Admin(t).Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgtest.Superuser)
+	})
+	// A superuser's session the owner cannot end: drain keeps trying.
+	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+
+	ctx, cancel := context.WithCancel(pgtest.Context(t))
+	defer cancel()
+	streams, _, errOut := cli.Test()
+	done := make(chan int, 1)
+	go func() { done <- cli.Run(ctx, []string{"-U", owner, "drain", db, "--timeout", "5m"}, streams) }()
+	pgtest.Eventually(t, "the database blocked", func() (bool, error) {
+		allow, _ := dbSettings(t, db)
+		return !allow, nil
+	})
+	cancel()
+	var code int
+	select {
+	case code = <-done:
+	case <-time.After(5 * time.Second):
+		t.Fatal("drain did not stop within 5s of the interrupt")
+	}
+	if code != 3 || !strings.Contains(errOut.String(), "pgreap: "+db+": interrupted; "+db+" stays blocked: 'pgreap undrain "+db+"' reopens it") {
+		t.Fatalf("exit %d, stderr %q", code, errOut.String())
+	}
+	if !super.Alive() {
+		t.Fatal("the superuser's session was ended")
+	}
+	r := run(t, false, "-U", owner, "undrain", db)
+	r.wantCode(t, 0)
+	if allow, limit := dbSettings(t, db); !allow || limit != 9 {
+		t.Fatalf("after undrain: %t %d", allow, limit)
 	}
 }
