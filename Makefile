@@ -36,6 +36,7 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench Ls -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench Terminate -benchtime 1x
 	$(GO) test ./bench -run '^$$' -bench Kick -benchtime 1x
+	$(GO) test ./bench -run '^$$' -bench Drain -benchtime 3x
 
 clean:
 	rm -f pgreap

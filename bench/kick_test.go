@@ -99,8 +99,48 @@ func BenchmarkKick(b *testing.B) {
 	b.Cleanup(k.reapLeftovers)
 
 	for _, n := range []int{200, 1000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) { k.bench(b, n) })
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			k.bench(b, n, []variant{{"pgreap", k.kick}, {"floor", k.floor}, {"perpid", k.perpid}, {"serial", k.serial}})
+		})
 	}
+}
+
+// BenchmarkDrain drains a database of N idle sessions (N=200 and
+// N=1000) with `pgreap drain DB -o json` (record, ALLOW_CONNECTIONS false,
+// terminate, wait until empty), a fresh process timed from start to exit,
+// against the floor of BenchmarkKick, in databases and sessions made as
+// there, the order alternating. The drain record goes to a temporary
+// PGREAP_STATE_DIR. Target: ratio (ms/pgreap / ms/floor) at most 1.3.
+func BenchmarkDrain(b *testing.B) {
+	bin := buildPgreap(b)
+	c := startCluster(b)
+	cfg, err := pgx.ParseConfig(c.DSN("postgres", pgtest.Superuser))
+	if err != nil {
+		b.Fatal(err)
+	}
+	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
+	k := &kickBench{
+		bin:   bin,
+		env:   append([]string{"PATH=/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "PGREAP_STATE_DIR=" + b.TempDir()}, c.Env()...),
+		cfg:   cfg,
+		log:   &serverLog{path: c.LogFile()},
+		exits: &serverLog{path: c.LogFile()},
+	}
+	k.exec(b, "ALTER SYSTEM SET autovacuum = off")
+	k.exec(b, "SELECT pg_catalog.pg_reload_conf()")
+	b.Cleanup(k.reapLeftovers)
+	for _, n := range []int{200, 1000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			k.bench(b, n, []variant{{"pgreap", k.drain}, {"floor", k.floor}})
+		})
+	}
+}
+
+// variant is one way of ending a database's sessions, timed by run; the
+// first of a benchmark's variants is pgreap's.
+type variant struct {
+	name string
+	run  func(*testing.B, string) time.Duration
 }
 
 type kickBench struct {
@@ -118,17 +158,8 @@ type kickBench struct {
 }
 
 // bench is one sub-benchmark: n sessions per variant and iteration.
-func (k *kickBench) bench(b *testing.B, n int) {
+func (k *kickBench) bench(b *testing.B, n int, variants []variant) {
 	k.n, k.pgreapStmts, k.floorPolls, k.perpidPolls = n, 0, 0, 0
-	variants := []struct {
-		name string
-		run  func(*testing.B, string) time.Duration
-	}{
-		{"pgreap", k.pgreap},
-		{"floor", k.floor},
-		{"perpid", k.perpid},
-		{"serial", k.serial},
-	}
 	times := make([][]time.Duration, len(variants))
 	i := 0
 	for b.Loop() {
@@ -143,23 +174,28 @@ func (k *kickBench) bench(b *testing.B, n int) {
 		b.Logf("iteration %d: %s", i, strings.Join(line, ", "))
 		i++
 	}
-	mPgreap, mFloor, mPerpid, mSerial := meanMS(times[0]), meanMS(times[1]), meanMS(times[2]), meanMS(times[3])
-	// The loop also creates databases, opens 4n sessions and runs the
+	means := map[string]float64{}
+	medians := map[string]float64{}
+	var line []string
+	for v := range variants {
+		name := variants[v].name
+		means[name], medians[name] = meanMS(times[v]), medianMS(times[v])
+		b.ReportMetric(means[name], "ms/"+name)
+		line = append(line, fmt.Sprintf("%s median %.1f max %.1f", name, medians[name], maxMS(times[v])))
+	}
+	// The loop also creates databases, opens the sessions and runs the
 	// other variants: ns/op is pgreap's own wall time instead.
-	b.ReportMetric(mPgreap*float64(time.Millisecond), "ns/op")
-	b.ReportMetric(mPgreap, "ms/pgreap")
-	b.ReportMetric(mFloor, "ms/floor")
-	b.ReportMetric(mPerpid, "ms/perpid")
-	b.ReportMetric(mSerial, "ms/serial")
-	b.ReportMetric(mPgreap/mFloor, "ratio")
-	b.ReportMetric(mSerial/mPgreap, "speedup")
+	b.ReportMetric(means["pgreap"]*float64(time.Millisecond), "ns/op")
+	b.ReportMetric(means["pgreap"]/means["floor"], "ratio")
+	if _, ok := means["serial"]; ok {
+		b.ReportMetric(means["serial"]/means["pgreap"], "speedup")
+	}
 	b.ReportMetric(float64(k.pgreapStmts)/float64(len(times[0])), "stmts/pgreap")
 	b.ReportMetric(float64(k.floorPolls)/float64(len(times[1])), "polls/floor")
-	b.ReportMetric(float64(k.perpidPolls)/float64(len(times[2])), "polls/perpid")
-	b.Logf("%d iterations of %d sessions; median ms: pgreap %.1f, floor %.1f, perpid %.1f, serial %.1f (ratio %.2f, speedup %.0f); max ms: pgreap %.1f, floor %.1f, perpid %.1f, serial %.1f",
-		i, n, medianMS(times[0]), medianMS(times[1]), medianMS(times[2]), medianMS(times[3]),
-		medianMS(times[0])/medianMS(times[1]), medianMS(times[3])/medianMS(times[0]),
-		maxMS(times[0]), maxMS(times[1]), maxMS(times[2]), maxMS(times[3]))
+	if k.perpidPolls > 0 {
+		b.ReportMetric(float64(k.perpidPolls)/float64(len(times[2])), "polls/perpid")
+	}
+	b.Logf("%d iterations of %d sessions, ms: %s (median ratio %.2f)", i, n, strings.Join(line, ", "), medians["pgreap"]/medians["floor"])
 }
 
 // round creates the database kick_<name>, opens k.n idle sessions to it
@@ -258,26 +294,53 @@ func (k *kickBench) left(b *testing.B, db string) int64 {
 	return n
 }
 
-// pgreap runs `pgreap kick` on the database and checks that it reports its
-// n sessions, every one terminated, and that the server saw no error from
-// it.
-func (k *kickBench) pgreap(b *testing.B, db string) time.Duration {
+// kick runs `pgreap kick --db DB --yes -o json`.
+func (k *kickBench) kick(b *testing.B, db string) time.Duration {
+	d, stderr := k.pgreap(b, db, "kick", "--db", db, "--yes", "-o", "json")
+	if stderr != "" {
+		b.Logf("pgreap kick --db %s, standard error:\n%s", db, stderr)
+	}
+	return d
+}
+
+// drain runs `pgreap drain DB -o json`, and checks the database blocked.
+func (k *kickBench) drain(b *testing.B, db string) time.Duration {
+	d, stderr := k.pgreap(b, db, "drain", db, "-o", "json")
+	if want := fmt.Sprintf("is drained (%d sessions ended) and held", k.n); !strings.Contains(stderr, want) {
+		b.Fatalf("pgreap drain %s: standard error without %q:\n%s", db, want, stderr)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	conn, err := k.connect(ctx, "bench-check")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var allow bool
+	if err := conn.QueryRow(ctx, "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = $1", db).Scan(&allow); err != nil || allow {
+		b.Fatalf("after pgreap drain %s: datallowconn %t (%v)", db, allow, err)
+	}
+	return d
+}
+
+// pgreap runs pgreap with args, which end the database's sessions, and
+// checks that it reports its n sessions, every one terminated, and that
+// the server saw no error from it. It returns the wall time and what
+// pgreap wrote on standard error.
+func (k *kickBench) pgreap(b *testing.B, db string, args ...string) (time.Duration, string) {
 	b.Helper()
 	if err := k.log.skip(); err != nil {
 		b.Fatal(err)
 	}
 	var stdout, stderr bytes.Buffer
-	cmd := exec.Command(k.bin, "kick", "--db", db, "--yes", "-o", "json")
+	cmd := exec.Command(k.bin, args...)
 	cmd.Env = k.env
 	cmd.Stdout, cmd.Stderr = &stdout, &stderr
 	start := time.Now()
 	err := cmd.Run()
 	wall := time.Since(start)
 	if err != nil {
-		b.Fatalf("pgreap kick: %v\n%s\n%s", err, stderr.Bytes(), head(stdout.Bytes()))
-	}
-	if stderr.Len() > 0 {
-		b.Logf("pgreap kick --db %s, standard error:\n%s", db, stderr.Bytes())
+		b.Fatalf("pgreap %s: %v\n%s\n%s", args[0], err, stderr.Bytes(), head(stdout.Bytes()))
 	}
 	var rows []struct {
 		PID     int32   `json:"pid"`
@@ -285,7 +348,7 @@ func (k *kickBench) pgreap(b *testing.B, db string) time.Duration {
 		Outcome string  `json:"outcome"`
 	}
 	if err := json.Unmarshal(stdout.Bytes(), &rows); err != nil {
-		b.Fatalf("pgreap kick output: %v\n%s", err, head(stdout.Bytes()))
+		b.Fatalf("pgreap %s output: %v\n%s", args[0], err, head(stdout.Bytes()))
 	}
 	terminated := 0
 	for _, r := range rows {
@@ -294,8 +357,8 @@ func (k *kickBench) pgreap(b *testing.B, db string) time.Duration {
 		}
 	}
 	if len(rows) != k.n || terminated != k.n {
-		b.Fatalf("pgreap kick: %d rows, %d of them terminated sessions of %s, want %d of %d:\n%s",
-			len(rows), terminated, db, k.n, k.n, head(stdout.Bytes()))
+		b.Fatalf("pgreap %s: %d rows, %d of them terminated sessions of %s, want %d of %d:\n%s",
+			args[0], len(rows), terminated, db, k.n, k.n, head(stdout.Bytes()))
 	}
 	text, err := k.log.next()
 	if err != nil {
@@ -306,7 +369,7 @@ func (k *kickBench) pgreap(b *testing.B, db string) time.Duration {
 		b.Fatalf("server log for pgreap:\n%s", strings.Join(problems, "\n"))
 	}
 	k.pgreapStmts += stmts
-	return wall
+	return wall, stderr.String()
 }
 
 // floor signals the database's sessions in one statement and polls every

@@ -48,7 +48,9 @@ func NewCmdDrain(f *Factory, runF func(context.Context, *DrainOptions) error) *c
  1. record its connection settings (datallowconn, datconnlimit) in a local
     file, written and synced before anything changes;
  2. block new connections: ALTER DATABASE NAME ALLOW_CONNECTIONS false
-    (superusers included; it needs the database's owner or a superuser);
+    (superusers included; it needs the database's owner or a superuser;
+    CONNECTION LIMIT 0 needs the same and lets superusers in, so drain
+    never falls back to it);
  3. terminate its client sessions, through the guard of terminate, until
     none is left (--escalate cancels first and terminates what is left
     after --grace);

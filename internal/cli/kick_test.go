@@ -1,8 +1,11 @@
 package cli_test
 
 import (
+	"context"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
@@ -14,6 +17,17 @@ func TestKickEndsTheDatabasesSessionsOnly(t *testing.T) {
 	b := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: "anything"})
 	b.Exec("BEGIN")
 	other := pgtest.NewVictim(t, pgtest.VictimOptions{}) // same tag, database postgres
+	// A logical replication connection to the database: a walsender
+	// with its datname, protected.
+	wcfg, err := pgconn.ParseConfig(pgtest.Shared(t).DSN(db, pgtest.Superuser) + " replication=database application_name=" + pgtest.Tag(t) + "-ws")
+	if err != nil {
+		t.Fatal(err)
+	}
+	walsender, err := pgconn.ConnectConfig(pgtest.Context(t), wcfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { walsender.Close(context.Background()) })
 
 	r := run(t, false, "kick", "--db", db)
 	r.wantCode(t, 2) // selectors, no terminal, no --yes
@@ -21,16 +35,26 @@ func TestKickEndsTheDatabasesSessionsOnly(t *testing.T) {
 		t.Fatal("kick acted without --yes")
 	}
 
-	r = run(t, false, "kick", "--db", db, "--yes", "-o", "json")
+	// pgreap connected to that database itself: its own session is left.
+	r = run(t, false, "-d", "dbname="+db, "kick", "--db", db, "--yes", "-o", "json")
 	r.wantCode(t, 0)
 	rows := jsonRows(t, r.out)
-	if len(rows) != 2 {
-		t.Fatalf("%d rows, want 2: %s", len(rows), r.out)
+	if len(rows) != 3 {
+		t.Fatalf("%d rows, want 3: %s", len(rows), r.out)
 	}
+	outcomes := map[any]any{}
 	for _, row := range rows {
-		if row["datname"] != db || row["outcome"] != "terminated" {
+		if row["datname"] != db {
 			t.Fatalf("row %v", row)
 		}
+		outcomes[row["pid"]] = row["outcome"]
+	}
+	if outcomes[float64(a.PID)] != "terminated" || outcomes[float64(b.PID)] != "terminated" ||
+		outcomes[float64(walsender.PID())] != "protected" {
+		t.Fatalf("outcomes by pid %v (a %d, b %d, walsender %d)", outcomes, a.PID, b.PID, walsender.PID())
+	}
+	if err := walsender.Exec(pgtest.Context(t), "IDENTIFY_SYSTEM").Close(); err != nil {
+		t.Fatalf("the walsender was ended: %v", err)
 	}
 	if a.Alive() || b.Alive() {
 		t.Fatal("reported terminated, still there")
