@@ -1,0 +1,537 @@
+// Package policy reads the policy file of `pgreap watch` (PRODUCT.md
+// section 4): targets, interval, audit log, metrics address, protections
+// and rules. It is decoded strictly: an unknown key, a value of the wrong
+// type, a bad duration, action, selector or address is an error that names
+// the file and the line.
+package policy
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"gopkg.in/yaml.v3"
+
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// Action is what a rule does to the sessions it matches.
+type Action string
+
+// The actions of a rule.
+const (
+	Cancel              Action = "cancel"
+	Terminate           Action = "terminate"
+	CancelThenTerminate Action = "cancel-then-terminate"
+)
+
+// Defaults.
+const (
+	DefaultInterval    = 5 * time.Second
+	DefaultMetricsAddr = "127.0.0.1:9188"
+	DefaultGrace       = 10 * time.Second
+	// MinInterval keeps a typo (5ms for 5s) from turning the daemon into
+	// a load on the server it watches.
+	MinInterval = 100 * time.Millisecond
+)
+
+// Policy is a checked policy.
+type Policy struct {
+	// Path is the file it was read from.
+	Path        string
+	Targets     []Target
+	Interval    time.Duration
+	AuditLog    string // "": standard output
+	MetricsAddr string // "": no metrics server ("off" in the file)
+	Protect     Protect
+	Rules       []Rule
+}
+
+// Target is one server to watch.
+type Target struct {
+	Name string
+	// DSN is as for -d: a URL or keyword/value string; PG* environment
+	// variables fill the rest.
+	DSN string
+}
+
+// Protect lists sessions no rule ever touches, by role and by
+// application_name (globs with *).
+type Protect struct {
+	Users []string
+	Apps  []string
+}
+
+// Rule is one rule: the sessions its selector matches get its action.
+type Rule struct {
+	Name string
+	// Spec is the match as written; Selector the checked one, without the
+	// protections (Selector adds them).
+	Spec     selector.Spec
+	Selector *selector.Selector
+	Action   Action
+	Grace    time.Duration // for cancel-then-terminate
+	DryRun   bool
+}
+
+// Guarded is the rule's selector with the protections added as
+// exclusions: what the snapshot and the signalling statement check.
+func (r *Rule) Guarded(p Protect) *selector.Selector {
+	s := *r.Selector
+	s.ExcludeUser = append(append([]string(nil), s.ExcludeUser...), p.Users...)
+	s.ExcludeApp = append(append([]string(nil), s.ExcludeApp...), p.Apps...)
+	return &s
+}
+
+// Error is a policy that cannot be used: FILE:LINE: reason.
+type Error struct {
+	File   string
+	Line   int
+	Reason string
+}
+
+func (e *Error) Error() string {
+	if e.Line > 0 {
+		return fmt.Sprintf("%s:%d: %s", e.File, e.Line, e.Reason)
+	}
+	return fmt.Sprintf("%s: %s", e.File, e.Reason)
+}
+
+// The file's shape. Scalars that need checking are read as strings (or
+// pointers, to tell absent from empty) and checked with their line.
+type file struct {
+	Targets     []targetEntry `yaml:"targets"`
+	Interval    *string       `yaml:"interval"`
+	AuditLog    string        `yaml:"audit_log"`
+	MetricsAddr *string       `yaml:"metrics_addr"`
+	Protect     protectEntry  `yaml:"protect"`
+	Rules       []ruleEntry   `yaml:"rules"`
+}
+
+type targetEntry struct {
+	Name    string `yaml:"name"`
+	DSN     string `yaml:"dsn"`
+	Include string `yaml:"include"`
+}
+
+type protectEntry struct {
+	Users []string `yaml:"users"`
+	Apps  []string `yaml:"apps"`
+}
+
+type ruleEntry struct {
+	Name   string        `yaml:"name"`
+	Match  selector.Spec `yaml:"match"`
+	Action string        `yaml:"action"`
+	Grace  *string       `yaml:"grace"`
+	DryRun bool          `yaml:"dry_run"`
+}
+
+// maxSize bounds what Load reads: a policy is a few kilobytes.
+const maxSize = 16 << 20
+
+// Load reads and checks the policy file at path.
+func Load(path string) (*Policy, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return Parse(path, data)
+}
+
+func readFile(path string) ([]byte, error) {
+	f, err := os.Open(path)
+	if err != nil {
+		var pe *os.PathError
+		if errors.As(err, &pe) {
+			return nil, &Error{File: path, Reason: pe.Err.Error()}
+		}
+		return nil, &Error{File: path, Reason: err.Error()}
+	}
+	defer f.Close()
+	var b bytes.Buffer
+	if _, err := b.ReadFrom(io.LimitReader(f, maxSize+1)); err != nil {
+		return nil, &Error{File: path, Reason: err.Error()}
+	}
+	if b.Len() > maxSize {
+		return nil, &Error{File: path, Reason: fmt.Sprintf("more than %d MiB: not a policy", maxSize>>20)}
+	}
+	return b.Bytes(), nil
+}
+
+// Parse checks a policy read from path.
+func Parse(path string, data []byte) (*Policy, error) {
+	root, err := document(path, data)
+	if err != nil {
+		return nil, err
+	}
+	var f file
+	if err := decode(path, root, &f); err != nil {
+		return nil, err
+	}
+	p := &Policy{Path: path, Interval: DefaultInterval, MetricsAddr: DefaultMetricsAddr, AuditLog: f.AuditLog}
+	at := func(n *yaml.Node, reason string, args ...any) error {
+		line := 0
+		if n != nil {
+			line = n.Line
+		}
+		return &Error{File: path, Line: line, Reason: fmt.Sprintf(reason, args...)}
+	}
+
+	// Targets, with the files they include.
+	targetsNode := valueOf(root, "targets")
+	if len(f.Targets) == 0 {
+		return nil, at(orRoot(targetsNode, root), "no targets: list the servers to watch under targets (name and dsn)")
+	}
+	seen := map[string]int{}
+	for i, t := range f.Targets {
+		n := targetsNode.Content[i]
+		if t.Include != "" {
+			if t.Name != "" || t.DSN != "" {
+				return nil, at(n, "a target is either name and dsn, or include")
+			}
+			more, err := include(path, t.Include, n.Line)
+			if err != nil {
+				return nil, err
+			}
+			for _, m := range more {
+				if line, dup := seen[m.Name]; dup {
+					return nil, at(n, "target %q (from %s) is listed twice (first at line %d)", m.Name, t.Include, line)
+				}
+				seen[m.Name] = n.Line
+				p.Targets = append(p.Targets, m)
+			}
+			continue
+		}
+		tg, err := checkTarget(path, n, t)
+		if err != nil {
+			return nil, err
+		}
+		if line, dup := seen[tg.Name]; dup {
+			return nil, at(valueOf(n, "name"), "target %q is listed twice (first at line %d)", tg.Name, line)
+		}
+		seen[tg.Name] = n.Line
+		p.Targets = append(p.Targets, tg)
+	}
+
+	if f.Interval != nil {
+		d, err := duration(*f.Interval)
+		if err != nil {
+			return nil, at(valueOf(root, "interval"), "interval %q: %v", *f.Interval, err)
+		}
+		if d < MinInterval {
+			return nil, at(valueOf(root, "interval"), "interval %s: at least %s", d, MinInterval)
+		}
+		p.Interval = d
+	}
+	if f.MetricsAddr != nil {
+		switch a := strings.TrimSpace(*f.MetricsAddr); a {
+		case "off":
+			p.MetricsAddr = ""
+		default:
+			if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+				return nil, at(valueOf(root, "metrics_addr"), "metrics_addr %q: not HOST:PORT (e.g. 127.0.0.1:9188), or off", a)
+			}
+			p.MetricsAddr = a
+		}
+	}
+	protectNode := valueOf(root, "protect")
+	for field, globs := range map[string][]string{"users": f.Protect.Users, "apps": f.Protect.Apps} {
+		for _, g := range globs {
+			if strings.TrimSpace(g) == "" {
+				return nil, at(valueOf(protectNode, field), "protect %s: an empty name protects nothing", field)
+			}
+		}
+	}
+	p.Protect = Protect{Users: f.Protect.Users, Apps: f.Protect.Apps}
+
+	// Rules.
+	rulesNode := valueOf(root, "rules")
+	if len(f.Rules) == 0 {
+		return nil, at(orRoot(rulesNode, root), "no rules: a policy without rules does nothing")
+	}
+	names := map[string]int{}
+	for i, r := range f.Rules {
+		n := rulesNode.Content[i]
+		rule, err := checkRule(path, n, r)
+		if err != nil {
+			return nil, err
+		}
+		if line, dup := names[rule.Name]; dup {
+			return nil, at(valueOf(n, "name"), "rule %q is defined twice (first at line %d)", rule.Name, line)
+		}
+		names[rule.Name] = n.Line
+		p.Rules = append(p.Rules, rule)
+	}
+	return p, nil
+}
+
+func checkTarget(path string, n *yaml.Node, t targetEntry) (Target, error) {
+	if strings.TrimSpace(t.Name) == "" {
+		return Target{}, &Error{File: path, Line: n.Line, Reason: "a target needs a name"}
+	}
+	if !validName.MatchString(t.Name) {
+		return Target{}, &Error{File: path, Line: lineOf(n, "name"), Reason: fmt.Sprintf("target name %q: use letters, digits, and . _ - (it is a metrics label and a log field)", t.Name)}
+	}
+	if _, err := pgx.ParseConfig(t.DSN); err != nil {
+		return Target{}, &Error{File: path, Line: lineOf(n, "dsn"), Reason: fmt.Sprintf("target %q: dsn: %v", t.Name, oneLine(err))}
+	}
+	return Target{Name: t.Name, DSN: t.DSN}, nil
+}
+
+var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
+
+func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
+	errAt := func(key, reason string, args ...any) error {
+		return &Error{File: path, Line: lineOf(n, key), Reason: fmt.Sprintf(reason, args...)}
+	}
+	if strings.TrimSpace(r.Name) == "" {
+		return Rule{}, errAt("", "a rule needs a name")
+	}
+	if !validName.MatchString(r.Name) {
+		return Rule{}, errAt("name", "rule name %q: use letters, digits, and . _ - (it is a metrics label)", r.Name)
+	}
+	rule := Rule{Name: r.Name, Spec: r.Match, Action: Action(r.Action), DryRun: r.DryRun}
+	if reflect.ValueOf(r.Match).IsZero() {
+		return Rule{}, errAt("match", "rule %q: match chooses nothing; a rule must say which sessions (it is never every session)", r.Name)
+	}
+	sel, err := selector.Parse(r.Match)
+	if err != nil {
+		var se *selector.Error
+		if errors.As(err, &se) {
+			return Rule{}, &Error{File: path, Line: lineOf(valueOf(n, "match"), se.Field), Reason: fmt.Sprintf("rule %q: %v", r.Name, err)}
+		}
+		return Rule{}, errAt("match", "rule %q: %v", r.Name, err)
+	}
+	rule.Selector = sel
+	switch rule.Action {
+	case Cancel, Terminate, CancelThenTerminate:
+	case "":
+		return Rule{}, errAt("", "rule %q: no action (cancel, terminate or cancel-then-terminate)", r.Name)
+	default:
+		return Rule{}, errAt("action", "rule %q: action %q: not cancel, terminate or cancel-then-terminate", r.Name, r.Action)
+	}
+	if r.Grace != nil {
+		if rule.Action != CancelThenTerminate {
+			return Rule{}, errAt("grace", "rule %q: grace is for cancel-then-terminate, the action is %s", r.Name, r.Action)
+		}
+		d, err := duration(*r.Grace)
+		if err != nil || d <= 0 {
+			if err == nil {
+				err = errors.New("must be more than zero")
+			}
+			return Rule{}, errAt("grace", "rule %q: grace %q: %v", r.Name, *r.Grace, err)
+		}
+		rule.Grace = d
+	} else if rule.Action == CancelThenTerminate {
+		rule.Grace = DefaultGrace
+	}
+	return rule, nil
+}
+
+// include reads the targets of the files a glob names: each a YAML list of
+// name and dsn, checked as strictly as the policy.
+func include(policyPath, glob string, line int) ([]Target, error) {
+	pattern := glob
+	if !filepath.IsAbs(pattern) {
+		pattern = filepath.Join(filepath.Dir(policyPath), pattern)
+	}
+	files, err := filepath.Glob(pattern)
+	if err != nil {
+		return nil, &Error{File: policyPath, Line: line, Reason: fmt.Sprintf("include %q: %v", glob, err)}
+	}
+	if len(files) == 0 {
+		return nil, &Error{File: policyPath, Line: line, Reason: fmt.Sprintf("include %q: no file matches", glob)}
+	}
+	sort.Strings(files)
+	var out []Target
+	for _, name := range files {
+		data, err := readFile(name)
+		if err != nil {
+			return nil, err
+		}
+		root, err := document(name, data)
+		if err != nil {
+			return nil, err
+		}
+		var entries []struct {
+			Name string `yaml:"name"`
+			DSN  string `yaml:"dsn"`
+		}
+		if err := decode(name, root, &entries); err != nil {
+			return nil, err
+		}
+		for i, e := range entries {
+			t, err := checkTarget(name, root.Content[i], targetEntry{Name: e.Name, DSN: e.DSN})
+			if err != nil {
+				return nil, err
+			}
+			out = append(out, t)
+		}
+	}
+	return out, nil
+}
+
+// document parses YAML into its root node (the document's content).
+func document(path string, data []byte) (*yaml.Node, error) {
+	var doc yaml.Node
+	if err := yaml.Unmarshal(data, &doc); err != nil {
+		return nil, yamlError(path, err)
+	}
+	if doc.Kind != yaml.DocumentNode || len(doc.Content) == 0 {
+		return nil, &Error{File: path, Reason: "empty"}
+	}
+	return doc.Content[0], nil
+}
+
+// decode checks that every key of n is known to v's type, then decodes.
+func decode(path string, n *yaml.Node, v any) error {
+	if err := checkKeys(path, n, reflect.TypeOf(v).Elem()); err != nil {
+		return err
+	}
+	if err := n.Decode(v); err != nil {
+		return yamlError(path, err)
+	}
+	return nil
+}
+
+// checkKeys walks the node along the Go type: a mapping may hold only the
+// yaml keys of the struct's fields.
+func checkKeys(path string, n *yaml.Node, t reflect.Type) error {
+	for t.Kind() == reflect.Pointer {
+		t = t.Elem()
+	}
+	if n.Kind == yaml.AliasNode {
+		n = n.Alias
+	}
+	switch t.Kind() {
+	case reflect.Struct:
+		if n.Kind != yaml.MappingNode {
+			if n.Tag == "!!null" {
+				return nil
+			}
+			return &Error{File: path, Line: n.Line, Reason: fmt.Sprintf("expected a mapping of %s, found %s", strings.Join(keysOf(t), ", "), kindName(n))}
+		}
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			k, val := n.Content[i], n.Content[i+1]
+			f, ok := fieldByKey(t, k.Value)
+			if !ok {
+				return &Error{File: path, Line: k.Line, Reason: fmt.Sprintf("unknown key %q (known here: %s)", k.Value, strings.Join(keysOf(t), ", "))}
+			}
+			if err := checkKeys(path, val, f.Type); err != nil {
+				return err
+			}
+		}
+	case reflect.Slice:
+		if n.Kind == yaml.SequenceNode {
+			for _, c := range n.Content {
+				if err := checkKeys(path, c, t.Elem()); err != nil {
+					return err
+				}
+			}
+		}
+	}
+	return nil
+}
+
+func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
+	for i := 0; i < t.NumField(); i++ {
+		f := t.Field(i)
+		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == key {
+			return f, true
+		}
+	}
+	return reflect.StructField{}, false
+}
+
+func keysOf(t reflect.Type) []string {
+	var keys []string
+	for i := 0; i < t.NumField(); i++ {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag != "" {
+			keys = append(keys, tag)
+		}
+	}
+	return keys
+}
+
+func kindName(n *yaml.Node) string {
+	switch n.Kind {
+	case yaml.SequenceNode:
+		return "a list"
+	case yaml.ScalarNode:
+		return fmt.Sprintf("%q", n.Value)
+	}
+	return "something else"
+}
+
+// yamlError turns a yaml.v3 error ("yaml: line 3: ..." or a TypeError
+// with "line 3: cannot unmarshal ...") into FILE:LINE: reason.
+func yamlError(path string, err error) error {
+	msg := err.Error()
+	var te *yaml.TypeError
+	if errors.As(err, &te) && len(te.Errors) > 0 {
+		msg = te.Errors[0]
+	}
+	msg = strings.TrimPrefix(msg, "yaml: ")
+	if m := lineRE.FindStringSubmatch(msg); m != nil {
+		line, _ := strconv.Atoi(m[1])
+		return &Error{File: path, Line: line, Reason: strings.ReplaceAll(m[2], "!!", "")}
+	}
+	return &Error{File: path, Reason: oneLine(errors.New(msg))}
+}
+
+var lineRE = regexp.MustCompile(`^line (\d+): (.*)$`)
+
+func oneLine(err error) string {
+	return strings.Join(strings.Fields(err.Error()), " ")
+}
+
+// valueOf is the value node of key in mapping n, nil if absent.
+func valueOf(n *yaml.Node, key string) *yaml.Node {
+	if n == nil || n.Kind != yaml.MappingNode {
+		return nil
+	}
+	for i := 0; i+1 < len(n.Content); i += 2 {
+		if n.Content[i].Value == key {
+			return n.Content[i+1]
+		}
+	}
+	return nil
+}
+
+// lineOf is the line of key in mapping n, else of n itself.
+func lineOf(n *yaml.Node, key string) int {
+	if n == nil {
+		return 0
+	}
+	if v := valueOf(n, key); v != nil {
+		return v.Line
+	}
+	return n.Line
+}
+
+func orRoot(n, root *yaml.Node) *yaml.Node {
+	if n != nil {
+		return n
+	}
+	return root
+}
+
+func duration(s string) (time.Duration, error) {
+	d, err := time.ParseDuration(strings.TrimSpace(s))
+	if err != nil {
+		return 0, errors.New("not a duration (Go syntax: 500ms, 90s, 5m, 1h30m)")
+	}
+	return d, nil
+}

@@ -1,0 +1,137 @@
+package policy_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/pgreap/pgreap/internal/policy"
+)
+
+const good = `targets:
+  - name: main
+    dsn: "host=/tmp dbname=postgres"
+interval: 2s
+audit_log: /tmp/audit.jsonl
+protect:
+  users: [replicator]
+  apps: ["pg_dump*"]
+rules:
+  - name: runaway-reports
+    match:
+      app: ["report*"]
+      state: [active]
+      longer_than: 5m
+    action: cancel
+  - name: stuck
+    match:
+      state: ["idle in transaction"]
+      longer_than: 10m
+    action: cancel-then-terminate
+    dry_run: true
+`
+
+func TestParseGood(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(good))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Targets) != 1 || p.Targets[0].Name != "main" || p.Interval != 2*time.Second ||
+		p.MetricsAddr != policy.DefaultMetricsAddr || p.AuditLog != "/tmp/audit.jsonl" {
+		t.Fatalf("policy %+v", p)
+	}
+	if len(p.Rules) != 2 || p.Rules[0].Action != policy.Cancel || p.Rules[0].Selector.LongerThan != 5*time.Minute ||
+		p.Rules[1].Grace != policy.DefaultGrace || !p.Rules[1].DryRun {
+		t.Fatalf("rules %+v", p.Rules)
+	}
+	g := p.Rules[0].Guarded(p.Protect)
+	if len(g.ExcludeUser) != 1 || g.ExcludeUser[0] != "replicator" || len(g.ExcludeApp) != 1 || len(p.Rules[0].Selector.ExcludeApp) != 0 {
+		t.Fatalf("guarded %+v", g)
+	}
+}
+
+func TestParseBad(t *testing.T) {
+	tests := []struct {
+		name, yaml, want string
+	}{
+		{"unknown top key", "targets: [{name: a}]\nintervall: 5s\nrules: []\n", "p.yaml:2: unknown key \"intervall\""},
+		{"unknown rule key", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    actoin: terminate\n", 1), "p.yaml:16: unknown key \"actoin\""},
+		{"unknown match key", strings.Replace(good, "      app: [\"report*\"]", "      application: [\"report*\"]", 1), "p.yaml:12: unknown key \"application\""},
+		{"bad duration", strings.Replace(good, "longer_than: 5m", "longer_than: 5 minutes", 1), "p.yaml:14: rule \"runaway-reports\": longer_than \"5 minutes\""},
+		{"bad interval", strings.Replace(good, "interval: 2s", "interval: soon", 1), "p.yaml:4: interval \"soon\": not a duration"},
+		{"tiny interval", strings.Replace(good, "interval: 2s", "interval: 5ms", 1), "p.yaml:4: interval 5ms: at least 100ms"},
+		{"bad action", strings.Replace(good, "action: cancel\n", "action: kill\n", 1), "p.yaml:15: rule \"runaway-reports\": action \"kill\""},
+		{"no action", strings.Replace(good, "    action: cancel\n", "", 1), "p.yaml:10: rule \"runaway-reports\": no action"},
+		{"grace on cancel", strings.Replace(good, "action: cancel\n", "action: cancel\n    grace: 5s\n", 1), "p.yaml:16: rule \"runaway-reports\": grace is for cancel-then-terminate"},
+		{"bad regex", strings.Replace(good, "      state: [active]\n", "      query: \"(\"\n", 1), "p.yaml:13: rule \"runaway-reports\": query \"(\""},
+		{"bad cidr", strings.Replace(good, "      state: [active]\n", "      client: [10.0.0.0/99]\n", 1), "p.yaml:13: rule \"runaway-reports\": client \"10.0.0.0/99\""},
+		{"empty match", strings.Replace(good, "    match:\n      app: [\"report*\"]\n      state: [active]\n      longer_than: 5m\n", "    match: {}\n", 1), "p.yaml:11: rule \"runaway-reports\": match chooses nothing"},
+		{"wrong type", strings.Replace(good, "dry_run: true", "dry_run: sometimes", 1), "p.yaml:21: cannot unmarshal str `sometimes` into bool"},
+		{"duplicate rule", strings.Replace(good, "name: stuck", "name: runaway-reports", 1), "p.yaml:16: rule \"runaway-reports\" is defined twice (first at line 10)"},
+		{"no targets", strings.Replace(good, "targets:\n  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "", 1), "p.yaml:1: no targets"},
+		{"no rules", good[:strings.Index(good, "rules:")], "p.yaml:1: no rules"},
+		{"bad dsn", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp port=notaport"`, 1), "p.yaml:3: target \"main\": dsn:"},
+		{"bad metrics", strings.Replace(good, "interval: 2s", "interval: 2s\nmetrics_addr: 9188", 1), "p.yaml:5: metrics_addr \"9188\": not HOST:PORT"},
+		{"not yaml", "targets: [", "p.yaml:1: did not find expected node content"},
+		{"a list", "- a\n- b\n", "p.yaml:1: expected a mapping of targets"},
+		{"empty", "", "p.yaml: empty"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := policy.Parse("p.yaml", []byte(tt.yaml))
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("err = %v\nwant one line starting %q", err, tt.want)
+			}
+		})
+	}
+}
+
+func TestMetricsOff(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(strings.Replace(good, "interval: 2s", "metrics_addr: \"off\"", 1)))
+	if err != nil || p.MetricsAddr != "" || p.Interval != policy.DefaultInterval {
+		t.Fatalf("%+v %v", p, err)
+	}
+}
+
+func TestInclude(t *testing.T) {
+	dir := t.TempDir()
+	write := func(name, text string) string {
+		t.Helper()
+		path := filepath.Join(dir, name)
+		if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return path
+	}
+	write("fleet/a.yaml", "- name: db1\n  dsn: host=db1\n- name: db2\n  dsn: host=db2\n")
+	write("fleet/b.yaml", "- name: db3\n  dsn: host=db3\n")
+	pol := write("policy.yaml", strings.Replace(good, "  - name: main\n", "  - include: fleet/*.yaml\n  - name: main\n", 1))
+	p, err := policy.Load(pol)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var names []string
+	for _, tg := range p.Targets {
+		names = append(names, tg.Name)
+	}
+	if strings.Join(names, ",") != "db1,db2,db3,main" {
+		t.Fatalf("targets %v", names)
+	}
+	bad := write("fleet2/c.yaml", "- name: db9\n  dns: host=db9\n")
+	pol2 := write("policy2.yaml", strings.Replace(good, "  - name: main\n", "  - include: fleet2/*.yaml\n  - name: main\n", 1))
+	if _, err := policy.Load(pol2); err == nil || err.Error() != bad+":2: unknown key \"dns\" (known here: name, dsn)" {
+		t.Fatalf("err = %v", err)
+	}
+	pol3 := write("policy3.yaml", strings.Replace(good, "  - name: main\n", "  - include: nothing/*.yaml\n  - name: main\n", 1))
+	if _, err := policy.Load(pol3); err == nil || !strings.Contains(err.Error(), "policy3.yaml:2: include \"nothing/*.yaml\": no file matches") {
+		t.Fatalf("err = %v", err)
+	}
+	if _, err := policy.Load(filepath.Join(dir, "missing.yaml")); err == nil || err.Error() != filepath.Join(dir, "missing.yaml")+": no such file or directory" {
+		t.Fatalf("err = %v", err)
+	}
+}
