@@ -185,34 +185,21 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := conn.Config()
-	plan := &Plan{
-		Server:             Server{Host: cfg.Host, Port: cfg.Port, Started: snap.ServerStarted},
-		ServerVersion:      snap.ServerVersion,
-		Taken:              snap.Taken,
-		sel:                req.Selector,
-		IncludeReplication: req.IncludeReplication,
-		IncludeAutovacuum:  req.IncludeAutovacuum,
-	}
-	// The query is pinned for a cancel (it is the target), and whenever
-	// the selection depends on what the session runs or how long.
-	pinQuery := req.Action == Cancel || sel.Query != nil || len(sel.State) > 0 ||
-		sel.LongerThan > 0 || sel.XactLongerThan > 0 || sel.Waiting || sel.Blocking
+	plan := newPlan(conn, snap, req)
 	named := len(req.PIDs) > 0
 	seen := map[int32]bool{}
 	for i := range snap.Sessions {
 		s := &snap.Sessions[i]
 		seen[s.PID] = true
-		r := Result{Session: *s, Action: req.Action, Guard: Guard{Query: pinQuery}, Named: named}
 		if !sel.Keep(s) {
-			if !named {
-				continue
+			if named {
+				r := plan.result(s, req)
+				r.Outcome, r.Detail = Changed, "does not match the selection (--query)"
+				plan.Results = append(plan.Results, r)
 			}
-			r.Outcome, r.Detail = Changed, "does not match the selection (--query)"
-		} else {
-			r.Outcome, r.Detail = plan.judge(s, req.Action)
+			continue
 		}
-		plan.Results = append(plan.Results, r)
+		plan.add(s, req)
 	}
 	var missing []int32
 	for _, pid := range req.PIDs {
@@ -226,6 +213,53 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 		}
 	}
 	return plan, nil
+}
+
+// NewPlan makes a plan of sessions seen in a snapshot the caller took, as
+// Choose would have made it from its own: each judged by the protections,
+// its identity (and, when the selection depends on it, its query) pinned,
+// and the request's selector re-checked by the signalling statement. The
+// selector's query expression is applied here (Keep).
+func NewPlan(conn *pgx.Conn, snap *activity.Snapshot, sessions []activity.Session, req Request) *Plan {
+	p := newPlan(conn, snap, req)
+	for i := range sessions {
+		if req.Selector == nil || req.Selector.Keep(&sessions[i]) {
+			p.add(&sessions[i], req)
+		}
+	}
+	return p
+}
+
+func newPlan(conn *pgx.Conn, snap *activity.Snapshot, req Request) *Plan {
+	cfg := conn.Config()
+	return &Plan{
+		Server:             Server{Host: cfg.Host, Port: cfg.Port, Started: snap.ServerStarted},
+		ServerVersion:      snap.ServerVersion,
+		Taken:              snap.Taken,
+		sel:                req.Selector,
+		IncludeReplication: req.IncludeReplication,
+		IncludeAutovacuum:  req.IncludeAutovacuum,
+	}
+}
+
+// result is a session of the plan before it is judged. The query is pinned
+// for a cancel (it is the target), and whenever the selection depends on
+// what the session runs or how long.
+func (p *Plan) result(s *activity.Session, req Request) Result {
+	sel := req.Selector
+	if sel == nil {
+		sel = &selector.Selector{}
+	}
+	pinQuery := req.Action == Cancel || sel.Query != nil || len(sel.State) > 0 ||
+		sel.LongerThan > 0 || sel.XactLongerThan > 0 || sel.Waiting || sel.Blocking
+	return Result{Session: *s, Action: req.Action, Guard: Guard{Query: pinQuery}, Named: len(req.PIDs) > 0}
+}
+
+// add judges a session and adds it to the plan.
+func (p *Plan) add(s *activity.Session, req Request) {
+	r := p.result(s, req)
+	r.Outcome, r.Detail = p.judge(s, req.Action)
+	p.Results = append(p.Results, r)
 }
 
 // judge applies the protections to a session seen in the snapshot (the
@@ -335,19 +369,7 @@ func (o *Options) after(d time.Duration) <-chan time.Time {
 // that still is what was chosen, then it waits for them. The results are
 // updated in place, and returned.
 func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Result, err error) {
-	defer func() {
-		// Stopped before the wait could tell (interrupted, connection
-		// lost, a statement failed): a session that was, or may have
-		// been, signalled is reported so, never as done.
-		for i := range p.Results {
-			switch r := &p.Results[i]; r.Outcome {
-			case sentOutcome:
-				r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
-			case maybeSentOutcome:
-				r.Outcome, r.Detail = Survived, fmt.Sprintf("may have been signalled, not verified: %v", err)
-			}
-		}
-	}()
+	defer func() { p.unverified(err) }()
 	if err := checkIdle(conn); err != nil {
 		return p.Results, err
 	}
@@ -390,17 +412,42 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 	if err := p.wait(ctx, conn, cancelled, Cancel, opt.Grace, &opt); err != nil {
 		return p.Results, err
 	}
-	// Still running the same query after the grace: terminate it, the
-	// query pinned (it is the one that was cancelled).
+	if err := p.escalate(ctx, conn, cancelled); err != nil {
+		return p.Results, err
+	}
+	return p.Results, p.waitSent(ctx, conn, todo, opt.Wait, &opt)
+}
+
+// unverified: stopped before a wait could tell (interrupted, connection
+// lost, a statement failed), a session that was, or may have been,
+// signalled is reported so, never as done.
+func (p *Plan) unverified(err error) {
+	if err == nil {
+		return
+	}
+	for i := range p.Results {
+		switch r := &p.Results[i]; r.Outcome {
+		case sentOutcome:
+			r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
+		case maybeSentOutcome:
+			r.Outcome, r.Detail = Survived, fmt.Sprintf("may have been signalled, not verified: %v", err)
+		}
+	}
+}
+
+// escalate terminates the sessions at idx, cancelled by a grace, that still
+// run the same query (the query pinned: it is the one that was cancelled);
+// one that ended between the grace and the terminate was cancelled.
+func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 	var still []int
-	for _, i := range cancelled {
-		if r := &p.Results[i]; r.Outcome == Survived {
+	for _, i := range idx {
+		if r := &p.Results[i]; r.Outcome == Survived || r.Outcome == sentOutcome {
 			r.Outcome, r.Action, r.Detail, r.Guard.Query = Planned, Terminate, "", true
 			still = append(still, i)
 		}
 	}
 	if err := p.act(ctx, conn, still, nil, true); err != nil {
-		return p.Results, err
+		return err
 	}
 	for _, i := range still {
 		if r := &p.Results[i]; (r.Outcome == Changed && r.Detail == movedDetail) || r.Outcome == Gone {
@@ -408,7 +455,7 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 			r.Outcome, r.Action, r.Detail = Cancelled, Cancel, ""
 		}
 	}
-	return p.Results, p.waitSent(ctx, conn, todo, opt.Wait, &opt)
+	return nil
 }
 
 // waitSent waits for the signalled sessions among idx, each by its own

@@ -43,6 +43,9 @@ type Session struct {
 	// BlockedBy names the backends that block this one; set only for
 	// sessions waiting on a lock.
 	BlockedBy []int32
+	// Marks are the values of a filter's Marks for this session, in
+	// order; nil without Marks.
+	Marks []bool
 }
 
 // IsParallelWorker reports whether the session is a parallel worker: it
@@ -93,6 +96,11 @@ func (s *Snapshot) HasQueryID() bool { return s.ServerVersion >= 140000 }
 type Filter struct {
 	Where string
 	Args  []any
+	// Marks are more SQL boolean expressions over "a", with the same
+	// parameters, evaluated for every session kept: Session.Marks holds
+	// them (NULL is false). The watch daemon learns in its one snapshot
+	// which rules match which session.
+	Marks []string
 }
 
 // MinVersion is the oldest server pgreap supports (PostgreSQL 12).
@@ -173,7 +181,18 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 	if f.Where != "" {
 		sql += "   AND (" + f.Where + ")\n"
 	}
-	return take(ctx, conn, version, sql+" ORDER BY a.pid", f.Args...)
+	if len(f.Marks) > 0 {
+		from := strings.Index(sql, fromActivity)
+		if from < 0 {
+			return nil, fmt.Errorf("snapshot statement has no %q", fromActivity)
+		}
+		terms := make([]string, len(f.Marks))
+		for i, m := range f.Marks {
+			terms[i] = "(" + m + ") IS TRUE"
+		}
+		sql = sql[:from] + ",\n       ARRAY[" + strings.Join(terms, ",\n             ") + "] AS marks" + sql[from:]
+	}
+	return take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
 }
 
 // Lookup takes the backends with these pids as they are, pgreap's own and
@@ -189,10 +208,13 @@ func Lookup(ctx context.Context, conn *pgx.Conn, pids []int32) (*Snapshot, error
 	if where < 0 {
 		return nil, fmt.Errorf("lookup: snapshot statement has no WHERE clause")
 	}
-	return take(ctx, conn, version, sql[:where]+"\n WHERE a.pid = ANY ($1::integer[])\n ORDER BY a.pid", pids)
+	return take(ctx, conn, version, false, sql[:where]+"\n WHERE a.pid = ANY ($1::integer[])\n ORDER BY a.pid", pids)
 }
 
-func take(ctx context.Context, conn *pgx.Conn, version int, sql string, args ...any) (*Snapshot, error) {
+// fromActivity ends the snapshot statements' column lists.
+const fromActivity = "\n  FROM pg_catalog.pg_stat_activity AS a"
+
+func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql string, args ...any) (*Snapshot, error) {
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
@@ -208,10 +230,15 @@ func take(ctx context.Context, conn *pgx.Conn, version int, sql string, args ...
 		bs, xs, qs, sc                                  pgtype.Timestamptz
 		qid                                             pgtype.Int8
 	)
+	var s Session
+	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
+		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted}
+	if marks {
+		dest = append(dest, &s.Marks)
+	}
 	for rows.Next() {
-		var s Session
-		if err := rows.Scan(&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
-			&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted); err != nil {
+		s = Session{} // scanned into afresh: the slices are the new row's
+		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
 		s.LeaderPID, s.QueryID = leader.Int32, qid.Int64

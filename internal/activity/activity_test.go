@@ -2,6 +2,7 @@ package activity_test
 
 import (
 	"context"
+	"fmt"
 	"slices"
 	"strings"
 	"testing"
@@ -348,5 +349,38 @@ func TestQueryID(t *testing.T) {
 	snap := take(t, open(t, pgtest.Superuser))
 	if s := find(snap, v.PID); s == nil || s.QueryID == 0 || !snap.HasQueryID() {
 		t.Fatalf("query_id not read: %+v", s)
+	}
+}
+
+// A filter's Marks are evaluated by the server for each session kept.
+func TestMarks(t *testing.T) {
+	t.Parallel()
+	idle := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	tx := pgtest.NewVictim(t, pgtest.VictimOptions{App: pgtest.Tag(t) + "-tx"})
+	tx.Exec("BEGIN")
+	cn := open(t, pgtest.Superuser)
+	snap, err := activity.Take(pgtest.Context(t), cn, activity.Filter{
+		Where: "a.application_name LIKE $1",
+		Args:  []any{pgtest.Tag(t) + "%", pgtest.Tag(t) + "-tx"},
+		Marks: []string{"a.state = 'idle'", "a.application_name = $2", "NULL"},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	got := map[int32][]bool{}
+	for _, s := range snap.Sessions {
+		got[s.PID] = s.Marks
+	}
+	if fmt.Sprint(got[idle.PID]) != "[true false false]" || fmt.Sprint(got[tx.PID]) != "[false true false]" || len(got) != 2 {
+		t.Fatalf("marks %v (idle %d, tx %d)", got, idle.PID, tx.PID)
+	}
+	plain, err := activity.Take(pgtest.Context(t), cn, activity.Filter{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, s := range plain.Sessions {
+		if s.Marks != nil {
+			t.Fatalf("marks without Marks: %v", s.Marks)
+		}
 	}
 }
