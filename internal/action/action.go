@@ -498,6 +498,11 @@ const (
 	maybeSentOutcome Outcome = "maybe sent"
 )
 
+// NoMatchDetail is the detail of a session the signalling statement found
+// no longer matching the selection (for a threshold: not yet past it, by
+// the server's clock).
+const NoMatchDetail = "no longer matches the selection"
+
 const movedDetail = "moved on: its query or state changed since it was chosen"
 
 // ErrOtherServer: the plan was made on another server, or before a restart.
@@ -701,7 +706,7 @@ func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
 	case "not_running":
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", str(v.state)) + maybe
 	case "no_match":
-		return Changed, "no longer matches the selection"
+		return Changed, NoMatchDetail
 	case "superuser":
 		return Denied, fmt.Sprintf("role %s is a superuser: only a superuser may signal its sessions", str(v.usename))
 	case "no_role":

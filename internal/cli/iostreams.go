@@ -19,6 +19,8 @@ type IOStreams struct {
 	InTTY bool
 	// OutTTY: standard output is a terminal.
 	OutTTY bool
+	// ErrTTY: standard error is a terminal.
+	ErrTTY bool
 	// Width is the terminal's width in columns (0 when not a terminal).
 	Width int
 	// NoColor: the environment asks for no colour (NO_COLOR, TERM=dumb).
@@ -35,6 +37,7 @@ func System() *IOStreams {
 		}
 	}
 	io.InTTY = term.IsTerminal(int(os.Stdin.Fd()))
+	io.ErrTTY = term.IsTerminal(int(os.Stderr.Fd()))
 	// https://no-color.org: set and not empty.
 	io.NoColor = os.Getenv("NO_COLOR") != "" || os.Getenv("TERM") == "dumb"
 	return io

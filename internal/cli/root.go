@@ -118,6 +118,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdDrain(f, nil),
 		NewCmdUndrain(f, nil),
 		NewCmdUnblock(f, nil),
+		NewCmdWatch(f, nil),
 		NewCmdVersion(f),
 	)
 	// cobra's completion command prints its help for an unknown shell and

@@ -1,0 +1,127 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/policy"
+	"github.com/pgreap/pgreap/internal/watch"
+)
+
+// WatchOptions are the inputs of `pgreap watch`.
+type WatchOptions struct {
+	IO        *IOStreams
+	Config    string
+	Check     bool
+	DryRun    bool
+	LogFormat string
+	Verbose   bool
+	// Reload delivers SIGHUP; nil: the command listens for it itself.
+	Reload <-chan struct{}
+}
+
+// NewCmdWatch builds `pgreap watch`; runF replaces the run in tests.
+func NewCmdWatch(f *Factory, runF func(context.Context, *WatchOptions) error) *cobra.Command {
+	opts := &WatchOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "watch -c POLICY",
+		Short: "Run the policy daemon: end sessions by rules, audit every action, export metrics",
+		Long: `Watch one or many servers and act on the sessions the policy's rules
+match, the moment each crosses its threshold (not at the next poll): per
+target one snapshot per interval arms a timer for every session a rule will
+match once a duration passes, and at that instant one guarded statement,
+whose predicate the server evaluates then, cancels or terminates it.
+
+Every attempt, dry or real, is one JSON line in the audit log; metrics and
+/healthz are served on metrics_addr. A lost server is reconnected with
+backoff. Replicas running the same policy elect, per target, the one that
+acts with a PostgreSQL advisory lock; the others stand by.
+
+Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
+and the old one kept) and reopens the audit log; SIGTERM or SIGINT stops:
+what is in flight is finished, and the exit status is 0.
+
+The policy schema is in PRODUCT.md and docs/watch.md; --check validates a
+policy and prints what it will do (exit 0), or prints FILE:LINE: reason
+(exit 2).`,
+		Example: `  pgreap watch -c /etc/pgreap/policy.yaml --check
+  pgreap watch -c policy.yaml --dry-run --log-format text
+  pgreap watch -c /etc/pgreap/policy.yaml`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.Config == "" {
+				return usageError(errors.New("watch needs a policy: -c FILE (see --help)"))
+			}
+			switch opts.LogFormat {
+			case "":
+				opts.LogFormat = "json"
+				if f.IO.ErrTTY {
+					opts.LogFormat = "text"
+				}
+			case "json", "text":
+			default:
+				return usageError(fmt.Errorf("--log-format %q: json or text", opts.LogFormat))
+			}
+			opts.Verbose = f.verbose
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return watchRun(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVarP(&opts.Config, "config", "c", "", "the policy `FILE` (YAML)")
+	fs.BoolVar(&opts.Check, "check", false, "check the policy, print what it will do, and exit")
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: every rule is a dry run (audited as planned)")
+	fs.StringVar(&opts.LogFormat, "log-format", "", "log on standard error as `json` or text (default: text on a terminal, else json)")
+	return cmd
+}
+
+func watchRun(ctx context.Context, opts *WatchOptions) error {
+	pol, err := policy.Load(opts.Config)
+	if err != nil {
+		return usageError(err)
+	}
+	if opts.Check {
+		pol.Summary(opts.IO.Out)
+		return nil
+	}
+	level := slog.LevelInfo
+	if opts.Verbose {
+		level = slog.LevelDebug
+	}
+	var handler slog.Handler = slog.NewJSONHandler(opts.IO.ErrOut, &slog.HandlerOptions{Level: level})
+	if opts.LogFormat == "text" {
+		handler = slog.NewTextHandler(opts.IO.ErrOut, &slog.HandlerOptions{Level: level})
+	}
+	var auditOut io.Writer = opts.IO.Out
+	d, err := watch.New(pol, watch.Options{Path: opts.Config, Logger: slog.New(handler), AuditOut: auditOut, DryRun: opts.DryRun})
+	if err != nil {
+		return usageError(err)
+	}
+	reload := opts.Reload
+	if reload == nil {
+		hup := make(chan os.Signal, 1)
+		signal.Notify(hup, syscall.SIGHUP)
+		defer signal.Stop(hup)
+		ch := make(chan struct{}, 1)
+		go func() {
+			for range hup {
+				select {
+				case ch <- struct{}{}:
+				default:
+				}
+			}
+		}()
+		reload = ch
+	}
+	return d.Run(ctx, reload)
+}

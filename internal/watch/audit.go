@@ -1,0 +1,132 @@
+package watch
+
+import (
+	"encoding/json"
+	"fmt"
+	"io"
+	"os"
+	"sync"
+	"time"
+
+	"github.com/pgreap/pgreap/internal/action"
+)
+
+// Entry is one line of the audit log: one attempt on one session, dry or
+// real, with the session's identity as pgreap saw it.
+type Entry struct {
+	Time            time.Time  `json:"time"`
+	Target          string     `json:"target"`
+	Rule            string     `json:"rule"`
+	DryRun          bool       `json:"dry_run"`
+	PID             int32      `json:"pid"`
+	BackendStart    time.Time  `json:"backend_start"`
+	QueryStart      *time.Time `json:"query_start"`
+	Datname         string     `json:"datname"`
+	Usename         string     `json:"usename"`
+	ApplicationName string     `json:"application_name"`
+	ClientAddr      *string    `json:"client_addr"`
+	Query           string     `json:"query"`
+	Action          string     `json:"action"`
+	Outcome         string     `json:"outcome"`
+	Detail          string     `json:"detail"`
+}
+
+func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {
+	e := Entry{
+		Time: now.UTC(), Target: target, Rule: rule, DryRun: dry,
+		PID: r.PID, BackendStart: r.BackendStart, Datname: r.Datname, Usename: r.Usename,
+		ApplicationName: r.ApplicationName, Query: r.Query,
+		Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail,
+	}
+	if !r.QueryStart.IsZero() {
+		qs := r.QueryStart
+		e.QueryStart = &qs
+	}
+	if r.ClientAddr.IsValid() {
+		a := r.ClientAddr.String()
+		e.ClientAddr = &a
+	}
+	return e
+}
+
+// Audit appends entries to a file, one JSON line each, written in one
+// write(2) on a file opened O_APPEND, so that a line is never torn, and
+// nothing is buffered in the process. Reopen (on SIGHUP) follows a
+// logrotate that moved the file away. With no path, it writes to out.
+type Audit struct {
+	mu     sync.Mutex
+	path   string
+	f      *os.File
+	out    io.Writer
+	stdout io.Writer // when there is no path
+}
+
+// OpenAudit opens the audit log at path, creating it (0640) if needed;
+// with path "", entries go to out.
+func OpenAudit(path string, out io.Writer) (*Audit, error) {
+	a := &Audit{out: out, stdout: out}
+	if err := a.Switch(path); err != nil {
+		return nil, err
+	}
+	return a, nil
+}
+
+// Reopen closes and reopens the file at the same path.
+func (a *Audit) Reopen() error {
+	return a.Switch(a.Path())
+}
+
+// Switch writes to the file at path from now on (to the writer given
+// first, for ""); on error, the file in use stays.
+func (a *Audit) Switch(path string) error {
+	var f *os.File
+	if path != "" {
+		var err error
+		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
+			return fmt.Errorf("audit_log: %w", err)
+		}
+	}
+	a.mu.Lock()
+	old := a.f
+	a.path, a.f = path, f
+	if f != nil {
+		a.out = f
+	} else {
+		a.out = a.stdout
+	}
+	a.mu.Unlock()
+	if old != nil {
+		old.Close()
+	}
+	return nil
+}
+
+// Path is the file written to, "" for the writer given.
+func (a *Audit) Path() string {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	return a.path
+}
+
+// Write appends one entry.
+func (a *Audit) Write(e Entry) error {
+	b, err := json.Marshal(e)
+	if err != nil {
+		return err
+	}
+	b = append(b, '\n')
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	_, err = a.out.Write(b)
+	return err
+}
+
+// Close closes the file.
+func (a *Audit) Close() error {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	if a.f != nil {
+		return a.f.Close()
+	}
+	return nil
+}

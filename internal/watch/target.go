@@ -1,0 +1,581 @@
+package watch
+
+import (
+	"context"
+	"errors"
+	"hash/fnv"
+	"log/slog"
+	"math/rand/v2"
+	"sort"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/policy"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// lockClass is the first key of the advisory lock that elects, per target,
+// the replica that acts ("pgrp"); the second is a hash of the target's
+// name, so replicas of one policy contend and another policy watching the
+// same server under another name does not.
+const lockClass int32 = 0x70677270
+
+// Timing of the daemon.
+const (
+	// margin is added to a deadline: the signalling statement's predicate
+	// is strict (older than the threshold), by the server's clock.
+	margin = 2 * time.Millisecond
+	// retryNoMatch: a session the statement found not yet past its
+	// threshold (the clocks' offset was misjudged by a few ms) is tried
+	// again this much later, up to maxRetries times.
+	retryNoMatch = 5 * time.Millisecond
+	maxRetries   = 2
+	// verifyFor is how long a signalled session gets to end before it is
+	// reported survived (after the grace, for cancel-then-terminate).
+	verifyFor = 5 * time.Second
+	firstPoll = 5 * time.Millisecond
+	maxPoll   = 100 * time.Millisecond
+	// Reconnection backoff: from minBackoff doubling to maxBackoff, with
+	// jitter (a fleet of daemons does not return in step).
+	minBackoff = 500 * time.Millisecond
+	maxBackoff = 30 * time.Second
+)
+
+// identity names what a rule acted on: a session's query (pid,
+// backend_start, query_start). A session is never acted on twice for the
+// same query, across snapshots and reconnections.
+type identity struct {
+	pid                     int32
+	backendStart, queryFrom int64
+}
+
+func identityOf(s *activity.Session) identity {
+	return identity{s.PID, s.BackendStart.UnixMicro(), s.QueryStart.UnixMicro()}
+}
+
+// rule is a policy rule ready for the server: its full selector (with the
+// protections) for the signalling statement, its untimed predicate for the
+// snapshot's marks.
+type rule struct {
+	policy.Rule
+	guarded *selector.Selector
+}
+
+// armed is a session that a rule will match at due (local clock).
+type armed struct {
+	session activity.Session
+	rule    int
+	due     time.Time
+	retries int
+}
+
+// inflight is a plan that was sent and is being verified.
+type inflight struct {
+	plan       *action.Plan
+	rule       rule
+	sent       time.Time
+	escalateAt time.Time // zero: no grace pending
+	expireAt   time.Time
+	nextPoll   time.Time
+	step       time.Duration
+	logged     []bool
+}
+
+// target watches one server.
+type target struct {
+	name    string
+	cfg     *pgx.ConnConfig
+	log     *slog.Logger
+	metrics *Metrics
+	audit   *Audit
+	dryRun  bool
+	now     func() time.Time
+	// policies brings a reloaded policy to the loop (latest wins).
+	policies chan *policy.Policy
+	// acted survives reconnections: never act twice on the same query.
+	acted map[identity]bool
+}
+
+// run connects, leads or stands by, and reconnects with backoff until ctx
+// ends.
+func (t *target) run(ctx context.Context, pol *policy.Policy) {
+	attempt := 0
+	for {
+		cn, err := pgx.ConnectConfig(ctx, t.cfg)
+		if err != nil {
+			if ctx.Err() != nil {
+				return
+			}
+			t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
+			wait := backoff(attempt)
+			attempt++
+			t.log.Warn("cannot connect", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
+			if pol = t.sleep(ctx, wait, pol); ctx.Err() != nil {
+				return
+			}
+			continue
+		}
+		attempt = 0
+		t.metrics.TargetUp.WithLabelValues(t.name).Set(1)
+		t.log.Info("connected", "pid", cn.PgConn().PID())
+		var s *session
+		s, err = t.newSession(cn, pol)
+		if err == nil {
+			err = s.loop(ctx)
+			pol = s.pol
+		}
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 500*time.Millisecond)
+		cn.Close(closeCtx)
+		cancel()
+		t.metrics.Leader.WithLabelValues(t.name).Set(0)
+		t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
+		if ctx.Err() != nil {
+			return
+		}
+		wait := backoff(0)
+		t.log.Warn("connection lost", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
+		if pol = t.sleep(ctx, wait, pol); ctx.Err() != nil {
+			return
+		}
+	}
+}
+
+// sleep waits d, taking any reloaded policy.
+func (t *target) sleep(ctx context.Context, d time.Duration, pol *policy.Policy) *policy.Policy {
+	timer := time.NewTimer(d)
+	defer timer.Stop()
+	for {
+		select {
+		case <-ctx.Done():
+			return pol
+		case p := <-t.policies:
+			pol = p
+		case <-timer.C:
+			return pol
+		}
+	}
+}
+
+// backoff is the wait before the attempt-th reconnection: exponential,
+// capped, with jitter in [50%, 100%].
+func backoff(attempt int) time.Duration {
+	d := maxBackoff
+	if attempt < 10 {
+		d = min(minBackoff<<attempt, maxBackoff)
+	}
+	return d/2 + rand.N(d/2+1)
+}
+
+// session is one connection's life: the connection, the rules, what is
+// armed and in flight.
+type session struct {
+	t      *target
+	cn     *pgx.Conn
+	pol    *policy.Policy
+	rules  []rule
+	marks  []string
+	args   []any
+	leader bool
+	key    int32
+	snap   *activity.Snapshot
+	armed  []armed
+	flying []*inflight
+}
+
+func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) (*session, error) {
+	h := fnv.New32a()
+	h.Write([]byte(t.name))
+	s := &session{t: t, cn: cn, key: int32(h.Sum32())}
+	s.setPolicy(pol)
+	return s, nil
+}
+
+// setPolicy compiles the rules: each one's untimed predicate (what it
+// matches but for its durations) becomes a mark of the snapshot.
+func (s *session) setPolicy(pol *policy.Policy) {
+	s.pol, s.rules, s.marks, s.args, s.armed = pol, nil, nil, nil, nil
+	for _, r := range pol.Rules {
+		g := r.Guarded(pol.Protect)
+		untimed := *g
+		untimed.LongerThan, untimed.XactLongerThan = 0, 0
+		where, args := untimed.Compile("a", len(s.args)+1)
+		s.marks = append(s.marks, where)
+		s.args = append(s.args, args...)
+		s.rules = append(s.rules, rule{Rule: r, guarded: g})
+	}
+}
+
+// loop is the target's event loop on one connection: it returns when the
+// connection is lost (an error) or ctx ends (nil).
+func (s *session) loop(ctx context.Context) error {
+	timer := time.NewTimer(0)
+	defer timer.Stop()
+	nextTick := s.t.now()
+	for {
+		now := s.t.now()
+		if !now.Before(nextTick) {
+			nextTick = now.Add(s.pol.Interval)
+			if err := s.tick(ctx); err != nil {
+				return s.fail(ctx, err)
+			}
+		}
+		if err := s.work(ctx); err != nil {
+			return s.fail(ctx, err)
+		}
+		next := nextTick
+		if len(s.armed) > 0 && s.armed[0].due.Before(next) {
+			next = s.armed[0].due
+		}
+		for _, f := range s.flying {
+			next = earliest(next, f.nextPoll, f.escalateAt, f.expireAt)
+		}
+		timer.Reset(max(next.Sub(s.t.now()), 0))
+		select {
+		case <-ctx.Done():
+			s.stop()
+			return nil
+		case p := <-s.t.policies:
+			s.setPolicy(p)
+			s.t.log.Info("policy reloaded", "rules", len(p.Rules))
+		case <-timer.C:
+		}
+	}
+}
+
+func earliest(t time.Time, more ...time.Time) time.Time {
+	for _, m := range more {
+		if !m.IsZero() && m.Before(t) {
+			t = m
+		}
+	}
+	return t
+}
+
+// fail: a statement failed. A lost connection ends the session (the loop
+// reconnects); a refused statement is logged and the loop goes on.
+func (s *session) fail(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		s.stop()
+		return nil
+	}
+	if s.cn.IsClosed() || !isStatementError(err) {
+		s.abandon(err)
+		return err
+	}
+	s.t.log.Error("statement failed", "err", oneLine(err))
+	return nil
+}
+
+func isStatementError(err error) bool {
+	var pgErr interface{ SQLState() string }
+	return errors.As(err, &pgErr)
+}
+
+// tick is the interval's work: stand by (try the lock), or lead (one
+// snapshot, then arm the deadlines).
+func (s *session) tick(ctx context.Context) error {
+	t := s.t
+	if !s.leader {
+		var ok bool
+		if err := s.cn.QueryRow(ctx, "SELECT pg_catalog.pg_try_advisory_lock($1, $2)", lockClass, s.key).Scan(&ok); err != nil {
+			return err
+		}
+		if !ok {
+			t.metrics.Leader.WithLabelValues(t.name).Set(0)
+			t.log.Debug("standing by: another replica leads")
+			return nil
+		}
+		s.leader = true
+		t.metrics.Leader.WithLabelValues(t.name).Set(1)
+		t.log.Info("leading: this replica acts on the target")
+	}
+	start := t.now()
+	snap, err := activity.Take(ctx, s.cn, activity.Filter{Marks: s.marks, Args: s.args})
+	if err != nil {
+		return err
+	}
+	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.now().Sub(start).Seconds())
+	states := map[string]int{}
+	for i := range snap.Sessions {
+		if !snap.Sessions[i].IsParallelWorker() {
+			states[stateLabel(snap.Sessions[i].State)]++
+		}
+	}
+	t.metrics.Sessions.DeletePartialMatch(map[string]string{"target": t.name})
+	for st, n := range states {
+		t.metrics.Sessions.WithLabelValues(t.name, st).Set(float64(n))
+	}
+	s.snap = snap
+	// The server's clock minus ours, as of when the statement was sent:
+	// a deadline by the server's clock, minus this, is when to send the
+	// signalling statement so it reaches the server at the deadline.
+	s.arm(snap, snap.Taken.Sub(start))
+	return nil
+}
+
+func stateLabel(st string) string {
+	if st == "" {
+		return "unknown"
+	}
+	return st
+}
+
+// arm computes, for every session some rule matches or will match once a
+// duration passes, the instant the first such rule does (ties: the first in
+// the file), and keeps them sorted by it.
+func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
+	s.armed = s.armed[:0]
+	present := make(map[[2]int64]bool, len(snap.Sessions))
+	for i := range snap.Sessions {
+		sess := &snap.Sessions[i]
+		present[[2]int64{int64(sess.PID), sess.BackendStart.UnixMicro()}] = true
+		if sess.Marks == nil || sess.IsParallelWorker() {
+			continue // workers die with their leader: the leader is acted on
+		}
+		best := -1
+		var bestDue time.Time
+		for k := range s.rules {
+			if !sess.Marks[k] || !s.rules[k].guarded.Keep(sess) {
+				continue
+			}
+			due, ok := dueOf(sess, s.rules[k].guarded)
+			if !ok {
+				continue
+			}
+			if best < 0 || due.Before(bestDue) {
+				best, bestDue = k, due
+			}
+		}
+		if best < 0 || s.t.acted[identityOf(sess)] {
+			continue
+		}
+		due := snap.Taken // no duration: now
+		if bestDue.After(due) {
+			due = bestDue
+		}
+		s.armed = append(s.armed, armed{session: *sess, rule: best, due: due.Add(-offset + margin)})
+	}
+	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
+	// Forget what was acted on once its session is gone.
+	for id := range s.t.acted {
+		if !present[[2]int64{int64(id.pid), id.backendStart}] {
+			delete(s.t.acted, id)
+		}
+	}
+}
+
+// dueOf is when, by the server's clock, the selector's durations are all
+// past for the session (the zero time without durations); false when one
+// can never be (no transaction open for xact_longer_than).
+func dueOf(sess *activity.Session, sel *selector.Selector) (time.Time, bool) {
+	var due time.Time
+	if sel.LongerThan > 0 {
+		since := sess.StateChange
+		if sess.State == "active" {
+			since = sess.QueryStart
+		}
+		if since.IsZero() {
+			return due, false
+		}
+		due = since.Add(sel.LongerThan)
+	}
+	if sel.XactLongerThan > 0 {
+		if sess.XactStart.IsZero() {
+			return due, false
+		}
+		if d := sess.XactStart.Add(sel.XactLongerThan); d.After(due) {
+			due = d
+		}
+	}
+	return due, true
+}
+
+// work acts on what is due: deadlines, polls, escalations, expiries.
+func (s *session) work(ctx context.Context) error {
+	now := s.t.now()
+	n := 0
+	for n < len(s.armed) && !s.armed[n].due.After(now) {
+		n++
+	}
+	if n > 0 {
+		due := append([]armed(nil), s.armed[:n]...)
+		s.armed = s.armed[n:]
+		if err := s.fire(ctx, due); err != nil {
+			return err
+		}
+	}
+	kept := make([]*inflight, 0, len(s.flying))
+	for _, f := range s.flying {
+		now := s.t.now()
+		var err error
+		switch {
+		case !f.escalateAt.IsZero() && !now.Before(f.escalateAt):
+			f.escalateAt = time.Time{}
+			err = action.Escalate(ctx, s.cn, f.plan)
+			f.expireAt, f.nextPoll, f.step = now.Add(verifyFor), now.Add(firstPoll), firstPoll
+		case f.escalateAt.IsZero() && !now.Before(f.expireAt):
+			if _, err = action.Settle(ctx, s.cn, f.plan); err == nil {
+				action.Expire(f.plan, now.Sub(f.sent))
+			}
+		case !now.Before(f.nextPoll):
+			_, err = action.Settle(ctx, s.cn, f.plan)
+			f.step = min(f.step*3/2, maxPoll)
+			f.nextPoll = now.Add(f.step)
+		}
+		s.record(f)
+		if err != nil {
+			return err
+		}
+		if f.escalateAt.IsZero() && !pending(f.plan) {
+			continue // done
+		}
+		kept = append(kept, f)
+	}
+	s.flying = kept
+	return nil
+}
+
+func pending(p *action.Plan) bool {
+	for i := range p.Results {
+		if p.Results[i].Pending() {
+			return true
+		}
+	}
+	return false
+}
+
+// fire sends, per rule, one guarded statement for the sessions due.
+func (s *session) fire(ctx context.Context, due []armed) error {
+	byRule := map[int][]armed{}
+	var order []int
+	for _, a := range due {
+		if _, ok := byRule[a.rule]; !ok {
+			order = append(order, a.rule)
+		}
+		byRule[a.rule] = append(byRule[a.rule], a)
+	}
+	for _, k := range order {
+		if err := s.fireRule(ctx, k, byRule[k]); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
+	r := s.rules[k]
+	kind := action.Terminate
+	if r.Action == policy.Cancel {
+		kind = action.Cancel
+	}
+	sessions := make([]activity.Session, len(due))
+	retries := map[int32]int{}
+	for i, a := range due {
+		sessions[i] = a.session
+		retries[a.session.PID] = a.retries
+	}
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded})
+	dry := r.DryRun || s.t.dryRun
+	now := s.t.now()
+	f := &inflight{plan: plan, rule: r, sent: now}
+	var err error
+	if dry {
+		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
+	} else {
+		err = action.Send(ctx, s.cn, plan, r.Action == policy.CancelThenTerminate)
+	}
+	// Not yet past the threshold by the server's clock: try again shortly,
+	// without a line in the audit log (nothing was done).
+	for i := range plan.Results {
+		res := &plan.Results[i]
+		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail && retries[res.PID] < maxRetries && err == nil {
+			s.armed = append([]armed{{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1}}, s.armed...)
+			res.Outcome = "" // not recorded
+			continue
+		}
+		s.t.acted[identityOf(&res.Session)] = true
+	}
+	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
+	f.logged = make([]bool, len(plan.Results))
+	for i := range plan.Results {
+		if plan.Results[i].Outcome == "" {
+			f.logged[i] = true
+		}
+	}
+	s.record(f)
+	if err != nil {
+		return err
+	}
+	if !dry && pending(plan) {
+		f.nextPoll, f.step = now.Add(firstPoll), firstPoll
+		f.expireAt = now.Add(verifyFor)
+		if r.Action == policy.CancelThenTerminate {
+			f.escalateAt = now.Add(r.Grace)
+			f.expireAt = f.escalateAt.Add(verifyFor)
+		}
+		s.flying = append(s.flying, f)
+	}
+	return nil
+}
+
+// record writes the audit line and counts the metric of each result that
+// reached its outcome since the last call. A session that moved on or
+// ended before its deadline (changed, gone) was not acted on: it is
+// counted, and logged at debug level, but not audited.
+func (s *session) record(f *inflight) {
+	t := s.t
+	dry := f.rule.DryRun || t.dryRun
+	for i := range f.plan.Results {
+		r := &f.plan.Results[i]
+		if f.logged[i] || r.Pending() {
+			continue
+		}
+		f.logged[i] = true
+		t.metrics.Actions.WithLabelValues(t.name, f.rule.Name, string(r.Action), string(r.Outcome)).Inc()
+		if r.Outcome == action.Changed || r.Outcome == action.Gone {
+			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
+			continue
+		}
+		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
+			t.log.Error("cannot write the audit log", "err", err)
+		}
+		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
+	}
+}
+
+// stop finishes what is in flight: one last look at the signalled
+// sessions (bounded), then the rest is reported survived.
+func (s *session) stop() {
+	if len(s.flying) == 0 {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	for _, f := range s.flying {
+		if !f.escalateAt.IsZero() {
+			s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated", "rule", f.rule.Name)
+			f.escalateAt = time.Time{}
+		}
+		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
+			action.Expire(f.plan, s.t.now().Sub(f.sent))
+		}
+		s.record(f)
+	}
+	s.flying = nil
+}
+
+// abandon: the connection is lost; what was signalled cannot be verified.
+func (s *session) abandon(err error) {
+	for _, f := range s.flying {
+		for i := range f.plan.Results {
+			if r := &f.plan.Results[i]; r.Pending() {
+				r.Outcome, r.Detail = action.Survived, "signalled, not verified: "+oneLine(err)
+			}
+		}
+		s.record(f)
+	}
+	s.flying = nil
+}
