@@ -127,7 +127,7 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 			err = s.loop(ctx)
 			pol = s.pol
 		}
-		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 500*time.Millisecond)
+		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 300*time.Millisecond)
 		cn.Close(closeCtx)
 		cancel()
 		t.metrics.Leader.WithLabelValues(t.name).Set(0)
@@ -552,7 +552,7 @@ func (s *session) stop() {
 	if len(s.flying) == 0 {
 		return
 	}
-	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	ctx, cancel := context.WithTimeout(context.Background(), 500*time.Millisecond)
 	defer cancel()
 	for _, f := range s.flying {
 		if !f.escalateAt.IsZero() {
