@@ -8,6 +8,7 @@ import (
 	"errors"
 	"io"
 	"log/slog"
+	"net"
 	"net/http"
 	"os"
 	"path/filepath"
@@ -460,5 +461,55 @@ rules:
 	}
 	if !strings.Contains(d.logs.String(), `"msg":"connected"`) {
 		t.Fatal("no reconnection logged")
+	}
+}
+
+// A target that hangs (a listener that never answers) does not delay
+// another: each has its own goroutine and connection.
+func TestSlowTargetDoesNotDelayAnother(t *testing.T) {
+	t.Parallel()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	go func() {
+		for {
+			c, err := ln.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close() // accepted, never answered
+		}
+	}()
+	host, port, _ := net.SplitHostPort(ln.Addr().String())
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	d := startDaemon(t, dsn(t), `
+targets:
+  - {name: TAG-hung, dsn: "host=`+host+` port=`+port+` connect_timeout=30 sslmode=disable"}
+  - {name: TAG, dsn: "DSN"}
+interval: 1m
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 500ms}
+    action: cancel
+`)
+	if code := sqlState(v.Wait()); code != "57014" {
+		t.Fatalf("SQLSTATE %q, want 57014", code)
+	}
+	var queryStart, stateChange time.Time
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT query_start, state_change FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&queryStart, &stateChange); err != nil {
+		t.Fatal(err)
+	}
+	if over := stateChange.Sub(queryStart.Add(500 * time.Millisecond)); over < 0 || over > 100*time.Millisecond {
+		t.Errorf("cancelled %s after the threshold", over)
+	}
+	if testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues(pgtest.Tag(t)+"-hung")) != 0 {
+		t.Error("the hung target is up")
 	}
 }
