@@ -135,3 +135,22 @@ func TestInclude(t *testing.T) {
 		t.Fatalf("err = %v", err)
 	}
 }
+
+func TestNotes(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(strings.Replace(good, "interval: 2s", "interval: 10m", 1)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	notes := p.Notes()
+	if len(notes) != 1 || !strings.HasPrefix(notes[0], "rule runaway-reports: longer_than 5m0s is shorter than the interval 10m0s") {
+		t.Fatalf("notes %q", notes)
+	}
+	var b strings.Builder
+	p.Summary(&b)
+	if !strings.Contains(b.String(), "\nnote: rule runaway-reports") {
+		t.Fatalf("summary:\n%s", b.String())
+	}
+	if q, _ := policy.Parse("p.yaml", []byte(good)); len(q.Notes()) != 0 {
+		t.Fatalf("notes %q", q.Notes())
+	}
+}

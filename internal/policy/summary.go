@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"strings"
+	"time"
 
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -30,7 +31,7 @@ func (p *Policy) Summary(w io.Writer) {
 	if len(p.Protect.Users)+len(p.Protect.Apps) > 0 {
 		fmt.Fprintf(w, "protected: users %s, apps %s\n", list(p.Protect.Users), list(p.Protect.Apps))
 	}
-	fmt.Fprintf(w, "rules (%d, the first that matches a session acts):\n", len(p.Rules))
+	fmt.Fprintf(w, "rules (%d; the first to match a session acts, the first listed at the same instant):\n", len(p.Rules))
 	for i, r := range p.Rules {
 		what := string(r.Action)
 		if r.Action == CancelThenTerminate {
@@ -41,6 +42,26 @@ func (p *Policy) Summary(w io.Writer) {
 		}
 		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, describe(r.Spec))
 	}
+	for _, n := range p.Notes() {
+		fmt.Fprintf(w, "note: %s\n", n)
+	}
+}
+
+// Notes are what the policy does that its author may not expect.
+func (p *Policy) Notes() []string {
+	var notes []string
+	for _, r := range p.Rules {
+		for _, d := range []struct {
+			key string
+			v   time.Duration
+		}{{"longer_than", r.Selector.LongerThan}, {"xact_longer_than", r.Selector.XactLongerThan}} {
+			if d.v > 0 && d.v < p.Interval {
+				notes = append(notes, fmt.Sprintf("rule %s: %s %s is shorter than the interval %s: a session that starts and crosses it between two snapshots is acted on at the next snapshot, up to %s late (an interval no longer than the shortest threshold avoids it)",
+					r.Name, d.key, d.v, p.Interval, p.Interval-d.v))
+			}
+		}
+	}
+	return notes
 }
 
 func list(v []string) string {

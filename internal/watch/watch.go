@@ -117,6 +117,9 @@ func (d *Daemon) Run(ctx context.Context, reload <-chan struct{}) error {
 		}()
 		d.log.Info("metrics", "addr", d.Addr())
 	}
+	for _, n := range d.pol.Notes() {
+		d.log.Warn(n)
+	}
 	d.apply(ctx, d.pol)
 	d.log.Info("watching", "targets", len(d.pol.Targets), "rules", len(d.pol.Rules), "interval", d.pol.Interval.String(), "dry_run", d.opt.DryRun)
 	for {
