@@ -75,29 +75,10 @@ const (
 //	stmts/pgreap  statements the server logged for pgreap per run
 //	polls/floor   count statements of the floor per run
 func BenchmarkKick(b *testing.B) {
-	bin := buildPgreap(b)
-	c := startCluster(b)
-	if c.Major < 14 {
-		b.Skipf("pg_terminate_backend(pid, timeout) needs PostgreSQL 14 or later, the server is %d", c.Major)
+	k := newKickBench(b)
+	if k.major < 14 {
+		b.Skipf("pg_terminate_backend(pid, timeout) needs PostgreSQL 14 or later, the server is %d", k.major)
 	}
-	cfg, err := pgx.ParseConfig(c.DSN("postgres", pgtest.Superuser))
-	if err != nil {
-		b.Fatal(err)
-	}
-	// pgreap's protocol: one round trip per statement.
-	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
-	k := &kickBench{
-		bin:   bin,
-		env:   append([]string{"PATH=/usr/bin:/bin", "HOME=" + os.Getenv("HOME")}, c.Env()...),
-		cfg:   cfg,
-		log:   &serverLog{path: c.LogFile()},
-		exits: &serverLog{path: c.LogFile()},
-	}
-	k.exec(b, "ALTER SYSTEM SET autovacuum = off")
-	k.exec(b, "SELECT pg_catalog.pg_reload_conf()")
-	// Registered after startCluster, so it runs before the cluster stops.
-	b.Cleanup(k.reapLeftovers)
-
 	for _, n := range []int{200, 1000} {
 		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
 			k.bench(b, n, []variant{{"pgreap", k.kick}, {"floor", k.floor}, {"perpid", k.perpid}, {"serial", k.serial}})
@@ -112,15 +93,30 @@ func BenchmarkKick(b *testing.B) {
 // there, the order alternating. The drain record goes to a temporary
 // PGREAP_STATE_DIR. Target: ratio (ms/pgreap / ms/floor) at most 1.3.
 func BenchmarkDrain(b *testing.B) {
+	k := newKickBench(b)
+	for _, n := range []int{200, 1000} {
+		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
+			k.bench(b, n, []variant{{"pgreap", k.drain}, {"floor", k.floor}})
+		})
+	}
+}
+
+// newKickBench builds pgreap, starts the cluster (autovacuum off: a worker
+// visiting a fresh database would be one more session of it), and sets up
+// the runs: pgreap's environment (drain records in a temporary
+// PGREAP_STATE_DIR), the superuser's connection, the server log.
+func newKickBench(b *testing.B) *kickBench {
 	bin := buildPgreap(b)
 	c := startCluster(b)
 	cfg, err := pgx.ParseConfig(c.DSN("postgres", pgtest.Superuser))
 	if err != nil {
 		b.Fatal(err)
 	}
+	// pgreap's protocol: one round trip per statement.
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 	k := &kickBench{
 		bin:   bin,
+		major: c.Major,
 		env:   append([]string{"PATH=/usr/bin:/bin", "HOME=" + os.Getenv("HOME"), "PGREAP_STATE_DIR=" + b.TempDir()}, c.Env()...),
 		cfg:   cfg,
 		log:   &serverLog{path: c.LogFile()},
@@ -128,12 +124,9 @@ func BenchmarkDrain(b *testing.B) {
 	}
 	k.exec(b, "ALTER SYSTEM SET autovacuum = off")
 	k.exec(b, "SELECT pg_catalog.pg_reload_conf()")
+	// Registered after startCluster, so it runs before the cluster stops.
 	b.Cleanup(k.reapLeftovers)
-	for _, n := range []int{200, 1000} {
-		b.Run(fmt.Sprintf("N=%d", n), func(b *testing.B) {
-			k.bench(b, n, []variant{{"pgreap", k.drain}, {"floor", k.floor}})
-		})
-	}
+	return k
 }
 
 // variant is one way of ending a database's sessions, timed by run; the
@@ -145,6 +138,7 @@ type variant struct {
 
 type kickBench struct {
 	bin   string
+	major int
 	env   []string
 	cfg   *pgx.ConnConfig // the superuser over the unix socket, database postgres
 	log   *serverLog      // pgreap's statements

@@ -39,6 +39,18 @@ func reopen(t *testing.T, db string) {
 	})
 }
 
+// ownedBy gives the database to a new role that is not a superuser, with
+// pg_signal_backend and pg_read_all_stats, and returns the role.
+func ownedBy(t *testing.T, db string) string {
+	t.Helper()
+	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
+	t.Cleanup(func() { // before the role is dropped: it cannot be while it owns the database
+		_, _ = pgtest.Admin(t).Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgtest.Superuser)
+	})
+	return owner
+}
+
 func TestDrainEmptiesAndHoldsUndrainRestores(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -95,11 +107,7 @@ func TestDrainAsOwnerCannotEndASuperusersSession(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	reopen(t, db)
-	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
-	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
-	t.Cleanup(func() { // before the role is dropped: it cannot be while it owns the database
-		_, _ = pgtest.Admin(t).Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgtest.Superuser)
-	})
+	owner := ownedBy(t, db)
 	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 	mine := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: owner})
 
@@ -219,12 +227,8 @@ func TestDrainInterrupted(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	reopen(t, db)
-	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
-	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
+	owner := ownedBy(t, db)
 	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" CONNECTION LIMIT 9")
-	t.Cleanup(func() {
-		_, _ = pgtest.Admin(t).Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgtest.Superuser)
-	})
 	// A superuser's session the owner cannot end: drain keeps trying.
 	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 

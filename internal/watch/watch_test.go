@@ -169,17 +169,7 @@ rules:
 	if code := sqlState(v.Wait()); code != "57014" {
 		t.Fatalf("the query ended with SQLSTATE %q, want 57014 (cancelled)", code)
 	}
-	var queryStart, stateChange time.Time
-	err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT query_start, state_change FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&queryStart, &stateChange)
-	if err != nil {
-		t.Fatal(err)
-	}
-	over := stateChange.Sub(queryStart.Add(time.Second))
-	t.Logf("overshoot %s", over)
-	if over < 0 || over > 100*time.Millisecond {
-		t.Errorf("cancelled %s after the threshold, want within 100ms", over)
-	}
+	queryStart := overshoot(t, v, time.Second)
 	got := d.waitEntries(t, 1)
 	e := got[0]
 	if e.Target != pgtest.Tag(t) || e.Rule != "slow" || e.DryRun || e.PID != v.PID || !e.BackendStart.Equal(v.BackendStart) ||
@@ -196,6 +186,24 @@ rules:
 	if len(d.entries(t)) != 1 {
 		t.Errorf("audit lines %+v", d.entries(t))
 	}
+}
+
+// overshoot checks that the victim's cancelled query ended (its
+// state_change, by the server's clock) within 100ms after query_start +
+// threshold, and returns its query_start.
+func overshoot(t *testing.T, v *pgtest.Victim, threshold time.Duration) time.Time {
+	t.Helper()
+	var queryStart, stateChange time.Time
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT query_start, state_change FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&queryStart, &stateChange); err != nil {
+		t.Fatal(err)
+	}
+	over := stateChange.Sub(queryStart.Add(threshold))
+	t.Logf("overshoot %s", over)
+	if over < 0 || over > 100*time.Millisecond {
+		t.Errorf("cancelled %s after the threshold, want within 100ms", over)
+	}
+	return queryStart
 }
 
 func snapshots(t *testing.T, d *daemon) uint64 {
@@ -501,14 +509,7 @@ rules:
 	if code := sqlState(v.Wait()); code != "57014" {
 		t.Fatalf("SQLSTATE %q, want 57014", code)
 	}
-	var queryStart, stateChange time.Time
-	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT query_start, state_change FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&queryStart, &stateChange); err != nil {
-		t.Fatal(err)
-	}
-	if over := stateChange.Sub(queryStart.Add(500 * time.Millisecond)); over < 0 || over > 100*time.Millisecond {
-		t.Errorf("cancelled %s after the threshold", over)
-	}
+	overshoot(t, v, 500*time.Millisecond)
 	if testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues(pgtest.Tag(t)+"-hung")) != 0 {
 		t.Error("the hung target is up")
 	}
