@@ -154,3 +154,24 @@ func TestNotes(t *testing.T) {
 		t.Fatalf("notes %q", q.Notes())
 	}
 }
+
+// Any input: no panic, and an error is one line naming the file.
+func FuzzParse(f *testing.F) {
+	f.Add([]byte(good))
+	f.Add([]byte("targets: [{name: a, dsn: x}]\nrules: [{name: r, match: {app: [x]}, action: cancel}]\n"))
+	f.Add([]byte("targets: [{include: '*.yaml'}]\n"))
+	f.Add([]byte("rules: [{match: {query: '('}}]\n"))
+	f.Add([]byte("&a [*a]"))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p, err := policy.Parse("p.yaml", data)
+		if err != nil {
+			if !strings.HasPrefix(err.Error(), "p.yaml") || strings.Contains(err.Error(), "\n") {
+				t.Fatalf("error %q", err)
+			}
+			return
+		}
+		if len(p.Targets) == 0 || len(p.Rules) == 0 {
+			t.Fatalf("accepted a policy without targets or rules: %+v", p)
+		}
+	})
+}

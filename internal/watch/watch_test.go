@@ -65,6 +65,13 @@ func policyText(t *testing.T, dsn, audit, text string) string {
 
 func startDaemon(t *testing.T, dsn, text string) *daemon {
 	t.Helper()
+	return startDaemonOpts(t, dsn, text, watch.Options{})
+}
+
+// startDaemonOpts starts a daemon with options (Path, Logger and AuditOut
+// are set here).
+func startDaemonOpts(t *testing.T, dsn, text string, opt watch.Options) *daemon {
+	t.Helper()
 	dir := t.TempDir()
 	d := &daemon{path: filepath.Join(dir, "policy.yaml"), audit: filepath.Join(dir, "audit.jsonl"), logs: &syncBuffer{}}
 	if err := os.WriteFile(d.path, []byte(policyText(t, dsn, d.audit, text)), 0o600); err != nil {
@@ -75,7 +82,8 @@ func startDaemon(t *testing.T, dsn, text string) *daemon {
 		t.Fatal(err)
 	}
 	logger := slog.New(slog.NewJSONHandler(d.logs, &slog.HandlerOptions{Level: slog.LevelDebug}))
-	d.Daemon, err = watch.New(pol, watch.Options{Path: d.path, Logger: logger, AuditOut: io.Discard})
+	opt.Path, opt.Logger, opt.AuditOut = d.path, logger, io.Discard
+	d.Daemon, err = watch.New(pol, opt)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -512,5 +520,29 @@ rules:
 	overshoot(t, v, 500*time.Millisecond)
 	if testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues(pgtest.Tag(t)+"-hung")) != 0 {
 		t.Error("the hung target is up")
+	}
+}
+
+// --dry-run makes every rule a dry run: audited planned, nothing touched.
+func TestDryRunForAll(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	d := startDaemonOpts(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1m
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: idle
+    match: {app: [TAG], state: [idle]}
+    action: terminate
+`, watch.Options{DryRun: true})
+	got := d.waitEntries(t, 1)
+	if e := got[0]; e.PID != v.PID || e.Outcome != "planned" || !e.DryRun || e.Action != "terminate" {
+		t.Fatalf("audit %+v", e)
+	}
+	v.Exec("SELECT 1")
+	if !v.Alive() {
+		t.Fatal("a dry run ended the session")
 	}
 }
