@@ -407,6 +407,10 @@ func (s *session) work(ctx context.Context) error {
 			return err
 		}
 	}
+	// Verification statements are not cut short by a stop (SIGTERM): a
+	// signal that worked is reported so, not as unverified.
+	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
+	defer cancel()
 	kept := make([]*inflight, 0, len(s.flying))
 	for _, f := range s.flying {
 		now := s.t.now()
@@ -414,14 +418,14 @@ func (s *session) work(ctx context.Context) error {
 		switch {
 		case !f.escalateAt.IsZero() && !now.Before(f.escalateAt):
 			f.escalateAt = time.Time{}
-			err = action.Escalate(ctx, s.cn, f.plan)
+			err = action.Escalate(vctx, s.cn, f.plan)
 			f.expireAt, f.nextPoll, f.step = now.Add(verifyFor), now.Add(firstPoll), firstPoll
 		case f.escalateAt.IsZero() && !now.Before(f.expireAt):
-			if _, err = action.Settle(ctx, s.cn, f.plan); err == nil {
+			if _, err = action.Settle(vctx, s.cn, f.plan); err == nil {
 				action.Expire(f.plan, now.Sub(f.sent))
 			}
 		case !now.Before(f.nextPoll):
-			_, err = action.Settle(ctx, s.cn, f.plan)
+			_, err = action.Settle(vctx, s.cn, f.plan)
 			f.step = min(f.step*3/2, maxPoll)
 			f.nextPoll = now.Add(f.step)
 		}
