@@ -461,18 +461,33 @@ func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 // waitSent waits for the signalled sessions among idx, each by its own
 // action: a plan may mix cancels and terminates.
 func (p *Plan) waitSent(ctx context.Context, conn *pgx.Conn, idx []int, d time.Duration, opt *Options) error {
-	byKind := map[Kind][]int{}
-	for _, i := range idx {
-		if r := &p.Results[i]; r.Outcome == sentOutcome {
-			byKind[r.Action] = append(byKind[r.Action], i)
-		}
-	}
+	byKind := p.sentByKind(idx)
 	for _, k := range []Kind{Terminate, Cancel} {
 		if err := p.wait(ctx, conn, byKind[k], k, d, opt); err != nil {
 			return err
 		}
 	}
 	return nil
+}
+
+// sentByKind groups the signalled, unverified results among idx (all
+// results for nil) by the signal sent.
+func (p *Plan) sentByKind(idx []int) map[Kind][]int {
+	byKind := map[Kind][]int{}
+	add := func(i int) {
+		if r := &p.Results[i]; r.Outcome == sentOutcome {
+			byKind[r.Action] = append(byKind[r.Action], i)
+		}
+	}
+	if idx == nil {
+		for i := range p.Results {
+			add(i)
+		}
+	}
+	for _, i := range idx {
+		add(i)
+	}
+	return byKind
 }
 
 // checkIdle refuses a connection inside a transaction block: the server

@@ -45,12 +45,7 @@ func Send(ctx context.Context, conn *pgx.Conn, p *Plan, grace bool) (err error) 
 // query ended), and returns how many are still pending.
 func Settle(ctx context.Context, conn *pgx.Conn, p *Plan) (pending int, err error) {
 	defer func() { p.unverified(err) }()
-	byKind := map[Kind][]int{}
-	for i := range p.Results {
-		if r := &p.Results[i]; r.Outcome == sentOutcome {
-			byKind[r.Action] = append(byKind[r.Action], i)
-		}
-	}
+	byKind := p.sentByKind(nil)
 	for _, k := range []Kind{Terminate, Cancel} {
 		if len(byKind[k]) == 0 {
 			continue
@@ -87,13 +82,11 @@ func Escalate(ctx context.Context, conn *pgx.Conn, p *Plan) (err error) {
 
 // Expire reports the sessions still pending as survived, after waiting d.
 func Expire(p *Plan, d time.Duration) {
-	byKind := map[Kind][]int{}
-	for i := range p.Results {
-		if r := &p.Results[i]; r.Outcome == sentOutcome {
-			byKind[r.Action] = append(byKind[r.Action], i)
-		}
-	}
-	for k, idx := range byKind {
+	for k, idx := range p.sentByKind(nil) {
 		p.survived(idx, k, fmt.Sprintf("after %s", d))
 	}
 }
+
+// Abandon reports the sessions still pending as survived, not verified
+// because of err (the connection was lost between the calls).
+func Abandon(p *Plan, err error) { p.unverified(err) }

@@ -121,12 +121,9 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 		attempt = 0
 		t.metrics.TargetUp.WithLabelValues(t.name).Set(1)
 		t.log.Info("connected", "pid", cn.PgConn().PID())
-		var s *session
-		s, err = t.newSession(cn, pol)
-		if err == nil {
-			err = s.loop(ctx)
-			pol = s.pol
-		}
+		s := t.newSession(cn, pol)
+		err = s.loop(ctx)
+		pol = s.pol
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 300*time.Millisecond)
 		cn.Close(closeCtx)
 		cancel()
@@ -185,12 +182,12 @@ type session struct {
 	flying []*inflight
 }
 
-func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) (*session, error) {
+func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) *session {
 	h := fnv.New32a()
 	h.Write([]byte(t.name))
 	s := &session{t: t, cn: cn, key: int32(h.Sum32())}
 	s.setPolicy(pol)
-	return s, nil
+	return s
 }
 
 // setPolicy compiles the rules: each one's untimed predicate (what it
@@ -493,22 +490,17 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	}
 	// Not yet past the threshold by the server's clock: try again shortly,
 	// without a line in the audit log (nothing was done).
+	f.logged = make([]bool, len(plan.Results))
 	for i := range plan.Results {
 		res := &plan.Results[i]
 		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail && retries[res.PID] < maxRetries && err == nil {
-			s.armed = append([]armed{{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1}}, s.armed...)
-			res.Outcome = "" // not recorded
+			s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
+			f.logged[i] = true // not recorded
 			continue
 		}
 		s.t.acted[identityOf(&res.Session)] = true
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	f.logged = make([]bool, len(plan.Results))
-	for i := range plan.Results {
-		if plan.Results[i].Outcome == "" {
-			f.logged[i] = true
-		}
-	}
 	s.record(f)
 	if err != nil {
 		return err
@@ -574,11 +566,7 @@ func (s *session) stop() {
 // abandon: the connection is lost; what was signalled cannot be verified.
 func (s *session) abandon(err error) {
 	for _, f := range s.flying {
-		for i := range f.plan.Results {
-			if r := &f.plan.Results[i]; r.Pending() {
-				r.Outcome, r.Detail = action.Survived, "signalled, not verified: "+oneLine(err)
-			}
-		}
+		action.Abandon(f.plan, err)
 		s.record(f)
 	}
 	s.flying = nil
