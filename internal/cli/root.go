@@ -119,6 +119,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdUndrain(f, nil),
 		NewCmdUnblock(f, nil),
 		NewCmdWatch(f, nil),
+		NewCmdTop(f, nil),
 		NewCmdVersion(f),
 	)
 	// cobra's completion command prints its help for an unknown shell and

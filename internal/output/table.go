@@ -10,6 +10,8 @@ import (
 	"unicode/utf8"
 
 	"github.com/mattn/go-runewidth"
+
+	"github.com/pgreap/pgreap/internal/activity"
 )
 
 // A column of the table; caps keep one long name from pushing the query
@@ -118,6 +120,9 @@ func writeTable(w io.Writer, in []Row, opt Options, results bool) error {
 	return nil
 }
 
+// Cut fits text in width terminal columns, marking a cut with an ellipsis.
+func Cut(cell string, width int) string { return cut(cell, width) }
+
 // cut fits a cell in width columns, marking a cut with an ellipsis.
 func cut(cell string, width int) string {
 	switch {
@@ -170,6 +175,21 @@ func colorize(cell, title string, r *Row, opt Options) string {
 		return cell
 	}
 	return sgr + cell + sgrReset
+}
+
+// ListTitles are the titles of the columns of `ls`, in order.
+func ListTitles() []string {
+	titles := make([]string, len(listColumns))
+	for i, c := range listColumns {
+		titles[i] = c.title
+	}
+	return titles
+}
+
+// ListCells are a session's cells in the table of `ls` (ListTitles), ages
+// measured at now, every cell safe to print on a terminal.
+func ListCells(s *activity.Session, now time.Time) []string {
+	return tableRow(&Row{Session: *s}, now, false)
 }
 
 func tableRow(r *Row, now time.Time, results bool) []string {

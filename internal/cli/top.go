@@ -1,0 +1,126 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/jackc/pgx/v5"
+	"github.com/muesli/termenv"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/selector"
+	"github.com/pgreap/pgreap/internal/tui"
+)
+
+// TopOptions are the inputs of `pgreap top`.
+type TopOptions struct {
+	IO      *IOStreams
+	Connect func(context.Context) (*pgx.Conn, error)
+	Logger  *slog.Logger
+
+	Color     bool
+	Interval  time.Duration
+	ReadOnly  bool
+	Selectors *selector.Flags
+}
+
+// NewCmdTop builds `pgreap top`; runF replaces the run in tests.
+func NewCmdTop(f *Factory, runF func(context.Context, *TopOptions) error) *cobra.Command {
+	opts := &TopOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "top [SELECTORS]",
+		Short: "Watch sessions live, and cancel or terminate them",
+		Long: `An interactive view of the server's client sessions, refreshed every
+--interval: the rows of ls, parallel workers folded into their leader
+(+N after its pid), a header with the server, the sessions by state, the
+longest transaction and the lock waits.
+
+Keys: arrows or j/k move, / filters on database, user, application,
+client, pid and query (enter applies, esc clears), s cycles the sort (age,
+state, db, user, app), b shows only the blocking tree, space marks, enter
+shows every field and the whole query, ? helps, q quits.
+
+c cancels the query and t terminates the connection of the marked sessions,
+or of the selected one, after a y/n question that names them. Each goes
+through the same guard as cancel and terminate: the signalling statement
+re-checks the identity seen on the screen, and every session's outcome
+(terminated, changed, protected, denied, ...) shows in the status line.
+--read-only turns c and t off.
+
+The selectors of ls narrow what top shows (and so what it can act on).
+top needs a terminal; for a script, use ls.`,
+		Example: `  pgreap top
+  pgreap top --db shop --interval 2s
+  pgreap top --read-only --exclude-user replicator
+  PGHOST=db1 PGUSER=reaper pgreap top --state active --state 'idle in transaction'`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if opts.Interval < 100*time.Millisecond {
+				return usageError(fmt.Errorf("--interval %s: shorter than 100ms", opts.Interval))
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			opts.Color = f.Color()
+			opts.Connect = f.Connect
+			opts.Logger = f.Logger()
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return topRun(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().DurationVar(&opts.Interval, "interval", time.Second, "time between two snapshots")
+	cmd.Flags().BoolVar(&opts.ReadOnly, "read-only", false, "look only: c and t do nothing")
+	opts.Selectors = selector.AddFlags(cmd.Flags())
+	return cmd
+}
+
+func topRun(ctx context.Context, opts *TopOptions) error {
+	sel, err := opts.Selectors.Selector()
+	if err != nil {
+		return usageError(err)
+	}
+	if !opts.IO.InTTY || !opts.IO.OutTTY {
+		return usageError(errors.New("top needs a terminal on standard input and output; for a script, use ls"))
+	}
+	// Connect before the screen changes: a connection error is one line.
+	conn, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	ctx, cancel := context.WithCancel(ctx)
+	src := tui.NewDB(conn, opts.Connect, sel)
+	defer src.Close(context.WithoutCancel(ctx))
+	defer cancel() // first: a statement in flight ends, then Close
+	var renderer *lipgloss.Renderer // nil: plain
+	if opts.Color {
+		renderer = lipgloss.NewRenderer(opts.IO.Out)
+		if renderer.ColorProfile() == termenv.Ascii {
+			renderer = nil
+		}
+	}
+	m := tui.New(tui.Options{Context: ctx, Source: src, Interval: opts.Interval, ReadOnly: opts.ReadOnly, Renderer: renderer})
+	p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx),
+		tea.WithInput(opts.IO.In), tea.WithOutput(opts.IO.Out))
+	// bubbletea restores the terminal on a panic in the model, and on
+	// Ctrl-C, which the model reads as a key in raw mode.
+	_, err = p.Run()
+	// What was done stays in the scrollback once the screen is restored.
+	for _, l := range m.Done() {
+		fmt.Fprintln(opts.IO.ErrOut, "pgreap top: "+l)
+	}
+	if err != nil && !errors.Is(err, tea.ErrProgramKilled) {
+		return fmt.Errorf("top: %w", err)
+	}
+	if m.Acting() {
+		return &exitError{ExitIncomplete, errors.New("top stopped while an action was running: its outcome is unknown; look with pgreap ls")}
+	}
+	// Quit with q, or stopped by a signal: either way, done.
+	return nil
+}

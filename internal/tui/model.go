@@ -1,0 +1,467 @@
+package tui
+
+import (
+	"context"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/charmbracelet/bubbles/cursor"
+	"github.com/charmbracelet/bubbles/textinput"
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+// Options configure the model.
+type Options struct {
+	// Context bounds every statement; the program's own context.
+	Context context.Context
+	Source  Source
+	// Interval is the time between the end of one snapshot and the start
+	// of the next (1s by default).
+	Interval time.Duration
+	// ReadOnly refuses c and t: for people who may only look.
+	ReadOnly bool
+	// Renderer draws colours; nil draws plain text (no terminal colours,
+	// NO_COLOR, --no-color).
+	Renderer *lipgloss.Renderer
+}
+
+// Model is the bubbletea model of `pgreap top`.
+type Model struct {
+	opt Options
+	st  styles
+
+	width, height int
+
+	frame    *Frame    // the latest snapshot
+	stale    error     // the last refresh failed with it
+	loading  bool      // a snapshot is in flight
+	acting   bool      // an action is in flight
+	deferred bool      // a refresh came due while acting
+	all      []row     // every row of the frame
+	view     []row     // the rows shown: filtered, sorted, or the blocking tree
+	summary  string    // the header's second line, made with the frame
+	widths   [ncols]int // of the columns, over the view
+	cursor   int        // in view
+	top      int        // the first row on the screen
+	marks    map[ident]bool
+
+	sortBy   sortKey
+	filter   string // applied, lower case
+	input    textinput.Model
+	typing   bool
+	blockers bool
+	help     bool
+	detail   bool
+	ask      *question
+	status   string
+	bad      bool     // the status reports a problem
+	done     []string // the status of every action, in order
+}
+
+// Done is the status line of every action carried out, in order.
+func (m *Model) Done() []string { return m.done }
+
+// Acting reports whether an action was sent and its outcome has not come
+// back.
+func (m *Model) Acting() bool { return m.acting }
+
+// question is a c or t waiting for y/n, with the sessions it names.
+type question struct {
+	kind     action.Kind
+	snap     *activity.Snapshot
+	sessions []activity.Session
+}
+
+// Messages.
+type (
+	frameMsg struct {
+		f   *Frame
+		err error
+	}
+	tickMsg struct{}
+	actMsg  struct {
+		kind    action.Kind
+		results []action.Result
+		err     error
+	}
+)
+
+// New returns the model; run it with tea.NewProgram.
+func New(opt Options) *Model {
+	if opt.Interval <= 0 {
+		opt.Interval = time.Second
+	}
+	if opt.Context == nil {
+		opt.Context = context.Background()
+	}
+	in := textinput.New()
+	in.Prompt = "/"
+	in.Placeholder = "text in db, user, app, client, pid or query"
+	in.CharLimit = 200
+	_ = in.Cursor.SetMode(cursor.CursorStatic)
+	return &Model{opt: opt, st: newStyles(opt.Renderer), marks: map[ident]bool{}, input: in, loading: true}
+}
+
+// Init takes the first snapshot.
+func (m *Model) Init() tea.Cmd { return m.fetch() }
+
+func (m *Model) fetch() tea.Cmd {
+	ctx, src := m.opt.Context, m.opt.Source
+	return func() tea.Msg {
+		f, err := src.Frame(ctx)
+		return frameMsg{f, err}
+	}
+}
+
+func (m *Model) next() tea.Cmd {
+	return tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return tickMsg{} })
+}
+
+// Update handles a message; it never waits on the server.
+func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	switch msg := msg.(type) {
+	case tea.WindowSizeMsg:
+		m.width, m.height = msg.Width, msg.Height
+		m.input.Width = max(msg.Width-30, 10) // room for the hint
+		m.scroll()
+		return m, nil
+	case frameMsg:
+		m.loading = false
+		if msg.err != nil {
+			m.stale = msg.err
+		} else {
+			m.stale = nil
+			m.setFrame(msg.f)
+		}
+		return m, m.next()
+	case tickMsg:
+		switch {
+		case m.acting:
+			m.deferred = true
+		case !m.loading:
+			m.loading = true
+			return m, m.fetch()
+		}
+		return m, nil
+	case actMsg:
+		m.acting = false
+		m.report(msg)
+		if !m.loading {
+			// Show what the action did now, not at the next tick.
+			m.loading, m.deferred = true, false
+			return m, m.fetch()
+		}
+		return m, nil
+	case tea.KeyMsg:
+		return m.key(msg)
+	}
+	if m.typing {
+		var cmd tea.Cmd
+		m.input, cmd = m.input.Update(msg)
+		return m, cmd
+	}
+	return m, nil
+}
+
+func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	if k.Type == tea.KeyCtrlC {
+		return m, tea.Quit
+	}
+	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Paste {
+		// Keys typed faster than they are read come as one message: "/rep"
+		// is / then r, e, p, each a key of its own.
+		var cmds []tea.Cmd
+		for _, r := range k.Runes {
+			_, cmd := m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}, Alt: k.Alt})
+			cmds = append(cmds, cmd)
+		}
+		return m, tea.Batch(cmds...)
+	}
+	switch {
+	case m.ask != nil:
+		return m.answer(k)
+	case m.typing:
+		switch k.Type {
+		case tea.KeyEnter:
+			m.typing = false
+			m.input.Blur()
+			m.setFilter(m.input.Value())
+			return m, nil
+		case tea.KeyEsc:
+			m.typing = false
+			m.input.Blur()
+			m.input.SetValue("")
+			m.setFilter("")
+			return m, nil
+		}
+		var cmd tea.Cmd
+		m.input, cmd = m.input.Update(k)
+		return m, cmd
+	case m.help:
+		m.help = false
+		return m, nil
+	case m.detail:
+		switch k.String() {
+		case "esc", "enter", "q", "backspace":
+			m.detail = false
+		}
+		return m, nil
+	}
+	switch k.String() {
+	case "q":
+		return m, tea.Quit
+	case "up", "k":
+		m.move(-1)
+	case "down", "j":
+		m.move(1)
+	case "pgup", "ctrl+b":
+		m.move(-m.rowsOnScreen())
+	case "pgdown", "ctrl+f":
+		m.move(m.rowsOnScreen())
+	case "home", "g":
+		m.move(-len(m.view))
+	case "end", "G":
+		m.move(len(m.view))
+	case " ":
+		if r := m.selected(); r != nil {
+			if m.marks[r.id] {
+				delete(m.marks, r.id)
+			} else {
+				m.marks[r.id] = true
+			}
+			m.move(1)
+			m.summarize()
+		}
+	case "/":
+		m.typing = true
+		m.input.SetValue(m.filter)
+		m.input.CursorEnd()
+		return m, m.input.Focus()
+	case "esc":
+		m.status, m.bad = "", false
+		if m.filter != "" {
+			m.input.SetValue("")
+			m.setFilter("")
+		}
+	case "s":
+		m.sortBy = (m.sortBy + 1) % nsortKeys
+		m.rebuild()
+	case "b":
+		m.blockers = !m.blockers
+		m.rebuild()
+	case "enter":
+		if m.selected() != nil {
+			m.detail = true
+		}
+	case "?":
+		m.help = true
+	case "c":
+		m.propose(action.Cancel)
+	case "t":
+		m.propose(action.Terminate)
+	}
+	return m, nil
+}
+
+// propose asks before acting on the marked sessions, or the selected one.
+func (m *Model) propose(kind action.Kind) {
+	switch {
+	case m.opt.ReadOnly:
+		m.status, m.bad = "read-only (--read-only): cancel and terminate are off", true
+		return
+	case m.acting:
+		m.status, m.bad = "an action is still running: wait for its outcome", true
+		return
+	}
+	var sessions []activity.Session
+	for i := range m.all {
+		if m.marks[m.all[i].id] {
+			sessions = append(sessions, *m.all[i].s)
+		}
+	}
+	if len(sessions) == 0 {
+		r := m.selected()
+		if r == nil {
+			m.status, m.bad = "no session to "+string(kind), true
+			return
+		}
+		sessions = append(sessions, *r.s)
+	}
+	m.ask = &question{kind: kind, snap: m.frame.Snap, sessions: sessions}
+}
+
+func (m *Model) answer(k tea.KeyMsg) (tea.Model, tea.Cmd) {
+	switch k.String() {
+	case "y", "Y":
+		q := m.ask
+		m.ask, m.acting = nil, true
+		m.status, m.bad = fmt.Sprintf("%s: %s…", q.kind, sessionCount(len(q.sessions))), false
+		ctx, src := m.opt.Context, m.opt.Source
+		return m, func() tea.Msg {
+			results, err := src.Act(ctx, q.kind, q.snap, q.sessions)
+			return actMsg{q.kind, results, err}
+		}
+	case "n", "N", "esc", "q":
+		m.status, m.bad = fmt.Sprintf("%s: not confirmed, nothing done", m.ask.kind), false
+		m.ask = nil
+	}
+	return m, nil
+}
+
+// report puts an action's outcomes in the status line: counts first (they
+// survive a narrow screen), then each session with its outcome, and why
+// when it was not the one asked for.
+func (m *Model) report(msg actMsg) {
+	want := action.Cancelled
+	if msg.kind == action.Terminate {
+		want = action.Terminated
+	}
+	counts := map[action.Outcome]int{}
+	var order []action.Outcome
+	var each []string
+	m.bad = msg.err != nil
+	for i := range msg.results {
+		r := &msg.results[i]
+		if counts[r.Outcome] == 0 {
+			order = append(order, r.Outcome)
+		}
+		counts[r.Outcome]++
+		delete(m.marks, identOf(&r.Session))
+		line := fmt.Sprintf("%d %s", r.PID, r.Outcome)
+		if r.Outcome != want {
+			m.bad = true
+			if r.Detail != "" {
+				line += " (" + r.Detail + ")"
+			}
+		}
+		each = append(each, line)
+	}
+	var b strings.Builder
+	b.WriteString(string(msg.kind) + ": ")
+	for i, o := range order {
+		if i > 0 {
+			b.WriteString(", ")
+		}
+		fmt.Fprintf(&b, "%d %s", counts[o], o)
+	}
+	if len(each) > 0 {
+		b.WriteString(" — " + strings.Join(each, " · "))
+	}
+	if msg.err != nil {
+		if len(msg.results) == 0 {
+			b.WriteString("failed, nothing done")
+		}
+		b.WriteString(": " + msg.err.Error())
+	}
+	m.status = clean(b.String())
+	m.done = append(m.done, m.status)
+	m.summarize()
+}
+
+func sessionCount(n int) string {
+	if n == 1 {
+		return "1 session"
+	}
+	return fmt.Sprintf("%d sessions", n)
+}
+
+func (m *Model) selected() *row {
+	if m.cursor < 0 || m.cursor >= len(m.view) {
+		return nil
+	}
+	return &m.view[m.cursor]
+}
+
+func (m *Model) move(d int) {
+	m.cursor = max(min(m.cursor+d, len(m.view)-1), 0)
+	m.scroll()
+}
+
+// scroll keeps the cursor on the screen.
+func (m *Model) scroll() {
+	n := m.rowsOnScreen()
+	if m.cursor < m.top {
+		m.top = m.cursor
+	}
+	if m.cursor >= m.top+n {
+		m.top = m.cursor - n + 1
+	}
+	m.top = max(min(m.top, len(m.view)-n), 0)
+}
+
+func (m *Model) setFilter(s string) {
+	m.filter = strings.ToLower(strings.TrimSpace(s))
+	m.rebuild()
+}
+
+// setFrame takes a new snapshot: marks of sessions that ended are
+// dropped, the cursor stays on the same session when it still is there.
+func (m *Model) setFrame(f *Frame) {
+	m.frame = f
+	m.all = rowsOf(f)
+	live := make(map[ident]bool, len(m.all))
+	for i := range m.all {
+		live[m.all[i].id] = true
+	}
+	for id := range m.marks {
+		if !live[id] {
+			delete(m.marks, id)
+		}
+	}
+	m.rebuild()
+}
+
+// rebuild makes the view from all rows: the filter, then the sort or the
+// blocking tree; the cursor follows its session.
+func (m *Model) rebuild() {
+	var at ident
+	if r := m.selected(); r != nil {
+		at = r.id
+	}
+	now := time.Time{}
+	if m.frame != nil {
+		now = m.frame.Snap.Taken
+	}
+	rows := make([]row, 0, len(m.all))
+	for i := range m.all {
+		if m.all[i].matches(m.filter) {
+			m.all[i].render(now) // once per snapshot, whatever the view
+			rows = append(rows, m.all[i])
+		}
+	}
+	if m.blockers {
+		rows = blockingTree(rows)
+	} else {
+		sortRows(rows, m.sortBy)
+	}
+	m.view = rows
+	m.widths = [ncols]int{}
+	for i := range m.view {
+		m.view[i].render(now)
+		for c, cell := range m.view[i].cells[:colQuery] {
+			m.widths[c] = max(m.widths[c], width(cell))
+		}
+	}
+	for c, w := range columnMax {
+		if w > 0 {
+			m.widths[c] = min(m.widths[c], w)
+		}
+	}
+	for i, title := range titles[:colQuery] {
+		m.widths[i] = max(m.widths[i], width(title))
+	}
+	m.cursor = min(m.cursor, max(len(m.view)-1, 0))
+	for i := range m.view {
+		if m.view[i].id == at {
+			m.cursor = i
+			break
+		}
+	}
+	m.scroll()
+	m.summarize()
+}

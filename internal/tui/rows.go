@@ -1,0 +1,236 @@
+package tui
+
+import (
+	"cmp"
+	"slices"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+// ident names one session: pids are reused, so a mark or the cursor
+// follows (pid, backend_start) across refreshes, never a pid alone.
+type ident struct {
+	pid   int32
+	start int64 // backend_start in microseconds
+}
+
+func identOf(s *activity.Session) ident {
+	return ident{s.PID, s.BackendStart.UnixMicro()}
+}
+
+// row is one line of the table: a session with its parallel workers
+// folded in, and its cells as `ls` shows them.
+type row struct {
+	s       *activity.Session
+	workers []*activity.Session
+	id      ident
+	age     time.Duration // of the current state
+	wait    time.Duration // on a lock, when the server says
+	depth   int           // in the blocking tree
+	cells   []string      // the columns of ls (output.ListTitles)
+	text    string        // what / searches, lower case; made when first needed
+}
+
+// The columns (output.ListTitles) that top changes or colours.
+const (
+	colPID = iota
+	colDB
+	colUser
+	colApp
+	colClient
+	colState
+	colAge
+	colWait
+	colBlockedBy
+	colQuery
+	ncols
+)
+
+// rowsOf folds each parallel worker into its leader's row (the snapshot
+// puts workers right after their leader); a worker whose leader is not in
+// the snapshot (PostgreSQL 12 does not say) is a row of its own.
+func rowsOf(f *Frame) []row {
+	sessions := f.Snap.Sessions
+	rows := make([]row, 0, len(sessions))
+	for i := range sessions {
+		s := &sessions[i]
+		if n := len(rows); n > 0 && s.LeaderPID != 0 && s.LeaderPID != s.PID && rows[n-1].s.PID == s.LeaderPID {
+			rows[n-1].workers = append(rows[n-1].workers, s)
+			continue
+		}
+		rows = append(rows, row{s: s, id: identOf(s), age: s.StateAge(f.Snap.Taken), wait: f.Waits[s.PID]})
+	}
+	return rows
+}
+
+// render makes the row's cells, once.
+func (r *row) render(now time.Time) {
+	if r.cells != nil {
+		return
+	}
+	r.cells = output.ListCells(r.s, now)
+	pid := strconv.Itoa(int(r.s.PID))
+	if r.depth > 0 {
+		pid = strings.Repeat("  ", r.depth-1) + "└ " + pid
+	}
+	if n := len(r.workers); n > 0 {
+		pid += " +" + strconv.Itoa(n) // its parallel workers, folded
+	}
+	r.cells[colPID] = pid
+	if r.wait > 0 {
+		r.cells[colWait] += " " + output.Age(r.wait)
+	}
+}
+
+// matches reports whether the row's database, user, application, client,
+// pid or query contains the lower-case needle.
+func (r *row) matches(needle string) bool {
+	if needle == "" {
+		return true
+	}
+	if r.text == "" {
+		client := ""
+		if r.s.ClientAddr.IsValid() {
+			client = r.s.ClientAddr.String()
+		}
+		r.text = strings.ToLower(strings.Join([]string{
+			strconv.Itoa(int(r.s.PID)), r.s.Datname, r.s.Usename, r.s.ApplicationName, client, r.s.Query,
+		}, "\x00"))
+	}
+	return strings.Contains(r.text, needle)
+}
+
+// sortKey is what `s` cycles through.
+type sortKey int
+
+const (
+	byAge sortKey = iota
+	byState
+	byDB
+	byUser
+	byApp
+	nsortKeys
+)
+
+func (k sortKey) String() string {
+	return [...]string{"age", "state", "db", "user", "app"}[k]
+}
+
+// stateRank orders states by how much they tend to matter in an incident.
+func stateRank(state string) int {
+	switch state {
+	case "active":
+		return 0
+	case "idle in transaction":
+		return 1
+	case "idle in transaction (aborted)":
+		return 2
+	case "fastpath function call":
+		return 3
+	case "idle":
+		return 5
+	}
+	return 4
+}
+
+// sortRows sorts by the key, then by age (oldest first), then by pid.
+func sortRows(rows []row, k sortKey) {
+	slices.SortStableFunc(rows, func(a, b row) int {
+		var c int
+		switch k {
+		case byState:
+			c = cmp.Compare(stateRank(a.s.State), stateRank(b.s.State))
+		case byDB:
+			c = strings.Compare(a.s.Datname, b.s.Datname)
+		case byUser:
+			c = strings.Compare(a.s.Usename, b.s.Usename)
+		case byApp:
+			c = strings.Compare(a.s.ApplicationName, b.s.ApplicationName)
+		}
+		if c != 0 {
+			return c
+		}
+		if c = cmp.Compare(b.age, a.age); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.s.PID, b.s.PID)
+	})
+}
+
+// blockingTree keeps the sessions that block or wait: each root (a
+// session waiting for no one shown) first, the sessions queued behind it
+// indented under it, longest wait first. Roots come oldest first. A
+// session is shown once, under the first blocker that reaches it.
+func blockingTree(rows []row) []row {
+	at := make(map[int32]int, len(rows))
+	for i := range rows {
+		at[rows[i].s.PID] = i
+	}
+	waiters := map[int32][]int{}
+	for i := range rows {
+		for _, b := range rows[i].s.BlockedBy {
+			if _, ok := at[b]; ok && b != rows[i].s.PID && !slices.Contains(waiters[b], i) {
+				waiters[b] = append(waiters[b], i)
+			}
+		}
+	}
+	for _, w := range waiters {
+		slices.SortStableFunc(w, func(a, b int) int {
+			if c := cmp.Compare(rows[b].wait, rows[a].wait); c != 0 {
+				return c
+			}
+			return cmp.Compare(rows[a].s.PID, rows[b].s.PID)
+		})
+	}
+	involved := func(r *row) bool { return len(r.s.BlockedBy) > 0 || len(waiters[r.s.PID]) > 0 }
+	isRoot := func(r *row) bool {
+		for _, b := range r.s.BlockedBy {
+			if _, ok := at[b]; ok {
+				return false
+			}
+		}
+		return true
+	}
+	var roots []int
+	for i := range rows {
+		if involved(&rows[i]) && isRoot(&rows[i]) {
+			roots = append(roots, i)
+		}
+	}
+	slices.SortStableFunc(roots, func(a, b int) int {
+		if c := cmp.Compare(rows[b].age, rows[a].age); c != 0 {
+			return c
+		}
+		return cmp.Compare(rows[a].s.PID, rows[b].s.PID)
+	})
+	var out []row
+	seen := make([]bool, len(rows))
+	var walk func(i, depth int)
+	walk = func(i, depth int) {
+		if seen[i] {
+			return
+		}
+		seen[i] = true
+		r := rows[i]
+		r.depth, r.cells = depth, nil
+		out = append(out, r)
+		for _, w := range waiters[r.s.PID] {
+			walk(w, depth+1)
+		}
+	}
+	for _, i := range roots {
+		walk(i, 0)
+	}
+	// What is left waits in a cycle (a deadlock the server is about to
+	// break): each is shown from wherever it is first met.
+	for i := range rows {
+		if involved(&rows[i]) {
+			walk(i, 0)
+		}
+	}
+	return out
+}

@@ -1,0 +1,141 @@
+package tui
+
+import (
+	"context"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// Frame is one refresh: a snapshot and what the header needs.
+type Frame struct {
+	Snap *activity.Snapshot
+	// Waits is how long each session waiting on a lock has waited (nil
+	// when none waits).
+	Waits map[int32]time.Duration
+	// Server names the server for the header: host:port and version.
+	Server string
+}
+
+// Source is where the model gets its frames and sends its actions. Calls
+// come from commands, one at a time, never from Update.
+type Source interface {
+	// Frame takes a snapshot.
+	Frame(ctx context.Context) (*Frame, error)
+	// Act cancels or terminates sessions of a frame's snapshot, each by
+	// the identity the snapshot saw.
+	Act(ctx context.Context, kind action.Kind, snap *activity.Snapshot, sessions []activity.Session) ([]action.Result, error)
+}
+
+// actWait is how long an action waits for the sessions to be gone (their
+// query ended, for a cancel), as cancel and terminate do by default.
+const actWait = 5 * time.Second
+
+// DB is the Source of a live server: one connection, opened again when it
+// is lost.
+type DB struct {
+	connect func(context.Context) (*pgx.Conn, error)
+	sel     *selector.Selector
+
+	mu   sync.Mutex // one statement at a time on conn
+	conn *pgx.Conn
+}
+
+// NewDB is a Source over a connection (opened by the caller, so that a
+// first failure is reported before the screen changes); connect opens
+// another when it is lost. sel narrows every snapshot.
+func NewDB(conn *pgx.Conn, connect func(context.Context) (*pgx.Conn, error), sel *selector.Selector) *DB {
+	if sel == nil {
+		sel = &selector.Selector{}
+	}
+	return &DB{conn: conn, connect: connect, sel: sel}
+}
+
+// Close closes the connection, after the statement running on it (its
+// context should be cancelled first).
+func (d *DB) Close(ctx context.Context) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn != nil {
+		_ = d.conn.Close(ctx)
+		d.conn = nil
+	}
+}
+
+// session returns the connection, opened again if it was lost. Called
+// with mu held.
+func (d *DB) session(ctx context.Context) (*pgx.Conn, error) {
+	if d.conn != nil && !d.conn.IsClosed() {
+		return d.conn, nil
+	}
+	d.conn = nil
+	c, err := d.connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	d.conn = c
+	return c, nil
+}
+
+// Frame takes a snapshot, and the lock waits when someone waits.
+func (d *DB) Frame(ctx context.Context) (*Frame, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	conn, err := d.session(ctx)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := activity.Take(ctx, conn, d.sel.Filter())
+	if err != nil {
+		return nil, err
+	}
+	kept := snap.Sessions[:0]
+	waiting := false
+	for i := range snap.Sessions {
+		if d.sel.Keep(&snap.Sessions[i]) {
+			kept = append(kept, snap.Sessions[i])
+			waiting = waiting || len(snap.Sessions[i].BlockedBy) > 0
+		}
+	}
+	snap.Sessions = kept
+	f := &Frame{Snap: snap, Server: serverName(conn)}
+	if waiting {
+		// A second statement only when there is a wait to time.
+		if f.Waits, err = maintenance.Waits(ctx, conn); err != nil {
+			return nil, err
+		}
+	}
+	return f, nil
+}
+
+// Act plans the sessions by their identities in snap and carries the plan
+// out: protections, the guarded statement, the wait.
+func (d *DB) Act(ctx context.Context, kind action.Kind, snap *activity.Snapshot, sessions []activity.Session) ([]action.Result, error) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.conn == nil || d.conn.IsClosed() {
+		// A new connection may be to a restarted server; the plan says
+		// which server run it was made on, and Execute refuses another.
+		if _, err := d.session(ctx); err != nil {
+			return nil, err
+		}
+	}
+	pids := make([]int32, len(sessions))
+	for i := range sessions {
+		pids[i] = sessions[i].PID
+	}
+	plan := action.NewPlan(d.conn, snap, sessions, action.Request{Action: kind, PIDs: pids})
+	return action.Execute(ctx, d.conn, plan, action.Options{Wait: actWait})
+}
+
+func serverName(conn *pgx.Conn) string {
+	cfg := conn.Config()
+	return fmt.Sprintf("%s:%d/%s · PostgreSQL %s", cfg.Host, cfg.Port, cfg.Database, conn.PgConn().ParameterStatus("server_version"))
+}

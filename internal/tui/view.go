@@ -1,0 +1,500 @@
+package tui
+
+import (
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/charmbracelet/lipgloss"
+	"github.com/mattn/go-runewidth"
+
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+var (
+	titles = output.ListTitles()
+	// columnMax caps a column, as ls does, so that one long name does not
+	// push the query off the screen.
+	columnMax = [ncols]int{colDB: 16, colUser: 16, colApp: 20, colClient: 39, colWait: 28, colBlockedBy: 24}
+)
+
+// The smallest screen top draws on.
+const (
+	minWidth  = 40
+	minHeight = 8
+)
+
+// A query whose age passes these is worth a look, then worth acting on.
+const (
+	ageWarn  = time.Minute
+	ageAlarm = 10 * time.Minute
+)
+
+// styles are the colours; without a renderer, text stays plain.
+type styles struct {
+	on                                              bool
+	bold, dim, cursor, mark, green, yellow, red, hi lipgloss.Style
+}
+
+func newStyles(r *lipgloss.Renderer) styles {
+	if r == nil {
+		return styles{}
+	}
+	c := func(n string) lipgloss.Style { return r.NewStyle().Foreground(lipgloss.Color(n)) }
+	return styles{
+		on:     true,
+		bold:   r.NewStyle().Bold(true),
+		dim:    r.NewStyle().Faint(true),
+		cursor: r.NewStyle().Reverse(true),
+		mark:   c("5").Bold(true),
+		green:  c("2"),
+		yellow: c("3"),
+		red:    c("1"),
+		hi:     c("6"),
+	}
+}
+
+func (st *styles) paint(s lipgloss.Style, text string) string {
+	if !st.on || text == "" {
+		return text
+	}
+	return s.Render(text)
+}
+
+func width(s string) int { return runewidth.StringWidth(s) }
+
+// clean: text from the server, or an error that quotes it, made safe for
+// one line of the terminal.
+func clean(s string) string { return output.Clean(s) }
+
+const blanks = "                                                                                " +
+	"                                                                                "
+
+// pad writes text and spaces up to w columns.
+func pad(b *strings.Builder, text string, w int) {
+	b.WriteString(text)
+	for n := w - width(text); n > 0; n -= len(blanks) {
+		b.WriteString(blanks[:min(n, len(blanks))])
+	}
+}
+
+// View draws the screen; it reads the model and changes nothing.
+func (m *Model) View() string {
+	if m.width <= 0 || m.height <= 0 {
+		return ""
+	}
+	if m.width < minWidth || m.height < minHeight {
+		return output.Cut(fmt.Sprintf("terminal too small (%dx%d, need %dx%d); q quits", m.width, m.height, minWidth, minHeight), m.width)
+	}
+	switch {
+	case m.help:
+		return m.fit(helpLines(m.opt.ReadOnly))
+	case m.detail:
+		if r := m.selected(); r != nil {
+			return m.fit(m.detailLines(r))
+		}
+	}
+	var b strings.Builder
+	b.Grow((m.height + 1) * (m.width + 16))
+	b.WriteString(m.cutLine(m.headerLine()))
+	b.WriteByte('\n')
+	b.WriteString(m.cutLine(m.summary))
+	b.WriteByte('\n')
+	b.WriteString(m.st.paint(m.st.bold, m.cutLine(m.line(titles))))
+	n := m.rowsOnScreen()
+	for i := m.top; i < m.top+n && i < len(m.view); i++ {
+		b.WriteByte('\n')
+		b.WriteString(m.rowLine(i))
+	}
+	if len(m.view) == 0 && m.frame != nil {
+		b.WriteString("\n" + m.cutLine("  (no session to show)"))
+		n--
+	}
+	for i := len(m.view) - m.top; i < n; i++ {
+		b.WriteByte('\n')
+	}
+	for _, l := range m.footer() {
+		b.WriteByte('\n')
+		b.WriteString(l)
+	}
+	return b.String()
+}
+
+// rowsOnScreen is how many table rows fit between the header and the
+// footer.
+func (m *Model) rowsOnScreen() int {
+	return max(m.height-3-len(m.footer()), 1)
+}
+
+func (m *Model) headerLine() string {
+	h := m.st.paint(m.st.bold, "pgreap top")
+	switch {
+	case m.frame == nil && m.stale == nil:
+		return h + " · connecting…"
+	case m.frame != nil:
+		h += " · " + clean(m.frame.Server) + " · " + m.frame.Snap.Taken.Format("15:04:05") + " every " + m.opt.Interval.String()
+	}
+	if m.opt.ReadOnly {
+		h += " · read-only"
+	}
+	if m.stale != nil {
+		h += " · " + m.st.paint(m.st.red, "refresh failed, retrying: "+clean(m.stale.Error()))
+	}
+	return h
+}
+
+// summarize makes the header's second line: connections by state, the
+// longest transaction, the lock waits, and how the view is made.
+func (m *Model) summarize() {
+	if m.frame == nil {
+		m.summary = ""
+		return
+	}
+	var states = map[string]int{}
+	workers, waiting := 0, 0
+	var longest time.Duration
+	var longestPID int32
+	for i := range m.all {
+		s := m.all[i].s
+		states[s.State]++
+		workers += len(m.all[i].workers)
+		if len(s.BlockedBy) > 0 {
+			waiting++
+		}
+		if !s.XactStart.IsZero() && m.frame.Snap.Taken.Sub(s.XactStart) > longest {
+			longest, longestPID = m.frame.Snap.Taken.Sub(s.XactStart), s.PID
+		}
+	}
+	parts := []string{fmt.Sprintf("%d sessions: %d active", len(m.all), states["active"])}
+	parts = append(parts, fmt.Sprintf("%d idle", states["idle"]))
+	iit := states["idle in transaction"] + states["idle in transaction (aborted)"]
+	if iit > 0 {
+		parts = append(parts, m.st.paint(m.st.yellow, fmt.Sprintf("%d idle in transaction", iit)))
+	}
+	if waiting > 0 {
+		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("%d waiting on locks", waiting)))
+	}
+	if workers > 0 {
+		parts = append(parts, fmt.Sprintf("%d parallel workers", workers))
+	}
+	if longest > 0 {
+		parts = append(parts, fmt.Sprintf("longest transaction %s (pid %d)", output.Age(longest), longestPID))
+	}
+	if len(m.marks) > 0 {
+		parts = append(parts, m.st.paint(m.st.mark, fmt.Sprintf("%d marked", len(m.marks))))
+	}
+	if m.blockers {
+		parts = append(parts, m.st.paint(m.st.hi, "blocking tree"))
+	} else {
+		parts = append(parts, "sort "+m.sortBy.String())
+	}
+	if m.filter != "" {
+		parts = append(parts, m.st.paint(m.st.hi, fmt.Sprintf("filter %q: %d shown", m.filter, len(m.view))))
+	}
+	m.summary = strings.Join(parts, " · ")
+}
+
+// line lays out cells in the columns; the query takes what is left.
+func (m *Model) line(cells []string) string {
+	var b strings.Builder
+	b.WriteString("  ")
+	used := 2
+	for c := 0; c < colQuery; c++ {
+		cell := output.Cut(cells[c], m.widths[c])
+		pad(&b, cell, m.widths[c]+2)
+		used += m.widths[c] + 2
+	}
+	b.WriteString(output.Cut(cells[colQuery], max(m.width-used, 0)))
+	return b.String()
+}
+
+// rowLine draws row i of the view: the cursor, the mark, the cells,
+// coloured by state and age unless it is under the cursor.
+func (m *Model) rowLine(i int) string {
+	r := &m.view[i]
+	cur, mark := " ", " "
+	if i == m.cursor {
+		cur = ">"
+	}
+	if m.marks[r.id] {
+		mark = "*"
+	}
+	if i == m.cursor || !m.st.on {
+		l := cur + mark + m.cutLine(m.line(r.cells))[2:]
+		if i == m.cursor && m.st.on {
+			var b strings.Builder
+			pad(&b, l, m.width)
+			return m.st.paint(m.st.cursor, b.String())
+		}
+		return l
+	}
+	var b strings.Builder
+	b.WriteString(cur)
+	if mark == "*" {
+		mark = m.st.paint(m.st.mark, mark)
+	}
+	b.WriteString(mark)
+	used := 2
+	for c := 0; c < colQuery; c++ {
+		w := m.widths[c]
+		if used+w > m.width {
+			w = max(m.width-used, 0)
+		}
+		cell := output.Cut(r.cells[c], w)
+		b.WriteString(m.st.paint(m.cellStyle(r, c), cell))
+		used += width(cell)
+		n := min(m.widths[c]+2-width(cell), max(m.width-used, 0))
+		b.WriteString(blanks[:min(n, len(blanks))])
+		used += n
+	}
+	b.WriteString(output.Cut(r.cells[colQuery], max(m.width-used, 0)))
+	return b.String()
+}
+
+func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
+	s := r.s
+	switch c {
+	case colState:
+		switch s.State {
+		case "active":
+			return m.st.green
+		case "idle in transaction":
+			return m.st.yellow
+		case "idle in transaction (aborted)":
+			return m.st.red
+		case "idle":
+			return m.st.dim
+		}
+	case colAge:
+		if s.State == "idle" {
+			return m.st.dim
+		}
+		switch {
+		case r.age >= ageAlarm:
+			return m.st.red
+		case r.age >= ageWarn:
+			return m.st.yellow
+		}
+	case colWait:
+		if s.WaitEventType == "Lock" {
+			return m.st.red
+		}
+	case colBlockedBy:
+		return m.st.red
+	case colPID:
+		if len(r.workers) > 0 {
+			return m.st.hi
+		}
+	}
+	return lipgloss.Style{}
+}
+
+// cutLine cuts a line with no escape sequences to the screen's width.
+func (m *Model) cutLine(s string) string {
+	if m.st.on && strings.Contains(s, "\x1b") {
+		return lipgloss.NewStyle().MaxWidth(m.width).Render(s)
+	}
+	return output.Cut(s, m.width)
+}
+
+// footer is the bottom of the screen: the question, the filter being
+// typed, the status of the last action, or the keys.
+func (m *Model) footer() []string {
+	switch {
+	case m.ask != nil:
+		return m.questionLines()
+	case m.typing:
+		return []string{m.input.View() + "   " + m.st.paint(m.st.dim, "enter apply · esc clear")}
+	case m.status != "":
+		st := m.st.green
+		if m.bad {
+			st = m.st.red
+		}
+		return []string{m.st.paint(st, m.cutLine(m.status))}
+	}
+	keys := "↑↓/jk move · space mark · c cancel · t terminate · / filter · s sort · b blockers · enter details · ? help · q quit"
+	if m.opt.ReadOnly {
+		keys = "↑↓/jk move · / filter · s sort · b blockers · enter details · ? help · q quit · read-only"
+	}
+	return []string{m.st.paint(m.st.dim, m.cutLine(keys))}
+}
+
+// maxAsked is how many sessions a question lists before "and N more".
+const maxAsked = 5
+
+// questionLines name what y will do: how many sessions, and which.
+func (m *Model) questionLines() []string {
+	q := m.ask
+	verb := map[bool]string{true: "cancel the query of", false: "terminate"}[q.kind == "cancel"]
+	lines := []string{m.st.paint(m.st.yellow, m.cutLine(fmt.Sprintf("%s %s? y/n", verb, sessionCount(len(q.sessions)))))}
+	for i := range q.sessions {
+		if i == maxAsked && len(q.sessions) > maxAsked+1 {
+			lines = append(lines, m.cutLine(fmt.Sprintf("  … and %d more", len(q.sessions)-maxAsked)))
+			break
+		}
+		lines = append(lines, m.cutLine("  "+describe(&q.sessions[i], q.snap.Taken)))
+	}
+	return lines
+}
+
+// describe is one session in a line: enough to know it is the right one.
+func describe(s *activity.Session, now time.Time) string {
+	c := output.ListCells(s, now)
+	who := c[colUser] + "@" + c[colDB]
+	if c[colApp] != "" {
+		who += " " + c[colApp]
+	}
+	if c[colClient] != "" {
+		who += " " + c[colClient]
+	}
+	state := c[colState]
+	if c[colAge] != "" {
+		state += " " + c[colAge]
+	}
+	return fmt.Sprintf("%d %s, %s: %s", s.PID, who, state, c[colQuery])
+}
+
+// fit cuts lines to the screen.
+func (m *Model) fit(lines []string) string {
+	if len(lines) > m.height {
+		lines = lines[:m.height]
+	}
+	for i, l := range lines {
+		lines[i] = m.cutLine(l)
+	}
+	return strings.Join(lines, "\n")
+}
+
+func helpLines(readOnly bool) []string {
+	lines := []string{
+		"pgreap top: keys",
+		"",
+		"  ↑ ↓  j k     move            PgUp PgDn  page       g G  first, last",
+		"  space        mark the session (marks follow the session, not the pid)",
+		"  c            cancel the query of the marked sessions, or of the selected one",
+		"  t            terminate the marked sessions, or the selected one",
+		"  /            filter on db, user, app, client, pid, query (enter applies, esc clears)",
+		"  s            sort: age, state, db, user, app",
+		"  b            blocking tree only: the roots, the sessions queued behind them",
+		"  enter        every field of the session and its whole query",
+		"  esc          clear the status line and the filter",
+		"  ?            this help             q  quit",
+		"",
+		"c and t ask y/n first, naming the sessions. The statement that signals re-checks",
+		"each session's identity (pid and backend_start, and for a cancel query_start):",
+		"a session that moved on is reported changed and left alone. Parallel workers",
+		"(+N after a pid) die with their leader; pgreap's own session, walsenders and",
+		"autovacuum workers are protected. Terminate waits up to 5s for each to be gone.",
+	}
+	if readOnly {
+		lines = append(lines, "", "read-only (--read-only): c and t are off.")
+	}
+	return append(lines, "", "any key: back")
+}
+
+// detailLines are every field of a session and its whole query.
+func (m *Model) detailLines(r *row) []string {
+	s := r.s
+	ts := func(t time.Time) string {
+		if t.IsZero() {
+			return ""
+		}
+		return t.Format("2006-01-02 15:04:05.000000Z07:00")
+	}
+	now := m.frame.Snap.Taken
+	state := s.State
+	if r.age > 0 {
+		state += " for " + output.Age(r.age)
+	}
+	wait := s.WaitEventType
+	if s.WaitEvent != "" {
+		wait += ":" + s.WaitEvent
+	}
+	if r.wait > 0 {
+		wait += " for " + output.Age(r.wait)
+	}
+	client := ""
+	if s.ClientAddr.IsValid() {
+		client = s.ClientAddr.String()
+	}
+	xact := ts(s.XactStart)
+	if !s.XactStart.IsZero() {
+		xact += " (" + output.Age(now.Sub(s.XactStart)) + ")"
+	}
+	fields := [][2]string{
+		{"pid", strconv.Itoa(int(s.PID))},
+		{"leader_pid", pidOrEmpty(s.LeaderPID)},
+		{"datname", s.Datname},
+		{"usename", s.Usename},
+		{"application_name", s.ApplicationName},
+		{"client_addr", client},
+		{"backend_type", s.BackendType},
+		{"state", state},
+		{"backend_start", ts(s.BackendStart)},
+		{"xact_start", xact},
+		{"query_start", ts(s.QueryStart)},
+		{"state_change", ts(s.StateChange)},
+		{"wait_event", wait},
+		{"blocked_by", joinPIDs(s.BlockedBy)},
+	}
+	if m.frame.Snap.HasQueryID() && s.QueryID != 0 {
+		fields = append(fields, [2]string{"query_id", strconv.FormatInt(s.QueryID, 10)})
+	}
+	if len(r.workers) > 0 {
+		pids := make([]int32, len(r.workers))
+		for i, w := range r.workers {
+			pids[i] = w.PID
+		}
+		fields = append(fields, [2]string{"parallel workers", joinPIDs(pids)})
+	}
+	lines := []string{m.st.paint(m.st.bold, fmt.Sprintf("session %d", s.PID)) + "   " + m.st.paint(m.st.dim, "esc: back"), ""}
+	for _, f := range fields {
+		lines = append(lines, fmt.Sprintf("  %-18s %s", f[0], clean(f[1])))
+	}
+	lines = append(lines, "", "  query:")
+	for _, l := range strings.Split(strings.ReplaceAll(s.Query, "\t", "    "), "\n") {
+		l = strings.TrimRight(l, "\r ")
+		if strings.TrimSpace(l) == "" {
+			lines = append(lines, "")
+			continue
+		}
+		indent := len(l) - len(strings.TrimLeft(l, " "))
+		l = clean(l) // one line: no control characters
+		lines = append(lines, wrap("    "+strings.Repeat(" ", min(indent, 40))+l, max(m.width, 8))...)
+	}
+	if len(lines) > m.height {
+		lines = append(lines[:m.height-1], m.st.paint(m.st.dim, fmt.Sprintf("  … %d more lines", len(lines)-m.height+1)))
+	}
+	return lines
+}
+
+// wrap cuts a line into lines of at most w columns.
+func wrap(s string, w int) []string {
+	var out []string
+	for width(s) > w {
+		head := runewidth.Truncate(s, w, "")
+		if head == "" {
+			break
+		}
+		out = append(out, head)
+		s = "    " + s[len(head):]
+	}
+	return append(out, s)
+}
+
+func pidOrEmpty(p int32) string {
+	if p == 0 {
+		return ""
+	}
+	return strconv.Itoa(int(p))
+}
+
+func joinPIDs(pids []int32) string {
+	s := make([]string, len(pids))
+	for i, p := range pids {
+		s[i] = strconv.Itoa(int(p))
+	}
+	return strings.Join(s, ", ")
+}
