@@ -97,7 +97,7 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 	ctx, cancel := context.WithCancel(ctx)
 	src := tui.NewDB(conn, opts.Connect, sel)
 	defer src.Close(context.WithoutCancel(ctx))
-	defer cancel() // first: a statement in flight ends, then Close
+	defer cancel()                  // first: a statement in flight ends, then Close
 	var renderer *lipgloss.Renderer // nil: plain
 	if opts.Color {
 		renderer = lipgloss.NewRenderer(opts.IO.Out)

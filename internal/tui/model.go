@@ -37,15 +37,16 @@ type Model struct {
 
 	width, height int
 
-	frame    *Frame    // the latest snapshot
-	stale    error     // the last refresh failed with it
-	loading  bool      // a snapshot is in flight
-	acting   bool      // an action is in flight
-	deferred bool      // a refresh came due while acting
-	all      []row     // every row of the frame
-	view     []row     // the rows shown: filtered, sorted, or the blocking tree
-	summary  string    // the header's second line, made with the frame
+	frame    *Frame     // the latest snapshot
+	stale    error      // the last refresh failed with it
+	loading  bool       // a snapshot is in flight
+	acting   bool       // an action is in flight
+	deferred bool       // a refresh came due while acting
+	all      []row      // every row of the frame
+	view     []row      // the rows shown: filtered, sorted, or the blocking tree
+	summary  string     // the header's second line, made with the frame
 	widths   [ncols]int // of the columns, over the view
+	cols     []int      // the columns shown, but the query: those that fit
 	cursor   int        // in view
 	top      int        // the first row on the screen
 	marks    map[ident]bool
@@ -128,6 +129,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
 		m.input.Width = max(msg.Width-30, 10) // room for the hint
+		m.layout()
 		m.scroll()
 		return m, nil
 	case frameMsg:
@@ -455,6 +457,7 @@ func (m *Model) rebuild() {
 	for i, title := range titles[:colQuery] {
 		m.widths[i] = max(m.widths[i], width(title))
 	}
+	m.layout()
 	m.cursor = min(m.cursor, max(len(m.view)-1, 0))
 	for i := range m.view {
 		if m.view[i].id == at {

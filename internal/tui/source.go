@@ -3,6 +3,7 @@ package tui
 import (
 	"context"
 	"fmt"
+	"strings"
 	"sync"
 	"time"
 
@@ -137,5 +138,6 @@ func (d *DB) Act(ctx context.Context, kind action.Kind, snap *activity.Snapshot,
 
 func serverName(conn *pgx.Conn) string {
 	cfg := conn.Config()
-	return fmt.Sprintf("%s:%d/%s · PostgreSQL %s", cfg.Host, cfg.Port, cfg.Database, conn.PgConn().ParameterStatus("server_version"))
+	version, _, _ := strings.Cut(conn.PgConn().ParameterStatus("server_version"), " ") // "15.4 (Debian 15.4-1)"
+	return fmt.Sprintf("%s:%d/%s · PostgreSQL %s", cfg.Host, cfg.Port, cfg.Database, version)
 }

@@ -26,6 +26,36 @@ const (
 	minHeight = 8
 )
 
+// minQueryWidth is the least room the query gets before columns are
+// left out (dropOrder), on a narrow terminal.
+const minQueryWidth = 24
+
+// dropOrder is the order in which columns give way to the query; pid,
+// state and age always stay (enter shows every field).
+var dropOrder = []int{colClient, colApp, colDB, colUser, colWait, colBlockedBy}
+
+// layout chooses the columns that fit the screen.
+func (m *Model) layout() {
+	m.cols = m.cols[:0]
+	used := 2 + minQueryWidth
+	for c := 0; c < colQuery; c++ {
+		used += m.widths[c] + 2
+	}
+	dropped := map[int]bool{}
+	for _, c := range dropOrder {
+		if used <= m.width {
+			break
+		}
+		dropped[c] = true
+		used -= m.widths[c] + 2
+	}
+	for c := 0; c < colQuery; c++ {
+		if !dropped[c] {
+			m.cols = append(m.cols, c)
+		}
+	}
+}
+
 // A query whose age passes these is worth a look, then worth acting on.
 const (
 	ageWarn  = time.Minute
@@ -86,7 +116,7 @@ func (m *Model) View() string {
 		return ""
 	}
 	if m.width < minWidth || m.height < minHeight {
-		return output.Cut(fmt.Sprintf("terminal too small (%dx%d, need %dx%d); q quits", m.width, m.height, minWidth, minHeight), m.width)
+		return output.Cut(fmt.Sprintf("too small: %dx%d < %dx%d", m.width, m.height, minWidth, minHeight), m.width)
 	}
 	switch {
 	case m.help:
@@ -139,8 +169,19 @@ func (m *Model) headerLine() string {
 	if m.opt.ReadOnly {
 		h += " · read-only"
 	}
+	if m.blockers {
+		h += " · " + m.st.paint(m.st.hi, "blocking tree")
+	} else {
+		h += " · sort " + m.sortBy.String()
+	}
+	if m.filter != "" {
+		h += " · " + m.st.paint(m.st.hi, fmt.Sprintf("filter %q: %d shown", m.filter, len(m.view)))
+	}
+	if len(m.marks) > 0 {
+		h += " · " + m.st.paint(m.st.mark, fmt.Sprintf("%d marked", len(m.marks)))
+	}
 	if m.stale != nil {
-		h += " · " + m.st.paint(m.st.red, "refresh failed, retrying: "+clean(m.stale.Error()))
+		h += " · " + m.st.paint(m.st.red, "stale")
 	}
 	return h
 }
@@ -167,11 +208,10 @@ func (m *Model) summarize() {
 			longest, longestPID = m.frame.Snap.Taken.Sub(s.XactStart), s.PID
 		}
 	}
-	parts := []string{fmt.Sprintf("%d sessions: %d active", len(m.all), states["active"])}
-	parts = append(parts, fmt.Sprintf("%d idle", states["idle"]))
+	parts := []string{fmt.Sprintf("%d sessions: %d active, %d idle", len(m.all), states["active"], states["idle"])}
 	iit := states["idle in transaction"] + states["idle in transaction (aborted)"]
 	if iit > 0 {
-		parts = append(parts, m.st.paint(m.st.yellow, fmt.Sprintf("%d idle in transaction", iit)))
+		parts[0] += m.st.paint(m.st.yellow, fmt.Sprintf(", %d idle in transaction", iit))
 	}
 	if waiting > 0 {
 		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("%d waiting on locks", waiting)))
@@ -182,17 +222,6 @@ func (m *Model) summarize() {
 	if longest > 0 {
 		parts = append(parts, fmt.Sprintf("longest transaction %s (pid %d)", output.Age(longest), longestPID))
 	}
-	if len(m.marks) > 0 {
-		parts = append(parts, m.st.paint(m.st.mark, fmt.Sprintf("%d marked", len(m.marks))))
-	}
-	if m.blockers {
-		parts = append(parts, m.st.paint(m.st.hi, "blocking tree"))
-	} else {
-		parts = append(parts, "sort "+m.sortBy.String())
-	}
-	if m.filter != "" {
-		parts = append(parts, m.st.paint(m.st.hi, fmt.Sprintf("filter %q: %d shown", m.filter, len(m.view))))
-	}
 	m.summary = strings.Join(parts, " · ")
 }
 
@@ -201,7 +230,7 @@ func (m *Model) line(cells []string) string {
 	var b strings.Builder
 	b.WriteString("  ")
 	used := 2
-	for c := 0; c < colQuery; c++ {
+	for _, c := range m.cols {
 		cell := output.Cut(cells[c], m.widths[c])
 		pad(&b, cell, m.widths[c]+2)
 		used += m.widths[c] + 2
@@ -237,7 +266,7 @@ func (m *Model) rowLine(i int) string {
 	}
 	b.WriteString(mark)
 	used := 2
-	for c := 0; c < colQuery; c++ {
+	for _, c := range m.cols {
 		w := m.widths[c]
 		if used+w > m.width {
 			w = max(m.width-used, 0)
@@ -307,6 +336,8 @@ func (m *Model) footer() []string {
 		return m.questionLines()
 	case m.typing:
 		return []string{m.input.View() + "   " + m.st.paint(m.st.dim, "enter apply · esc clear")}
+	case m.stale != nil:
+		return []string{m.st.paint(m.st.red, m.cutLine("refresh failed, retrying every "+m.opt.Interval.String()+": "+clean(m.stale.Error())))}
 	case m.status != "":
 		st := m.st.green
 		if m.bad {

@@ -1,0 +1,385 @@
+package tui
+
+import (
+	"context"
+	"errors"
+	"net/netip"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	tea "github.com/charmbracelet/bubbletea"
+	"github.com/charmbracelet/lipgloss"
+	"github.com/charmbracelet/x/exp/golden"
+	"github.com/charmbracelet/x/exp/teatest"
+	"github.com/muesli/termenv"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+// The model tests feed fixed frames (no server: what is tested here is
+// the screen and the keys); db_test.go runs the model on a real server.
+
+var taken = time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
+
+func ago(d time.Duration) time.Time { return taken.Add(-d) }
+
+// incident is a server in trouble: a parallel report, a transaction left
+// open that two sessions queue behind, an application name with an escape
+// sequence, an autovacuum worker.
+func incident() *Frame {
+	addr := netip.MustParseAddr
+	s := []activity.Session{
+		{PID: 101, Datname: "postgres", Usename: "app", ApplicationName: "web-1", ClientAddr: addr("10.0.0.5"), BackendType: "client backend",
+			State: "idle", BackendStart: ago(time.Hour), QueryStart: ago(2 * time.Minute), StateChange: ago(2 * time.Minute),
+			WaitEventType: "Client", WaitEvent: "ClientRead", Query: "SELECT 1"},
+		{PID: 102, Datname: "shop", Usename: "alice", ApplicationName: "report", ClientAddr: addr("10.0.0.7"), BackendType: "client backend",
+			State: "active", BackendStart: ago(20 * time.Minute), XactStart: ago(12 * time.Minute), QueryStart: ago(12 * time.Minute), StateChange: ago(12 * time.Minute),
+			Query: "SELECT customer_id, sum(total)\n  FROM orders\n GROUP BY customer_id\n ORDER BY 2 DESC"},
+		{PID: 103, LeaderPID: 102, Datname: "shop", Usename: "alice", BackendType: "parallel worker", State: "active",
+			BackendStart: ago(12 * time.Minute), QueryStart: ago(12 * time.Minute), StateChange: ago(12 * time.Minute), Query: "SELECT customer_id, sum(total)"},
+		{PID: 104, LeaderPID: 102, Datname: "shop", Usename: "alice", BackendType: "parallel worker", State: "active",
+			BackendStart: ago(12 * time.Minute), QueryStart: ago(12 * time.Minute), StateChange: ago(12 * time.Minute), Query: "SELECT customer_id, sum(total)"},
+		{PID: 105, Datname: "shop", Usename: "bob", ApplicationName: "billing", ClientAddr: addr("10.0.0.9"), BackendType: "client backend",
+			State: "idle in transaction", BackendStart: ago(time.Hour), XactStart: ago(4 * time.Minute), QueryStart: ago(3 * time.Minute), StateChange: ago(3 * time.Minute),
+			WaitEventType: "Client", WaitEvent: "ClientRead", Query: "UPDATE accounts SET balance = balance - 10 WHERE id = 7"},
+		{PID: 106, Datname: "shop", Usename: "carol", ApplicationName: "checkout", ClientAddr: addr("10.0.0.11"), BackendType: "client backend",
+			State: "active", BackendStart: ago(time.Hour), XactStart: ago(40 * time.Second), QueryStart: ago(40 * time.Second), StateChange: ago(40 * time.Second),
+			WaitEventType: "Lock", WaitEvent: "transactionid", BlockedBy: []int32{105}, Query: "UPDATE accounts SET balance = balance + 10 WHERE id = 7"},
+		{PID: 107, Datname: "shop", Usename: "dave", ApplicationName: "checkout", ClientAddr: addr("10.0.0.12"), BackendType: "client backend",
+			State: "active", BackendStart: ago(time.Hour), XactStart: ago(20 * time.Second), QueryStart: ago(20 * time.Second), StateChange: ago(20 * time.Second),
+			WaitEventType: "Lock", WaitEvent: "tuple", BlockedBy: []int32{106}, Query: "UPDATE accounts SET flag = true WHERE id = 7"},
+		{PID: 108, Datname: "postgres", Usename: "mallory", ApplicationName: "evil\x1b[2J\x1b[31mapp", BackendType: "client backend",
+			State: "active", BackendStart: ago(time.Minute), QueryStart: ago(1500 * time.Millisecond), StateChange: ago(1500 * time.Millisecond),
+			Query: "select '\x1b]0;pwned\x07'"},
+		{PID: 109, Datname: "shop", BackendType: "autovacuum worker", State: "active",
+			BackendStart: ago(30 * time.Second), XactStart: ago(30 * time.Second), QueryStart: ago(30 * time.Second), StateChange: ago(30 * time.Second),
+			Query: "autovacuum: VACUUM public.orders"},
+	}
+	return &Frame{
+		Snap:   &activity.Snapshot{Taken: taken, ServerVersion: 160004, Sessions: s},
+		Waits:  map[int32]time.Duration{106: 40 * time.Second, 107: 20 * time.Second},
+		Server: "localhost:5432/postgres · PostgreSQL 16.4",
+	}
+}
+
+// fakeSource serves frames in turn (the last one again and again) and
+// records actions, answering each session with outcome.
+type fakeSource struct {
+	mu      sync.Mutex
+	frames  []*Frame
+	err     error // of every Frame after the frames run out, if set
+	calls   int
+	acted   [][]int32
+	outcome func(s *activity.Session) (action.Outcome, string)
+}
+
+func (f *fakeSource) Frame(context.Context) (*Frame, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls++
+	if f.calls > len(f.frames) && f.err != nil {
+		return nil, f.err
+	}
+	return f.frames[min(f.calls, len(f.frames))-1], nil
+}
+
+func (f *fakeSource) Act(_ context.Context, kind action.Kind, _ *activity.Snapshot, sessions []activity.Session) ([]action.Result, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	var pids []int32
+	var results []action.Result
+	for i := range sessions {
+		pids = append(pids, sessions[i].PID)
+		r := action.Result{Session: sessions[i], Action: kind}
+		r.Outcome, r.Detail = f.outcome(&sessions[i])
+		results = append(results, r)
+	}
+	f.acted = append(f.acted, pids)
+	return results, nil
+}
+
+func (f *fakeSource) actions() [][]int32 {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	return f.acted
+}
+
+func terminated(s *activity.Session) (action.Outcome, string) {
+	if s.BackendType == "autovacuum worker" {
+		return action.Protected, "autovacuum worker: --include-autovacuum to allow"
+	}
+	return action.Terminated, ""
+}
+
+// session runs a model with teatest at w x h, waits for its first frame,
+// and returns it with a way to send keys.
+type session struct {
+	t  *testing.T
+	tm *teatest.TestModel
+}
+
+func start(t *testing.T, opt Options, w, h int) *session {
+	t.Helper()
+	if w < minWidth || h < minHeight {
+		return startUntil(t, opt, w, h, "too small")
+	}
+	return startUntil(t, opt, w, h, " sessions: ") // the header of the first frame
+}
+
+// startUntil starts the model and waits until the screen shows text.
+func startUntil(t *testing.T, opt Options, w, h int, text string) *session {
+	t.Helper()
+	if opt.Interval == 0 {
+		opt.Interval = time.Hour // no refresh unless the test sends one
+	}
+	tm := teatest.NewTestModel(t, New(opt), teatest.WithInitialTermSize(w, h))
+	s := &session{t, tm}
+	s.waitFor(text)
+	return s
+}
+
+// waitFor waits until the screen has shown text.
+func (s *session) waitFor(text string) {
+	s.t.Helper()
+	teatest.WaitFor(s.t, s.tm.Output(), func(b []byte) bool {
+		return strings.Contains(string(b), text)
+	}, teatest.WithDuration(10*time.Second), teatest.WithCheckInterval(5*time.Millisecond))
+}
+
+// keys sends keys: runes one by one, and the named keys in <...>.
+func (s *session) keys(ks ...string) {
+	for _, k := range ks {
+		switch k {
+		case "<enter>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeyEnter})
+		case "<esc>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeyEsc})
+		case "<down>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeyDown})
+		case "<up>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeyUp})
+		case "<space>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}})
+		case "<ctrl+c>":
+			s.tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
+		default:
+			for _, r := range k {
+				s.tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}})
+			}
+		}
+	}
+}
+
+// quit presses q and returns the model as it ended.
+func (s *session) quit(keys ...string) *Model {
+	s.t.Helper()
+	if len(keys) == 0 {
+		keys = []string{"q"}
+	}
+	s.keys(keys...)
+	return s.tm.FinalModel(s.t, teatest.WithFinalTimeout(10*time.Second)).(*Model)
+}
+
+// screen is what the model draws when it ended.
+func screen(m *Model) []byte { return []byte(m.View() + "\n") }
+
+func TestScreens(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		keys []string
+		w, h int
+	}{
+		{name: "start", w: 140, h: 16},
+		{name: "narrow", w: 72, h: 12},
+		{name: "blocking tree", keys: []string{"b"}, w: 140, h: 12},
+		{name: "filter", keys: []string{"/", "checkout", "<enter>"}, w: 140, h: 10},
+		{name: "typing a filter", keys: []string{"/", "shop"}, w: 100, h: 10},
+		{name: "sort by user", keys: []string{"s", "s", "s"}, w: 140, h: 16},
+		{name: "scrolled", keys: []string{"<down>", "<down>", "<down>", "<down>", "<down>", "<down>"}, w: 100, h: 9},
+		{name: "details", keys: []string{"<enter>"}, w: 100, h: 30},
+		{name: "help", keys: []string{"?"}, w: 100, h: 24},
+		{name: "question", keys: []string{"<space>", "<down>", "<space>", "t"}, w: 140, h: 14},
+		{name: "too small", w: 30, h: 6},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}}, tt.w, tt.h)
+			s.keys(tt.keys...)
+			golden.RequireEqual(t, screen(s.quit("<ctrl+c>")))
+		})
+	}
+}
+
+// Colours on a colour terminal: state, age, lock waits; the line under the
+// cursor in reverse video.
+func TestColor(t *testing.T) {
+	t.Parallel()
+	r := lipgloss.NewRenderer(nil)
+	r.SetColorProfile(termenv.ANSI256)
+	s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}, Renderer: r}, 140, 14)
+	got := s.quit()
+	golden.RequireEqual(t, screen(got))
+	if !strings.Contains(got.View(), "\x1b[") {
+		t.Fatal("no colour on a colour terminal")
+	}
+}
+
+// Without colour (NO_COLOR, a dumb terminal) no escape sequence at all is
+// drawn: not even those in an application name or a query.
+func TestPlainHasNoEscapes(t *testing.T) {
+	t.Parallel()
+	for _, keys := range [][]string{nil, {"b"}, {"<down>", "<down>", "<down>", "<down>", "<down>", "<down>", "<enter>"}, {"t"}} {
+		s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}}, 140, 20)
+		s.keys(keys...)
+		m := s.quit("<ctrl+c>")
+		if v := m.View(); strings.ContainsAny(v, "\x1b\x07") {
+			t.Fatalf("keys %q: control characters on the screen:\n%q", keys, v)
+		}
+	}
+}
+
+func TestTerminateAsksThenActsOnTheMarked(t *testing.T) {
+	t.Parallel()
+	src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+	s := start(t, Options{Source: src}, 140, 14)
+	// The two oldest (the report, 12m, and 105, idle in transaction 3m),
+	// and the autovacuum worker, found with a filter: a question names the
+	// marked sessions the filter hides too.
+	s.keys("<space>", "<space>", "/", "vacuum", "<enter>", "<space>", "t")
+	s.waitFor("terminate 3 sessions? y/n")
+	if len(src.actions()) != 0 {
+		t.Fatal("acted before the answer")
+	}
+	s.keys("y")
+	s.waitFor("terminate: 2 terminated, 1 protected")
+	m := s.quit()
+	if got := src.actions(); len(got) != 1 || len(got[0]) != 3 || got[0][0] != 102 || got[0][1] != 105 || got[0][2] != 109 {
+		t.Fatalf("acted on %v, want [[102 105 109]]", got)
+	}
+	want := "terminate: 2 terminated, 1 protected — 102 terminated · 105 terminated · 109 protected (autovacuum worker: --include-autovacuum to allow)"
+	if len(m.Done()) != 1 || m.Done()[0] != want {
+		t.Fatalf("done %q\nwant %q", m.Done(), want)
+	}
+	if len(m.marks) != 0 {
+		t.Fatalf("marks left after the action: %v", m.marks)
+	}
+}
+
+func TestNoMeansNothing(t *testing.T) {
+	t.Parallel()
+	for _, answer := range []string{"n", "<esc>"} {
+		src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+		s := start(t, Options{Source: src}, 140, 14)
+		s.keys("c", "x", "t", answer) // keys other than y/n do not answer
+		s.waitFor("not confirmed, nothing done")
+		m := s.quit()
+		if len(src.actions()) != 0 || len(m.Done()) != 0 {
+			t.Fatalf("answer %s: acted %v", answer, src.actions())
+		}
+	}
+}
+
+func TestReadOnly(t *testing.T) {
+	t.Parallel()
+	src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+	s := start(t, Options{Source: src, ReadOnly: true}, 140, 14)
+	s.keys("<space>", "t", "y", "c", "y")
+	s.waitFor("read-only (--read-only)")
+	m := s.quit()
+	if len(src.actions()) != 0 || m.ask != nil {
+		t.Fatalf("read-only acted: %v", src.actions())
+	}
+	golden.RequireEqual(t, screen(m))
+}
+
+// A refresh that fails keeps the last frame on the screen and says so; the
+// next good one clears it.
+func TestRefreshFailure(t *testing.T) {
+	t.Parallel()
+	src := &fakeSource{frames: []*Frame{incident()}, err: errors.New("connection refused\nsecond line")}
+	s := startUntil(t, Options{Source: src, Interval: 10 * time.Millisecond}, 140, 8, "refresh failed, retrying every 10ms: connection refused second line")
+	m := s.quit()
+	if m.frame == nil || len(m.view) != 7 {
+		t.Fatalf("the last frame is gone: %d rows", len(m.view))
+	}
+}
+
+// Marks and the cursor follow (pid, backend_start): a pid reused by a new
+// backend is another session, and loses the mark.
+func TestMarksFollowTheSessionNotThePID(t *testing.T) {
+	t.Parallel()
+	first := incident()
+	second := incident()
+	for i := range second.Snap.Sessions {
+		if s := &second.Snap.Sessions[i]; s.PID == 105 {
+			s.BackendStart = taken // 105 ended, and a new backend got its pid
+		}
+	}
+	second.Snap.Taken = taken.Add(time.Second)
+	src := &fakeSource{frames: []*Frame{first}, outcome: terminated}
+	m := New(Options{Source: src, Interval: time.Hour})
+	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
+	m.Update(frameMsg{f: first})
+	m.key(tea.KeyMsg{Type: tea.KeyDown})
+	if r := m.selected(); r == nil || r.s.PID != 105 {
+		t.Fatalf("cursor on %v, want 105", r)
+	}
+	m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}) // marks 105, moves to 101 (by age)
+	m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}) // marks 101, moves on
+	m.key(tea.KeyMsg{Type: tea.KeyUp})                        // back on 101
+	if len(m.marks) != 2 {
+		t.Fatalf("marks %v", m.marks)
+	}
+	m.Update(frameMsg{f: second})
+	if len(m.marks) != 1 || !m.marks[identOf(&second.Snap.Sessions[0])] {
+		t.Fatalf("after pid 105 was reused: marks %v, want 101's only", m.marks)
+	}
+	if r := m.selected(); r == nil || r.s.PID != 101 {
+		t.Fatalf("cursor moved to %v, want it on 101", r)
+	}
+	m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{'t'}})
+	if m.ask == nil || len(m.ask.sessions) != 1 || m.ask.sessions[0].PID != 101 {
+		t.Fatalf("question %+v", m.ask)
+	}
+}
+
+// Keys typed faster than they are read arrive as one message; each is
+// still a key of its own.
+func TestKeysInOneMessage(t *testing.T) {
+	t.Parallel()
+	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
+	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
+	m.Update(frameMsg{f: incident()})
+	m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("b/carol")})
+	m.Update(tea.KeyMsg{Type: tea.KeyEnter})
+	if !m.blockers || m.filter != "carol" || len(m.view) != 1 || m.view[0].s.PID != 106 {
+		t.Fatalf("blockers %v filter %q view %d", m.blockers, m.filter, len(m.view))
+	}
+}
+
+// Resizing redraws at the new size, the cursor kept on the screen.
+func TestResize(t *testing.T) {
+	t.Parallel()
+	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
+	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
+	m.Update(frameMsg{f: incident()})
+	m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{'G'}})
+	m.Update(tea.WindowSizeMsg{Width: 60, Height: 8})
+	lines := strings.Split(m.View(), "\n")
+	if len(lines) != 8 {
+		t.Fatalf("%d lines at height 8:\n%s", len(lines), m.View())
+	}
+	for _, l := range lines {
+		if width(l) > 60 {
+			t.Fatalf("line wider than 60: %q", l)
+		}
+	}
+	if !strings.Contains(m.View(), "> 108 ") {
+		t.Fatalf("the cursor's row is off the screen:\n%s", m.View())
+	}
+}
