@@ -279,6 +279,10 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		return Protected, "walsender (replication): --include-replication to allow"
 	case s.BackendType == "autovacuum worker" && !p.IncludeAutovacuum:
 		return Protected, "autovacuum worker: --include-autovacuum to allow"
+	case s.BackendType == "":
+		// A background worker shows no backend_type while it starts or
+		// exits (a parallel worker at the end of its query among them).
+		return Protected, "not a client backend (a background worker starting or exiting)"
 	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
 		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
 	case action == Cancel && s.State != "active" && s.State != "fastpath function call":

@@ -160,33 +160,9 @@ func TestProtectedByPID(t *testing.T) {
 	}
 }
 
-// parallel starts a parallel query in a new database and returns its
-// leader and the pid of one of its workers.
-func parallel(t *testing.T) (db string, leader *pgtest.Victim, worker int32) {
-	t.Helper()
-	db = pgtest.NewDB(t)
-	leader = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	leader.Exec("CREATE TABLE big AS SELECT g AS id FROM pg_catalog.generate_series(1, 200000) AS g")
-	leader.Exec("ANALYZE big")
-	leader.Exec("SET max_parallel_workers_per_gather = 2")
-	leader.Exec("SET parallel_setup_cost = 0")
-	leader.Exec("SET parallel_tuple_cost = 0")
-	leader.Exec("SET min_parallel_table_scan_size = 0")
-	leader.Start("SELECT count(*) FROM big WHERE pg_catalog.pg_sleep(0.001) IS NOT NULL")
-	pgtest.Eventually(t, "a parallel worker", func() (bool, error) {
-		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-			"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'parallel worker' AND datname = $1 LIMIT 1", db).Scan(&worker)
-		if errors.Is(err, pgx.ErrNoRows) {
-			return false, nil
-		}
-		return err == nil, err
-	})
-	return db, leader, worker
-}
-
 func TestParallelWorkerByPIDIsProtectedAndNothingIsTouched(t *testing.T) {
 	t.Parallel()
-	_, leader, worker := parallel(t)
+	_, leader, worker := pgtest.Parallel(t)
 	cn := open(t, pgtest.Superuser)
 	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{worker}}, action.Options{Wait: time.Second})
 	detail := "parallel worker"
@@ -205,7 +181,7 @@ func TestParallelWorkerByPIDIsProtectedAndNothingIsTouched(t *testing.T) {
 
 func TestTerminateByDatabaseActsOnLeadersNotWorkers(t *testing.T) {
 	t.Parallel()
-	db, leader, worker := parallel(t)
+	db, leader, worker := pgtest.Parallel(t)
 	cn := open(t, pgtest.Superuser)
 	res := run(t, cn, action.Request{
 		Action:   action.Terminate,
@@ -498,7 +474,7 @@ func forged(t *testing.T, cn *pgx.Conn, pid int32) []action.Result {
 
 func TestStatementRefusesProtectedSessionsInAPlan(t *testing.T) {
 	t.Parallel()
-	_, leader, worker := parallel(t)
+	_, leader, worker := pgtest.Parallel(t)
 	cn := open(t, pgtest.Superuser)
 	var checkpointer int32
 	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),

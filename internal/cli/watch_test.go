@@ -44,7 +44,9 @@ type process struct {
 	err         error
 }
 
-func startPgreap(t *testing.T, env []string, args ...string) *process {
+// pgreapBin is the path of a pgreap command: the test binary under the
+// name pgreap, which TestMain runs as pgreap.
+func pgreapBin(t *testing.T) string {
 	t.Helper()
 	exe, err := os.Executable()
 	if err != nil {
@@ -54,7 +56,12 @@ func startPgreap(t *testing.T, env []string, args ...string) *process {
 	if err := os.Symlink(exe, bin); err != nil {
 		t.Fatal(err)
 	}
-	p := &process{cmd: exec.Command(bin, args...), out: &lockedBuffer{}, errOut: &lockedBuffer{}, done: make(chan struct{})}
+	return bin
+}
+
+func startPgreap(t *testing.T, env []string, args ...string) *process {
+	t.Helper()
+	p := &process{cmd: exec.Command(pgreapBin(t), args...), out: &lockedBuffer{}, errOut: &lockedBuffer{}, done: make(chan struct{})}
 	p.cmd.Env = append(os.Environ(), env...)
 	p.cmd.Stdout, p.cmd.Stderr = p.out, p.errOut
 	if err := p.cmd.Start(); err != nil {

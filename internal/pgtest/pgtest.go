@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/sha1"
 	"encoding/hex"
+	"errors"
 	"fmt"
 	"os"
 	"regexp"
@@ -269,4 +270,32 @@ func LockWait(t testing.TB, db string) (holder, waiter *Victim) {
 	waiter.Start("SELECT count(*) FROM t")
 	waiter.WaitState("active", "Lock")
 	return holder, waiter
+}
+
+// Parallel starts a parallel query in a new database: the leader's
+// statement runs (Start) until the test ends, and at least one parallel
+// worker of it is up when Parallel returns. It returns the database, the
+// leader and the pid of one worker.
+func Parallel(t testing.TB) (db string, leader *Victim, worker int32) {
+	t.Helper()
+	db = NewDB(t)
+	leader = NewVictim(t, VictimOptions{DB: db})
+	leader.Exec("CREATE TABLE big AS SELECT g AS id FROM pg_catalog.generate_series(1, 200000) AS g")
+	leader.Exec("ANALYZE big")
+	// Make the planner choose a parallel plan on a small table, and keep
+	// the workers busy long enough to be seen.
+	leader.Exec("SET max_parallel_workers_per_gather = 2")
+	leader.Exec("SET parallel_setup_cost = 0")
+	leader.Exec("SET parallel_tuple_cost = 0")
+	leader.Exec("SET min_parallel_table_scan_size = 0")
+	leader.Start("SELECT count(*) FROM big WHERE pg_catalog.pg_sleep(0.001) IS NOT NULL")
+	Eventually(t, "a parallel worker", func() (bool, error) {
+		err := Admin(t).QueryRow(Context(t),
+			"SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'parallel worker' AND datname = $1 LIMIT 1", db).Scan(&worker)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return db, leader, worker
 }

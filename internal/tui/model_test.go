@@ -126,7 +126,7 @@ func start(t *testing.T, opt Options, w, h int) *session {
 	if w < minWidth || h < minHeight {
 		return startUntil(t, opt, w, h, "too small")
 	}
-	return startUntil(t, opt, w, h, " sessions: ") // the header of the first frame
+	return startUntil(t, opt, w, h, " active, ") // the header of the first frame
 }
 
 // startUntil starts the model and waits until the screen shows text.
@@ -383,3 +383,7 @@ func TestResize(t *testing.T) {
 		t.Fatalf("the cursor's row is off the screen:\n%s", m.View())
 	}
 }
+
+func size(w, h int) tea.WindowSizeMsg { return tea.WindowSizeMsg{Width: w, Height: h} }
+
+func runes(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }

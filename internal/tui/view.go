@@ -208,7 +208,7 @@ func (m *Model) summarize() {
 			longest, longestPID = m.frame.Snap.Taken.Sub(s.XactStart), s.PID
 		}
 	}
-	parts := []string{fmt.Sprintf("%d sessions: %d active, %d idle", len(m.all), states["active"], states["idle"])}
+	parts := []string{fmt.Sprintf("%s: %d active, %d idle", sessionCount(len(m.all)), states["active"], states["idle"])}
 	iit := states["idle in transaction"] + states["idle in transaction (aborted)"]
 	if iit > 0 {
 		parts[0] += m.st.paint(m.st.yellow, fmt.Sprintf(", %d idle in transaction", iit))

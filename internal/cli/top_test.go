@@ -1,0 +1,169 @@
+package cli_test
+
+import (
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+func TestTopBadInput(t *testing.T) {
+	t.Parallel()
+	tests := []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no terminal", []string{"top"}, "pgreap: top needs a terminal on standard input and output; for a script, use ls\n"},
+		{"interval", []string{"top", "--interval", "10ms"}, "pgreap: --interval 10ms: shorter than 100ms\n"},
+		{"selector", []string{"top", "--client", "10.0.0.0/33"}, "pgreap: --client"},
+		{"argument", []string{"top", "4242"}, "pgreap: unknown command \"4242\" for \"pgreap top\"\n"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			r := run(t, false, tt.args...)
+			r.wantCode(t, 2)
+			if !strings.HasPrefix(r.errOut, tt.want) || strings.Count(r.errOut, "\n") != 1 || r.out != "" {
+				t.Fatalf("stderr %q, want %q (one line)", r.errOut, tt.want)
+			}
+		})
+	}
+}
+
+// tmuxTerm is a terminal a person would use: pgreap top runs in a shell
+// in a tmux session of its own (own server socket), driven by keys.
+type tmuxTerm struct {
+	t    *testing.T
+	tmux string
+	sock string
+}
+
+func newTmux(t *testing.T) *tmuxTerm {
+	t.Helper()
+	tmux, err := exec.LookPath("tmux")
+	if err != nil {
+		if os.Getenv("CI") != "" {
+			t.Fatal("tmux is not installed: .ci/run installs it")
+		}
+		t.Skip("tmux is not installed (apt-get install tmux)")
+	}
+	tt := &tmuxTerm{t: t, tmux: tmux, sock: filepath.Join(t.TempDir(), "tmux")}
+	// The server starts with this process's environment: PGHOST and the
+	// rest point at the package's cluster.
+	tt.run("-f", "/dev/null", "new-session", "-d", "-x", "160", "-y", "30", "bash --norc --noprofile")
+	t.Cleanup(func() { _ = exec.Command(tmux, "-S", tt.sock, "kill-server").Run() })
+	tt.keys("PS1='$ '", "Enter")
+	return tt
+}
+
+func (tt *tmuxTerm) run(args ...string) string {
+	tt.t.Helper()
+	out, err := exec.Command(tt.tmux, append([]string{"-S", tt.sock}, args...)...).CombinedOutput()
+	if err != nil {
+		tt.t.Fatalf("tmux %s: %v: %s", strings.Join(args, " "), err, out)
+	}
+	return string(out)
+}
+
+// keys types keys: tmux key names (Enter, Escape), or literal text with
+// a "-l" before it.
+func (tt *tmuxTerm) keys(keys ...string) { tt.run(append([]string{"send-keys", "-t", "0"}, keys...)...) }
+
+func (tt *tmuxTerm) screen() string { return tt.run("capture-pane", "-p", "-t", "0") }
+
+// waitFor waits until the screen shows text.
+func (tt *tmuxTerm) waitFor(text string) string {
+	tt.t.Helper()
+	var screen string
+	pgtest.Eventually(tt.t, "the screen to show "+text, func() (bool, error) {
+		screen = tt.screen()
+		return strings.Contains(screen, text), nil
+	})
+	return screen
+}
+
+// The issue's end-to-end test: the built command in a real terminal
+// against the real server shows the sessions, filters to one, asks before
+// terminating, terminates exactly that one after y, and quits on q with
+// the terminal as it was.
+func TestTopInATerminal(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: "checkout-a"})
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: "checkout-b"})
+	a.Exec("SELECT 1")
+	b.Exec("SELECT 1")
+	term := newTmux(t)
+	term.keys("-l", fmt.Sprintf("%s top --db %s --interval 200ms; echo EXIT=$?", pgreapBin(t), db))
+	term.keys("Enter")
+	screen := term.waitFor("2 sessions: ")
+	for _, v := range []string{"checkout-a", "checkout-b"} {
+		if !strings.Contains(screen, v) {
+			t.Fatalf("%s not shown:\n%s", v, screen)
+		}
+	}
+	term.keys("/")
+	term.waitFor("enter apply")
+	term.keys("-l", "checkout-a")
+	term.keys("Enter")
+	term.waitFor(`filter "checkout-a": 1 shown`)
+	term.keys("t")
+	screen = term.waitFor("terminate 1 session? y/n")
+	if !strings.Contains(screen, fmt.Sprintf("%d postgres@%s checkout-a", a.PID, db)) {
+		t.Fatalf("the question does not name the session:\n%s", screen)
+	}
+	if !a.Alive() || !b.Alive() {
+		t.Fatal("a session ended before the answer")
+	}
+	term.keys("y")
+	term.waitFor(fmt.Sprintf("terminate: 1 terminated — %d terminated", a.PID))
+	if a.Alive() || !b.Alive() {
+		t.Fatalf("checkout-a alive %v, checkout-b alive %v: want only checkout-a gone", a.Alive(), b.Alive())
+	}
+	term.keys("q")
+	screen = term.waitFor("EXIT=0")
+	if !strings.Contains(screen, fmt.Sprintf("pgreap top: terminate: 1 terminated — %d terminated", a.PID)) {
+		t.Fatalf("the action is not in the scrollback:\n%s", screen)
+	}
+	// The terminal is usable: canonical mode and echo are back, and the
+	// typed command line shows again (the alternate screen was left).
+	term.keys("-l", `stty -a | grep -q -e '-icanon' -e '-echo ' && echo TTY=raw || echo TTY=sane`)
+	term.keys("Enter")
+	screen = term.waitFor("TTY=")
+	if !strings.Contains(screen, "TTY=sane") || !strings.Contains(screen, "top --db "+db) {
+		t.Fatalf("terminal left broken:\n%s", screen)
+	}
+}
+
+// Ctrl-C quits too, with the terminal restored; --read-only refuses t.
+func TestTopReadOnlyAndCtrlC(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	v.Exec("SELECT 1")
+	term := newTmux(t)
+	term.keys("-l", fmt.Sprintf("%s top --read-only --db %s; echo EXIT=$?", pgreapBin(t), db))
+	term.keys("Enter")
+	term.waitFor("1 session: ")
+	term.keys("t")
+	term.waitFor("read-only (--read-only): cancel and terminate are off")
+	term.keys("y")
+	term.keys("C-c")
+	screen := term.waitFor("EXIT=0")
+	if !v.Alive() {
+		t.Fatal("read-only top ended a session")
+	}
+	if strings.Contains(screen, "pgreap top: ") {
+		t.Fatalf("an action was reported:\n%s", screen)
+	}
+	term.keys("-l", `stty -a | grep -q -e '-icanon' -e '-echo ' && echo TTY=raw || echo TTY=sane`)
+	term.keys("Enter")
+	if screen = term.waitFor("TTY="); !strings.Contains(screen, "TTY=sane") {
+		t.Fatalf("terminal left broken:\n%s", screen)
+	}
+}
