@@ -24,7 +24,8 @@ const passwordGroup = "pgreap_password_required"
 func TestMain(m *testing.M) {
 	// The test binary is also the pgreap of testscript's scripts.
 	testscript.Main(clusterM{m}, map[string]func(){
-		"pgreap": func() { os.Exit(cli.Main()) },
+		"pgreap":           func() { os.Exit(cli.Main()) },
+		"pgreap-top-panic": func() { os.Exit(topPanic()) },
 	})
 }
 

@@ -106,8 +106,7 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 		}
 	}
 	m := tui.New(tui.Options{Context: ctx, Source: src, Interval: opts.Interval, ReadOnly: opts.ReadOnly, Renderer: renderer})
-	p := tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx),
-		tea.WithInput(opts.IO.In), tea.WithOutput(opts.IO.Out))
+	p := topProgram(ctx, m, opts.IO)
 	// bubbletea restores the terminal on a panic in the model, and on
 	// Ctrl-C, which the model reads as a key in raw mode.
 	_, err = p.Run()
@@ -115,7 +114,13 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 	for _, l := range m.Done() {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap top: "+l)
 	}
-	if err != nil && !errors.Is(err, tea.ErrProgramKilled) {
+	switch {
+	case err == nil, errors.Is(err, tea.ErrInterrupted):
+	case errors.Is(err, tea.ErrProgramPanic):
+		return fmt.Errorf("top: internal error, please report it: %w", err)
+	case errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil:
+		// Stopped by SIGTERM or SIGINT: done, as with q.
+	default:
 		return fmt.Errorf("top: %w", err)
 	}
 	if m.Acting() {
@@ -123,4 +128,10 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 	}
 	// Quit with q, or stopped by a signal: either way, done.
 	return nil
+}
+
+// topProgram runs a model of top on the whole screen of the streams'
+// terminal; it stops when ctx ends.
+func topProgram(ctx context.Context, m tea.Model, io *IOStreams) *tea.Program {
+	return tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(io.In), tea.WithOutput(io.Out))
 }

@@ -1,13 +1,19 @@
 package cli_test
 
 import (
+	"context"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 
+	tea "github.com/charmbracelet/bubbletea"
+
+	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -72,7 +78,9 @@ func (tt *tmuxTerm) run(args ...string) string {
 
 // keys types keys: tmux key names (Enter, Escape), or literal text with
 // a "-l" before it.
-func (tt *tmuxTerm) keys(keys ...string) { tt.run(append([]string{"send-keys", "-t", "0"}, keys...)...) }
+func (tt *tmuxTerm) keys(keys ...string) {
+	tt.run(append([]string{"send-keys", "-t", "0"}, keys...)...)
+}
 
 func (tt *tmuxTerm) screen() string { return tt.run("capture-pane", "-p", "-t", "0") }
 
@@ -132,16 +140,44 @@ func TestTopInATerminal(t *testing.T) {
 	}
 	// The terminal is usable: canonical mode and echo are back, and the
 	// typed command line shows again (the alternate screen was left).
-	term.keys("-l", `stty -a | grep -q -e '-icanon' -e '-echo ' && echo TTY=raw || echo TTY=sane`)
-	term.keys("Enter")
-	screen = term.waitFor("TTY=")
-	if !strings.Contains(screen, "TTY=sane") || !strings.Contains(screen, "top --db "+db) {
-		t.Fatalf("terminal left broken:\n%s", screen)
+	if !strings.Contains(screen, "top --db "+db) {
+		t.Fatalf("the alternate screen was not left:\n%s", screen)
 	}
+	term.sane()
 }
 
-// Ctrl-C quits too, with the terminal restored; --read-only refuses t.
-func TestTopReadOnlyAndCtrlC(t *testing.T) {
+// sane checks that the shell's terminal is as it was: canonical mode and
+// echo on.
+func (tt *tmuxTerm) sane() {
+	tt.t.Helper()
+	tt.keys("-l", `stty -a | grep -q -e '-icanon' -e '-echo ' && echo TTY=raw || echo TTY=sane`)
+	tt.keys("Enter")
+	if screen := tt.waitFor("TTY="); !strings.Contains(screen, "TTY=sane") {
+		tt.t.Fatalf("terminal left broken:\n%s", screen)
+	}
+	tt.keys("clear", "Enter")
+}
+
+// child is the pid of the process the pane's shell runs in the
+// foreground (a process this test started).
+func (tt *tmuxTerm) child() int {
+	tt.t.Helper()
+	shell := strings.TrimSpace(tt.run("display-message", "-p", "-t", "0", "#{pane_pid}"))
+	var pid int
+	pgtest.Eventually(tt.t, "the shell's child", func() (bool, error) {
+		b, err := os.ReadFile(fmt.Sprintf("/proc/%s/task/%s/children", shell, shell))
+		if err != nil {
+			return false, err
+		}
+		_, err = fmt.Sscan(string(b), &pid)
+		return err == nil, nil
+	})
+	return pid
+}
+
+// Ctrl-C and SIGTERM stop top with the terminal restored and exit 0;
+// --read-only refuses t.
+func TestTopReadOnlyCtrlCAndSIGTERM(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
@@ -161,9 +197,59 @@ func TestTopReadOnlyAndCtrlC(t *testing.T) {
 	if strings.Contains(screen, "pgreap top: ") {
 		t.Fatalf("an action was reported:\n%s", screen)
 	}
-	term.keys("-l", `stty -a | grep -q -e '-icanon' -e '-echo ' && echo TTY=raw || echo TTY=sane`)
+	term.sane()
+
+	term.keys("-l", fmt.Sprintf("%s top --db %s; echo EXIT=$?", pgreapBin(t), db))
 	term.keys("Enter")
-	if screen = term.waitFor("TTY="); !strings.Contains(screen, "TTY=sane") {
-		t.Fatalf("terminal left broken:\n%s", screen)
+	term.waitFor("1 session: ")
+	if err := syscall.Kill(term.child(), syscall.SIGTERM); err != nil {
+		t.Fatal(err)
 	}
+	term.waitFor("EXIT=0")
+	term.sane()
+}
+
+// A panic in top's program restores the terminal before the process
+// ends (bubbletea catches it; topProgram must not turn that off).
+func TestTopPanicRestoresTheTerminal(t *testing.T) {
+	t.Parallel()
+	term := newTmux(t)
+	bin := filepath.Join(filepath.Dir(pgreapBin(t)), "pgreap-top-panic")
+	exe, err := os.Executable()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(exe, bin); err != nil {
+		t.Fatal(err)
+	}
+	term.keys("-l", bin+"; echo EXIT=$?")
+	term.keys("Enter")
+	term.waitFor("press p to panic")
+	term.keys("p")
+	term.waitFor("EXIT=3")
+	term.sane()
+}
+
+// panicky is a model that panics on p.
+type panicky struct{}
+
+func (panicky) Init() tea.Cmd { return nil }
+
+func (panicky) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	if k, ok := msg.(tea.KeyMsg); ok && k.String() == "p" {
+		panic("boom")
+	}
+	return panicky{}, nil
+}
+
+func (panicky) View() string { return "press p to panic" }
+
+// topPanic runs panicky as top runs its model; exit 3 if Run reports
+// the panic.
+func topPanic() int {
+	_, err := cli.TopProgram(context.Background(), panicky{}, cli.System()).Run()
+	if errors.Is(err, tea.ErrProgramPanic) {
+		return 3
+	}
+	return 1
 }

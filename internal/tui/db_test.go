@@ -65,7 +65,7 @@ func TestBlockingTreeOfARealLockWait(t *testing.T) {
 	}
 	m := New(Options{Source: src, Interval: time.Hour})
 	m.Update(size(140, 20))
-	m.Update(frameMsg{f: f})
+	m.Update(FrameMsg{Frame: f})
 	m.key(runes("b"))
 	if len(m.view) != 2 || m.view[0].s.PID != holder.PID || m.view[1].s.PID != waiter.PID || m.view[1].depth != 1 {
 		t.Fatalf("blocking tree: %+v", m.view)
@@ -150,7 +150,7 @@ func TestWorkersFoldedCancelTheLeader(t *testing.T) {
 	}
 	m := New(Options{Source: src, Interval: time.Hour})
 	m.Update(size(160, 20))
-	m.Update(frameMsg{f: f})
+	m.Update(FrameMsg{Frame: f})
 	if !f.Snap.HasLeaderPID() {
 		// PostgreSQL 12 does not say whose worker a worker is: it has a
 		// row of its own, and acting on it is refused (protected).

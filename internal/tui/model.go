@@ -41,7 +41,6 @@ type Model struct {
 	stale    error      // the last refresh failed with it
 	loading  bool       // a snapshot is in flight
 	acting   bool       // an action is in flight
-	deferred bool       // a refresh came due while acting
 	all      []row      // every row of the frame
 	view     []row      // the rows shown: filtered, sorted, or the blocking tree
 	summary  string     // the header's second line, made with the frame
@@ -57,7 +56,7 @@ type Model struct {
 	typing   bool
 	blockers bool
 	help     bool
-	detail   bool
+	detail   *ident // the session whose fields are shown
 	ask      *question
 	status   string
 	bad      bool     // the status reports a problem
@@ -78,12 +77,15 @@ type question struct {
 	sessions []activity.Session
 }
 
+// FrameMsg is a refresh's result: a new frame, or why there is none. The
+// model sends itself one per interval; a program may send one too.
+type FrameMsg struct {
+	Frame *Frame
+	Err   error
+}
+
 // Messages.
 type (
-	frameMsg struct {
-		f   *Frame
-		err error
-	}
 	tickMsg struct{}
 	actMsg  struct {
 		kind    action.Kind
@@ -115,7 +117,7 @@ func (m *Model) fetch() tea.Cmd {
 	ctx, src := m.opt.Context, m.opt.Source
 	return func() tea.Msg {
 		f, err := src.Frame(ctx)
-		return frameMsg{f, err}
+		return FrameMsg{Frame: f, Err: err}
 	}
 }
 
@@ -132,20 +134,19 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.layout()
 		m.scroll()
 		return m, nil
-	case frameMsg:
+	case FrameMsg:
 		m.loading = false
-		if msg.err != nil {
-			m.stale = msg.err
+		if msg.Err != nil {
+			m.stale = msg.Err
 		} else {
 			m.stale = nil
-			m.setFrame(msg.f)
+			m.setFrame(msg.Frame)
 		}
 		return m, m.next()
 	case tickMsg:
-		switch {
-		case m.acting:
-			m.deferred = true
-		case !m.loading:
+		// While an action runs, the tick is dropped: its outcome fetches
+		// the next frame, and the ticks go on from there.
+		if !m.acting && !m.loading {
 			m.loading = true
 			return m, m.fetch()
 		}
@@ -155,7 +156,7 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 		m.report(msg)
 		if !m.loading {
 			// Show what the action did now, not at the next tick.
-			m.loading, m.deferred = true, false
+			m.loading = true
 			return m, m.fetch()
 		}
 		return m, nil
@@ -207,10 +208,10 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case m.help:
 		m.help = false
 		return m, nil
-	case m.detail:
+	case m.detail != nil:
 		switch k.String() {
 		case "esc", "enter", "q", "backspace":
-			m.detail = false
+			m.detail = nil
 		}
 		return m, nil
 	}
@@ -257,8 +258,9 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		m.blockers = !m.blockers
 		m.rebuild()
 	case "enter":
-		if m.selected() != nil {
-			m.detail = true
+		if r := m.selected(); r != nil {
+			id := r.id
+			m.detail = &id
 		}
 	case "?":
 		m.help = true

@@ -324,7 +324,7 @@ func TestMarksFollowTheSessionNotThePID(t *testing.T) {
 	src := &fakeSource{frames: []*Frame{first}, outcome: terminated}
 	m := New(Options{Source: src, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
-	m.Update(frameMsg{f: first})
+	m.Update(FrameMsg{Frame: first})
 	m.key(tea.KeyMsg{Type: tea.KeyDown})
 	if r := m.selected(); r == nil || r.s.PID != 105 {
 		t.Fatalf("cursor on %v, want 105", r)
@@ -335,7 +335,7 @@ func TestMarksFollowTheSessionNotThePID(t *testing.T) {
 	if len(m.marks) != 2 {
 		t.Fatalf("marks %v", m.marks)
 	}
-	m.Update(frameMsg{f: second})
+	m.Update(FrameMsg{Frame: second})
 	if len(m.marks) != 1 || !m.marks[identOf(&second.Snap.Sessions[0])] {
 		t.Fatalf("after pid 105 was reused: marks %v, want 101's only", m.marks)
 	}
@@ -354,7 +354,7 @@ func TestKeysInOneMessage(t *testing.T) {
 	t.Parallel()
 	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
-	m.Update(frameMsg{f: incident()})
+	m.Update(FrameMsg{Frame: incident()})
 	m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("b/carol")})
 	m.Update(tea.KeyMsg{Type: tea.KeyEnter})
 	if !m.blockers || m.filter != "carol" || len(m.view) != 1 || m.view[0].s.PID != 106 {
@@ -367,7 +367,7 @@ func TestResize(t *testing.T) {
 	t.Parallel()
 	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
-	m.Update(frameMsg{f: incident()})
+	m.Update(FrameMsg{Frame: incident()})
 	m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{'G'}})
 	m.Update(tea.WindowSizeMsg{Width: 60, Height: 8})
 	lines := strings.Split(m.View(), "\n")
@@ -387,3 +387,26 @@ func TestResize(t *testing.T) {
 func size(w, h int) tea.WindowSizeMsg { return tea.WindowSizeMsg{Width: w, Height: h} }
 
 func runes(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }
+
+// The details stay on their session: when it ends, they say so rather
+// than show the next row's.
+func TestDetailsOfAnEndedSession(t *testing.T) {
+	t.Parallel()
+	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
+	m.Update(size(100, 30))
+	m.Update(FrameMsg{Frame: incident()})
+	m.key(tea.KeyMsg{Type: tea.KeyEnter})
+	if !strings.HasPrefix(m.View(), "session 102 ") {
+		t.Fatalf("details:\n%s", m.View())
+	}
+	next := incident()
+	next.Snap.Sessions = next.Snap.Sessions[4:] // 102 and its workers ended
+	m.Update(FrameMsg{Frame: next})
+	if !strings.HasPrefix(m.View(), "session 102 has ended") {
+		t.Fatalf("details after 102 ended:\n%s", m.View())
+	}
+	m.key(tea.KeyMsg{Type: tea.KeyEsc})
+	if !strings.Contains(m.View(), " sort age") {
+		t.Fatalf("esc did not go back:\n%s", m.View())
+	}
+}

@@ -121,10 +121,13 @@ func (m *Model) View() string {
 	switch {
 	case m.help:
 		return m.fit(helpLines(m.opt.ReadOnly))
-	case m.detail:
-		if r := m.selected(); r != nil {
-			return m.fit(m.detailLines(r))
+	case m.detail != nil:
+		for i := range m.all {
+			if m.all[i].id == *m.detail {
+				return m.fit(m.detailLines(&m.all[i]))
+			}
 		}
+		return m.fit([]string{fmt.Sprintf("session %d has ended", m.detail.pid), "", "esc: back"})
 	}
 	var b strings.Builder
 	b.Grow((m.height + 1) * (m.width + 16))
