@@ -106,7 +106,11 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 		}
 	}
 	m := tui.New(tui.Options{Context: ctx, Source: src, Interval: opts.Interval, ReadOnly: opts.ReadOnly, Renderer: renderer})
-	p := topProgram(ctx, m, opts.IO)
+	p := topProgram(m, opts.IO)
+	go func() {
+		<-ctx.Done() // a signal, or the end of topRun
+		p.Quit()     // a no-op once the program has ended
+	}()
 	// bubbletea restores the terminal on a panic in the model, and on
 	// Ctrl-C, which the model reads as a key in raw mode.
 	_, err = p.Run()
@@ -115,23 +119,27 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap top: "+l)
 	}
 	switch {
-	case err == nil, errors.Is(err, tea.ErrInterrupted):
+	case err == nil: // q, Ctrl-C, SIGTERM or SIGINT
 	case errors.Is(err, tea.ErrProgramPanic):
 		return fmt.Errorf("top: internal error, please report it: %w", err)
-	case errors.Is(err, tea.ErrProgramKilled) && ctx.Err() != nil:
-		// Stopped by SIGTERM or SIGINT: done, as with q.
 	default:
 		return fmt.Errorf("top: %w", err)
 	}
 	if m.Acting() {
 		return &exitError{ExitIncomplete, errors.New("top stopped while an action was running: its outcome is unknown; look with pgreap ls")}
 	}
-	// Quit with q, or stopped by a signal: either way, done.
 	return nil
 }
 
 // topProgram runs a model of top on the whole screen of the streams'
-// terminal; it stops when ctx ends.
-func topProgram(ctx context.Context, m tea.Model, io *IOStreams) *tea.Program {
-	return tea.NewProgram(m, tea.WithAltScreen(), tea.WithContext(ctx), tea.WithInput(io.In), tea.WithOutput(io.Out))
+// terminal.
+func topProgram(m tea.Model, io *IOStreams) *tea.Program {
+	// No signal handler and no context for bubbletea: Main turns SIGINT
+	// and SIGTERM into the end of ctx, and topRun turns that into a quit.
+	// bubbletea's own handler races with the context (when ctx ends
+	// first, the handler blocks forever sending to a finished event loop:
+	// top hung on SIGTERM), and its kill path closes the input while
+	// its reader still reads it (a data race): a quit waits for both.
+	return tea.NewProgram(m, tea.WithAltScreen(), tea.WithoutSignalHandler(),
+		tea.WithInput(io.In), tea.WithOutput(io.Out))
 }

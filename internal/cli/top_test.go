@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"context"
 	"errors"
 	"fmt"
 	"os"
@@ -10,6 +9,7 @@ import (
 	"strings"
 	"syscall"
 	"testing"
+	"time"
 
 	tea "github.com/charmbracelet/bubbletea"
 
@@ -84,15 +84,21 @@ func (tt *tmuxTerm) keys(keys ...string) {
 
 func (tt *tmuxTerm) screen() string { return tt.run("capture-pane", "-p", "-t", "0") }
 
-// waitFor waits until the screen shows text.
+// waitFor waits until the screen shows text; the test fails with the
+// screen after 30s.
 func (tt *tmuxTerm) waitFor(text string) string {
 	tt.t.Helper()
-	var screen string
-	pgtest.Eventually(tt.t, "the screen to show "+text, func() (bool, error) {
-		screen = tt.screen()
-		return strings.Contains(screen, text), nil
-	})
-	return screen
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		screen := tt.screen()
+		if strings.Contains(screen, text) {
+			return screen
+		}
+		if time.Now().After(deadline) {
+			tt.t.Fatalf("the screen does not show %q after 30s:\n%s", text, screen)
+		}
+		time.Sleep(10 * time.Millisecond) // a poll, not a wait for time to pass
+	}
 }
 
 // The end-to-end test: the built command in a real terminal
@@ -247,7 +253,7 @@ func (panicky) View() string { return "press p to panic" }
 // topPanic runs panicky as top runs its model; exit 3 if Run reports
 // the panic.
 func topPanic() int {
-	_, err := cli.TopProgram(context.Background(), panicky{}, cli.System()).Run()
+	_, err := cli.TopProgram(panicky{}, cli.System()).Run()
 	if errors.Is(err, tea.ErrProgramPanic) {
 		return 3
 	}
