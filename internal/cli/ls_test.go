@@ -323,12 +323,7 @@ func TestConnectionFailure(t *testing.T) {
 
 func TestLsParallelWorkers(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	leader := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	leader.Exec("CREATE TABLE big AS SELECT g AS id FROM pg_catalog.generate_series(1, 200000) AS g")
-	leader.Exec("ANALYZE big")
-	leader.Exec("SET max_parallel_workers_per_gather = 2; SET parallel_setup_cost = 0; SET parallel_tuple_cost = 0; SET min_parallel_table_scan_size = 0")
-	leader.Start("SELECT count(*) FROM big WHERE pg_catalog.pg_sleep(0.0005) IS NOT NULL")
+	db, leader, _ := pgtest.Parallel(t)
 	var rows []struct {
 		PID         int32
 		LeaderPID   *int32 `json:"leader_pid"`

@@ -37,18 +37,18 @@ type Model struct {
 
 	width, height int
 
-	frame    *Frame     // the latest snapshot
-	stale    error      // the last refresh failed with it
-	loading  bool       // a snapshot is in flight
-	acting   bool       // an action is in flight
-	all      []row      // every row of the frame
-	view     []row      // the rows shown: filtered, sorted, or the blocking tree
-	summary  string     // the header's second line, made with the frame
-	widths   [ncols]int // of the columns, over the view
-	cols     []int      // the columns shown, but the query: those that fit
-	cursor   int        // in view
-	top      int        // the first row on the screen
-	marks    map[ident]bool
+	frame   *Frame     // the latest snapshot
+	stale   error      // the last refresh failed with it
+	loading bool       // a snapshot is in flight
+	acting  bool       // an action is in flight
+	all     []row      // every row of the frame
+	view    []row      // the rows shown: filtered, sorted, or the blocking tree
+	summary string     // the header's second line, made with the frame
+	widths  [ncols]int // of the columns, over the view
+	cols    []int      // the columns shown, but the query: those that fit
+	cursor  int        // in view
+	top     int        // the first row on the screen
+	marks   map[ident]bool
 
 	sortBy   sortKey
 	filter   string // applied, lower case
