@@ -3,6 +3,7 @@ package tui
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net/netip"
 	"strings"
 	"sync"
@@ -408,5 +409,30 @@ func TestDetailsOfAnEndedSession(t *testing.T) {
 	m.key(tea.KeyMsg{Type: tea.KeyEsc})
 	if !strings.Contains(m.View(), " sort age") {
 		t.Fatalf("esc did not go back:\n%s", m.View())
+	}
+}
+
+// A question about many sessions names as many as fit, says how many more,
+// and the screen keeps its height.
+func TestQuestionAboutManySessions(t *testing.T) {
+	t.Parallel()
+	for _, h := range []int{minHeight, 12, 30} {
+		m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
+		m.Update(size(100, h))
+		m.Update(FrameMsg{Frame: incident()})
+		for range m.view {
+			m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}})
+		}
+		m.key(runes("t"))
+		v := m.View()
+		if n := strings.Count(v, "\n") + 1; n != h {
+			t.Fatalf("height %d: %d lines:\n%s", h, n, v)
+		}
+		named := strings.Count(v, "\n  1") // the sessions' lines: two spaces and a pid of 1xx
+		more := min(maxAsked, h-7)
+		if !strings.Contains(v, "terminate 7 sessions? y/n") || named < more ||
+			!strings.Contains(v, fmt.Sprintf("… and %d more", 7-more)) {
+			t.Fatalf("height %d:\n%s", h, v)
+		}
 	}
 }

@@ -363,9 +363,11 @@ func (m *Model) questionLines() []string {
 	q := m.ask
 	verb := map[bool]string{true: "cancel the query of", false: "terminate"}[q.kind == "cancel"]
 	lines := []string{m.st.paint(m.st.yellow, m.cutLine(fmt.Sprintf("%s %s? y/n", verb, sessionCount(len(q.sessions)))))}
+	// As many as fit with a few rows of the table still on the screen.
+	most := max(min(maxAsked, m.height-7), 1)
 	for i := range q.sessions {
-		if i == maxAsked && len(q.sessions) > maxAsked+1 {
-			lines = append(lines, m.cutLine(fmt.Sprintf("  … and %d more", len(q.sessions)-maxAsked)))
+		if i == most && len(q.sessions) > most+1 {
+			lines = append(lines, m.cutLine(fmt.Sprintf("  … and %d more", len(q.sessions)-most)))
 			break
 		}
 		lines = append(lines, m.cutLine("  "+describe(&q.sessions[i], q.snap.Taken)))
