@@ -94,8 +94,8 @@ func BenchmarkTop(b *testing.B) {
 }
 
 // topFrame makes n sessions as a busy server has them: mostly idle pool
-// connections, some active queries of a few hundred bytes, transactions
-// left open, lock waits queued behind them, parallel queries with two
+// connections, queries of a few hundred bytes and one in fifty of 7 KB
+// over 170 lines (an ORM's), transactions left open, lock waits queued behind them, parallel queries with two
 // workers each.
 func topFrame(n int) *tui.Frame {
 	taken := time.Date(2026, 11, 26, 10, 0, 0, 0, time.UTC)
@@ -113,6 +113,10 @@ func topFrame(n int) *tui.Frame {
 		age := time.Duration(i%900) * time.Second
 		s.QueryStart, s.StateChange = taken.Add(-age), taken.Add(-age)
 		s.Query = fmt.Sprintf("SELECT o.id, o.customer_id, sum(l.amount) FROM orders o JOIN lines l ON l.order_id = o.id WHERE o.created_at > now() - interval '%d days' GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 100 /* %s */", i%30, strings.Repeat("x", i%400))
+		if i%50 == 7 {
+			// An ORM's query: 7 KB over 170 lines.
+			s.Query = "SELECT\n" + strings.Repeat("    t0.some_rather_long_column_name AS c,\n", 170) + "    1\nFROM t0\nWHERE t0.id = $1"
+		}
 		switch s.State {
 		case "idle":
 			s.WaitEventType, s.WaitEvent = "Client", "ClientRead"

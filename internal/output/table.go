@@ -213,11 +213,12 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	for i, p := range s.BlockedBy {
 		blocked[i] = strconv.Itoa(int(p))
 	}
-	state := s.State
+	state := clean(s.State)
 	if s.BackendType != "client backend" && s.BackendType != "" {
 		// Not an ordinary client: a parallel worker, an autovacuum
 		// worker, a logical walsender ... say so where the eye looks.
-		state = strings.TrimSpace(s.BackendType + " " + state)
+		// (An extension names its background workers' type.)
+		state = strings.TrimSpace(clean(s.BackendType) + " " + state)
 	}
 	if results {
 		return []string{

@@ -10,6 +10,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -154,8 +156,18 @@ func TestWorkersFoldedCancelTheLeader(t *testing.T) {
 	if !f.Snap.HasLeaderPID() {
 		// PostgreSQL 12 does not say whose worker a worker is: it has a
 		// row of its own, and acting on it is refused (protected).
-		if len(m.all) < 2 {
+		var w []activity.Session
+		for _, s := range f.Snap.Sessions {
+			if s.PID == worker {
+				w = append(w, s)
+			}
+		}
+		if len(m.all) < 2 || len(w) != 1 {
 			t.Fatalf("rows %+v", m.all)
+		}
+		results, err := src.Act(pgtest.Context(t), action.Cancel, f.Snap, w)
+		if err != nil || len(results) != 1 || results[0].Outcome != action.Protected {
+			t.Fatalf("cancel of worker %d: %v %+v", worker, err, results)
 		}
 		return
 	}
@@ -199,5 +211,31 @@ func TestReconnects(t *testing.T) {
 	})
 	if src.conn.PgConn().PID() == first {
 		t.Fatal("still on the terminated connection")
+	}
+}
+
+// The selectors top was started with are re-checked when the signal is
+// sent: a session that no longer matches them by the y is changed, and
+// left alone.
+func TestSelectorsAreRecheckedAtTheSignal(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("BEGIN")
+	v.Exec("SELECT 1")
+	src := newDB(t, &selector.Selector{App: []string{v.App}, State: []string{"idle in transaction"}})
+	f, err := src.Frame(pgtest.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(f.Snap.Sessions) != 1 || f.Snap.Sessions[0].PID != v.PID {
+		t.Fatalf("sessions %+v", f.Snap.Sessions)
+	}
+	v.Exec("COMMIT") // idle now: top --state 'idle in transaction' would not show it
+	results, err := src.Act(pgtest.Context(t), action.Terminate, f.Snap, f.Snap.Sessions)
+	if err != nil || len(results) != 1 || results[0].Outcome != action.Changed {
+		t.Fatalf("%v %+v", err, results)
+	}
+	if !v.Alive() {
+		t.Fatal("terminated a session that no longer matched")
 	}
 }

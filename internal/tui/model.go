@@ -3,6 +3,7 @@ package tui
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -50,17 +51,20 @@ type Model struct {
 	top     int        // the first row on the screen
 	marks   map[ident]bool
 
-	sortBy   sortKey
-	filter   string // applied, lower case
-	input    textinput.Model
-	typing   bool
-	blockers bool
-	help     bool
-	detail   *ident // the session whose fields are shown
-	ask      *question
-	status   string
-	bad      bool     // the status reports a problem
-	done     []string // the status of every action, in order
+	sortBy    sortKey
+	filter    string // applied, lower case
+	input     textinput.Model
+	typing    bool
+	blockers  bool
+	help      bool
+	detail    *ident // the session whose fields are shown
+	detailTop int    // the first line of them on the screen
+	ask       *question
+	ticks     int  // refreshes scheduled: the number of the one that counts
+	leaving   bool // q was pressed while an action ran: a second q quits
+	status    string
+	bad       bool     // the status reports a problem
+	done      []string // the status of every action, in order
 }
 
 // Done is the status line of every action carried out, in order.
@@ -75,6 +79,7 @@ type question struct {
 	kind     action.Kind
 	snap     *activity.Snapshot
 	sessions []activity.Session
+	hidden   int // marked sessions left out: not on the list (filter, b)
 }
 
 // FrameMsg is a refresh's result: a new frame, or why there is none. The
@@ -86,7 +91,9 @@ type FrameMsg struct {
 
 // Messages.
 type (
-	tickMsg struct{}
+	// tickMsg is a refresh coming due; only the latest one scheduled
+	// counts, so that refreshes never run in two loops.
+	tickMsg struct{ n int }
 	actMsg  struct {
 		kind    action.Kind
 		results []action.Result
@@ -115,14 +122,22 @@ func (m *Model) Init() tea.Cmd { return m.fetch() }
 
 func (m *Model) fetch() tea.Cmd {
 	ctx, src := m.opt.Context, m.opt.Source
-	return func() tea.Msg {
+	return func() (msg tea.Msg) {
+		defer func() {
+			if r := recover(); r != nil {
+				msg = FrameMsg{Err: fmt.Errorf("internal error, please report it: %v", r)}
+			}
+		}()
 		f, err := src.Frame(ctx)
 		return FrameMsg{Frame: f, Err: err}
 	}
 }
 
+// next schedules the next refresh, and makes any scheduled before stale.
 func (m *Model) next() tea.Cmd {
-	return tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return tickMsg{} })
+	m.ticks++
+	n := m.ticks
+	return tea.Tick(m.opt.Interval, func(time.Time) tea.Msg { return tickMsg{n} })
 }
 
 // Update handles a message; it never waits on the server.
@@ -146,13 +161,13 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	case tickMsg:
 		// While an action runs, the tick is dropped: its outcome fetches
 		// the next frame, and the ticks go on from there.
-		if !m.acting && !m.loading {
+		if msg.n == m.ticks && !m.acting && !m.loading {
 			m.loading = true
 			return m, m.fetch()
 		}
 		return m, nil
 	case actMsg:
-		m.acting = false
+		m.acting, m.leaving = false, false
 		m.report(msg)
 		if !m.loading {
 			// Show what the action did now, not at the next tick.
@@ -173,15 +188,25 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 
 func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	if k.Type == tea.KeyCtrlC {
-		return m, tea.Quit
+		return m.quit()
 	}
 	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Paste {
+		if m.ask != nil {
+			// An answer is one key pressed on its own, never a burst
+			// of text (a paste into a terminal without bracketed paste).
+			return m, nil
+		}
 		// Keys typed faster than they are read come as one message: "/rep"
-		// is / then r, e, p, each a key of its own.
+		// is / then r, e, p, each a key of its own. What follows a key
+		// that asks a question is dropped: the question must be seen
+		// before it is answered.
 		var cmds []tea.Cmd
 		for _, r := range k.Runes {
 			_, cmd := m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}, Alt: k.Alt})
 			cmds = append(cmds, cmd)
+			if m.ask != nil {
+				break
+			}
 		}
 		return m, tea.Batch(cmds...)
 	}
@@ -209,15 +234,26 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		m.help = false
 		return m, nil
 	case m.detail != nil:
+		// The view clamps detailTop to the text's length.
 		switch k.String() {
 		case "esc", "enter", "q", "backspace":
 			m.detail = nil
+		case "down", "j":
+			m.detailTop++
+		case "up", "k":
+			m.detailTop = max(m.detailTop-1, 0)
+		case "pgdown", "ctrl+f", " ":
+			m.detailTop += m.height - 2
+		case "pgup", "ctrl+b":
+			m.detailTop = max(m.detailTop-m.height+2, 0)
+		case "home", "g":
+			m.detailTop = 0
 		}
 		return m, nil
 	}
 	switch k.String() {
 	case "q":
-		return m, tea.Quit
+		return m.quit()
 	case "up", "k":
 		m.move(-1)
 	case "down", "j":
@@ -260,7 +296,7 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case "enter":
 		if r := m.selected(); r != nil {
 			id := r.id
-			m.detail = &id
+			m.detail, m.detailTop = &id, 0
 		}
 	case "?":
 		m.help = true
@@ -270,6 +306,17 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		m.propose(action.Terminate)
 	}
 	return m, nil
+}
+
+// quit quits, unless an action is running: then it says so first, and
+// the second q (or Ctrl-C) quits without waiting for the outcome.
+func (m *Model) quit() (tea.Model, tea.Cmd) {
+	if m.acting && !m.leaving {
+		m.leaving = true
+		m.status, m.bad = "an action is running and its outcome is not known yet: q again quits without it", true
+		return m, nil
+	}
+	return m, tea.Quit
 }
 
 // propose asks before acting on the marked sessions, or the selected one.
@@ -282,12 +329,15 @@ func (m *Model) propose(kind action.Kind) {
 		m.status, m.bad = "an action is still running: wait for its outcome", true
 		return
 	}
+	// The marked sessions on the screen's list; marks the filter hides
+	// are left out, and the question says so.
 	var sessions []activity.Session
-	for i := range m.all {
-		if m.marks[m.all[i].id] {
-			sessions = append(sessions, *m.all[i].s)
+	for i := range m.view {
+		if m.marks[m.view[i].id] {
+			sessions = append(sessions, *m.view[i].s)
 		}
 	}
+	hidden := len(m.marks) - len(sessions)
 	if len(sessions) == 0 {
 		r := m.selected()
 		if r == nil {
@@ -296,7 +346,7 @@ func (m *Model) propose(kind action.Kind) {
 		}
 		sessions = append(sessions, *r.s)
 	}
-	m.ask = &question{kind: kind, snap: m.frame.Snap, sessions: sessions}
+	m.ask = &question{kind: kind, snap: m.frame.Snap, sessions: sessions, hidden: hidden}
 }
 
 func (m *Model) answer(k tea.KeyMsg) (tea.Model, tea.Cmd) {
@@ -306,7 +356,12 @@ func (m *Model) answer(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		m.ask, m.acting = nil, true
 		m.status, m.bad = fmt.Sprintf("%s: %s…", q.kind, sessionCount(len(q.sessions))), false
 		ctx, src := m.opt.Context, m.opt.Source
-		return m, func() tea.Msg {
+		return m, func() (msg tea.Msg) {
+			defer func() {
+				if r := recover(); r != nil {
+					msg = actMsg{q.kind, nil, fmt.Errorf("internal error, please report it (look with pgreap ls): %v", r)}
+				}
+			}()
 			results, err := src.Act(ctx, q.kind, q.snap, q.sessions)
 			return actMsg{q.kind, results, err}
 		}
@@ -431,22 +486,38 @@ func (m *Model) rebuild() {
 	if m.frame != nil {
 		now = m.frame.Snap.Taken
 	}
-	rows := make([]row, 0, len(m.all))
-	for i := range m.all {
-		if m.all[i].matches(m.filter) {
-			m.all[i].render(now) // once per snapshot, whatever the view
-			rows = append(rows, m.all[i])
-		}
-	}
+	var rows []row
 	if m.blockers {
-		rows = blockingTree(rows)
+		// The tree of every row, then the filter keeps whole trees: a
+		// waiter found by the filter comes with the session at its root.
+		tree := blockingTree(m.all)
+		rows = make([]row, 0, len(tree))
+		for start := 0; start < len(tree); {
+			end := start + 1
+			for end < len(tree) && tree[end].depth > 0 {
+				end++
+			}
+			if slices.ContainsFunc(tree[start:end], func(r row) bool { return r.matches(m.filter) }) {
+				rows = append(rows, tree[start:end]...)
+			}
+			start = end
+		}
 	} else {
+		rows = make([]row, 0, len(m.all))
+		for i := range m.all {
+			if m.all[i].matches(m.filter) {
+				m.all[i].render(now) // once per snapshot, whatever the view
+				rows = append(rows, m.all[i])
+			}
+		}
 		sortRows(rows, m.sortBy)
+	}
+	for i := range rows {
+		rows[i].render(now) // the tree's rows: their pid cell is indented
 	}
 	m.view = rows
 	m.widths = [ncols]int{}
 	for i := range m.view {
-		m.view[i].render(now)
 		for c, cell := range m.view[i].cells[:colQuery] {
 			m.widths[c] = max(m.widths[c], width(cell))
 		}

@@ -5,6 +5,7 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strings"
 	"sync"
 	"testing"
@@ -234,8 +235,18 @@ func TestColor(t *testing.T) {
 // drawn: not even those in an application name or a query.
 func TestPlainHasNoEscapes(t *testing.T) {
 	t.Parallel()
-	for _, keys := range [][]string{nil, {"b"}, {"<down>", "<down>", "<down>", "<down>", "<down>", "<down>", "<enter>"}, {"t"}} {
-		s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}}, 140, 20)
+	f := incident()
+	for i := range f.Snap.Sessions {
+		s := &f.Snap.Sessions[i]
+		switch s.PID {
+		case 108: // and its application name and query, in incident()
+			s.Usename, s.Datname = "mal\x1b[1mlory", "p\x1b]8;;http://x\x07g"
+		case 109:
+			s.BackendType, s.State = "ext\x1b[5m worker", "act\x1b[7mive"
+		}
+	}
+	for _, keys := range [][]string{nil, {"b"}, {"<down>", "<down>", "<down>", "<down>", "<down>", "<down>", "<enter>"}, {"t"}, {"G", "<up>", "t"}, {"G", "<enter>"}} {
+		s := start(t, Options{Source: &fakeSource{frames: []*Frame{f}}}, 140, 20)
 		s.keys(keys...)
 		m := s.quit("<ctrl+c>")
 		if v := m.View(); strings.ContainsAny(v, "\x1b\x07") {
@@ -249,9 +260,12 @@ func TestTerminateAsksThenActsOnTheMarked(t *testing.T) {
 	src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
 	s := start(t, Options{Source: src}, 140, 14)
 	// The two oldest (the report, 12m, and 105, idle in transaction 3m),
-	// and the autovacuum worker, found with a filter: a question names the
-	// marked sessions the filter hides too.
+	// and the autovacuum worker, found with a filter: only the marked
+	// sessions on the list are asked about, the others are said to be
+	// left out.
 	s.keys("<space>", "<space>", "/", "vacuum", "<enter>", "<space>", "t")
+	s.waitFor("terminate 1 session? y/n   (2 marked, not on the list now, left out)")
+	s.keys("n", "<esc>", "t") // esc clears the filter: all three are on the list
 	s.waitFor("terminate 3 sessions? y/n")
 	if len(src.actions()) != 0 {
 		t.Fatal("acted before the answer")
@@ -269,6 +283,43 @@ func TestTerminateAsksThenActsOnTheMarked(t *testing.T) {
 	if len(m.marks) != 0 {
 		t.Fatalf("marks left after the action: %v", m.marks)
 	}
+}
+
+// Keys in one burst (typed ahead, or pasted where the terminal does not
+// mark pastes) never answer a question: the rest of a burst after the key
+// that asks is dropped, and a burst is no answer.
+func TestABurstOfKeysNeverAnswers(t *testing.T) {
+	t.Parallel()
+	for _, burst := range [][]string{{"ty"}, {"pretty"}, {"select yes"}, {"t", "yes"}, {"c", "yy"}} {
+		src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+		m := New(Options{Source: src, Interval: time.Hour})
+		m.Update(size(140, 20))
+		m.Update(FrameMsg{Frame: incident()})
+		for _, keys := range burst {
+			if _, cmd := m.Update(runes(keys)); cmd != nil {
+				run(cmd)
+			}
+		}
+		if m.ask == nil || m.acting || len(src.actions()) != 0 {
+			t.Fatalf("burst %q: question %v, acting %v, acted %v", burst, m.ask != nil, m.acting, src.actions())
+		}
+	}
+}
+
+// run runs a command and what it returns, as the program would, without
+// the ticks (which would wait).
+func run(cmd tea.Cmd) []tea.Msg {
+	msg := cmd()
+	if batch, ok := msg.(tea.BatchMsg); ok {
+		var msgs []tea.Msg
+		for _, c := range batch {
+			if c != nil {
+				msgs = append(msgs, run(c)...)
+			}
+		}
+		return msgs
+	}
+	return []tea.Msg{msg}
 }
 
 func TestNoMeansNothing(t *testing.T) {
@@ -358,7 +409,8 @@ func TestKeysInOneMessage(t *testing.T) {
 	m.Update(FrameMsg{Frame: incident()})
 	m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("b/carol")})
 	m.Update(tea.KeyMsg{Type: tea.KeyEnter})
-	if !m.blockers || m.filter != "carol" || len(m.view) != 1 || m.view[0].s.PID != 106 {
+	// In the tree, the filter keeps carol's whole tree: 105 at its root.
+	if !m.blockers || m.filter != "carol" || len(m.view) != 3 || m.view[0].s.PID != 105 || m.view[1].s.PID != 106 {
 		t.Fatalf("blockers %v filter %q view %d", m.blockers, m.filter, len(m.view))
 	}
 }
@@ -397,7 +449,7 @@ func TestDetailsOfAnEndedSession(t *testing.T) {
 	m.Update(size(100, 30))
 	m.Update(FrameMsg{Frame: incident()})
 	m.key(tea.KeyMsg{Type: tea.KeyEnter})
-	if !strings.HasPrefix(m.View(), "session 102 ") {
+	if !strings.HasPrefix(m.View(), "session 102\n") {
 		t.Fatalf("details:\n%s", m.View())
 	}
 	next := incident()
@@ -434,5 +486,121 @@ func TestQuestionAboutManySessions(t *testing.T) {
 			!strings.Contains(v, fmt.Sprintf("… and %d more", 7-more)) {
 			t.Fatalf("height %d:\n%s", h, v)
 		}
+	}
+}
+
+// Enter shows every field and the whole query, scrolling when it is
+// longer than the screen.
+func TestDetailsScroll(t *testing.T) {
+	t.Parallel()
+	f := incident()
+	f.Snap.Sessions[1].Query = "SELECT 1\n" + strings.Repeat("UNION ALL SELECT 2\n", 40) + "-- the last line"
+	m := New(Options{Source: &fakeSource{frames: []*Frame{f}}, Interval: time.Hour})
+	m.Update(size(100, 12))
+	m.Update(FrameMsg{Frame: f})
+	m.key(tea.KeyMsg{Type: tea.KeyEnter})
+	if v := m.View(); !strings.Contains(v, "lines 1-11 of 61") || strings.Contains(v, "the last line") {
+		t.Fatalf("first page:\n%s", v)
+	}
+	for range 100 { // past the end: it stops at the last page
+		m.key(runes("j"))
+	}
+	if v := m.View(); !strings.Contains(v, "lines 51-61 of 61") || !strings.Contains(v, "-- the last line") {
+		t.Fatalf("last page:\n%s", v)
+	}
+	m.key(runes("g"))
+	if v := m.View(); !strings.Contains(v, "lines 1-11 of 61") {
+		t.Fatalf("back to the top:\n%s", v)
+	}
+}
+
+// Only the latest refresh scheduled counts: an action's outcome fetches a
+// frame at once, and the refresh that was due does not start a second loop.
+func TestOneRefreshLoop(t *testing.T) {
+	t.Parallel()
+	src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+	m := New(Options{Source: src, Interval: time.Hour})
+	m.Update(size(140, 20))
+	m.Update(FrameMsg{Frame: incident()}) // schedules refresh 1
+	m.Update(FrameMsg{Frame: incident()}) // as after an action: schedules 2
+	if _, cmd := m.Update(tickMsg{1}); cmd != nil {
+		t.Fatal("a stale refresh fetched a frame")
+	}
+	_, cmd := m.Update(tickMsg{2})
+	if cmd == nil {
+		t.Fatal("the refresh due did not fetch")
+	}
+	if msgs := run(cmd); len(msgs) != 1 || msgs[0].(FrameMsg).Frame == nil {
+		t.Fatalf("fetched %v", msgs)
+	}
+	if _, cmd := m.Update(tickMsg{2}); cmd != nil {
+		t.Fatal("a second fetch while one is in flight")
+	}
+}
+
+// q while an action runs says that its outcome is not known yet; a second
+// q quits anyway.
+func TestQuitDuringAnAction(t *testing.T) {
+	t.Parallel()
+	src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
+	m := New(Options{Source: src, Interval: time.Hour})
+	m.Update(size(140, 20))
+	m.Update(FrameMsg{Frame: incident()})
+	m.key(runes("t"))
+	if _, cmd := m.key(runes("y")); cmd == nil || !m.Acting() {
+		t.Fatal("y did not start the action")
+	}
+	if _, cmd := m.key(runes("q")); cmd != nil || !strings.Contains(m.status, "q again quits without it") {
+		t.Fatalf("the first q: status %q", m.status)
+	}
+	_, cmd := m.key(runes("q"))
+	if cmd == nil {
+		t.Fatal("the second q did not quit")
+	}
+	if _, ok := cmd().(tea.QuitMsg); !ok {
+		t.Fatal("the second q did not quit")
+	}
+}
+
+// A panic in a command (a refresh, an action) is an error on the screen,
+// not a crash that takes the terminal with it.
+func TestPanicInACommand(t *testing.T) {
+	t.Parallel()
+	m := New(Options{Source: panicSource{}, Interval: time.Hour})
+	m.Update(size(140, 20))
+	msgs := run(m.Init())
+	if len(msgs) != 1 || msgs[0].(FrameMsg).Err == nil || !strings.Contains(msgs[0].(FrameMsg).Err.Error(), "internal error, please report it: boom") {
+		t.Fatalf("%v", msgs)
+	}
+	m.Update(msgs[0])
+	if !strings.Contains(m.View(), "refresh failed, retrying every 1h0m0s: internal error, please report it: boom") {
+		t.Fatalf("screen:\n%s", m.View())
+	}
+}
+
+type panicSource struct{}
+
+func (panicSource) Frame(context.Context) (*Frame, error) { panic("boom") }
+
+func (panicSource) Act(context.Context, action.Kind, *activity.Snapshot, []activity.Session) ([]action.Result, error) {
+	panic("boom")
+}
+
+// A blocker left out by the selectors: its waiters form a tree of their
+// own after the true roots, and BLOCKED BY stays on a narrow screen to say
+// what they wait for.
+func TestTreeWithABlockerNotShown(t *testing.T) {
+	t.Parallel()
+	f := incident()
+	f.Snap.Sessions = slices.DeleteFunc(f.Snap.Sessions, func(s activity.Session) bool { return s.PID == 105 })
+	m := New(Options{Source: &fakeSource{frames: []*Frame{f}}, Interval: time.Hour})
+	m.Update(size(80, 12))
+	m.Update(FrameMsg{Frame: f})
+	m.key(runes("b"))
+	if len(m.view) != 2 || m.view[0].s.PID != 106 || m.view[0].depth != 0 || m.view[1].depth != 1 {
+		t.Fatalf("tree %+v", m.view)
+	}
+	if !slices.Contains(m.cols, colBlockedBy) || !strings.Contains(m.View(), " 105 ") {
+		t.Fatalf("BLOCKED BY is not shown:\n%s", m.View())
 	}
 }

@@ -67,12 +67,24 @@ func rowsOf(f *Frame) []row {
 	return rows
 }
 
+// maxQueryCell is the most of a query's text a cell gets (bytes): more
+// than any screen is wide.
+const maxQueryCell = 1024
+
 // render makes the row's cells, once.
 func (r *row) render(now time.Time) {
 	if r.cells != nil {
 		return
 	}
-	r.cells = output.ListCells(r.s, now)
+	s := r.s
+	if len(s.Query) > maxQueryCell {
+		// A cell shows one screen line of the query: cleaning the whole
+		// text of long queries, for each session, would hold the keys.
+		short := *s
+		short.Query = strings.ToValidUTF8(s.Query[:maxQueryCell], "")
+		s = &short
+	}
+	r.cells = output.ListCells(s, now)
 	pid := strconv.Itoa(int(r.s.PID))
 	if r.depth > 0 {
 		pid = strings.Repeat("  ", r.depth-1) + "└ " + pid
@@ -163,8 +175,9 @@ func sortRows(rows []row, k sortKey) {
 
 // blockingTree keeps the sessions that block or wait: each root (a
 // session waiting for no one shown) first, the sessions queued behind it
-// indented under it, longest wait first. Roots come oldest first. A
-// session is shown once, under the first blocker that reaches it.
+// indented under it, longest wait first. Roots come oldest first, and
+// those that wait on a session not shown after the others. A session is
+// shown once, under the first blocker that reaches it.
 func blockingTree(rows []row) []row {
 	at := make(map[int32]int, len(rows))
 	for i := range rows {
@@ -202,6 +215,11 @@ func blockingTree(rows []row) []row {
 		}
 	}
 	slices.SortStableFunc(roots, func(a, b int) int {
+		// A root that waits itself waits on a session not shown (left
+		// out by the selectors): true roots come first.
+		if c := cmp.Compare(min(len(rows[a].s.BlockedBy), 1), min(len(rows[b].s.BlockedBy), 1)); c != 0 {
+			return c
+		}
 		if c := cmp.Compare(rows[b].age, rows[a].age); c != 0 {
 			return c
 		}

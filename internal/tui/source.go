@@ -132,7 +132,10 @@ func (d *DB) Act(ctx context.Context, kind action.Kind, snap *activity.Snapshot,
 	for i := range sessions {
 		pids[i] = sessions[i].PID
 	}
-	plan := action.NewPlan(d.conn, snap, sessions, action.Request{Action: kind, PIDs: pids})
+	// The selectors top was started with are re-checked too, as cancel
+	// and terminate re-check theirs: a session that no longer matches
+	// them by the y is reported changed.
+	plan := action.NewPlan(d.conn, snap, sessions, action.Request{Action: kind, PIDs: pids, Selector: d.sel})
 	return action.Execute(ctx, d.conn, plan, action.Options{Wait: actWait})
 }
 

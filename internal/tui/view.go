@@ -46,6 +46,9 @@ func (m *Model) layout() {
 		if used <= m.width {
 			break
 		}
+		if c == colBlockedBy && m.blockers {
+			continue // in the tree, it tells a root that waits on a session not shown
+		}
 		dropped[c] = true
 		used -= m.widths[c] + 2
 	}
@@ -124,7 +127,7 @@ func (m *Model) View() string {
 	case m.detail != nil:
 		for i := range m.all {
 			if m.all[i].id == *m.detail {
-				return m.fit(m.detailLines(&m.all[i]))
+				return m.scrolled(m.detailLines(&m.all[i]))
 			}
 		}
 		return m.fit([]string{fmt.Sprintf("session %d has ended", m.detail.pid), "", "esc: back"})
@@ -339,14 +342,22 @@ func (m *Model) footer() []string {
 		return m.questionLines()
 	case m.typing:
 		return []string{m.input.View() + "   " + m.st.paint(m.st.dim, "enter apply · esc clear")}
-	case m.stale != nil:
-		return []string{m.st.paint(m.st.red, m.cutLine("refresh failed, retrying every "+m.opt.Interval.String()+": "+clean(m.stale.Error())))}
-	case m.status != "":
-		st := m.st.green
-		if m.bad {
-			st = m.st.red
+	case m.stale != nil || m.status != "":
+		var lines []string
+		if m.status != "" {
+			st := m.st.green
+			if m.bad {
+				st = m.st.red
+			}
+			// Every outcome of an action, on up to three lines.
+			for _, l := range wrap(m.status, m.width)[:min(len(wrap(m.status, m.width)), maxStatusLines)] {
+				lines = append(lines, m.st.paint(st, m.cutLine(l)))
+			}
 		}
-		return []string{m.st.paint(st, m.cutLine(m.status))}
+		if m.stale != nil {
+			lines = append(lines, m.st.paint(m.st.red, m.cutLine("refresh failed, retrying every "+m.opt.Interval.String()+": "+clean(m.stale.Error()))))
+		}
+		return lines
 	}
 	keys := "↑↓/jk move · space mark · c cancel · t terminate · / filter · s sort · b blockers · enter details · ? help · q quit"
 	if m.opt.ReadOnly {
@@ -355,6 +366,10 @@ func (m *Model) footer() []string {
 	return []string{m.st.paint(m.st.dim, m.cutLine(keys))}
 }
 
+// maxStatusLines is how many lines the status of an action takes at most
+// (all of it is printed again when top exits).
+const maxStatusLines = 3
+
 // maxAsked is how many sessions a question lists before "and N more".
 const maxAsked = 5
 
@@ -362,7 +377,11 @@ const maxAsked = 5
 func (m *Model) questionLines() []string {
 	q := m.ask
 	verb := map[bool]string{true: "cancel the query of", false: "terminate"}[q.kind == "cancel"]
-	lines := []string{m.st.paint(m.st.yellow, m.cutLine(fmt.Sprintf("%s %s? y/n", verb, sessionCount(len(q.sessions)))))}
+	title := fmt.Sprintf("%s %s? y/n", verb, sessionCount(len(q.sessions)))
+	if q.hidden > 0 {
+		title += fmt.Sprintf("   (%d marked, not on the list now, left out)", q.hidden)
+	}
+	lines := []string{m.st.paint(m.st.yellow, m.cutLine(title))}
 	// As many as fit with a few rows of the table still on the screen.
 	most := max(min(maxAsked, m.height-7), 1)
 	for i := range q.sessions {
@@ -390,6 +409,23 @@ func describe(s *activity.Session, now time.Time) string {
 		state += " " + c[colAge]
 	}
 	return fmt.Sprintf("%d %s, %s: %s", s.PID, who, state, c[colQuery])
+}
+
+// scrolled shows the lines from detailTop, as many as fit above a line
+// that says where one is and how to move.
+func (m *Model) scrolled(lines []string) string {
+	n := m.height - 1
+	top := max(min(m.detailTop, len(lines)-n), 0)
+	end := min(top+n, len(lines))
+	shown := append([]string(nil), lines[top:end]...)
+	for len(shown) < n {
+		shown = append(shown, "")
+	}
+	where := "esc: back"
+	if len(lines) > n {
+		where = fmt.Sprintf("lines %d-%d of %d · ↑↓ PgUp PgDn scroll · esc: back", top+1, end, len(lines))
+	}
+	return m.fit(append(shown, m.st.paint(m.st.dim, where)))
 }
 
 // fit cuts lines to the screen.
@@ -485,7 +521,7 @@ func (m *Model) detailLines(r *row) []string {
 		}
 		fields = append(fields, [2]string{"parallel workers", joinPIDs(pids)})
 	}
-	lines := []string{m.st.paint(m.st.bold, fmt.Sprintf("session %d", s.PID)) + "   " + m.st.paint(m.st.dim, "esc: back"), ""}
+	lines := []string{m.st.paint(m.st.bold, fmt.Sprintf("session %d", s.PID)), ""}
 	for _, f := range fields {
 		lines = append(lines, fmt.Sprintf("  %-18s %s", f[0], clean(f[1])))
 	}
@@ -499,9 +535,6 @@ func (m *Model) detailLines(r *row) []string {
 		indent := len(l) - len(strings.TrimLeft(l, " "))
 		l = clean(l) // one line: no control characters
 		lines = append(lines, wrap("    "+strings.Repeat(" ", min(indent, 40))+l, max(m.width, 8))...)
-	}
-	if len(lines) > m.height {
-		lines = append(lines[:m.height-1], m.st.paint(m.st.dim, fmt.Sprintf("  … %d more lines", len(lines)-m.height+1)))
 	}
 	return lines
 }
