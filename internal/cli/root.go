@@ -120,6 +120,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 		NewCmdUnblock(f, nil),
 		NewCmdWatch(f, nil),
 		NewCmdTop(f, nil),
+		NewCmdDemo(f, nil),
 		NewCmdVersion(f),
 	)
 	// cobra's completion command prints its help for an unknown shell and

@@ -82,6 +82,19 @@ func startPgreap(t *testing.T, env []string, args ...string) *process {
 	return p
 }
 
+// wait waits for the process to exit (until the test's deadline).
+func (p *process) wait(t *testing.T) {
+	t.Helper()
+	select {
+	case <-p.done:
+	case <-pgtest.Context(t).Done():
+		t.Fatalf("%s still running at the test's deadline:\n%s", p.cmd.Args, p.errOut.String())
+	}
+}
+
+// code is the exit status of a process that has exited.
+func (p *process) code() int { return p.cmd.ProcessState.ExitCode() }
+
 func (p *process) waitLog(t *testing.T, what string) {
 	t.Helper()
 	pgtest.Eventually(t, "log "+what, func() (bool, error) {

@@ -7,6 +7,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/cluster"
 )
 
 // VictimOptions say where and as whom a victim session connects.
@@ -51,7 +53,7 @@ func NewVictim(t testing.TB, opt VictimOptions) *Victim {
 	if opt.TCP {
 		dsn = c.TCPDSN(opt.DB, opt.User)
 	}
-	dsn += " application_name=" + quote(opt.App)
+	dsn += " application_name=" + cluster.Quote(opt.App)
 	conn := Connect(t, dsn)
 	v := &Victim{Conn: conn, App: opt.App, t: t}
 	err := conn.QueryRow(Context(t), `SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()`).

@@ -1,4 +1,9 @@
-package pgtest
+// Package cluster starts throwaway PostgreSQL servers from the server
+// binaries installed on the machine: one temporary directory holds the
+// data directory, the unix socket and the log, and Stop removes it. Tests
+// (internal/pgtest) and `pgreap demo` use it. It never listens on an
+// address other than the socket and 127.0.0.1.
+package cluster
 
 import (
 	"bufio"
@@ -18,11 +23,15 @@ import (
 	"time"
 )
 
-// Superuser is the bootstrap superuser of every cluster pgtest starts.
+// Superuser is the bootstrap superuser of every cluster.
 const Superuser = "postgres"
 
 // Options tune a cluster before it starts.
 type Options struct {
+	// BinDir holds initdb, pg_ctl and postgres (required).
+	BinDir string
+	// Prefix names the temporary directory (default "pgreap-cluster-").
+	Prefix string
 	// MaxConnections sets max_connections (default 200).
 	MaxConnections int
 	// Settings are extra postgresql.conf lines, name to value.
@@ -59,12 +68,12 @@ func (c *Cluster) LogFile() string { return filepath.Join(c.Dir, "server.log") }
 
 // DSN is a keyword/value connection string over the unix socket.
 func (c *Cluster) DSN(db, user string) string {
-	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=disable", c.Dir, c.Port, quote(db), quote(user))
+	return fmt.Sprintf("host=%s port=%d dbname=%s user=%s sslmode=disable", c.Dir, c.Port, Quote(db), Quote(user))
 }
 
 // TCPDSN is a keyword/value connection string over 127.0.0.1.
 func (c *Cluster) TCPDSN(db, user string) string {
-	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=%s sslmode=disable", c.Port, quote(db), quote(user))
+	return fmt.Sprintf("host=127.0.0.1 port=%d dbname=%s user=%s sslmode=disable", c.Port, Quote(db), Quote(user))
 }
 
 // Env is the libpq environment that points at the cluster as its superuser.
@@ -78,7 +87,8 @@ func (c *Cluster) Env() []string {
 	}
 }
 
-func quote(s string) string {
+// Quote quotes a value of a keyword/value connection string.
+func Quote(s string) string {
 	return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(s) + "'"
 }
 
@@ -86,7 +96,7 @@ func quote(s string) string {
 // server runs as an unprivileged user ("postgres", else "nobody"), because
 // initdb and postgres refuse to run as root.
 func Start(ctx context.Context, opt Options) (*Cluster, error) {
-	bin, err := FindBinDir()
+	bin, err := CheckBinDir(opt.BinDir)
 	if err != nil {
 		return nil, err
 	}
@@ -94,7 +104,11 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	dir, err := os.MkdirTemp("", "pgreap-test-*")
+	prefix := opt.Prefix
+	if prefix == "" {
+		prefix = "pgreap-cluster-"
+	}
+	dir, err := os.MkdirTemp("", prefix+"*")
 	if err != nil {
 		return nil, err
 	}
@@ -171,7 +185,7 @@ func (c *Cluster) configure(opt Options) error {
 	}
 	sort.Strings(keys)
 	var conf strings.Builder
-	conf.WriteString("\n# pgtest\n")
+	conf.WriteString("\n# pgreap\n")
 	for _, k := range keys {
 		fmt.Fprintf(&conf, "%s = %s\n", k, settings[k])
 	}
@@ -231,7 +245,7 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte,
 	}
 	// pg_ctl start leaves the postmaster running with our pipes open; a log
 	// file instead of a pipe lets pg_ctl return.
-	out, err := os.CreateTemp("", "pgtest-cmd-*")
+	out, err := os.CreateTemp("", "pgreap-cmd-*")
 	if err != nil {
 		return nil, err
 	}
@@ -265,67 +279,17 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// FindBinDir finds PostgreSQL server binaries: $PGREAP_TEST_PGBIN; else,
-// with $PGREAP_TEST_PG=MAJOR, the cache that scripts/pg-fetch fills; else
-// `pg_config --bindir`; else the newest /usr/lib/postgresql/*/bin.
-func FindBinDir() (string, error) {
-	if dir := os.Getenv("PGREAP_TEST_PGBIN"); dir != "" {
-		return checkBinDir(dir, "PGREAP_TEST_PGBIN")
+// CheckBinDir returns dir if it holds initdb, pg_ctl and postgres.
+func CheckBinDir(dir string) (string, error) {
+	if dir == "" {
+		return "", errors.New("no directory of PostgreSQL server binaries given")
 	}
-	if major := os.Getenv("PGREAP_TEST_PG"); major != "" {
-		dir := filepath.Join(CacheDir(), major, "bin")
-		if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
-			return "", fmt.Errorf("PGREAP_TEST_PG=%s: no server binaries in %s (run scripts/pg-fetch %s)", major, dir, major)
-		}
-		return dir, nil
-	}
-	if out, err := exec.Command("pg_config", "--bindir").Output(); err == nil {
-		dir := strings.TrimSpace(string(out))
-		if _, err := os.Stat(filepath.Join(dir, "initdb")); err == nil {
-			return dir, nil
-		}
-	}
-	dirs, _ := filepath.Glob("/usr/lib/postgresql/*/bin")
-	best, bestMajor := "", 0
-	for _, d := range dirs {
-		m, err := strconv.Atoi(filepath.Base(filepath.Dir(d)))
-		if err != nil || m <= bestMajor {
-			continue
-		}
-		if _, err := os.Stat(filepath.Join(d, "initdb")); err == nil {
-			best, bestMajor = d, m
-		}
-	}
-	if best == "" {
-		return "", errors.New("no PostgreSQL server binaries: install postgresql (apt-get install -y postgresql), or set PGREAP_TEST_PGBIN, or PGREAP_TEST_PG=MAJOR after scripts/pg-fetch MAJOR")
-	}
-	return best, nil
-}
-
-func checkBinDir(dir, from string) (string, error) {
 	for _, b := range []string{"initdb", "pg_ctl", "postgres"} {
-		if _, err := os.Stat(filepath.Join(dir, b)); err != nil {
-			return "", fmt.Errorf("%s=%s: no %s there", from, dir, b)
+		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.IsDir() {
+			return "", fmt.Errorf("%s: no %s there", dir, b)
 		}
 	}
 	return dir, nil
-}
-
-// CacheDir is where scripts/pg-fetch keeps server binaries per major
-// version: $PGREAP_PG_CACHE, else /var/cache/pgreap/pg for root (readable by
-// the unprivileged user that runs the servers), else ~/.cache/pgreap/pg.
-func CacheDir() string {
-	if d := os.Getenv("PGREAP_PG_CACHE"); d != "" {
-		return d
-	}
-	if os.Geteuid() == 0 {
-		return "/var/cache/pgreap/pg"
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "pgreap", "pg")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "pgreap", "pg")
 }
 
 var versionRE = regexp.MustCompile(`\(PostgreSQL\) (\d+)`)

@@ -1,0 +1,94 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"io"
+	"os"
+
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/cluster"
+	"github.com/pgreap/pgreap/internal/demo"
+)
+
+// DemoOptions are the inputs of `pgreap demo`.
+type DemoOptions struct {
+	IO *IOStreams
+	// Getenv reads PGREAP_PGBIN; Globs are where server binaries are
+	// looked for after PATH (cluster.SystemGlobs).
+	Getenv func(string) string
+	Globs  []string
+
+	Script bool
+	PGBin  string
+}
+
+// NewCmdDemo builds `pgreap demo`; runF replaces the run in tests.
+func NewCmdDemo(f *Factory, runF func(context.Context, *DemoOptions) error) *cobra.Command {
+	opts := &DemoOptions{IO: f.IO, Getenv: os.Getenv, Globs: cluster.SystemGlobs}
+	cmd := &cobra.Command{
+		Use:   "demo",
+		Short: "Show pgreap at work on a throwaway PostgreSQL",
+		Long: `Start a throwaway PostgreSQL cluster (in a temporary directory named
+pgreap-demo-*, as an unprivileged user when run as root), with the
+workload of a shop in trouble: a pool of application sessions running short
+queries on database shop, a runaway report (a parallel query), a
+transaction left open that holds a lock with checkouts queued behind it,
+and another one idle in transaction.
+
+Without --script, print what to paste in a second terminal and the
+commands to try, and wait for Ctrl-C. With --script, run the tour
+unattended: ls, unblock, cancel, terminate with a plan and apply, kick,
+drain and undrain, and watch with one rule, each command printed before
+its output; then stop.
+
+The cluster and its directory are removed on every exit, Ctrl-C included.
+It needs PostgreSQL's server binaries (initdb, pg_ctl, postgres): from
+--pg-bin, $PGREAP_PGBIN, initdb on PATH, pg_config --bindir, or where
+packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew).`,
+		Example: `  pgreap demo
+  pgreap demo --script
+  pgreap demo --pg-bin /usr/lib/postgresql/17/bin`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return demoRun(cmd.Context(), opts)
+		},
+	}
+	cmd.Flags().BoolVar(&opts.Script, "script", false, "run the tour unattended, then stop")
+	cmd.Flags().StringVar(&opts.PGBin, "pg-bin", "", "the directory of PostgreSQL's server binaries")
+	return cmd
+}
+
+func demoRun(ctx context.Context, opts *DemoOptions) error {
+	bin, err := cluster.Find(cluster.Search{Dir: opts.PGBin, Env: opts.Getenv("PGREAP_PGBIN"), Path: true, Globs: opts.Globs})
+	if err != nil {
+		if opts.PGBin != "" {
+			return usageError(errors.New("--pg-bin " + err.Error()))
+		}
+		return usageError(err)
+	}
+	err = demo.Run(ctx, demo.Options{
+		Out:    opts.IO.Out,
+		BinDir: bin,
+		Script: opts.Script,
+		Pgreap: func(ctx context.Context, args []string, out io.Writer) int {
+			// The commands print as they would in a pipe: no questions
+			// (the tour says --yes), no colour, the terminal's width.
+			streams := &IOStreams{In: eofReader{}, Out: out, ErrOut: out, Width: opts.IO.Width}
+			return Run(ctx, args, streams)
+		},
+	})
+	if err != nil && ctx.Err() != nil && !opts.Script {
+		return nil // Ctrl-C: the way to stop the demo
+	}
+	return err
+}
+
+// eofReader is an empty standard input.
+type eofReader struct{}
+
+func (eofReader) Read([]byte) (int, error) { return 0, io.EOF }

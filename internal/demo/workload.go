@@ -1,0 +1,198 @@
+package demo
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/cluster"
+)
+
+// The workload's sizes.
+const (
+	poolSize = 5 // shop-web sessions
+	queued   = 2 // checkouts waiting on the forgotten transaction's lock
+)
+
+// workload is the shop's sessions: each runs in a goroutine of its own
+// until stop. Its connections are plain pgx connections, as an
+// application's would be.
+type workload struct {
+	c      *cluster.Cluster
+	ctx    context.Context
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+	mu     sync.Mutex
+	conns  []*pgx.Conn
+}
+
+func (w *workload) connect(ctx context.Context, db, app string, settings ...string) (*pgx.Conn, error) {
+	dsn := w.c.DSN(db, cluster.Superuser) + " application_name=" + app
+	for _, s := range settings {
+		dsn += " " + s
+	}
+	cn, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		return nil, err
+	}
+	w.mu.Lock()
+	w.conns = append(w.conns, cn)
+	w.mu.Unlock()
+	return cn, nil
+}
+
+// goRun runs f in a goroutine that stop waits for.
+func (w *workload) goRun(f func()) {
+	w.wg.Add(1)
+	go func() {
+		defer w.wg.Done()
+		f()
+	}()
+}
+
+// stop ends every session of the workload and waits for its goroutines.
+func (w *workload) stop() {
+	if w == nil {
+		return
+	}
+	w.cancel()
+	w.wg.Wait()
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	for _, cn := range w.conns {
+		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		_ = cn.Close(ctx)
+		cancel()
+	}
+}
+
+// startWorkload creates the shop and starts its sessions, and returns once
+// they are all in place (the lock queue, the report's workers).
+func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
+	wctx, cancel := context.WithCancel(ctx)
+	w := &workload{c: c, ctx: wctx, cancel: cancel}
+	admin, err := w.connect(ctx, "postgres", "demo-setup")
+	if err != nil {
+		return w, err
+	}
+	if _, err := admin.Exec(ctx, "CREATE DATABASE shop"); err != nil {
+		return w, fmt.Errorf("demo setup: %w", err)
+	}
+	setup, err := w.connect(ctx, "shop", "demo-setup")
+	if err != nil {
+		return w, err
+	}
+	if _, err := setup.Exec(ctx, `
+		CREATE TABLE products (id int PRIMARY KEY, name text, stock int);
+		INSERT INTO products SELECT g, 'product ' || g, 100 FROM generate_series(1, 1000) g;
+		CREATE TABLE orders AS
+			SELECT g AS id, 1 + g % 1000 AS product_id, 1 + g % 5 AS qty, now() - g * interval '1 minute' AS created_at
+			  FROM generate_series(1, 200000) g;
+		ANALYZE`); err != nil {
+		return w, fmt.Errorf("demo setup: %w", err)
+	}
+	_ = setup.Close(ctx) // not part of the show
+
+	for i := 0; i < poolSize; i++ {
+		w.goRun(w.webSession)
+	}
+	// The forgotten transaction: a batch job that updated a product and
+	// never committed.
+	batch, err := w.connect(ctx, "shop", "batch")
+	if err != nil {
+		return w, err
+	}
+	if _, err := batch.Exec(ctx, "BEGIN; UPDATE products SET stock = stock - 1 WHERE id = 1"); err != nil {
+		return w, err
+	}
+	for i := 0; i < queued; i++ {
+		cn, err := w.connect(ctx, "shop", "checkout")
+		if err != nil {
+			return w, err
+		}
+		w.goRun(func() { _, _ = cn.Exec(w.ctx, "UPDATE products SET stock = stock + 1 WHERE id = 1") })
+	}
+	etl, err := w.connect(ctx, "shop", "etl")
+	if err != nil {
+		return w, err
+	}
+	if _, err := etl.Exec(ctx, "BEGIN; SELECT count(*) FROM orders WHERE created_at > now() - interval '1 day'"); err != nil {
+		return w, err
+	}
+	if err := w.startReport(ctx); err != nil {
+		return w, err
+	}
+
+	// Ready when everyone is in place and the checkouts have waited 1s
+	// (unblock --longer-than 1s). The report's workers may not come
+	// (max_worker_processes used up): the demo goes on without them.
+	deadline := time.Now().Add(30 * time.Second)
+	for {
+		var pool, waiting, workers int
+		err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE application_name = 'shop-web'),
+			       count(*) FILTER (WHERE wait_event_type = 'Lock' AND query_start < now() - interval '1s'),
+			       count(*) FILTER (WHERE backend_type = 'parallel worker')
+			  FROM pg_catalog.pg_stat_activity WHERE datname = 'shop'`).Scan(&pool, &waiting, &workers)
+		if err != nil {
+			return w, err
+		}
+		if pool >= poolSize && waiting >= queued && (workers > 0 || time.Now().After(deadline.Add(-25*time.Second))) {
+			return w, nil
+		}
+		if time.Now().After(deadline) {
+			return w, fmt.Errorf("demo workload: not in place after 30s (pool %d, waiting %d)", pool, waiting)
+		}
+		select {
+		case <-ctx.Done():
+			return w, ctx.Err()
+		case <-time.After(20 * time.Millisecond): // polling the server
+		}
+	}
+}
+
+// startReport starts the runaway report: a parallel query that runs for
+// minutes.
+func (w *workload) startReport(ctx context.Context) error {
+	cn, err := w.connect(ctx, "shop", "report",
+		"parallel_setup_cost=0", "parallel_tuple_cost=0", "min_parallel_table_scan_size=0")
+	if err != nil {
+		return err
+	}
+	w.goRun(func() {
+		_, _ = cn.Exec(w.ctx, `SELECT product_id, sum(qty) FROM orders
+			 WHERE pg_catalog.pg_sleep(0.002) IS NOT NULL GROUP BY product_id ORDER BY 2 DESC`)
+	})
+	return nil
+}
+
+// webSession is one connection of the application's pool: short queries,
+// and a new connection when the old one is ended (kick, drain), as a pool
+// does.
+func (w *workload) webSession() {
+	for w.ctx.Err() == nil {
+		cn, err := w.connect(w.ctx, "shop", "shop-web")
+		if err != nil {
+			pause(w.ctx, 500*time.Millisecond) // refused (drained): try again later
+			continue
+		}
+		for w.ctx.Err() == nil {
+			var stock int
+			if err := cn.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock); err != nil {
+				break
+			}
+			pause(w.ctx, time.Duration(50+rand.IntN(250))*time.Millisecond)
+		}
+	}
+}
+
+// pause is the workload's think time (not a wait for a condition).
+func pause(ctx context.Context, d time.Duration) {
+	select {
+	case <-ctx.Done():
+	case <-time.After(d):
+	}
+}
