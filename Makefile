@@ -4,10 +4,56 @@ MAJORS  ?= 12 13 14 15 16 17 18
 # Every package (most of them depend on the server version).
 MATRIX_PKGS ?= ./...
 
-.PHONY: build test vet matrix quickstart bench clean
+.PHONY: build test vet matrix demo bench man docs release clean
+
+# What pgreap version says (see internal/cli/version.go).
+VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
+COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
+# The commit's date, not the clock's: the same commit builds the same binary.
+DATE    ?= $(shell git log -1 --format=%cI 2>/dev/null || echo unknown)
+PKG     := github.com/pgreap/pgreap/internal/cli
+LDFLAGS := -s -w -X $(PKG).buildVersion=$(VERSION) -X $(PKG).buildCommit=$(COMMIT) -X $(PKG).buildDate=$(DATE)
+# Release targets: static binaries (no cgo), every one from one make release.
+PLATFORMS ?= linux/amd64 linux/arm64 darwin/amd64 darwin/arm64
+NFPM    ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 
 build:
-	$(GO) build -o pgreap ./cmd/pgreap
+	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o pgreap ./cmd/pgreap
+
+# pgreap at work on a throwaway PostgreSQL: the tour, unattended
+# (`pgreap demo` without --script waits for you in a second terminal).
+demo:
+	$(GO) run ./cmd/pgreap demo --script
+
+# Man pages of every command, from their --help.
+man:
+	rm -rf man && $(GO) run ./internal/cli/docgen -man man
+
+# docs/commands: the reference of every command, from their --help (a test
+# fails when it is out of date).
+docs:
+	rm -rf docs/commands && $(GO) run ./internal/cli/docgen -md docs/commands
+
+# dist/: pgreap_VERSION_OS_ARCH.tar.gz for each platform, .deb and .rpm for
+# linux, SHA256SUMS of them all.
+release: man
+	rm -rf dist && mkdir -p dist/man
+	for f in man/*.1; do gzip -9n < $$f > dist/man/$$(basename $$f).gz; done
+	@set -e; for p in $(PLATFORMS); do \
+		os=$${p%/*}; arch=$${p#*/}; d=dist/$${os}_$${arch}; \
+		echo "== $$os/$$arch"; \
+		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$d/pgreap ./cmd/pgreap; \
+		cp README.md $$d/; mkdir -p $$d/man; cp man/*.1 $$d/man/; \
+		tar -C dist -czf dist/pgreap_$(VERSION)_$${os}_$${arch}.tar.gz --owner=0 --group=0 --mtime='$(DATE)' $${os}_$${arch}; \
+		if [ $$os = linux ]; then \
+			sed -e "s|\$${ARCH}|$$arch|g" -e "s|\$${VERSION}|$(VERSION)|g" packaging/nfpm.yaml > dist/nfpm-$$arch.yaml; \
+			for fmt in deb rpm; do $(NFPM) package --config dist/nfpm-$$arch.yaml --packager $$fmt --target dist/; done; \
+		fi; \
+	done
+	cd dist && sha256sum *.tar.gz *.deb *.rpm > SHA256SUMS && cat SHA256SUMS
+
+clean:
+	rm -rf pgreap dist man
 
 # Every test, against a real PostgreSQL (the newest installed, or
 # PGREAP_TEST_PG=MAJOR from the cache scripts/pg-fetch fills).
@@ -26,10 +72,6 @@ matrix:
 		PGREAP_TEST_PG=$$v $(GO) test -count=1 $(MATRIX_PKGS); \
 	done
 
-# pgreap at work on a throwaway server.
-quickstart:
-	$(GO) run ./internal/pgtest/quickstart
-
 # ls is quick (20 runs); one terminate iteration takes about 100 s (the
 # pg_terminate_backend(pid, 5000) baseline costs 100 ms per session).
 bench:
@@ -40,6 +82,3 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench WatchOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench 'Top$$' -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench WatchCost -benchtime 1x
-
-clean:
-	rm -f pgreap
