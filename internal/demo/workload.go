@@ -75,10 +75,12 @@ func (w *workload) stop() {
 func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
 	wctx, cancel := context.WithCancel(ctx)
 	w := &workload{c: c, ctx: wctx, cancel: cancel}
-	admin, err := w.connect(ctx, "postgres", "demo-setup")
+	// Not one of the shop's sessions: closed once the shop is in place.
+	admin, err := pgx.Connect(ctx, c.DSN("postgres", cluster.Superuser)+" application_name=demo-setup")
 	if err != nil {
 		return w, err
 	}
+	defer admin.Close(context.WithoutCancel(ctx))
 	if _, err := admin.Exec(ctx, "CREATE DATABASE shop"); err != nil {
 		return w, fmt.Errorf("demo setup: %w", err)
 	}
