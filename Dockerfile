@@ -7,13 +7,16 @@
 #
 # deploy/kubernetes runs it as the watch daemon.
 FROM golang:1.26 AS build
+# go.mod asks for go 1.26.8: an older 1.26 image fetches it.
+ENV GOTOOLCHAIN=auto
 WORKDIR /src
 COPY go.mod go.sum ./
 RUN go mod download
 COPY . .
+# docker build --build-arg VERSION=$(git describe --tags) --build-arg COMMIT=$(git rev-parse HEAD) --build-arg DATE=$(git log -1 --format=%cI) .
 ARG VERSION=devel
-ARG COMMIT=unknown
-ARG DATE=unknown
+ARG COMMIT=
+ARG DATE=
 RUN CGO_ENABLED=0 go build -trimpath \
       -ldflags "-s -w -X github.com/pgreap/pgreap/internal/cli.buildVersion=${VERSION} -X github.com/pgreap/pgreap/internal/cli.buildCommit=${COMMIT} -X github.com/pgreap/pgreap/internal/cli.buildDate=${DATE}" \
       -o /pgreap ./cmd/pgreap

@@ -4,13 +4,14 @@ MAJORS  ?= 12 13 14 15 16 17 18
 # Every package (most of them depend on the server version).
 MATRIX_PKGS ?= ./...
 
-.PHONY: build test vet matrix demo bench man docs release clean
+.PHONY: build test vet matrix demo bench man docs ldflags release clean
 
 # What pgreap version says (see internal/cli/version.go).
 VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
 COMMIT  ?= $(shell git rev-parse HEAD 2>/dev/null || echo unknown)
 # The commit's date, not the clock's: the same commit builds the same binary.
 DATE    ?= $(shell git log -1 --format=%cI 2>/dev/null || echo unknown)
+EPOCH   ?= $(shell git log -1 --format=%ct 2>/dev/null || echo 0)
 PKG     := github.com/pgreap/pgreap/internal/cli
 LDFLAGS := -s -w -X $(PKG).buildVersion=$(VERSION) -X $(PKG).buildCommit=$(COMMIT) -X $(PKG).buildDate=$(DATE)
 # Release targets: static binaries (no cgo), every one from one make release.
@@ -27,7 +28,11 @@ demo:
 
 # Man pages of every command, from their --help.
 man:
-	rm -rf man && $(GO) run ./internal/cli/docgen -man man
+	rm -rf man && SOURCE_DATE_EPOCH=$(EPOCH) $(GO) run -ldflags "$(LDFLAGS)" ./internal/cli/docgen -man man
+
+# The build flags, for a test that builds with them.
+ldflags:
+	@echo '$(LDFLAGS)'
 
 # docs/commands: the reference of every command, from their --help (a test
 # fails when it is out of date).
@@ -44,10 +49,11 @@ release: man
 		echo "== $$os/$$arch"; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$d/pgreap ./cmd/pgreap; \
 		cp README.md $$d/; mkdir -p $$d/man; cp man/*.1 $$d/man/; \
-		tar -C dist -czf dist/pgreap_$(VERSION)_$${os}_$${arch}.tar.gz --owner=0 --group=0 --mtime='$(DATE)' $${os}_$${arch}; \
+		tar -C dist --sort=name --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' --mtime='$(DATE)' \
+			-cf - $${os}_$${arch} | gzip -9n > dist/pgreap_$(VERSION)_$${os}_$${arch}.tar.gz; \
 		if [ $$os = linux ]; then \
-			sed -e "s|\$${ARCH}|$$arch|g" -e "s|\$${VERSION}|$(VERSION)|g" packaging/nfpm.yaml > dist/nfpm-$$arch.yaml; \
-			for fmt in deb rpm; do $(NFPM) package --config dist/nfpm-$$arch.yaml --packager $$fmt --target dist/; done; \
+			sed -e "s|\$${ARCH}|$$arch|g" -e "s|\$${VERSION}|$(VERSION)|g" -e "s|\$${DATE}|$(DATE)|g" packaging/nfpm.yaml > dist/nfpm-$$arch.yaml; \
+			for fmt in deb rpm; do SOURCE_DATE_EPOCH=$(EPOCH) $(NFPM) package --config dist/nfpm-$$arch.yaml --packager $$fmt --target dist/; done; \
 		fi; \
 	done
 	cd dist && sha256sum *.tar.gz *.deb *.rpm > SHA256SUMS && cat SHA256SUMS

@@ -5,6 +5,8 @@ import (
 	"errors"
 	"io"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/spf13/cobra"
 
@@ -64,13 +66,20 @@ packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew).`,
 }
 
 func demoRun(ctx context.Context, opts *DemoOptions) error {
-	bin, err := cluster.Find(cluster.Search{Dir: opts.PGBin, Env: opts.Getenv("PGREAP_PGBIN"), Path: true, Globs: opts.Globs})
-	if err != nil {
-		if opts.PGBin != "" {
-			return usageError(errors.New("--pg-bin " + err.Error()))
-		}
+	env := opts.Getenv("PGREAP_PGBIN")
+	bin, err := cluster.Find(cluster.Search{Dir: opts.PGBin, Env: env, Path: true, Globs: opts.Globs})
+	switch {
+	case err != nil && opts.PGBin != "":
+		return usageError(errors.New("--pg-bin " + err.Error()))
+	case err != nil && env != "":
+		return usageError(errors.New("PGREAP_PGBIN=" + err.Error()))
+	case err != nil:
 		return usageError(err)
 	}
+	// Main stops on SIGINT and SIGTERM; a closed terminal (SIGHUP) and
+	// SIGQUIT must stop the demo's server too, not leave it running.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP, syscall.SIGQUIT)
+	defer stop()
 	err = demo.Run(ctx, demo.Options{
 		Out:    opts.IO.Out,
 		BinDir: bin,

@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"strconv"
 	"strings"
 	"syscall"
 	"testing"
@@ -19,7 +20,14 @@ func demoTmp(t *testing.T) string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	t.Cleanup(func() { os.RemoveAll(dir) })
+	t.Cleanup(func() {
+		// A failed test may leave a demo's postmaster running: stop it
+		// (ours, by its pid; SIGQUIT is its immediate shutdown).
+		for _, pid := range serversIn(dir) {
+			_ = syscall.Kill(pid, syscall.SIGQUIT)
+		}
+		os.RemoveAll(dir)
+	})
 	if err := os.Chmod(dir, 0o755); err != nil {
 		t.Fatal(err)
 	}
@@ -41,7 +49,9 @@ func leftovers(t *testing.T, tmp string) []string {
 func TestDemoScript(t *testing.T) {
 	t.Parallel()
 	tmp := demoTmp(t)
-	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo", "--script")
+	home := t.TempDir() // the user's state directory must stay empty
+	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir,
+		"HOME=" + home, "XDG_STATE_HOME=" + home, "PGREAP_STATE_DIR="}, "demo", "--script")
 	p.wait(t)
 	out := p.out.String()
 	if p.code() != 0 {
@@ -69,6 +79,34 @@ func TestDemoScript(t *testing.T) {
 	}
 	if left := leftovers(t, tmp); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
+	}
+	if state, _ := os.ReadDir(home); len(state) > 0 {
+		t.Fatalf("the tour wrote into the user's home: %v", state)
+	}
+	noServerIn(t, tmp)
+}
+
+// serversIn are the pids of the processes that run from a demo directory
+// in tmp (a demo's postmaster).
+func serversIn(tmp string) []int {
+	var pids []int
+	procs, _ := filepath.Glob("/proc/[0-9]*/cmdline")
+	for _, p := range procs {
+		b, err := os.ReadFile(p)
+		if err == nil && strings.Contains(string(b), tmp+"/pgreap-demo-") {
+			if pid, err := strconv.Atoi(filepath.Base(filepath.Dir(p))); err == nil {
+				pids = append(pids, pid)
+			}
+		}
+	}
+	return pids
+}
+
+// noServerIn fails if a demo's postmaster still runs from tmp.
+func noServerIn(t *testing.T, tmp string) {
+	t.Helper()
+	if pids := serversIn(tmp); len(pids) > 0 {
+		t.Fatalf("still running from %s: pids %v", tmp, pids)
 	}
 }
 
@@ -100,6 +138,46 @@ func TestDemoInterrupted(t *testing.T) {
 	if left := leftovers(t, tmp); len(left) > 0 {
 		t.Fatalf("left behind: %v", left)
 	}
+	noServerIn(t, tmp)
+}
+
+// A closed terminal (SIGHUP) stops the demo's server too.
+func TestDemoHangup(t *testing.T) {
+	t.Parallel()
+	tmp := demoTmp(t)
+	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
+	pgtest.Eventually(t, "the demo's guide", func() (bool, error) {
+		return strings.Contains(p.out.String(), "Ctrl-C here stops everything"), nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t)
+	if left := leftovers(t, tmp); len(left) > 0 {
+		t.Fatalf("left behind: %v\n%s", left, p.errOut.String())
+	}
+	noServerIn(t, tmp)
+}
+
+// Ctrl-C while the cluster starts: pg_ctl is stopped, and the postmaster
+// it started (in a session of its own) too.
+func TestDemoInterruptedWhileStarting(t *testing.T) {
+	t.Parallel()
+	tmp := demoTmp(t)
+	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
+	// As soon as the server's log exists, pg_ctl start is running.
+	pgtest.Eventually(t, "pg_ctl start", func() (bool, error) {
+		logs, _ := filepath.Glob(filepath.Join(tmp, "pgreap-demo-*", "server.log"))
+		return len(logs) > 0, nil
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t)
+	if left := leftovers(t, tmp); len(left) > 0 {
+		t.Fatalf("left behind: %v\n%s", left, p.errOut.String())
+	}
+	noServerIn(t, tmp)
 }
 
 func TestDemoBadPGBin(t *testing.T) {

@@ -30,7 +30,7 @@ type example struct {
 func docExamples(t *testing.T) []example {
 	t.Helper()
 	files, _ := filepath.Glob("../../docs/*.md")
-	files = append(files, "../../README.md")
+	files = append(files, "../../README.md", "../../deploy/README.md")
 	var out []example
 	for _, file := range files {
 		b, err := os.ReadFile(file)
@@ -140,7 +140,7 @@ func TestDocExamplesAreValid(t *testing.T) {
 	if len(examples) < 60 {
 		t.Fatalf("only %d examples found: is the extraction broken?", len(examples))
 	}
-	accepted := regexp.MustCompile(`cannot connect as user|needs a terminal|no such file or directory|no drain record for`)
+	accepted := regexp.MustCompile(`^pgreap: (cannot connect as user|top needs a terminal|\S+: no such file or directory$|no drain record for)`)
 	for _, ex := range examples {
 		args := shellWords(t, ex.line)[1:]
 		if len(args) > 0 && args[0] == "demo" {

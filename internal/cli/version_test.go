@@ -5,17 +5,22 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"strings"
 	"testing"
 )
 
-// A release build says the version, commit and date its flags set (the
-// Makefile's LDFLAGS).
+// A release build says the version, commit and date that the Makefile's
+// LDFLAGS set.
 func TestVersionFromBuildFlags(t *testing.T) {
 	t.Parallel()
 	bin := filepath.Join(t.TempDir(), "pgreap")
-	const pkg = "github.com/pgreap/pgreap/internal/cli"
-	build := exec.Command("go", "build", "-o", bin, "-ldflags",
-		"-X "+pkg+".buildVersion=v1.2.3 -X "+pkg+".buildCommit=0123456789abcdef -X "+pkg+".buildDate=2026-11-26T10:00:00Z",
+	// The Makefile's own flags, so that a wrong package path there fails.
+	flags, err := exec.Command("make", "-s", "-C", "../..", "ldflags",
+		"VERSION=v1.2.3", "COMMIT=0123456789abcdef", "DATE=2026-11-26T10:00:00Z").Output()
+	if err != nil {
+		t.Fatalf("make ldflags: %v", err)
+	}
+	build := exec.Command("go", "build", "-o", bin, "-ldflags", strings.TrimSpace(string(flags)),
 		"github.com/pgreap/pgreap/cmd/pgreap")
 	build.Env = append(os.Environ(), "CGO_ENABLED=0")
 	if out, err := build.CombinedOutput(); err != nil {

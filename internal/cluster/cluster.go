@@ -115,9 +115,18 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	c := &Cluster{Dir: dir, BinDir: bin, Major: major}
 	ok := false
 	defer func() {
-		if !ok {
-			os.RemoveAll(dir)
+		if ok {
+			return
 		}
+		// Interrupted (ctx) or timed out, pg_ctl is gone but the
+		// postmaster it started (in a session of its own) may be coming
+		// up: stop it by its own pid file before its directory goes.
+		if _, err := os.Stat(filepath.Join(c.DataDir(), "postmaster.pid")); err == nil {
+			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+			_, _ = c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "15", "stop")
+			cancel()
+		}
+		os.RemoveAll(dir)
 	}()
 	if os.Geteuid() == 0 {
 		if c.cred, err = unprivileged(); err != nil {
@@ -210,7 +219,8 @@ func appendFile(name, text string) error {
 	return f.Close()
 }
 
-// Stop stops the server and removes its directory.
+// Stop stops the server and removes its directory. A server that cannot
+// be stopped keeps its directory, and the error says how to stop it.
 func (c *Cluster) Stop() error {
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
@@ -219,10 +229,13 @@ func (c *Cluster) Stop() error {
 		// Only our own postmaster, by the pid in its own pid file.
 		_, err = c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "10", "stop")
 	}
-	if rmErr := os.RemoveAll(c.Dir); err == nil {
-		err = rmErr
+	if err != nil {
+		// pg_ctl status: 0 running, 3 not running, 4 no data directory.
+		if _, statusErr := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "status"); statusErr == nil {
+			return fmt.Errorf("the server in %s did not stop (%w): pg_ctl -D %s stop -m immediate, then remove it", c.Dir, err, c.DataDir())
+		}
 	}
-	return err
+	return os.RemoveAll(c.Dir)
 }
 
 // Restart stops and starts the server on the same port.
@@ -279,10 +292,16 @@ func freePort() (int, error) {
 	return l.Addr().(*net.TCPAddr).Port, nil
 }
 
-// CheckBinDir returns dir if it holds initdb, pg_ctl and postgres.
+// CheckBinDir returns dir, made absolute, if it holds initdb, pg_ctl and
+// postgres.
 func CheckBinDir(dir string) (string, error) {
 	if dir == "" {
 		return "", errors.New("no directory of PostgreSQL server binaries given")
+	}
+	// Absolute: the binaries run with the cluster's directory as theirs.
+	dir, err := filepath.Abs(dir)
+	if err != nil {
+		return "", err
 	}
 	for _, b := range []string{"initdb", "pg_ctl", "postgres"} {
 		if fi, err := os.Stat(filepath.Join(dir, b)); err != nil || fi.IsDir() {

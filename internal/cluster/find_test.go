@@ -54,13 +54,21 @@ func TestFindOrder(t *testing.T) {
 			}
 		})
 	}
-	// initdb linked onto PATH: the directory it points into.
+	// A relative directory is made absolute: the binaries run in the
+	// cluster's directory.
+	t.Chdir(root)
+	if got, err := Find(Search{Dir: "given"}); got != given || err != nil {
+		t.Fatalf("relative: %q, %v", got, err)
+	}
+	// initdb linked onto PATH: the directory it points into, before the
+	// globs.
 	onPath := t.TempDir()
-	if err := os.Symlink(filepath.Join(newest, "initdb"), filepath.Join(onPath, "initdb")); err != nil {
+	onPathBin := fakeBin(t, filepath.Join(root, "opt/pg/bin"))
+	if err := os.Symlink(filepath.Join(onPathBin, "initdb"), filepath.Join(onPath, "initdb")); err != nil {
 		t.Fatal(err)
 	}
 	t.Setenv("PATH", onPath)
-	if got, err := Find(Search{Path: true}); got != newest || err != nil {
-		t.Fatalf("through a link on PATH: %q, %v", got, err)
+	if got, err := Find(Search{Path: true, Globs: globs}); got != onPathBin || err != nil {
+		t.Fatalf("through a link on PATH: %q, %v; want %q before the globs", got, err, onPathBin)
 	}
 }

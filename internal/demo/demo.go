@@ -56,11 +56,14 @@ func Run(ctx context.Context, opt Options) (err error) {
 		}
 	}()
 	fmt.Fprintf(opt.Out, "PostgreSQL %d in %s\n", c.Major, c.Dir)
-	// The tour's drain records its settings with the cluster, not in the
-	// user's state directory: they go when the cluster goes.
+	// A drain of the demo's shop records its settings with the cluster,
+	// not in the user's state directory: they go when the cluster goes.
+	// The tour's commands run in this process; the guide's exports say it
+	// to the commands typed in another terminal.
+	state := filepath.Join(c.Dir, "state")
 	if opt.Script {
 		old, had := os.LookupEnv("PGREAP_STATE_DIR")
-		os.Setenv("PGREAP_STATE_DIR", filepath.Join(c.Dir, "state"))
+		os.Setenv("PGREAP_STATE_DIR", state)
 		defer func() {
 			if had {
 				os.Setenv("PGREAP_STATE_DIR", old)
@@ -76,7 +79,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 		return err
 	}
 	if !opt.Script {
-		printGuide(opt.Out, c)
+		printGuide(opt.Out, c, state)
 		<-ctx.Done()
 		fmt.Fprintln(opt.Out)
 		return nil
@@ -84,7 +87,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 	return tour(ctx, opt, c, w)
 }
 
-func printGuide(out io.Writer, c *cluster.Cluster) {
+func printGuide(out io.Writer, c *cluster.Cluster, state string) {
 	fmt.Fprintf(out, `
 The shop is busy, and in trouble:
   shop-web   a pool of %d sessions running short queries on database shop
@@ -107,7 +110,7 @@ and try:
   pgreap drain shop; pgreap undrain shop    keep shop empty, then reopen it
 
 Ctrl-C here stops everything and removes %s.
-`, poolSize, queued, strings.Join(c.Env(), " "), c.Dir)
+`, poolSize, queued, strings.Join(append(c.Env(), "PGREAP_STATE_DIR="+state), " "), c.Dir)
 }
 
 // tour runs the commands of the tour, each printed before its output.

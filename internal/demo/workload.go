@@ -50,6 +50,9 @@ func (w *workload) goRun(f func()) {
 	w.wg.Add(1)
 	go func() {
 		defer w.wg.Done()
+		// A panic here would end the process without stopping the
+		// cluster: the session ends instead, and the demo goes on.
+		defer func() { _ = recover() }()
 		f()
 	}()
 }
@@ -184,6 +187,11 @@ func (w *workload) webSession() {
 		for w.ctx.Err() == nil {
 			var stock int
 			if err := cn.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock); err != nil {
+				// Ended (kick), or its query cancelled: a pool drops the
+				// connection and opens another.
+				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+				_ = cn.Close(ctx)
+				cancel()
 				break
 			}
 			pause(w.ctx, time.Duration(50+rand.IntN(250))*time.Millisecond)
