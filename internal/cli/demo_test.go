@@ -110,53 +110,59 @@ func noServerIn(t *testing.T, tmp string) {
 	}
 }
 
-// Interactive, the demo prints what to try and waits; Ctrl-C (SIGINT)
-// stops it, exit 0, the cluster removed.
-func TestDemoInterrupted(t *testing.T) {
-	t.Parallel()
-	tmp := demoTmp(t)
-	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
-	pgtest.Eventually(t, "the demo's guide", func() (bool, error) {
+// startDemo starts an interactive demo with its directory in tmp.
+func startDemo(t *testing.T, tmp string) *process {
+	t.Helper()
+	return startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
+}
+
+// waitFor polls the demo's output until cond holds.
+func (p *process) waitFor(t *testing.T, what string, cond func() bool) {
+	t.Helper()
+	pgtest.Eventually(t, what, func() (bool, error) {
 		select {
 		case <-p.done:
 			return false, errors.New("demo exited: " + p.errOut.String())
 		default:
 		}
-		return strings.Contains(p.out.String(), "Ctrl-C here stops everything"), nil
+		return cond(), nil
 	})
-	out := p.out.String()
-	if !strings.Contains(out, "export PGHOST="+tmp+"/pgreap-demo-") || len(leftovers(t, tmp)) != 1 {
-		t.Fatalf("guide:\n%s", out)
-	}
-	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
+}
+
+// stopDemo sends sig to a demo and checks that it has cleaned up: exit
+// 0, no directory, no server.
+func stopDemo(t *testing.T, p *process, tmp string, sig syscall.Signal) {
+	t.Helper()
+	if err := p.cmd.Process.Signal(sig); err != nil {
 		t.Fatal(err)
 	}
 	p.wait(t)
 	if p.code() != 0 || p.errOut.String() != "" {
-		t.Fatalf("exit %d, stderr %q", p.code(), p.errOut.String())
+		t.Fatalf("%v: exit %d, stderr %q", sig, p.code(), p.errOut.String())
 	}
 	if left := leftovers(t, tmp); len(left) > 0 {
-		t.Fatalf("left behind: %v", left)
+		t.Fatalf("%v: left behind: %v", sig, left)
 	}
 	noServerIn(t, tmp)
 }
 
-// A closed terminal (SIGHUP) stops the demo's server too.
-func TestDemoHangup(t *testing.T) {
+// Interactive, the demo prints what to try and waits; Ctrl-C (SIGINT), a
+// closed terminal (SIGHUP) or SIGTERM stops it, exit 0, the cluster and
+// its directory gone.
+func TestDemoInterrupted(t *testing.T) {
 	t.Parallel()
-	tmp := demoTmp(t)
-	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
-	pgtest.Eventually(t, "the demo's guide", func() (bool, error) {
-		return strings.Contains(p.out.String(), "Ctrl-C here stops everything"), nil
-	})
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGTERM} {
+		t.Run(sig.String(), func(t *testing.T) {
+			t.Parallel()
+			tmp := demoTmp(t)
+			p := startDemo(t, tmp)
+			p.waitFor(t, "the demo's guide", func() bool { return strings.Contains(p.out.String(), "Ctrl-C here stops everything") })
+			if out := p.out.String(); !strings.Contains(out, "export PGHOST="+tmp+"/pgreap-demo-") || len(leftovers(t, tmp)) != 1 {
+				t.Fatalf("guide:\n%s", out)
+			}
+			stopDemo(t, p, tmp, sig)
+		})
 	}
-	p.wait(t)
-	if left := leftovers(t, tmp); len(left) > 0 {
-		t.Fatalf("left behind: %v\n%s", left, p.errOut.String())
-	}
-	noServerIn(t, tmp)
 }
 
 // Ctrl-C while the cluster starts: pg_ctl is stopped, and the postmaster
@@ -164,20 +170,13 @@ func TestDemoHangup(t *testing.T) {
 func TestDemoInterruptedWhileStarting(t *testing.T) {
 	t.Parallel()
 	tmp := demoTmp(t)
-	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir}, "demo")
+	p := startDemo(t, tmp)
 	// As soon as the server's log exists, pg_ctl start is running.
-	pgtest.Eventually(t, "pg_ctl start", func() (bool, error) {
+	p.waitFor(t, "pg_ctl start", func() bool {
 		logs, _ := filepath.Glob(filepath.Join(tmp, "pgreap-demo-*", "server.log"))
-		return len(logs) > 0, nil
+		return len(logs) > 0
 	})
-	if err := p.cmd.Process.Signal(syscall.SIGINT); err != nil {
-		t.Fatal(err)
-	}
-	p.wait(t)
-	if left := leftovers(t, tmp); len(left) > 0 {
-		t.Fatalf("left behind: %v\n%s", left, p.errOut.String())
-	}
-	noServerIn(t, tmp)
+	stopDemo(t, p, tmp, syscall.SIGINT)
 }
 
 func TestDemoBadPGBin(t *testing.T) {
