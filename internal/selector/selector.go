@@ -8,6 +8,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5/pgtype"
 
@@ -96,8 +97,14 @@ func Parse(spec Spec) (*Selector, error) {
 			if v == "" && l.field != "app" && l.field != "exclude_app" {
 				return nil, &Error{l.field, v, "empty"}
 			}
+			if err := textValue(v); err != "" {
+				return nil, &Error{l.field, v, err}
+			}
 			*l.out = append(*l.out, v)
 		}
+	}
+	if err := textValue(spec.Query); err != "" {
+		return nil, &Error{"query", spec.Query, err}
 	}
 	for _, v := range spec.State {
 		// Accept idle_in_transaction for "idle in transaction": the names
@@ -127,6 +134,19 @@ func Parse(spec Spec) (*Selector, error) {
 		return nil, err
 	}
 	return s, nil
+}
+
+// textValue says why v cannot be a text value for the server, or "": a
+// NUL byte or invalid UTF-8 would be refused by it as an SQL error, late;
+// here it is bad input, said at once.
+func textValue(v string) string {
+	switch {
+	case strings.IndexByte(v, 0) >= 0:
+		return "contains a NUL byte"
+	case !utf8.ValidString(v):
+		return "not valid UTF-8"
+	}
+	return ""
 }
 
 func parseClient(v string) (netip.Prefix, error) {

@@ -7,6 +7,7 @@ import (
 	"strings"
 	"testing"
 	"time"
+	"unicode/utf8"
 
 	"github.com/jackc/pgx/v5"
 
@@ -286,5 +287,80 @@ func TestCompileGolden(t *testing.T) {
 	}
 	if where, args := (&selector.Selector{}).Compile("a", 1); where != "true" || len(args) != 0 {
 		t.Errorf("empty selector: %q %v", where, args)
+	}
+}
+
+// Any selection: Parse never panics; what it refuses is said on one line
+// (as the CLI prints it) with the field; what it accepts compiles to SQL
+// whose text does not depend on the values (they are bound parameters,
+// one per placeholder), and every value is text the server takes.
+func FuzzParseCompile(f *testing.F) {
+	f.Add("shop*", "report*", "10.0.0.0/8", "idle_in_transaction", `(?i)^select`, "5m", "1h30m", "app\x00", true)
+	f.Add("", "", "::1", "active", "(", "-1s", "90", "\xff", false)
+	f.Add("%_\\", "*", "fe80::/10", "idle*", "", "0s", "", "' OR true --", true)
+	f.Fuzz(func(t *testing.T, db, app, client, state, query, longer, xact, user string, waiting bool) {
+		spec := selector.Spec{Query: query, LongerThan: longer, XactLongerThan: xact, Waiting: waiting, Blocking: !waiting}
+		for _, v := range []struct {
+			in  string
+			out *[]string
+		}{{db, &spec.DB}, {app, &spec.App}, {client, &spec.Client}, {state, &spec.State}, {user, &spec.ExcludeUser}} {
+			if v.in != "" {
+				*v.out = []string{v.in}
+			}
+		}
+		sel, err := selector.Parse(spec)
+		if err != nil {
+			var se *selector.Error
+			if !errors.As(err, &se) || se.Field == "" {
+				t.Fatalf("error %v is not a selector.Error with its field", err)
+			}
+			return
+		}
+		where, args := sel.Compile("a", 1)
+		if n := strings.Count(where, "$"); n != len(args) {
+			t.Fatalf("%d placeholders, %d values: %s", n, len(args), where)
+		}
+		// The same selection with other values compiles to the same text.
+		other := *sel
+		for _, l := range []*[]string{&other.DB, &other.App, &other.State, &other.ExcludeUser} {
+			if len(*l) > 0 {
+				*l = []string{"x"}
+			}
+		}
+		if w, _ := other.Compile("a", 1); w != where {
+			t.Fatalf("the SQL depends on the values:\n%s\n%s", where, w)
+		}
+		for _, a := range args {
+			if ss, ok := a.([]string); ok {
+				for _, s := range ss {
+					if strings.IndexByte(s, 0) >= 0 || !utf8.ValidString(s) {
+						t.Fatalf("a value the server refuses: %q", s)
+					}
+				}
+			}
+		}
+	})
+}
+
+// Text the server would refuse (an SQL error, late) is bad input at once.
+func TestParseRefusesTextTheServerCannotTake(t *testing.T) {
+	tests := []struct {
+		name   string
+		spec   selector.Spec
+		field  string
+		reason string
+	}{
+		{"NUL in a glob", selector.Spec{App: []string{"a\x00b"}}, "app", "contains a NUL byte"},
+		{"invalid UTF-8 in a glob", selector.Spec{ExcludeDB: []string{"\xffshop"}}, "exclude_db", "not valid UTF-8"},
+		{"NUL in a regexp", selector.Spec{Query: "select\x00"}, "query", "contains a NUL byte"},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			_, err := selector.Parse(tt.spec)
+			var se *selector.Error
+			if !errors.As(err, &se) || se.Field != tt.field || se.Reason != tt.reason {
+				t.Fatalf("error %v, want %s: %s", err, tt.field, tt.reason)
+			}
+		})
 	}
 }

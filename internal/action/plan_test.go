@@ -1,0 +1,42 @@
+package action_test
+
+import (
+	"bytes"
+	"strings"
+	"testing"
+
+	"github.com/pgreap/pgreap/internal/action"
+)
+
+// planRow is one row as --dry-run -o json writes it.
+const planRow = `{"pid":18809,"leader_pid":null,"datname":"shop","usename":"postgres","application_name":"etl","client_addr":null,"backend_type":"client backend","state":"idle in transaction","backend_start":"2026-11-26T02:40:06.81281Z","xact_start":"2026-11-26T02:40:06.813946Z","query_start":"2026-11-26T02:40:06.813946Z","state_change":"2026-11-26T02:40:06.830168Z","wait_event_type":"Client","wait_event":"ClientRead","query":"BEGIN; SELECT 1","query_id":null,"blocked_by":[],"action":"terminate","outcome":"planned","detail":null,"guard":["pid","backend_start"],"plan":{"version":1,"host":"/tmp/x","port":5432,"postmaster_start_time":"2026-11-26T02:40:06.361902Z"}}`
+
+// Any plan file: ReadPlan never panics; what it accepts names every
+// session it will act on by a pid and a backend_start, with a cancel or a
+// terminate and a guard, all on one server run.
+func FuzzReadPlan(f *testing.F) {
+	f.Add([]byte("[" + planRow + "]"))
+	f.Add([]byte("[" + planRow + "," + strings.Replace(planRow, "18809", "18810", 1) + "]"))
+	f.Add([]byte("[" + strings.Replace(planRow, `"guard":["pid","backend_start"]`, `"guard":["pid"]`, 1) + "]"))
+	f.Add([]byte("[" + strings.Replace(planRow, `"action":"terminate"`, `"action":"vacuum"`, 1) + "]"))
+	f.Add([]byte(`[{"pid":1}]`))
+	f.Add([]byte(`[]`))
+	f.Add([]byte(`{"a":`))
+	f.Fuzz(func(t *testing.T, data []byte) {
+		plan, err := action.ReadPlan(bytes.NewReader(data))
+		if err != nil {
+			return // the CLI prints it on one line (cli.Message), exit 2
+		}
+		for _, r := range plan.Results {
+			if r.PID <= 0 || r.BackendStart.IsZero() || (r.Action != action.Cancel && r.Action != action.Terminate) || r.Outcome != action.Planned {
+				t.Fatalf("accepted a row it cannot act on safely: %+v", r)
+			}
+			if r.Action == action.Cancel && !r.Guard.Query {
+				t.Fatalf("a cancel without its query pinned: %+v", r)
+			}
+		}
+		if len(plan.Results) > 0 && plan.Server.Started.IsZero() {
+			t.Fatalf("no server run: %+v", plan.Server)
+		}
+	})
+}
