@@ -4,7 +4,7 @@ MAJORS  ?= 12 13 14 15 16 17 18
 # Every package (most of them depend on the server version).
 MATRIX_PKGS ?= ./...
 
-.PHONY: build test vet matrix demo bench man docs ldflags release clean
+.PHONY: build test vet matrix demo bench fuzz man docs ldflags release clean
 
 # What pgreap version says (see internal/cli/version.go).
 VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
@@ -20,6 +20,16 @@ NFPM    ?= $(GO) run github.com/goreleaser/nfpm/v2/cmd/nfpm@v2.45.2
 
 build:
 	CGO_ENABLED=0 $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o pgreap ./cmd/pgreap
+
+# Hostile input: every fuzz target for FUZZTIME (docs/reliability.md). A
+# short minimization keeps the engine fuzzing instead of shrinking inputs.
+FUZZTIME ?= 60s
+fuzz:
+	$(GO) test ./internal/selector -run '^$$' -fuzz '^FuzzParseCompile$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./internal/action -run '^$$' -fuzz '^FuzzReadPlan$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./internal/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzCleanFastPath$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzAppendJSONString$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
 # pgreap at work on a throwaway PostgreSQL: the tour, unattended
 # (`pgreap demo` without --script waits for you in a second terminal).

@@ -107,6 +107,9 @@ func Parse(spec Spec) (*Selector, error) {
 		return nil, &Error{"query", spec.Query, err}
 	}
 	for _, v := range spec.State {
+		if err := textValue(v); err != "" {
+			return nil, &Error{"state", v, err} // and no regexp of it
+		}
 		// Accept idle_in_transaction for "idle in transaction": the names
 		// have spaces that are awkward in a shell and in YAML keys.
 		st := strings.ReplaceAll(strings.TrimSpace(v), "_", " ")

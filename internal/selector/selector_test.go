@@ -353,6 +353,9 @@ func TestParseRefusesTextTheServerCannotTake(t *testing.T) {
 		{"NUL in a glob", selector.Spec{App: []string{"a\x00b"}}, "app", "contains a NUL byte"},
 		{"invalid UTF-8 in a glob", selector.Spec{ExcludeDB: []string{"\xffshop"}}, "exclude_db", "not valid UTF-8"},
 		{"NUL in a regexp", selector.Spec{Query: "select\x00"}, "query", "contains a NUL byte"},
+		// Found by FuzzParseCompile: the state's glob became a regexp
+		// that regexp.MustCompile refused, a panic.
+		{"invalid UTF-8 in a state", selector.Spec{State: []string{"\xfa"}}, "state", "not valid UTF-8"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
