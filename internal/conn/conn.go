@@ -126,7 +126,13 @@ type Error struct {
 // Error is one line: the user, the address tried (host or socket, and port)
 // and the server's message, never a password.
 func (e *Error) Error() string {
-	return fmt.Sprintf("cannot connect as user %q: %s", e.User, attempt(e.Err))
+	msg := fmt.Sprintf("cannot connect as user %q: %s", e.User, attempt(e.Err))
+	var pgErr *pgconn.PgError
+	if errors.As(e.Err, &pgErr) && pgErr.Code == "53300" { // too_many_connections
+		msg += " (hint: every connection slot is taken; a superuser gets in through superuser_reserved_connections, " +
+			"and on PostgreSQL 16+ a role granted pg_use_reserved_connections through reserved_connections)"
+	}
+	return msg
 }
 
 func (e *Error) Unwrap() error { return e.Err }
