@@ -4,7 +4,7 @@ MAJORS  ?= 12 13 14 15 16 17 18
 # Every package (most of them depend on the server version).
 MATRIX_PKGS ?= ./...
 
-.PHONY: build test vet matrix demo bench fuzz man docs ldflags release clean
+.PHONY: build test vet matrix demo bench fuzz soak man docs ldflags release clean
 
 # What pgreap version says (see internal/cli/version.go).
 VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
@@ -30,6 +30,11 @@ fuzz:
 	$(GO) test ./internal/policy -run '^$$' -fuzz '^FuzzParse$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzCleanFastPath$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzAppendJSONString$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
+
+# The long churn soak: 10,000 actions among connecting and disconnecting
+# clients, checked against the server log (docs/reliability.md).
+soak:
+	PGREAP_SOAK_ACTIONS=10000 $(GO) test -count=1 -timeout 30m ./internal/action -run TestChurnSoak -v
 
 # pgreap at work on a throwaway PostgreSQL: the tour, unattended
 # (`pgreap demo` without --script waits for you in a second terminal).
