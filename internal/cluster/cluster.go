@@ -238,6 +238,16 @@ func (c *Cluster) Stop() error {
 	return os.RemoveAll(c.Dir)
 }
 
+// Crash stops the server as a crash would (pg_ctl stop -m immediate: no
+// checkpoint, clients cut off), for tests of what pgreap does then.
+func (c *Cluster) Crash(ctx context.Context) error {
+	out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "20", "stop")
+	if err != nil {
+		return fmt.Errorf("pg_ctl stop -m immediate: %w\n%s", err, out)
+	}
+	return nil
+}
+
 // Restart stops and starts the server on the same port.
 func (c *Cluster) Restart(ctx context.Context) error {
 	out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60", "-m", "fast",
