@@ -71,6 +71,15 @@ func Message(err error) string {
 			msg += " (hint: statement_timeout ended it; set a longer one in the connection string, e.g. statement_timeout=2min)"
 		}
 	}
+	if !errors.As(err, &ce) {
+		switch {
+		case errors.Is(err, context.DeadlineExceeded):
+			msg += fmt.Sprintf(" (hint: no answer from the server within its statement_timeout plus %s: "+
+				"the network or the server stalled, and pgreap closed its connection)", conn.DeadlineMargin)
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+			msg += " (hint: the connection to the server was lost: a restart, a crash, or the network)"
+		}
+	}
 	// One line, always: a server message or a wrapped error may have more.
 	return strings.Join(strings.Fields(msg), " ")
 }

@@ -31,6 +31,9 @@ const (
 	DefaultStatementTimeout = "30s"
 	DefaultLockTimeout      = "5s"
 	DefaultConnectTimeout   = 10 * time.Second
+	// DeadlineMargin is how long pgreap waits for an answer past the
+	// session's statement_timeout before it gives up on the connection.
+	DeadlineMargin = 2 * time.Second
 )
 
 // Config parses the parameters like libpq would, with -h, -p and -U taking
@@ -38,7 +41,13 @@ const (
 // session:
 //   - application_name=pgreap unless the string or PGAPPNAME names one;
 //   - statement_timeout and lock_timeout, so pgreap never hangs an
-//     incident on a slow catalog or a lock;
+//     incident on a slow catalog or a lock, unless the string, its
+//     options or PGOPTIONS set them;
+//   - a deadline on the client's side for every statement, the session's
+//     statement_timeout plus DeadlineMargin: the server's timeout cannot
+//     help when the network stalls (a dead link, a proxy that stops
+//     forwarding), and without it a command would wait forever; past it,
+//     the statement fails and the connection is closed;
 //   - search_path=pg_catalog, pg_temp, so that besides every name being
 //     pg_catalog-qualified, no operator or type in another schema can be
 //     picked up either;
@@ -57,11 +66,26 @@ func Config(p Params) (*pgx.ConnConfig, error) {
 	if rp["application_name"] == "" {
 		rp["application_name"] = "pgreap"
 	}
-	if _, ok := rp["statement_timeout"]; !ok {
-		rp["statement_timeout"] = DefaultStatementTimeout
+	// A setting in the startup packet wins over the same one in its
+	// options (-c name=value, from the string or PGOPTIONS): set the
+	// defaults only where neither names them.
+	opts := startupOptions(rp["options"])
+	for name, def := range map[string]string{"statement_timeout": DefaultStatementTimeout, "lock_timeout": DefaultLockTimeout} {
+		if v, ok := opts[name]; ok {
+			if _, set := rp[name]; !set {
+				rp[name] = v
+			}
+		}
+		if _, ok := rp[name]; !ok {
+			rp[name] = def
+		}
 	}
-	if _, ok := rp["lock_timeout"]; !ok {
-		rp["lock_timeout"] = DefaultLockTimeout
+	timeout, ok := pgDuration(rp["statement_timeout"])
+	if !ok {
+		return nil, fmt.Errorf("connection string: statement_timeout %q: not a duration PostgreSQL takes (e.g. 30s, 2min, 5000)", rp["statement_timeout"])
+	}
+	if timeout > 0 {
+		cfg.Tracer = statementDeadline(timeout + DeadlineMargin)
 	}
 	rp["search_path"] = "pg_catalog, pg_temp"
 	if cfg.ConnectTimeout == 0 {
@@ -74,6 +98,108 @@ func Config(p Params) (*pgx.ConnConfig, error) {
 	}
 	cfg.DefaultQueryExecMode = pgx.QueryExecModeExec
 	return cfg, nil
+}
+
+// Deadline is the client-side deadline of every statement on a
+// connection configured by Config; zero for none (statement_timeout=0).
+func Deadline(cfg *pgx.ConnConfig) time.Duration {
+	if d, ok := cfg.Tracer.(statementDeadline); ok {
+		return time.Duration(d)
+	}
+	return 0
+}
+
+// statementDeadline bounds each statement on the client's side. It is a
+// pgx tracer because that is the one hook pgx offers around every
+// statement (Exec, Query until its rows are closed, QueryRow), so that no
+// statement pgreap sends, now or later, can be left out. When it expires,
+// pgx sets the socket's deadline, the read fails and the connection is
+// closed: the error wraps context.DeadlineExceeded.
+type statementDeadline time.Duration
+
+type deadlineKey struct{}
+
+func (d statementDeadline) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	ctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+	return context.WithValue(ctx, deadlineKey{}, cancel)
+}
+
+func (statementDeadline) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryEndData) {
+	if cancel, ok := ctx.Value(deadlineKey{}).(context.CancelFunc); ok {
+		cancel()
+	}
+}
+
+// startupOptions reads the settings in a startup packet's options, as
+// the server does: words split on spaces (a backslash escapes the next
+// character), "-c name=value", "-cname=value" or "--name=value", dashes
+// in a name read as underscores.
+func startupOptions(s string) map[string]string {
+	var words []string
+	var w strings.Builder
+	inWord, escaped := false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			w.WriteRune(r)
+			escaped = false
+		case r == '\\':
+			escaped, inWord = true, true
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r':
+			if inWord {
+				words = append(words, w.String())
+				w.Reset()
+				inWord = false
+			}
+		default:
+			w.WriteRune(r)
+			inWord = true
+		}
+	}
+	if inWord {
+		words = append(words, w.String())
+	}
+	out := map[string]string{}
+	for i := 0; i < len(words); i++ {
+		var kv string
+		switch word := words[i]; {
+		case word == "-c" && i+1 < len(words):
+			i++
+			kv = words[i]
+		case strings.HasPrefix(word, "--"):
+			kv = word[2:]
+		case strings.HasPrefix(word, "-c"):
+			kv = word[2:]
+		default:
+			continue
+		}
+		if name, value, ok := strings.Cut(kv, "="); ok {
+			out[strings.ToLower(strings.ReplaceAll(name, "-", "_"))] = value
+		}
+	}
+	return out
+}
+
+// pgDuration reads a time setting as PostgreSQL does: a number, maybe
+// with a fraction, and a unit (us, ms, s, min, h, d; none means ms).
+func pgDuration(s string) (time.Duration, bool) {
+	s = strings.TrimSpace(s)
+	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' && r != '-' && r != '+' })
+	num, unit := s, ""
+	if i >= 0 {
+		num, unit = s[:i], strings.TrimSpace(s[i:])
+	}
+	f, err := strconv.ParseFloat(num, 64)
+	if err != nil || f < 0 {
+		return 0, false
+	}
+	scale := map[string]time.Duration{"": time.Millisecond, "us": time.Microsecond, "ms": time.Millisecond,
+		"s": time.Second, "min": time.Minute, "h": time.Hour, "d": 24 * time.Hour}
+	u, ok := scale[unit]
+	if !ok || f*float64(u) > float64(1<<62) {
+		return 0, false
+	}
+	return time.Duration(f * float64(u)), true
 }
 
 // withFlags adds -h, -p and -U to the connection string so they win over

@@ -2,9 +2,12 @@ package conn_test
 
 import (
 	"context"
+	"errors"
 	"fmt"
 	"strconv"
+	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -97,5 +100,80 @@ func TestConfigErrors(t *testing.T) {
 		if _, err := conn.Config(p); err == nil {
 			t.Errorf("%+v: no error", p)
 		}
+	}
+}
+
+// statement_timeout and lock_timeout given in the startup options (the
+// string's options or PGOPTIONS) win over pgreap's defaults, as they do
+// for psql: a setting in the startup packet would otherwise override them.
+func TestStartupOptionsWin(t *testing.T) {
+	t.Setenv("PGOPTIONS", `-c statement_timeout=7s --lock-timeout=3s -c application_name=x\ y`)
+	got := settings(t, conn.Params{})
+	if got["statement_timeout"] != "7s" || got["lock_timeout"] != "3s" {
+		t.Errorf("PGOPTIONS ignored: %v", got)
+	}
+	// The string's own setting wins over its options; search_path is
+	// pgreap's whatever they say.
+	got = settings(t, conn.Params{DSN: `options='-cstatement_timeout=9s -c search_path=public' lock_timeout=1s`})
+	if got["statement_timeout"] != "9s" || got["lock_timeout"] != "1s" || got["search_path"] != "pg_catalog, pg_temp" {
+		t.Errorf("options: %v", got)
+	}
+}
+
+// Every statement has a deadline on the client's side: statement_timeout
+// plus DeadlineMargin, none when statement_timeout is 0.
+func TestDeadline(t *testing.T) {
+	for dsn, want := range map[string]time.Duration{
+		"":                                  30*time.Second + conn.DeadlineMargin,
+		"statement_timeout=500":             500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=1.5s":            1500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout='2 min'":         2*time.Minute + conn.DeadlineMargin,
+		"statement_timeout=1h":              time.Hour + conn.DeadlineMargin,
+		"statement_timeout=1d":              24*time.Hour + conn.DeadlineMargin,
+		"statement_timeout=250000us":        250*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=0":               0,
+		"options='-c statement_timeout=3s'": 3*time.Second + conn.DeadlineMargin,
+	} {
+		cfg, err := conn.Config(conn.Params{DSN: dsn})
+		if err != nil {
+			t.Errorf("%q: %v", dsn, err)
+			continue
+		}
+		if got := conn.Deadline(cfg); got != want {
+			t.Errorf("%q: deadline %v, want %v", dsn, got, want)
+		}
+	}
+	for _, dsn := range []string{"statement_timeout=soon", "statement_timeout=-1", "statement_timeout=5S", "statement_timeout=1e400"} {
+		if _, err := conn.Config(conn.Params{DSN: dsn}); err == nil || !strings.Contains(err.Error(), "statement_timeout") {
+			t.Errorf("%q: %v", dsn, err)
+		}
+	}
+}
+
+// A statement past its deadline fails (the server never answers: a lock
+// wait with statement_timeout off on the server's side) and the
+// connection is closed.
+func TestDeadlineEndsAStatement(t *testing.T) {
+	cfg, err := conn.Config(conn.Params{DSN: "statement_timeout=100ms"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	c, err := conn.Connect(pgtest.Context(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(context.Background())
+	// The server's own timeout is switched off, as a stalled network
+	// would make it useless: only the client's deadline is left.
+	start := time.Now()
+	_, err = c.Exec(pgtest.Context(t), "SET statement_timeout = 0; SELECT pg_catalog.pg_sleep(30)")
+	if !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err %v, want the deadline", err)
+	}
+	if took := time.Since(start); took < 100*time.Millisecond+conn.DeadlineMargin {
+		t.Errorf("ended after %v", took)
+	}
+	if !c.IsClosed() {
+		t.Error("the connection is still open")
 	}
 }
