@@ -1,10 +1,14 @@
 # pgreap — see README.md.
 GO      ?= go
+# The toolchain go.mod names (fetched through the module proxy when the
+# installed go is older): its standard library has the fixes vulncheck asks
+# for. GOTOOLCHAIN=local in the environment keeps the installed one.
+export GOTOOLCHAIN ?= auto
 MAJORS  ?= 12 13 14 15 16 17 18
 # Every package (most of them depend on the server version).
 MATRIX_PKGS ?= ./...
 
-.PHONY: build test vet matrix demo bench fuzz soak man docs ldflags release clean
+.PHONY: build test vet vulncheck matrix demo bench fuzz soak man docs ldflags release clean
 
 # What pgreap version says (see internal/cli/version.go).
 VERSION ?= $(shell git describe --tags --match 'v*' --dirty 2>/dev/null || echo v0.0.0-dev+$$(git rev-parse --short HEAD 2>/dev/null || echo unknown))
@@ -78,10 +82,15 @@ clean:
 
 # Every test, against a real PostgreSQL (the newest installed, or
 # PGREAP_TEST_PG=MAJOR from the cache scripts/pg-fetch fills).
-test: vet
+test: vet vulncheck
 	$(GO) test -race -count=1 ./...
 
 STATICCHECK ?= $(GO) run honnef.co/go/tools/cmd/staticcheck@v0.8.2
+
+# Known vulnerabilities in the code pgreap calls (scripts/vulncheck: an
+# offline copy of the Go vulnerability database, pinned).
+vulncheck:
+	GO=$(GO) scripts/vulncheck
 
 vet:
 	$(GO) vet ./...

@@ -30,7 +30,11 @@ type Params struct {
 const (
 	DefaultStatementTimeout = "30s"
 	DefaultLockTimeout      = "5s"
-	DefaultConnectTimeout   = 10 * time.Second
+	// DefaultSynchronousCommit makes what pgreap writes (drain's and
+	// undrain's ALTER DATABASE) durable on the server before it says so,
+	// without waiting for a synchronous standby that may be the incident.
+	DefaultSynchronousCommit = "local"
+	DefaultConnectTimeout    = 10 * time.Second
 	// DeadlineMargin is how long pgreap waits for an answer past the
 	// session's statement_timeout before it gives up on the connection.
 	DeadlineMargin = 2 * time.Second
@@ -48,6 +52,9 @@ const (
 //     help when the network stalls (a dead link, a proxy that stops
 //     forwarding), and without it a command would wait forever; past it,
 //     the statement fails and the connection is closed;
+//   - synchronous_commit=local, so that a database drain said it blocked
+//     stays blocked through a crash, even on a server that runs with
+//     synchronous_commit=off (unless the string or its options set it);
 //   - search_path=pg_catalog, pg_temp, so that besides every name being
 //     pg_catalog-qualified, no operator or type in another schema can be
 //     picked up either;
@@ -70,7 +77,8 @@ func Config(p Params) (*pgx.ConnConfig, error) {
 	// options (-c name=value, from the string or PGOPTIONS): set the
 	// defaults only where neither names them.
 	opts := startupOptions(rp["options"])
-	for name, def := range map[string]string{"statement_timeout": DefaultStatementTimeout, "lock_timeout": DefaultLockTimeout} {
+	for name, def := range map[string]string{"statement_timeout": DefaultStatementTimeout, "lock_timeout": DefaultLockTimeout,
+		"synchronous_commit": DefaultSynchronousCommit} {
 		if v, ok := opts[name]; ok {
 			if _, set := rp[name]; !set {
 				rp[name] = v

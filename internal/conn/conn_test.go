@@ -29,7 +29,7 @@ func settings(t *testing.T, p conn.Params) map[string]string {
 	}
 	defer c.Close(context.Background())
 	got := map[string]string{}
-	for _, name := range []string{"application_name", "statement_timeout", "lock_timeout", "search_path"} {
+	for _, name := range []string{"application_name", "statement_timeout", "lock_timeout", "search_path", "synchronous_commit"} {
 		var v string
 		if err := c.QueryRow(pgtest.Context(t), "SELECT pg_catalog.current_setting($1)", name).Scan(&v); err != nil {
 			t.Fatal(err)
@@ -52,12 +52,13 @@ func TestSessionSettings(t *testing.T) {
 	c := pgtest.Shared(t)
 	got := settings(t, conn.Params{})
 	want := map[string]string{
-		"application_name":  "pgreap",
-		"statement_timeout": "30s",
-		"lock_timeout":      "5s",
-		"search_path":       "pg_catalog, pg_temp",
-		"user":              pgtest.Superuser,
-		"database":          "postgres",
+		"application_name":   "pgreap",
+		"statement_timeout":  "30s",
+		"lock_timeout":       "5s",
+		"search_path":        "pg_catalog, pg_temp",
+		"synchronous_commit": "local",
+		"user":               pgtest.Superuser,
+		"database":           "postgres",
 	}
 	for k, v := range want {
 		if got[k] != v {

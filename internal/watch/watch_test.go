@@ -425,10 +425,19 @@ rules:
 	}
 }
 
-// The server restarted under watch: the daemon reconnects and acts again,
-// and never audits a session twice.
+// The server restarted (pg_ctl restart -m fast), or crashed (pg_ctl stop
+// -m immediate, then started), under watch: the daemon reconnects and acts
+// again, and never audits a session twice.
 func TestServerRestart(t *testing.T) {
-	t.Parallel()
+	for _, how := range []string{"restart", "crash"} {
+		t.Run(how, func(t *testing.T) {
+			t.Parallel()
+			serverRestart(t, how == "crash")
+		})
+	}
+}
+
+func serverRestart(t *testing.T, crash bool) {
 	ctx := pgtest.Context(t)
 	c, err := pgtest.Start(ctx, pgtest.Options{})
 	if err != nil {
@@ -460,6 +469,14 @@ rules:
 		t.Fatalf("before the restart: SQLSTATE %q", code)
 	}
 	d.waitEntries(t, 1)
+	if crash {
+		if err := c.Crash(ctx); err != nil {
+			t.Fatal(err)
+		}
+		pgtest.Eventually(t, "the target down", func() (bool, error) {
+			return testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues("solo")) == 0, nil
+		})
+	}
 	if err := c.Restart(ctx); err != nil {
 		t.Fatal(err)
 	}

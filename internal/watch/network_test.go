@@ -1,0 +1,53 @@
+package watch_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// The network to a target stalls (nothing forwarded, nothing closed): the
+// daemon's statement deadline notices it, the target goes down, and when
+// the network comes back the daemon reconnects and acts; a session is
+// audited once.
+func TestStalledNetwork(t *testing.T) {
+	t.Parallel()
+	p := pgtest.ProxyTo(t, pgtest.Shared(t))
+	d := startDaemon(t, p.DSN("postgres", pgtest.Superuser)+" statement_timeout=300ms connect_timeout=1", `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 200ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 300ms}
+    action: cancel
+`)
+	up := func() float64 { return testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues(pgtest.Tag(t))) }
+	pgtest.Eventually(t, "the target up", func() (bool, error) { return up() == 1, nil })
+	p.Stall()
+	pgtest.Eventually(t, "the stall noticed", func() (bool, error) {
+		return up() == 0 && strings.Contains(d.logs.String(), `"msg":"connection lost"`), nil
+	})
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	if n := len(d.entries(t)); n != 0 {
+		t.Fatalf("%d audit lines while the network is stalled", n)
+	}
+	p.Resume()
+	if code := sqlState(v.Wait()); code != "57014" {
+		t.Fatalf("SQLSTATE %q, want 57014 (cancelled)", code)
+	}
+	got := d.waitEntries(t, 1)
+	if len(got) != 1 || got[0].PID != v.PID || got[0].Outcome != "cancelled" {
+		t.Fatalf("audit %+v", got)
+	}
+	pgtest.Eventually(t, "the target up again", func() (bool, error) { return up() == 1, nil })
+	if n := len(d.entries(t)); n != 1 {
+		t.Fatalf("%d audit lines, want 1", n)
+	}
+}
