@@ -11,6 +11,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -425,15 +426,22 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 // unverified: stopped before a wait could tell (interrupted, connection
 // lost, a statement failed), a session that was, or may have been,
 // signalled is reported so, never as done.
+//
+// A statement that failed before pgx sent anything (the connection was
+// already closed: pgconn.SafeToRetry) signalled nobody: its sessions are
+// planned again, not reported as maybe signalled.
 func (p *Plan) unverified(err error) {
 	if err == nil {
 		return
 	}
+	notSent := pgconn.SafeToRetry(err)
 	for i := range p.Results {
-		switch r := &p.Results[i]; r.Outcome {
-		case sentOutcome:
+		switch r := &p.Results[i]; {
+		case r.Outcome == sentOutcome:
 			r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
-		case maybeSentOutcome:
+		case r.Outcome == maybeSentOutcome && notSent:
+			r.Outcome = Planned
+		case r.Outcome == maybeSentOutcome:
 			r.Outcome, r.Detail = Survived, fmt.Sprintf("may have been signalled, not verified: %v", err)
 		}
 	}
@@ -451,6 +459,14 @@ func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 		}
 	}
 	if err := p.act(ctx, conn, still, nil, true); err != nil {
+		if pgconn.SafeToRetry(err) {
+			// The terminate never left; the cancel had, and they outlived it.
+			for _, i := range still {
+				if r := &p.Results[i]; r.Outcome == maybeSentOutcome {
+					r.Outcome, r.Detail = Survived, fmt.Sprintf("cancelled, still running the same query after the grace; not terminated: %v", err)
+				}
+			}
+		}
 		return err
 	}
 	for _, i := range still {

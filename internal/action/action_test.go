@@ -619,3 +619,45 @@ func TestRefusedConnectionsAndSelections(t *testing.T) {
 		t.Fatalf("in a transaction: %v", err)
 	}
 }
+
+// A connection already closed (a restart ended it while nobody read)
+// sends nothing: the session is not reported maybe signalled, it is still
+// planned, and the error says why.
+func TestNothingSentOnAClosedConnection(t *testing.T) {
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	cn.Close(pgtest.Context(t))
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: 5 * time.Second})
+	if !errors.Is(err, pgconn.ErrConnClosed) {
+		t.Fatalf("err %v, want conn closed", err)
+	}
+	want(t, res, v.PID, action.Planned, "")
+	if !v.Alive() {
+		t.Fatal("terminated")
+	}
+
+	// The same in a grace: the cancel was sent, the terminate after the
+	// grace could not be: survived, and it says so.
+	v.Exec(`CREATE FUNCTION pg_temp.stubborn() RETURNS void LANGUAGE plpgsql AS $$
+		BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$`)
+	v.Start("SELECT pg_temp.stubborn()")
+	v.WaitState("active", "")
+	cn = open(t, pgtest.Superuser)
+	defer action.BeforeStatement(2, func() { cn.Close(pgtest.Context(t)) })()
+	plan, err = action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err = action.Execute(pgtest.Context(t), cn, plan, action.Options{Grace: 100 * time.Millisecond, Wait: 5 * time.Second})
+	if !errors.Is(err, pgconn.ErrConnClosed) {
+		t.Fatalf("err %v, want conn closed", err)
+	}
+	want(t, res, v.PID, action.Survived, "cancelled, still running the same query after the grace; not terminated: ")
+	if !v.Alive() {
+		t.Fatal("terminated")
+	}
+}

@@ -14,3 +14,15 @@ func FailSetStatements() (restore func()) {
 	}
 	return func() { testHookSQL = nil }
 }
+
+// BeforeStatement calls f before the n-th action statement (from 1).
+func BeforeStatement(n int, f func()) (restore func()) {
+	calls := 0
+	testHookSQL = func(sql string, _ int) string {
+		if calls++; calls == n {
+			f()
+		}
+		return sql
+	}
+	return func() { testHookSQL = nil }
+}

@@ -267,10 +267,11 @@ func toRows(plan *action.Plan, results []action.Result, planFields bool) []outpu
 
 func writeResults(io *IOStreams, format output.Format, color bool, plan *action.Plan, results []action.Result, dryRun bool) error {
 	return output.WriteResults(io.Out, format, toRows(plan, results, dryRun), output.Options{
-		Now:     plan.Taken,
-		QueryID: plan.ServerVersion >= 140000,
-		Color:   color,
-		Width:   io.Width,
+		Now:      plan.Taken,
+		QueryID:  plan.ServerVersion >= 140000,
+		Color:    color,
+		Width:    io.Width,
+		Terminal: io.OutTTY,
 	})
 }
 

@@ -76,7 +76,8 @@ func Message(err error) string {
 		case errors.Is(err, context.DeadlineExceeded):
 			msg += fmt.Sprintf(" (hint: no answer from the server within its statement_timeout plus %s: "+
 				"the network or the server stalled, and pgreap closed its connection)", conn.DeadlineMargin)
-		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE):
+		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+			errors.Is(err, pgconn.ErrConnClosed):
 			msg += " (hint: the connection to the server was lost: a restart, a crash, or the network)"
 		}
 	}

@@ -100,6 +100,8 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		QueryID: snap.HasQueryID(),
 		Color:   opts.Color,
 		Width:   opts.IO.Width,
+		// A terminal shows CSV too: nothing in it may drive the terminal.
+		Terminal: opts.IO.OutTTY,
 	})
 	if err != nil {
 		return err

@@ -92,6 +92,7 @@ func TestCutWhileSignalling(t *testing.T) {
 			v.Start("SELECT pg_catalog.pg_sleep(60)")
 			v.WaitState("active", "")
 			p, dsn := through(t)
+			mark := logMark(t)
 			fired := p.On("pgreap action:", pgtest.Cut, tc.when)
 			args := append(tc.args, "-o", "json", "-d", dsn)
 			if tc.args[0] == "kick" {
@@ -113,13 +114,13 @@ func TestCutWhileSignalling(t *testing.T) {
 			// was signalled once; before, never.
 			if tc.when == pgtest.Before {
 				v.WaitState("active", "")
-				if n := signalsLogged(t, pgtest.Tag(t)); n != 0 {
+				if n := signalsLogged(t, mark, v.PID); n != 0 {
 					t.Fatalf("signalled though the statement never arrived: %d in the log", n)
 				}
 				return
 			}
 			err := v.Wait()
-			if logged := signalsLogged(t, pgtest.Tag(t)); err == nil || logged != 1 {
+			if logged := signalsLogged(t, mark, v.PID); err == nil || logged != 1 {
 				t.Fatalf("the server did not signal it exactly once: %v, %d in the log", err, logged)
 			}
 			t.Logf("%s: %s", rows[0]["detail"], strings.TrimSpace(r.errOut))
@@ -133,6 +134,7 @@ func TestStallWhileWaiting(t *testing.T) {
 	t.Parallel()
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
 	p, dsn := through(t)
+	mark := logMark(t)
 	p.On("pgreap wait:", pgtest.Stall, pgtest.Before)
 	r := run(t, false, "terminate", strconv.Itoa(int(v.PID)), "-o", "json", "-d", dsn)
 	r.wantCode(t, 3)
@@ -143,22 +145,33 @@ func TestStallWhileWaiting(t *testing.T) {
 	}
 	oneLine(t, r, "signals were sent and not all verified", "no answer from the server")
 	pgtest.Eventually(t, "the victim gone", func() (bool, error) { return !v.Alive(), nil })
-	if n := signalsLogged(t, pgtest.Tag(t)); n != 1 {
+	if n := signalsLogged(t, mark, v.PID); n != 1 {
 		t.Fatalf("%d terminations logged, want 1", n)
 	}
 }
 
+// logMark is where the package's server log ends now: signalsLogged reads
+// what comes after it.
+func logMark(t *testing.T) int64 {
+	t.Helper()
+	fi, err := os.Stat(pgtest.Shared(t).LogFile())
+	if err != nil {
+		t.Fatal(err)
+	}
+	return fi.Size()
+}
+
 // signalsLogged counts the cancels and terminations the package's server
-// logged for sessions whose application name is app.
-func signalsLogged(t *testing.T, app string) int {
+// logged, since mark, for the backend pid.
+func signalsLogged(t *testing.T, mark int64, pid int32) int {
 	t.Helper()
 	b, err := os.ReadFile(pgtest.Shared(t).LogFile())
 	if err != nil {
 		t.Fatal(err)
 	}
 	n := 0
-	for _, l := range strings.Split(string(b), "\n") {
-		if strings.Contains(l, " app="+app+" ") &&
+	for _, l := range strings.Split(string(b[mark:]), "\n") {
+		if strings.Contains(l, " ["+strconv.Itoa(int(pid))+"] ") &&
 			(strings.Contains(l, "terminating connection due to administrator command") ||
 				strings.Contains(l, "canceling statement due to user request")) {
 			n++

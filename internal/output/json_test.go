@@ -4,10 +4,11 @@ import (
 	"bytes"
 	"encoding/json"
 	"testing"
+	"unicode"
 )
 
-// stdJSON is what encoding/json writes for s without HTML escaping: the
-// reference appendJSONString must match byte for byte.
+// stdJSON is what encoding/json writes for s without HTML escaping: what
+// appendJSONString must mean.
 func stdJSON(t testing.TB, s string) string {
 	var b bytes.Buffer
 	enc := json.NewEncoder(&b)
@@ -21,13 +22,52 @@ func stdJSON(t testing.TB, s string) string {
 var jsonStrings = []string{
 	"", "plain", `quote " and \ backslash`, "tab\tnewline\ncr\r", "\b\f\x00\x01\x1f\x7f",
 	"<script>&amp;</script>", "\u2028\u2029", "héllo wörld 日本", "\xff\xfe invalid", "a\xc3", "\x1b[31mred\x1b]0;title\x07",
-	"emoji 🙂 and \U0010ffff",
+	"emoji 🙂 and \U0010ffff", "bidi \u202e and C1 \u0085\u009b, tag \U000e0041",
 }
 
-func TestAppendJSONStringMatchesEncodingJSON(t *testing.T) {
+// appendJSONString means what encoding/json means, and has nothing raw
+// that a terminal would act on.
+func checkJSONString(t *testing.T, s string) {
+	t.Helper()
+	got := appendJSONString(nil, s)
+	var back, want string
+	if err := json.Unmarshal(got, &back); err != nil {
+		t.Fatalf("%q: %s is not JSON: %v", s, got, err)
+	}
+	if err := json.Unmarshal([]byte(stdJSON(t, s)), &want); err != nil {
+		t.Fatal(err)
+	}
+	if back != want {
+		t.Fatalf("%q: %s reads %q, want %q", s, got, back, want)
+	}
+	for _, r := range string(got) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) || r == '\u2028' || r == '\u2029' {
+			t.Fatalf("%q: %U raw in %s", s, r, got)
+		}
+	}
+	// EscapeJSON makes encoding/json's own output as safe, meaning the same.
+	esc := EscapeJSON([]byte(stdJSON(t, s)))
+	if err := json.Unmarshal(esc, &back); err != nil || back != want {
+		t.Fatalf("%q: EscapeJSON: %s reads %q (%v), want %q", s, esc, back, err, want)
+	}
+	for _, r := range string(esc) {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			t.Fatalf("%q: EscapeJSON: %U raw in %s", s, r, esc)
+		}
+	}
+}
+
+func TestAppendJSONString(t *testing.T) {
 	for _, s := range jsonStrings {
-		if got, want := string(appendJSONString(nil, s)), stdJSON(t, s); got != want {
-			t.Errorf("%q: got %s, want %s", s, got, want)
+		checkJSONString(t, s)
+	}
+	for s, want := range map[string]string{
+		"a\u202eb\u0085\u009b\x7f": `"a\u202eb\u0085\u009b\u007f"`,
+		"tag \U000e0041 🙂":         `"tag \udb40\udc41 🙂"`,
+		"plain":                    `"plain"`,
+	} {
+		if got := string(appendJSONString(nil, s)); got != want {
+			t.Errorf("%q: %s, want %s", s, got, want)
 		}
 	}
 }
@@ -36,11 +76,7 @@ func FuzzAppendJSONString(f *testing.F) {
 	for _, s := range jsonStrings {
 		f.Add(s)
 	}
-	f.Fuzz(func(t *testing.T, s string) {
-		if got, want := string(appendJSONString(nil, s)), stdJSON(t, s); got != want {
-			t.Fatalf("%q: got %s, want %s", s, got, want)
-		}
-	})
+	f.Fuzz(checkJSONString)
 }
 
 // The fast path of clean must agree with the full one.

@@ -14,6 +14,8 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
+	"unicode/utf16"
 	"unicode/utf8"
 
 	"github.com/pgreap/pgreap/internal/activity"
@@ -48,6 +50,11 @@ type Options struct {
 	Color bool
 	// Width cuts table rows to the terminal's width; 0 does not cut.
 	Width int
+	// Terminal: the output is a terminal. CSV cells, exact otherwise, get
+	// their control characters (escape sequences, carriage returns, bidi
+	// overrides) replaced, so a query text cannot drive the terminal.
+	// Tables are always clean; JSON escapes them.
+	Terminal bool
 }
 
 // Row is a session and, in an action's output, what was done to it.
@@ -267,16 +274,18 @@ func appendJSON(b []byte, v value) ([]byte, error) {
 
 const hexDigits = "0123456789abcdef"
 
-// appendJSONString quotes s as encoding/json does with SetEscapeHTML(false):
-// control characters escaped, invalid UTF-8 replaced by U+FFFD, and U+2028
-// and U+2029 escaped (JavaScript reads them as line ends).
+// appendJSONString quotes s as encoding/json does with SetEscapeHTML(false)
+// (invalid UTF-8 replaced by U+FFFD, U+2028 and U+2029 escaped: JavaScript
+// reads them as line ends), and escapes more: every control character (DEL
+// and C1 too) and format character (bidi overrides), so that JSON shown on
+// a terminal cannot drive it. The JSON means the same string.
 func appendJSONString(b []byte, s string) []byte {
 	b = append(b, '"')
 	start := 0
 	for i := 0; i < len(s); {
 		c := s[i]
 		if c < utf8.RuneSelf {
-			if c >= 0x20 && c != '"' && c != '\\' {
+			if c >= 0x20 && c != '"' && c != '\\' && c != 0x7f {
 				i++
 				continue
 			}
@@ -309,9 +318,13 @@ func appendJSONString(b []byte, s string) []byte {
 			start = i
 			continue
 		}
-		if r == '\u2028' || r == '\u2029' {
+		if r == '\u2028' || r == '\u2029' || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
 			b = append(b, s[start:i]...)
-			b = append(b, '\\', 'u', '2', '0', '2', hexDigits[r&0xf])
+			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+				b = appendU(appendU(b, r1), r2)
+			} else {
+				b = appendU(b, r)
+			}
 			i += size
 			start = i
 			continue
@@ -320,6 +333,39 @@ func appendJSONString(b []byte, s string) []byte {
 	}
 	b = append(b, s[start:]...)
 	return append(b, '"')
+}
+
+// EscapeJSON rewrites, in JSON that encoding/json wrote, the characters
+// appendJSONString escapes and encoding/json leaves raw (DEL, C1 controls,
+// format characters such as bidi overrides): the same JSON, safe to show
+// on a terminal (an audit log under tail -f). encoding/json writes them
+// only inside strings, where an escape means the same.
+func EscapeJSON(b []byte) []byte {
+	unsafe := func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }
+	if bytes.IndexFunc(b, unsafe) < 0 {
+		return b
+	}
+	out := make([]byte, 0, len(b)+32)
+	for len(b) > 0 {
+		r, size := utf8.DecodeRune(b)
+		switch {
+		case size == 1 && r == utf8.RuneError, !unsafe(r):
+			out = append(out, b[:size]...)
+		default:
+			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
+				out = appendU(appendU(out, r1), r2)
+			} else {
+				out = appendU(out, r)
+			}
+		}
+		b = b[size:]
+	}
+	return out
+}
+
+// appendU appends the JSON escape \uXXXX of a UTF-16 code unit.
+func appendU(b []byte, r rune) []byte {
+	return append(b, '\\', 'u', hexDigits[r>>12&0xf], hexDigits[r>>8&0xf], hexDigits[r>>4&0xf], hexDigits[r&0xf])
 }
 
 func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
@@ -334,7 +380,11 @@ func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	for i := range rows {
 		var rec []string
 		for _, f := range fields(nil, &rows[i], opt, results, false) {
-			rec = append(rec, csvText(f.v))
+			cell := csvText(f.v)
+			if opt.Terminal {
+				cell = terminalSafe(cell)
+			}
+			rec = append(rec, cell)
 		}
 		if err := cw.Write(rec); err != nil {
 			return err
@@ -342,6 +392,26 @@ func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 	}
 	cw.Flush()
 	return cw.Error()
+}
+
+// terminalSafe replaces what a terminal would act on rather than show:
+// control characters but newline and tab (CSV quotes those), line and
+// paragraph separators, and format characters (bidi overrides).
+func terminalSafe(s string) string {
+	unsafe := func(r rune) bool {
+		return r != '\n' && r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r))
+	}
+	if strings.IndexFunc(s, unsafe) < 0 && utf8.ValidString(s) {
+		return s
+	}
+	var b strings.Builder
+	for _, r := range s { // invalid UTF-8 reads as U+FFFD
+		if unsafe(r) {
+			r = utf8.RuneError
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 func csvText(v value) string {

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/output"
 )
 
 // Entry is one line of the audit log: one attempt on one session, dry or
@@ -114,7 +115,8 @@ func (a *Audit) Write(e Entry) error {
 	if err != nil {
 		return err
 	}
-	b = append(b, '\n')
+	// A query text must not drive the terminal of whoever tails the log.
+	b = append(output.EscapeJSON(b), '\n')
 	a.mu.Lock()
 	defer a.mu.Unlock()
 	_, err = a.out.Write(b)
