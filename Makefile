@@ -97,12 +97,12 @@ vet:
 	$(STATICCHECK) ./...
 	@out=$$(gofmt -l $$(git ls-files '*.go')); if [ -n "$$out" ]; then echo "gofmt needed:"; echo "$$out"; exit 1; fi
 
-# The version-dependent tests on every supported major version.
+# The whole suite, with the race detector, on every supported major version.
 matrix:
 	scripts/pg-fetch $(MAJORS)
 	@set -e; for v in $(MAJORS); do \
 		echo "== PostgreSQL $$v"; \
-		PGREAP_TEST_PG=$$v $(GO) test -count=1 $(MATRIX_PKGS); \
+		PGREAP_TEST_PG=$$v $(GO) test -race -count=1 $(MATRIX_PKGS); \
 	done
 
 # ls is quick (20 runs); one terminate iteration takes about 100 s (the

@@ -22,7 +22,8 @@ import (
 func TestMain(m *testing.M) {
 	// wal_level=logical: a logical walsender is a session with a
 	// database, which selectors would find were it not protected.
-	pgtest.Main(m, pgtest.Options{Settings: map[string]string{"wal_level": "logical"}})
+	// A physical walsender needs a replication line in pg_hba.conf.
+	pgtest.Main(m, pgtest.Options{Settings: map[string]string{"wal_level": "logical"}, HBA: []string{"local replication all trust"}})
 }
 
 // open opens a pgreap connection, as the CLI does, to the shared cluster.
@@ -400,7 +401,7 @@ func TestLogicalWalsender(t *testing.T) {
 	t.Parallel()
 	c := pgtest.Shared(t)
 	slot := pgtest.Name(t, "s_")
-	recv := exec.Command(recvlogical(t, c), "-h", c.SocketDir(), "-p", itoa(int32(c.Port)),
+	recv := exec.Command(clientTool(t, c, "pg_recvlogical"), "-h", c.SocketDir(), "-p", itoa(int32(c.Port)),
 		"-U", pgtest.Superuser, "-d", "postgres", "--slot", slot, "--create-slot", "--start", "-P", "test_decoding", "-f", os.DevNull)
 	recv.Env = append(os.Environ(), "PGAPPNAME="+pgtest.Tag(t))
 	if err := recv.Start(); err != nil {
@@ -527,15 +528,15 @@ func TestFailedSetStatementFallsBackToEachSession(t *testing.T) {
 	want(t, res, b.PID, action.Terminated, "")
 }
 
-// recvlogical finds pg_recvlogical: beside the server, else any installed
-// (the npm server packages carry no client tools; the replication protocol
-// it speaks is the same from 12 to 18).
-func recvlogical(t *testing.T, c *pgtest.Cluster) string {
+// clientTool finds a client program (pg_recvlogical): beside the server, else any installed (the npm server packages carry no
+// client tools; the replication protocol they speak is the same from 12 to
+// 18).
+func clientTool(t *testing.T, c *pgtest.Cluster, name string) string {
 	t.Helper()
-	candidates := []string{filepath.Join(c.BinDir, "pg_recvlogical")}
-	more, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_recvlogical")
+	candidates := []string{filepath.Join(c.BinDir, name)}
+	more, _ := filepath.Glob("/usr/lib/postgresql/*/bin/" + name)
 	candidates = append(candidates, more...)
-	if p, err := exec.LookPath("pg_recvlogical"); err == nil {
+	if p, err := exec.LookPath(name); err == nil {
 		candidates = append(candidates, p)
 	}
 	for _, p := range candidates {
@@ -543,8 +544,50 @@ func recvlogical(t *testing.T, c *pgtest.Cluster) string {
 			return p
 		}
 	}
-	t.Skip("no pg_recvlogical to open a logical walsender with (Debian: apt-get install postgresql-client)")
+	t.Skip("no " + name + " to open a walsender with (Debian: apt-get install postgresql-client)")
 	return ""
+}
+
+// A physical walsender (a replication=true connection, as pg_receivewal or
+// a standby opens: no database, so never listed and never found by a
+// selector) named by pid: protected, unless --include-replication, then
+// terminated.
+func TestPhysicalWalsender(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	repl, err := pgconn.Connect(ctx, pgtest.Shared(t).DSN("postgres", pgtest.Superuser)+" replication=true application_name="+pgtest.Tag(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { repl.Close(context.Background()) })
+	identify := func() error { _, err := repl.Exec(ctx, "IDENTIFY_SYSTEM").ReadAll(); return err }
+	if err := identify(); err != nil {
+		t.Fatal(err)
+	}
+	var walsender int32
+	var datname *string
+	if err := pgtest.Admin(t).QueryRow(ctx,
+		"SELECT pid, datname FROM pg_catalog.pg_stat_activity WHERE backend_type = 'walsender' AND application_name = $1",
+		pgtest.Tag(t)).Scan(&walsender, &datname); err != nil || datname != nil {
+		t.Fatalf("the physical walsender: %v, datname %v", err, datname)
+	}
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{walsender}}, action.Options{Wait: time.Second})
+	want(t, res, walsender, action.Protected, "--include-replication")
+	// A selector never finds it (no database).
+	plan, err := action.Choose(ctx, cn, action.Request{Action: action.Terminate,
+		Selector: mustSelector(t, selector.Spec{App: []string{pgtest.Tag(t)}}), IncludeReplication: true})
+	if err != nil || len(plan.Results) != 0 {
+		t.Fatalf("a selector found %+v (%v)", plan, err)
+	}
+	if err := identify(); err != nil {
+		t.Fatalf("the walsender was touched: %v", err)
+	}
+	res = run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{walsender}, IncludeReplication: true}, action.Options{Wait: 10 * time.Second})
+	want(t, res, walsender, action.Terminated, "")
+	if err := identify(); err == nil {
+		t.Fatal("the replication connection still answers")
+	}
 }
 
 func TestGraceOnAnIdentityCancelsTheQueryRunningNow(t *testing.T) {

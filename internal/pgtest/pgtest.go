@@ -73,6 +73,12 @@ func Run(m interface{ Run() int }, opt Options) int {
 // Shared is the cluster that Main started for this test package.
 func Shared(t testing.TB) *Cluster {
 	t.Helper()
+	// TestMain chose the server from these before go test began to watch
+	// what the tests read: read them again so that a cached test result
+	// never stands for another server version.
+	for _, k := range []string{"PGREAP_TEST_PG", "PGREAP_TEST_PGBIN", "PGREAP_PG_CACHE"} {
+		_ = os.Getenv(k)
+	}
 	if shared == nil {
 		t.Fatal("pgtest: no cluster: call pgtest.Main from TestMain")
 	}
