@@ -599,11 +599,22 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 		case isStatementError(err1):
 			record(i, verdict{code: "error", err: err1})
 		default:
-			return err1
+			// The failed set statement may have signalled the sessions
+			// not yet retried: this error must not read as nothing sent.
+			return mayHaveSent{err1}
 		}
 	}
 	return nil
 }
+
+// mayHaveSent is the error of a statement that came after another
+// statement of the same action failed in the server, which may have
+// signalled: even if this one never left (pgconn.SafeToRetry), the
+// sessions it was for may have been signalled.
+type mayHaveSent struct{ error }
+
+func (e mayHaveSent) SafeToRetry() bool { return false }
+func (e mayHaveSent) Unwrap() error     { return e.error }
 
 // isStatementError: the server refused the statement (as opposed to a
 // lost connection), so trying again session by session makes sense.

@@ -704,3 +704,25 @@ func TestNothingSentOnAClosedConnection(t *testing.T) {
 		t.Fatal("terminated")
 	}
 }
+
+// The statement for a whole set fails in the server after it signalled one
+// session, and the connection is gone before the retry: nothing can be
+// known, so every session is "may have been signalled", never planned
+// (which would say nothing was sent) nor done.
+func TestSetFailedThenConnectionLost(t *testing.T) {
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	cn := open(t, pgtest.Superuser)
+	defer action.FailSetAfterSignalThen(func() { cn.Close(pgtest.Context(t)) })()
+	plan, err := action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{a.PID, b.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := action.Execute(pgtest.Context(t), cn, plan, action.Options{Wait: 5 * time.Second})
+	if !errors.Is(err, pgconn.ErrConnClosed) {
+		t.Fatalf("err %v, want conn closed", err)
+	}
+	want(t, res, a.PID, action.Survived, "may have been signalled, not verified")
+	want(t, res, b.PID, action.Survived, "may have been signalled, not verified")
+	pgtest.Eventually(t, "the first one terminated by the failed statement", func() (bool, error) { return !a.Alive(), nil })
+}

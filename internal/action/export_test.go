@@ -26,3 +26,20 @@ func BeforeStatement(n int, f func()) (restore func()) {
 	}
 	return func() { testHookSQL = nil }
 }
+
+// FailSetAfterSignalThen makes the statement for a whole set fail in the
+// server after it signalled its first session, and calls f before the
+// first statement of the session-by-session retry.
+func FailSetAfterSignalThen(f func()) (restore func()) {
+	calls := 0
+	testHookSQL = func(sql string, sessions int) string {
+		if calls++; calls == 2 {
+			f()
+		}
+		if sessions < 2 {
+			return sql
+		}
+		return strings.Replace(sql, "END AS sent,", "END AND (1 / (1 - j.n)) IS NOT NULL AS sent,", 1)
+	}
+	return func() { testHookSQL = nil }
+}

@@ -18,11 +18,7 @@ import (
 func TestTerminateWhenTheServerCrashes(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	c := pgtest.Own(t, pgtest.Options{})
 	stubborn, err := pgx.Connect(ctx, c.DSN("postgres", pgtest.Superuser)+" application_name=stubborn")
 	if err != nil {
 		t.Fatal(err)

@@ -18,11 +18,7 @@ import (
 func TestDrainWhenTheServerCrashesOrRestarts(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	c := pgtest.Own(t, pgtest.Options{})
 	admin := func() *pgx.Conn {
 		cn, err := pgx.Connect(ctx, c.DSN("postgres", pgtest.Superuser))
 		if err != nil {
@@ -107,11 +103,7 @@ func TestDrainWhenTheServerCrashesOrRestarts(t *testing.T) {
 func TestKickWhenTheServerCrashes(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	c := pgtest.Own(t, pgtest.Options{})
 	for i := 0; i < 3; i++ {
 		cn, err := pgx.Connect(ctx, c.DSN("postgres", pgtest.Superuser)+" application_name=pool")
 		if err != nil {

@@ -101,7 +101,11 @@ func TestCutWhileSignalling(t *testing.T) {
 				args = append(args, strconv.Itoa(int(v.PID)))
 			}
 			r := run(t, false, args...)
-			<-fired
+			select {
+			case <-fired:
+			default:
+				t.Fatalf("the cut never fired (the statement's text changed?): exit %d, %s", r.code, r.errOut)
+			}
 			r.wantCode(t, 3)
 			rows := jsonRows(t, r.out)
 			if len(rows) != 1 || rows[0]["outcome"] != "survived" ||

@@ -19,11 +19,7 @@ import (
 func TestConnectionSlotsUsedUp(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	c, err := pgtest.Start(ctx, pgtest.Options{MaxConnections: 10, Settings: map[string]string{"superuser_reserved_connections": "2"}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { _ = c.Stop() })
+	c := pgtest.Own(t, pgtest.Options{MaxConnections: 10, Settings: map[string]string{"superuser_reserved_connections": "2"}})
 	admin, err := pgx.Connect(ctx, c.DSN("postgres", pgtest.Superuser))
 	if err != nil {
 		t.Fatal(err)

@@ -13,6 +13,7 @@ import (
 
 	"github.com/spf13/cobra"
 
+	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/watch"
 )
@@ -105,7 +106,9 @@ func watchRun(ctx context.Context, opts *WatchOptions) error {
 	if opts.Verbose {
 		level = slog.LevelDebug
 	}
-	var handler slog.Handler = slog.NewJSONHandler(opts.IO.ErrOut, &slog.HandlerOptions{Level: level})
+	// A role name or a detail with a bidi override must not drive the
+	// terminal that shows the log; the text handler quotes them itself.
+	var handler slog.Handler = slog.NewJSONHandler(output.JSONSafe(opts.IO.ErrOut), &slog.HandlerOptions{Level: level})
 	if opts.LogFormat == "text" {
 		handler = slog.NewTextHandler(opts.IO.ErrOut, &slog.HandlerOptions{Level: level})
 	}

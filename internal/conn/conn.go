@@ -8,7 +8,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"math"
 	"net/url"
+	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -90,7 +92,7 @@ func Config(p Params) (*pgx.ConnConfig, error) {
 	}
 	timeout, ok := pgDuration(rp["statement_timeout"])
 	if !ok {
-		return nil, fmt.Errorf("connection string: statement_timeout %q: not a duration PostgreSQL takes (e.g. 30s, 2min, 5000)", rp["statement_timeout"])
+		return nil, fmt.Errorf("statement_timeout %q (connection string or PGOPTIONS): not a duration PostgreSQL takes (e.g. 30s, 2min, 5000)", rp["statement_timeout"])
 	}
 	if timeout > 0 {
 		cfg.Tracer = statementDeadline(timeout + DeadlineMargin)
@@ -118,9 +120,10 @@ func Deadline(cfg *pgx.ConnConfig) time.Duration {
 }
 
 // statementDeadline bounds each statement on the client's side. It is a
-// pgx tracer because that is the one hook pgx offers around every
-// statement (Exec, Query until its rows are closed, QueryRow), so that no
-// statement pgreap sends, now or later, can be left out. When it expires,
+// pgx query tracer, the one hook pgx has around Exec, Query (until its rows
+// are closed) and QueryRow, so that a statement added later is bounded
+// without anyone remembering to; pgreap sends no batches, copies or
+// prepared statements, which it would not cover. When it expires,
 // pgx sets the socket's deadline, the read fails and the connection is
 // closed: the error wraps context.DeadlineExceeded.
 type statementDeadline time.Duration
@@ -153,7 +156,7 @@ func startupOptions(s string) map[string]string {
 			escaped = false
 		case r == '\\':
 			escaped, inWord = true, true
-		case r == ' ' || r == '\t' || r == '\n' || r == '\r':
+		case r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f':
 			if inWord {
 				words = append(words, w.String())
 				w.Reset()
@@ -188,26 +191,75 @@ func startupOptions(s string) map[string]string {
 	return out
 }
 
-// pgDuration reads a time setting as PostgreSQL does: a number, maybe
-// with a fraction, and a unit (us, ms, s, min, h, d; none means ms).
+// pgDuration reads statement_timeout as the server does (guc.c's
+// parse_int): an integer as strtol reads it (0x hex, a leading 0 octal),
+// or a number with a fraction or an exponent; blanks, then a unit (us,
+// ms, s, min, h, d; none means ms); rounded to whole milliseconds, half to
+// even; 0 to INT_MAX.
 func pgDuration(s string) (time.Duration, bool) {
-	s = strings.TrimSpace(s)
-	i := strings.IndexFunc(s, func(r rune) bool { return (r < '0' || r > '9') && r != '.' && r != '-' && r != '+' })
-	num, unit := s, ""
-	if i >= 0 {
-		num, unit = s[:i], strings.TrimSpace(s[i:])
+	s = strings.TrimLeft(s, " \t\n\v\f\r")
+	n := intPrefix(s)
+	var val float64
+	if n < len(s) && (s[n] == '.' || s[n] == 'e' || s[n] == 'E') || n == 0 && strings.HasPrefix(s, ".") {
+		n = len(floatPrefix.FindString(s))
+		f, err := strconv.ParseFloat(s[:n], 64)
+		if n == 0 || err != nil {
+			return 0, false
+		}
+		val = f
+	} else {
+		if n == 0 {
+			return 0, false
+		}
+		i, err := strconv.ParseInt(s[:n], 0, 64)
+		if err != nil {
+			return 0, false
+		}
+		val = float64(i)
 	}
-	f, err := strconv.ParseFloat(num, 64)
-	if err != nil || f < 0 {
+	unit := strings.TrimRight(strings.TrimLeft(s[n:], " \t\n\v\f\r"), " \t\n\v\f\r")
+	scale := map[string]float64{"": 1, "us": 0.001, "ms": 1, "s": 1e3, "min": 60e3, "h": 3600e3, "d": 86400e3}
+	k, ok := scale[unit]
+	if !ok {
 		return 0, false
 	}
-	scale := map[string]time.Duration{"": time.Millisecond, "us": time.Microsecond, "ms": time.Millisecond,
-		"s": time.Second, "min": time.Minute, "h": time.Hour, "d": 24 * time.Hour}
-	u, ok := scale[unit]
-	if !ok || f*float64(u) > float64(1<<62) {
+	ms := math.RoundToEven(val * k)
+	if ms < 0 || ms > math.MaxInt32 {
 		return 0, false
 	}
-	return time.Duration(f * float64(u)), true
+	return time.Duration(ms) * time.Millisecond, true
+}
+
+var floatPrefix = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?`)
+
+// intPrefix is the length of the integer strtol(s, &end, 0) reads at the
+// start of s (0 for none): a sign, then 0x and hex digits, 0 and octal
+// digits, or decimal digits.
+func intPrefix(s string) int {
+	i := 0
+	if i < len(s) && (s[i] == '+' || s[i] == '-') {
+		i++
+	}
+	digits := func(j int, ok func(byte) bool) int {
+		for j < len(s) && ok(s[j]) {
+			j++
+		}
+		return j
+	}
+	isHex := func(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
+	switch {
+	case strings.HasPrefix(s[i:], "0x") || strings.HasPrefix(s[i:], "0X"):
+		if j := digits(i+2, isHex); j > i+2 {
+			return j
+		}
+		return i + 1 // "0", then the x is left over
+	case strings.HasPrefix(s[i:], "0"):
+		return digits(i, func(c byte) bool { return c >= '0' && c <= '7' })
+	}
+	if j := digits(i, func(c byte) bool { return c >= '0' && c <= '9' }); j > i {
+		return j
+	}
+	return 0
 }
 
 // withFlags adds -h, -p and -U to the connection string so they win over

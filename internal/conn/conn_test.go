@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
@@ -17,7 +19,8 @@ func TestMain(m *testing.M) {
 	pgtest.Main(m, pgtest.Options{})
 }
 
-func settings(t *testing.T, p conn.Params) map[string]string {
+// connect opens a connection as pgreap does, closed when the test ends.
+func connect(t *testing.T, p conn.Params) *pgx.Conn {
 	t.Helper()
 	cfg, err := conn.Config(p)
 	if err != nil {
@@ -27,7 +30,13 @@ func settings(t *testing.T, p conn.Params) map[string]string {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer c.Close(context.Background())
+	t.Cleanup(func() { c.Close(context.Background()) })
+	return c
+}
+
+func settings(t *testing.T, p conn.Params) map[string]string {
+	t.Helper()
+	c := connect(t, p)
 	got := map[string]string{}
 	for _, name := range []string{"application_name", "statement_timeout", "lock_timeout", "search_path", "synchronous_commit"} {
 		var v string
@@ -125,14 +134,23 @@ func TestStartupOptionsWin(t *testing.T) {
 // plus DeadlineMargin, none when statement_timeout is 0.
 func TestDeadline(t *testing.T) {
 	for dsn, want := range map[string]time.Duration{
-		"":                                  30*time.Second + conn.DeadlineMargin,
-		"statement_timeout=500":             500*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout=1.5s":            1500*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout='2 min'":         2*time.Minute + conn.DeadlineMargin,
-		"statement_timeout=1h":              time.Hour + conn.DeadlineMargin,
-		"statement_timeout=1d":              24*time.Hour + conn.DeadlineMargin,
-		"statement_timeout=250000us":        250*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout=0":               0,
+		"":                           30*time.Second + conn.DeadlineMargin,
+		"statement_timeout=500":      500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=1.5s":     1500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout='2 min'":  2*time.Minute + conn.DeadlineMargin,
+		"statement_timeout=1h":       time.Hour + conn.DeadlineMargin,
+		"statement_timeout=1d":       24*time.Hour + conn.DeadlineMargin,
+		"statement_timeout=250000us": 250*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=0":        0,
+		// As the server reads them: strtol's hex and octal, an exponent,
+		// rounded to whole milliseconds (half to even).
+		"statement_timeout=0x10":            16*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=010":             8*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=1e3":             time.Second + conn.DeadlineMargin,
+		"statement_timeout='.5 s'":          500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=0.4":             0,
+		"statement_timeout=500us":           0,
+		"statement_timeout=1500us":          2*time.Millisecond + conn.DeadlineMargin,
 		"options='-c statement_timeout=3s'": 3*time.Second + conn.DeadlineMargin,
 	} {
 		cfg, err := conn.Config(conn.Params{DSN: dsn})
@@ -144,30 +162,23 @@ func TestDeadline(t *testing.T) {
 			t.Errorf("%q: deadline %v, want %v", dsn, got, want)
 		}
 	}
-	for _, dsn := range []string{"statement_timeout=soon", "statement_timeout=-1", "statement_timeout=5S", "statement_timeout=1e400"} {
+	for _, dsn := range []string{"statement_timeout=soon", "statement_timeout=-1", "statement_timeout=5S", "statement_timeout=1e400",
+		"statement_timeout=08", "statement_timeout=3000000000", "statement_timeout=inf", "statement_timeout=1_000"} {
 		if _, err := conn.Config(conn.Params{DSN: dsn}); err == nil || !strings.Contains(err.Error(), "statement_timeout") {
 			t.Errorf("%q: %v", dsn, err)
 		}
 	}
 }
 
-// A statement past its deadline fails (the server never answers: a lock
-// wait with statement_timeout off on the server's side) and the
+// A statement past its deadline fails (the server does not answer in time:
+// a sleep with statement_timeout off on the server's side) and the
 // connection is closed.
 func TestDeadlineEndsAStatement(t *testing.T) {
-	cfg, err := conn.Config(conn.Params{DSN: "statement_timeout=100ms"})
-	if err != nil {
-		t.Fatal(err)
-	}
-	c, err := conn.Connect(pgtest.Context(t), cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer c.Close(context.Background())
+	c := connect(t, conn.Params{DSN: "statement_timeout=100ms"})
 	// The server's own timeout is switched off, as a stalled network
 	// would make it useless: only the client's deadline is left.
 	start := time.Now()
-	_, err = c.Exec(pgtest.Context(t), "SET statement_timeout = 0; SELECT pg_catalog.pg_sleep(30)")
+	_, err := c.Exec(pgtest.Context(t), "SET statement_timeout = 0; SELECT pg_catalog.pg_sleep(30)")
 	if !errors.Is(err, context.DeadlineExceeded) {
 		t.Fatalf("err %v, want the deadline", err)
 	}
@@ -176,5 +187,39 @@ func TestDeadlineEndsAStatement(t *testing.T) {
 	}
 	if !c.IsClosed() {
 		t.Error("the connection is still open")
+	}
+}
+
+// pgreap reads statement_timeout as the server does: for each value, the
+// deadline is the server's own setting plus the margin, and a value
+// pgreap refuses the server refuses too.
+func TestDeadlineReadsTimeoutsAsTheServer(t *testing.T) {
+	for _, v := range []string{"30s", "2min", "1h", "1d", "5000", "0", "0x10", "010", "1e3", ".5 s", "1.5s", "0.4", "500us",
+		"1500us", "2500us", "+7ms", " 9 ms ", "08", "5S", "-1", "soon", "1_000", "3000000000", "inf", "1e400", "0x"} {
+		p := conn.Params{DSN: "statement_timeout='" + v + "'"}
+		cfg, err := conn.Config(p)
+		var server int64
+		serverErr := func() error {
+			c, err := pgx.Connect(pgtest.Context(t), "statement_timeout='"+v+"'")
+			if err != nil {
+				return err
+			}
+			defer c.Close(context.Background())
+			return c.QueryRow(pgtest.Context(t), "SELECT setting::bigint FROM pg_catalog.pg_settings WHERE name = 'statement_timeout'").Scan(&server)
+		}()
+		switch {
+		case err != nil && serverErr != nil:
+			continue // both refuse
+		case err != nil || serverErr != nil:
+			t.Errorf("%q: pgreap %v, the server %v", v, err, serverErr)
+			continue
+		}
+		want := time.Duration(server) * time.Millisecond
+		if server > 0 {
+			want += conn.DeadlineMargin
+		}
+		if got := conn.Deadline(cfg); got != want {
+			t.Errorf("%q: deadline %v, the server's statement_timeout %d ms", v, got, server)
+		}
 	}
 }

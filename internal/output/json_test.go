@@ -3,6 +3,8 @@ package output
 import (
 	"bytes"
 	"encoding/json"
+	"log/slog"
+	"strings"
 	"testing"
 	"unicode"
 )
@@ -89,4 +91,20 @@ func FuzzCleanFastPath(f *testing.F) {
 			t.Fatalf("clean(%q) = %q, want %q", s, got, want)
 		}
 	})
+}
+
+// slog's JSON handler through JSONSafe: the same record, nothing raw.
+func TestJSONSafeLog(t *testing.T) {
+	var b bytes.Buffer
+	msg := "role evil\u202e\u009b31m"
+	slog.New(slog.NewJSONHandler(JSONSafe(&b), nil)).Info("acted", "detail", msg)
+	var rec map[string]any
+	if err := json.Unmarshal(b.Bytes(), &rec); err != nil || rec["detail"] != msg {
+		t.Fatalf("%v: %s", err, b.String())
+	}
+	for _, r := range strings.TrimSuffix(b.String(), "\n") {
+		if unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+			t.Fatalf("%U raw in %s", r, b.String())
+		}
+	}
 }

@@ -341,7 +341,11 @@ func appendJSONString(b []byte, s string) []byte {
 // on a terminal (an audit log under tail -f). encoding/json writes them
 // only inside strings, where an escape means the same.
 func EscapeJSON(b []byte) []byte {
-	unsafe := func(r rune) bool { return unicode.IsControl(r) || unicode.Is(unicode.Cf, r) }
+	unsafe := func(r rune) bool {
+		// Tab, newline and CR are raw only as whitespace between values
+		// (a line's end): in a string encoding/json escapes them.
+		return r != '\t' && r != '\n' && r != '\r' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r))
+	}
 	if bytes.IndexFunc(b, unsafe) < 0 {
 		return b
 	}
@@ -361,6 +365,20 @@ func EscapeJSON(b []byte) []byte {
 		b = b[size:]
 	}
 	return out
+}
+
+// JSONSafe is a writer for JSON lines (one complete JSON value per Write,
+// as slog's JSON handler writes a record) that escapes what EscapeJSON
+// escapes before passing them on to w.
+func JSONSafe(w io.Writer) io.Writer { return jsonSafe{w} }
+
+type jsonSafe struct{ w io.Writer }
+
+func (j jsonSafe) Write(b []byte) (int, error) {
+	if _, err := j.w.Write(EscapeJSON(b)); err != nil {
+		return 0, err
+	}
+	return len(b), nil
 }
 
 // appendU appends the JSON escape \uXXXX of a UTF-16 code unit.

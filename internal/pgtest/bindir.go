@@ -9,6 +9,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"testing"
 
 	"github.com/pgreap/pgreap/internal/cluster"
 )
@@ -94,4 +95,17 @@ func CacheDir() string {
 	}
 	home, _ := os.UserHomeDir()
 	return filepath.Join(home, ".cache", "pgreap", "pg")
+}
+
+// Own starts a cluster of the test's own (for what would disturb the
+// package's: a crash, a restart, used-up connection slots), stopped and
+// removed when the test ends.
+func Own(t testing.TB, opt Options) *Cluster {
+	t.Helper()
+	c, err := Start(Context(t), opt)
+	if err != nil {
+		t.Fatalf("pgtest: own cluster: %v", err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	return c
 }

@@ -12,9 +12,12 @@ import (
 // Proxy is a TCP proxy on loopback in front of a server, for the faults
 // of a network: it forwards bytes both ways until told to stall (stop
 // forwarding, keep every connection open, as a dead link or a hung
-// middlebox does) or to cut (close every connection). A trigger does
-// either when a client sends given bytes: before they reach the server,
-// or after (the server has the statement; its answer never arrives).
+// middlebox does: a close is held back too), to freeze the connections
+// open now (a stall of those flows only: new ones pass, as when a
+// middlebox loses its state for them) or to cut (close every
+// connection). A trigger does either when a client sends given bytes:
+// before they reach the server, or after (the server has the statement;
+// its answer never arrives).
 type Proxy struct {
 	Port int // on 127.0.0.1
 
@@ -25,8 +28,13 @@ type Proxy struct {
 	cond     *sync.Cond
 	stalled  bool
 	closed   bool
-	conns    map[net.Conn]bool
+	conns    map[net.Conn]*link // both ends of a connection share its link
 	triggers []*trigger
+}
+
+// link is one client's connection through the proxy.
+type link struct {
+	frozen bool
 	// cutOnAnswer: an After trigger that cuts when the server answers.
 	cutOnAnswer *trigger
 }
@@ -43,7 +51,7 @@ const (
 type When int
 
 const (
-	Before When = iota // they never reach the server
+	Before When = iota // held back: a cut drops them, a stall forwards them if it ends
 	After              // the server gets them; nothing it answers reaches the client
 )
 
@@ -62,7 +70,7 @@ func NewProxy(t testing.TB, target string) *Proxy {
 	if err != nil {
 		t.Fatal(err)
 	}
-	p := &Proxy{Port: ln.Addr().(*net.TCPAddr).Port, target: target, ln: ln, conns: map[net.Conn]bool{}}
+	p := &Proxy{Port: ln.Addr().(*net.TCPAddr).Port, target: target, ln: ln, conns: map[net.Conn]*link{}}
 	p.cond = sync.NewCond(&p.mu)
 	go p.accept()
 	t.Cleanup(p.Close)
@@ -87,10 +95,23 @@ func (p *Proxy) Stall() {
 	p.mu.Unlock()
 }
 
-// Resume forwards again what a stall held back.
+// Freeze stalls the connections open now, both ways and their closes;
+// connections made later pass.
+func (p *Proxy) Freeze() {
+	p.mu.Lock()
+	for _, l := range p.conns {
+		l.frozen = true
+	}
+	p.mu.Unlock()
+}
+
+// Resume forwards again what a stall or a freeze held back.
 func (p *Proxy) Resume() {
 	p.mu.Lock()
 	p.stalled = false
+	for _, l := range p.conns {
+		l.frozen = false
+	}
 	p.cond.Broadcast()
 	p.mu.Unlock()
 }
@@ -148,20 +169,23 @@ func (p *Proxy) accept() {
 			_ = server.Close()
 			return
 		}
-		p.conns[client], p.conns[server] = true, true
+		l := &link{}
+		p.conns[client], p.conns[server] = l, l
 		p.mu.Unlock()
 		go p.pipe(client, server, true)
 		go p.pipe(server, client, false)
 	}
 }
 
-// pipe copies src to dst, one read at a time, holding each read while
-// the proxy is stalled, until either side is closed.
+// pipe copies src to dst, one read at a time, holding each read (and the
+// end of src) while the proxy is stalled or the link frozen, until either
+// side is closed.
 func (p *Proxy) pipe(src, dst net.Conn, fromClient bool) {
 	defer func() {
 		p.mu.Lock()
 		delete(p.conns, src)
 		delete(p.conns, dst)
+		p.cond.Broadcast()
 		p.mu.Unlock()
 		_ = src.Close()
 		_ = dst.Close()
@@ -178,8 +202,26 @@ func (p *Proxy) pipe(src, dst net.Conn, fromClient bool) {
 			}
 		}
 		if err != nil {
+			p.mu.Lock()
+			p.wait(src)
+			p.mu.Unlock()
 			return
 		}
+	}
+}
+
+// wait waits, p.mu held, while src's link is stalled or frozen, and says
+// whether src is still open.
+func (p *Proxy) wait(src net.Conn) bool {
+	for {
+		l := p.conns[src]
+		if l == nil || p.closed {
+			return false
+		}
+		if !p.stalled && !l.frozen {
+			return true
+		}
+		p.cond.Wait()
 	}
 }
 
@@ -188,6 +230,10 @@ func (p *Proxy) pipe(src, dst net.Conn, fromClient bool) {
 func (p *Proxy) hold(b []byte, fromClient bool, src net.Conn) bool {
 	p.mu.Lock()
 	defer p.mu.Unlock()
+	l := p.conns[src]
+	if l == nil {
+		return false
+	}
 	if fromClient {
 		for i, tr := range p.triggers {
 			if !bytes.Contains(b, tr.pattern) {
@@ -203,30 +249,28 @@ func (p *Proxy) hold(b []byte, fromClient bool, src net.Conn) bool {
 				p.fire(tr)
 				return true
 			default:
-				// Cut when the server answers: it has run the statement.
-				p.cutOnAnswer = tr
+				// Cut when the server answers on this connection: it has
+				// run the statement.
+				l.cutOnAnswer = tr
 				return true
 			}
 			break
 		}
-	} else if tr := p.cutOnAnswer; tr != nil {
-		p.cutOnAnswer = nil
+	} else if tr := l.cutOnAnswer; tr != nil {
+		l.cutOnAnswer = nil
 		p.fire(tr)
 		return false
 	}
-	for p.stalled && p.conns[src] && !p.closed {
-		p.cond.Wait()
-	}
-	return p.conns[src] && !p.closed
+	return p.wait(src)
 }
 
 // fire does what a trigger says; p.mu is held.
 func (p *Proxy) fire(tr *trigger) {
+	close(tr.fired) // first: a client that sees the cut sees it fired
 	switch tr.fault {
 	case Stall:
 		p.stalled = true
 	case Cut:
 		p.cutLocked()
 	}
-	close(tr.fired)
 }

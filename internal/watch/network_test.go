@@ -51,3 +51,38 @@ rules:
 		t.Fatalf("%d audit lines, want 1", n)
 	}
 }
+
+// The daemon's connection is frozen (a middlebox lost the flow: nothing
+// passes, not even the close, while new connections get through). The
+// server keeps the abandoned backend, and with it the advisory lock that
+// elects the leader, until its TCP keepalive gives up (hours by default):
+// the daemon's new connection ends that backend, by its identity, and
+// leads again at once.
+func TestAbandonedBackendKeepsNoLead(t *testing.T) {
+	t.Parallel()
+	p := pgtest.ProxyTo(t, pgtest.Shared(t))
+	d := startDaemon(t, p.DSN("postgres", pgtest.Superuser)+" statement_timeout=300ms connect_timeout=1", `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 200ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 300ms}
+    action: cancel
+`)
+	leader := func() float64 { return testutil.ToFloat64(d.Metrics().Leader.WithLabelValues(pgtest.Tag(t))) }
+	pgtest.Eventually(t, "the daemon leading", func() (bool, error) { return leader() == 1, nil })
+	p.Freeze()
+	pgtest.Eventually(t, "the abandoned session ended", func() (bool, error) {
+		return strings.Contains(d.logs.String(), "ended an abandoned session of this daemon"), nil
+	})
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	if code := sqlState(v.Wait()); code != "57014" {
+		t.Fatalf("SQLSTATE %q, want 57014 (cancelled while the old flow is still frozen)", code)
+	}
+	if got := d.waitEntries(t, 1); len(got) != 1 || got[0].PID != v.PID {
+		t.Fatalf("audit %+v", got)
+	}
+}

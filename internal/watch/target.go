@@ -97,6 +97,17 @@ type target struct {
 	policies chan *policy.Policy
 	// acted survives reconnections: never act twice on the same query.
 	acted map[identity]bool
+	// stale are the backends of connections the daemon abandoned: when
+	// only the network lost one, the server keeps it (and the advisory
+	// lock that elects the leader) until its TCP keepalive gives up, hours
+	// by default. The next connection ends them.
+	stale []backend
+}
+
+// backend names a server process exactly: pid and backend_start.
+type backend struct {
+	pid   int32
+	start time.Time
 }
 
 // run connects, leads or stands by, and reconnects with backoff until ctx
@@ -122,8 +133,17 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 		t.metrics.TargetUp.WithLabelValues(t.name).Set(1)
 		t.log.Info("connected", "pid", cn.PgConn().PID())
 		s := t.newSession(cn, pol)
-		err = s.loop(ctx)
+		own, err := t.endStale(ctx, cn)
+		if err == nil {
+			err = s.loop(ctx)
+		}
 		pol = s.pol
+		if own != nil {
+			t.stale = append(t.stale, *own)
+			if len(t.stale) > 8 {
+				t.stale = t.stale[len(t.stale)-8:]
+			}
+		}
 		closeCtx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 300*time.Millisecond)
 		cn.Close(closeCtx)
 		cancel()
@@ -138,6 +158,36 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 			return
 		}
 	}
+}
+
+// endStale learns the identity of the new connection's backend, and ends
+// the backends of abandoned connections the server still has (same pid
+// and backend_start, so never another session).
+func (t *target) endStale(ctx context.Context, cn *pgx.Conn) (*backend, error) {
+	own := &backend{pid: int32(cn.PgConn().PID())}
+	if err := cn.QueryRow(ctx, "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()").
+		Scan(&own.start); err != nil {
+		return nil, err
+	}
+	for len(t.stale) > 0 {
+		b := t.stale[0]
+		var signalled bool
+		err := cn.QueryRow(ctx, `SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity AS a
+			WHERE a.pid = $1 AND a.backend_start = $2`, b.pid, b.start).Scan(&signalled)
+		switch {
+		case errors.Is(err, pgx.ErrNoRows):
+			// Gone, as it should be.
+		case err != nil && isStatementError(err):
+			t.log.Warn("cannot end an abandoned session of this daemon", "pid", b.pid, "err", oneLine(err))
+		case err != nil:
+			return own, err
+		default:
+			t.log.Warn("ended an abandoned session of this daemon that the server still had (the network lost it)",
+				"pid", b.pid, "signalled", signalled)
+		}
+		t.stale = t.stale[1:]
+	}
+	return own, nil
 }
 
 // sleep waits d, taking any reloaded policy.
@@ -493,6 +543,13 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	f.logged = make([]bool, len(plan.Results))
 	for i := range plan.Results {
 		res := &plan.Results[i]
+		if !dry && err != nil && res.Outcome == action.Planned {
+			// The statement never left (the connection was already lost):
+			// nothing was done, nothing to audit; the session is judged
+			// again once the daemon is back.
+			f.logged[i] = true
+			continue
+		}
 		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail && retries[res.PID] < maxRetries && err == nil {
 			s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
 			f.logged[i] = true // not recorded

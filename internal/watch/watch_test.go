@@ -439,11 +439,7 @@ func TestServerRestart(t *testing.T) {
 
 func serverRestart(t *testing.T, crash bool) {
 	ctx := pgtest.Context(t)
-	c, err := pgtest.Start(ctx, pgtest.Options{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { c.Stop() })
+	c := pgtest.Own(t, pgtest.Options{})
 	d := startDaemon(t, c.DSN("postgres", pgtest.Superuser), `
 targets: [{name: solo, dsn: "DSN"}]
 interval: 200ms
