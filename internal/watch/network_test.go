@@ -9,12 +9,10 @@ import (
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
-// The network to a target stalls (nothing forwarded, nothing closed): the
-// daemon's statement deadline notices it, the target goes down, and when
-// the network comes back the daemon reconnects and acts; a session is
-// audited once.
-func TestStalledNetwork(t *testing.T) {
-	t.Parallel()
+// proxiedDaemon is a daemon whose one target is the package's cluster
+// through a proxy, with a short statement_timeout (the deadline is 2.3 s)
+// and connect_timeout; its rule cancels the test's queries after 300ms.
+func proxiedDaemon(t *testing.T) (*pgtest.Proxy, *daemon) {
 	p := pgtest.ProxyTo(t, pgtest.Shared(t))
 	d := startDaemon(t, p.DSN("postgres", pgtest.Superuser)+" statement_timeout=300ms connect_timeout=1", `
 targets: [{name: TAG, dsn: "DSN"}]
@@ -26,6 +24,16 @@ rules:
     match: {app: [TAG], state: [active], longer_than: 300ms}
     action: cancel
 `)
+	return p, d
+}
+
+// The network to a target stalls (nothing forwarded, nothing closed): the
+// daemon's statement deadline notices it, the target goes down, and when
+// the network comes back the daemon reconnects and acts; a session is
+// audited once.
+func TestStalledNetwork(t *testing.T) {
+	t.Parallel()
+	p, d := proxiedDaemon(t)
 	up := func() float64 { return testutil.ToFloat64(d.Metrics().TargetUp.WithLabelValues(pgtest.Tag(t))) }
 	pgtest.Eventually(t, "the target up", func() (bool, error) { return up() == 1, nil })
 	p.Stall()
@@ -60,17 +68,7 @@ rules:
 // leads again at once.
 func TestAbandonedBackendKeepsNoLead(t *testing.T) {
 	t.Parallel()
-	p := pgtest.ProxyTo(t, pgtest.Shared(t))
-	d := startDaemon(t, p.DSN("postgres", pgtest.Superuser)+" statement_timeout=300ms connect_timeout=1", `
-targets: [{name: TAG, dsn: "DSN"}]
-interval: 200ms
-audit_log: AUDIT
-metrics_addr: "off"
-rules:
-  - name: slow
-    match: {app: [TAG], state: [active], longer_than: 300ms}
-    action: cancel
-`)
+	p, d := proxiedDaemon(t)
 	leader := func() float64 { return testutil.ToFloat64(d.Metrics().Leader.WithLabelValues(pgtest.Tag(t))) }
 	pgtest.Eventually(t, "the daemon leading", func() (bool, error) { return leader() == 1, nil })
 	p.Freeze()
