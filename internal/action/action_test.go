@@ -344,11 +344,9 @@ func TestGraceCancelsFirst(t *testing.T) {
 	want(t, res, idle.PID, action.Terminated, "")
 }
 
-func TestGraceTerminatesWhatStillRuns(t *testing.T) {
-	t.Parallel()
-	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
-	// A query that ignores the cancel: the SQL function catches it and
-	// goes on (plpgsql's EXCEPTION WHEN query_canceled).
+// startStubborn starts on v a query that ignores cancels (the function
+// catches query_canceled and goes on), and waits until it runs.
+func startStubborn(v *pgtest.Victim) {
 	v.Exec(`CREATE FUNCTION pg_temp.stubborn() RETURNS void LANGUAGE plpgsql AS $$
 		BEGIN
 			LOOP
@@ -361,6 +359,12 @@ func TestGraceTerminatesWhatStillRuns(t *testing.T) {
 		END $$`)
 	v.Start("SELECT pg_temp.stubborn()")
 	v.WaitState("active", "")
+}
+
+func TestGraceTerminatesWhatStillRuns(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	startStubborn(v)
 	cn := open(t, pgtest.Superuser)
 	res := run(t, cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}},
 		action.Options{Grace: 200 * time.Millisecond, Wait: 10 * time.Second})
@@ -685,10 +689,7 @@ func TestNothingSentOnAClosedConnection(t *testing.T) {
 
 	// The same in a grace: the cancel was sent, the terminate after the
 	// grace could not be: survived, and it says so.
-	v.Exec(`CREATE FUNCTION pg_temp.stubborn() RETURNS void LANGUAGE plpgsql AS $$
-		BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$`)
-	v.Start("SELECT pg_temp.stubborn()")
-	v.WaitState("active", "")
+	startStubborn(v)
 	cn = open(t, pgtest.Superuser)
 	defer action.BeforeStatement(2, func() { cn.Close(pgtest.Context(t)) })()
 	plan, err = action.Choose(pgtest.Context(t), cn, action.Request{Action: action.Terminate, PIDs: []int32{v.PID}})

@@ -110,9 +110,9 @@ func Config(p Params) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
-// Deadline is the client-side deadline of every statement on a
+// deadline is the client-side deadline of every statement on a
 // connection configured by Config; zero for none (statement_timeout=0).
-func Deadline(cfg *pgx.ConnConfig) time.Duration {
+func deadline(cfg *pgx.ConnConfig) time.Duration {
 	if d, ok := cfg.Tracer.(statementDeadline); ok {
 		return time.Duration(d)
 	}

@@ -14,7 +14,6 @@ import (
 	"strconv"
 	"strings"
 	"time"
-	"unicode"
 	"unicode/utf16"
 	"unicode/utf8"
 
@@ -318,7 +317,7 @@ func appendJSONString(b []byte, s string) []byte {
 			start = i
 			continue
 		}
-		if r == '\u2028' || r == '\u2029' || unicode.IsControl(r) || unicode.Is(unicode.Cf, r) {
+		if drivesTerminal(r) {
 			b = append(b, s[start:i]...)
 			if r1, r2 := utf16.EncodeRune(r); r1 != utf8.RuneError {
 				b = appendU(appendU(b, r1), r2)
@@ -344,7 +343,7 @@ func EscapeJSON(b []byte) []byte {
 	unsafe := func(r rune) bool {
 		// Tab, newline and CR are raw only as whitespace between values
 		// (a line's end): in a string encoding/json escapes them.
-		return r != '\t' && r != '\n' && r != '\r' && (unicode.IsControl(r) || unicode.Is(unicode.Cf, r))
+		return r != '\t' && r != '\n' && r != '\r' && drivesTerminal(r)
 	}
 	if bytes.IndexFunc(b, unsafe) < 0 {
 		return b
@@ -417,7 +416,7 @@ func writeCSV(w io.Writer, rows []Row, opt Options, results bool) error {
 // paragraph separators, and format characters (bidi overrides).
 func terminalSafe(s string) string {
 	unsafe := func(r rune) bool {
-		return r != '\n' && r != '\t' && (unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r))
+		return r != '\n' && r != '\t' && drivesTerminal(r)
 	}
 	if strings.IndexFunc(s, unsafe) < 0 && utf8.ValidString(s) {
 		return s

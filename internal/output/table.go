@@ -279,7 +279,7 @@ func cleanAll(s string) string {
 			}
 			space = true
 			continue
-		case unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r):
+		case drivesTerminal(r):
 			b.WriteRune(utf8.RuneError)
 		default:
 			b.WriteRune(r)
@@ -287,6 +287,14 @@ func cleanAll(s string) string {
 		space = false
 	}
 	return strings.TrimSpace(b.String())
+}
+
+// drivesTerminal: a terminal would act on r rather than show it (control
+// characters, line and paragraph separators, format characters such as
+// bidi overrides). Tables replace them, JSON escapes them, CSV on a
+// terminal replaces them.
+func drivesTerminal(r rune) bool {
+	return unicode.IsControl(r) || r == '\u2028' || r == '\u2029' || unicode.Is(unicode.Cf, r)
 }
 
 // Clean is what the table does to a cell: one line, no control
