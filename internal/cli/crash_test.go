@@ -23,11 +23,20 @@ func TestTerminateWhenTheServerCrashes(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer stubborn.Close(context.Background())
+	running := make(chan struct{})
+	qctx, stop := context.WithCancel(ctx)
 	go func() {
+		defer close(running)
 		// Swallows cancels, and says so in the server log.
-		_, _ = stubborn.Exec(ctx, `DO $$ BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60);
+		_, _ = stubborn.Exec(qctx, `DO $$ BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60);
 			EXCEPTION WHEN query_canceled THEN RAISE LOG 'stubborn: cancel swallowed'; END; END LOOP; END $$`)
+	}()
+	defer func() {
+		// The crash ends the query (else stop does); a connection is used
+		// by one goroutine at a time.
+		stop()
+		<-running
+		stubborn.Close(context.Background())
 	}()
 	pgtest.Eventually(t, "the stubborn query", func() (bool, error) {
 		var n int
