@@ -115,18 +115,9 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	c := &Cluster{Dir: dir, BinDir: bin, Major: major}
 	ok := false
 	defer func() {
-		if ok {
-			return
+		if !ok {
+			c.abandon()
 		}
-		// Interrupted (ctx) or timed out, pg_ctl is gone but the
-		// postmaster it started (in a session of its own) may be coming
-		// up: stop it by its own pid file before its directory goes.
-		if _, err := os.Stat(filepath.Join(c.DataDir(), "postmaster.pid")); err == nil {
-			ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
-			_, _ = c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "15", "stop")
-			cancel()
-		}
-		os.RemoveAll(dir)
 	}()
 	if os.Geteuid() == 0 {
 		if c.cred, err = unprivileged(); err != nil {
@@ -265,14 +256,19 @@ func (c *Cluster) Crash(ctx context.Context) error {
 
 type process struct {
 	pid   int
-	state string // /proc/PID/stat's state and what it waits in
-	cmd   string
+	ppid  int
+	uid   uint32   // effective user
+	state string   // /proc/PID/stat's state and what it waits in
+	args  []string // the command line
+	cwd   string
 }
 
-func (p process) String() string { return fmt.Sprintf("%d %s (%s)", p.pid, p.cmd, p.state) }
+func (p process) String() string {
+	return fmt.Sprintf("%d %s (%s)", p.pid, strings.Join(p.args, " "), p.state)
+}
 
 // processes reads the postmaster's pid from its pid file and finds its
-// children in /proc.
+// children.
 func (c *Cluster) processes() (int, []process) {
 	b, err := os.ReadFile(filepath.Join(c.DataDir(), "postmaster.pid"))
 	if err != nil {
@@ -282,6 +278,17 @@ func (c *Cluster) processes() (int, []process) {
 	if err != nil || pm <= 1 {
 		return 0, nil
 	}
+	return pm, scan(func(p process) bool { return p.ppid == pm })
+}
+
+// isPostgres says whether p runs the postgres binary: a postmaster, a
+// bootstrap backend, or a child that shows "postgres: what it does".
+func isPostgres(p process) bool {
+	return strings.HasPrefix(filepath.Base(p.args[0]), "postgres")
+}
+
+// scan lists the processes in /proc that match.
+func scan(match func(process) bool) []process {
 	stats, _ := filepath.Glob("/proc/[0-9]*/stat")
 	var out []process
 	for _, f := range stats {
@@ -296,15 +303,86 @@ func (c *Cluster) processes() (int, []process) {
 			continue
 		}
 		fields := strings.Fields(s[end+1:])
-		if len(fields) < 2 || fields[1] != strconv.Itoa(pm) {
+		if len(fields) < 2 {
 			continue
 		}
-		pid, _ := strconv.Atoi(strings.Fields(s)[0])
-		cmd, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "cmdline"))
-		wchan, _ := os.ReadFile(filepath.Join(filepath.Dir(f), "wchan"))
-		out = append(out, process{pid: pid, state: fields[0] + " " + string(wchan), cmd: strings.TrimSpace(strings.ReplaceAll(string(cmd), "\x00", " "))})
+		p := process{state: fields[0]}
+		p.pid, _ = strconv.Atoi(strings.Fields(s)[0])
+		p.ppid, _ = strconv.Atoi(fields[1])
+		dir := filepath.Dir(f)
+		if fi, err := os.Stat(dir); err == nil {
+			p.uid = fi.Sys().(*syscall.Stat_t).Uid
+		}
+		cmd, _ := os.ReadFile(filepath.Join(dir, "cmdline"))
+		p.args = strings.Split(strings.TrimRight(string(cmd), "\x00"), "\x00")
+		p.cwd, _ = os.Readlink(filepath.Join(dir, "cwd"))
+		p.cwd = strings.TrimSuffix(p.cwd, " (deleted)")
+		if !match(p) {
+			continue
+		}
+		wchan, _ := os.ReadFile(filepath.Join(dir, "wchan"))
+		p.state += " " + string(wchan)
+		out = append(out, p)
 	}
-	return pm, out
+	return out
+}
+
+// abandon stops what an interrupted or failed Start began and removes the
+// directory. initdb and pg_ctl start, stopped by ctx, leave processes
+// behind that still write into it: initdb's bootstrap backend, pg_ctl's
+// child before it execs the shell, the shell that execs the postmaster,
+// a postmaster that has not written its pid file yet, and its children.
+// They run as the server's user and either name the data directory on
+// their command line or work in the directory; it is new, so nothing
+// else does. They are stopped by pid: postgres with SIGQUIT (an immediate
+// shutdown, which ends a postmaster's children), the others with SIGKILL;
+// whatever is left after 10 s gets SIGKILL. Only then does the directory
+// go, or the server would write into it as it goes (in CI, a demo
+// interrupted while its server started left its directory behind).
+func (c *Cluster) abandon() {
+	if _, err := os.Stat(filepath.Join(c.DataDir(), "postmaster.pid")); err == nil {
+		ctx, cancel := context.WithTimeout(context.Background(), 20*time.Second)
+		_, _ = c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-m", "immediate", "-w", "-t", "15", "stop")
+		cancel()
+	}
+	uid := uint32(os.Geteuid())
+	if c.cred != nil {
+		uid = c.cred.Uid
+	}
+	ours := func(p process) bool {
+		if p.uid != uid || p.pid == os.Getpid() {
+			return false
+		}
+		if p.cwd == c.Dir || strings.HasPrefix(p.cwd, c.Dir+"/") {
+			return true
+		}
+		for _, a := range p.args {
+			if a == c.DataDir() || strings.Contains(a, `"`+c.DataDir()+`"`) {
+				return true
+			}
+		}
+		return false
+	}
+	start := time.Now()
+	for delay := time.Millisecond; ; delay = min(2*delay, 100*time.Millisecond) {
+		left := scan(ours)
+		if len(left) == 0 {
+			break
+		}
+		late := time.Since(start) > 10*time.Second
+		for _, p := range left {
+			if isPostgres(p) && !late {
+				_ = syscall.Kill(p.pid, syscall.SIGQUIT)
+			} else {
+				_ = syscall.Kill(p.pid, syscall.SIGKILL)
+			}
+		}
+		if time.Since(start) > 30*time.Second {
+			break
+		}
+		time.Sleep(delay)
+	}
+	os.RemoveAll(c.Dir)
 }
 
 // Restart stops and starts the server on the same port.
