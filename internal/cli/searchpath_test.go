@@ -57,7 +57,9 @@ func TestSearchPathLookalikesChangeNothing(t *testing.T) {
 	}
 	r = run(t, false, "cancel", "-d", dsn, "--app", runaway.App, "--yes", "-o", "json")
 	r.wantCode(t, 0)
-	r = run(t, false, "unblock", "-d", dsn, "--longer-than", "0s", "--yes", "-o", "json")
+	// --db: the lock waits of the tests that run beside this one are not
+	// its to end (without it, it ended their roots, and they failed).
+	r = run(t, false, "unblock", "-d", dsn, "--db", db, "--longer-than", "0s", "--yes", "-o", "json")
 	r.wantCode(t, 0)
 	if holder.Alive() || !waiter.Alive() {
 		t.Fatalf("unblock: holder alive %v, waiter alive %v", holder.Alive(), waiter.Alive())
