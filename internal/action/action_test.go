@@ -121,8 +121,7 @@ func TestCancelEndsTheQueryKeepsTheConnection(t *testing.T) {
 		t.Fatalf("%d results, want only the running one: %+v", len(res), res)
 	}
 	want(t, res, v.PID, action.Cancelled, "")
-	var pgErr *pgconn.PgError
-	if err := v.Wait(); !errors.As(err, &pgErr) || pgErr.Code != "57014" {
+	if err := v.Wait(); pgtest.SQLState(err) != "57014" {
 		t.Fatalf("victim's query ended with %v, want a cancel (57014)", err)
 	}
 	v.Exec("SELECT 1") // the connection is still there
@@ -419,8 +418,7 @@ func TestLogicalWalsender(t *testing.T) {
 		for ctx.Err() == nil {
 			// The slot can be dropped once its walsender has exited.
 			_, err := pgtest.Admin(t).Exec(ctx, "SELECT pg_catalog.pg_drop_replication_slot($1)", slot)
-			var pgErr *pgconn.PgError
-			if err == nil || (errors.As(err, &pgErr) && pgErr.Code == "42704") { // gone already
+			if err == nil || pgtest.SQLState(err) == "42704" { // gone already
 				return
 			}
 			time.Sleep(20 * time.Millisecond)

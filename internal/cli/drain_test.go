@@ -2,13 +2,11 @@ package cli_test
 
 import (
 	"context"
-	"errors"
 	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -164,14 +162,6 @@ func TestDrainBadInput(t *testing.T) {
 	}
 }
 
-func sqlState(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
-}
-
 // --escalate cancels the running queries first; what still runs the same
 // query after --grace is terminated, as are the sessions left idle.
 func TestDrainEscalateCancelsFirst(t *testing.T) {
@@ -192,10 +182,10 @@ func TestDrainEscalateCancelsFirst(t *testing.T) {
 	if len(jsonRows(t, r.out)) != 3 {
 		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)
 	}
-	if code := sqlState(sleeper.Wait()); code != "57014" {
+	if code := pgtest.SQLState(sleeper.Wait()); code != "57014" {
 		t.Errorf("the running query ended with SQLSTATE %q, want 57014 (cancelled first)", code)
 	}
-	if code := sqlState(stubborn.Wait()); code != "57P01" {
+	if code := pgtest.SQLState(stubborn.Wait()); code != "57P01" {
 		t.Errorf("the query that ignores cancels ended with SQLSTATE %q, want 57P01 (terminated after the grace)", code)
 	}
 	if sleeper.Alive() || stubborn.Alive() || idle.Alive() {

@@ -47,7 +47,7 @@ func TestLeastPrivilegeRole(t *testing.T) {
 	running.Start("SELECT pg_catalog.pg_sleep(60)")
 	running.WaitState("active", "Timeout")
 	runAs(0, "cancel", "--app", tag+"-run", "--yes")
-	if code := sqlState(running.Wait()); code != "57014" {
+	if code := pgtest.SQLState(running.Wait()); code != "57014" {
 		t.Fatalf("cancel: SQLSTATE %q", code)
 	}
 
@@ -88,7 +88,7 @@ rules:
 	p := startPgreap(t, nil, "watch", "-c", policy, "--log-format", "json")
 	watched := victim("-watch")
 	watched.Start("SELECT pg_catalog.pg_sleep(60)")
-	if code := sqlState(watched.Wait()); code != "57014" {
+	if code := pgtest.SQLState(watched.Wait()); code != "57014" {
 		t.Fatalf("watch: SQLSTATE %q\n%s", code, p.errOut.String())
 	}
 	pgtest.Eventually(t, "the audit line", func() (bool, error) {

@@ -64,7 +64,7 @@ func TestSearchPathLookalikesChangeNothing(t *testing.T) {
 	if holder.Alive() || !waiter.Alive() {
 		t.Fatalf("unblock: holder alive %v, waiter alive %v", holder.Alive(), waiter.Alive())
 	}
-	if err := runaway.Wait(); sqlState(err) != "57014" {
+	if err := runaway.Wait(); pgtest.SQLState(err) != "57014" {
 		t.Fatalf("the runaway query: %v, want cancelled (57014)", err)
 	}
 	var calls []string

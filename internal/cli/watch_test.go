@@ -121,7 +121,7 @@ func cancelled(t *testing.T, app string) {
 	t.Helper()
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{App: app})
 	v.Start("SELECT pg_catalog.pg_sleep(60)")
-	if code := sqlState(v.Wait()); code != "57014" {
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
 		t.Fatalf("%s: SQLSTATE %q, want 57014 (cancelled by watch)", app, code)
 	}
 }

@@ -15,6 +15,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgreap/pgreap/internal/conn"
@@ -304,4 +305,13 @@ func Parallel(t testing.TB) (db string, leader *Victim, worker int32) {
 		return err == nil, err
 	})
 	return db, leader, worker
+}
+
+// SQLState is the SQLSTATE of a server error in err's chain, or "".
+func SQLState(err error) string {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		return pgErr.Code
+	}
+	return ""
 }

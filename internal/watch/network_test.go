@@ -47,7 +47,7 @@ func TestStalledNetwork(t *testing.T) {
 		t.Fatalf("%d audit lines while the network is stalled", n)
 	}
 	p.Resume()
-	if code := sqlState(v.Wait()); code != "57014" {
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
 		t.Fatalf("SQLSTATE %q, want 57014 (cancelled)", code)
 	}
 	got := d.waitEntries(t, 1)
@@ -77,7 +77,7 @@ func TestAbandonedBackendKeepsNoLead(t *testing.T) {
 	})
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
 	v.Start("SELECT pg_catalog.pg_sleep(60)")
-	if code := sqlState(v.Wait()); code != "57014" {
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
 		t.Fatalf("SQLSTATE %q, want 57014 (cancelled while the old flow is still frozen)", code)
 	}
 	if got := d.waitEntries(t, 1); len(got) != 1 || got[0].PID != v.PID {

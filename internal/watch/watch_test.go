@@ -18,7 +18,6 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -146,14 +145,6 @@ func (d *daemon) waitEntries(t *testing.T, n int) []watch.Entry {
 	return got
 }
 
-func sqlState(err error) string {
-	var pgErr *pgconn.PgError
-	if errors.As(err, &pgErr) {
-		return pgErr.Code
-	}
-	return ""
-}
-
 func dsn(t *testing.T) string { return pgtest.Shared(t).DSN("postgres", pgtest.Superuser) }
 
 // A query is cancelled within tens of ms of its threshold though the
@@ -174,7 +165,7 @@ rules:
     match: {app: [TAG], state: [active], longer_than: 1s}
     action: cancel
 `)
-	if code := sqlState(v.Wait()); code != "57014" {
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
 		t.Fatalf("the query ended with SQLSTATE %q, want 57014 (cancelled)", code)
 	}
 	queryStart := overshoot(t, v, time.Second)
@@ -260,7 +251,7 @@ rules:
     match: {app: ["TAG-*"], state: [active]}
     action: cancel
 `)
-	if code := sqlState(plain.Wait()); code != "57014" {
+	if code := pgtest.SQLState(plain.Wait()); code != "57014" {
 		t.Fatalf("plain: SQLSTATE %q, want 57014", code)
 	}
 	got := d.waitEntries(t, 2)
@@ -347,10 +338,10 @@ rules:
     action: cancel-then-terminate
     grace: 300ms
 `)
-	if code := sqlState(sleeper.Wait()); code != "57014" {
+	if code := pgtest.SQLState(sleeper.Wait()); code != "57014" {
 		t.Errorf("sleeper: SQLSTATE %q, want 57014", code)
 	}
-	if code := sqlState(stubborn.Wait()); code != "57P01" {
+	if code := pgtest.SQLState(stubborn.Wait()); code != "57P01" {
 		t.Errorf("stubborn: SQLSTATE %q, want 57P01", code)
 	}
 	got := d.waitEntries(t, 2)
@@ -393,7 +384,7 @@ rules:
 	}
 	a := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-a1"})
 	a.Start("SELECT pg_catalog.pg_sleep(60)")
-	if code := sqlState(a.Wait()); code != "57014" {
+	if code := pgtest.SQLState(a.Wait()); code != "57014" {
 		t.Fatalf("old policy not in force: SQLSTATE %q", code)
 	}
 
@@ -416,7 +407,7 @@ rules:
 	}
 	b := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-b1"})
 	b.Start("SELECT pg_catalog.pg_sleep(60)")
-	if code := sqlState(b.Wait()); code != "57014" {
+	if code := pgtest.SQLState(b.Wait()); code != "57014" {
 		t.Fatalf("new policy not in force: SQLSTATE %q", code)
 	}
 	got := d.waitEntries(t, 2)
@@ -461,7 +452,7 @@ rules:
 		return cn, done
 	}
 	_, done := victim()
-	if code := sqlState(<-done); code != "57014" {
+	if code := pgtest.SQLState(<-done); code != "57014" {
 		t.Fatalf("before the restart: SQLSTATE %q", code)
 	}
 	d.waitEntries(t, 1)
@@ -481,7 +472,7 @@ rules:
 			testutil.ToFloat64(d.Metrics().Leader.WithLabelValues("solo")) == 1, nil
 	})
 	_, done = victim()
-	if code := sqlState(<-done); code != "57014" {
+	if code := pgtest.SQLState(<-done); code != "57014" {
 		t.Fatalf("after the restart: SQLSTATE %q", code)
 	}
 	got := d.waitEntries(t, 2)
@@ -527,7 +518,7 @@ rules:
     match: {app: [TAG], state: [active], longer_than: 500ms}
     action: cancel
 `)
-	if code := sqlState(v.Wait()); code != "57014" {
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
 		t.Fatalf("SQLSTATE %q, want 57014", code)
 	}
 	overshoot(t, v, 500*time.Millisecond)
