@@ -76,13 +76,30 @@ func Message(err error) string {
 		case errors.Is(err, context.DeadlineExceeded):
 			msg += fmt.Sprintf(" (hint: no answer from the server within its statement_timeout plus %s: "+
 				"the network or the server stalled, and pgreap closed its connection)", conn.DeadlineMargin)
-		case errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
-			errors.Is(err, pgconn.ErrConnClosed):
-			msg += " (hint: the connection to the server was lost: a restart, a crash, or the network)"
+		case lostConnection(err):
+			msg += " (hint: the connection to the server was lost: a restart, a crash, the network, or pg_terminate_backend)"
 		}
 	}
 	// One line, always: a server message or a wrapped error may have more.
 	return strings.Join(strings.Fields(msg), " ")
+}
+
+// lostConnection says whether err means pgreap's connection is gone: the
+// server closed it (EOF, reset, broken pipe), pgx had closed it already,
+// or the server ended the session with a FATAL of class 57P (a shutdown,
+// a crash of another backend, pg_terminate_backend). Which of these a
+// client sees for the same restart depends on when it next reads.
+func lostConnection(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		severity := pgErr.SeverityUnlocalized // 9.6+; Severity is translated
+		if severity == "" {
+			severity = pgErr.Severity
+		}
+		return (severity == "FATAL" || severity == "PANIC") && strings.HasPrefix(pgErr.Code, "57P")
+	}
+	return errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) ||
+		errors.Is(err, pgconn.ErrConnClosed)
 }
 
 // Main runs pgreap with the process's arguments and streams.

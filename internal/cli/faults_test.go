@@ -95,6 +95,46 @@ func TestDrainWhenTheServerCrashesOrRestarts(t *testing.T) {
 	}
 }
 
+// The server ends pgreap's session while its statement runs (a fast
+// shutdown, or pg_terminate_backend): pgreap reads FATAL 57P01, not a
+// closed socket, and says the same as for one: one line, the hint that
+// the connection was lost, exit 2. The proxy holds ls's statement (and
+// the server's answers) until the server has ended the session, so that
+// the end lands in the statement.
+func TestSessionEndedByTheServer(t *testing.T) {
+	t.Parallel()
+	p, dsn := through(t)
+	app := pgtest.Tag(t)
+	held := p.On("pg_stat_activity", pgtest.Stall, pgtest.Before)
+	ls := startPgreap(t, nil, "-d", dsn+" application_name="+app, "ls")
+	select {
+	case <-held:
+	case <-ls.done:
+		t.Fatalf("ls ended before its statement: %s", ls.errOut.String())
+	case <-pgtest.Context(t).Done():
+		t.Fatal("ls never sent its statement")
+	}
+	var pid int32
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT pid FROM pg_catalog.pg_stat_activity WHERE application_name = $1", app).Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Exec(t, "SELECT pg_catalog.pg_terminate_backend($1)", pid)
+	pgtest.Eventually(t, "the backend gone", func() (bool, error) {
+		var n int
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		return n == 0, err
+	})
+	p.Resume()
+	ls.wait(t)
+	errOut := ls.errOut.String()
+	if ls.code() != 2 || strings.Count(errOut, "\n") != 1 || !strings.Contains(errOut, "SQLSTATE 57P01") ||
+		!strings.Contains(errOut, "the connection to the server was lost") {
+		t.Fatalf("exit %d, stderr %q", ls.code(), errOut)
+	}
+	t.Logf("stderr %s", errOut)
+}
+
 // The server crashes while kick waits for the backends it terminated to
 // go (held there by a network stall, so that the crash lands in the wait;
 // the network comes back after the crash): kick ends with exit 3, every
