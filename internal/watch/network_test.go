@@ -84,3 +84,51 @@ func TestAbandonedBackendKeepsNoLead(t *testing.T) {
 		t.Fatalf("audit %+v", got)
 	}
 }
+
+// The daemon misjudges the server's clock: its snapshot took long to reach
+// the server (held here by the proxy), so it sends the cancel before the
+// query is past its threshold by the server's clock, and the statement
+// finds it does not match yet, three times in a row. The query is judged
+// again at the next snapshot and cancelled then. Before, it was marked as
+// acted on and left to run: seen in CI under load, after a restart.
+func TestEarlySignalIsJudgedAgain(t *testing.T) {
+	t.Parallel()
+	p := pgtest.ProxyTo(t, pgtest.Shared(t))
+	d := startDaemon(t, p.DSN("postgres", pgtest.Superuser), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1s
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 1s}
+    action: cancel
+`)
+	pgtest.Eventually(t, "the daemon leading", func() (bool, error) {
+		return testutil.ToFloat64(d.Metrics().Leader.WithLabelValues(pgtest.Tag(t))) == 1, nil
+	})
+	held := p.On("blocked_by", pgtest.Stall, pgtest.Before) // the next snapshot
+	<-held
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(30)")
+	// The snapshot reaches the server 300 ms into the query, and over
+	// 300 ms after it was sent: the daemon thinks the server's clock that
+	// much ahead of its own, and fires that much early.
+	pgtest.Eventually(t, "the query 300 ms old", func() (bool, error) {
+		var old bool
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), `SELECT state = 'active' AND now() - query_start > interval '300 ms'
+			FROM pg_catalog.pg_stat_activity WHERE pid = $1`, v.PID).Scan(&old)
+		return old, err
+	})
+	p.Resume()
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
+		t.Fatalf("SQLSTATE %q, want 57014 (cancelled)\n%s", code, d.logs.String())
+	}
+	got := d.waitEntries(t, 1)
+	if len(got) != 1 || got[0].PID != v.PID || got[0].Outcome != "cancelled" {
+		t.Fatalf("audit %+v", got)
+	}
+	if !strings.Contains(d.logs.String(), `"detail":"no longer matches the selection"`) {
+		t.Fatalf("the early signal did not happen:\n%s", d.logs.String())
+	}
+}

@@ -550,9 +550,16 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			f.logged[i] = true
 			continue
 		}
-		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail && retries[res.PID] < maxRetries && err == nil {
-			s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
-			f.logged[i] = true // not recorded
+		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail {
+			if retries[res.PID] < maxRetries && err == nil {
+				s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
+				f.logged[i] = true // not recorded
+			}
+			// Nothing was signalled: the session is not marked acted on,
+			// and the next snapshot judges it again. It may have moved on
+			// (then no rule marks it), or the offset of the clocks was
+			// misjudged by more than the retries cover (a snapshot slow to
+			// reach the server under load): then it is still due.
 			continue
 		}
 		s.t.acted[identityOf(&res.Session)] = true
