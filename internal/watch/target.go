@@ -30,7 +30,8 @@ const (
 	margin = 2 * time.Millisecond
 	// retryNoMatch: a session the statement found not yet past its
 	// threshold (the clocks' offset was misjudged by a few ms) is tried
-	// again this much later, up to maxRetries times.
+	// again this much later, up to maxRetries times; then the next
+	// snapshot judges it again.
 	retryNoMatch = 5 * time.Millisecond
 	maxRetries   = 2
 	// verifyFor is how long a signalled session gets to end before it is
