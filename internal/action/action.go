@@ -85,6 +85,25 @@ type Result struct {
 	// Named: chosen by pid. A protected session named by pid makes the
 	// whole action incomplete; one a selector found is only reported.
 	Named bool
+
+	// at is what the signalling statement saw of the session at its
+	// signal: what the wait needs to tell whether the signal took effect.
+	at signalled
+}
+
+// signalled is a session as the signalling statement read it, just before
+// its signal, and when.
+type signalled struct {
+	state     string
+	xactStart time.Time
+	waitEvent string // type:event, "IPC:SyncRep"
+	xid       string // backend_xid, "" when it had none
+	// read is when its row was read for the verdict; sent and returned
+	// bracket the signal: the kill() was sent between them.
+	read, sent, returned time.Time
+	// note is said of the session whatever the wait finds (it moved on
+	// as the signal was sent).
+	note string
 }
 
 // Incomplete reports whether the result keeps the action from being
@@ -251,8 +270,7 @@ func (p *Plan) result(s *activity.Session, req Request) Result {
 	if sel == nil {
 		sel = &selector.Selector{}
 	}
-	pinQuery := req.Action == Cancel || sel.Query != nil || len(sel.State) > 0 ||
-		sel.LongerThan > 0 || sel.XactLongerThan > 0 || sel.Waiting || sel.Blocking
+	pinQuery := req.Action == Cancel || sel.PinsQuery()
 	return Result{Session: *s, Action: req.Action, Guard: Guard{Query: pinQuery}, Named: len(req.PIDs) > 0}
 }
 
@@ -567,6 +585,8 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 				r.StateChange = *v.stateChange
 			}
 		}
+		r.at = signalled{state: deref(v.state), xactStart: deref(v.xactStart), waitEvent: deref(v.waitEvent),
+			xid: deref(v.xid), read: deref(v.readAt), sent: v.signalAt, returned: v.signalDone}
 		r.Outcome, r.Detail = v.outcome(r, signal)
 	}
 	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
@@ -634,11 +654,29 @@ type verdict struct {
 	// queryStart/stateChange the session's at that instant.
 	action                  *string
 	queryStart, stateChange *time.Time
-	retried                 string // the error of the set statement, when retried alone
-	err                     error  // the error of the statement alone
+	xactStart               *time.Time
+	waitEvent, xid          *string
+	readAt                  *time.Time
+	signalAt, signalDone    time.Time
+	// after is the session read again right after its signal (only when
+	// it was read afresh for it): present, and its state then.
+	afterPresent                      bool
+	afterState                        *string
+	afterQueryStart, afterStateChange *time.Time
+	fresh                             bool
+	retried                           string // the error of the set statement, when retried alone
+	err                               error  // the error of the statement alone
 }
 
 func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) ([]verdict, error) {
+	return p.statement(ctx, conn, idx, actions, signal, func(r *Result, action string) bool {
+		return signal && p.readsAfresh(r, action)
+	})
+}
+
+// statement runs the action statement for the results at idx; fresh says
+// which sessions it reads afresh at their signal.
+func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool, fresh func(*Result, string) bool) ([]verdict, error) {
 	n := len(idx)
 	pids := make([]int32, n)
 	starts := make([]*time.Time, n)
@@ -646,6 +684,7 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 	stateChanges := make([]*time.Time, n)
 	pins := make([]bool, n)
 	kinds := make([]string, n)
+	afresh := make([]bool, n)
 	for k, i := range idx {
 		r := &p.Results[i]
 		pids[k] = r.PID
@@ -657,12 +696,13 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 		if a, ok := actions[i]; ok {
 			kinds[k] = string(a)
 		}
+		afresh[k] = fresh(r, kinds[k])
 	}
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
-		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started)}
+		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh}
 	sql := actSQL
 	if p.sel != nil {
-		where, selArgs := p.sel.Compile("a", len(args)+1)
+		where, selArgs := p.sel.CompileEach("a", len(args)+1)
 		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
 		args = append(args, selArgs...)
 	}
@@ -678,9 +718,13 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 		var v verdict
 		var ord int64
 		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart,
-			&v.action, &v.queryStart, &v.stateChange); err != nil {
+			&v.action, &v.queryStart, &v.stateChange, &v.xactStart, &v.waitEvent, &v.xid, &v.readAt, &v.signalAt, &v.signalDone,
+			&v.afterPresent, &v.afterState, &v.afterQueryStart, &v.afterStateChange); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("signal: %w", err)
+		}
+		if ord >= 1 && int(ord) <= n {
+			v.fresh = afresh[ord-1]
 		}
 		verdicts = append(verdicts, v)
 	}
@@ -691,6 +735,17 @@ func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, ac
 		return nil, fmt.Errorf("signal: %d verdicts for %d sessions", len(verdicts), n)
 	}
 	return verdicts, nil
+}
+
+// readsAfresh: the signalling statement reads the session afresh at its
+// signal, and again after it, when what it pinned or what the selection
+// asks can move: a query, a state, an application_name, a lock wait. A
+// session pinned by identity alone, under a selection on facts a backend
+// keeps for life (kick, terminate --db), is judged on the statement's one
+// read: the cost floor, and nothing it checks can change meanwhile but the
+// backend's existence.
+func (p *Plan) readsAfresh(r *Result, action string) bool {
+	return r.Guard.Query || Kind(action) == graceKind || (p.sel != nil && p.sel.Moves())
 }
 
 // testHookSQL lets a test make the statement for a whole set fail, to
@@ -722,7 +777,7 @@ func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
 			return Planned, ""
 		}
 		if v.sent != nil && *v.sent {
-			return sentOutcome, ""
+			return v.afterSignal(r)
 		}
 		return Gone, "ended before the signal reached it" + maybe
 	case "error":
@@ -762,3 +817,71 @@ func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
 	}
 	return Denied, "unexpected verdict " + v.code
 }
+
+// afterSignal is the outcome of a session signalled in the state it was
+// judged in, from the look the statement took right after the signal. A
+// session still as it was read then was as read when the signal reached
+// it: the wait settles it. One that moved may have moved on its own in the
+// moments between pgreap's read and the kernel's kill(), and the result
+// says what is known.
+func (v verdict) afterSignal(r *Result) (Outcome, string) {
+	if !v.fresh {
+		return sentOutcome, "" // one read for all: the wait tells
+	}
+	same := func(a, b *time.Time) bool { return a != nil && b != nil && a.Equal(*b) }
+	after := deref(v.afterState)
+	if v.afterPresent && same(v.afterQueryStart, v.queryStart) && same(v.afterStateChange, v.stateChange) && after == deref(v.state) {
+		return sentOutcome, ""
+	}
+	newStatement := v.afterPresent && !same(v.afterQueryStart, v.queryStart)
+	// The read and the signal are microseconds apart, unless the server
+	// did not run pgreap's backend in between (a busy CPU): then the
+	// session may have moved on before the signal reached it.
+	var heldUp time.Duration
+	if v.readAt != nil && v.signalAt.Sub(*v.readAt) > heldUpLimit {
+		heldUp = v.signalAt.Sub(*v.readAt)
+	}
+	held := fmt.Sprintf("pgreap's backend was held up %s between its look and the signal, and the session moved on", heldUp.Round(time.Microsecond))
+	if r.Action == Terminate {
+		// It dies at its next check for interrupts; what it did just
+		// before may have completed by then (a COMMIT among them).
+		switch {
+		case newStatement:
+			r.at.note = fmt.Sprintf("it began another statement as the signal was sent (now %s): that statement may have completed before the backend ended", after)
+		case v.afterPresent:
+			r.at.note = fmt.Sprintf("its statement completed as the signal was sent (now %s)", after)
+		case heldUp > 0:
+			r.at.note = held + ": its last statement may have completed before the backend ended"
+		}
+		return sentOutcome, ""
+	}
+	switch {
+	case !v.afterPresent:
+		return sentOutcome, "" // its connection ended: the wait says so
+	case newStatement && v.afterQueryStart != nil && v.afterQueryStart.Before(v.signalAt):
+		// A statement's start is stamped after its last look at pending
+		// cancels: one that began before the cancel went out may be the
+		// one it ended.
+		return Changed, fmt.Sprintf("its query ended before the cancel was sent, and it began another statement (%s): the cancel may have ended that one", after)
+	case newStatement && heldUp > 0:
+		// When its query ended is not known: maybe while pgreap waited.
+		return Changed, held + ": its query may have ended before the cancel, which may have ended its next statement instead"
+	case newStatement:
+		// It ended after the signal went out, and the client went on (the
+		// signal woke it before this look): the wait tells how it ended.
+		return sentOutcome, ""
+	case after == "idle in transaction":
+		return Changed, completedDetail + " (its transaction goes on)"
+	case v.afterStateChange != nil && v.afterStateChange.Before(v.signalAt):
+		return Changed, fmt.Sprintf("its query ended (%s) before the cancel was sent", after)
+	}
+	// It ended after the signal went out: the wait tells how.
+	return sentOutcome, ""
+}
+
+// heldUpLimit: a read this long before its signal may be out of date. The
+// read and the judging take tens of microseconds.
+const heldUpLimit = 100 * time.Microsecond
+
+// completedDetail: the cancelled query completed instead.
+const completedDetail = "completed before the cancel took effect"

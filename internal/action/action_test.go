@@ -15,6 +15,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -724,4 +725,166 @@ func TestSetFailedThenConnectionLost(t *testing.T) {
 	want(t, res, a.PID, action.Survived, "may have been signalled, not verified")
 	want(t, res, b.PID, action.Survived, "may have been signalled, not verified")
 	pgtest.Eventually(t, "the first one terminated by the failed statement", func() (bool, error) { return !a.Alive(), nil })
+}
+
+// TestFreshReadSeesWhatTheSnapshotHides proves, on the server under test,
+// what the action statement relies on: a backend keeps one copy of
+// pg_stat_activity for its whole transaction, and pg_stat_clear_snapshot()
+// followed by pg_stat_get_activity(pid) reads the backend status array
+// anew. A session that moved on after that copy was taken is judged
+// "moved" on a fresh read, and "ok" on the copy.
+func TestFreshReadSeesWhatTheSnapshotHides(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	plan, err := action.Choose(ctx, cn, action.Request{Action: action.Cancel, PIDs: []int32{v.PID}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	queryStart := func(q interface {
+		QueryRow(context.Context, string, ...any) pgx.Row
+	}) time.Time {
+		var qs time.Time
+		if err := q.QueryRow(ctx, "SELECT query_start FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&qs); err != nil {
+			t.Fatal(err)
+		}
+		return qs
+	}
+	if _, err := cn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _, _ = cn.Exec(context.Background(), "ROLLBACK") }()
+	first := queryStart(cn) // the transaction's copy is taken here
+	if !first.Equal(plan.Results[0].QueryStart) {
+		t.Fatalf("query_start %v, planned %v", first, plan.Results[0].QueryStart)
+	}
+	// The victim moves on to another query, as the rest of the server sees.
+	admin := pgtest.Admin(t)
+	if _, err := admin.Exec(ctx, "SELECT pg_catalog.pg_cancel_backend($1)", v.PID); err != nil {
+		t.Fatal(err)
+	}
+	_ = v.Wait()
+	v.Start("SELECT pg_catalog.pg_sleep(60) /* the next query */")
+	pgtest.Eventually(t, "the next query", func() (bool, error) { return !queryStart(admin).Equal(first), nil })
+
+	if again := queryStart(cn); !again.Equal(first) {
+		t.Fatalf("the transaction's copy changed (%v, then %v): the premise does not hold on this server", first, again)
+	}
+	stale, err := action.Judge(ctx, cn, plan, false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	fresh, err := action.Judge(ctx, cn, plan, true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if stale[0] != "ok" || fresh[0] != "moved" {
+		t.Fatalf("on the copy: %s (want ok); read afresh: %s (want moved)", stale[0], fresh[0])
+	}
+}
+
+// A write outside a transaction block, cancelled: its transaction id says
+// it rolled back.
+func TestCancelledWriteRolledBack(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	v.Exec("CREATE TABLE w (id int)")
+	v.Start("WITH ins AS (INSERT INTO w VALUES (1) RETURNING id) SELECT pg_catalog.pg_sleep(60) FROM ins")
+	v.WaitState("active", "Timeout")
+	res := run(t, open(t, pgtest.Superuser), action.Request{Action: action.Cancel, PIDs: []int32{v.PID}}, action.Options{Wait: 5 * time.Second})
+	want(t, res, v.PID, action.Cancelled, "its transaction rolled back")
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
+		t.Fatalf("the client got %q, want 57014", code)
+	}
+}
+
+// A COMMIT waiting for a synchronous standby has committed locally: a
+// cancel only ends the wait (the client gets a warning, and success), and
+// a terminate ends a session whose transaction committed. Both say so.
+func TestCommitWaitingForAStandby(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	c, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"synchronous_standby_names": "'nobody'"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	dsn := c.DSN("postgres", pgtest.Superuser)
+	admin, err := pgx.Connect(ctx, dsn)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CREATE TABLE w (what text)"); err != nil {
+		t.Fatal(err)
+	}
+	cfg, err := conn.Config(conn.Params{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	reaper, err := conn.Connect(ctx, cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer reaper.Close(context.Background())
+	committing := func(what string) (pid int32, done chan error) {
+		cn, err := pgx.Connect(ctx, dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { cn.Close(context.Background()) })
+		pid = int32(cn.PgConn().PID())
+		done = make(chan error, 1)
+		go func() {
+			_, err := cn.Exec(ctx, "SET synchronous_commit = on; INSERT INTO w VALUES ('"+what+"')")
+			done <- err
+		}()
+		pgtest.Eventually(t, "a commit waiting for the standby", func() (bool, error) {
+			var n int
+			err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND wait_event = 'SyncRep'", pid).Scan(&n)
+			return n == 1, err
+		})
+		return pid, done
+	}
+	committed := func(what string) bool {
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM w WHERE what = $1", what).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	do := func(kind action.Kind, pid int32) action.Result {
+		plan, err := action.Choose(ctx, reaper, action.Request{Action: kind, PIDs: []int32{pid}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		res, err := action.Execute(ctx, reaper, plan, action.Options{Wait: 5 * time.Second})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return res[0]
+	}
+
+	pid, done := committing("cancelled")
+	r := do(action.Cancel, pid)
+	if r.Outcome != action.Cancelled || r.Detail != "committed locally: only the wait for the standby ended" {
+		t.Fatalf("cancel: %s (%s)", r.Outcome, r.Detail)
+	}
+	if err := <-done; err != nil || !committed("cancelled") {
+		t.Fatalf("the client got %v; committed: %v (want no error, committed)", err, committed("cancelled"))
+	}
+
+	pid, done = committing("terminated")
+	r = do(action.Terminate, pid)
+	if r.Outcome != action.Terminated || r.Detail != "its transaction committed before the signal reached it" {
+		t.Fatalf("terminate: %s (%s)", r.Outcome, r.Detail)
+	}
+	<-done
+	if !committed("terminated") {
+		t.Fatal("the terminated session's transaction is not there: the test's premise is wrong")
+	}
 }

@@ -1,6 +1,12 @@
 package action
 
-import "strings"
+import (
+	"context"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
 
 // FailSetStatements makes every action statement for more than one session
 // raise an error in the server (division by zero), as a signal the judging
@@ -10,7 +16,7 @@ func FailSetStatements() (restore func()) {
 		if sessions < 2 {
 			return sql
 		}
-		return strings.Replace(sql, "ORDER BY j.n", "ORDER BY j.n / 0", 1)
+		return strings.Replace(sql, "WHEN me.rolsuper THEN 'ok'", "WHEN me.rolsuper AND 1 / (c.n - c.n) = 1 THEN 'ok'", 1)
 	}
 	return func() { testHookSQL = nil }
 }
@@ -39,7 +45,30 @@ func FailSetAfterSignalThen(f func()) (restore func()) {
 		if sessions < 2 {
 			return sql
 		}
-		return strings.Replace(sql, "END AS sent,", "END AND (1 / (1 - j.n)) IS NOT NULL AS sent,", 1)
+		return strings.Replace(sql, "END AS sent,", "END AND (1 / (1 - c.n)) IS NOT NULL AS sent,", 1)
 	}
 	return func() { testHookSQL = nil }
+}
+
+// SignalWindow is when the signalling statement read the session for its
+// verdict, and when the signal call began and returned: the kernel's kill()
+// was sent in between. Zero for a session not read afresh.
+func SignalWindow(r *Result) (read, sent, returned time.Time) {
+	return r.at.read, r.at.sent, r.at.returned
+}
+
+// Judge runs the action statement on the plan's sessions without
+// signalling, reading them afresh or not, on a connection that may be in
+// a transaction (Execute refuses one), and returns each verdict.
+func Judge(ctx context.Context, conn *pgx.Conn, p *Plan, fresh bool) ([]string, error) {
+	idx := make([]int, len(p.Results))
+	for i := range idx {
+		idx[i] = i
+	}
+	vs, err := p.statement(ctx, conn, idx, nil, false, func(*Result, string) bool { return fresh })
+	var codes []string
+	for _, v := range vs {
+		codes = append(codes, v.code)
+	}
+	return codes, err
 }

@@ -7,30 +7,42 @@ import (
 	"fmt"
 	"io"
 	"net/netip"
+	"reflect"
 	"slices"
 	"sort"
 	"strings"
 	"time"
 
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/selector"
 )
 
 // PlanVersion is the version of the plan format that --dry-run -o json
-// writes and apply reads.
-const PlanVersion = 1
+// writes and apply reads. Version 2 records the selection.
+const PlanVersion = 2
 
-// PlanHeader identifies the server run a plan was made on; every row of a
-// plan file carries it as "plan".
+// PlanHeader identifies the server run a plan was made on, and the
+// selection it was made with; every row of a plan file carries it as
+// "plan".
 type PlanHeader struct {
 	Version             int       `json:"version"`
 	Host                string    `json:"host"`
 	Port                uint16    `json:"port"`
 	PostmasterStartTime time.Time `json:"postmaster_start_time"`
+	// Selection is what chose the sessions (null: named by pid alone):
+	// apply's signalling statement checks it again, so a session that no
+	// longer matches is left alone.
+	Selection *selector.Spec `json:"selection"`
 }
 
 // Header is the plan's header.
 func (p *Plan) Header() PlanHeader {
-	return PlanHeader{Version: PlanVersion, Host: p.Server.Host, Port: p.Server.Port, PostmasterStartTime: p.Server.Started}
+	h := PlanHeader{Version: PlanVersion, Host: p.Server.Host, Port: p.Server.Port, PostmasterStartTime: p.Server.Started}
+	if p.sel != nil && !reflect.ValueOf(*p.sel).IsZero() {
+		spec := p.sel.Spec()
+		h.Selection = &spec
+	}
+	return h
 }
 
 // planRow is one row of a plan file: the fields --dry-run -o json writes.
@@ -98,6 +110,7 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 	}
 	plan := &Plan{}
 	first := true
+	planned := map[int32]bool{}
 	for n, raw := range raws {
 		where := fmt.Sprintf("session %d", n+1)
 		for _, k := range required {
@@ -134,18 +147,50 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		if first {
 			first = false
 			plan.Server = Server{Host: row.Plan.Host, Port: row.Plan.Port, Started: row.Plan.PostmasterStartTime}
+			if row.Plan.Selection != nil {
+				sel, err := selector.Parse(*row.Plan.Selection)
+				if err != nil {
+					return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
+				}
+				if !reflect.ValueOf(*sel).IsZero() {
+					plan.sel = sel
+				}
+			}
 		} else if h := plan.Header(); row.Plan.Host != h.Host || row.Plan.Port != h.Port ||
 			!row.Plan.PostmasterStartTime.Equal(h.PostmasterStartTime) {
 			return nil, fmt.Errorf("%s: made on another server than the sessions before it (its \"plan\" differs)", where)
+		} else if !sameSelection(row.Plan.Selection, h.Selection) {
+			return nil, fmt.Errorf("%s: made with another selection than the sessions before it (its \"plan\" differs)", where)
 		}
 		if res.Outcome == Planned {
-			if slices.ContainsFunc(plan.Results, func(o Result) bool { return o.PID == res.PID }) {
+			if planned[res.PID] {
 				return nil, fmt.Errorf("%s: pid %d is planned twice", where, res.PID)
 			}
+			planned[res.PID] = true
 			plan.Results = append(plan.Results, res)
 		}
 	}
 	return plan, nil
+}
+
+// sameSelection: a and b select the same sessions, as written or as
+// parsed (a hand-written "5m" is pgreap's "5m0s").
+func sameSelection(a, b *selector.Spec) bool {
+	norm := func(sp *selector.Spec) *selector.Spec {
+		if sp == nil {
+			return nil
+		}
+		sel, err := selector.Parse(*sp)
+		if err != nil {
+			return sp
+		}
+		n := sel.Spec()
+		if reflect.ValueOf(n).IsZero() {
+			return nil
+		}
+		return &n
+	}
+	return reflect.DeepEqual(norm(a), norm(b))
 }
 
 func jsonFields(v any) []string {
@@ -179,7 +224,7 @@ func (row *planRow) result() (Result, error) {
 		return r, errors.New(`"plan" is null`)
 	}
 	if row.Plan.Version != PlanVersion {
-		return r, fmt.Errorf("plan version %d: this pgreap reads version %d", row.Plan.Version, PlanVersion)
+		return r, fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", row.Plan.Version, PlanVersion)
 	}
 	if row.Plan.PostmasterStartTime.IsZero() {
 		return r, errors.New(`"plan": no postmaster_start_time`)

@@ -9,7 +9,7 @@ import (
 )
 
 // planRow is one row as --dry-run -o json writes it.
-const planRow = `{"pid":18809,"leader_pid":null,"datname":"shop","usename":"postgres","application_name":"etl","client_addr":null,"backend_type":"client backend","state":"idle in transaction","backend_start":"2026-11-26T02:40:06.81281Z","xact_start":"2026-11-26T02:40:06.813946Z","query_start":"2026-11-26T02:40:06.813946Z","state_change":"2026-11-26T02:40:06.830168Z","wait_event_type":"Client","wait_event":"ClientRead","query":"BEGIN; SELECT 1","query_id":null,"blocked_by":[],"action":"terminate","outcome":"planned","detail":null,"guard":["pid","backend_start"],"plan":{"version":1,"host":"/tmp/x","port":5432,"postmaster_start_time":"2026-11-26T02:40:06.361902Z"}}`
+const planRow = `{"pid":18809,"leader_pid":null,"datname":"shop","usename":"postgres","application_name":"etl","client_addr":null,"backend_type":"client backend","state":"idle in transaction","backend_start":"2026-11-26T02:40:06.81281Z","xact_start":"2026-11-26T02:40:06.813946Z","query_start":"2026-11-26T02:40:06.813946Z","state_change":"2026-11-26T02:40:06.830168Z","wait_event_type":"Client","wait_event":"ClientRead","query":"BEGIN; SELECT 1","query_id":null,"blocked_by":[],"action":"terminate","outcome":"planned","detail":null,"guard":["pid","backend_start"],"plan":{"version":2,"host":"/tmp/x","port":5432,"postmaster_start_time":"2026-11-26T02:40:06.361902Z","selection":null}}`
 
 // Any plan file: ReadPlan never panics; what it accepts names every
 // session it will act on by a pid and a backend_start, with a cancel or a

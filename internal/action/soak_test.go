@@ -123,6 +123,9 @@ func TestChurnSoak(t *testing.T) {
 		return s
 	}
 	outcomes := map[action.Outcome]int{}
+	// Results that say the signal may have reached the session one
+	// statement later than pgreap read it: the log may or may not have it.
+	mayHave := map[action.Kind]int{}
 	acted := 0
 	for acted < want {
 		for _, req := range []action.Request{
@@ -139,6 +142,9 @@ func TestChurnSoak(t *testing.T) {
 			}
 			for _, r := range results {
 				outcomes[r.Outcome]++
+				if strings.Contains(r.Detail, "may have") {
+					mayHave[r.Action]++
+				}
 				if r.Outcome == action.Cancelled || r.Outcome == action.Terminated {
 					acted++
 				}
@@ -179,9 +185,18 @@ func TestChurnSoak(t *testing.T) {
 	}
 	t.Logf("%d actions (%v), %d churned connections; the server logged %d terminations and %d cancels",
 		acted, outcomes, churned.Load(), logged["terminating connection due to administrator command"], logged["canceling statement due to user request"])
-	if logged["terminating connection due to administrator command"] != outcomes[action.Terminated] ||
-		logged["canceling statement due to user request"] != outcomes[action.Cancelled] {
-		t.Errorf("the log does not match the outcomes: %v, %v", logged, outcomes)
+	for _, c := range []struct {
+		kind action.Kind
+		line string
+		want int
+	}{
+		{action.Terminate, "terminating connection due to administrator command", outcomes[action.Terminated]},
+		{action.Cancel, "canceling statement due to user request", outcomes[action.Cancelled]},
+	} {
+		if got := logged[c.line]; got < c.want || got > c.want+mayHave[c.kind] {
+			t.Errorf("the log does not match the outcomes: %d %q, want %d (and up to %d more that may have happened): %v",
+				got, c.line, c.want, mayHave[c.kind], outcomes)
+		}
 	}
 	for _, o := range []action.Outcome{action.Survived, action.Denied} {
 		if outcomes[o] > 0 {

@@ -71,10 +71,15 @@ func (p *Plan) survived(idx []int, kind Kind, when string) {
 func (p *Plan) poll(ctx context.Context, conn *pgx.Conn, idx []int, kind Kind) ([]int, error) {
 	pids := make([]int32, len(idx))
 	starts := make([]time.Time, len(idx))
+	xids := make([]*string, len(idx))
 	for k, i := range idx {
-		pids[k], starts[k] = p.Results[i].PID, p.Results[i].BackendStart
+		r := &p.Results[i]
+		pids[k], starts[k] = r.PID, r.BackendStart
+		if r.at.xid != "" {
+			xids[k] = &r.at.xid
+		}
 	}
-	rows, err := conn.Query(ctx, waitSQL, pids, starts)
+	rows, err := conn.Query(ctx, waitSQL, pids, starts, xids)
 	if err != nil {
 		return nil, fmt.Errorf("wait: %w", err)
 	}
@@ -83,12 +88,11 @@ func (p *Plan) poll(ctx context.Context, conn *pgx.Conn, idx []int, kind Kind) (
 	k := 0
 	for rows.Next() {
 		var (
-			n          int64
-			present    bool
-			queryStart *time.Time
-			state      *string
+			n    int64
+			seen look
 		)
-		if err := rows.Scan(&n, &present, &queryStart, &state); err != nil {
+		if err := rows.Scan(&n, &seen.present, &seen.queryStart, &seen.state, &seen.xactStart,
+			&seen.stateChange, &seen.xidStatus); err != nil {
 			return nil, fmt.Errorf("wait: %w", err)
 		}
 		if k >= len(idx) {
@@ -96,17 +100,20 @@ func (p *Plan) poll(ctx context.Context, conn *pgx.Conn, idx []int, kind Kind) (
 		}
 		r := &p.Results[idx[k]]
 		k++
-		switch {
-		case !present && kind == Terminate:
-			r.Outcome, r.Detail = Terminated, ""
-		case !present:
-			r.Outcome, r.Detail = Cancelled, "the connection ended too"
-		case kind == Terminate:
-			rest = append(rest, idx[k-1])
-		case queryStart == nil || !queryStart.Equal(r.QueryStart) || state == nil ||
-			(*state != "active" && *state != "fastpath function call"):
-			r.Outcome, r.Detail = Cancelled, ""
-		default:
+		var done bool
+		if kind == Terminate {
+			if done = !seen.present; done {
+				r.Outcome, r.Detail = Terminated, r.at.note
+				if committed, ok := r.committed(&seen); ok && committed {
+					// Its COMMIT ran before the signal reached it: the
+					// transaction is not what ended.
+					r.Detail = "its transaction committed before the signal reached it"
+				}
+			}
+		} else {
+			done = r.settleCancel(&seen)
+		}
+		if !done {
 			rest = append(rest, idx[k-1])
 		}
 	}
@@ -114,4 +121,96 @@ func (p *Plan) poll(ctx context.Context, conn *pgx.Conn, idx []int, kind Kind) (
 		return nil, fmt.Errorf("wait: %w", err)
 	}
 	return rest, nil
+}
+
+// look is a signalled session as one poll of the wait saw it.
+type look struct {
+	present                            bool
+	queryStart, xactStart, stateChange *time.Time
+	state                              *string
+	xidStatus                          *string // committed, aborted, in progress: of the xid it had at the signal
+}
+
+// settleCancel decides, from one look, whether a cancelled query ended,
+// and whether it ended because of the cancel: a query that completed
+// instead is changed, never cancelled. It reports whether the result is
+// settled.
+//
+// What tells them apart: a cancel aborts the transaction, so inside a
+// transaction block the state becomes "idle in transaction (aborted)"
+// where a completed query leaves "idle in transaction"; a write's
+// transaction id says committed or aborted. A read-only statement outside a
+// block leaves no trace either way: it is cancelled when it ended after the
+// signal was sent.
+func (r *Result) settleCancel(l *look) bool {
+	same := func(t *time.Time, u time.Time) bool { return t != nil && t.Equal(u) }
+	state := deref(l.state)
+	running := state == "active" || state == "fastpath function call"
+	sameQuery := l.present && same(l.queryStart, r.QueryStart)
+	if sameQuery && (state == "fastpath function call" || r.at.state == "fastpath function call") {
+		// A fastpath function call leaves query_start as it was: a call
+		// is told from the next by when its state began.
+		sameQuery = same(l.stateChange, r.StateChange)
+	}
+	if sameQuery && running {
+		return false
+	}
+	if committed, ok := r.committed(l); ok {
+		switch {
+		case !committed:
+			r.Outcome, r.Detail = Cancelled, "its transaction rolled back"
+		case r.at.waitEvent == "IPC:SyncRep":
+			r.Outcome, r.Detail = Cancelled, "committed locally: only the wait for the standby ended"
+		default:
+			r.Outcome, r.Detail = Changed, completedDetail+" (its transaction committed)"
+		}
+		return true
+	}
+	if !l.present {
+		r.Outcome, r.Detail = Cancelled, "the connection ended too"
+		return true
+	}
+	sameXact := !r.at.xactStart.IsZero() && same(l.xactStart, r.at.xactStart)
+	switch {
+	case state == "idle in transaction (aborted)" && (sameQuery || sameXact):
+		r.Outcome, r.Detail = Cancelled, ""
+	case sameQuery && state == "idle in transaction", sameXact && state == "idle in transaction":
+		r.Outcome, r.Detail = Changed, completedDetail+" (its transaction goes on)"
+	case sameXact && running:
+		// Another statement of the same transaction runs: the transaction
+		// was not aborted, so the query had completed.
+		r.Outcome, r.Detail = Changed, completedDetail+" (its transaction went on with another statement)"
+	case sameQuery && l.stateChange != nil && !r.at.sent.IsZero() && l.stateChange.Before(r.at.sent):
+		r.Outcome, r.Detail = Changed, fmt.Sprintf("its query ended (%s) before the cancel was sent", state)
+	default:
+		r.Outcome, r.Detail = Cancelled, ""
+	}
+	if r.at.waitEvent != "" && commitWaits[r.at.waitEvent] && r.Outcome == Cancelled {
+		r.Detail = fmt.Sprintf("it was committing (%s) when cancelled: it may have committed", r.at.waitEvent)
+	}
+	return true
+}
+
+// committed tells, from the transaction id the session had at the signal,
+// whether that transaction committed; ok is false when there was none or
+// it still runs.
+func (r *Result) committed(l *look) (committed, ok bool) {
+	switch deref(l.xidStatus) {
+	case "committed":
+		return true, true
+	case "aborted":
+		return false, true
+	}
+	return false, false
+}
+
+// commitWaits are the wait events of a statement in its commit: a cancel
+// there may come after the commit record is written.
+var commitWaits = map[string]bool{
+	"IPC:SyncRep":         true,
+	"IO:WALSync":          true,
+	"IO:WALWrite":         true,
+	"LWLock:WALWrite":     true,
+	"LWLock:WALInsert":    true,
+	"Timeout:CommitDelay": true,
 }

@@ -3,6 +3,7 @@ package activity
 import (
 	"context"
 	"embed"
+	"errors"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -192,7 +193,14 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		}
 		sql = sql[:from] + ",\n       ARRAY[" + strings.Join(terms, ",\n             ") + "] AS marks" + sql[from:]
 	}
-	return take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
+	snap, err := take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
+	if err != nil {
+		return nil, err
+	}
+	if err := rowLockHolders(ctx, conn, snap); err != nil {
+		return nil, err
+	}
+	return snap, nil
 }
 
 // Lookup takes the backends with these pids as they are, pgreap's own and
@@ -294,4 +302,102 @@ func GroupWorkers(in []Session) []Session {
 		out = append(out, workers[s.PID]...)
 	}
 	return out
+}
+
+var (
+	rowLocksSQL = mustSQL("rowlocks.sql")
+	holdersSQL  = mustSQL("holders.sql")
+)
+
+func mustSQL(name string) string {
+	b, err := sqlFiles.ReadFile("sql/" + name)
+	if err != nil {
+		panic(err)
+	}
+	return string(b)
+}
+
+// rowLockHolders adds to BlockedBy of a session waiting on a row every
+// transaction that holds the row, not only the one pg_blocking_pids names:
+// a row locked FOR SHARE by several transactions has a multixact as xmax,
+// and the waiter waits for its members one after another. It reads the
+// row's xmax, so only where pgreap's role may read the table; elsewhere
+// BlockedBy stays as the server says.
+func rowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
+	var waiters []int32
+	at := map[int32]int{}
+	for i := range snap.Sessions {
+		if s := &snap.Sessions[i]; len(s.BlockedBy) > 0 {
+			waiters = append(waiters, s.PID)
+			at[s.PID] = i
+		}
+	}
+	if len(waiters) == 0 {
+		return nil
+	}
+	type rowWait struct {
+		pid           int32
+		waitsFor      string
+		page, tuple   int32
+		schema, table string
+		readable      bool
+	}
+	rows, err := conn.Query(ctx, rowLocksSQL, waiters)
+	if err != nil {
+		return fmt.Errorf("row locks: %w", err)
+	}
+	waits, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rowWait, error) {
+		var w rowWait
+		err := r.Scan(&w.pid, &w.waitsFor, &w.page, &w.tuple, &w.schema, &w.table, &w.readable)
+		return w, err
+	})
+	if err != nil {
+		return fmt.Errorf("row locks: %w", err)
+	}
+	for _, w := range waits {
+		if !w.readable {
+			continue
+		}
+		sql := fmt.Sprintf(holdersSQL, "ONLY "+pgx.Identifier{w.schema, w.table}.Sanitize())
+		rows, err := conn.Query(ctx, sql, fmt.Sprintf("(%d,%d)", w.page, w.tuple), w.waitsFor)
+		if err != nil {
+			return fmt.Errorf("row lock holders: %w", err)
+		}
+		type holder struct {
+			pid int32
+			xid string
+		}
+		holders, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (holder, error) {
+			var h holder
+			err := r.Scan(&h.pid, &h.xid)
+			return h, err
+		})
+		if err != nil {
+			// The row moved on, or its xmax was no multixact: the server's
+			// answer stands.
+			if isStatementError(err) {
+				continue
+			}
+			return fmt.Errorf("row lock holders: %w", err)
+		}
+		// The members are of this wait only if the transaction it waits
+		// for is among them.
+		if !slices.ContainsFunc(holders, func(h holder) bool { return h.xid == w.waitsFor }) {
+			continue
+		}
+		s := &snap.Sessions[at[w.pid]]
+		for _, h := range holders {
+			if h.pid != s.PID && !slices.Contains(s.BlockedBy, h.pid) {
+				s.BlockedBy = append(s.BlockedBy, h.pid)
+			}
+		}
+	}
+	return nil
+}
+
+// isStatementError: the server refused the statement; the connection is
+// still usable.
+func isStatementError(err error) bool {
+	var pgErr interface{ SQLState() string }
+	return errors.As(err, &pgErr)
 }

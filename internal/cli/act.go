@@ -138,34 +138,12 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 }
 
 // actOn chooses, confirms, acts and reports: the pipeline of cancel,
-// terminate, kick and unblock once the selection is known.
+// terminate and kick once the selection is known.
 func actOn(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector, bySelector bool) error {
-	plan, err := action.Choose(ctx, conn, action.Request{
-		Action:             opts.Action,
-		PIDs:               opts.PIDs,
-		Selector:           sel,
-		IncludeReplication: opts.IncludeReplication,
-		IncludeAutovacuum:  opts.IncludeAutovacuum,
-	})
-	if err != nil {
+	plan, results, err := actRound(ctx, opts, conn, sel, bySelector)
+	if plan == nil {
 		return err
 	}
-	opts.Logger.Debug("chosen", "sessions", len(plan.Results), "planned", plan.Count(action.Planned))
-	if len(plan.Results) == 0 {
-		return ErrNoMatch
-	}
-	planned := plan.Count(action.Planned)
-	if opts.Limit > 0 && planned > opts.Limit {
-		return usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
-	}
-	// Sessions chosen by selectors are confirmed; sessions named by pid
-	// alone were chosen one by one already.
-	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
-		if err := confirm(ctx, opts, plan, planned); err != nil {
-			return err
-		}
-	}
-	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
 	if opts.Kick && err == nil && !opts.DryRun {
 		reportArrivals(ctx, opts, conn, sel.DB, plan.Taken)
 	}
@@ -174,6 +152,38 @@ func actOn(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.
 		shown = opts.show(results)
 	}
 	return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, shown, err, opts.DryRun)
+}
+
+// actRound chooses, confirms and acts, and returns the plan and its
+// results; a nil plan is an error before anything was chosen.
+func actRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector, bySelector bool) (*action.Plan, []action.Result, error) {
+	plan, err := action.Choose(ctx, conn, action.Request{
+		Action:             opts.Action,
+		PIDs:               opts.PIDs,
+		Selector:           sel,
+		IncludeReplication: opts.IncludeReplication,
+		IncludeAutovacuum:  opts.IncludeAutovacuum,
+	})
+	if err != nil {
+		return nil, nil, err
+	}
+	opts.Logger.Debug("chosen", "sessions", len(plan.Results), "planned", plan.Count(action.Planned))
+	if len(plan.Results) == 0 {
+		return nil, nil, ErrNoMatch
+	}
+	planned := plan.Count(action.Planned)
+	if opts.Limit > 0 && planned > opts.Limit {
+		return nil, nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
+	}
+	// Sessions chosen by selectors are confirmed; sessions named by pid
+	// alone were chosen one by one already.
+	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
+		if err := confirm(ctx, opts, plan, planned); err != nil {
+			return nil, nil, err
+		}
+	}
+	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
+	return plan, results, err
 }
 
 // reportArrivals says, on standard error, how many sessions connected to

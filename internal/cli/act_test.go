@@ -157,7 +157,7 @@ func TestDryRunPlanThenApply(t *testing.T) {
 	}
 	for _, row := range rows {
 		plan, _ := row["plan"].(map[string]any)
-		if row["outcome"] != "planned" || row["action"] != "cancel" || plan["version"] != float64(1) || plan["postmaster_start_time"] == nil {
+		if row["outcome"] != "planned" || row["action"] != "cancel" || plan["version"] != float64(2) || plan["postmaster_start_time"] == nil {
 			t.Fatalf("plan row %v", row)
 		}
 	}
@@ -264,5 +264,41 @@ func TestActBadInput(t *testing.T) {
 		if r.code != 2 || !strings.Contains(r.errOut, tt.err) || strings.Count(r.errOut, "\n") != 1 || r.out != "" {
 			t.Errorf("%v: exit %d, stdout %q, stderr %q; want exit 2 and one line with %q", tt.args, r.code, r.out, r.errOut, tt.err)
 		}
+	}
+}
+
+// A plan records its selection, and apply's signalling statement checks it
+// again: a session that no longer matches (here, its application_name
+// changed) is changed and left alone.
+func TestApplyRechecksTheSelection(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	stays := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag})
+	renamed := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag})
+	r := run(t, false, "terminate", "--app", tag, "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	for _, row := range jsonRows(t, r.out) {
+		sel, _ := row["plan"].(map[string]any)["selection"].(map[string]any)
+		if app, _ := sel["app"].([]any); len(app) != 1 || app[0] != tag {
+			t.Fatalf("the plan does not record the selection: %v", row["plan"])
+		}
+	}
+	file := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(file, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	renamed.Exec("SET application_name = 'someone else'")
+	r = run(t, false, "apply", file, "-o", "json")
+	r.wantCode(t, 3)
+	got := map[float64]map[string]any{}
+	for _, row := range jsonRows(t, r.out) {
+		got[row["pid"].(float64)] = row
+	}
+	if got[float64(stays.PID)]["outcome"] != "terminated" || got[float64(renamed.PID)]["outcome"] != "changed" ||
+		got[float64(renamed.PID)]["detail"] != "no longer matches the selection" {
+		t.Fatalf("outcomes:\n%s", r.out)
+	}
+	if !renamed.Alive() {
+		t.Fatal("apply ended a session that no longer matched the plan's selection")
 	}
 }

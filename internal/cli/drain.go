@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"os"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -163,6 +164,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	sel := &selector.Selector{DB: []string{name}}
 	ended := map[int32]action.Result{}
 	var last *action.Plan
+	var autovacuum []int32
 	for round := 0; ; round++ {
 		plan, err := action.Choose(ctx, conn, action.Request{Action: action.Terminate, Selector: sel,
 			IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum})
@@ -170,7 +172,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return drainStopped(opts, err, held)
 		}
 		last = plan
-		left := len(plan.Results)
+		// Autovacuum workers are not kept out by ALLOW_CONNECTIONS false:
+		// left alone (protected), they do not count as left, and the
+		// end says they are there.
+		autovacuum = autovacuumIn(plan)
+		left := len(plan.Results) - len(autovacuum)
 		if opts.IO.OutTTY {
 			fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d session%s left, %.1fs ", name, left, plural(left), opts.Now().Sub(start).Seconds())
 		}
@@ -207,7 +213,8 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if opts.IO.OutTTY {
 		fmt.Fprintln(opts.IO.ErrOut)
 	}
-	if n := len(last.Results); n > 0 {
+	held += autovacuumNote(opts, autovacuum)
+	if n := len(last.Results) - len(autovacuum); n > 0 {
 		// Say why each is left: judged now, as the signal would be.
 		if _, err := action.Execute(ctx, conn, last, action.Options{DryRun: true}); err != nil {
 			return drainStopped(opts, err, held)
@@ -232,9 +239,38 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it\n",
-		name, len(rows), plural(len(rows)), name)
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it%s\n",
+		name, len(rows), plural(len(rows)), name, autovacuumNote(opts, autovacuum))
 	return nil
+}
+
+// autovacuumIn is the autovacuum workers a round found and left alone
+// (without --include-autovacuum).
+func autovacuumIn(plan *action.Plan) []int32 {
+	var pids []int32
+	for _, r := range plan.Results {
+		if r.BackendType == "autovacuum worker" && r.Outcome == action.Protected {
+			pids = append(pids, r.PID)
+		}
+	}
+	return pids
+}
+
+// autovacuumNote says what a blocked database still lets in: ALLOW_CONNECTIONS
+// false keeps out every client, superusers too, but not autovacuum, which
+// starts its workers in the database whenever a table needs it.
+func autovacuumNote(opts *DrainOptions, present []int32) string {
+	switch {
+	case opts.IncludeAutovacuum:
+		return "; autovacuum can still start workers in it (ALLOW_CONNECTIONS does not keep them out): --include-autovacuum ended those it found"
+	case len(present) > 0:
+		pids := make([]string, len(present))
+		for i, p := range present {
+			pids[i] = strconv.Itoa(int(p))
+		}
+		return fmt.Sprintf("; autovacuum is working in it (pid %s) and can start more workers (ALLOW_CONNECTIONS does not keep them out): --include-autovacuum ends them", strings.Join(pids, ", "))
+	}
+	return "; autovacuum can still start workers in it (ALLOW_CONNECTIONS does not keep them out; --include-autovacuum ends them)"
 }
 
 // drainStopped: interrupted or failed after the database was blocked.

@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"context"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -249,4 +250,51 @@ func TestDrainInterrupted(t *testing.T) {
 	if allow, limit := dbSettings(t, db); !allow || limit != 9 {
 		t.Fatalf("after undrain: %t %d", allow, limit)
 	}
+}
+
+// ALLOW_CONNECTIONS false keeps every client out, not autovacuum: drain
+// says so, leaves a worker it finds alone (it is not a client), and ends
+// it with --include-autovacuum.
+func TestDrainSaysAutovacuumStillWorks(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	c, err := pgtest.Start(ctx, pgtest.Options{Settings: map[string]string{"autovacuum_naptime": "1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Stop() })
+	admin, err := pgx.Connect(ctx, c.DSN("postgres", pgtest.Superuser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer admin.Close(context.Background())
+	if _, err := admin.Exec(ctx, "CREATE DATABASE shop"); err != nil {
+		t.Fatal(err)
+	}
+	worker := pgtest.AutovacuumWorker(t, c, "shop")
+	alive := func(pid int32) bool {
+		var n int
+		if err := admin.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n == 1
+	}
+	dsn := c.DSN("postgres", pgtest.Superuser)
+
+	r := run(t, false, "drain", "shop", "--timeout", "10s", "-d", dsn)
+	r.wantCode(t, 0)
+	want := "pgreap: shop is drained (0 sessions ended) and held: 'pgreap undrain shop' reopens it; autovacuum is working in it (pid " +
+		strconv.Itoa(int(worker)) + ") and can start more workers (ALLOW_CONNECTIONS does not keep them out): --include-autovacuum ends them\n"
+	if !strings.HasSuffix(r.errOut, want) || !alive(worker) {
+		t.Fatalf("stderr:\n%s\nwant it to end with:\n%s", r.errOut, want)
+	}
+	run(t, false, "undrain", "shop", "-d", dsn).wantCode(t, 0)
+
+	r = run(t, false, "drain", "shop", "--timeout", "10s", "--include-autovacuum", "-d", dsn, "-o", "json")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "--include-autovacuum ended those it found") || !strings.Contains(r.out, `"backend_type":"autovacuum worker"`) {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", r.out, r.errOut)
+	}
+	pgtest.Eventually(t, "the worker gone", func() (bool, error) { return !alive(worker), nil })
+	run(t, false, "undrain", "shop", "-d", dsn).wantCode(t, 0)
 }

@@ -1,11 +1,14 @@
 package cli_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
+
+	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
@@ -92,5 +95,149 @@ func TestUnblockSelectorsChooseTheRoots(t *testing.T) {
 	r.wantCode(t, 1)
 	if strings.Contains(r.out, db) || !root.Alive() {
 		t.Fatalf("a root of another database was shown or ended:\n%s", r.out)
+	}
+}
+
+// An unblock plan records "still holds up a wait longer than D": applied
+// after the waiter gave up, it leaves the root alone.
+func TestUnblockPlanRechecksTheWait(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root, waiter := pgtest.LockWait(t, db)
+	pgtest.Eventually(t, "a wait older than 200ms", func() (bool, error) {
+		var old bool
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT pg_catalog.statement_timestamp() - query_start > '300ms' FROM pg_catalog.pg_stat_activity WHERE pid = $1", waiter.PID).Scan(&old)
+		return old, err
+	})
+	r := run(t, false, "unblock", "--longer-than", "200ms", "--db", db, "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if !strings.Contains(r.out, `"blocking_longer_than":"200ms"`) {
+		t.Fatalf("the plan does not record the wait:\n%s", r.out)
+	}
+	// The waiter gives up; the root still holds its lock, blocking no one.
+	pgtest.Exec(t, "SELECT pg_catalog.pg_cancel_backend($1)", waiter.PID)
+	_ = waiter.Wait()
+	r = run(t, false, "apply", plan, "-o", "json")
+	r.wantCode(t, 3)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["outcome"] != "changed" {
+		t.Fatalf("rows:\n%s", r.out)
+	}
+	if !root.Alive() {
+		t.Fatal("apply ended a root that no longer blocked anyone")
+	}
+}
+
+// A row locked FOR SHARE by two transactions: the UPDATE behind them waits
+// for one, then the other, while pg_blocking_pids names only the first.
+// rowHeldByTwo returns the two holders and the waiter.
+func rowHeldByTwo(t *testing.T, db, role string) (a, b, waiter *pgtest.Victim) {
+	t.Helper()
+	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
+	setup.Exec("INSERT INTO m VALUES (1, 0)")
+	if role != "" {
+		setup.Exec("GRANT ALL ON m TO " + pgx.Identifier{role}.Sanitize())
+	}
+	holder := func() *pgtest.Victim {
+		v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
+		return v
+	}
+	a, b = holder(), holder()
+	waiter = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
+	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
+	waiter.WaitState("active", "Lock")
+	return a, b, waiter
+}
+
+func TestUnblockRowHeldByTwo(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	a, b, waiter := rowHeldByTwo(t, db, "")
+	// Connected to the row's database: pgreap reads the row's lockers.
+	dsn := pgtest.Shared(t).DSN(db, pgtest.Superuser)
+	r := run(t, false, "ls", "--db", db, "--waiting", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || fmt.Sprint(rows[0]["blocked_by"]) != fmt.Sprint([]any{float64(min(a.PID, b.PID)), float64(max(a.PID, b.PID))}) {
+		t.Fatalf("blocked_by must name both holders of the row (%d, %d):\n%s", a.PID, b.PID, r.out)
+	}
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "-d", dsn)
+	r.wantCode(t, 0)
+	if a.Alive() || b.Alive() {
+		t.Fatalf("a holder of the row is still there:\n%s", r.out)
+	}
+	if err := waiter.Wait(); err != nil {
+		t.Fatalf("the update: %v", err)
+	}
+}
+
+// Without the privilege to read the table, pgreap sees what the server
+// says: one holder at a time. unblock ends it, finds the waiter waiting
+// for the other, and ends that one too.
+func TestUnblockRowHeldByTwoWithoutReadingTheTable(t *testing.T) {
+	t.Parallel()
+	// The roles first: cleanups run last first, and a role with grants
+	// in the database is dropped after it.
+	app := pgtest.NewRole(t, "NOSUPERUSER")
+	reaper := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
+	db := pgtest.NewDB(t)
+	a, b, waiter := rowHeldByTwo(t, db, app)
+	dsn := pgtest.Shared(t).DSN(db, reaper)
+	r := run(t, false, "ls", "--db", db, "--waiting", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	if rows := jsonRows(t, r.out); len(rows) != 1 || len(rows[0]["blocked_by"].([]any)) != 1 {
+		t.Fatalf("without SELECT on the table, blocked_by is the server's one holder:\n%s", r.out)
+	}
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "-d", dsn)
+	r.wantCode(t, 0)
+	if a.Alive() || b.Alive() {
+		t.Fatalf("a holder of the row is still there:\n%s\n%s", r.out, r.errOut)
+	}
+	if !strings.Contains(r.out, "Still waiting, behind other sessions:") {
+		t.Fatalf("no second round:\n%s", r.out)
+	}
+	if err := waiter.Wait(); err != nil {
+		t.Fatalf("the update: %v", err)
+	}
+}
+
+// A holder pgreap may not end (a superuser's session, for a role with
+// pg_signal_backend): unblock says who still blocks whom, exit 3.
+func TestUnblockSaysWhoStillBlocks(t *testing.T) {
+	t.Parallel()
+	// The roles first: cleanups run last first, and a role with grants
+	// in the database is dropped after it.
+	app := pgtest.NewRole(t, "NOSUPERUSER")
+	reaper := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
+	db := pgtest.NewDB(t)
+	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
+	setup.Exec("INSERT INTO m VALUES (1, 0)")
+	setup.Exec("GRANT ALL ON m TO " + pgx.Identifier{app}.Sanitize())
+	ours := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: app})
+	ours.Exec("BEGIN")
+	ours.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
+	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	super.Exec("BEGIN")
+	super.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: app})
+	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
+	waiter.WaitState("active", "Lock")
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "2s", "-d", pgtest.Shared(t).DSN(db, reaper))
+	r.wantCode(t, 3)
+	want := fmt.Sprintf("%d waits for %d", waiter.PID, super.PID)
+	if !strings.Contains(r.errOut, "still waiting after 2s: "+want) {
+		t.Fatalf("stderr does not say %q:\n%s", want, r.errOut)
+	}
+	if ours.Alive() || !super.Alive() {
+		t.Fatal("unblock ended the wrong holder")
 	}
 }

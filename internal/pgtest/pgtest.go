@@ -315,3 +315,38 @@ func SQLState(err error) string {
 	}
 	return ""
 }
+
+// AutovacuumWorker makes autovacuum work in db, slowly, on a cluster
+// started with a short autovacuum_naptime (Options.Settings), and returns
+// the pid of its worker once it is there. The worker sleeps 100 ms for
+// every page it reads, so it stays for minutes.
+func AutovacuumWorker(t testing.TB, c *Cluster, db string) int32 {
+	t.Helper()
+	ctx := Context(t)
+	cn, err := pgx.Connect(ctx, c.DSN(db, Superuser))
+	if err != nil {
+		t.Fatalf("pgtest: connect: %v", err)
+	}
+	defer cn.Close(context.Background())
+	for _, sql := range []string{
+		`CREATE TABLE slow_vacuum (id int, pad text) WITH (autovacuum_vacuum_cost_delay = 100,
+		   autovacuum_vacuum_cost_limit = 1, autovacuum_vacuum_threshold = 0, autovacuum_vacuum_scale_factor = 0,
+		   autovacuum_analyze_threshold = 2000000000)`,
+		`INSERT INTO slow_vacuum SELECT g, repeat('x', 200) FROM pg_catalog.generate_series(1, 20000) AS g`,
+		`DELETE FROM slow_vacuum WHERE id % 2 = 0`,
+	} {
+		if _, err := cn.Exec(ctx, sql); err != nil {
+			t.Fatalf("pgtest: %s: %v", sql, err)
+		}
+	}
+	var pid int32
+	Eventually(t, "an autovacuum worker in "+db, func() (bool, error) {
+		err := cn.QueryRow(ctx, `SELECT pid FROM pg_catalog.pg_stat_activity
+		   WHERE datname = $1 AND backend_type = 'autovacuum worker' LIMIT 1`, db).Scan(&pid)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	return pid
+}

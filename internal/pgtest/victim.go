@@ -2,11 +2,15 @@ package pgtest
 
 import (
 	"context"
+	"encoding/binary"
 	"errors"
+	"math"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/pgreap/pgreap/internal/cluster"
 )
@@ -146,4 +150,57 @@ func (v *Victim) Alive() bool {
 		v.t.Fatal(err)
 	}
 	return n == 1
+}
+
+// StartFastpathSleep calls pg_sleep(seconds) in the background through the
+// protocol's function call, as libpq's PQfn and large object clients do:
+// the session shows "fastpath function call", and its query_start stays
+// that of its last statement. Wait collects the call's error.
+func (v *Victim) StartFastpathSleep(seconds float64) {
+	v.t.Helper()
+	if v.running != nil {
+		v.t.Fatal("pgtest: victim already runs a statement")
+	}
+	// pg_sleep's oid is fixed (2626) in every supported version: asking
+	// for it here would be a statement, and move query_start.
+	const fn = 2626
+	arg := binary.BigEndian.AppendUint64(nil, math.Float64bits(seconds))
+	ctx, cancel := context.WithCancel(context.Background())
+	v.cancel = cancel
+	v.running = make(chan error, 1)
+	pc := v.Conn.PgConn()
+	go func() {
+		done := make(chan struct{})
+		defer close(done)
+		go func() { // the test's end cancels the call, as Exec's context would
+			select {
+			case <-ctx.Done():
+				_ = pc.CancelRequest(context.Background())
+			case <-done:
+			}
+		}()
+		v.running <- fastpathCall(pc, fn, arg)
+	}()
+}
+
+// fastpathCall sends a FunctionCall message and reads up to ReadyForQuery.
+func fastpathCall(pc *pgconn.PgConn, fn uint32, arg []byte) error {
+	fe := pc.Frontend()
+	fe.Send(&pgproto3.FunctionCall{Function: fn, ArgFormatCodes: []uint16{1}, Arguments: [][]byte{arg}, ResultFormatCode: 1})
+	if err := fe.Flush(); err != nil {
+		return err
+	}
+	var callErr error
+	for {
+		msg, err := fe.Receive()
+		if err != nil {
+			return err
+		}
+		switch m := msg.(type) {
+		case *pgproto3.ErrorResponse:
+			callErr = pgconn.ErrorResponseToPgError(m)
+		case *pgproto3.ReadyForQuery:
+			return callErr
+		}
+	}
 }

@@ -18,20 +18,24 @@ import (
 // Spec is a selection as the user wrote it: the flags of ls, cancel,
 // terminate and kick, or the `match` of a policy rule. Parse checks it.
 type Spec struct {
-	DB             []string `yaml:"db"`
-	User           []string `yaml:"user"`
-	App            []string `yaml:"app"`
-	Client         []string `yaml:"client"`
-	State          []string `yaml:"state"`
-	BackendType    []string `yaml:"backend_type"`
-	ExcludeDB      []string `yaml:"exclude_db"`
-	ExcludeUser    []string `yaml:"exclude_user"`
-	ExcludeApp     []string `yaml:"exclude_app"`
-	Query          string   `yaml:"query"`
-	LongerThan     string   `yaml:"longer_than"`
-	XactLongerThan string   `yaml:"xact_longer_than"`
-	Waiting        bool     `yaml:"waiting"`
-	Blocking       bool     `yaml:"blocking"`
+	DB             []string `yaml:"db" json:"db,omitempty"`
+	User           []string `yaml:"user" json:"user,omitempty"`
+	App            []string `yaml:"app" json:"app,omitempty"`
+	Client         []string `yaml:"client" json:"client,omitempty"`
+	State          []string `yaml:"state" json:"state,omitempty"`
+	BackendType    []string `yaml:"backend_type" json:"backend_type,omitempty"`
+	ExcludeDB      []string `yaml:"exclude_db" json:"exclude_db,omitempty"`
+	ExcludeUser    []string `yaml:"exclude_user" json:"exclude_user,omitempty"`
+	ExcludeApp     []string `yaml:"exclude_app" json:"exclude_app,omitempty"`
+	Query          string   `yaml:"query" json:"query,omitempty"`
+	LongerThan     string   `yaml:"longer_than" json:"longer_than,omitempty"`
+	XactLongerThan string   `yaml:"xact_longer_than" json:"xact_longer_than,omitempty"`
+	Waiting        bool     `yaml:"waiting" json:"waiting,omitempty"`
+	Blocking       bool     `yaml:"blocking" json:"blocking,omitempty"`
+	// BlockingLongerThan is unblock's choice of roots, recorded in its
+	// plans: the session blocks, directly or through others, a session
+	// that has waited on a lock longer than this.
+	BlockingLongerThan string `yaml:"-" json:"blocking_longer_than,omitempty"`
 }
 
 // Selector is a checked selection. Everything but Query is decided by the
@@ -45,6 +49,10 @@ type Selector struct {
 	Query                              *regexp.Regexp
 	LongerThan, XactLongerThan         time.Duration
 	Waiting, Blocking                  bool
+	// BlockingLongerThan: blocks, directly or through others, a session
+	// waiting on a lock longer than this (pg_locks.waitstart on 14+, the
+	// waiter's statement's age before).
+	BlockingLongerThan time.Duration
 }
 
 // Error is a selection that cannot be used. Field is the policy key
@@ -136,7 +144,37 @@ func Parse(spec Spec) (*Selector, error) {
 	if s.XactLongerThan, err = parseDuration("xact_longer_than", spec.XactLongerThan); err != nil {
 		return nil, err
 	}
+	if s.BlockingLongerThan, err = parseDuration("blocking_longer_than", spec.BlockingLongerThan); err != nil {
+		return nil, err
+	}
 	return s, nil
+}
+
+// Spec is the selection written back as a Spec: Parse(s.Spec()) selects
+// exactly what s does. Plans record their selection this way.
+func (s *Selector) Spec() Spec {
+	sp := Spec{
+		DB: slices.Clone(s.DB), User: slices.Clone(s.User), App: slices.Clone(s.App),
+		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
+		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
+		LongerThan: duration(s.LongerThan), XactLongerThan: duration(s.XactLongerThan),
+		BlockingLongerThan: duration(s.BlockingLongerThan),
+		Waiting:            s.Waiting, Blocking: s.Blocking,
+	}
+	for _, p := range s.Client {
+		sp.Client = append(sp.Client, p.String())
+	}
+	if s.Query != nil {
+		sp.Query = s.Query.String()
+	}
+	return sp
+}
+
+func duration(d time.Duration) string {
+	if d == 0 {
+		return ""
+	}
+	return d.String()
 }
 
 // textValue says why v cannot be a text value for the server, or "": a
@@ -199,14 +237,44 @@ func (s *Selector) Filter() activity.Filter {
 	return activity.Filter{Where: where, Args: args}
 }
 
+// PinsQuery reports whether the selection depends on what a session runs,
+// or since when: an action's guard must then pin its query (query_start
+// and state_change), so a session that moved on since it was chosen is
+// left alone.
+func (s *Selector) PinsQuery() bool {
+	return s.Query != nil || len(s.State) > 0 || s.LongerThan > 0 || s.XactLongerThan > 0 ||
+		s.Waiting || s.Blocking || s.BlockingLongerThan > 0
+}
+
+// Moves reports whether the selection depends on facts that change during
+// a session's life: what it runs, its lock waits, its application_name
+// (SET application_name). The signalling statement then reads each session
+// afresh at its own signal; a selection on database, user, client or
+// backend type holds for a backend's whole life.
+func (s *Selector) Moves() bool {
+	return s.PinsQuery() || len(s.App) > 0 || len(s.ExcludeApp) > 0
+}
+
 // Compile turns the selection into one SQL boolean expression over the
 // pg_stat_activity row aliased alias, with parameters numbered from $first.
-// Values are always bound, never spliced into the text; the expression can
-// be repeated inside an action statement so the server re-checks it at the
-// instant of signalling. The query regular expression is not part of it
-// (see Keep).
+// Values are always bound, never spliced into the text. The query regular
+// expression is not part of it (see Keep). The lock predicates look at the
+// lock table once for the whole statement: right for a snapshot, where
+// every row should see the same moment.
 func (s *Selector) Compile(alias string, first int) (string, []any) {
-	c := compiler{alias: alias, next: first}
+	return s.compile(compiler{alias: alias, next: first})
+}
+
+// CompileEach is Compile for a statement that judges one session at a time
+// at the instant of its signal (the action statement): the lock predicates
+// look at the lock table for that session, at that instant, instead of once
+// for the statement.
+func (s *Selector) CompileEach(alias string, first int) (string, []any) {
+	return s.compile(compiler{alias: alias, next: first, each: true})
+}
+
+func (s *Selector) compile(c compiler) (string, []any) {
+	alias := c.alias
 	c.anyLike("datname", s.DB, false)
 	c.anyLike("usename", s.User, false)
 	c.anyLike("application_name", s.App, false)
@@ -231,15 +299,46 @@ func (s *Selector) Compile(alias string, first int) (string, []any) {
 	if s.XactLongerThan > 0 {
 		c.add(fmt.Sprintf("%s.xact_start < pg_catalog.statement_timestamp() - %s::interval", alias, c.arg(interval(s.XactLongerThan))))
 	}
-	if s.Waiting {
+	switch {
+	case s.Waiting && c.each:
+		c.add(fmt.Sprintf("EXISTS (SELECT FROM pg_catalog.pg_locks AS l WHERE l.pid = %s.pid AND NOT l.granted)", alias))
+	case s.Waiting:
 		// A lock not granted: wait_event_type = 'Lock' blinks off every
 		// deadlock_timeout, while the waiter checks for a deadlock.
 		c.add(fmt.Sprintf("%s.pid IN (SELECT l.pid FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
 	}
-	if s.Blocking {
+	switch {
+	case s.Blocking && c.each:
+		// Correlated: the lock table as it is at this session's signal.
+		c.add(fmt.Sprintf("EXISTS (SELECT FROM pg_catalog.pg_locks AS l WHERE NOT l.granted AND %s.pid = ANY (pg_catalog.pg_blocking_pids(l.pid)))", alias))
+	case s.Blocking:
 		// Uncorrelated, so the server computes the set of blockers once
 		// for the statement, not once per row.
 		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
+	}
+	if s.BlockingLongerThan > 0 {
+		// Up the wait graph from every wait older than D: the sessions
+		// that hold it up, directly or through others. waitstart is 14+
+		// (read through to_jsonb so one statement fits every version);
+		// before, and for the moment after a wait starts, the statement's
+		// age stands for it.
+		graph := fmt.Sprintf(`WITH RECURSIVE long AS (
+                 SELECT l.pid
+                   FROM pg_catalog.pg_locks AS l
+                   LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
+                  WHERE NOT l.granted
+                    AND coalesce((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz, w.query_start)
+                        < pg_catalog.statement_timestamp() - %s::interval
+               ), up(pid) AS (
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(long.pid)) FROM long
+                 UNION
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(up.pid)) FROM up
+               )`, c.arg(interval(s.BlockingLongerThan)))
+		if c.each {
+			c.add(fmt.Sprintf("EXISTS (%s\n               SELECT FROM up WHERE up.pid = %s.pid)", graph, alias))
+		} else {
+			c.add(fmt.Sprintf("%s.pid IN (%s\n               SELECT up.pid FROM up)", alias, graph))
+		}
 	}
 	if len(c.terms) == 0 {
 		return "true", nil
@@ -254,6 +353,7 @@ func interval(d time.Duration) pgtype.Interval {
 type compiler struct {
 	alias string
 	next  int
+	each  bool // one session at a time (CompileEach)
 	terms []string
 	args  []any
 }

@@ -54,7 +54,14 @@ type identity struct {
 }
 
 func identityOf(s *activity.Session) identity {
-	return identity{s.PID, s.BackendStart.UnixMicro(), s.QueryStart.UnixMicro()}
+	from := s.QueryStart
+	if s.State == "fastpath function call" {
+		// A fastpath function call (libpq's PQfn, large objects) leaves
+		// query_start at the last statement's: each call is told by when
+		// its state began.
+		from = s.StateChange
+	}
+	return identity{s.PID, s.BackendStart.UnixMicro(), from.UnixMicro()}
 }
 
 // rule is a policy rule ready for the server: its full selector (with the

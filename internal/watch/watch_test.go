@@ -550,3 +550,32 @@ rules:
 		t.Fatal("a dry run ended the session")
 	}
 }
+
+// A fastpath function call (libpq's PQfn, large objects) does not move
+// query_start: two calls in a row look like one query by it. The rule
+// acts on each call, not once for all.
+func TestFastpathCallsAreActedOnEach(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("SELECT 1") // the last statement: its query_start stays
+	d := startDaemon(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow-calls
+    match: {app: [TAG], state: [fastpath function call], longer_than: 200ms}
+    action: cancel
+`)
+	for i := 1; i <= 2; i++ {
+		v.StartFastpathSleep(20)
+		if code := pgtest.SQLState(v.Wait()); code != "57014" {
+			t.Fatalf("call %d ended with SQLSTATE %q, want 57014 (cancelled)", i, code)
+		}
+		got := d.waitEntries(t, i)
+		if e := got[i-1]; e.Outcome != "cancelled" || e.PID != v.PID {
+			t.Fatalf("audit line %d: %+v", i, e)
+		}
+	}
+}

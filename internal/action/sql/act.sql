@@ -1,7 +1,22 @@
--- pgreap action: signal exactly the chosen sessions, re-checked at this instant.
--- One statement for the whole set: pg_stat_activity is read once, each
--- chosen session is judged against it, and only the rows judged 'ok' are
--- signalled, in the same statement, so nothing can slip in between.
+-- pgreap action: signal exactly the chosen sessions, each re-checked the
+-- instant before its own signal.
+--
+-- pg_stat_activity is not read live: the first time a transaction looks
+-- at it, the backend copies the whole status array and keeps that copy
+-- until the transaction ends. Judged against that copy, a session may have
+-- moved on milliseconds before its signal (measured under load: a cancel
+-- hit the next query, a terminate a transaction that had committed). So a
+-- session whose pinned facts can move is read afresh on its own row
+-- (pg_stat_clear_snapshot drops the copy, pg_stat_get_activity of its pid
+-- reads the array again), judged, signalled, and read once more right
+-- after its signal: the row says whether the signal reached it as chosen.
+-- Sessions whose facts cannot move (the identity only, a selection on
+-- database, user, client) share one read, which is the cost floor.
+--
+-- Each row's read, verdict and signal are one evaluation of the lateral
+-- subqueries "j" and "after": volatile functions in their target lists and
+-- OFFSET 0 keep the planner from pulling them up or reordering them, and
+-- "after" depends on j.sent, so it runs after that row's signal.
 --
 --  $1  integer[]      pids
 --  $2  timestamptz[]  backend_start: pids are reused, (pid, backend_start) names one session
@@ -13,7 +28,8 @@
 --  $8  boolean        walsenders may be signalled (--include-replication)
 --  $9  boolean        autovacuum workers may be signalled (--include-autovacuum)
 --  $10 timestamptz    pg_postmaster_start_time() the choice was made on (NULL: not checked)
---  and from $11 on, the selection's parameters; its predicate over "a"
+--  $11 boolean[]      read the session afresh at its signal, and again after it
+--  and from $12 on, the selection's parameters; its predicate over "a"
 --  replaces the "true" after /*selection*/ (alone: every session).
 --
 -- Privilege is decided per row, as pg_signal_backend() decides it, so that
@@ -30,58 +46,102 @@ WITH me AS (
                       pg_catalog.unnest($3::timestamptz[]),
                       pg_catalog.unnest($4::timestamptz[]),
                       pg_catalog.unnest($5::boolean[]),
-                      pg_catalog.unnest($6::text[]))
-           WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, n)
-), judged AS MATERIALIZED (
-    SELECT c.n, c.pid, d.act,
-           CASE
-             WHEN $10::timestamptz IS NOT NULL
-                  AND $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
-             WHEN a.pid IS NULL THEN 'gone'
-             WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
-             WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
-             WHEN a.backend_type = 'walsender' AND NOT $8::boolean THEN 'walsender'
-             WHEN a.backend_type = 'autovacuum worker' AND NOT $9::boolean THEN 'autovacuum'
-             WHEN a.backend_type NOT IN ('client backend', 'walsender', 'autovacuum worker') THEN 'not_client'
-             WHEN a.backend_start IS NULL THEN 'invisible'
-             WHEN c.backend_start IS NULL
-                  OR a.backend_start IS DISTINCT FROM c.backend_start THEN 'reused'
-             WHEN c.pin_query AND (a.query_start IS DISTINCT FROM c.query_start
-                                   OR a.state_change IS DISTINCT FROM c.state_change) THEN 'moved'
-             WHEN d.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
-             WHEN NOT coalesce(/*selection*/ true, false) THEN 'no_match'
-             WHEN me.rolsuper THEN 'ok'
-             WHEN t.rolsuper THEN 'superuser'
-             WHEN a.usesysid IS NULL THEN 'no_role'
-             WHEN pg_catalog.pg_has_role(me.oid, a.usesysid, 'USAGE') THEN 'ok'
-             WHEN pg_catalog.pg_has_role(me.oid, 'pg_signal_backend'::pg_catalog.name, 'USAGE') THEN 'ok'
-             ELSE 'not_member'
-           END AS verdict,
-           a.backend_type,
-           a.usename::text,
-           a.state,
-           a.backend_start AS now_backend_start,
-           a.query_start,
-           a.state_change
-      FROM chosen AS c
-      CROSS JOIN me
-      LEFT JOIN pg_catalog.pg_stat_activity AS a ON a.pid = c.pid
-      -- A grace cancels what runs a query and terminates the rest, decided
-      -- on what the session runs at this instant.
-      CROSS JOIN LATERAL (SELECT CASE WHEN c.action <> 'grace' THEN c.action
-                                      WHEN a.state IN ('active', 'fastpath function call') THEN 'cancel'
-                                      ELSE 'terminate'
-                                 END AS act) AS d
-      LEFT JOIN pg_catalog.pg_roles AS t ON t.oid = a.usesysid
+                      pg_catalog.unnest($6::text[]),
+                      pg_catalog.unnest($11::boolean[]))
+           WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, fresh, n)
 )
-SELECT j.n, j.verdict,
-       CASE WHEN j.verdict = 'ok' AND $7::boolean THEN
-            CASE j.act
-              WHEN 'cancel' THEN pg_catalog.pg_cancel_backend(j.pid)
-              WHEN 'terminate' THEN pg_catalog.pg_terminate_backend(j.pid)
-            END
-       END AS sent,
-       j.backend_type, j.usename, j.state, j.now_backend_start,
-       j.act, j.query_start, j.state_change
-  FROM judged AS j
- ORDER BY j.n
+SELECT c.n, j.verdict, j.sent,
+       j.backend_type, j.usename, j.state, j.backend_start,
+       j.act, j.query_start, j.state_change, j.xact_start,
+       j.wait_event, j.xid, j.read_at, j.signal_at, j.signal_done,
+       after.pid IS NOT NULL AS after_present,
+       after.state AS after_state,
+       after.query_start AS after_query_start,
+       after.state_change AS after_state_change
+  FROM chosen AS c
+  CROSS JOIN me
+  CROSS JOIN LATERAL (
+    -- The signal, in the row that judged it on its own read.
+    SELECT v.*,
+           pg_catalog.clock_timestamp() AS signal_at,
+           CASE WHEN v.verdict = 'ok' AND $7::boolean THEN
+                CASE v.act
+                  WHEN 'cancel' THEN pg_catalog.pg_cancel_backend(c.pid)
+                  WHEN 'terminate' THEN pg_catalog.pg_terminate_backend(c.pid)
+                END
+           END AS sent,
+           pg_catalog.clock_timestamp() AS signal_done
+      FROM (
+        SELECT CASE
+                 WHEN $10::timestamptz IS NOT NULL
+                      AND $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
+                 WHEN a.pid IS NULL THEN 'gone'
+                 WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
+                 WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
+                 WHEN a.backend_type = 'walsender' AND NOT $8::boolean THEN 'walsender'
+                 WHEN a.backend_type = 'autovacuum worker' AND NOT $9::boolean THEN 'autovacuum'
+                 WHEN a.backend_type NOT IN ('client backend', 'walsender', 'autovacuum worker') THEN 'not_client'
+                 WHEN a.backend_start IS NULL THEN 'invisible'
+                 WHEN c.backend_start IS NULL
+                      OR a.backend_start IS DISTINCT FROM c.backend_start THEN 'reused'
+                 WHEN c.pin_query AND (a.query_start IS DISTINCT FROM c.query_start
+                                       OR a.state_change IS DISTINCT FROM c.state_change) THEN 'moved'
+                 WHEN d.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
+                 WHEN NOT coalesce(/*selection*/ true, false) THEN 'no_match'
+                 WHEN me.rolsuper THEN 'ok'
+                 WHEN a.rolsuper THEN 'superuser'
+                 WHEN a.usesysid IS NULL THEN 'no_role'
+                 WHEN pg_catalog.pg_has_role(me.oid, a.usesysid, 'USAGE') THEN 'ok'
+                 WHEN pg_catalog.pg_has_role(me.oid, 'pg_signal_backend'::pg_catalog.name, 'USAGE') THEN 'ok'
+                 ELSE 'not_member'
+               END AS verdict,
+               d.act,
+               a.backend_type,
+               a.usename::text,
+               a.state,
+               a.backend_start,
+               a.query_start,
+               a.state_change,
+               a.xact_start,
+               a.wait_event_type || ':' || a.wait_event AS wait_event,
+               a.backend_xid::text AS xid,
+               a.read_at
+          FROM (SELECT 1) AS one
+          -- "a" has pg_stat_activity's columns, read for this session alone.
+          LEFT JOIN LATERAL (
+            SELECT s.*, db.datname, u.rolname AS usename, u.rolsuper, t0.read_at
+              -- read_at: the clock just before the read
+              FROM (SELECT c.pid, pg_catalog.clock_timestamp() AS read_at OFFSET 0) AS t0
+              CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
+                     CASE WHEN t0.read_at IS NULL THEN 0
+                          WHEN NOT c.fresh THEN c.pid
+                          -- never true (0 would be no backend; NULL, or -1, every
+                          -- backend): it drops the copy, so the call reads anew
+                          WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+                          ELSE c.pid
+                     END) AS s
+              LEFT JOIN pg_catalog.pg_database AS db ON db.oid = s.datid
+              LEFT JOIN pg_catalog.pg_roles AS u ON u.oid = s.usesysid
+          ) AS a ON true
+          -- A grace cancels what runs a query and terminates the rest, decided
+          -- on what the session runs at this instant.
+          CROSS JOIN LATERAL (SELECT CASE WHEN c.action <> 'grace' THEN c.action
+                                          WHEN a.state IN ('active', 'fastpath function call') THEN 'cancel'
+                                          ELSE 'terminate'
+                                     END AS act) AS d
+        OFFSET 0
+      ) AS v
+    OFFSET 0
+  ) AS j
+  -- Read again right after the signal: a session still as chosen then was
+  -- as chosen when the signal reached it.
+  LEFT JOIN LATERAL (
+    SELECT s.pid, s.state, s.query_start, s.state_change
+      FROM pg_catalog.pg_stat_get_activity(
+             CASE WHEN j.sent IS NOT TRUE OR NOT c.fresh THEN 0 -- no backend
+                  WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+                  ELSE c.pid
+             END) AS s
+     WHERE s.backend_start = j.backend_start
+  ) AS after ON true
+ ORDER BY c.n
