@@ -35,10 +35,12 @@ fuzz:
 	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzCleanFastPath$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 	$(GO) test ./internal/output -run '^$$' -fuzz '^FuzzAppendJSONString$$' -fuzztime $(FUZZTIME) -fuzzminimizetime 5s
 
-# The long churn soak: 10,000 actions among connecting and disconnecting
-# clients, checked against the server log (docs/reliability.md).
+# The long soaks (docs/reliability.md): 10,000 actions among connecting and
+# disconnecting clients, checked against the server log; 5,000 among
+# clients that record what each of their statements got, checked against
+# what they saw.
 soak:
-	PGREAP_SOAK_ACTIONS=10000 $(GO) test -count=1 -timeout 30m ./internal/action -run TestChurnSoak -v
+	PGREAP_SOAK_ACTIONS=10000 PGREAP_ORACLE_ACTIONS=5000 $(GO) test -count=1 -timeout 30m ./internal/action -run '^(TestChurnSoak|TestClientOracle)$$' -v
 
 # pgreap at work on a throwaway PostgreSQL: the tour, unattended
 # (`pgreap demo` without --script waits for you in a second terminal).

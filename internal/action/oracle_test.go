@@ -102,10 +102,14 @@ func TestClientOracle(t *testing.T) {
 					if cn == nil {
 						continue
 					}
-					for k := 0; !stopped.Load(); k++ {
-						if !body(cl, cn, fmt.Sprintf("%c%d.%d.%d", kind[0], i, conns, k)) {
-							break
-						}
+					alive := true
+					for k := 0; alive && !stopped.Load(); k++ {
+						alive = body(cl, cn, fmt.Sprintf("%c%d.%d.%d", kind[0], i, conns, k))
+					}
+					if alive {
+						// The last round may have ended it while it sat
+						// idle: the client learns so by asking.
+						cl.exec(ctx, cn, fmt.Sprintf("f%c%d.%d", kind[0], i, conns), "final", "SELECT 1")
 					}
 					cn.Close(context.Background())
 				}

@@ -57,6 +57,11 @@ func NewCmdDrain(f *Factory, runF func(context.Context, *DrainOptions) error) *c
     after --grace);
  4. hold it: the database stays blocked until 'pgreap undrain NAME'.
 
+ALLOW_CONNECTIONS false keeps every client out, not autovacuum: its
+workers still start in the database when a table needs it. drain leaves
+them alone (they are not clients) and says so; --include-autovacuum ends
+those present at each round.
+
 After --timeout (default 60s) with sessions still connected, drain lists
 them and exits 3: the database stays blocked. pgreap never connects to the
 database it drains. The record lives in $PGREAP_STATE_DIR, else

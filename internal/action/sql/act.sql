@@ -113,7 +113,7 @@ SELECT c.n, j.verdict, j.sent,
               -- read_at: the clock just before the read
               FROM (SELECT c.pid, pg_catalog.clock_timestamp() AS read_at OFFSET 0) AS t0
               CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
-                     CASE WHEN t0.read_at IS NULL THEN 0
+                     CASE WHEN t0.read_at IS NULL OR c.n IS NULL THEN 0
                           WHEN NOT c.fresh THEN c.pid
                           -- never true (0 would be no backend; NULL, or -1, every
                           -- backend): it drops the copy, so the call reads anew
@@ -139,7 +139,9 @@ SELECT c.n, j.verdict, j.sent,
     SELECT s.pid, s.state, s.query_start, s.state_change
       FROM pg_catalog.pg_stat_get_activity(
              CASE WHEN j.sent IS NOT TRUE OR NOT c.fresh THEN 0 -- no backend
-                  WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+                  -- never true: c.n makes each row's arguments its own, so
+                  -- no cache (Memoize, 14+) answers one row with another's read
+                  WHEN c.n IS NULL OR pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
                   ELSE c.pid
              END) AS s
      WHERE s.backend_start = j.backend_start
