@@ -89,7 +89,15 @@ type Result struct {
 	// at is what the signalling statement saw of the session at its
 	// signal: what the wait needs to tell whether the signal took effect.
 	at signalled
+	// noMatch: changed because it did not match the selection.
+	noMatch bool
 }
+
+// NoMatch reports whether the session was left alone because it did not
+// match the selection, when chosen or at its signal: a threshold not yet
+// reached by the server's clock, a lock wait the server does not name yet.
+// It may match later.
+func (r *Result) NoMatch() bool { return r.Outcome == Changed && r.noMatch }
 
 // signalled is a session as the signalling statement read it, just before
 // its signal, and when.
@@ -214,7 +222,7 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 		if !sel.Keep(s) {
 			if named {
 				r := plan.result(s, req)
-				r.Outcome, r.Detail = Changed, "does not match the selection (--query)"
+				r.Outcome, r.Detail, r.noMatch = Changed, "does not match the selection (--query)", true
 				plan.Results = append(plan.Results, r)
 			}
 			continue
@@ -350,7 +358,7 @@ func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, 
 			r.Outcome, r.Detail = Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
 		default:
 			r.Session = *s
-			r.Outcome, r.Detail = Changed, "does not match the selection"
+			r.Outcome, r.Detail, r.noMatch = Changed, "does not match the selection", true
 			if req.Selector == nil {
 				// It began after the snapshot: judge it as one.
 				r.Outcome, r.Detail = p.judge(s, req.Action)
@@ -588,9 +596,14 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 		r.at = signalled{state: deref(v.state), xactStart: deref(v.xactStart), waitEvent: deref(v.waitEvent),
 			xid: deref(v.xid), read: deref(v.readAt), sent: v.signalAt, returned: v.signalDone}
 		r.Outcome, r.Detail = v.outcome(r, signal)
+		r.noMatch = v.code == "no_match"
 	}
 	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
 	if err == nil {
+		copying := medianCopy(verdicts)
+		for k := range verdicts {
+			verdicts[k].copying = copying
+		}
 		if verdicts[0].code == "other_server" {
 			for _, i := range idx {
 				p.Results[i].Outcome = Planned // nothing was signalled
@@ -656,7 +669,10 @@ type verdict struct {
 	queryStart, stateChange *time.Time
 	xactStart               *time.Time
 	waitEvent, xid          *string
-	readAt                  *time.Time
+	readAt, readDone        *time.Time
+	// copying is how long this statement's reads of the status array
+	// take (the median): the part of read-to-signal that is no delay.
+	copying time.Duration
 	signalAt, signalDone    time.Time
 	// after is the session read again right after its signal (only when
 	// it was read afresh for it): present, and its state then.
@@ -718,7 +734,7 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 		var v verdict
 		var ord int64
 		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart,
-			&v.action, &v.queryStart, &v.stateChange, &v.xactStart, &v.waitEvent, &v.xid, &v.readAt, &v.signalAt, &v.signalDone,
+			&v.action, &v.queryStart, &v.stateChange, &v.xactStart, &v.waitEvent, &v.xid, &v.readAt, &v.readDone, &v.signalAt, &v.signalDone,
 			&v.afterPresent, &v.afterState, &v.afterQueryStart, &v.afterStateChange); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("signal: %w", err)
@@ -834,24 +850,25 @@ func (v verdict) afterSignal(r *Result) (Outcome, string) {
 		return sentOutcome, ""
 	}
 	newStatement := v.afterPresent && !same(v.afterQueryStart, v.queryStart)
-	// The read and the signal are microseconds apart, unless the server
-	// did not run pgreap's backend in between (a busy CPU): then the
-	// session may have moved on before the signal reached it.
+	// From the read to the signal takes the copy of the status array (as
+	// long as it takes this statement's reads, more with more backends)
+	// and microseconds more, unless the server did not run pgreap's
+	// backend in between (a busy CPU): then the session may have moved on
+	// before the signal reached it.
 	var heldUp time.Duration
-	if v.readAt != nil && v.signalAt.Sub(*v.readAt) > heldUpLimit {
+	if v.readAt != nil && v.signalAt.Sub(*v.readAt) > heldUpLimit+v.copying {
 		heldUp = v.signalAt.Sub(*v.readAt)
 	}
 	held := fmt.Sprintf("pgreap's backend was held up %s between its look and the signal, and the session moved on", heldUp.Round(time.Microsecond))
 	if r.Action == Terminate {
 		// It dies at its next check for interrupts; what it did just
-		// before may have completed by then (a COMMIT among them).
+		// before may have completed by then (a COMMIT among them). Gone
+		// already is what a terminate is for.
 		switch {
 		case newStatement:
 			r.at.note = fmt.Sprintf("it began another statement as the signal was sent (now %s): that statement may have completed before the backend ended", after)
 		case v.afterPresent:
 			r.at.note = fmt.Sprintf("its statement completed as the signal was sent (now %s)", after)
-		case heldUp > 0:
-			r.at.note = held + ": its last statement may have completed before the backend ended"
 		}
 		return sentOutcome, ""
 	}
@@ -879,8 +896,23 @@ func (v verdict) afterSignal(r *Result) (Outcome, string) {
 	return sentOutcome, ""
 }
 
-// heldUpLimit: a read this long before its signal may be out of date. The
-// read and the judging take tens of microseconds.
+// medianCopy is the median time the statement's fresh reads took.
+func medianCopy(vs []verdict) time.Duration {
+	var ds []time.Duration
+	for _, v := range vs {
+		if v.fresh && v.readAt != nil && v.readDone != nil {
+			ds = append(ds, v.readDone.Sub(*v.readAt))
+		}
+	}
+	if len(ds) == 0 {
+		return 0
+	}
+	slices.Sort(ds)
+	return ds[len(ds)/2]
+}
+
+// heldUpLimit: a read this much longer before its signal than a read
+// takes may be out of date. The judging takes a few microseconds.
 const heldUpLimit = 100 * time.Microsecond
 
 // completedDetail: the cancelled query completed instead.

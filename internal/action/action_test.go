@@ -871,7 +871,7 @@ func TestCommitWaitingForAStandby(t *testing.T) {
 
 	pid, done := committing("cancelled")
 	r := do(action.Cancel, pid)
-	if r.Outcome != action.Cancelled || r.Detail != "committed locally: only the wait for the standby ended" {
+	if r.Outcome != action.Cancelled || r.Detail != "committed locally: the cancel can only end its wait for the standby" {
 		t.Fatalf("cancel: %s (%s)", r.Outcome, r.Detail)
 	}
 	if err := <-done; err != nil || !committed("cancelled") {
@@ -886,5 +886,39 @@ func TestCommitWaitingForAStandby(t *testing.T) {
 	<-done
 	if !committed("terminated") {
 		t.Fatal("the terminated session's transaction is not there: the test's premise is wrong")
+	}
+}
+
+// A client that rolls back to a savepoint when a statement fails (psql's
+// ON_ERROR_ROLLBACK, JDBC's autosave) keeps its transaction going after a
+// cancel: the query was cancelled, though the transaction is not aborted.
+// pgreap must not say it completed.
+func TestCancelInsideASavepoint(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	v.Exec("CREATE TABLE w (id int)")
+	v.Exec("BEGIN")
+	v.Exec("INSERT INTO w VALUES (1)")
+	v.Exec("SAVEPOINT s")
+	got := make(chan error, 1)
+	go func() {
+		_, err := v.Conn.Exec(context.Background(), "SELECT pg_catalog.pg_sleep(60)")
+		if err != nil {
+			_, _ = v.Conn.Exec(context.Background(), "ROLLBACK TO SAVEPOINT s")
+		}
+		got <- err
+	}()
+	v.WaitState("active", "Timeout")
+	res := run(t, open(t, pgtest.Superuser), action.Request{Action: action.Cancel, PIDs: []int32{v.PID}}, action.Options{Wait: 5 * time.Second})
+	if code := pgtest.SQLState(<-got); code != "57014" {
+		t.Fatalf("the client got %q, want 57014", code)
+	}
+	r := res[0]
+	if r.Outcome == action.Changed && !strings.Contains(r.Detail, "may have") {
+		t.Fatalf("a cancelled query reported %s (%s)", r.Outcome, r.Detail)
+	}
+	if r.Outcome != action.Cancelled && r.Outcome != action.Changed {
+		t.Fatalf("%s (%s)", r.Outcome, r.Detail)
 	}
 }

@@ -97,6 +97,11 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 	if err := json.Unmarshal(data, &raws); err != nil {
 		return nil, fmt.Errorf("not a plan (a JSON array of sessions from --dry-run -o json): %s", jsonError(err))
 	}
+	// A key twice would be read as its last value: an edited plan could
+	// hide a second pid, or drop its selection, behind the first.
+	if err := noDuplicateKeys(data); err != nil {
+		return nil, err
+	}
 	if len(raws) == 0 {
 		return nil, errors.New("the plan has no sessions")
 	}
@@ -127,6 +132,15 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		if len(unknown) > 0 {
 			sort.Strings(unknown)
 			return nil, fmt.Errorf("%s: unknown field %q", where, unknown[0])
+		}
+		if err := exactKeys(raw["plan"], jsonFields(PlanHeader{}), true); err != nil {
+			return nil, fmt.Errorf("%s: \"plan\": %w", where, err)
+		}
+		var header map[string]json.RawMessage
+		if json.Unmarshal(raw["plan"], &header) == nil {
+			if err := exactKeys(header["selection"], jsonFields(fullSpec()), false); err != nil {
+				return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
+			}
 		}
 		obj, _ := json.Marshal(raw)
 		dec := json.NewDecoder(bytes.NewReader(obj))
@@ -162,6 +176,9 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		} else if !sameSelection(row.Plan.Selection, h.Selection) {
 			return nil, fmt.Errorf("%s: made with another selection than the sessions before it (its \"plan\" differs)", where)
 		}
+		if plan.sel != nil && plan.sel.PinsQuery() && !res.Guard.Query {
+			return nil, fmt.Errorf("%s: the selection depends on what the session runs, so its guard must pin its query (query_start, state_change)", where)
+		}
 		if res.Outcome == Planned {
 			if planned[res.PID] {
 				return nil, fmt.Errorf("%s: pid %d is planned twice", where, res.PID)
@@ -171,6 +188,85 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		}
 	}
 	return plan, nil
+}
+
+// noDuplicateKeys walks the JSON document and refuses an object with a
+// key twice, at any depth.
+func noDuplicateKeys(data []byte) error {
+	dec := json.NewDecoder(bytes.NewReader(data))
+	var walk func() error
+	walk = func() error {
+		tok, err := dec.Token()
+		if err != nil {
+			return err
+		}
+		switch tok {
+		case json.Delim('{'):
+			seen := map[string]bool{}
+			for dec.More() {
+				key, err := dec.Token()
+				if err != nil {
+					return err
+				}
+				k, _ := key.(string)
+				if seen[k] {
+					return fmt.Errorf("not a plan: the key %q appears twice in one object", k)
+				}
+				seen[k] = true
+				if err := walk(); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // }
+			return err
+		case json.Delim('['):
+			for dec.More() {
+				if err := walk(); err != nil {
+					return err
+				}
+			}
+			_, err = dec.Token() // ]
+			return err
+		}
+		return nil
+	}
+	return walk()
+}
+
+// exactKeys checks an object's keys against the names it may have, as
+// written (encoding/json would also take "PID" for "pid"), and with all
+// of them when all is set. Null is left to the decoding.
+func exactKeys(raw json.RawMessage, names []string, all bool) error {
+	var obj map[string]json.RawMessage
+	if len(raw) == 0 || json.Unmarshal(raw, &obj) != nil || obj == nil {
+		return nil
+	}
+	var unknown []string
+	for k := range obj {
+		if !slices.Contains(names, k) {
+			unknown = append(unknown, k)
+		}
+	}
+	if len(unknown) > 0 {
+		sort.Strings(unknown)
+		return fmt.Errorf("unknown field %q", unknown[0])
+	}
+	if all {
+		for _, n := range names {
+			if _, ok := obj[n]; !ok {
+				return fmt.Errorf("missing field %q", n)
+			}
+		}
+	}
+	return nil
+}
+
+// fullSpec has every field set, so that its JSON has every name.
+func fullSpec() selector.Spec {
+	one := []string{"x"}
+	return selector.Spec{DB: one, User: one, App: one, Client: one, State: one, BackendType: one,
+		ExcludeDB: one, ExcludeUser: one, ExcludeApp: one, Query: "x", LongerThan: "x", XactLongerThan: "x",
+		Waiting: true, Blocking: true, BlockingLongerThan: "x"}
 }
 
 // sameSelection: a and b select the same sessions, as written or as

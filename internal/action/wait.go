@@ -155,14 +155,21 @@ func (r *Result) settleCancel(l *look) bool {
 	if sameQuery && running {
 		return false
 	}
+	// The statement's own transaction ended with it: it ran outside a
+	// transaction block, or it was the block's COMMIT.
+	ownXact := sameQuery && state == "idle"
 	if committed, ok := r.committed(l); ok {
 		switch {
 		case !committed:
 			r.Outcome, r.Detail = Cancelled, "its transaction rolled back"
 		case r.at.waitEvent == "IPC:SyncRep":
-			r.Outcome, r.Detail = Cancelled, "committed locally: only the wait for the standby ended"
-		default:
+			r.Outcome, r.Detail = Cancelled, syncRepDetail
+		case ownXact:
 			r.Outcome, r.Detail = Changed, completedDetail+" (its transaction committed)"
+		default:
+			// Inside a block, a statement the cancel ended can be rolled
+			// back to a savepoint and the rest committed.
+			r.Outcome, r.Detail = Changed, "its transaction committed: the query completed, or the cancel may have ended it inside a savepoint its client rolled back to"
 		}
 		return true
 	}
@@ -174,12 +181,15 @@ func (r *Result) settleCancel(l *look) bool {
 	switch {
 	case state == "idle in transaction (aborted)" && (sameQuery || sameXact):
 		r.Outcome, r.Detail = Cancelled, ""
-	case sameQuery && state == "idle in transaction", sameXact && state == "idle in transaction":
+	case sameQuery && state == "idle in transaction":
+		// A cancelled statement leaves its transaction aborted, until the
+		// client's next statement.
 		r.Outcome, r.Detail = Changed, completedDetail+" (its transaction goes on)"
-	case sameXact && running:
-		// Another statement of the same transaction runs: the transaction
-		// was not aborted, so the query had completed.
-		r.Outcome, r.Detail = Changed, completedDetail+" (its transaction went on with another statement)"
+	case sameXact && (running || state == "idle in transaction"):
+		// The transaction went on with another statement, not aborted:
+		// the query completed, or the client rolled back to a savepoint
+		// (psql's ON_ERROR_ROLLBACK, JDBC's autosave) after the cancel.
+		r.Outcome, r.Detail = Changed, "its transaction went on with another statement: the query completed, or the cancel may have ended it and its client rolled back to a savepoint"
 	case sameQuery && l.stateChange != nil && !r.at.sent.IsZero() && l.stateChange.Before(r.at.sent):
 		r.Outcome, r.Detail = Changed, fmt.Sprintf("its query ended (%s) before the cancel was sent", state)
 	default:
@@ -190,6 +200,11 @@ func (r *Result) settleCancel(l *look) bool {
 	}
 	return true
 }
+
+// syncRepDetail: a COMMIT waiting for a synchronous standby has committed
+// locally; a cancel can end only the wait (the client gets a warning and
+// success).
+const syncRepDetail = "committed locally: the cancel can only end its wait for the standby"
 
 // committed tells, from the transaction id the session had at the signal,
 // whether that transaction committed; ok is false when there was none or

@@ -193,14 +193,7 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		}
 		sql = sql[:from] + ",\n       ARRAY[" + strings.Join(terms, ",\n             ") + "] AS marks" + sql[from:]
 	}
-	snap, err := take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
-	if err != nil {
-		return nil, err
-	}
-	if err := rowLockHolders(ctx, conn, snap); err != nil {
-		return nil, err
-	}
-	return snap, nil
+	return take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
 }
 
 // Lookup takes the backends with these pids as they are, pgreap's own and
@@ -317,13 +310,18 @@ func mustSQL(name string) string {
 	return string(b)
 }
 
-// rowLockHolders adds to BlockedBy of a session waiting on a row every
+// RowLockHolders adds to BlockedBy of a session waiting on a row every
 // transaction that holds the row, not only the one pg_blocking_pids names:
 // a row locked FOR SHARE by several transactions has a multixact as xmax,
 // and the waiter waits for its members one after another. It reads the
-// row's xmax, so only where pgreap's role may read the table; elsewhere
-// BlockedBy stays as the server says.
-func rowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
+// row's xmax, so only for rows of the database pgreap is connected to, in
+// tables its role may read and that have no row level security (a policy
+// is code that would run as pgreap's role), and without waiting on a lock
+// (a pending ALTER TABLE queues every reader): elsewhere BlockedBy stays as
+// the server says. It costs statements only when a session waits on a
+// row; the commands that show or end lock waits call it, the daemon and
+// the action's choice do not.
+func RowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	var waiters []int32
 	at := map[int32]int{}
 	for i := range snap.Sessions {
@@ -340,7 +338,6 @@ func rowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 		waitsFor      string
 		page, tuple   int32
 		schema, table string
-		readable      bool
 	}
 	rows, err := conn.Query(ctx, rowLocksSQL, waiters)
 	if err != nil {
@@ -348,41 +345,20 @@ func rowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	}
 	waits, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rowWait, error) {
 		var w rowWait
-		err := r.Scan(&w.pid, &w.waitsFor, &w.page, &w.tuple, &w.schema, &w.table, &w.readable)
+		err := r.Scan(&w.pid, &w.waitsFor, &w.page, &w.tuple, &w.schema, &w.table)
 		return w, err
 	})
 	if err != nil {
 		return fmt.Errorf("row locks: %w", err)
 	}
 	for _, w := range waits {
-		if !w.readable {
-			continue
-		}
-		sql := fmt.Sprintf(holdersSQL, "ONLY "+pgx.Identifier{w.schema, w.table}.Sanitize())
-		rows, err := conn.Query(ctx, sql, fmt.Sprintf("(%d,%d)", w.page, w.tuple), w.waitsFor)
+		holders, err := rowHolders(ctx, conn, w.schema, w.table, w.page, w.tuple, w.waitsFor)
 		if err != nil {
-			return fmt.Errorf("row lock holders: %w", err)
-		}
-		type holder struct {
-			pid int32
-			xid string
-		}
-		holders, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (holder, error) {
-			var h holder
-			err := r.Scan(&h.pid, &h.xid)
-			return h, err
-		})
-		if err != nil {
-			// The row moved on, or its xmax was no multixact: the server's
-			// answer stands.
-			if isStatementError(err) {
-				continue
-			}
-			return fmt.Errorf("row lock holders: %w", err)
+			return err
 		}
 		// The members are of this wait only if the transaction it waits
 		// for is among them.
-		if !slices.ContainsFunc(holders, func(h holder) bool { return h.xid == w.waitsFor }) {
+		if !slices.ContainsFunc(holders, func(h rowHolder) bool { return h.xid == w.waitsFor }) {
 			continue
 		}
 		s := &snap.Sessions[at[w.pid]]
@@ -393,6 +369,47 @@ func rowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 		}
 	}
 	return nil
+}
+
+type rowHolder struct {
+	pid int32
+	xid string
+}
+
+// rowHolders reads a row's multixact members and their backends, in a
+// transaction of its own where row level security raises an error rather
+// than run a policy, and a lock it would have to wait for is given up at
+// once. A row it cannot read gives no holders, and no error.
+func rowHolders(ctx context.Context, conn *pgx.Conn, schema, table string, page, tuple int32, waitsFor string) ([]rowHolder, error) {
+	var holders []rowHolder
+	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
+		if _, err := tx.Exec(ctx, "SET LOCAL row_security = off"); err != nil {
+			return err
+		}
+		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10ms'"); err != nil {
+			return err
+		}
+		sql := fmt.Sprintf(holdersSQL, "ONLY "+pgx.Identifier{schema, table}.Sanitize())
+		rows, err := tx.Query(ctx, sql, fmt.Sprintf("(%d,%d)", page, tuple), waitsFor)
+		if err != nil {
+			return err
+		}
+		holders, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (rowHolder, error) {
+			var h rowHolder
+			err := r.Scan(&h.pid, &h.xid)
+			return h, err
+		})
+		return err
+	})
+	if err != nil && isStatementError(err) {
+		// Not readable (no privilege, a policy, a lock it would wait
+		// for), or its xmax no multixact: the server's answer stands.
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("row lock holders: %w", err)
+	}
+	return holders, nil
 }
 
 // isStatementError: the server refused the statement; the connection is

@@ -206,6 +206,12 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 		{"bad outcome", strings.Replace(good, `"outcome":"planned"`, `"outcome":"done"`, 1), `"outcome" must be one of the outcomes`},
 		{"bad action", strings.Replace(good, `"action":"terminate"`, `"action":"drop"`, 1), `"action" must be cancel or terminate`},
 		{"other server", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "made on another server or before a restart"},
+		{"a key twice", strings.Replace(good, `"pid":`, `"pid":1,"pid":`, 1), `the key "pid" appears twice in one object`},
+		{"selection dropped by a second key", strings.Replace(good, `"selection":null`, `"selection":{"app":["x"]},"selection":null`, 1), `the key "selection" appears twice`},
+		{"a plan key in capitals", strings.Replace(good, `"host":`, `"HOST":`, 1), `"plan": unknown field "HOST"`},
+		{"a plan key missing", strings.Replace(good, `,"selection":null`, ``, 1), `"plan": missing field "selection"`},
+		{"a selection key in capitals", strings.Replace(good, `"selection":null`, `"selection":{"APP":["x"]}`, 1), `"selection": unknown field "APP"`},
+		{"a selection on state, a guard without the query", strings.Replace(good, `"selection":null`, `"selection":{"state":["idle"]}`, 1), "its guard must pin its query"},
 	}
 	for _, tt := range tests {
 		file := filepath.Join(dir, strings.ReplaceAll(tt.name, " ", "_")+".json")

@@ -250,11 +250,15 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 }
 
 // autovacuumIn is the autovacuum workers a round found and left alone
-// (without --include-autovacuum).
+// (without --include-autovacuum), and the processes with no role that
+// pgreap's role may not see (without pg_read_all_stats an autovacuum worker
+// shows neither its type nor its start): not clients either.
 func autovacuumIn(plan *action.Plan) []int32 {
 	var pids []int32
 	for _, r := range plan.Results {
-		if r.BackendType == "autovacuum worker" && r.Outcome == action.Protected {
+		switch {
+		case r.BackendType == "autovacuum worker" && r.Outcome == action.Protected,
+			r.Outcome == action.Denied && r.BackendType == "" && r.Usename == "" && r.BackendStart.IsZero():
 			pids = append(pids, r.PID)
 		}
 	}

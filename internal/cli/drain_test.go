@@ -2,6 +2,7 @@ package cli_test
 
 import (
 	"context"
+	"errors"
 	"strconv"
 	"strings"
 	"testing"
@@ -297,4 +298,25 @@ func TestDrainSaysAutovacuumStillWorks(t *testing.T) {
 	}
 	pgtest.Eventually(t, "the worker gone", func() (bool, error) { return !alive(worker), nil })
 	run(t, false, "undrain", "shop", "-d", dsn).wantCode(t, 0)
+
+	// The database's owner, not a superuser, without pg_read_all_stats,
+	// sees a process with no role and no type: not a client either.
+	if _, err := admin.Exec(ctx, "CREATE ROLE shop_owner LOGIN; ALTER DATABASE shop OWNER TO shop_owner"); err != nil {
+		t.Fatal(err)
+	}
+	var next int32
+	pgtest.Eventually(t, "autovacuum back in shop", func() (bool, error) {
+		err := admin.QueryRow(ctx, "SELECT pid FROM pg_catalog.pg_stat_activity WHERE datname = 'shop' AND backend_type = 'autovacuum worker'").Scan(&next)
+		if errors.Is(err, pgx.ErrNoRows) {
+			return false, nil
+		}
+		return err == nil, err
+	})
+	owner := c.DSN("postgres", "shop_owner")
+	r = run(t, false, "drain", "shop", "--timeout", "10s", "-d", owner)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "is drained (0 sessions ended)") || !alive(next) {
+		t.Fatalf("stderr:\n%s", r.errOut)
+	}
+	run(t, false, "undrain", "shop", "-d", owner).wantCode(t, 0)
 }

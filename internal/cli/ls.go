@@ -80,6 +80,9 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 	if err != nil {
 		return err
 	}
+	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
+		return err
+	}
 	opts.Logger.Debug("snapshot", "sessions", len(snap.Sessions), "server_version", snap.ServerVersion)
 	sessions := snap.Sessions[:0]
 	workers := false

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -53,9 +54,12 @@ several transactions (SELECT ... FOR SHARE by two, a foreign key check)
 makes the waiter wait for each in turn, and the server names one at a
 time (pgreap names them all when it may read the table, connected to its
 database). So unblock looks again: while the waits it set out to release
-remain, it ends what now holds them up (asking again on a terminal), for
-up to --timeout (default 10s). If they still wait then, it says who waits
-for whom and exits 3.
+are held up by another session that was there at the start (never one of
+the waiters: once granted, a waiter blocks those queued behind it, which is
+the queue moving), it ends that one too, checked at its signal to still
+block someone, asking again on a terminal, for up to --timeout (default
+10s); --limit counts the whole run. If they are still held up then, it says
+who waits for whom and exits 3.
 
 The table shows the tree: each root, its waiters indented with how long
 each has waited, then the roots' outcomes. JSON and CSV have one row per
@@ -116,103 +120,175 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	var (
-		plan           *action.Plan
-		results, shown []action.Result
-		acted          = map[int32]bool{}
-		// waiters are the waits this run set out to release: those of the
-		// first tree. Ending a root does not always release them: a row
-		// held by several transactions (FOR SHARE) makes its waiter wait
-		// for each in turn, and the server names one at a time.
-		waiters  map[int32]bool
-		deadline <-chan time.Time
-		last     *unblockLook
-	)
-	poll := 10 * time.Millisecond
-	for round := 1; ; round++ {
-		look, err := lookUnblock(ctx, conn, sel, opts, waiters)
-		if err != nil {
-			return err
-		}
-		last = look
-		if round == 1 {
-			if len(look.tree.Roots) == 0 {
-				return fmt.Errorf("%w: no lock wait longer than %s", ErrNoMatch, opts.LongerThan)
+	look, err := lookUnblock(ctx, conn, sel, opts)
+	if err != nil {
+		return err
+	}
+	tree := look.firstTree(opts.LongerThan)
+	if len(tree.Roots) == 0 {
+		return fmt.Errorf("%w: no lock wait longer than %s", ErrNoMatch, opts.LongerThan)
+	}
+	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
+		waiters: map[sessionID]bool{}, tried: map[sessionID]int{}}
+	for _, ws := range tree.Waiters {
+		for _, w := range ws {
+			if s := look.byPID[w]; s != nil {
+				u.waiters[idOf(s)] = true
 			}
-			waiters = map[int32]bool{}
-			for _, ws := range look.tree.Waiters {
-				for _, w := range ws {
-					waiters[w] = true
-				}
-			}
-		}
-		var roots []int32
-		for _, r := range look.tree.Roots {
-			if !acted[r] {
-				roots = append(roots, r)
-			}
-		}
-		if len(roots) == 0 {
-			if len(look.tree.Waiters) == 0 {
-				break // every wait it set out to release is released
-			}
-			select {
-			case <-deadline:
-			case <-ctx.Done():
-			case <-time.After(poll):
-				poll = min(poll*2, 200*time.Millisecond)
-				continue
-			}
-			break
-		}
-		if opts.Format == output.Table {
-			if round > 1 {
-				fmt.Fprintln(opts.IO.Out, "Still waiting, behind other sessions:")
-			}
-			writeTree(opts.IO, look.snap, look.tree, look.waits)
-		}
-		// The roots, only while they still hold up a wait that long (after
-		// the first round: while they still block someone), and as the
-		// selectors allow: the signalling statement checks it again, and
-		// so does apply with a plan of it.
-		roundSel := *sel
-		if opts.LongerThan > 0 && round == 1 {
-			roundSel.BlockingLongerThan = opts.LongerThan
-		} else {
-			roundSel.Blocking = true
-		}
-		opts.PIDs = roots
-		p, res, err := actRound(ctx, &opts.ActOptions, conn, &roundSel, true)
-		if p == nil {
-			if round == 1 {
-				return err
-			}
-			break
-		}
-		plan = p
-		results = mergeResults(results, res)
-		shown = mergeResults(shown, withWaiters(res, look.snap, look.tree, look.waits))
-		for _, r := range res {
-			// A root that no longer matched may match in the next round
-			// (the server names a row's holders one at a time).
-			if r.Outcome != action.Changed {
-				acted[r.PID] = true
-			}
-		}
-		if err != nil || opts.DryRun {
-			return finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, unblockShown(opts, results, shown), err, opts.DryRun)
-		}
-		if deadline == nil {
-			deadline = time.After(opts.Timeout)
 		}
 	}
-	err = finish(opts.IO, opts.Format, opts.Color, opts.Action, plan, results, unblockShown(opts, results, shown), nil, false)
-	if still := last.stillWaiting(); still != "" {
+	return u.run(ctx, look, tree)
+}
+
+// sessionID names a session: pids are reused.
+type sessionID struct {
+	pid   int32
+	start int64
+}
+
+func idOf(s *activity.Session) sessionID { return sessionID{s.PID, s.BackendStart.UnixMicro()} }
+
+// unblocker ends the roots of the first tree, then, while the waits of
+// that tree remain, what still holds them up: ending a root does not
+// always release its waiters. A row locked by several transactions (FOR
+// SHARE by two, a foreign key check) makes its waiter wait for each in
+// turn, and the server names one at a time.
+type unblocker struct {
+	opts  *UnblockOptions
+	conn  *pgx.Conn
+	sel   *selector.Selector
+	first *unblockLook
+	// waiters are the waits this run set out to release: never touched,
+	// and once one is granted, those queued behind it wait for it, not
+	// for what this run ends.
+	waiters map[sessionID]bool
+	// tried counts the rounds each session was chosen in; maxTries once
+	// it reached an outcome other than "no longer matches".
+	tried map[sessionID]int
+
+	plan           *action.Plan
+	results, shown []action.Result
+}
+
+// maxTries bounds how often one session is chosen again: a session that
+// no longer matched the check at its signal (the server had not named it
+// yet as a row's holder) may match later; one that keeps not matching is
+// left alone.
+const maxTries = 3
+
+func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenance.Tree) error {
+	opts := u.opts
+	var deadline time.Time
+	poll := 10 * time.Millisecond
+	limitHit := false
+	for round := 1; ; round++ {
+		if len(tree.Roots) > 0 {
+			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.Roots) > opts.Limit {
+				limitHit = true
+				break
+			}
+			if opts.Format == output.Table {
+				if round > 1 {
+					fmt.Fprintln(opts.IO.Out, "Still waiting, behind other sessions:")
+				}
+				writeTree(opts.IO, look.snap, tree, look.waits)
+			}
+			// The first roots only while they still hold up a wait that
+			// long, the others while they still block someone; and as the
+			// selectors allow. The signalling statement checks it, and so
+			// does apply with a plan of it.
+			roundSel := *u.sel
+			if opts.LongerThan > 0 && round == 1 {
+				roundSel.BlockingLongerThan = opts.LongerThan
+			} else {
+				roundSel.Blocking = true
+			}
+			act := opts.ActOptions
+			act.PIDs = tree.Roots
+			if act.Limit > 0 {
+				act.Limit -= u.chosen() // the limit is for the whole run
+			}
+			p, res, err := actRound(ctx, &act, u.conn, &roundSel, true)
+			if p == nil {
+				if round == 1 {
+					return err
+				}
+				return u.finish(err)
+			}
+			u.plan = p
+			u.results = mergeResults(u.results, res)
+			u.shown = mergeResults(u.shown, withWaiters(res, look.snap, tree, look.waits))
+			for i := range res {
+				if r := &res[i]; r.Action != "" {
+					u.tried[idOf(&r.Session)]++
+					if !r.NoMatch() {
+						// Only a session that did not match the check yet
+						// is chosen again.
+						u.tried[idOf(&r.Session)] = maxTries
+					}
+				}
+			}
+			if err != nil || opts.DryRun {
+				return u.finish(err)
+			}
+			if round == 1 {
+				deadline = time.Now().Add(opts.Timeout)
+			}
+		}
+		if !time.Now().Before(deadline) {
+			break
+		}
+		select {
+		case <-ctx.Done():
+			return u.finish(errors.New("interrupted"))
+		case <-time.After(min(poll, time.Until(deadline))):
+		}
+		poll = min(poll*2, 200*time.Millisecond)
+		var err error
+		if look, err = lookUnblock(ctx, u.conn, u.sel, opts); err != nil {
+			return u.finish(err)
+		}
+		if look.stillWaiting(u.waiters) == "" {
+			break // every wait it set out to release is released
+		}
+		tree = look.nextTree(u.waiters, u.first, u.tried)
+	}
+	err := u.finish(nil)
+	still := look.stillWaiting(u.waiters)
+	switch {
+	case still != "" && limitHit:
+		return &exitError{ExitIncomplete, fmt.Errorf("still waiting, and ending more would pass --limit %d: %s", opts.Limit, still)}
+	case still != "":
 		// Ending the roots did not release every wait: say who still
 		// blocks whom, whatever the roots' outcomes.
 		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", opts.Timeout, still)}
 	}
 	return err
+}
+
+// chosen is how many sessions the run has chosen to act on so far.
+func (u *unblocker) chosen() int {
+	n := 0
+	for _, r := range u.results {
+		if r.Action != "" && r.Outcome != action.Protected {
+			n++
+		}
+	}
+	return n
+}
+
+// finish prints every round's results; err stops the run (the rounds done
+// are still reported).
+func (u *unblocker) finish(err error) error {
+	opts := u.opts
+	if u.plan == nil {
+		return err
+	}
+	shown := u.results
+	if opts.Format != output.Table {
+		shown = u.shown
+	}
+	return finish(opts.IO, opts.Format, opts.Color, opts.Action, u.plan, u.results, shown, err, opts.DryRun)
 }
 
 // mergeResults appends a round's results, a session's later result
@@ -234,87 +310,131 @@ func mergeResults(all, round []action.Result) []action.Result {
 	return all
 }
 
-// unblockShown: the table shows the tree as it goes and the outcomes at
-// the end; JSON and CSV put each root's waiters after it.
-func unblockShown(opts *UnblockOptions, results, shown []action.Result) []action.Result {
-	if opts.Format == output.Table {
-		return results
-	}
-	return shown
-}
-
-// unblockLook is one look at the lock waits.
+// unblockLook is one look at the lock waits: every session, and how long
+// each waiter has waited.
 type unblockLook struct {
 	snap  *activity.Snapshot
 	waits map[int32]time.Duration
-	tree  *maintenance.Tree
+	byPID map[int32]*activity.Session
+	// keep: the sessions the selectors allow to be ended (nil: all).
+	keep map[int32]bool
 }
 
-// lookUnblock takes a snapshot and builds the tree of the waits longer
-// than --longer-than, with the roots the selectors keep. With waiters (after
-// a round), the tree is of those waits alone, however long each has waited
-// for whom it waits for now.
-func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, opts *UnblockOptions, waiters map[int32]bool) (*unblockLook, error) {
+// lookUnblock takes a snapshot (with every holder of a row its waiters
+// wait for, where pgreap may read the row) and the waits.
+func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, opts *UnblockOptions) (*unblockLook, error) {
 	snap, err := activity.Take(ctx, conn, activity.Filter{})
 	if err != nil {
+		return nil, err
+	}
+	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}
 	waits, err := maintenance.Waits(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
-	minWait := opts.LongerThan
-	if waiters != nil {
-		minWait = 0
-		for pid := range waits {
-			if !waiters[pid] {
-				delete(waits, pid)
-			}
-		}
+	l := &unblockLook{snap: snap, waits: waits, byPID: map[int32]*activity.Session{}}
+	for i := range snap.Sessions {
+		l.byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
-	tree := maintenance.BlockingTree(snap.Sessions, waits, minWait)
-	if opts.Selectors.Given() && len(tree.Roots) > 0 {
-		// Only the roots the selectors keep.
+	if opts.Selectors.Given() {
 		chosen, err := activity.Take(ctx, conn, sel.Filter())
 		if err != nil {
 			return nil, err
 		}
-		keep := map[int32]bool{}
+		l.keep = map[int32]bool{}
 		for i := range chosen.Sessions {
 			if sel.Keep(&chosen.Sessions[i]) {
-				keep[chosen.Sessions[i].PID] = true
+				l.keep[chosen.Sessions[i].PID] = true
 			}
 		}
+	}
+	return l, nil
+}
+
+// firstTree is the tree of the waits longer than min, with the roots the
+// selectors keep.
+func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
+	tree := maintenance.BlockingTree(l.snap.Sessions, l.waits, min)
+	if l.keep != nil {
 		roots := tree.Roots[:0]
 		for _, r := range tree.Roots {
-			if keep[r] {
+			if l.keep[r] {
 				roots = append(roots, r)
 			}
 		}
 		tree.Roots = roots
 	}
-	return &unblockLook{snap: snap, waits: waits, tree: tree}, nil
+	return tree
 }
 
-// stillWaiting names the waits of the tree still there, and for whom
-// each waits: "1234 waits for 5678, 5679".
-func (l *unblockLook) stillWaiting() string {
-	byPID := map[int32]*activity.Session{}
-	for i := range l.snap.Sessions {
-		byPID[l.snap.Sessions[i].PID] = &l.snap.Sessions[i]
+// nextTree is what still holds up the first tree's waits: up from each of
+// those waiters still waiting, past the sessions it waits for, to the
+// ones that wait for no one. Never one of those waiters (once granted, one
+// blocks those queued behind it: that is the queue moving); never a
+// session that was not there at the first look (it is not what was
+// confirmed); never one chosen maxTries times; and as the selectors allow.
+func (l *unblockLook) nextTree(waiters map[sessionID]bool, first *unblockLook, tried map[sessionID]int) *maintenance.Tree {
+	tree := &maintenance.Tree{Waiters: map[int32][]int32{}}
+	isWaiter := func(pid int32) bool {
+		s := l.byPID[pid]
+		return s != nil && waiters[idOf(s)]
 	}
-	var parts []string
-	seen := map[int32]bool{}
-	for _, root := range l.tree.Roots {
-		for _, w := range l.tree.Waiters[root] {
-			if s := byPID[w]; s != nil && !seen[w] && len(s.BlockedBy) > 0 {
-				seen[w] = true
-				by := make([]string, len(s.BlockedBy))
-				for i, b := range s.BlockedBy {
-					by[i] = strconv.Itoa(int(b))
-				}
-				parts = append(parts, fmt.Sprintf("%d waits for %s", w, strings.Join(by, ", ")))
+	for i := range l.snap.Sessions {
+		w := &l.snap.Sessions[i]
+		if !waiters[idOf(w)] || len(w.BlockedBy) == 0 {
+			continue
+		}
+		seen := map[int32]bool{}
+		stack := append([]int32(nil), w.BlockedBy...)
+		for len(stack) > 0 {
+			b := stack[len(stack)-1]
+			stack = stack[:len(stack)-1]
+			if seen[b] || isWaiter(b) {
+				continue
 			}
+			seen[b] = true
+			s := l.byPID[b]
+			if s == nil {
+				continue
+			}
+			if len(s.BlockedBy) > 0 {
+				stack = append(stack, s.BlockedBy...)
+				continue
+			}
+			was := first.byPID[b]
+			if was == nil || idOf(was) != idOf(s) || tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[b]) {
+				continue
+			}
+			if _, ok := tree.Waiters[b]; !ok {
+				tree.Roots = append(tree.Roots, b)
+			}
+			tree.Waiters[b] = append(tree.Waiters[b], w.PID)
+		}
+	}
+	slices.Sort(tree.Roots)
+	return tree
+}
+
+// stillWaiting names the waits among waiters that are still held up by a
+// session that is not one of them, and for whom each waits: "1234 waits
+// for 5678, 5679"; "" when there is none.
+func (l *unblockLook) stillWaiting(waiters map[sessionID]bool) string {
+	var parts []string
+	for i := range l.snap.Sessions {
+		w := &l.snap.Sessions[i]
+		if !waiters[idOf(w)] {
+			continue
+		}
+		var by []string
+		for _, b := range w.BlockedBy {
+			if s := l.byPID[b]; s == nil || !waiters[idOf(s)] {
+				by = append(by, strconv.Itoa(int(b)))
+			}
+		}
+		if len(by) > 0 {
+			parts = append(parts, fmt.Sprintf("%d waits for %s", w.PID, strings.Join(by, ", ")))
 		}
 	}
 	return strings.Join(parts, "; ")

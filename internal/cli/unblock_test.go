@@ -241,3 +241,81 @@ func TestUnblockSaysWhoStillBlocks(t *testing.T) {
 		t.Fatal("unblock ended the wrong holder")
 	}
 }
+
+// Once the root is gone, the first waiter gets the row and holds it in its
+// transaction; the second waits for it. That is the queue moving: unblock
+// never touches a waiter.
+func TestUnblockNeverEndsAWaiterThatGotTheLock(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	root.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
+	root.Exec("INSERT INTO m VALUES (1, 0)")
+	root.Exec("BEGIN")
+	root.Exec("SELECT * FROM m WHERE id = 1 FOR UPDATE")
+	first := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	first.Exec("BEGIN")
+	first.Start("UPDATE m SET v = 1 WHERE id = 1")
+	first.WaitState("active", "Lock")
+	second := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	second.Start("UPDATE m SET v = 2 WHERE id = 1")
+	second.WaitState("active", "Lock")
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "2s", "-o", "json")
+	r.wantCode(t, 0)
+	if root.Alive() || !first.Alive() || !second.Alive() {
+		t.Fatalf("unblock must end the root and nothing else:\n%s\n%s", r.out, r.errOut)
+	}
+	if err := first.Wait(); err != nil {
+		t.Fatalf("the first waiter: %v", err)
+	}
+	for _, row := range jsonRows(t, r.out) {
+		if row["action"] != nil && row["pid"] != float64(root.PID) {
+			t.Fatalf("acted on a waiter: %v", row)
+		}
+	}
+}
+
+// A root that cannot be ended (cancel, and it runs no query) is not tried
+// again and again: unblock gives up at --timeout and says who waits.
+func TestUnblockGivesUpAtTheTimeout(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root, waiter := pgtest.LockWait(t, db)
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--cancel", "--timeout", "1s")
+	r.wantCode(t, 3)
+	want := fmt.Sprintf("still waiting after 1s: %d waits for %d", waiter.PID, root.PID)
+	if !strings.Contains(r.errOut, want) || strings.Contains(r.out, "Still waiting, behind") {
+		t.Fatalf("want one round and %q:\n%s\n%s", want, r.out, r.errOut)
+	}
+	if !root.Alive() {
+		t.Fatal("a cancel ended the session")
+	}
+}
+
+// The waits unblock set out to release are named at the end even when the
+// selectors left out what holds them.
+func TestUnblockNamesWaitsItMayNotRelease(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	tag := pgtest.Tag(t)
+	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
+	setup.Exec("INSERT INTO m VALUES (1, 0)")
+	holder := func(app string) *pgtest.Victim {
+		v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: app})
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
+		return v
+	}
+	a, b := holder(tag+"-a"), holder(tag+"-b")
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
+	waiter.WaitState("active", "Lock")
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--app", tag+"-a", "--yes", "--timeout", "1s",
+		"-d", pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	r.wantCode(t, 3)
+	want := fmt.Sprintf("%d waits for %d", waiter.PID, b.PID)
+	if a.Alive() || !b.Alive() || !strings.Contains(r.errOut, want) {
+		t.Fatalf("want a ended, b left, and %q:\n%s\n%s", want, r.out, r.errOut)
+	}
+}

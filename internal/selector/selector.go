@@ -301,7 +301,10 @@ func (s *Selector) compile(c compiler) (string, []any) {
 	}
 	switch {
 	case s.Waiting && c.each:
-		c.add(fmt.Sprintf("EXISTS (SELECT FROM pg_catalog.pg_locks AS l WHERE l.pid = %s.pid AND NOT l.granted)", alias))
+		// pg_locks is read once for a statement, however often a row asks
+		// (its function takes no argument to tell one call from the next);
+		// pg_blocking_pids looks at the lock table at each call.
+		c.add(fmt.Sprintf("pg_catalog.cardinality(pg_catalog.pg_blocking_pids(%s.pid)) > 0", alias))
 	case s.Waiting:
 		// A lock not granted: wait_event_type = 'Lock' blinks off every
 		// deadlock_timeout, while the waiter checks for a deadlock.
@@ -309,36 +312,54 @@ func (s *Selector) compile(c compiler) (string, []any) {
 	}
 	switch {
 	case s.Blocking && c.each:
-		// Correlated: the lock table as it is at this session's signal.
+		// The waiters as pg_locks showed them when the statement began;
+		// whom each waits for, as the lock table is at this session's
+		// signal.
 		c.add(fmt.Sprintf("EXISTS (SELECT FROM pg_catalog.pg_locks AS l WHERE NOT l.granted AND %s.pid = ANY (pg_catalog.pg_blocking_pids(l.pid)))", alias))
 	case s.Blocking:
 		// Uncorrelated, so the server computes the set of blockers once
 		// for the statement, not once per row.
 		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
 	}
-	if s.BlockingLongerThan > 0 {
+	// How long a wait has lasted: pg_locks.waitstart (14+, read through
+	// to_jsonb so one statement fits every version); before 14, and for the
+	// moment after a wait starts, the statement's age stands for it.
+	const since = "coalesce((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz, w.query_start)"
+	switch {
+	case s.BlockingLongerThan > 0 && c.each:
+		// Down the wait graph from this session, to the waits it holds up
+		// directly or through others, with whom each waits for read at
+		// this session's signal (the waiters as pg_locks showed them when
+		// the statement began).
+		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE edges AS (
+                 SELECT l.pid AS waiter, b.blocker, %[3]s AS since
+                   FROM pg_catalog.pg_locks AS l
+                   LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
+                  CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) AS b(blocker)
+                  WHERE NOT l.granted
+                    AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
+               ), down(pid, since) AS (
+                 SELECT e.waiter, e.since FROM edges AS e WHERE e.blocker = %[1]s.pid
+                 UNION
+                 SELECT e.waiter, e.since FROM down JOIN edges AS e ON e.blocker = down.pid
+               )
+               SELECT FROM down WHERE down.since < pg_catalog.statement_timestamp() - %[2]s::interval)`,
+			alias, c.arg(interval(s.BlockingLongerThan)), since))
+	case s.BlockingLongerThan > 0:
 		// Up the wait graph from every wait older than D: the sessions
-		// that hold it up, directly or through others. waitstart is 14+
-		// (read through to_jsonb so one statement fits every version);
-		// before, and for the moment after a wait starts, the statement's
-		// age stands for it.
-		graph := fmt.Sprintf(`WITH RECURSIVE long AS (
+		// that hold it up, directly or through others.
+		c.add(fmt.Sprintf(`%[1]s.pid IN (WITH RECURSIVE long AS (
                  SELECT l.pid
                    FROM pg_catalog.pg_locks AS l
                    LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
                   WHERE NOT l.granted
-                    AND coalesce((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz, w.query_start)
-                        < pg_catalog.statement_timestamp() - %s::interval
+                    AND %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
                ), up(pid) AS (
                  SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(long.pid)) FROM long
                  UNION
                  SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(up.pid)) FROM up
-               )`, c.arg(interval(s.BlockingLongerThan)))
-		if c.each {
-			c.add(fmt.Sprintf("EXISTS (%s\n               SELECT FROM up WHERE up.pid = %s.pid)", graph, alias))
-		} else {
-			c.add(fmt.Sprintf("%s.pid IN (%s\n               SELECT up.pid FROM up)", alias, graph))
-		}
+               )
+               SELECT up.pid FROM up)`, alias, c.arg(interval(s.BlockingLongerThan)), since))
 	}
 	if len(c.terms) == 0 {
 		return "true", nil

@@ -97,6 +97,9 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
+		return nil, err
+	}
 	kept := snap.Sessions[:0]
 	waiting := false
 	for i := range snap.Sessions {

@@ -558,7 +558,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			f.logged[i] = true
 			continue
 		}
-		if res.Outcome == action.Changed && res.Detail == action.NoMatchDetail {
+		if res.NoMatch() {
 			if retries[res.PID] < maxRetries && err == nil {
 				s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
 				f.logged[i] = true // not recorded

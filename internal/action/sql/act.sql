@@ -53,7 +53,7 @@ WITH me AS (
 SELECT c.n, j.verdict, j.sent,
        j.backend_type, j.usename, j.state, j.backend_start,
        j.act, j.query_start, j.state_change, j.xact_start,
-       j.wait_event, j.xid, j.read_at, j.signal_at, j.signal_done,
+       j.wait_event, j.xid, j.read_at, j.read_done, j.signal_at, j.signal_done,
        after.pid IS NOT NULL AS after_present,
        after.state AS after_state,
        after.query_start AS after_query_start,
@@ -105,12 +105,14 @@ SELECT c.n, j.verdict, j.sent,
                a.xact_start,
                a.wait_event_type || ':' || a.wait_event AS wait_event,
                a.backend_xid::text AS xid,
-               a.read_at
+               a.read_at,
+               a.read_done
           FROM (SELECT 1) AS one
           -- "a" has pg_stat_activity's columns, read for this session alone.
           LEFT JOIN LATERAL (
-            SELECT s.*, db.datname, u.rolname AS usename, u.rolsuper, t0.read_at
-              -- read_at: the clock just before the read
+            SELECT s.*, db.datname, u.rolname AS usename, u.rolsuper, t0.read_at,
+                   pg_catalog.clock_timestamp() AS read_done
+              -- read_at and read_done: the clock just before and after the read
               FROM (SELECT c.pid, pg_catalog.clock_timestamp() AS read_at OFFSET 0) AS t0
               CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
                      CASE WHEN t0.read_at IS NULL OR c.n IS NULL THEN 0

@@ -1,6 +1,6 @@
 -- pgreap row locks: for sessions waiting on a row (a transactionid lock not
--- granted, while holding the row's tuple lock), the row, the transaction
--- they wait for, and whether we may read the row. Several transactions can
+-- granted, while holding the row's tuple lock), the row and the transaction
+-- they wait for, in the tables pgreap may read safely. Several transactions can
 -- hold one row (SELECT ... FOR SHARE by two, a foreign key check): its xmax
 -- is then a multixact, and the waiter waits for its members one after
 -- another, while pg_blocking_pids names only the one it waits for now.
@@ -12,8 +12,7 @@ SELECT w.pid,
        t.page,
        t.tuple,
        n.nspname::text,
-       c.relname::text,
-       pg_catalog.has_table_privilege(c.oid, 'SELECT') AS readable
+       c.relname::text
   FROM pg_catalog.pg_locks AS w
   JOIN pg_catalog.pg_locks AS t
     ON t.pid = w.pid AND t.locktype = 'tuple' AND t.granted
@@ -24,3 +23,7 @@ SELECT w.pid,
  WHERE w.locktype = 'transactionid'
    AND NOT w.granted
    AND w.pid = ANY ($1::integer[])
+   AND c.relkind = 'r'
+   -- a policy is code: it would run as pgreap's role
+   AND NOT c.relrowsecurity
+   AND pg_catalog.has_table_privilege(c.oid, 'SELECT')
