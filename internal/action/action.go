@@ -672,8 +672,8 @@ type verdict struct {
 	readAt, readDone        *time.Time
 	// copying is how long this statement's reads of the status array
 	// take (the median): the part of read-to-signal that is no delay.
-	copying time.Duration
-	signalAt, signalDone    time.Time
+	copying              time.Duration
+	signalAt, signalDone time.Time
 	// after is the session read again right after its signal (only when
 	// it was read afresh for it): present, and its state then.
 	afterPresent                      bool
