@@ -90,35 +90,7 @@ func BenchmarkCancel(b *testing.B) {
 			return wall
 		}},
 		{"floor", func(tag string) time.Duration {
-			ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
-			defer cancel()
-			start := time.Now()
-			conn, err := pgx.ConnectConfig(ctx, t.config("bench-floor"))
-			if err != nil {
-				b.Fatal(err)
-			}
-			signalled, err := countTrue(conn.Query(ctx, cancelFloorSQL, tag))
-			if err != nil {
-				b.Fatalf("floor: %v", err)
-			}
-			for {
-				var left int64
-				if err := conn.QueryRow(ctx, runningSQL, tag).Scan(&left); err != nil {
-					b.Fatalf("floor poll: %v", err)
-				}
-				if left == 0 {
-					break
-				}
-				time.Sleep(floorPoll)
-			}
-			err = conn.Close(ctx)
-			wall := time.Since(start)
-			if err != nil {
-				b.Fatal(err)
-			}
-			if signalled != victims {
-				b.Fatalf("floor signalled %d sessions, want %d", signalled, victims)
-			}
+			wall, _ := t.floorWith(b, tag, cancelFloorSQL, runningSQL)
 			return wall
 		}},
 	}

@@ -271,6 +271,16 @@ func (t *terminateBench) pgreap(b *testing.B, tag string) time.Duration {
 // connect too.
 func (t *terminateBench) floor(b *testing.B, tag string) time.Duration {
 	b.Helper()
+	wall, polls := t.floorWith(b, tag, floorSQL, leftSQL)
+	t.floorPolls += polls
+	return wall
+}
+
+// floorWith is a floor: on a fresh connection, signalSQL (every row true)
+// for the sessions named tag, then leftSQL every floorPoll until it counts
+// 0; it returns the wall time and the polls.
+func (t *terminateBench) floorWith(b *testing.B, tag, signalSQL, leftSQL string) (time.Duration, int) {
+	b.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
 	defer cancel()
 	start := time.Now()
@@ -278,7 +288,7 @@ func (t *terminateBench) floor(b *testing.B, tag string) time.Duration {
 	if err != nil {
 		b.Fatal(err)
 	}
-	signalled, err := countTrue(conn.Query(ctx, floorSQL, tag))
+	signalled, err := countTrue(conn.Query(ctx, signalSQL, tag))
 	if err != nil {
 		b.Fatalf("floor: %v", err)
 	}
@@ -302,8 +312,7 @@ func (t *terminateBench) floor(b *testing.B, tag string) time.Duration {
 	if signalled != victims {
 		b.Fatalf("floor signalled %d sessions, want %d", signalled, victims)
 	}
-	t.floorPolls += polls
-	return wall
+	return wall, polls
 }
 
 // timeout ends the sessions named tag with pg_terminate_backend(pid,

@@ -15,7 +15,6 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -822,15 +821,7 @@ func TestCommitWaitingForAStandby(t *testing.T) {
 	if _, err := admin.Exec(ctx, "CREATE TABLE w (what text)"); err != nil {
 		t.Fatal(err)
 	}
-	cfg, err := conn.Config(conn.Params{DSN: dsn})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reaper, err := conn.Connect(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reaper.Close(context.Background())
+	reaper := pgtest.PgreapDSN(t, dsn)
 	committing := func(what string) (pid int32, done chan error) {
 		cn, err := pgx.Connect(ctx, dsn)
 		if err != nil {

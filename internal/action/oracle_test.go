@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -145,15 +144,7 @@ func TestClientOracle(t *testing.T) {
 	start("xcycle", 20, cycle(func(tag string) string { return "INSERT INTO ledger VALUES ('" + tag + "')" }))
 	start("rcycle", 20, cycle(func(tag string) string { return "SELECT '" + tag + "'" }))
 
-	cfg, err := conn.Config(conn.Params{DSN: dsn})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reaper, err := conn.Connect(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reaper.Close(context.Background())
+	reaper := pgtest.PgreapDSN(t, dsn)
 	sel := func(spec selector.Spec) *selector.Selector {
 		s, err := selector.Parse(spec)
 		if err != nil {

@@ -17,7 +17,6 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -106,15 +105,7 @@ func TestChurnSoak(t *testing.T) {
 		})
 	}
 
-	cfg, err := conn.Config(conn.Params{DSN: c.DSN("postgres", pgtest.Superuser)})
-	if err != nil {
-		t.Fatal(err)
-	}
-	reaper, err := conn.Connect(ctx, cfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer reaper.Close(context.Background())
+	reaper := pgtest.PgreapDSN(t, c.DSN("postgres", pgtest.Superuser))
 	sel := func(app string) *selector.Selector {
 		s, err := selector.Parse(selector.Spec{App: []string{app}})
 		if err != nil {

@@ -130,8 +130,8 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
 		waiters: map[sessionID]bool{}, tried: map[sessionID]int{}}
-	for _, ws := range tree.Waiters {
-		for _, w := range ws {
+	for _, r := range tree.Roots { // the roots the selectors kept
+		for _, w := range tree.Waiters[r] {
 			if s := look.byPID[w]; s != nil {
 				u.waiters[idOf(s)] = true
 			}

@@ -135,8 +135,10 @@ func TestUnblockPlanRechecksTheWait(t *testing.T) {
 
 // A row locked FOR SHARE by two transactions: the UPDATE behind them waits
 // for one, then the other, while pg_blocking_pids names only the first.
-// rowHeldByTwo returns the two holders and the waiter.
-func rowHeldByTwo(t *testing.T, db, role string) (a, b, waiter *pgtest.Victim) {
+// rowHeldBy locks the row FOR SHARE from a session of each of holders (in
+// db; the table granted to role, if any) and starts the UPDATE as role; it
+// returns the holders and the waiter.
+func rowHeldBy(t *testing.T, db, role string, holders ...pgtest.VictimOptions) ([]*pgtest.Victim, *pgtest.Victim) {
 	t.Helper()
 	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
@@ -144,17 +146,25 @@ func rowHeldByTwo(t *testing.T, db, role string) (a, b, waiter *pgtest.Victim) {
 	if role != "" {
 		setup.Exec("GRANT ALL ON m TO " + pgx.Identifier{role}.Sanitize())
 	}
-	holder := func() *pgtest.Victim {
-		v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
+	var vs []*pgtest.Victim
+	for _, opt := range holders {
+		opt.DB = db
+		v := pgtest.NewVictim(t, opt)
 		v.Exec("BEGIN")
 		v.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
-		return v
+		vs = append(vs, v)
 	}
-	a, b = holder(), holder()
-	waiter = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
 	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
 	waiter.WaitState("active", "Lock")
-	return a, b, waiter
+	return vs, waiter
+}
+
+// rowHeldByTwo is rowHeldBy with two holders of role.
+func rowHeldByTwo(t *testing.T, db, role string) (a, b, waiter *pgtest.Victim) {
+	t.Helper()
+	vs, waiter := rowHeldBy(t, db, role, pgtest.VictimOptions{User: role}, pgtest.VictimOptions{User: role})
+	return vs[0], vs[1], waiter
 }
 
 func TestUnblockRowHeldByTwo(t *testing.T) {
@@ -218,19 +228,8 @@ func TestUnblockSaysWhoStillBlocks(t *testing.T) {
 	app := pgtest.NewRole(t, "NOSUPERUSER")
 	reaper := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend", "pg_read_all_stats")
 	db := pgtest.NewDB(t)
-	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
-	setup.Exec("INSERT INTO m VALUES (1, 0)")
-	setup.Exec("GRANT ALL ON m TO " + pgx.Identifier{app}.Sanitize())
-	ours := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: app})
-	ours.Exec("BEGIN")
-	ours.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
-	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	super.Exec("BEGIN")
-	super.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
-	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: app})
-	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
-	waiter.WaitState("active", "Lock")
+	vs, waiter := rowHeldBy(t, db, app, pgtest.VictimOptions{User: app}, pgtest.VictimOptions{})
+	ours, super := vs[0], vs[1]
 	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "2s", "-d", pgtest.Shared(t).DSN(db, reaper))
 	r.wantCode(t, 3)
 	want := fmt.Sprintf("%d waits for %d", waiter.PID, super.PID)
@@ -281,10 +280,12 @@ func TestUnblockGivesUpAtTheTimeout(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	root, waiter := pgtest.LockWait(t, db)
+	_, elsewhere := pgtest.LockWait(t, pgtest.NewDB(t)) // not chosen: not named
 	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--cancel", "--timeout", "1s")
 	r.wantCode(t, 3)
-	want := fmt.Sprintf("still waiting after 1s: %d waits for %d", waiter.PID, root.PID)
-	if !strings.Contains(r.errOut, want) || strings.Contains(r.out, "Still waiting, behind") {
+	want := fmt.Sprintf("pgreap: still waiting after 1s: %d waits for %d\n", waiter.PID, root.PID)
+	if !strings.HasSuffix(r.errOut, want) || strings.Contains(r.out, "Still waiting, behind") ||
+		strings.Contains(r.errOut, strconv.Itoa(int(elsewhere.PID))) {
 		t.Fatalf("want one round and %q:\n%s\n%s", want, r.out, r.errOut)
 	}
 	if !root.Alive() {
@@ -298,19 +299,8 @@ func TestUnblockNamesWaitsItMayNotRelease(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	tag := pgtest.Tag(t)
-	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	setup.Exec("CREATE TABLE m (id int PRIMARY KEY, v int)")
-	setup.Exec("INSERT INTO m VALUES (1, 0)")
-	holder := func(app string) *pgtest.Victim {
-		v := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: app})
-		v.Exec("BEGIN")
-		v.Exec("SELECT * FROM m WHERE id = 1 FOR SHARE")
-		return v
-	}
-	a, b := holder(tag+"-a"), holder(tag+"-b")
-	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	waiter.Start("UPDATE m SET v = 1 WHERE id = 1")
-	waiter.WaitState("active", "Lock")
+	vs, waiter := rowHeldBy(t, db, "", pgtest.VictimOptions{App: tag + "-a"}, pgtest.VictimOptions{App: tag + "-b"})
+	a, b := vs[0], vs[1]
 	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--app", tag+"-a", "--yes", "--timeout", "1s",
 		"-d", pgtest.Shared(t).DSN(db, pgtest.Superuser))
 	r.wantCode(t, 3)

@@ -253,7 +253,14 @@ func Exec(t testing.TB, sql string, args ...any) {
 // closed when the test ends.
 func Pgreap(t testing.TB, user string) *pgx.Conn {
 	t.Helper()
-	cfg, err := conn.Config(conn.Params{DSN: Shared(t).DSN("postgres", user)})
+	return PgreapDSN(t, Shared(t).DSN("postgres", user))
+}
+
+// PgreapDSN is Pgreap to any server: a connection as the pgreap command
+// opens it, closed when the test ends.
+func PgreapDSN(t testing.TB, dsn string) *pgx.Conn {
+	t.Helper()
+	cfg, err := conn.Config(conn.Params{DSN: dsn})
 	if err != nil {
 		t.Fatal(err)
 	}
