@@ -311,16 +311,17 @@ func mustSQL(name string) string {
 }
 
 // RowLockHolders adds to BlockedBy of a session waiting on a row every
-// transaction that holds the row, not only the one pg_blocking_pids names:
-// a row locked FOR SHARE by several transactions has a multixact as xmax,
-// and the waiter waits for its members one after another. It reads the
-// row's xmax, so only for rows of the database pgreap is connected to, in
-// tables its role may read and that have no row level security (a policy
-// is code that would run as pgreap's role), and without waiting on a lock
-// (a pending ALTER TABLE queues every reader): elsewhere BlockedBy stays as
-// the server says. It costs statements only when a session waits on a
-// row; the commands that show or end lock waits call it, the daemon and
-// the action's choice do not.
+// transaction whose lock on the row it waits for, not only the one
+// pg_blocking_pids names: a row locked FOR SHARE by several transactions has
+// a multixact as xmax, and the waiter waits for the conflicting members one
+// after another. It reads the row's xmax by its table's name, as the
+// table's owner, only for rows of the database pgreap is connected to, in
+// tables without row level security whose owner pgreap's role may act as,
+// in a schema of that owner or of a superuser (sql/rowlocks.sql says why),
+// without waiting on a lock (a pending ALTER TABLE queues every reader):
+// elsewhere BlockedBy stays as the server says. It costs statements only
+// when a session waits on a row; the commands that show or end lock waits
+// call it, the daemon and the action's choice do not.
 func RowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	var waiters []int32
 	at := map[int32]int{}
@@ -333,31 +334,27 @@ func RowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	if len(waiters) == 0 {
 		return nil
 	}
-	type rowWait struct {
-		pid           int32
-		waitsFor      string
-		page, tuple   int32
-		schema, table string
-	}
 	rows, err := conn.Query(ctx, rowLocksSQL, waiters)
 	if err != nil {
 		return fmt.Errorf("row locks: %w", err)
 	}
 	waits, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (rowWait, error) {
 		var w rowWait
-		err := r.Scan(&w.pid, &w.waitsFor, &w.page, &w.tuple, &w.schema, &w.table)
+		err := r.Scan(&w.pid, &w.waitsFor, &w.mode, &w.page, &w.tuple, &w.schema, &w.table, &w.owner)
 		return w, err
 	})
 	if err != nil {
 		return fmt.Errorf("row locks: %w", err)
 	}
 	for _, w := range waits {
-		holders, err := rowHolders(ctx, conn, w.schema, w.table, w.page, w.tuple, w.waitsFor)
+		holders, err := w.holders(ctx, conn)
 		if err != nil {
 			return err
 		}
-		// The members are of this wait only if the transaction it waits
-		// for is among them.
+		// Those whose lock its own conflicts with; and they are its wait's
+		// only if the transaction it waits for is among them.
+		asks := requestedRowLock[w.mode]
+		holders = slices.DeleteFunc(holders, func(h rowHolder) bool { return heldRowLock[h.mode]+asks < 3 })
 		if !slices.ContainsFunc(holders, func(h rowHolder) bool { return h.xid == w.waitsFor }) {
 			continue
 		}
@@ -371,32 +368,59 @@ func RowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	return nil
 }
 
-type rowHolder struct {
-	pid int32
-	xid string
+// rowWait is a session waiting on a row: the row, the transaction it waits
+// for, and the mode of its tuple lock.
+type rowWait struct {
+	pid                  int32
+	waitsFor, mode       string
+	page, tuple          int32
+	schema, table, owner string
 }
 
-// rowHolders reads a row's multixact members and their backends, in a
-// transaction of its own where row level security raises an error rather
-// than run a policy, and a lock it would have to wait for is given up at
-// once. A row it cannot read gives no holders, and no error.
-func rowHolders(ctx context.Context, conn *pgx.Conn, schema, table string, page, tuple int32, waitsFor string) ([]rowHolder, error) {
+type rowHolder struct {
+	pid       int32
+	xid, mode string
+}
+
+// testHookBeforeRowRead runs between the look at the row locks and the read
+// of a row, in tests; nil outside them.
+var testHookBeforeRowRead func()
+
+// Row lock strengths, 0 (FOR KEY SHARE) to 3 (FOR UPDATE): two locks on a
+// row conflict when their strengths add up to 3 or more (PostgreSQL's
+// tuple lock conflict table). requestedRowLock is what a waiter asks for,
+// by the mode of the tuple lock it holds while it waits (heapam.c's
+// tupleLockExtraInfo); heldRowLock what a multixact member holds, by
+// pg_get_multixact_members' mode.
+var (
+	requestedRowLock = map[string]int{"AccessShareLock": 0, "RowShareLock": 1, "ExclusiveLock": 2, "AccessExclusiveLock": 3}
+	heldRowLock      = map[string]int{"keysh": 0, "sh": 1, "fornokeyupd": 2, "nokeyupd": 2, "forupd": 3, "upd": 3}
+)
+
+// holders reads the row's multixact members and their backends, as the
+// table's owner, in a transaction of its own where row level security
+// raises an error rather than run a policy, and a lock it would have to
+// wait for is given up at once. A row it cannot read gives no holders, and
+// no error.
+func (w *rowWait) holders(ctx context.Context, conn *pgx.Conn) ([]rowHolder, error) {
+	if testHookBeforeRowRead != nil {
+		testHookBeforeRowRead()
+	}
 	var holders []rowHolder
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
-		if _, err := tx.Exec(ctx, "SET LOCAL row_security = off"); err != nil {
-			return err
+		for _, set := range [][2]string{{"role", w.owner}, {"row_security", "off"}, {"lock_timeout", "10ms"}} {
+			if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config($1, $2, true)", set[0], set[1]); err != nil {
+				return err
+			}
 		}
-		if _, err := tx.Exec(ctx, "SET LOCAL lock_timeout = '10ms'"); err != nil {
-			return err
-		}
-		sql := fmt.Sprintf(holdersSQL, "ONLY "+pgx.Identifier{schema, table}.Sanitize())
-		rows, err := tx.Query(ctx, sql, fmt.Sprintf("(%d,%d)", page, tuple), waitsFor)
+		sql := strings.Replace(holdersSQL, "/*table*/", "ONLY "+pgx.Identifier{w.schema, w.table}.Sanitize(), 1)
+		rows, err := tx.Query(ctx, sql, fmt.Sprintf("(%d,%d)", w.page, w.tuple), w.waitsFor)
 		if err != nil {
 			return err
 		}
 		holders, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (rowHolder, error) {
 			var h rowHolder
-			err := r.Scan(&h.pid, &h.xid)
+			err := r.Scan(&h.pid, &h.xid, &h.mode)
 			return h, err
 		})
 		return err

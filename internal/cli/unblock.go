@@ -44,21 +44,22 @@ wait for no one), show the tree, and end the roots.
 Roots are terminated by default: cancelling a statement inside a
 transaction block does not release the locks the transaction holds.
 --cancel only cancels. Waiters are never touched. A root is pinned by its
-identity and its query, and is signalled only if it still blocks someone
-at that instant. Protected roots (autovacuum workers, walsenders) are
+identity and its query, and is signalled only if it still holds up a wait
+that long at that instant. Protected roots (autovacuum workers, walsenders) are
 reported and left alone unless included. Selectors narrow which roots may
 be ended (e.g. --db shop).
 
 Ending the roots does not always release their waiters: a row locked by
 several transactions (SELECT ... FOR SHARE by two, a foreign key check)
 makes the waiter wait for each in turn, and the server names one at a
-time (pgreap names them all when it may read the table, connected to its
-database). So unblock looks again: while the waits it set out to release
-are held up by another session that was there at the start (never one of
-the waiters: once granted, a waiter blocks those queued behind it, which is
-the queue moving), it ends that one too, checked at its signal to still
-block someone, asking again on a terminal, for up to --timeout (default
-10s); --limit counts the whole run. If they are still held up then, it says
+time (pgreap names them all where it may read the row safely, connected
+to its database: docs/safety.md). So unblock looks again: while the waits
+it set out to release are held up by a session that was there at the
+start and did not wait then (never a waiter: once granted, a waiter blocks
+those queued behind it, which is the queue moving), it ends that one too,
+checked at its signal to still block one of those waits, asking again on
+a terminal, for up to --timeout (default 10s); --limit counts the whole
+run. If they are still held up then, it says
 who waits for whom and exits 3.
 
 The table shows the tree: each root, its waiters indented with how long
@@ -129,12 +130,17 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		return fmt.Errorf("%w: no lock wait longer than %s", ErrNoMatch, opts.LongerThan)
 	}
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
-		waiters: map[sessionID]bool{}, tried: map[sessionID]int{}}
+		waiters: map[sessionID]bool{}, waiting: map[sessionID]bool{}, tried: map[sessionID]int{}}
 	for _, r := range tree.Roots { // the roots the selectors kept
 		for _, w := range tree.Waiters[r] {
 			if s := look.byPID[w]; s != nil {
 				u.waiters[idOf(s)] = true
 			}
+		}
+	}
+	for i := range look.snap.Sessions {
+		if s := &look.snap.Sessions[i]; len(s.BlockedBy) > 0 {
+			u.waiting[idOf(s)] = true
 		}
 	}
 	return u.run(ctx, look, tree)
@@ -158,10 +164,12 @@ type unblocker struct {
 	conn  *pgx.Conn
 	sel   *selector.Selector
 	first *unblockLook
-	// waiters are the waits this run set out to release: never touched,
-	// and once one is granted, those queued behind it wait for it, not
-	// for what this run ends.
+	// waiters are the waits this run set out to release.
 	waiters map[sessionID]bool
+	// waiting are the sessions that waited on a lock at the first look,
+	// those waits and younger ones: never touched (once granted, one
+	// blocks those queued behind it: that is the queue moving).
+	waiting map[sessionID]bool
 	// tried counts the rounds each session was chosen in; maxTries once
 	// it reached an outcome other than "no longer matches".
 	tried map[sessionID]int
@@ -198,9 +206,12 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			// selectors allow. The signalling statement checks it, and so
 			// does apply with a plan of it.
 			roundSel := *u.sel
-			if opts.LongerThan > 0 && round == 1 {
+			switch {
+			case round > 1:
+				roundSel.BlockingOf = u.stillWaitingPIDs(look)
+			case opts.LongerThan > 0:
 				roundSel.BlockingLongerThan = opts.LongerThan
-			} else {
+			default:
 				roundSel.Blocking = true
 			}
 			act := opts.ActOptions
@@ -248,13 +259,13 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 		if look, err = lookUnblock(ctx, u.conn, u.sel, opts); err != nil {
 			return u.finish(err)
 		}
-		if look.stillWaiting(u.waiters) == "" {
+		if look.stillWaiting(u.waiters, u.waiting) == "" {
 			break // every wait it set out to release is released
 		}
-		tree = look.nextTree(u.waiters, u.first, u.tried)
+		tree = look.nextTree(u.waiters, u.waiting, u.first, u.tried)
 	}
 	err := u.finish(nil)
-	still := look.stillWaiting(u.waiters)
+	still := look.stillWaiting(u.waiters, u.waiting)
 	switch {
 	case still != "" && limitHit:
 		return &exitError{ExitIncomplete, fmt.Errorf("still waiting, and ending more would pass --limit %d: %s", opts.Limit, still)}
@@ -264,6 +275,18 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", opts.Timeout, still)}
 	}
 	return err
+}
+
+// stillWaitingPIDs are the pids of the waits this run set out to release
+// that are still there in look.
+func (u *unblocker) stillWaitingPIDs(look *unblockLook) []int32 {
+	var pids []int32
+	for i := range look.snap.Sessions {
+		if s := &look.snap.Sessions[i]; u.waiters[idOf(s)] {
+			pids = append(pids, s.PID)
+		}
+	}
+	return pids
 }
 
 // chosen is how many sessions the run has chosen to act on so far.
@@ -371,15 +394,16 @@ func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
 
 // nextTree is what still holds up the first tree's waits: up from each of
 // those waiters still waiting, past the sessions it waits for, to the
-// ones that wait for no one. Never one of those waiters (once granted, one
-// blocks those queued behind it: that is the queue moving); never a
+// ones that wait for no one. Never a session that waited at the first look
+// (once granted, one blocks those queued behind it: that is the queue
+// moving); never a
 // session that was not there at the first look (it is not what was
 // confirmed); never one chosen maxTries times; and as the selectors allow.
-func (l *unblockLook) nextTree(waiters map[sessionID]bool, first *unblockLook, tried map[sessionID]int) *maintenance.Tree {
+func (l *unblockLook) nextTree(waiters, waiting map[sessionID]bool, first *unblockLook, tried map[sessionID]int) *maintenance.Tree {
 	tree := &maintenance.Tree{Waiters: map[int32][]int32{}}
 	isWaiter := func(pid int32) bool {
 		s := l.byPID[pid]
-		return s != nil && waiters[idOf(s)]
+		return s != nil && waiting[idOf(s)]
 	}
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
@@ -418,9 +442,10 @@ func (l *unblockLook) nextTree(waiters map[sessionID]bool, first *unblockLook, t
 }
 
 // stillWaiting names the waits among waiters that are still held up by a
-// session that is not one of them, and for whom each waits: "1234 waits
-// for 5678, 5679"; "" when there is none.
-func (l *unblockLook) stillWaiting(waiters map[sessionID]bool) string {
+// session that did not itself wait at the first look (waiting: one that
+// did is the queue moving), and for whom each waits: "1234 waits for 5678,
+// 5679"; "" when there is none.
+func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) string {
 	var parts []string
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
@@ -429,7 +454,7 @@ func (l *unblockLook) stillWaiting(waiters map[sessionID]bool) string {
 		}
 		var by []string
 		for _, b := range w.BlockedBy {
-			if s := l.byPID[b]; s == nil || !waiters[idOf(s)] {
+			if s := l.byPID[b]; s == nil || !waiting[idOf(s)] {
 				by = append(by, strconv.Itoa(int(b)))
 			}
 		}

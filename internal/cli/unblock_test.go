@@ -309,3 +309,35 @@ func TestUnblockNamesWaitsItMayNotRelease(t *testing.T) {
 		t.Fatalf("want a ended, b left, and %q:\n%s\n%s", want, r.out, r.errOut)
 	}
 }
+
+// A session that waited behind the root for less than --longer-than is
+// not among the waits unblock set out to release, but it is a waiter: once
+// the root is gone it takes the lock, and what queues behind it is the
+// queue moving. unblock never touches it.
+func TestUnblockNeverEndsAYoungerWaiter(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	root.Exec("CREATE TABLE t2 (id int, v int)")
+	root.Exec("INSERT INTO t2 VALUES (1, 0), (2, 0)")
+	root.Exec("BEGIN")
+	root.Exec("UPDATE t2 SET v = v + 1")
+	old := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	old.Start("UPDATE t2 SET v = v + 10")
+	old.WaitState("active", "Lock")
+	pgtest.Eventually(t, "a wait older than 600ms", func() (bool, error) {
+		var ok bool
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT pg_catalog.statement_timestamp() - query_start > '600ms' FROM pg_catalog.pg_stat_activity WHERE pid = $1", old.PID).Scan(&ok)
+		return ok, err
+	})
+	young := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	young.Exec("BEGIN")
+	young.Start("UPDATE t2 SET v = v + 100 WHERE id = 2")
+	young.WaitState("active", "Lock")
+	r := run(t, false, "unblock", "--longer-than", "500ms", "--db", db, "--yes", "--timeout", "2s")
+	if root.Alive() || !young.Alive() || !old.Alive() {
+		t.Fatalf("unblock must end the root alone:\n%s\n%s", r.out, r.errOut)
+	}
+	r.wantCode(t, 0)
+}

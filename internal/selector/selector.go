@@ -53,6 +53,9 @@ type Selector struct {
 	// waiting on a lock longer than this (pg_locks.waitstart on 14+, the
 	// waiter's statement's age before).
 	BlockingLongerThan time.Duration
+	// BlockingOf: blocks one of these backends (by pid) directly. For
+	// unblock's later rounds; not part of a Spec, never in a plan.
+	BlockingOf []int32
 }
 
 // Error is a selection that cannot be used. Field is the policy key
@@ -151,7 +154,8 @@ func Parse(spec Spec) (*Selector, error) {
 }
 
 // Spec is the selection written back as a Spec: Parse(s.Spec()) selects
-// exactly what s does. Plans record their selection this way.
+// exactly what s does, but for BlockingOf, which a Spec does not hold.
+// Plans record their selection this way.
 func (s *Selector) Spec() Spec {
 	sp := Spec{
 		DB: slices.Clone(s.DB), User: slices.Clone(s.User), App: slices.Clone(s.App),
@@ -243,7 +247,7 @@ func (s *Selector) Filter() activity.Filter {
 // left alone.
 func (s *Selector) PinsQuery() bool {
 	return s.Query != nil || len(s.State) > 0 || s.LongerThan > 0 || s.XactLongerThan > 0 ||
-		s.Waiting || s.Blocking || s.BlockingLongerThan > 0
+		s.Waiting || s.Blocking || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
 }
 
 // Moves reports whether the selection depends on facts that change during
@@ -320,6 +324,14 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		// Uncorrelated, so the server computes the set of blockers once
 		// for the statement, not once per row.
 		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
+	}
+	switch {
+	case len(s.BlockingOf) > 0 && c.each:
+		c.add(fmt.Sprintf("EXISTS (SELECT FROM pg_catalog.unnest(%s::integer[]) AS w(pid) WHERE %s.pid = ANY (pg_catalog.pg_blocking_pids(w.pid)))",
+			c.arg(s.BlockingOf), alias))
+	case len(s.BlockingOf) > 0:
+		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) FROM pg_catalog.unnest(%s::integer[]) AS w(pid))",
+			alias, c.arg(s.BlockingOf)))
 	}
 	// How long a wait has lasted: pg_locks.waitstart (14+, read through
 	// to_jsonb so one statement fits every version); before 14, and for the
