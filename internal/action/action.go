@@ -42,6 +42,9 @@ const (
 	Cancel Kind = "cancel"
 	// Terminate ends the connection.
 	Terminate Kind = "terminate"
+	// Rollback ends a prepared transaction with ROLLBACK PREPARED: it has
+	// no backend to signal (package maintenance does it).
+	Rollback Kind = "rollback"
 )
 
 // Outcome is what became of one chosen session (shared/PRODUCT.md).
@@ -49,14 +52,15 @@ type Outcome string
 
 // The outcomes.
 const (
-	Cancelled  Outcome = "cancelled"  // its query ended after the cancel
-	Terminated Outcome = "terminated" // its backend is gone after the terminate
-	Gone       Outcome = "gone"       // it ended before we acted
-	Changed    Outcome = "changed"    // pid reused, query moved on, or no longer matching: left alone
-	Denied     Outcome = "denied"     // no privilege to signal it, or to guard its identity
-	Protected  Outcome = "protected"  // a safety rule refused it
-	Survived   Outcome = "survived"   // signalled, and still there after the wait
-	Planned    Outcome = "planned"    // dry run: would be signalled
+	Cancelled  Outcome = "cancelled"   // its query ended after the cancel
+	Terminated Outcome = "terminated"  // its backend is gone after the terminate
+	Gone       Outcome = "gone"        // it ended before we acted
+	Changed    Outcome = "changed"     // pid reused, query moved on, or no longer matching: left alone
+	Denied     Outcome = "denied"      // no privilege to signal it, or to guard its identity
+	Protected  Outcome = "protected"   // a safety rule refused it
+	Survived   Outcome = "survived"    // signalled, and still there after the wait
+	Planned    Outcome = "planned"     // dry run: would be signalled
+	RolledBack Outcome = "rolled back" // a prepared transaction, rolled back
 )
 
 // Guard names what the signalling statement re-checks for one session

@@ -64,6 +64,8 @@ type planRow struct {
 	Query           *string     `json:"query"`
 	QueryID         *int64      `json:"query_id"`
 	BlockedBy       []int32     `json:"blocked_by"`
+	BlockedByPrep   []string    `json:"blocked_by_prepared"`
+	GID             *string     `json:"gid"`
 	Action          *string     `json:"action"`
 	Outcome         *string     `json:"outcome"`
 	Detail          *string     `json:"detail"`
@@ -152,6 +154,14 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		if row.Action == nil && row.Outcome == nil && row.Guard == nil {
 			// Context, never acted on: a waiter unblock shows behind
 			// its root.
+			continue
+		}
+		if row.GID != nil {
+			// A prepared transaction at a root of unblock's tree: apply
+			// never rolls one back (it has no pid to guard).
+			if row.Outcome != nil && Outcome(*row.Outcome) == Planned {
+				return nil, fmt.Errorf("%s: prepared transaction %q: apply does not roll back prepared transactions; 'pgreap unblock --rollback-prepared' does, after showing them", where, *row.GID)
+			}
 			continue
 		}
 		res, err := row.result()

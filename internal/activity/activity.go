@@ -44,10 +44,26 @@ type Session struct {
 	// BlockedBy names the backends that block this one; set only for
 	// sessions waiting on a lock.
 	BlockedBy []int32
+	// BlockedByPrepared names, by GID, the prepared transactions that
+	// block this one: no backend holds their locks.
+	BlockedByPrepared []string
+	// GID is set only on a row that stands for a prepared transaction
+	// (Snapshot.Prepared): it has no backend, and PID is 0.
+	GID string
 	// Marks are the values of a filter's Marks for this session, in
 	// order; nil without Marks.
 	Marks []bool
 }
+
+// Waits reports whether the session waits for a backend or a prepared
+// transaction to release a lock.
+func (s *Session) Waits() bool {
+	return len(s.BlockedBy) > 0 || len(s.BlockedByPrepared) > 0
+}
+
+// IsPrepared reports whether the row stands for a prepared transaction,
+// not a backend.
+func (s *Session) IsPrepared() bool { return s.GID != "" }
 
 // IsParallelWorker reports whether the session is a parallel worker: it
 // dies with its leader, and it is the leader that one acts on.
@@ -60,8 +76,11 @@ func (s *Session) IsParallelWorker() bool {
 // state began. It is 0 when the server did not show us the times.
 func (s *Session) StateAge(now time.Time) time.Duration {
 	since := s.StateChange
-	if s.State == "active" {
+	switch {
+	case s.State == "active":
 		since = s.QueryStart
+	case s.IsPrepared():
+		since = s.XactStart // prepared since
 	}
 	if since.IsZero() || now.Before(since) {
 		return 0
@@ -82,7 +101,16 @@ type Snapshot struct {
 	// Sessions are ordered by pid, each parallel worker right after its
 	// leader.
 	Sessions []Session
+	// Prepared are the prepared transactions that sessions wait on, as
+	// rows with GID set (backend_type "prepared transaction", the owner
+	// as usename, the prepared time as xact_start); PreparedBlockers
+	// fills it.
+	Prepared []Session
 }
+
+// BackendTypePrepared is the backend_type of a prepared transaction's row:
+// pg_stat_activity has no such type, since no backend holds it.
+const BackendTypePrepared = "prepared transaction"
 
 // HasLeaderPID reports whether the server tells a parallel worker's leader
 // (leader_pid is 13+).
@@ -233,7 +261,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql stri
 	)
 	var s Session
 	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
-		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &snap.Taken, &snap.ServerStarted}
+		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &snap.Taken, &snap.ServerStarted}
 	if marks {
 		dest = append(dest, &s.Marks)
 	}
@@ -297,7 +325,39 @@ func GroupWorkers(in []Session) []Session {
 	return out
 }
 
+// PreparedBlockers fills snap.Prepared with the prepared transactions that
+// sessions of snap wait on. It costs a statement only when one does; a
+// transaction ended since the snapshot is not there.
+func PreparedBlockers(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
+	var gids []string
+	for i := range snap.Sessions {
+		for _, g := range snap.Sessions[i].BlockedByPrepared {
+			if !slices.Contains(gids, g) {
+				gids = append(gids, g)
+			}
+		}
+	}
+	snap.Prepared = nil
+	if len(gids) == 0 {
+		return nil
+	}
+	rows, err := conn.Query(ctx, preparedSQL, gids)
+	if err != nil {
+		return fmt.Errorf("prepared transactions: %w", err)
+	}
+	snap.Prepared, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+		s := Session{BackendType: BackendTypePrepared}
+		err := r.Scan(&s.GID, &s.Datname, &s.Usename, &s.XactStart)
+		return s, err
+	})
+	if err != nil {
+		return fmt.Errorf("prepared transactions: %w", err)
+	}
+	return nil
+}
+
 var (
+	preparedSQL = mustSQL("prepared.sql")
 	rowLocksSQL = mustSQL("rowlocks.sql")
 	holdersSQL  = mustSQL("holders.sql")
 )
@@ -326,7 +386,7 @@ func RowLockHolders(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error {
 	var waiters []int32
 	at := map[int32]int{}
 	for i := range snap.Sessions {
-		if s := &snap.Sessions[i]; len(s.BlockedBy) > 0 {
+		if s := &snap.Sessions[i]; s.Waits() {
 			waiters = append(waiters, s.PID)
 			at[s.PID] = i
 		}

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -157,6 +158,22 @@ func actOn(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.
 // actRound chooses, confirms and acts, and returns the plan and its
 // results; a nil plan is an error before anything was chosen.
 func actRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector, bySelector bool) (*action.Plan, []action.Result, error) {
+	plan, err := choose(ctx, opts, conn, sel)
+	if err != nil {
+		return nil, nil, err
+	}
+	if len(plan.Results) == 0 {
+		return nil, nil, ErrNoMatch
+	}
+	results, err := carryOut(ctx, opts, conn, plan, bySelector, nil)
+	if results == nil {
+		return nil, nil, err
+	}
+	return plan, results, err
+}
+
+// choose makes the plan: the sessions named and selected, judged.
+func choose(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector) (*action.Plan, error) {
 	plan, err := action.Choose(ctx, conn, action.Request{
 		Action:             opts.Action,
 		PIDs:               opts.PIDs,
@@ -165,25 +182,62 @@ func actRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *select
 		IncludeAutovacuum:  opts.IncludeAutovacuum,
 	})
 	if err != nil {
-		return nil, nil, err
+		return nil, err
 	}
 	opts.Logger.Debug("chosen", "sessions", len(plan.Results), "planned", plan.Count(action.Planned))
-	if len(plan.Results) == 0 {
-		return nil, nil, ErrNoMatch
-	}
+	return plan, nil
+}
+
+// rollbacks are the prepared transactions at the roots of unblock's tree:
+// rows planned (to roll back) or protected (left alone), confirmed with
+// the plan's sessions and carried out after them by do.
+type rollbacks struct {
+	rows []action.Result
+	do   func(context.Context, *action.Result)
+}
+
+// carryOut checks the limit, confirms, and carries the plan out, then the
+// rollbacks; nil results: nothing was done (the error says why).
+func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool, rb *rollbacks) ([]action.Result, error) {
 	planned := plan.Count(action.Planned)
-	if opts.Limit > 0 && planned > opts.Limit {
-		return nil, nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
+	rows := plan.Results
+	rolls := 0
+	if rb != nil {
+		for i := range rb.rows {
+			if rb.rows[i].Outcome == action.Planned {
+				rolls++
+			}
+		}
+		rows = append(slices.Clip(rows), rb.rows...)
+	}
+	if opts.Limit > 0 && planned+rolls > opts.Limit {
+		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned+rolls, opts.Limit))
 	}
 	// Sessions chosen by selectors are confirmed; sessions named by pid
 	// alone were chosen one by one already.
-	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
-		if err := confirm(ctx, opts, plan, planned); err != nil {
-			return nil, nil, err
+	if bySelector && !opts.DryRun && !opts.Yes && planned+rolls > 0 {
+		var what []string
+		if planned > 0 {
+			what = append(what, fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned)))
+		}
+		if rolls > 0 {
+			what = append(what, fmt.Sprintf("roll back %d prepared transaction%s", rolls, plural(rolls)))
+		}
+		if err := confirm(ctx, opts, plan, rows, strings.Join(what, " and ")); err != nil {
+			return nil, err
 		}
 	}
 	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
-	return plan, results, err
+	if rb == nil {
+		return results, err
+	}
+	results = slices.Clip(results)
+	for i := range rb.rows {
+		if r := &rb.rows[i]; r.Outcome == action.Planned && !opts.DryRun && err == nil {
+			rb.do(ctx, r)
+		}
+	}
+	return append(results, rb.rows...), err
 }
 
 // reportArrivals says, on standard error, how many sessions connected to
@@ -217,13 +271,13 @@ func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, p
 	return resultsError(kind, results)
 }
 
-// confirm shows the plan on a terminal and asks; without one, it refuses.
-func confirm(ctx context.Context, opts *ActOptions, plan *action.Plan, planned int) error {
-	what := fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned))
+// confirm shows the rows to act on on a terminal and asks; without one,
+// it refuses.
+func confirm(ctx context.Context, opts *ActOptions, plan *action.Plan, rows []action.Result, what string) error {
 	if !opts.IO.InTTY {
 		return usageError(fmt.Errorf("refusing to %s chosen by selectors without a terminal to confirm on: add --yes, or see them with --dry-run", what))
 	}
-	if err := output.WriteResults(opts.IO.ErrOut, output.Table, toRows(plan, plan.Results, false), output.Options{
+	if err := output.WriteResults(opts.IO.ErrOut, output.Table, toRows(plan, rows, false), output.Options{
 		Now: plan.Taken, Color: opts.Color, Width: opts.IO.Width,
 	}); err != nil {
 		return err
@@ -266,8 +320,8 @@ func toRows(plan *action.Plan, results []action.Result, planFields bool) []outpu
 		rows[i] = output.Row{Session: r.Session, Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail}
 		if planFields {
 			var guard []string
-			if r.Action != "" {
-				guard = r.Guard.Columns()
+			if r.Action != "" && !r.IsPrepared() {
+				guard = r.Guard.Columns() // a prepared transaction has no pid to guard
 			}
 			rows[i].Extra = []output.Field{{Name: "guard", Value: guard}, {Name: "plan", Value: header}}
 		}
@@ -289,7 +343,7 @@ func writeResults(io *IOStreams, format output.Format, color bool, plan *action.
 func signalled(results []action.Result) bool {
 	for i := range results {
 		switch results[i].Outcome {
-		case action.Cancelled, action.Terminated, action.Survived:
+		case action.Cancelled, action.Terminated, action.Survived, action.RolledBack:
 			return true
 		}
 	}

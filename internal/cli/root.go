@@ -27,9 +27,19 @@ type Factory struct {
 
 // Connect opens pgreap's own connection as the global flags say.
 func (f *Factory) Connect(ctx context.Context) (*pgx.Conn, error) {
+	return f.ConnectDB(ctx, "")
+}
+
+// ConnectDB is Connect to another database of the same server (ROLLBACK
+// PREPARED runs only in the prepared transaction's database); "" is the
+// one the flags say.
+func (f *Factory) ConnectDB(ctx context.Context, database string) (*pgx.Conn, error) {
 	cfg, err := f.ConnConfig()
 	if err != nil {
 		return nil, err
+	}
+	if database != "" {
+		cfg.Database = database
 	}
 	f.Logger().Debug("connecting", "host", cfg.Host, "port", cfg.Port, "user", cfg.User, "database", cfg.Database)
 	c, err := conn.Connect(ctx, cfg)

@@ -1,6 +1,7 @@
 package cli
 
 import (
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -28,6 +29,10 @@ type UnblockOptions struct {
 	// Timeout bounds how long unblock goes on ending the sessions that
 	// still hold up the waits it set out to release.
 	Timeout time.Duration
+	// RollbackPrepared rolls back the prepared transactions at roots,
+	// connected to each one's database with ConnectDB.
+	RollbackPrepared bool
+	ConnectDB        func(ctx context.Context, database string) (*pgx.Conn, error)
 }
 
 // NewCmdUnblock builds `pgreap unblock`; runF replaces the run in tests.
@@ -49,6 +54,20 @@ that long at that instant. Protected roots (autovacuum workers, walsenders) are
 reported and left alone unless included. Selectors narrow which roots may
 be ended (e.g. --db shop).
 
+A prepared transaction (PREPARE TRANSACTION) holds its locks with no
+backend: pg_blocking_pids says 0 for it. unblock shows it as a root of its
+own (no pid, backend_type "prepared transaction", its GID, database,
+owner, and when it was prepared as xact_start) with its waiters under it,
+and leaves it alone: outcome protected, exit 3. --rollback-prepared rolls
+it back with ROLLBACK PREPARED, connected to its database, guarded by its
+GID and prepared time (a new transaction that took the GID is changed);
+outcome "rolled back". It is never the default: a prepared transaction is
+one side of a two-phase commit, and rolling it back can break the
+atomicity another system counts on (its coordinator may have committed
+the other sides). Only its owner or a superuser may roll it back. Selectors
+choose prepared roots by --db, --user and --backend-type; a selection on
+anything only a backend has (--app, --state, --query, ...) leaves them out.
+
 Ending the roots does not always release their waiters: a row locked by
 several transactions (SELECT ... FOR SHARE by two, a foreign key check)
 makes the waiter wait for each in turn, and the server names one at a
@@ -66,15 +85,18 @@ The table shows the tree: each root, its waiters indented with how long
 each has waited, then the roots' outcomes. JSON and CSV have one row per
 root with its outcome, each followed by its waiters: rows with blocked_by
 set and no action or outcome. A --dry-run -o json plan can be given to
-'pgreap apply', which acts on the roots and skips the waiters.
+'pgreap apply', which acts on the roots and skips the waiters (and never
+rolls back a prepared transaction: it refuses a plan that would).
 
 The roots are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status: 0 all roots ended and their waiters released, 1 no
 lock wait that long, 2 usage or connection error, 3 some root denied,
-survived, changed or protected, or a wait still there at the timeout.`,
+survived, changed or protected (a prepared transaction left alone), or a
+wait still there at the timeout.`,
 		Example: `  pgreap unblock
   pgreap unblock --longer-than 1m --db shop --yes
-  pgreap unblock --cancel --dry-run`,
+  pgreap unblock --cancel --dry-run
+  pgreap unblock --rollback-prepared --db shop`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -90,7 +112,7 @@ survived, changed or protected, or a wait still there at the timeout.`,
 			if opts.Cancel {
 				opts.Action = action.Cancel
 			}
-			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
+			opts.Color, opts.Connect, opts.ConnectDB, opts.Logger = f.Color(), f.Connect, f.ConnectDB, f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -108,6 +130,7 @@ survived, changed or protected, or a wait still there at the timeout.`,
 	fs.DurationVar(&opts.Wait, "wait", 5*time.Second, "how long to wait for the roots to end (`D`)")
 	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "allow walsenders as roots")
 	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "allow autovacuum workers as roots")
+	fs.BoolVar(&opts.RollbackPrepared, "rollback-prepared", false, "roll back the prepared transactions at roots (ROLLBACK PREPARED; see --help)")
 	return cmd
 }
 
@@ -132,6 +155,9 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
 		waiters: map[sessionID]bool{}, waiting: map[sessionID]bool{}, tried: map[sessionID]int{}}
 	for _, r := range tree.Roots { // the roots the selectors kept
+		if r.GID != "" && !opts.RollbackPrepared {
+			continue // left alone: its waiters wait on, and unblock says so
+		}
 		for _, w := range tree.Waiters[r] {
 			if s := look.byPID[w]; s != nil {
 				u.waiters[idOf(s)] = true
@@ -139,7 +165,7 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		}
 	}
 	for i := range look.snap.Sessions {
-		if s := &look.snap.Sessions[i]; len(s.BlockedBy) > 0 {
+		if s := &look.snap.Sessions[i]; s.Waits() {
 			u.waiting[idOf(s)] = true
 		}
 	}
@@ -188,10 +214,10 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 	opts := u.opts
 	var deadline time.Time
 	poll := 10 * time.Millisecond
-	limitHit := false
+	limitHit, released := false, 0
 	for round := 1; ; round++ {
 		if len(tree.Roots) > 0 {
-			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.Roots) > opts.Limit {
+			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.RootPIDs()) > opts.Limit {
 				limitHit = true
 				break
 			}
@@ -215,11 +241,15 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 				roundSel.Blocking = true
 			}
 			act := opts.ActOptions
-			act.PIDs = tree.Roots
+			act.PIDs = tree.RootPIDs()
 			if act.Limit > 0 {
 				act.Limit -= u.chosen() // the limit is for the whole run
 			}
-			p, res, err := actRound(ctx, &act, u.conn, &roundSel, true)
+			var rb *rollbacks
+			if round == 1 {
+				rb = u.preparedRoots(look, tree)
+			}
+			p, res, err := unblockRound(ctx, &act, u.conn, &roundSel, look.snap, rb)
 			if p == nil {
 				if round == 1 {
 					return err
@@ -260,8 +290,16 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			return u.finish(err)
 		}
 		if look.stillWaiting(u.waiters, u.waiting) == "" {
-			break // every wait it set out to release is released
+			// Every wait it set out to release is released, twice in a
+			// row: a waiter woken by a holder's end is not waiting for a
+			// moment before it waits for the next holder of a row.
+			if released++; released == 2 {
+				break
+			}
+			tree = &maintenance.Tree{}
+			continue
 		}
+		released = 0
 		tree = look.nextTree(u.waiters, u.waiting, u.first, u.tried)
 	}
 	err := u.finish(nil)
@@ -275,6 +313,67 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", opts.Timeout, still)}
 	}
 	return err
+}
+
+// unblockRound is actRound for a round of roots: the backends among them
+// chosen and judged, the prepared transactions (rb) confirmed and rolled
+// back with them. A round of prepared transactions alone chooses no
+// session: an empty pid list would choose by the selection alone.
+func unblockRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector.Selector, snap *activity.Snapshot, rb *rollbacks) (*action.Plan, []action.Result, error) {
+	if rb == nil || len(rb.rows) == 0 {
+		return actRound(ctx, opts, conn, sel, true)
+	}
+	var plan *action.Plan
+	if len(opts.PIDs) > 0 {
+		var err error
+		if plan, err = choose(ctx, opts, conn, sel); err != nil {
+			return nil, nil, err
+		}
+	} else {
+		plan = action.NewPlan(conn, snap, nil, action.Request{Action: opts.Action, Selector: sel})
+	}
+	results, err := carryOut(ctx, opts, conn, plan, true, rb)
+	if results == nil {
+		return nil, nil, err
+	}
+	return plan, results, err
+}
+
+// preparedRoots are the rows of the prepared transactions at the tree's
+// roots: left alone (protected, which makes the run incomplete) unless
+// --rollback-prepared, then planned, and rolled back after the confirmation.
+func (u *unblocker) preparedRoots(look *unblockLook, tree *maintenance.Tree) *rollbacks {
+	rb := &rollbacks{do: u.rollback}
+	for _, r := range tree.Roots {
+		p := look.prepared[r.GID]
+		if r.GID == "" || p == nil {
+			continue
+		}
+		res := action.Result{Session: *p, Action: action.Rollback, Named: true, Outcome: action.Planned}
+		if !u.opts.RollbackPrepared {
+			res.Outcome = action.Protected
+			res.Detail = fmt.Sprintf("prepared transaction '%s', prepared %s ago: end it with ROLLBACK PREPARED or COMMIT PREPARED, or --rollback-prepared",
+				p.GID, output.Age(look.snap.Taken.Sub(p.XactStart)))
+		}
+		rb.rows = append(rb.rows, res)
+	}
+	return rb
+}
+
+// rollback rolls back a prepared transaction, connected to its database:
+// ROLLBACK PREPARED refuses one of another database.
+func (u *unblocker) rollback(ctx context.Context, r *action.Result) {
+	conn := u.conn
+	if conn.Config().Database != r.Datname {
+		c, err := u.opts.ConnectDB(ctx, r.Datname)
+		if err != nil {
+			r.Outcome, r.Detail = action.Denied, fmt.Sprintf("cannot connect to its database: %v", err)
+			return
+		}
+		defer c.Close(context.WithoutCancel(ctx))
+		conn = c
+	}
+	r.Outcome, r.Detail = maintenance.RollbackPrepared(ctx, conn, &r.Session)
 }
 
 // stillWaitingPIDs are the pids of the waits this run set out to release
@@ -317,14 +416,14 @@ func (u *unblocker) finish(err error) error {
 // mergeResults appends a round's results, a session's later result
 // replacing its earlier one.
 func mergeResults(all, round []action.Result) []action.Result {
-	at := map[int32]int{}
+	at := map[maintenance.Node]int{}
 	for i := range all {
 		if all[i].Action != "" {
-			at[all[i].PID] = i
+			at[maintenance.NodeOf(&all[i].Session)] = i
 		}
 	}
 	for _, r := range round {
-		if i, ok := at[r.PID]; ok && r.Action != "" {
+		if i, ok := at[maintenance.NodeOf(&r.Session)]; ok && r.Action != "" {
 			all[i] = r
 			continue
 		}
@@ -333,14 +432,16 @@ func mergeResults(all, round []action.Result) []action.Result {
 	return all
 }
 
-// unblockLook is one look at the lock waits: every session, and how long
-// each waiter has waited.
+// unblockLook is one look at the lock waits: every session, the prepared
+// transactions they wait on, and how long each waiter has waited.
 type unblockLook struct {
-	snap  *activity.Snapshot
-	waits map[int32]time.Duration
-	byPID map[int32]*activity.Session
+	snap     *activity.Snapshot
+	waits    map[int32]time.Duration
+	byPID    map[int32]*activity.Session
+	prepared map[string]*activity.Session
 	// keep: the sessions the selectors allow to be ended (nil: all).
 	keep map[int32]bool
+	sel  *selector.Selector
 }
 
 // lookUnblock takes a snapshot (with every holder of a row its waiters
@@ -353,15 +454,22 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}
+	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
+		return nil, err
+	}
 	waits, err := maintenance.Waits(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
-	l := &unblockLook{snap: snap, waits: waits, byPID: map[int32]*activity.Session{}}
+	l := &unblockLook{snap: snap, waits: waits, byPID: map[int32]*activity.Session{}, prepared: map[string]*activity.Session{}}
 	for i := range snap.Sessions {
 		l.byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
+	for i := range snap.Prepared {
+		l.prepared[snap.Prepared[i].GID] = &snap.Prepared[i]
+	}
 	if opts.Selectors.Given() {
+		l.sel = sel
 		chosen, err := activity.Take(ctx, conn, sel.Filter())
 		if err != nil {
 			return nil, err
@@ -380,15 +488,19 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 // selectors keep.
 func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
 	tree := maintenance.BlockingTree(l.snap.Sessions, l.waits, min)
-	if l.keep != nil {
-		roots := tree.Roots[:0]
-		for _, r := range tree.Roots {
-			if l.keep[r] {
+	roots := tree.Roots[:0]
+	for _, r := range tree.Roots {
+		if r.GID != "" {
+			// A prepared transaction ended since the snapshot is not
+			// shown; one is in the selection by database and owner.
+			if p := l.prepared[r.GID]; p != nil && (l.sel == nil || l.sel.KeepPrepared(p)) {
 				roots = append(roots, r)
 			}
+		} else if l.keep == nil || l.keep[r.PID] {
+			roots = append(roots, r)
 		}
-		tree.Roots = roots
 	}
+	tree.Roots = roots
 	return tree
 }
 
@@ -400,13 +512,15 @@ func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
 // session that was not there at the first look (it is not what was
 // confirmed); never one chosen maxTries times; and as the selectors allow.
 func (l *unblockLook) nextTree(waiters, waiting map[sessionID]bool, first *unblockLook, tried map[sessionID]int) *maintenance.Tree {
-	tree := &maintenance.Tree{Waiters: map[int32][]int32{}}
+	tree := &maintenance.Tree{Waiters: map[maintenance.Node][]int32{}}
 	isWaiter := func(pid int32) bool {
 		s := l.byPID[pid]
 		return s != nil && waiting[idOf(s)]
 	}
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
+		// Backends only: a prepared transaction is a root of the first
+		// round, rolled back then or left alone.
 		if !waiters[idOf(w)] || len(w.BlockedBy) == 0 {
 			continue
 		}
@@ -431,13 +545,14 @@ func (l *unblockLook) nextTree(waiters, waiting map[sessionID]bool, first *unblo
 			if was == nil || idOf(was) != idOf(s) || tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[b]) {
 				continue
 			}
-			if _, ok := tree.Waiters[b]; !ok {
-				tree.Roots = append(tree.Roots, b)
+			n := maintenance.Node{PID: b}
+			if _, ok := tree.Waiters[n]; !ok {
+				tree.Roots = append(tree.Roots, n)
 			}
-			tree.Waiters[b] = append(tree.Waiters[b], w.PID)
+			tree.Waiters[n] = append(tree.Waiters[n], w.PID)
 		}
 	}
-	slices.Sort(tree.Roots)
+	slices.SortFunc(tree.Roots, func(a, b maintenance.Node) int { return cmp.Compare(a.PID, b.PID) })
 	return tree
 }
 
@@ -458,6 +573,9 @@ func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) string {
 				by = append(by, strconv.Itoa(int(b)))
 			}
 		}
+		for _, g := range w.BlockedByPrepared {
+			by = append(by, output.PreparedName(g))
+		}
 		if len(by) > 0 {
 			parts = append(parts, fmt.Sprintf("%d waits for %s", w.PID, strings.Join(by, ", ")))
 		}
@@ -477,7 +595,7 @@ func withWaiters(results []action.Result, snap *activity.Snapshot, tree *mainten
 	seen := map[int32]bool{}
 	for _, r := range results {
 		shown = append(shown, r)
-		for _, w := range tree.Waiters[r.PID] {
+		for _, w := range tree.Waiters[maintenance.NodeOf(&r.Session)] {
 			if s := byPID[w]; s != nil && !seen[w] {
 				seen[w] = true
 				detail := "waiting on a lock"
@@ -498,7 +616,16 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 	for i := range snap.Sessions {
 		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
-	describe := func(pid int32) string {
+	prepared := map[string]*activity.Session{}
+	for i := range snap.Prepared {
+		prepared[snap.Prepared[i].GID] = &snap.Prepared[i]
+	}
+	describe := func(n maintenance.Node) string {
+		if p := prepared[n.GID]; n.GID != "" && p != nil {
+			return fmt.Sprintf("%s  %s  %s  %s, prepared %s ago", output.PreparedName(n.GID), output.Clean(p.Datname),
+				output.Clean(p.Usename), activity.BackendTypePrepared, output.Age(snap.Taken.Sub(p.XactStart)))
+		}
+		pid := n.PID
 		s := byPID[pid]
 		if s == nil {
 			return strconv.Itoa(int(pid))
@@ -513,7 +640,7 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))
 		for _, w := range tree.Waiters[root] {
-			fmt.Fprintf(io.Out, "  └ waits %s: %s\n", output.Age(waits[w]), describe(w))
+			fmt.Fprintf(io.Out, "  └ waits %s: %s\n", output.Age(waits[w]), describe(maintenance.Node{PID: w}))
 		}
 	}
 	fmt.Fprintln(io.Out)

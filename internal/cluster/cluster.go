@@ -160,16 +160,17 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 
 func (c *Cluster) configure(opt Options) error {
 	settings := map[string]string{
-		"max_connections":         "200",
-		"fsync":                   "off",
-		"synchronous_commit":      "off",
-		"full_page_writes":        "off",
-		"shared_buffers":          "32MB",
-		"log_line_prefix":         "'%m [%p] app=%a '",
-		"log_connections":         "off",
-		"max_worker_processes":    "16",
-		"max_parallel_workers":    "8",
-		"unix_socket_permissions": "0777",
+		"max_connections":           "200",
+		"fsync":                     "off",
+		"synchronous_commit":        "off",
+		"full_page_writes":          "off",
+		"shared_buffers":            "32MB",
+		"log_line_prefix":           "'%m [%p] app=%a '",
+		"log_connections":           "off",
+		"max_worker_processes":      "16",
+		"max_prepared_transactions": "10", // prepared transactions at the root of lock waits
+		"max_parallel_workers":      "8",
+		"unix_socket_permissions":   "0777",
 		// the default from 14 on; 12 and 13 store md5 otherwise
 		"password_encryption": "scram-sha-256",
 	}

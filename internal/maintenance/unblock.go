@@ -1,10 +1,12 @@
 package maintenance
 
 import (
+	"cmp"
 	"context"
 	_ "embed"
 	"fmt"
-	"sort"
+	"slices"
+	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -48,32 +50,65 @@ func Waits(ctx context.Context, conn *pgx.Conn) (map[int32]time.Duration, error)
 	return waits, rows.Err()
 }
 
-// Tree is the blocking graph of the waits that matter: the roots (sessions
-// that block others and wait for no one) and, for each, the waiters queued
-// behind it, directly or not.
-type Tree struct {
-	Roots   []int32
-	Waiters map[int32][]int32
+// Node is a vertex of the blocking graph: a backend by its pid, or a
+// prepared transaction by its GID (no backend holds its locks: PID is 0).
+type Node struct {
+	PID int32
+	GID string
 }
 
-// BlockingTree builds the tree from a snapshot (blocked_by) for the
-// waiters that have waited at least min.
-func BlockingTree(sessions []activity.Session, waits map[int32]time.Duration, min time.Duration) *Tree {
-	blockedBy := map[int32][]int32{}
-	for _, s := range sessions {
-		if len(s.BlockedBy) > 0 {
-			blockedBy[s.PID] = s.BlockedBy
+// Tree is the blocking graph of the waits that matter: the roots (sessions
+// that block others and wait for no one, and prepared transactions, which
+// never wait) and, for each, the waiters queued behind it, directly or not.
+type Tree struct {
+	Roots   []Node
+	Waiters map[Node][]int32
+}
+
+// NodeOf is the node of a session, or of a prepared transaction's row.
+func NodeOf(s *activity.Session) Node { return Node{PID: s.PID, GID: s.GID} }
+
+// RootPIDs are the roots that are backends.
+func (t *Tree) RootPIDs() []int32 {
+	var pids []int32
+	for _, r := range t.Roots {
+		if r.GID == "" {
+			pids = append(pids, r.PID)
 		}
 	}
-	t := &Tree{Waiters: map[int32][]int32{}}
+	return pids
+}
+
+// Blockers are the nodes a session waits for.
+func Blockers(s *activity.Session) []Node {
+	nodes := make([]Node, 0, len(s.BlockedBy)+len(s.BlockedByPrepared))
+	for _, b := range s.BlockedBy {
+		nodes = append(nodes, Node{PID: b})
+	}
+	for _, g := range s.BlockedByPrepared {
+		nodes = append(nodes, Node{GID: g})
+	}
+	return nodes
+}
+
+// BlockingTree builds the tree from a snapshot (blocked_by,
+// blocked_by_prepared) for the waiters that have waited at least min.
+func BlockingTree(sessions []activity.Session, waits map[int32]time.Duration, min time.Duration) *Tree {
+	blockedBy := map[Node][]Node{}
+	for i := range sessions {
+		if s := &sessions[i]; s.Waits() {
+			blockedBy[Node{PID: s.PID}] = Blockers(s)
+		}
+	}
+	t := &Tree{Waiters: map[Node][]int32{}}
 	for pid, waited := range waits {
-		if waited < min || len(blockedBy[pid]) == 0 {
+		if waited < min || len(blockedBy[Node{PID: pid}]) == 0 {
 			continue
 		}
 		// Up the graph to the sessions that wait for no one; a cycle
 		// (a deadlock the server is about to break) has none.
-		seen := map[int32]bool{pid: true}
-		stack := append([]int32(nil), blockedBy[pid]...)
+		seen := map[Node]bool{{PID: pid}: true}
+		stack := append([]Node(nil), blockedBy[Node{PID: pid}]...)
 		for len(stack) > 0 {
 			b := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
@@ -91,9 +126,20 @@ func BlockingTree(sessions []activity.Session, waits map[int32]time.Duration, mi
 			t.Waiters[b] = append(t.Waiters[b], pid)
 		}
 	}
-	sort.Slice(t.Roots, func(i, j int) bool { return t.Roots[i] < t.Roots[j] })
-	for _, w := range t.Waiters {
-		sort.Slice(w, func(i, j int) bool { return w[i] < w[j] })
-	}
+	t.sort()
 	return t
+}
+
+// sort orders the roots, backends by pid first, then prepared
+// transactions by GID, and each root's waiters by pid.
+func (t *Tree) sort() {
+	slices.SortFunc(t.Roots, func(a, b Node) int {
+		if c := strings.Compare(a.GID, b.GID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.PID, b.PID)
+	})
+	for _, w := range t.Waiters {
+		slices.Sort(w)
+	}
 }

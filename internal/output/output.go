@@ -115,6 +115,7 @@ const (
 	kindString
 	kindInt
 	kindInts
+	kindStrs
 	kindTime
 	kindAny
 )
@@ -126,6 +127,7 @@ type value struct {
 	s    string
 	n    int64
 	ints []int32
+	strs []string
 	t    time.Time
 	any  any
 }
@@ -160,11 +162,19 @@ func nullTime(t time.Time) value {
 	return value{kind: kindTime, t: t}
 }
 
+// pidValue is the session's pid; a prepared transaction has none.
+func pidValue(s *activity.Session) value {
+	if s.IsPrepared() {
+		return value{}
+	}
+	return value{kind: kindInt, n: int64(s.PID)}
+}
+
 // fields appends the row's fields to dst.
 func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 	s := &r.Session
 	f := append(dst,
-		field{"pid", value{kind: kindInt, n: int64(s.PID)}},
+		field{"pid", pidValue(s)},
 		field{"leader_pid", nullInt(int64(s.LeaderPID))},
 		field{"datname", nullStr(s.Datname)},
 		field{"usename", nullStr(s.Usename)},
@@ -183,9 +193,10 @@ func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 	if opt.QueryID {
 		f = append(f, field{"query_id", nullInt(s.QueryID)})
 	}
-	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}})
+	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}},
+		field{"blocked_by_prepared", value{kind: kindStrs, strs: s.BlockedByPrepared}})
 	if results {
-		f = append(f, field{"action", nullStr(r.Action)}, field{"outcome", nullStr(r.Outcome)}, field{"detail", nullStr(r.Detail)})
+		f = append(f, field{"gid", nullStr(s.GID)}, field{"action", nullStr(r.Action)}, field{"outcome", nullStr(r.Outcome)}, field{"detail", nullStr(r.Detail)})
 	}
 	if extra {
 		for _, e := range r.Extra {
@@ -259,6 +270,15 @@ func appendJSON(b []byte, v value) ([]byte, error) {
 				b = append(b, ',')
 			}
 			b = strconv.AppendInt(b, int64(n), 10)
+		}
+		return append(b, ']'), nil
+	case kindStrs:
+		b = append(b, '[')
+		for i, x := range v.strs {
+			if i > 0 {
+				b = append(b, ',')
+			}
+			b = appendJSONString(b, x)
 		}
 		return append(b, ']'), nil
 	}
@@ -447,6 +467,14 @@ func csvText(v value) string {
 			parts[i] = strconv.FormatInt(int64(p), 10)
 		}
 		return strings.Join(parts, " ")
+	case kindStrs:
+		// A GID may hold any text, spaces and commas too: a JSON array
+		// keeps each one whole.
+		if len(v.strs) == 0 {
+			return ""
+		}
+		b, _ := appendJSON(nil, v)
+		return string(b)
 	}
 	return fmt.Sprint(v.any)
 }

@@ -49,6 +49,8 @@ func sessions() []activity.Session {
 			BackendStart: ago(time.Minute), XactStart: ago(2 * time.Second), QueryStart: ago(2 * time.Second),
 			StateChange: ago(2 * time.Second), WaitEventType: "Lock", WaitEvent: "relation",
 			Query: "SELECT count(*) FROM stock", BlockedBy: []int32{202},
+			// A GID is any text its owner chose.
+			BlockedByPrepared: []string{"2pc-\x1b[2J7"},
 		},
 		{
 			// Another role's session, as a role without pg_read_all_stats sees it.

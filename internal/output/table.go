@@ -163,7 +163,7 @@ func colorize(cell, title string, r *Row, opt Options) string {
 		sgr = sgrRed
 	case "OUTCOME":
 		switch r.Outcome {
-		case "cancelled", "terminated", "planned":
+		case "cancelled", "terminated", "rolled back", "planned":
 			sgr = sgrGreen
 		case "gone", "protected":
 			sgr = sgrDim
@@ -195,7 +195,10 @@ func ListCells(s *activity.Session, now time.Time) []string {
 func tableRow(r *Row, now time.Time, results bool) []string {
 	s := &r.Session
 	pid := strconv.Itoa(int(s.PID))
-	if s.LeaderPID != 0 && s.LeaderPID != s.PID {
+	switch {
+	case s.IsPrepared():
+		pid = PreparedName(s.GID) // no backend, no pid: its GID names it
+	case s.LeaderPID != 0 && s.LeaderPID != s.PID:
 		pid = "└ " + pid
 	}
 	client := ""
@@ -209,9 +212,12 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	if wait == "Client:ClientRead" && strings.HasPrefix(s.State, "idle") {
 		wait = "" // what idle means; JSON and CSV keep it
 	}
-	blocked := make([]string, len(s.BlockedBy))
-	for i, p := range s.BlockedBy {
-		blocked[i] = strconv.Itoa(int(p))
+	blocked := make([]string, 0, len(s.BlockedBy)+len(s.BlockedByPrepared))
+	for _, p := range s.BlockedBy {
+		blocked = append(blocked, strconv.Itoa(int(p)))
+	}
+	for _, g := range s.BlockedByPrepared {
+		blocked = append(blocked, PreparedName(g))
 	}
 	state := clean(s.State)
 	if s.BackendType != "client backend" && s.BackendType != "" {
@@ -248,6 +254,10 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		clean(s.Query),
 	}
 }
+
+// PreparedName is how a table names a prepared transaction: prepared:GID,
+// the GID cleaned like a query (its owner chose the text).
+func PreparedName(gid string) string { return "prepared:" + clean(gid) }
 
 // clean makes text safe for one table cell on a terminal: runs of
 // whitespace become one space, control characters (escape sequences among

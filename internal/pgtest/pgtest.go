@@ -357,3 +357,49 @@ func AutovacuumWorker(t testing.TB, c *Cluster, db string) int32 {
 	})
 	return pid
 }
+
+// PrepareTransaction runs the statements as user (default: the superuser)
+// in db in a transaction, and prepares it (PREPARE TRANSACTION) as gid (""
+// makes one unique to the test): its locks stay held with no backend. It
+// returns the GID; the transaction is rolled back when the test ends, if it
+// is still prepared (a database with one cannot be dropped).
+func PrepareTransaction(t testing.TB, db, user, gid string, sqls ...string) string {
+	t.Helper()
+	if user == "" {
+		user = Superuser
+	}
+	if gid == "" {
+		gid = Name(t, "gx_")
+	}
+	c := Connect(t, Shared(t).DSN(db, user))
+	ctx := Context(t)
+	for _, sql := range append(append([]string{"BEGIN"}, sqls...), "PREPARE TRANSACTION "+literal(gid)) {
+		if _, err := c.Exec(ctx, sql); err != nil {
+			t.Fatalf("pgtest: prepare transaction: %s: %v", sql, err)
+		}
+	}
+	t.Cleanup(func() { RollbackPrepared(t, db, gid) })
+	return gid
+}
+
+// RollbackPrepared rolls back the prepared transaction gid of db, as the
+// superuser, if it is still there.
+func RollbackPrepared(t testing.TB, db, gid string) {
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	c, err := pgx.Connect(ctx, Shared(t).DSN(db, Superuser))
+	if err != nil {
+		t.Logf("pgtest: rollback prepared %s: %v", gid, err)
+		return
+	}
+	defer c.Close(ctx)
+	if _, err := c.Exec(ctx, "ROLLBACK PREPARED "+literal(gid)); err != nil && SQLState(err) != "42704" {
+		t.Logf("pgtest: rollback prepared %s: %v", gid, err)
+	}
+}
+
+// literal quotes s as an SQL string literal (E'...', whatever
+// standard_conforming_strings says).
+func literal(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
+}

@@ -235,6 +235,25 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 	return s.Query == nil || s.Query.MatchString(sess.Query)
 }
 
+// KeepPrepared reports whether a prepared transaction (a row of
+// activity.Snapshot.Prepared) is within the selection. It has a database,
+// an owner and a backend_type ("prepared transaction"), and nothing else a
+// selector asks about: no application, client, state, query or lock wait
+// of its own; a selection on any of those leaves it out.
+func (s *Selector) KeepPrepared(p *activity.Session) bool {
+	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
+		s.LongerThan > 0 || s.XactLongerThan > 0 || s.Waiting || s.Blocking ||
+		s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0 {
+		return false
+	}
+	match := func(globs []string, v string) bool {
+		return slices.ContainsFunc(globs, func(g string) bool { return globRegexp(g).MatchString(v) })
+	}
+	return (len(s.DB) == 0 || match(s.DB, p.Datname)) && !match(s.ExcludeDB, p.Datname) &&
+		(len(s.User) == 0 || match(s.User, p.Usename)) && !match(s.ExcludeUser, p.Usename) &&
+		(len(s.BackendType) == 0 || match(s.BackendType, p.BackendType))
+}
+
 // Filter is the selection as a snapshot filter over pg_stat_activity "a".
 func (s *Selector) Filter() activity.Filter {
 	where, args := s.Compile("a", 1)

@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
 )
 
 // Options configure the model.
@@ -267,7 +268,9 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 	case "end", "G":
 		m.move(len(m.view))
 	case " ":
-		if r := m.selected(); r != nil {
+		if r := m.selected(); r != nil && r.s.IsPrepared() {
+			m.status, m.bad = preparedNote(r.s), true
+		} else if r != nil {
 			if m.marks[r.id] {
 				delete(m.marks, r.id)
 			} else {
@@ -319,6 +322,11 @@ func (m *Model) quit() (tea.Model, tea.Cmd) {
 	return m, tea.Quit
 }
 
+// preparedNote says why top does not act on a prepared transaction.
+func preparedNote(p *activity.Session) string {
+	return "prepared transaction " + output.Clean(p.GID) + ": no backend to signal; ROLLBACK PREPARED ends it (pgreap unblock --rollback-prepared)"
+}
+
 // propose asks before acting on the marked sessions, or the selected one.
 func (m *Model) propose(kind action.Kind) {
 	switch {
@@ -340,8 +348,12 @@ func (m *Model) propose(kind action.Kind) {
 	hidden := len(m.marks) - len(sessions)
 	if len(sessions) == 0 {
 		r := m.selected()
-		if r == nil {
+		switch {
+		case r == nil:
 			m.status, m.bad = "no session to "+string(kind), true
+			return
+		case r.s.IsPrepared():
+			m.status, m.bad = preparedNote(r.s), true
 			return
 		}
 		sessions = append(sessions, *r.s)
@@ -505,7 +517,7 @@ func (m *Model) rebuild() {
 	} else {
 		rows = make([]row, 0, len(m.all))
 		for i := range m.all {
-			if m.all[i].matches(m.filter) {
+			if !m.all[i].s.IsPrepared() && m.all[i].matches(m.filter) {
 				m.all[i].render(now) // once per snapshot, whatever the view
 				rows = append(rows, m.all[i])
 			}

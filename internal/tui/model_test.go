@@ -604,3 +604,43 @@ func TestTreeWithABlockerNotShown(t *testing.T) {
 		t.Fatalf("BLOCKED BY is not shown:\n%s", m.View())
 	}
 }
+
+// A prepared transaction at the root of a wait: the tree shows it as the
+// root (it has no backend, so no pid), the list of sessions does not, and
+// top never acts on it.
+func TestTreeWithAPreparedRoot(t *testing.T) {
+	t.Parallel()
+	f := incident()
+	f.Snap.Sessions = append(f.Snap.Sessions, activity.Session{PID: 110, Datname: "shop", Usename: "erin", ApplicationName: "ledger",
+		BackendType: "client backend", State: "active", BackendStart: ago(time.Hour), XactStart: ago(90 * time.Second),
+		QueryStart: ago(90 * time.Second), StateChange: ago(90 * time.Second), WaitEventType: "Lock", WaitEvent: "relation",
+		BlockedByPrepared: []string{"tx-42"}, Query: "SELECT count(*) FROM ledger"})
+	f.Snap.Prepared = []activity.Session{{GID: "tx-42", BackendType: activity.BackendTypePrepared, Datname: "shop", Usename: "erin", XactStart: ago(3 * time.Hour)}}
+	f.Waits[110] = 90 * time.Second
+	src := &fakeSource{frames: []*Frame{f}, outcome: terminated}
+	m := New(Options{Source: src, Interval: time.Hour})
+	m.Update(size(140, 16))
+	m.Update(FrameMsg{Frame: f})
+	for i := range m.view {
+		if m.view[i].s.IsPrepared() {
+			t.Fatalf("the list of sessions shows a prepared transaction:\n%s", m.View())
+		}
+	}
+	if !strings.Contains(m.View(), "prepared:tx-42") || !strings.Contains(m.View(), "prepared transactions blocking: 1") {
+		t.Fatalf("BLOCKED BY or the summary does not name it:\n%s", m.View())
+	}
+	m.key(runes("b"))
+	at := slices.IndexFunc(m.view, func(r row) bool { return r.s.IsPrepared() })
+	if at < 0 || m.view[at].depth != 0 || at+1 >= len(m.view) || m.view[at+1].s.PID != 110 || m.view[at+1].depth != 1 {
+		t.Fatalf("tree:\n%s", m.View())
+	}
+	if !strings.Contains(m.View(), "prepared:tx-42") || !strings.Contains(m.View(), "prepared transaction") {
+		t.Fatalf("the root is not named:\n%s", m.View())
+	}
+	m.cursor = at
+	m.key(runes(" "))
+	m.key(runes("t"))
+	if len(m.marks) != 0 || m.ask != nil || !strings.Contains(m.status, "ROLLBACK PREPARED") {
+		t.Fatalf("marks %v, question %v, status %q", m.marks, m.ask, m.status)
+	}
+}

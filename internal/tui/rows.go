@@ -8,6 +8,7 @@ import (
 	"time"
 
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 )
 
@@ -15,11 +16,15 @@ import (
 // follows (pid, backend_start) across refreshes, never a pid alone.
 type ident struct {
 	pid   int32
-	start int64 // backend_start in microseconds
+	start int64  // backend_start in microseconds (a prepared transaction's: when prepared)
+	gid   string // a prepared transaction's, which has no pid
 }
 
 func identOf(s *activity.Session) ident {
-	return ident{s.PID, s.BackendStart.UnixMicro()}
+	if s.IsPrepared() {
+		return ident{gid: s.GID, start: s.XactStart.UnixMicro()}
+	}
+	return ident{pid: s.PID, start: s.BackendStart.UnixMicro()}
 }
 
 // row is one line of the table: a session with its parallel workers
@@ -52,10 +57,12 @@ const (
 
 // rowsOf folds each parallel worker into its leader's row (the snapshot
 // puts workers right after their leader); a worker whose leader is not in
-// the snapshot (PostgreSQL 12 does not say) is a row of its own.
+// the snapshot (PostgreSQL 12 does not say) is a row of its own. The
+// prepared transactions sessions wait on come last: the blocking tree
+// shows them as roots, the list of sessions does not.
 func rowsOf(f *Frame) []row {
 	sessions := f.Snap.Sessions
-	rows := make([]row, 0, len(sessions))
+	rows := make([]row, 0, len(sessions)+len(f.Snap.Prepared))
 	for i := range sessions {
 		s := &sessions[i]
 		if n := len(rows); n > 0 && s.LeaderPID != 0 && s.LeaderPID != s.PID && rows[n-1].s.PID == s.LeaderPID {
@@ -63,6 +70,10 @@ func rowsOf(f *Frame) []row {
 			continue
 		}
 		rows = append(rows, row{s: s, id: identOf(s), age: s.StateAge(f.Snap.Taken), wait: f.Waits[s.PID]})
+	}
+	for i := range f.Snap.Prepared {
+		p := &f.Snap.Prepared[i]
+		rows = append(rows, row{s: p, id: identOf(p), age: p.StateAge(f.Snap.Taken)})
 	}
 	return rows
 }
@@ -86,6 +97,9 @@ func (r *row) render(now time.Time) {
 	}
 	r.cells = output.ListCells(s, now)
 	pid := strconv.Itoa(int(r.s.PID))
+	if r.s.IsPrepared() {
+		pid = r.cells[colPID]
+	}
 	if r.depth > 0 {
 		pid = strings.Repeat("  ", r.depth-1) + "└ " + pid
 	}
@@ -179,14 +193,15 @@ func sortRows(rows []row, k sortKey) {
 // those that wait on a session not shown after the others. A session is
 // shown once, under the first blocker that reaches it.
 func blockingTree(rows []row) []row {
-	at := make(map[int32]int, len(rows))
+	at := make(map[maintenance.Node]int, len(rows))
 	for i := range rows {
-		at[rows[i].s.PID] = i
+		at[maintenance.NodeOf(rows[i].s)] = i
 	}
-	waiters := map[int32][]int{}
+	waiters := map[maintenance.Node][]int{}
 	for i := range rows {
-		for _, b := range rows[i].s.BlockedBy {
-			if _, ok := at[b]; ok && b != rows[i].s.PID && !slices.Contains(waiters[b], i) {
+		self := maintenance.NodeOf(rows[i].s)
+		for _, b := range maintenance.Blockers(rows[i].s) {
+			if _, ok := at[b]; ok && b != self && !slices.Contains(waiters[b], i) {
 				waiters[b] = append(waiters[b], i)
 			}
 		}
@@ -199,9 +214,9 @@ func blockingTree(rows []row) []row {
 			return cmp.Compare(rows[a].s.PID, rows[b].s.PID)
 		})
 	}
-	involved := func(r *row) bool { return len(r.s.BlockedBy) > 0 || len(waiters[r.s.PID]) > 0 }
+	involved := func(r *row) bool { return r.s.Waits() || len(waiters[maintenance.NodeOf(r.s)]) > 0 }
 	isRoot := func(r *row) bool {
-		for _, b := range r.s.BlockedBy {
+		for _, b := range maintenance.Blockers(r.s) {
 			if _, ok := at[b]; ok {
 				return false
 			}
@@ -214,10 +229,16 @@ func blockingTree(rows []row) []row {
 			roots = append(roots, i)
 		}
 	}
+	waits := func(r *row) int {
+		if r.s.Waits() {
+			return 1
+		}
+		return 0
+	}
 	slices.SortStableFunc(roots, func(a, b int) int {
 		// A root that waits itself waits on a session not shown (left
 		// out by the selectors): true roots come first.
-		if c := cmp.Compare(min(len(rows[a].s.BlockedBy), 1), min(len(rows[b].s.BlockedBy), 1)); c != 0 {
+		if c := cmp.Compare(waits(&rows[a]), waits(&rows[b])); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(rows[b].age, rows[a].age); c != 0 {
@@ -236,7 +257,7 @@ func blockingTree(rows []row) []row {
 		r := rows[i]
 		r.depth, r.cells = depth, nil
 		out = append(out, r)
-		for _, w := range waiters[r.s.PID] {
+		for _, w := range waiters[maintenance.NodeOf(r.s)] {
 			walk(w, depth+1)
 		}
 	}

@@ -105,11 +105,14 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	for i := range snap.Sessions {
 		if d.sel.Keep(&snap.Sessions[i]) {
 			kept = append(kept, snap.Sessions[i])
-			waiting = waiting || len(snap.Sessions[i].BlockedBy) > 0
+			waiting = waiting || snap.Sessions[i].Waits()
 		}
 	}
 	snap.Sessions = kept
 	f := &Frame{Snap: snap, Server: serverName(conn)}
+	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
+		return nil, err
+	}
 	if waiting {
 		// A second statement only when there is a wait to time.
 		if f.Waits, err = maintenance.Waits(ctx, conn); err != nil {

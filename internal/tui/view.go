@@ -200,27 +200,34 @@ func (m *Model) summarize() {
 		return
 	}
 	var states = map[string]int{}
-	workers, waiting := 0, 0
+	workers, waiting, prepared := 0, 0, 0
 	var longest time.Duration
 	var longestPID int32
 	for i := range m.all {
 		s := m.all[i].s
+		if s.IsPrepared() {
+			prepared++
+			continue
+		}
 		states[s.State]++
 		workers += len(m.all[i].workers)
-		if len(s.BlockedBy) > 0 {
+		if s.Waits() {
 			waiting++
 		}
 		if !s.XactStart.IsZero() && m.frame.Snap.Taken.Sub(s.XactStart) > longest {
 			longest, longestPID = m.frame.Snap.Taken.Sub(s.XactStart), s.PID
 		}
 	}
-	parts := []string{fmt.Sprintf("%s: %d active, %d idle", sessionCount(len(m.all)), states["active"], states["idle"])}
+	parts := []string{fmt.Sprintf("%s: %d active, %d idle", sessionCount(len(m.all)-prepared), states["active"], states["idle"])}
 	iit := states["idle in transaction"] + states["idle in transaction (aborted)"]
 	if iit > 0 {
 		parts[0] += m.st.paint(m.st.yellow, fmt.Sprintf(", %d idle in transaction", iit))
 	}
 	if waiting > 0 {
 		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("%d waiting on locks", waiting)))
+	}
+	if prepared > 0 {
+		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("prepared transactions blocking: %d (b shows them)", prepared)))
 	}
 	if workers > 0 {
 		parts = append(parts, fmt.Sprintf("%d parallel workers", workers))
@@ -510,6 +517,12 @@ func (m *Model) detailLines(r *row) []string {
 		{"state_change", ts(s.StateChange)},
 		{"wait_event", wait},
 		{"blocked_by", joinPIDs(s.BlockedBy)},
+	}
+	if len(s.BlockedByPrepared) > 0 {
+		fields = append(fields, [2]string{"prepared blockers", strings.Join(s.BlockedByPrepared, ", ")})
+	}
+	if s.IsPrepared() {
+		fields[0] = [2]string{"gid", s.GID}
 	}
 	if m.frame.Snap.HasQueryID() && s.QueryID != 0 {
 		fields = append(fields, [2]string{"query_id", strconv.FormatInt(s.QueryID, 10)})

@@ -1,0 +1,157 @@
+package cli_test
+
+import (
+	"os"
+	"path/filepath"
+	"strings"
+	"testing"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// preparedPileUp makes a lock pile-up whose root is a prepared transaction
+// holding t's ACCESS EXCLUSIVE lock, in a database of its own; pgreap runs
+// connected to postgres, another database.
+func preparedPileUp(t *testing.T) (db, gid string, waiter *pgtest.Victim) {
+	t.Helper()
+	db = pgtest.NewDB(t)
+	owner := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	owner.Exec("CREATE TABLE t (id int)")
+	gid = pgtest.PrepareTransaction(t, db, "", "", "LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+	waiter = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	waiter.Start("SELECT count(*) FROM t")
+	waiter.WaitState("active", "Lock")
+	return db, gid, waiter
+}
+
+func prepared(t *testing.T, gid string) bool {
+	t.Helper()
+	var n int
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+		"SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = $1", gid).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+// pg_blocking_pids says 0 for a prepared transaction: ls names it by its
+// GID, and blocked_by has backends only.
+func TestLsNamesThePreparedTransactionAWaiterWaitsOn(t *testing.T) {
+	t.Parallel()
+	db, gid, waiter := preparedPileUp(t)
+
+	r := run(t, false, "ls", "--db", db, "--waiting", "-o", "json")
+	r.wantCode(t, 0)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["pid"] != float64(waiter.PID) {
+		t.Fatalf("rows %v", rows)
+	}
+	if by := rows[0]["blocked_by"].([]any); len(by) != 0 {
+		t.Errorf("blocked_by %v: a prepared transaction is no backend", by)
+	}
+	if by := rows[0]["blocked_by_prepared"].([]any); len(by) != 1 || by[0] != gid {
+		t.Errorf("blocked_by_prepared %v, want [%s]", by, gid)
+	}
+
+	r = run(t, false, "ls", "--db", db, "--waiting")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, "prepared:"+gid[:10]) { // the cell is cut to its width
+		t.Errorf("table:\n%s", r.out)
+	}
+}
+
+// A prepared transaction at the root: shown as a row of its own, left
+// alone (protected, exit 3) unless --rollback-prepared; then rolled back,
+// in its own database, and its waiter gets its lock.
+func TestUnblockPreparedTransactionAtTheRoot(t *testing.T) {
+	t.Parallel()
+	db, gid, waiter := preparedPileUp(t)
+
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes")
+	r.wantCode(t, 3)
+	if !strings.Contains(r.out, "prepared:"+gid) || !strings.Contains(r.out, "└ waits") || !strings.Contains(r.out, "protected") {
+		t.Fatalf("stdout:\n%s", r.out)
+	}
+	if !prepared(t, gid) || !waiter.Alive() {
+		t.Fatal("unblock without --rollback-prepared ended something")
+	}
+
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--dry-run", "-o", "json")
+	r.wantCode(t, 3)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 2 {
+		t.Fatalf("rows %v", rows)
+	}
+	root, w := rows[0], rows[1]
+	if root["pid"] != nil || root["gid"] != gid || root["backend_type"] != "prepared transaction" ||
+		root["datname"] != db || root["usename"] != pgtest.Superuser || root["xact_start"] == nil ||
+		root["action"] != "rollback" || root["outcome"] != "protected" || root["guard"] != nil ||
+		!strings.HasPrefix(root["detail"].(string), "prepared transaction '"+gid+"', prepared ") ||
+		!strings.HasSuffix(root["detail"].(string), "ago: end it with ROLLBACK PREPARED or COMMIT PREPARED, or --rollback-prepared") {
+		t.Fatalf("root row %v", root)
+	}
+	if w["pid"] != float64(waiter.PID) || w["outcome"] != nil || w["blocked_by_prepared"].([]any)[0] != gid {
+		t.Fatalf("waiter row %v", w)
+	}
+	// As a plan, there is nothing apply may do: it never rolls back.
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", plan)
+	if r.code == 0 || !prepared(t, gid) {
+		t.Fatalf("apply of a plan with a prepared root: exit %d, stderr %q", r.code, r.errOut)
+	}
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared", "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	if rows := jsonRows(t, r.out); rows[0]["outcome"] != "planned" {
+		t.Fatalf("rows %v", rows)
+	}
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", plan)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "apply does not roll back prepared transactions") || !prepared(t, gid) {
+		t.Fatalf("apply of a planned rollback: stderr %q", r.errOut)
+	}
+
+	// Without a terminal, --yes is needed, and nothing is done.
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared")
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "roll back 1 prepared transaction") || !prepared(t, gid) {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared", "--yes", "-o", "json")
+	r.wantCode(t, 0)
+	rows = jsonRows(t, r.out)
+	if rows[0]["gid"] != gid || rows[0]["outcome"] != "rolled back" {
+		t.Fatalf("rows %v", rows)
+	}
+	if prepared(t, gid) {
+		t.Fatal("still prepared after rolled back")
+	}
+	// The client's side: its query got the lock and completed.
+	if err := waiter.Wait(); err != nil {
+		t.Fatalf("the waiter's query: %v", err)
+	}
+}
+
+// The selectors choose prepared roots by database and owner; a selection
+// on what only a backend has leaves them out.
+func TestUnblockSelectorsAndPreparedRoots(t *testing.T) {
+	t.Parallel()
+	db, gid, _ := preparedPileUp(t)
+	for _, args := range [][]string{
+		{"--db", db, "--user", "nobody_" + db},
+		{"--db", db, "--app", "*"},
+		{"--db", db, "--exclude-db", db},
+	} {
+		r := run(t, false, append([]string{"unblock", "--longer-than", "0s", "--yes", "--rollback-prepared"}, args...)...)
+		r.wantCode(t, 1)
+		if !prepared(t, gid) {
+			t.Fatalf("%v rolled it back", args)
+		}
+	}
+}

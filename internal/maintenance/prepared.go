@@ -1,0 +1,108 @@
+package maintenance
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+)
+
+//go:embed sql/prepared.sql
+var preparedSQL string
+
+// PreparedDetail says why a prepared transaction at the root of lock waits
+// was left alone, and how to end it.
+func PreparedDetail(p *activity.Session, now time.Time) string {
+	return fmt.Sprintf("prepared transaction '%s', prepared %s ago: end it with ROLLBACK PREPARED or COMMIT PREPARED, or --rollback-prepared",
+		p.GID, ago(now.Sub(p.XactStart)))
+}
+
+// ago is a duration as a person says it: 3h, 12m, 40s.
+func ago(d time.Duration) string {
+	switch {
+	case d >= time.Hour:
+		return fmt.Sprintf("%dh", int(d/time.Hour))
+	case d >= time.Minute:
+		return fmt.Sprintf("%dm", int(d/time.Minute))
+	}
+	return fmt.Sprintf("%ds", int(max(d, 0)/time.Second))
+}
+
+// RollbackPrepared rolls back the prepared transaction p (a row of
+// Snapshot.Prepared) with ROLLBACK PREPARED, on conn, which must be
+// connected to p's database. It is guarded by (GID, prepared time): a GID
+// is free again once its transaction ended, and one that a new transaction
+// took is that one's, reported changed. ROLLBACK PREPARED runs on its own
+// (never in a transaction block) and takes the GID only, so the guard is
+// read just before it; the transaction's id, read with the guard, says
+// afterwards whether the transaction named was the one rolled back.
+//
+// Rolling back a prepared transaction can break the atomicity of the
+// distributed transaction it is a part of (another system may have
+// committed its side): the caller asks for it explicitly.
+func RollbackPrepared(ctx context.Context, conn *pgx.Conn, p *activity.Session) (action.Outcome, string) {
+	var (
+		prepared        time.Time
+		database, owner string
+		xid             int64
+	)
+	err := conn.QueryRow(ctx, preparedSQL, p.GID).Scan(&prepared, &database, &owner, &xid)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return action.Gone, "ended (committed or rolled back) before the rollback"
+	case err != nil:
+		return outcomeOf(err)
+	case !prepared.Equal(p.XactStart) || database != p.Datname:
+		return action.Changed, fmt.Sprintf("the GID names another transaction now, prepared %s in %s: left alone",
+			prepared.Format(time.RFC3339Nano), database)
+	}
+	if _, err := conn.Exec(ctx, "ROLLBACK PREPARED "+quoteLiteral(p.GID)); err != nil {
+		return outcomeOf(err)
+	}
+	var status *string
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.txid_status($1)", xid).Scan(&status); err != nil {
+		return action.Survived, fmt.Sprintf("ROLLBACK PREPARED returned, and the transaction's state could not be read: %v", err)
+	}
+	switch {
+	case status != nil && *status == "aborted":
+		return action.RolledBack, ""
+	case status != nil && *status == "committed":
+		// Committed by someone else between the guard and the rollback,
+		// and a new transaction prepared with the same GID: that one is
+		// what ROLLBACK PREPARED ended.
+		return action.Changed, "committed by another session just before the rollback; a new transaction with the same GID was rolled back instead"
+	}
+	return action.Survived, "ROLLBACK PREPARED returned, and the transaction is not shown aborted"
+}
+
+// outcomeOf is the outcome of a rollback the server refused.
+func outcomeOf(err error) (action.Outcome, string) {
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) {
+		return action.Survived, fmt.Sprintf("not verified: %v", err)
+	}
+	switch pgErr.Code {
+	case "42704": // undefined_object: no such GID any more
+		return action.Gone, "ended (committed or rolled back) before the rollback"
+	case "42501": // insufficient_privilege
+		return action.Denied, pgErr.Message + ": only its owner or a superuser may end it"
+	case "55000": // object_not_in_prerequisite_state: another session is ending it
+		return action.Changed, pgErr.Message + ": another session is ending it"
+	}
+	return action.Denied, pgErr.Message
+}
+
+// quoteLiteral quotes s as an escape string literal: ROLLBACK PREPARED
+// takes a literal, not a parameter, and E'...' reads the same whatever
+// standard_conforming_strings says.
+func quoteLiteral(s string) string {
+	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
+}
