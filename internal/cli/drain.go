@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,6 +35,7 @@ type DrainOptions struct {
 	Timeout            time.Duration
 	Escalate           bool
 	Grace              time.Duration
+	DryRun             bool
 	IncludeReplication bool
 	IncludeAutovacuum  bool
 }
@@ -62,16 +64,33 @@ workers still start in the database when a table needs it. drain leaves
 them alone (they are not clients) and says so; --include-autovacuum ends
 those present at each round.
 
-After --timeout (default 60s) with sessions still connected, drain lists
-them and exits 3: the database stays blocked. pgreap never connects to the
-database it drains. The record lives in $PGREAP_STATE_DIR, else
-$XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain; undrain
-reads it there, even after drain was killed.
+While it works, drain shows how many sessions are left on one line of
+standard error, when that is a terminal. After --timeout (default 60s)
+with sessions still connected, drain lists them and exits 3: the database
+stays blocked. pgreap never connects to the database it drains.
 
-Exit status: 0 drained and held, 2 usage or connection error or no
-privilege (nothing done), 3 sessions left at the timeout or interrupted
-(the database stays blocked).`,
-		Example: `  pgreap drain shop
+--dry-run changes nothing: it says on standard error what drain would
+record (the record's path, datallowconn and datconnlimit) and set
+(ALLOW_CONNECTIONS false), and lists the sessions its first round would
+end, judged as that round would judge them: planned, or protected or
+denied with the reason; with --escalate, the running queries it would
+cancel first. It writes no record, alters nothing, asks nothing. On a
+database drained already, it says the record drain would keep. Its -o
+json rows are no plan for 'pgreap apply' (which would end the sessions
+and block nothing): 'pgreap kick --db NAME --dry-run -o json' is. It exits
+3 when some session is one drain could not end (denied, a walsender
+without --include-replication): a real drain would not empty the
+database.
+
+The record lives in $PGREAP_STATE_DIR, else $XDG_STATE_HOME/pgreap/drain,
+else ~/.local/state/pgreap/drain; undrain reads it there, even after drain
+was killed.
+
+Exit status: 0 drained and held (with --dry-run: drain would be), 2
+usage or connection error or no privilege (nothing done), 3 sessions left
+at the timeout or interrupted (the database stays blocked).`,
+		Example: `  pgreap drain shop --dry-run
+  pgreap drain shop
   pgreap drain shop --timeout 5m --escalate --grace 30s
   pgreap undrain shop`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -105,6 +124,7 @@ privilege (nothing done), 3 sessions left at the timeout or interrupted
 	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "with --escalate: how long queries get to end after the cancel (`D`)")
 	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "end walsenders of the database too")
 	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "end autovacuum workers of the database too")
+	fs.BoolVar(&opts.DryRun, "dry-run", false, "change nothing: say what drain would record and block, and list the sessions it would end")
 	return cmd
 }
 
@@ -142,21 +162,19 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if !settings.MayAlter {
 		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", name))
 	}
+	rec, kept, err := drainRecord(opts, path, settings)
+	if err != nil {
+		return err
+	}
+	if opts.DryRun {
+		return drainDryRun(ctx, opts, conn, path, settings, rec, kept)
+	}
 	// The record first: whatever happens next, undrain can restore.
-	rec, err := maintenance.ReadRecord(path)
-	switch {
-	case err == nil && rec.RestoredAt == nil:
+	if kept {
 		fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: already drained; keeping the settings recorded at %s in %s\n",
 			name, rec.RecordedAt.Format(time.RFC3339), path)
-	case err == nil || errors.Is(err, os.ErrNotExist):
-		cfg, _ := opts.ConnConfig()
-		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: name,
-			AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit, RecordedAt: opts.Now().UTC()}
-		if err := maintenance.WriteRecord(path, rec); err != nil {
-			return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
-		}
-	default:
-		return usageError(fmt.Errorf("%w; nothing done (remove it, or restore by hand, if it is damaged)", err))
+	} else if err := maintenance.WriteRecord(path, rec); err != nil {
+		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
 	if err := maintenance.Block(ctx, conn, name); err != nil {
 		return err
@@ -166,13 +184,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 
 	start := opts.Now()
 	deadline := start.Add(opts.Timeout)
-	sel := &selector.Selector{DB: []string{name}}
 	ended := map[int32]action.Result{}
 	var last *action.Plan
 	var autovacuum []int32
 	for round := 0; ; round++ {
-		plan, err := action.Choose(ctx, conn, action.Request{Action: action.Terminate, Selector: sel,
-			IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum})
+		plan, err := action.Choose(ctx, conn, drainRequest(opts))
 		if err != nil {
 			return drainStopped(opts, err, held)
 		}
@@ -182,7 +198,9 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		// end says they are there.
 		autovacuum = autovacuumIn(plan)
 		left := len(plan.Results) - len(autovacuum)
-		if opts.IO.OutTTY {
+		// The progress line is redrawn with \r on standard error: only a
+		// terminal there shows it as one line; a log would get them all.
+		if opts.IO.ErrTTY {
 			fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d session%s left, %.1fs ", name, left, plural(left), opts.Now().Sub(start).Seconds())
 		}
 		if left == 0 {
@@ -215,7 +233,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			}
 		}
 	}
-	if opts.IO.OutTTY {
+	if opts.IO.ErrTTY {
 		fmt.Fprintln(opts.IO.ErrOut)
 	}
 	held += autovacuumNote(opts, autovacuum)
@@ -284,7 +302,7 @@ func autovacuumNote(opts *DrainOptions, present []int32) string {
 
 // drainStopped: interrupted or failed after the database was blocked.
 func drainStopped(opts *DrainOptions, err error, held string) error {
-	if opts.IO.OutTTY {
+	if opts.IO.ErrTTY {
 		fmt.Fprintln(opts.IO.ErrOut)
 	}
 	if errors.Is(err, context.Canceled) {
@@ -309,4 +327,102 @@ func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		return nil, nil, err
 	}
 	return conn, settings, nil
+}
+
+// drainRequest is what each round of a drain chooses, the dry run's
+// included: every client session of the database, under the protections.
+func drainRequest(opts *DrainOptions) action.Request {
+	return action.Request{Action: action.Terminate, Selector: &selector.Selector{DB: []string{opts.Database}},
+		IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum}
+}
+
+// drainRecord is the record a drain works under: the one of a drain not yet
+// undone, kept (a second drain must not record the blocked state as the
+// one to restore), else a new one of the settings now.
+func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings) (rec *maintenance.Record, kept bool, err error) {
+	rec, err = maintenance.ReadRecord(path)
+	switch {
+	case err == nil && rec.RestoredAt == nil:
+		return rec, true, nil
+	case err == nil || errors.Is(err, os.ErrNotExist):
+		cfg, _ := opts.ConnConfig()
+		return &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
+			AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit, RecordedAt: opts.Now().UTC()}, false, nil
+	}
+	return nil, false, usageError(fmt.Errorf("%w; nothing done (remove it, or restore by hand, if it is damaged)", err))
+}
+
+// drainDryRun says, on standard error, what drain would record and block,
+// and prints the sessions its first round would end, judged by the
+// signalling statement as the real round is, without a signal. It writes
+// nothing and alters nothing; its reads take no lock that holds anyone up.
+func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
+	name, w := opts.Database, opts.IO.ErrOut
+	recorded := fmt.Sprintf("datallowconn %t, datconnlimit %d", rec.AllowConnections, rec.ConnectionLimit)
+	if kept {
+		fmt.Fprintf(w, "pgreap: dry run: %s is drained already: drain would keep the settings recorded at %s in %s (%s), the ones undrain restores\n",
+			name, rec.RecordedAt.Format(time.RFC3339), path, recorded)
+	} else {
+		note := ""
+		if !rec.AllowConnections {
+			note = "; it refuses connections now, so undrain would leave it so"
+		}
+		fmt.Fprintf(w, "pgreap: dry run: drain would first record %s's settings in %s: %s%s\n", name, path, recorded, note)
+	}
+	now := ""
+	if !settings.AllowConnections {
+		now = " (it is false now)"
+	}
+	fmt.Fprintf(w, "pgreap: dry run: drain would then set ALLOW_CONNECTIONS false on %s%s: new connections refused, superusers' too\n", name, now)
+
+	plan, err := action.Choose(ctx, conn, drainRequest(opts))
+	if err != nil {
+		return err
+	}
+	if _, err := action.Execute(ctx, conn, plan, action.Options{DryRun: true}); err != nil {
+		return err
+	}
+	autovacuum := autovacuumIn(plan)
+	n := plan.Count(action.Planned)
+	how := fmt.Sprintf("terminate %d session%s (planned)", n, plural(n))
+	if opts.Escalate {
+		how = fmt.Sprintf("end %d session%s (planned), cancelling the running queries and terminating the others, then terminating what still runs the same query after --grace %s,",
+			n, plural(n), opts.Grace)
+		for i := range plan.Results {
+			if r := &plan.Results[i]; r.Outcome == action.Planned && (r.State == "active" || r.State == "fastpath function call") {
+				r.Detail = fmt.Sprintf("runs a query: cancelled first, terminated if it still runs it after --grace %s", opts.Grace)
+			}
+		}
+	}
+	if len(plan.Results) > 0 || opts.Format != output.Table {
+		if err := writeResults(opts.IO, opts.Format, opts.Color, plan, plan.Results, false); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until 'pgreap undrain %s'%s\n",
+		how, opts.Timeout, name, name, autovacuumNote(opts, autovacuum))
+	if left := drainCannotEnd(plan, autovacuum); left > 0 {
+		return &exitError{ExitIncomplete, fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
+			name, left, plural(left), opts.Timeout, name)}
+	}
+	fmt.Fprintf(w, "pgreap: dry run: nothing was changed\n")
+	return nil
+}
+
+// drainCannotEnd counts the sessions a drain would still find at its
+// timeout: refused (denied, or protected: a walsender, a background worker),
+// but for autovacuum workers, which drain leaves alone, and parallel
+// workers and backends starting or exiting, which do not stay.
+func drainCannotEnd(plan *action.Plan, autovacuum []int32) int {
+	n := 0
+	for _, r := range plan.Results {
+		switch {
+		case r.Outcome != action.Denied && r.Outcome != action.Protected,
+			slices.Contains(autovacuum, r.PID),
+			r.Outcome == action.Protected && (r.BackendType == "parallel worker" || r.BackendType == ""):
+			continue
+		}
+		n++
+	}
+	return n
 }

@@ -3,6 +3,8 @@ package cli_test
 import (
 	"context"
 	"errors"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -144,6 +146,8 @@ func TestDrainBadInput(t *testing.T) {
 		{[]string{"drain", db, "--timeout", "0s"}, "--timeout must be more than zero"},
 		{[]string{"-d", "dbname=" + db, "drain", db}, "pgreap would connect to"},
 		{[]string{"-U", stranger, "drain", db}, "needs its owner or a superuser"},
+		{[]string{"drain", "nosuchdb_" + db, "--dry-run"}, `database "nosuchdb_` + db + `": no such database`},
+		{[]string{"-U", stranger, "drain", db, "--dry-run"}, "needs its owner or a superuser"},
 		{[]string{"undrain", db}, "no drain record for " + db},
 		{[]string{"undrain", db, "--connection-limit", "3"}, "give both --allow-connections and --connection-limit"},
 	}
@@ -195,21 +199,211 @@ func TestDrainEscalateCancelsFirst(t *testing.T) {
 	}
 }
 
-// On a terminal, drain shows how many sessions are left as it works.
-func TestDrainProgressOnATerminal(t *testing.T) {
+// drainStreams runs pgreap on in-memory streams with standard output and
+// standard error each a terminal or not.
+func drainStreams(t *testing.T, outTTY, errTTY bool, args ...string) result {
+	t.Helper()
+	streams, out, errOut := cli.Test()
+	streams.OutTTY, streams.ErrTTY = outTTY, errTTY
+	code := cli.Run(pgtest.Context(t), args, streams)
+	return result{code, out.String(), errOut.String()}
+}
+
+// Drain shows how many sessions are left as it works, redrawn with \r on
+// standard error: only when standard error is a terminal, whatever
+// standard output is, so a redirected log gets no \r lines.
+func TestDrainProgressOnlyWhenStderrIsATerminal(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	reopen(t, db)
 	pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	r := run(t, true, "drain", db)
+	r := drainStreams(t, false, true, "drain", db)
 	r.wantCode(t, 0)
 	if !strings.Contains(r.errOut, "\r"+db+": 1 session left, ") || !strings.Contains(r.errOut, "\r"+db+": 0 sessions left, ") {
-		t.Fatalf("stderr %q", r.errOut)
+		t.Fatalf("stderr a terminal, stdout not: stderr %q", r.errOut)
 	}
-	r = run(t, false, "undrain", db)
+	run(t, false, "undrain", db).wantCode(t, 0)
+
+	pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	r = drainStreams(t, true, false, "drain", db)
 	r.wantCode(t, 0)
-	if r2 := run(t, false, "drain", db); strings.Contains(r2.errOut, "\r") {
-		t.Fatalf("progress without a terminal: %q", r2.errOut)
+	if strings.Contains(r.errOut, "\r") || !strings.Contains(r.errOut, "is drained (1 session ended)") {
+		t.Fatalf("stdout a terminal, stderr not: stderr %q", r.errOut)
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
+}
+
+// recordsOf is the drain records of a database in the tests' state dir.
+func recordsOf(t *testing.T, db string) []string {
+	t.Helper()
+	files, err := filepath.Glob(filepath.Join(os.Getenv("PGREAP_STATE_DIR"), "*_"+db+".json"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return files
+}
+
+// A dry run says what drain would record and block, lists the sessions it
+// would end as planned, and changes nothing: no record, the settings as
+// they were, every session still there, new connections still let in.
+func TestDrainDryRunChangesNothing(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" CONNECTION LIMIT 7")
+	idle := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	inTx := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	inTx.Exec("BEGIN")
+	sleeper := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	sleeper.Start("SELECT pg_catalog.pg_sleep(60)")
+	sleeper.WaitState("active", "")
+	other := pgtest.NewVictim(t, pgtest.VictimOptions{})
+
+	// No terminal and no --yes: a dry run asks nothing.
+	r := run(t, false, "drain", db, "--dry-run", "--escalate", "--grace", "30s", "-o", "json")
+	r.wantCode(t, 0)
+	var rows []map[string]any
+	for _, row := range jsonRows(t, r.out) {
+		// Autovacuum visits every database now and then: not a client.
+		if row["backend_type"] != "autovacuum worker" {
+			rows = append(rows, row)
+		}
+	}
+	planned := map[int32]string{}
+	for _, row := range rows {
+		if row["outcome"] != "planned" || row["action"] != "terminate" || row["datname"] != db {
+			t.Errorf("row %v", row)
+		}
+		if _, ok := row["guard"]; ok {
+			t.Errorf("a drain's dry run is no plan for apply: %v", row)
+		}
+		planned[int32(row["pid"].(float64))], _ = row["detail"].(string)
+	}
+	if len(rows) != 3 || len(planned) != 3 {
+		t.Fatalf("%d rows, want the 3 sessions of %s:\n%s", len(rows), db, r.out)
+	}
+	if d, ok := planned[sleeper.PID]; !ok || !strings.Contains(d, "cancelled first, terminated if it still runs it after --grace 30s") {
+		t.Errorf("the running query: %q", d)
+	}
+	if d, ok := planned[idle.PID]; !ok || d != "" {
+		t.Errorf("the idle session: %q, %t", d, ok)
+	}
+	if _, ok := planned[inTx.PID]; !ok {
+		t.Errorf("the session in a transaction is not planned")
+	}
+	for _, want := range []string{
+		"pgreap: dry run: drain would first record " + db + "'s settings in ",
+		"_" + db + ".json: datallowconn true, datconnlimit 7\n",
+		"pgreap: dry run: drain would then set ALLOW_CONNECTIONS false on " + db + ": new connections refused, superusers' too\n",
+		"pgreap: dry run: drain would end 3 sessions (planned), cancelling the running queries and terminating the others, then terminating what still runs the same query after --grace 30s, and look again until none is left",
+		"pgreap: dry run: nothing was changed\n",
+	} {
+		if !strings.Contains(r.errOut, want) {
+			t.Errorf("stderr lacks %q:\n%s", want, r.errOut)
+		}
+	}
+
+	// Nothing changed.
+	if !idle.Alive() || !inTx.Alive() || !sleeper.Alive() || !other.Alive() {
+		t.Fatal("a dry run ended a session")
+	}
+	inTx.Exec("SELECT 1") // its transaction goes on
+	if allow, limit := dbSettings(t, db); !allow || limit != 7 {
+		t.Fatalf("after the dry run: ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", allow, limit)
+	}
+	if files := recordsOf(t, db); len(files) != 0 {
+		t.Fatalf("a dry run wrote %v", files)
+	}
+	if err := connectTo(t, db, pgtest.Superuser); err != nil {
+		t.Fatalf("new connections after the dry run: %v", err)
+	}
+
+	// Applied, it would end the sessions and block nothing: apply refuses it.
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if a := run(t, false, "apply", plan); a.code != 2 || !idle.Alive() {
+		t.Fatalf("apply of a drain's dry run: exit %d, stderr %s", a.code, a.errOut)
+	}
+
+	// Table and CSV list the same sessions, planned.
+	for _, format := range []string{"table", "csv"} {
+		r := run(t, false, "drain", db, "--dry-run", "-o", format)
+		r.wantCode(t, 0)
+		if n := strings.Count(r.out, "planned"); n != 3 {
+			t.Errorf("-o %s: %d planned, want 3:\n%s", format, n, r.out)
+		}
+	}
+	if len(recordsOf(t, db)) != 0 || !sleeper.Alive() {
+		t.Fatal("a dry run changed something")
+	}
+}
+
+// On a database drained already, the dry run names the record a drain
+// would keep, and leaves it as it is.
+func TestDrainDryRunOfADrainedDatabase(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" CONNECTION LIMIT 4")
+	run(t, false, "drain", db).wantCode(t, 0)
+	files := recordsOf(t, db)
+	if len(files) != 1 {
+		t.Fatalf("records %v", files)
+	}
+	before, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+
+	r := run(t, false, "drain", db, "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	clients := 0
+	for _, row := range jsonRows(t, r.out) {
+		if row["backend_type"] != "autovacuum worker" { // it visits every database now and then
+			clients++
+		}
+	}
+	if clients != 0 ||
+		!strings.Contains(r.errOut, "pgreap: dry run: "+db+" is drained already: drain would keep the settings recorded at ") ||
+		!strings.Contains(r.errOut, files[0]+" (datallowconn true, datconnlimit 4), the ones undrain restores\n") ||
+		!strings.Contains(r.errOut, "ALLOW_CONNECTIONS false on "+db+" (it is false now)") ||
+		!strings.Contains(r.errOut, "drain would terminate 0 sessions (planned) and look again") {
+		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)
+	}
+	after, err := os.ReadFile(files[0])
+	if err != nil || string(after) != string(before) {
+		t.Fatalf("the record changed (%v):\n%s\nwas\n%s", err, after, before)
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
+	if allow, limit := dbSettings(t, db); !allow || limit != 4 {
+		t.Fatalf("after undrain: %t %d", allow, limit)
+	}
+}
+
+// A dry run judges each session as the drain's signal would: one the role
+// may not end is denied, and the dry run says a drain would not empty the
+// database (exit 3), still changing nothing.
+func TestDrainDryRunSaysWhatDrainCouldNotEnd(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	owner := ownedBy(t, db)
+	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	mine := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: owner})
+
+	r := run(t, false, "-U", owner, "drain", db, "--dry-run", "--timeout", "2m", "-o", "csv")
+	r.wantCode(t, 3)
+	if !strings.Contains(r.out, ",terminate,denied,role postgres is a superuser") || !strings.Contains(r.out, ",terminate,planned,") ||
+		!strings.Contains(r.errOut, "pgreap: dry run: "+db+": 1 session drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout 2m0s, leaving "+db+" blocked; nothing was changed\n") {
+		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)
+	}
+	if !super.Alive() || !mine.Alive() || len(recordsOf(t, db)) != 0 {
+		t.Fatal("a dry run changed something")
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("a dry run blocked the database")
 	}
 }
 

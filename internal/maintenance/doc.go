@@ -1,5 +1,15 @@
 // Package maintenance holds what a maintenance window needs beyond single
-// actions: kick's count of sessions that arrived while it worked (and,
-// next, drain/undrain and unblock). Every session it ends goes through
-// package action: the same guard, protections and outcomes.
+// actions:
+//
+//   - for kick, Arrivals: the sessions that connected while a kick worked,
+//     which it could not keep out;
+//   - for drain and undrain, a database's connection Settings, the durable
+//     Record of them that drain writes before it changes anything
+//     (WriteRecord leaves the old record or the new one, never half of
+//     one), Block (ALLOW_CONNECTIONS false: superusers kept out too, never
+//     CONNECTION LIMIT 0) and Restore;
+//   - for unblock, the lock Waits and the BlockingTree of their roots.
+//
+// It ends no session itself: the commands end them through package
+// action, with its guard, protections and outcomes.
 package maintenance
