@@ -341,19 +341,31 @@ func PreparedBlockers(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error
 	if len(gids) == 0 {
 		return nil
 	}
-	rows, err := conn.Query(ctx, preparedSQL, gids)
+	var err error
+	snap.Prepared, err = prepared(ctx, conn, gids, nil)
+	return err
+}
+
+// PreparedIn are the prepared transactions of a database, oldest first, as
+// rows with GID set: no session, yet they hold their locks.
+func PreparedIn(ctx context.Context, conn *pgx.Conn, database string) ([]Session, error) {
+	return prepared(ctx, conn, nil, &database)
+}
+
+func prepared(ctx context.Context, conn *pgx.Conn, gids []string, database *string) ([]Session, error) {
+	rows, err := conn.Query(ctx, preparedSQL, gids, database)
 	if err != nil {
-		return fmt.Errorf("prepared transactions: %w", err)
+		return nil, fmt.Errorf("prepared transactions: %w", err)
 	}
-	snap.Prepared, err = pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
+	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (Session, error) {
 		s := Session{BackendType: BackendTypePrepared}
 		err := r.Scan(&s.GID, &s.Datname, &s.Usename, &s.XactStart)
 		return s, err
 	})
 	if err != nil {
-		return fmt.Errorf("prepared transactions: %w", err)
+		return nil, fmt.Errorf("prepared transactions: %w", err)
 	}
-	return nil
+	return found, nil
 }
 
 var (

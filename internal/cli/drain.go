@@ -16,6 +16,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -262,9 +263,33 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it%s\n",
-		name, len(rows), plural(len(rows)), name, autovacuumNote(opts, autovacuum))
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it%s%s\n",
+		name, len(rows), plural(len(rows)), name, autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	return nil
+}
+
+// preparedNote says what a drained database still holds: a prepared
+// transaction has no session, so drain neither counts nor ends it, yet it
+// keeps its locks, and DROP DATABASE refuses while one is there.
+func preparedNote(ctx context.Context, opts *DrainOptions, conn *pgx.Conn) string {
+	prepared, err := activity.PreparedIn(ctx, conn, opts.Database)
+	if err != nil {
+		opts.Logger.Warn("cannot list the database's prepared transactions", "err", err)
+		return ""
+	}
+	if len(prepared) == 0 {
+		return ""
+	}
+	names := make([]string, len(prepared))
+	for i, p := range prepared {
+		names[i] = fmt.Sprintf("'%s' of %s, prepared %s ago", output.Clean(p.GID), output.Clean(p.Usename), output.Age(opts.Now().Sub(p.XactStart)))
+	}
+	verb := "holds its"
+	if len(prepared) > 1 {
+		verb = "hold their"
+	}
+	return fmt.Sprintf("; %d prepared transaction%s in it (%s) %s locks with no session until ROLLBACK PREPARED or COMMIT PREPARED",
+		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb)
 }
 
 // autovacuumIn is the autovacuum workers a round found and left alone
@@ -399,8 +424,8 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 			return err
 		}
 	}
-	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until 'pgreap undrain %s'%s\n",
-		how, opts.Timeout, name, name, autovacuumNote(opts, autovacuum))
+	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until 'pgreap undrain %s'%s%s\n",
+		how, opts.Timeout, name, name, autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	if left := drainCannotEnd(plan, autovacuum); left > 0 {
 		return &exitError{ExitIncomplete, fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
 			name, left, plural(left), opts.Timeout, name)}

@@ -3,6 +3,7 @@ package cli_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"os"
 	"path/filepath"
 	"strconv"
@@ -513,4 +514,28 @@ func TestDrainSaysAutovacuumStillWorks(t *testing.T) {
 		t.Fatalf("stderr:\n%s", r.errOut)
 	}
 	run(t, false, "undrain", "shop", "-d", owner).wantCode(t, 0)
+}
+
+// A prepared transaction has no session: drain neither counts nor ends it,
+// and says it is there, holding its locks.
+func TestDrainNamesThePreparedTransactionsLeft(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	gid := pgtest.PrepareTransaction(t, db, "", "", "CREATE TABLE t (id int)", "LOCK TABLE t")
+	reopen(t, db) // its cleanup runs first: the rollback needs a connection
+	pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+
+	want := fmt.Sprintf("1 prepared transaction in it ('%s' of %s, prepared ", gid, pgtest.Superuser)
+	r := run(t, false, "drain", db, "--dry-run")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, want) {
+		t.Fatalf("dry run: stderr %s", r.errOut)
+	}
+	r = run(t, false, "drain", db)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "is drained (1 session ended) and held") || !strings.Contains(r.errOut, want) ||
+		!strings.Contains(r.errOut, "holds its locks with no session until ROLLBACK PREPARED or COMMIT PREPARED") {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
 }

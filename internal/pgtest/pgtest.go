@@ -371,8 +371,12 @@ func PrepareTransaction(t testing.TB, db, user, gid string, sqls ...string) stri
 	if gid == "" {
 		gid = Name(t, "gx_")
 	}
-	c := Connect(t, Shared(t).DSN(db, user))
 	ctx := Context(t)
+	c, err := pgx.Connect(ctx, Shared(t).DSN(db, user))
+	if err != nil {
+		t.Fatalf("pgtest: prepare transaction: %v", err)
+	}
+	defer c.Close(ctx) // the transaction outlives its session
 	for _, sql := range append(append([]string{"BEGIN"}, sqls...), "PREPARE TRANSACTION "+literal(gid)) {
 		if _, err := c.Exec(ctx, sql); err != nil {
 			t.Fatalf("pgtest: prepare transaction: %s: %v", sql, err)
