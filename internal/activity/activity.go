@@ -346,9 +346,13 @@ func PreparedBlockers(ctx context.Context, conn *pgx.Conn, snap *Snapshot) error
 	return err
 }
 
-// PreparedIn are the prepared transactions of a database, oldest first, as
-// rows with GID set: no session, yet they hold their locks.
+// PreparedIn are the prepared transactions of a database ("": of every
+// database), oldest first, as rows with GID set: no session, yet they hold
+// their locks.
 func PreparedIn(ctx context.Context, conn *pgx.Conn, database string) ([]Session, error) {
+	if database == "" {
+		return prepared(ctx, conn, nil, nil)
+	}
 	return prepared(ctx, conn, nil, &database)
 }
 

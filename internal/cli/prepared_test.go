@@ -1,10 +1,13 @@
 package cli_test
 
 import (
+	"fmt"
 	"os"
 	"path/filepath"
+	"slices"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
@@ -153,5 +156,65 @@ func TestUnblockSelectorsAndPreparedRoots(t *testing.T) {
 		if !prepared(t, gid) {
 			t.Fatalf("%v rolled it back", args)
 		}
+	}
+}
+
+// A waiter behind a session, then a prepared transaction (it waits for
+// the second once the first is gone): unblock ends the session, and does
+// not spend --timeout waiting for a wait nothing releases; with
+// --rollback-prepared it rolls the prepared transaction back in a later
+// round (it was there at the first look) and the waiter gets its locks.
+func TestUnblockPreparedRootBehindASession(t *testing.T) {
+	t.Parallel()
+	for _, rollback := range []bool{false, true} {
+		t.Run(fmt.Sprintf("rollback=%t", rollback), func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.NewDB(t)
+			setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+			setup.Exec("CREATE TABLE t (id int)")
+			setup.Exec("CREATE TABLE u (id int)")
+			gid := pgtest.PrepareTransaction(t, db, "", "", "LOCK TABLE u IN ROW EXCLUSIVE MODE")
+			root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+			root.Exec("BEGIN")
+			root.Exec("LOCK TABLE t IN ROW EXCLUSIVE MODE")
+			waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+			waiter.Exec("BEGIN")
+			waiter.Start("LOCK TABLE t, u IN SHARE MODE") // t first: waits for root, then for the prepared one
+			waiter.WaitState("active", "Lock")
+
+			args := []string{"unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "1m", "-o", "json"}
+			if rollback {
+				args = append(args, "--rollback-prepared")
+			}
+			start := time.Now()
+			r := run(t, false, args...)
+			if time.Since(start) > 30*time.Second {
+				t.Fatalf("unblock waited for a wait nothing releases: %s\n%s", time.Since(start), r.errOut)
+			}
+			if root.Alive() {
+				t.Fatalf("the root is still there:\n%s\n%s", r.out, r.errOut)
+			}
+			if !rollback {
+				r.wantCode(t, 3)
+				want := fmt.Sprintf("still waiting after ending what it could: %d waits for prepared:%s", waiter.PID, gid)
+				if !prepared(t, gid) || !waiter.Alive() || !strings.Contains(r.errOut, want) {
+					t.Fatalf("want the prepared transaction and the waiter left, and %q:\n%s", want, r.errOut)
+				}
+				return
+			}
+			if r.code != 0 {
+				t.Fatalf("exit %d\n%s\n%s", r.code, r.out, r.errOut)
+			}
+			if prepared(t, gid) {
+				t.Fatalf("still prepared:\n%s\n%s", r.out, r.errOut)
+			}
+			if err := waiter.Wait(); err != nil {
+				t.Fatalf("the waiter: %v", err)
+			}
+			rows := jsonRows(t, r.out)
+			if !slices.ContainsFunc(rows, func(r map[string]any) bool { return r["gid"] == gid && r["outcome"] == "rolled back" }) {
+				t.Fatalf("rows %v", rows)
+			}
+		})
 	}
 }

@@ -61,7 +61,10 @@ owner, and when it was prepared as xact_start) with its waiters under it,
 and leaves it alone: outcome protected, exit 3. --rollback-prepared rolls
 it back with ROLLBACK PREPARED, connected to its database, guarded by its
 GID and prepared time (a new transaction that took the GID is changed);
-outcome "rolled back". It is never the default: a prepared transaction is
+outcome "rolled back"; in a later round also one that a wait reaches
+once a session ahead of it is ended, if it was there at the first look.
+Left alone, it holds its waiters: unblock does not spend --timeout on
+waits that only prepared transactions hold up. It is never the default: a prepared transaction is
 one side of a two-phase commit, and rolling it back can break the
 atomicity another system counts on (its coordinator may have committed
 the other sides). Only its owner or a superuser may roll it back. Selectors
@@ -154,12 +157,20 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
 		waiters: map[sessionID]bool{}, waiting: map[sessionID]bool{}, tried: map[sessionID]int{}}
-	for _, r := range tree.Roots { // the roots the selectors kept
+	// The waits to release are those behind the roots the selectors kept,
+	// but for those behind a prepared transaction left alone: nothing ends
+	// it, and waiting for them to be released would only spend --timeout.
+	behindPrepared := map[int32]bool{}
+	for _, r := range tree.Roots {
 		if r.GID != "" && !opts.RollbackPrepared {
-			continue // left alone: its waiters wait on, and unblock says so
+			for _, w := range tree.Waiters[r] {
+				behindPrepared[w] = true
+			}
 		}
+	}
+	for _, r := range tree.Roots {
 		for _, w := range tree.Waiters[r] {
-			if s := look.byPID[w]; s != nil {
+			if s := look.byPID[w]; s != nil && !behindPrepared[w] {
 				u.waiters[idOf(s)] = true
 			}
 		}
@@ -215,9 +226,10 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 	var deadline time.Time
 	poll := 10 * time.Millisecond
 	limitHit, released := false, 0
+	waited := opts.Timeout.String()
 	for round := 1; ; round++ {
 		if len(tree.Roots) > 0 {
-			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.RootPIDs()) > opts.Limit {
+			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.Roots) > opts.Limit {
 				limitHit = true
 				break
 			}
@@ -245,10 +257,7 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			if act.Limit > 0 {
 				act.Limit -= u.chosen() // the limit is for the whole run
 			}
-			var rb *rollbacks
-			if round == 1 {
-				rb = u.preparedRoots(look, tree)
-			}
+			rb := u.preparedRoots(look, tree)
 			p, res, err := unblockRound(ctx, &act, u.conn, &roundSel, look.snap, rb)
 			if p == nil {
 				if round == 1 {
@@ -260,7 +269,7 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			u.results = mergeResults(u.results, res)
 			u.shown = mergeResults(u.shown, withWaiters(res, look.snap, tree, look.waits))
 			for i := range res {
-				if r := &res[i]; r.Action != "" {
+				if r := &res[i]; r.Action != "" && !r.IsPrepared() {
 					u.tried[idOf(&r.Session)]++
 					if !r.NoMatch() {
 						// Only a session that did not match the check yet
@@ -289,7 +298,8 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 		if look, err = lookUnblock(ctx, u.conn, u.sel, opts); err != nil {
 			return u.finish(err)
 		}
-		if look.stillWaiting(u.waiters, u.waiting) == "" {
+		still, onlyPrepared := look.stillWaiting(u.waiters, u.waiting)
+		if still == "" {
 			// Every wait it set out to release is released, twice in a
 			// row: a waiter woken by a holder's end is not waiting for a
 			// moment before it waits for the next holder of a row.
@@ -300,17 +310,23 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			continue
 		}
 		released = 0
-		tree = look.nextTree(u.waiters, u.waiting, u.first, u.tried)
+		tree = look.nextTree(u)
+		if len(tree.Roots) == 0 && onlyPrepared {
+			// Held up by prepared transactions left alone: nothing will
+			// end them, and waiting would only spend --timeout.
+			waited = "ending what it could"
+			break
+		}
 	}
 	err := u.finish(nil)
-	still := look.stillWaiting(u.waiters, u.waiting)
+	still, _ := look.stillWaiting(u.waiters, u.waiting)
 	switch {
 	case still != "" && limitHit:
 		return &exitError{ExitIncomplete, fmt.Errorf("still waiting, and ending more would pass --limit %d: %s", opts.Limit, still)}
 	case still != "":
 		// Ending the roots did not release every wait: say who still
 		// blocks whom, whatever the roots' outcomes.
-		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", opts.Timeout, still)}
+		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", waited, still)}
 	}
 	return err
 }
@@ -454,7 +470,14 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}
-	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
+	if opts.RollbackPrepared {
+		// Every one: a wait may reach one only once a session ahead of
+		// it is ended, and unblock rolls back only those there at the
+		// first look.
+		if snap.Prepared, err = activity.PreparedIn(ctx, conn, ""); err != nil {
+			return nil, err
+		}
+	} else if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
 		return nil, err
 	}
 	waits, err := maintenance.Waits(ctx, conn)
@@ -508,24 +531,30 @@ func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
 // those waiters still waiting, past the sessions it waits for, to the
 // ones that wait for no one. Never a session that waited at the first look
 // (once granted, one blocks those queued behind it: that is the queue
-// moving); never a
-// session that was not there at the first look (it is not what was
-// confirmed); never one chosen maxTries times; and as the selectors allow.
-func (l *unblockLook) nextTree(waiters, waiting map[sessionID]bool, first *unblockLook, tried map[sessionID]int) *maintenance.Tree {
+// moving); never a session or prepared transaction that was not there at
+// the first look (it is not what was confirmed); never one chosen
+// maxTries times (a prepared transaction: once); a prepared transaction
+// only with --rollback-prepared; and as the selectors allow.
+func (l *unblockLook) nextTree(u *unblocker) *maintenance.Tree {
 	tree := &maintenance.Tree{Waiters: map[maintenance.Node][]int32{}}
+	add := func(n maintenance.Node, w int32) {
+		if _, ok := tree.Waiters[n]; !ok {
+			tree.Roots = append(tree.Roots, n)
+		}
+		tree.Waiters[n] = append(tree.Waiters[n], w)
+	}
 	isWaiter := func(pid int32) bool {
 		s := l.byPID[pid]
-		return s != nil && waiting[idOf(s)]
+		return s != nil && u.waiting[idOf(s)]
 	}
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
-		// Backends only: a prepared transaction is a root of the first
-		// round, rolled back then or left alone.
-		if !waiters[idOf(w)] || len(w.BlockedBy) == 0 {
+		if !u.waiters[idOf(w)] || !w.Waits() {
 			continue
 		}
 		seen := map[int32]bool{}
 		stack := append([]int32(nil), w.BlockedBy...)
+		prepared := slices.Clone(w.BlockedByPrepared)
 		for len(stack) > 0 {
 			b := stack[len(stack)-1]
 			stack = stack[:len(stack)-1]
@@ -537,31 +566,52 @@ func (l *unblockLook) nextTree(waiters, waiting map[sessionID]bool, first *unblo
 			if s == nil {
 				continue
 			}
-			if len(s.BlockedBy) > 0 {
+			if s.Waits() {
 				stack = append(stack, s.BlockedBy...)
+				prepared = append(prepared, s.BlockedByPrepared...)
 				continue
 			}
-			was := first.byPID[b]
-			if was == nil || idOf(was) != idOf(s) || tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[b]) {
+			was := u.first.byPID[b]
+			if was == nil || idOf(was) != idOf(s) || u.tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[b]) {
 				continue
 			}
-			n := maintenance.Node{PID: b}
-			if _, ok := tree.Waiters[n]; !ok {
-				tree.Roots = append(tree.Roots, n)
+			add(maintenance.Node{PID: b}, w.PID)
+		}
+		for _, g := range prepared {
+			p, was := l.prepared[g], u.first.prepared[g]
+			if !u.opts.RollbackPrepared || p == nil || was == nil || !p.XactStart.Equal(was.XactStart) ||
+				u.acted(maintenance.Node{GID: g}) || (l.sel != nil && !l.sel.KeepPrepared(p)) {
+				continue
 			}
-			tree.Waiters[n] = append(tree.Waiters[n], w.PID)
+			if !slices.Contains(tree.Waiters[maintenance.Node{GID: g}], w.PID) {
+				add(maintenance.Node{GID: g}, w.PID)
+			}
 		}
 	}
-	slices.SortFunc(tree.Roots, func(a, b maintenance.Node) int { return cmp.Compare(a.PID, b.PID) })
+	slices.SortFunc(tree.Roots, func(a, b maintenance.Node) int {
+		if c := strings.Compare(a.GID, b.GID); c != 0 {
+			return c
+		}
+		return cmp.Compare(a.PID, b.PID)
+	})
 	return tree
+}
+
+// acted reports whether the run has a result for the node already.
+func (u *unblocker) acted(n maintenance.Node) bool {
+	return slices.ContainsFunc(u.results, func(r action.Result) bool {
+		return r.Action != "" && maintenance.NodeOf(&r.Session) == n
+	})
 }
 
 // stillWaiting names the waits among waiters that are still held up by a
 // session that did not itself wait at the first look (waiting: one that
-// did is the queue moving), and for whom each waits: "1234 waits for 5678,
-// 5679"; "" when there is none.
-func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) string {
+// did is the queue moving) or by a prepared transaction, and for whom each
+// waits: "1234 waits for 5678, prepared:px"; "" when there is none.
+// onlyPrepared: each of them waits for prepared transactions alone.
+func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) (still string, onlyPrepared bool) {
 	var parts []string
+	onlyPrepared = true
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
 		if !waiters[idOf(w)] {
@@ -573,6 +623,9 @@ func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) string {
 				by = append(by, strconv.Itoa(int(b)))
 			}
 		}
+		if len(by) > 0 {
+			onlyPrepared = false
+		}
 		for _, g := range w.BlockedByPrepared {
 			by = append(by, output.PreparedName(g))
 		}
@@ -580,7 +633,7 @@ func (l *unblockLook) stillWaiting(waiters, waiting map[sessionID]bool) string {
 			parts = append(parts, fmt.Sprintf("%d waits for %s", w.PID, strings.Join(by, ", ")))
 		}
 	}
-	return strings.Join(parts, "; ")
+	return strings.Join(parts, "; "), onlyPrepared
 }
 
 // withWaiters puts after each root's result the waiters queued behind it,
