@@ -278,18 +278,23 @@ func statements(text []byte, app string) (n int, problems []string) {
 // buildPgreap builds cmd/pgreap of this checkout into a temporary directory.
 func buildPgreap(b *testing.B) string {
 	b.Helper()
-	_, file, _, ok := runtime.Caller(0)
-	if !ok {
-		b.Fatal("cannot find the source of the benchmark")
-	}
-	root := filepath.Dir(filepath.Dir(file))
 	bin := filepath.Join(b.TempDir(), "pgreap")
 	cmd := exec.Command("go", "build", "-o", bin, "./cmd/pgreap")
-	cmd.Dir = root
+	cmd.Dir = sourceRoot(b)
 	if out, err := cmd.CombinedOutput(); err != nil {
 		b.Fatalf("go build: %v\n%s", err, out)
 	}
 	return bin
+}
+
+// sourceRoot is the root of this checkout.
+func sourceRoot(b *testing.B) string {
+	b.Helper()
+	_, file, _, ok := runtime.Caller(0)
+	if !ok {
+		b.Fatal("cannot find the source of the benchmark")
+	}
+	return filepath.Dir(filepath.Dir(file))
 }
 
 // startCluster starts a server that takes idleSessions clients and logs
