@@ -8,32 +8,44 @@
 -- a waiter clears its wait event for a moment every deadlock_timeout, when
 -- it wakes to check for a deadlock.
 WITH waiting AS MATERIALIZED (
-        -- The locks sessions wait for, each with the modes it conflicts
-        -- with as a bit mask (bit n: mode n, lock.c's LockConflicts).
-        -- Read once, and only when a row asks (a CTE is read lazily).
-        SELECT l.pid, l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid,
-               l.transactionid, l.classid, l.objid, l.objsubid,
+        -- The locks sessions wait for: the object as one text (the
+        -- columns that name it, by position; which are set depends on the
+        -- lock type), and the modes the wait conflicts with as a bit mask
+        -- (bit n: mode n, lock.c's LockConflicts).
+        SELECT l.pid,
+               pg_catalog.format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', l.locktype, l.database, l.relation, l.page,
+                  l.tuple, l.virtualxid, l.transactionid, l.classid, l.objid, l.objsubid) AS object,
                (ARRAY[256, 384, 480, 496, 472, 504, 508, 510])[pg_catalog.array_position(
                   ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
                         'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'],
                   l.mode)] AS conflicts
           FROM pg_catalog.pg_locks AS l
          WHERE NOT l.granted),
-     prepared AS MATERIALIZED (
-        -- The locks prepared transactions hold: no backend holds them (pid
-        -- IS NULL), and pg_blocking_pids says 0 for each. Their own xid's
-        -- lock names the virtualtransaction that all of them share.
-        SELECT p.gid, h.locktype, h.database, h.relation, h.page, h.tuple, h.virtualxid,
-               h.transactionid, h.classid, h.objid, h.objsubid,
-               1 << pg_catalog.array_position(
+     prepared_blockers AS MATERIALIZED (
+        -- For each waiter, the prepared transactions holding a lock on the
+        -- object it waits for in a mode its wait conflicts with: the
+        -- server's own test (a prepared transaction never waits, so it
+        -- only ever blocks this way), and pg_blocking_pids says 0 for
+        -- each. Their locks have no backend (pid IS NULL); their own
+        -- xid's lock names the virtualtransaction that all of them share.
+        -- Joined on the object's text, so by hash: linear in the waiters.
+        -- Nothing is read when no transaction is prepared.
+        SELECT w.pid, pg_catalog.array_agg(DISTINCT p.gid ORDER BY p.gid) AS gids
+          FROM waiting AS w
+          JOIN pg_catalog.pg_locks AS h
+            ON pg_catalog.format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', h.locktype, h.database, h.relation, h.page,
+                  h.tuple, h.virtualxid, h.transactionid, h.classid, h.objid, h.objsubid) = w.object
+           AND h.granted AND h.pid IS NULL
+          JOIN pg_catalog.pg_locks AS x
+            ON x.virtualtransaction = h.virtualtransaction AND x.locktype = 'transactionid' AND x.pid IS NULL
+          JOIN pg_catalog.pg_prepared_xacts AS p
+            ON p.transaction = x.transactionid
+         WHERE w.conflicts & (1 << pg_catalog.array_position(
                   ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
                         'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'],
-                  h.mode) AS bit
-          FROM pg_catalog.pg_prepared_xacts AS p
-          JOIN pg_catalog.pg_locks AS x
-            ON x.locktype = 'transactionid' AND x.pid IS NULL AND x.transactionid = p.transaction
-          JOIN pg_catalog.pg_locks AS h
-            ON h.virtualtransaction = x.virtualtransaction AND h.pid IS NULL AND h.granted)
+                  h.mode)) <> 0
+           AND EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts)
+         GROUP BY w.pid)
 SELECT a.pid,
        NULL::integer AS leader_pid,
        a.datname::text,
@@ -57,23 +69,10 @@ SELECT a.pid,
        CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w)
             THEN pg_catalog.array_remove(pg_catalog.pg_blocking_pids(a.pid), 0) END AS blocked_by,
        CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w)
-            THEN ARRAY(SELECT DISTINCT pr.gid
-                         FROM waiting AS w
-                         JOIN prepared AS pr
-                           ON pr.locktype = w.locktype
-                          AND pr.database IS NOT DISTINCT FROM w.database
-                          AND pr.relation IS NOT DISTINCT FROM w.relation
-                          AND pr.page IS NOT DISTINCT FROM w.page
-                          AND pr.tuple IS NOT DISTINCT FROM w.tuple
-                          AND pr.virtualxid IS NOT DISTINCT FROM w.virtualxid
-                          AND pr.transactionid IS NOT DISTINCT FROM w.transactionid
-                          AND pr.classid IS NOT DISTINCT FROM w.classid
-                          AND pr.objid IS NOT DISTINCT FROM w.objid
-                          AND pr.objsubid IS NOT DISTINCT FROM w.objsubid
-                        WHERE w.pid = a.pid AND w.conflicts & pr.bit <> 0
-                        ORDER BY 1) END AS blocked_by_prepared,
+            THEN coalesce(pb.gids, '{}') END AS blocked_by_prepared,
        pg_catalog.statement_timestamp() AS now,
        pg_catalog.pg_postmaster_start_time() AS server_started
   FROM pg_catalog.pg_stat_activity AS a
+  LEFT JOIN prepared_blockers AS pb ON pb.pid = a.pid
  WHERE a.datname IS NOT NULL
    AND a.pid <> pg_catalog.pg_backend_pid()
