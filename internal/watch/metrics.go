@@ -54,7 +54,8 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// forget drops a target's series (it left the policy).
+// forget drops a target's series (it left the policy, or its DSN
+// changed).
 func (m *Metrics) forget(target string) {
 	l := prometheus.Labels{"target": target}
 	m.Sessions.DeletePartialMatch(l)

@@ -175,3 +175,33 @@ rules:
 		t.Error("an idle session ended")
 	}
 }
+
+// A session whose signal is being verified belongs to the rule that sent
+// it: a later rule does not cut a cancel-then-terminate's grace short.
+func TestGraceIsTheRulesAlone(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Start(`DO $$ BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP; END $$`)
+	v.WaitState("active", "")
+	d := startDaemon(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 200ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: patient
+    match: {app: [TAG], state: [active]}
+    action: cancel-then-terminate
+    grace: 2s
+  - name: hasty
+    match: {app: [TAG], state: [active], longer_than: 300ms}
+    action: terminate
+`)
+	if code := pgtest.SQLState(v.Wait()); code != "57P01" {
+		t.Fatalf("SQLSTATE %q, want 57P01 (terminated)", code)
+	}
+	got := d.waitEntries(t, 1)
+	if e := got[0]; len(got) != 1 || e.Rule != "patient" || e.Action != "terminate" || e.Outcome != "terminated" {
+		t.Fatalf("audit %+v, want one line: patient terminated it after the grace", got)
+	}
+}

@@ -128,7 +128,7 @@ type target struct {
 	// gone or on another query.
 	done map[key]bool
 	// state is what /healthz says of the target.
-	state atomic.Value // string
+	state atomic.Value // State
 	// stale are the backends of connections the daemon abandoned: when
 	// only the network lost one, the server keeps it (and the advisory
 	// lock that elects the leader) until its TCP keepalive gives up, hours
@@ -448,7 +448,7 @@ func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 		}
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	s.forget(snap)
+	s.prune(snap)
 }
 
 // armAt arms rule k for the session at due by the server's clock (no
@@ -468,8 +468,9 @@ func sessionOf(sess *activity.Session) [2]int64 {
 	return [2]int64{int64(sess.PID), sess.BackendStart.UnixMicro()}
 }
 
-// busy are the sessions signalled and not yet verified (or within a
-// grace): the rule that signalled them owns them until it knows.
+// busy are the sessions signalled and not yet verified (a query still
+// running within its grace among them): the rule that signalled them owns
+// them until it knows.
 func (s *session) busy() map[[2]int64]bool {
 	busy := map[[2]int64]bool{}
 	for _, f := range s.flying {
@@ -482,11 +483,11 @@ func (s *session) busy() map[[2]int64]bool {
 	return busy
 }
 
-// forget drops what the rules did to sessions the snapshot shows gone, or
+// prune drops what the rules did to sessions the snapshot shows gone, or
 // on another query than the one a query's key names, and what rules no
 // longer in the policy did: done holds at most one key per rule and
 // session.
-func (s *session) forget(snap *activity.Snapshot) {
+func (s *session) prune(snap *activity.Snapshot) {
 	now := make(map[[2]int64]int64, len(snap.Sessions))
 	for i := range snap.Sessions {
 		now[sessionOf(&snap.Sessions[i])] = identityOf(&snap.Sessions[i]).queryFrom
