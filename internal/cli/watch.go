@@ -42,13 +42,26 @@ target one snapshot per interval arms a timer for every session a rule will
 match once a duration passes, and at that instant one guarded statement,
 whose predicate the server evaluates then, cancels or terminates it.
 
-Every attempt, dry or real, is one JSON line in the audit log; metrics and
-/healthz are served on metrics_addr. A lost server is reconnected with
-backoff. Replicas running the same policy elect, per target, the one that
-acts with a PostgreSQL advisory lock; the others stand by.
+Of the real rules that match a session, the first to cross its threshold
+acts (the first in the file at the same instant), once per session for
+terminate, once per query for cancel and cancel-then-terminate; a dry_run
+rule audits planned once and takes the session from no other rule. A cancel
+rule chooses only sessions that run a query; cancel-then-terminate cancels a
+running query, terminates it if it still runs after the grace, and
+terminates at once a session that runs none (idle in transaction).
+
+Every attempt, dry or real, is one JSON line in the audit log. On
+metrics_addr: /metrics; /healthz, 200 only while every target is connected
+and led (by this replica or another), else 503 with each target's state in
+JSON (leading, standby, connecting, down), for readiness and alerts; /livez,
+200 while the process answers, for liveness (a database that is down is no
+reason to restart the daemon). A lost server is reconnected with backoff.
+Replicas running the same policy elect, per target, the one that acts with a
+PostgreSQL advisory lock; the others stand by.
 
 Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
-and the old one kept) and reopens the audit log; SIGTERM or SIGINT stops:
+and the old one kept) and reopens the audit log; a target whose DSN changed
+reconnects once its old connection has stopped. SIGTERM or SIGINT stops:
 what is in flight is finished, and the exit status is 0.
 
 The policy schema is in PRODUCT.md and docs/watch.md; --check validates a

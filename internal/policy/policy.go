@@ -77,7 +77,8 @@ type Protect struct {
 type Rule struct {
 	Name string
 	// Spec is the match as written; Selector the checked one, without the
-	// protections (Selector adds them).
+	// protections (Guarded adds them), and for a cancel narrowed to the
+	// sessions that run a query.
 	Spec     selector.Spec
 	Selector *selector.Selector
 	Action   Action
@@ -321,6 +322,18 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 		return Rule{}, errAt("", "rule %q: no action (cancel, terminate or cancel-then-terminate)", r.Name)
 	default:
 		return Rule{}, errAt("action", "rule %q: action %q: not cancel, terminate or cancel-then-terminate", r.Name, r.Action)
+	}
+	if rule.Action == Cancel {
+		// A cancel ends a running query: the rule chooses only sessions
+		// that run one, as the cancel command does, so an idle session is
+		// never signalled, audited nor counted.
+		running, ok := sel.OnlyRunning()
+		if !ok {
+			return Rule{}, &Error{File: path, Line: lineOf(valueOf(n, "match"), "state"), Reason: fmt.Sprintf(
+				"rule %q: a cancel ends a running query, and state %s never runs one (%s); terminate ends idle sessions",
+				r.Name, strings.Join(r.Match.State, ", "), strings.Join(selector.Running, ", "))}
+		}
+		rule.Selector = running
 	}
 	if r.Grace != nil {
 		if rule.Action != CancelThenTerminate {

@@ -46,6 +46,11 @@ func TestParseGood(t *testing.T) {
 		p.Rules[1].Grace != policy.DefaultGrace || !p.Rules[1].DryRun {
 		t.Fatalf("rules %+v", p.Rules)
 	}
+	// A cancel chooses only sessions that run a query; the other
+	// actions, any state their match allows.
+	if st := p.Rules[0].Selector.State; len(st) != 1 || st[0] != "active" || len(p.Rules[1].Selector.State) != 1 {
+		t.Fatalf("states %v, %v", st, p.Rules[1].Selector.State)
+	}
 	g := p.Rules[0].Guarded(p.Protect)
 	if len(g.ExcludeUser) != 1 || g.ExcludeUser[0] != "replicator" || len(g.ExcludeApp) != 1 || len(p.Rules[0].Selector.ExcludeApp) != 0 {
 		t.Fatalf("guarded %+v", g)
@@ -65,6 +70,7 @@ func TestParseBad(t *testing.T) {
 		{"bad action", strings.Replace(good, "action: cancel\n", "action: kill\n", 1), "p.yaml:15: rule \"runaway-reports\": action \"kill\""},
 		{"no action", strings.Replace(good, "    action: cancel\n", "", 1), "p.yaml:10: rule \"runaway-reports\": no action"},
 		{"grace on cancel", strings.Replace(good, "action: cancel\n", "action: cancel\n    grace: 5s\n", 1), "p.yaml:16: rule \"runaway-reports\": grace is for cancel-then-terminate"},
+		{"cancel of idle sessions", strings.Replace(good, "state: [active]", "state: [idle, \"idle in transaction*\"]", 1), "p.yaml:13: rule \"runaway-reports\": a cancel ends a running query, and state idle, idle in transaction* never runs one (active, fastpath function call)"},
 		{"bad regex", strings.Replace(good, "      state: [active]\n", "      query: \"(\"\n", 1), "p.yaml:13: rule \"runaway-reports\": query \"(\""},
 		{"bad cidr", strings.Replace(good, "      state: [active]\n", "      client: [10.0.0.0/99]\n", 1), "p.yaml:13: rule \"runaway-reports\": client \"10.0.0.0/99\""},
 		{"empty match", strings.Replace(good, "    match:\n      app: [\"report*\"]\n      state: [active]\n      longer_than: 5m\n", "    match: {}\n", 1), "p.yaml:11: rule \"runaway-reports\": match chooses nothing"},
@@ -174,4 +180,29 @@ func FuzzParse(f *testing.F) {
 			t.Fatalf("accepted a policy without targets or rules: %+v", p)
 		}
 	})
+}
+
+// A cancel rule's selection is narrowed to the sessions that run a query,
+// whatever states its match names.
+func TestCancelChoosesRunningQueries(t *testing.T) {
+	tests := []struct {
+		name, match string
+		want        []string
+	}{
+		{"no state", "app: [x]", []string{"active", "fastpath function call"}},
+		{"active", "state: [active]", []string{"active"}},
+		{"every state", `state: ["*"]`, []string{"active", "fastpath function call"}},
+		{"idle and fastpath", `state: [idle, "fastpath*"]`, []string{"fastpath function call"}},
+	}
+	for _, tt := range tests {
+		t.Run(tt.name, func(t *testing.T) {
+			p, err := policy.Parse("p.yaml", []byte("targets: [{name: a, dsn: \"dbname=x\"}]\nrules: [{name: r, match: {"+tt.match+"}, action: cancel}]\n"))
+			if err != nil {
+				t.Fatal(err)
+			}
+			if got := p.Rules[0].Selector.State; strings.Join(got, ",") != strings.Join(tt.want, ",") {
+				t.Fatalf("states %q, want %q", got, tt.want)
+			}
+		})
+	}
 }

@@ -83,6 +83,29 @@ var States = []string{
 	"disabled",
 }
 
+// Running are the states of a session that runs a query, the only ones a
+// cancel can act on: an idle session, in a transaction or not, has no query
+// to cancel.
+var Running = []string{"active", "fastpath function call"}
+
+// OnlyRunning is the selection narrowed to sessions that run a query (a
+// state of Running), what a selection to cancel means; false when its
+// states allow none of them (state idle never runs a query).
+func (s *Selector) OnlyRunning() (*Selector, bool) {
+	var states []string
+	for _, st := range Running {
+		if len(s.State) == 0 || slices.ContainsFunc(s.State, func(g string) bool { return globRegexp(g).MatchString(st) }) {
+			states = append(states, st)
+		}
+	}
+	if len(states) == 0 {
+		return nil, false
+	}
+	n := *s
+	n.State = states
+	return &n, true
+}
+
 // Parse checks a Spec and turns it into a Selector.
 func Parse(spec Spec) (*Selector, error) {
 	s := &Selector{

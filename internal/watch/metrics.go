@@ -54,7 +54,8 @@ func NewMetrics() *Metrics {
 	return m
 }
 
-// forget drops a target's series (it left the policy).
+// forget drops a target's series (it left the policy, or its DSN
+// changed).
 func (m *Metrics) forget(target string) {
 	l := prometheus.Labels{"target": target}
 	m.Sessions.DeletePartialMatch(l)
@@ -64,13 +65,7 @@ func (m *Metrics) forget(target string) {
 	m.Leader.DeletePartialMatch(l)
 }
 
-// Handler serves /metrics and /healthz.
+// Handler serves /metrics.
 func (m *Metrics) Handler() http.Handler {
-	mux := http.NewServeMux()
-	mux.Handle("/metrics", promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	return mux
+	return promhttp.HandlerFor(m.Registry, promhttp.HandlerOpts{})
 }

@@ -7,6 +7,7 @@ import (
 	"log/slog"
 	"math/rand/v2"
 	"sort"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -45,9 +46,8 @@ const (
 	maxBackoff = 30 * time.Second
 )
 
-// identity names what a rule acted on: a session's query (pid,
-// backend_start, query_start). A session is never acted on twice for the
-// same query, across snapshots and reconnections.
+// identity names a session, and for a rule that acts on a query also the
+// query: (pid, backend_start), and query_start or 0.
 type identity struct {
 	pid                     int32
 	backendStart, queryFrom int64
@@ -62,6 +62,23 @@ func identityOf(s *activity.Session) identity {
 		from = s.StateChange
 	}
 	return identity{s.PID, s.BackendStart.UnixMicro(), from.UnixMicro()}
+}
+
+// key names what one rule did to one session. A rule that ends a query
+// (cancel, cancel-then-terminate) is keyed by the query: it acts again on
+// the session's next query. A terminate is keyed by the session.
+type key struct {
+	rule string
+	identity
+}
+
+// keyOf is the key of the rule and the session.
+func (r *rule) keyOf(s *activity.Session) key {
+	id := identityOf(s)
+	if r.Action == policy.Terminate {
+		id.queryFrom = 0
+	}
+	return key{r.Name, id}
 }
 
 // rule is a policy rule ready for the server: its full selector (with the
@@ -103,8 +120,15 @@ type target struct {
 	now     func() time.Time
 	// policies brings a reloaded policy to the loop (latest wins).
 	policies chan *policy.Policy
-	// acted survives reconnections: never act twice on the same query.
-	acted map[identity]bool
+	// done is, per rule and session (or query), whether the rule acted
+	// (true) or only audited it planned (false: a dry run, which takes the
+	// session from no other rule, and from no reload that makes the rule
+	// real). It survives reconnections, so a rule never acts twice on one
+	// session (or query); it forgets a session once the snapshot shows it
+	// gone or on another query.
+	done map[key]bool
+	// state is what /healthz says of the target.
+	state atomic.Value // State
 	// stale are the backends of connections the daemon abandoned: when
 	// only the network lost one, the server keeps it (and the advisory
 	// lock that elects the leader) until its TCP keepalive gives up, hours
@@ -129,6 +153,7 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 				return
 			}
 			t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
+			t.state.Store(Down)
 			wait := backoff(attempt)
 			attempt++
 			t.log.Warn("cannot connect", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
@@ -157,6 +182,7 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 		cancel()
 		t.metrics.Leader.WithLabelValues(t.name).Set(0)
 		t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
+		t.state.Store(Down)
 		if ctx.Err() != nil {
 			return
 		}
@@ -340,11 +366,13 @@ func (s *session) tick(ctx context.Context) error {
 		}
 		if !ok {
 			t.metrics.Leader.WithLabelValues(t.name).Set(0)
+			t.state.Store(Standby)
 			t.log.Debug("standing by: another replica leads")
 			return nil
 		}
 		s.leader = true
 		t.metrics.Leader.WithLabelValues(t.name).Set(1)
+		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
 	}
 	start := t.now()
@@ -378,46 +406,100 @@ func stateLabel(st string) string {
 	return st
 }
 
-// arm computes, for every session some rule matches or will match once a
-// duration passes, the instant the first such rule does (ties: the first in
-// the file), and keeps them sorted by it.
+// arm computes, for every session, the instant each rule that matches it
+// (or will once a duration passes) should act, and keeps them sorted:
+//   - of the real rules, the first to match acts (ties: the first in the
+//     file), unless it already acted on the session (or query), or another
+//     rule's signal to the session is still being verified;
+//   - every dry-run rule audits it planned, once: it takes the session from
+//     no other rule.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
-	present := make(map[[2]int64]bool, len(snap.Sessions))
+	busy := s.busy()
 	for i := range snap.Sessions {
 		sess := &snap.Sessions[i]
-		present[[2]int64{int64(sess.PID), sess.BackendStart.UnixMicro()}] = true
 		if sess.Marks == nil || sess.IsParallelWorker() {
 			continue // workers die with their leader: the leader is acted on
 		}
 		best := -1
 		var bestDue time.Time
 		for k := range s.rules {
-			if !sess.Marks[k] || !s.rules[k].guarded.Keep(sess) {
+			r := &s.rules[k]
+			if !sess.Marks[k] || !r.guarded.Keep(sess) {
 				continue
 			}
-			due, ok := dueOf(sess, s.rules[k].guarded)
+			due, ok := dueOf(sess, r.guarded)
 			if !ok {
 				continue
 			}
-			if best < 0 || due.Before(bestDue) {
+			acted, seen := s.t.done[r.keyOf(sess)]
+			switch {
+			case s.dry(r):
+				if !seen {
+					s.armAt(snap, sess, k, due, offset)
+				}
+			case acted || busy[sessionOf(sess)]:
+			case best < 0 || due.Before(bestDue):
 				best, bestDue = k, due
 			}
 		}
-		if best < 0 || s.t.acted[identityOf(sess)] {
-			continue
+		if best >= 0 {
+			s.armAt(snap, sess, best, bestDue, offset)
 		}
-		due := snap.Taken // no duration: now
-		if bestDue.After(due) {
-			due = bestDue
-		}
-		s.armed = append(s.armed, armed{session: *sess, rule: best, due: due.Add(-offset + margin)})
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	// Forget what was acted on once its session is gone.
-	for id := range s.t.acted {
-		if !present[[2]int64{int64(id.pid), id.backendStart}] {
-			delete(s.t.acted, id)
+	s.prune(snap)
+}
+
+// armAt arms rule k for the session at due by the server's clock (no
+// duration: now).
+func (s *session) armAt(snap *activity.Snapshot, sess *activity.Session, k int, due time.Time, offset time.Duration) {
+	if due.Before(snap.Taken) {
+		due = snap.Taken
+	}
+	s.armed = append(s.armed, armed{session: *sess, rule: k, due: due.Add(-offset + margin)})
+}
+
+// dry reports whether the rule only audits.
+func (s *session) dry(r *rule) bool { return r.DryRun || s.t.dryRun }
+
+// sessionOf is a session's (pid, backend_start).
+func sessionOf(sess *activity.Session) [2]int64 {
+	return [2]int64{int64(sess.PID), sess.BackendStart.UnixMicro()}
+}
+
+// busy are the sessions signalled and not yet verified (a query still
+// running within its grace among them): the rule that signalled them owns
+// them until it knows.
+func (s *session) busy() map[[2]int64]bool {
+	busy := map[[2]int64]bool{}
+	for _, f := range s.flying {
+		for i := range f.plan.Results {
+			if r := &f.plan.Results[i]; r.Pending() {
+				busy[sessionOf(&r.Session)] = true
+			}
+		}
+	}
+	return busy
+}
+
+// prune drops what the rules did to sessions the snapshot shows gone, or
+// on another query than the one a query's key names, and what rules no
+// longer in the policy did: done holds at most one key per rule and
+// session.
+func (s *session) prune(snap *activity.Snapshot) {
+	now := make(map[[2]int64]int64, len(snap.Sessions))
+	for i := range snap.Sessions {
+		now[sessionOf(&snap.Sessions[i])] = identityOf(&snap.Sessions[i]).queryFrom
+	}
+	rules := make(map[string]bool, len(s.rules))
+	for _, r := range s.rules {
+		rules[r.Name] = true
+	}
+	for k := range s.t.done {
+		from, ok := now[[2]int64{int64(k.pid), k.backendStart}]
+		if !ok || !rules[k.rule] || (k.queryFrom != 0 && k.queryFrom != from) {
+			delete(s.t.done, k)
 		}
 	}
 }
@@ -537,7 +619,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		retries[a.session.PID] = a.retries
 	}
 	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded})
-	dry := r.DryRun || s.t.dryRun
+	dry := s.dry(&r)
 	now := s.t.now()
 	f := &inflight{plan: plan, rule: r, sent: now}
 	var err error
@@ -570,7 +652,14 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			// reach the server under load): then it is still due.
 			continue
 		}
-		s.t.acted[identityOf(&res.Session)] = true
+		if res.Outcome == action.Changed || res.Outcome == action.Gone {
+			// Not acted on: it ended, or moved on before its deadline. Kept
+			// as done, a terminate's key (the session) would stop the rule
+			// from acting when the session matches again later.
+			continue
+		}
+		k := r.keyOf(&res.Session)
+		s.t.done[k] = s.t.done[k] || !dry
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
 	s.record(f)
@@ -595,7 +684,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 // counted, and logged at debug level, but not audited.
 func (s *session) record(f *inflight) {
 	t := s.t
-	dry := f.rule.DryRun || t.dryRun
+	dry := s.dry(&f.rule)
 	for i := range f.plan.Results {
 		r := &f.plan.Results[i]
 		if f.logged[i] || r.Pending() {

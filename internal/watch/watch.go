@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
@@ -46,19 +47,51 @@ type Daemon struct {
 
 	mu      sync.Mutex
 	targets map[string]*running
-	wg      sync.WaitGroup
+	// stopping are the targets the policy dropped, or replaced (their DSN
+	// changed), until they have stopped: a target of the same name starts
+	// after.
+	stopping map[string]*running
+	wg       sync.WaitGroup
 }
 
 type running struct {
 	t      *target
 	dsn    string
 	cancel context.CancelFunc
+	done   chan struct{} // closed once it has stopped
+}
+
+// State is what /healthz says of a target.
+type State string
+
+// The states of a target. A target is healthy leading or standing by: then
+// a pgreap watch acts on it, this replica or another.
+const (
+	// Connecting: no connection yet (the daemon starts, or the target's
+	// DSN changed and the old connection is closing).
+	Connecting State = "connecting"
+	// Down: not connected (the last attempt failed, or the connection was
+	// lost); reconnecting with backoff.
+	Down State = "down"
+	// Leading: connected, holds the target's election lock, acts.
+	Leading State = "leading"
+	// Standby: connected, another replica holds the election lock and
+	// acts; this one takes over if it goes.
+	Standby State = "standby"
+)
+
+// Health is the body of /healthz.
+type Health struct {
+	// Status is "ok" when every target is leading or standby, else
+	// "unavailable".
+	Status  string           `json:"status"`
+	Targets map[string]State `json:"targets"`
 }
 
 // New checks the policy and opens what the daemon needs before it starts:
 // the audit log and the metrics listener. Its errors are bad input.
 func New(pol *policy.Policy, opt Options) (*Daemon, error) {
-	d := &Daemon{opt: opt, log: opt.Logger, metrics: NewMetrics(), pol: pol, targets: map[string]*running{}}
+	d := &Daemon{opt: opt, log: opt.Logger, metrics: NewMetrics(), pol: pol, targets: map[string]*running{}, stopping: map[string]*running{}}
 	audit, err := OpenAudit(pol.AuditLog, opt.AuditOut)
 	if err != nil {
 		return nil, err
@@ -71,7 +104,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 			return nil, fmt.Errorf("metrics_addr %s: %w", pol.MetricsAddr, unwrapOp(err))
 		}
 		d.ln = ln
-		d.server = &http.Server{Handler: d.metrics.Handler(), ReadHeaderTimeout: 5 * time.Second}
+		d.server = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
 	}
 	for _, t := range pol.Targets {
 		if _, err := targetConfig(t); err != nil {
@@ -182,7 +215,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		if t, ok := want[name]; !ok || t.DSN != r.dsn {
 			r.cancel()
 			delete(d.targets, name)
-			d.metrics.forget(name)
+			d.stopping[name] = r
 		}
 	}
 	for _, t := range pol.Targets {
@@ -198,17 +231,89 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
 			name: t.Name, cfg: cfg, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
-			dryRun: d.opt.DryRun, now: time.Now, policies: make(chan *policy.Policy, 1), acted: map[identity]bool{},
+			dryRun: d.opt.DryRun, now: time.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
-		d.targets[t.Name] = &running{t: tg, dsn: t.DSN, cancel: cancel}
-		d.metrics.TargetUp.WithLabelValues(t.Name).Set(0)
-		d.metrics.Leader.WithLabelValues(t.Name).Set(0)
+		tg.state.Store(Connecting)
+		r := &running{t: tg, dsn: t.DSN, cancel: cancel, done: make(chan struct{})}
+		d.targets[t.Name] = r
+		prev := d.stopping[t.Name]
 		d.wg.Add(1)
 		go func() {
 			defer d.wg.Done()
+			defer close(r.done)
+			if prev != nil {
+				// The old connection goes first: until it closes it may
+				// still act, it holds the election lock (the new one would
+				// stand by behind it), and its last report (down) would
+				// overwrite the new one's.
+				<-prev.done
+				tg.done, tg.stale = prev.t.done, prev.t.stale
+			}
+			if tctx.Err() != nil {
+				d.stopped(r)
+				return
+			}
+			d.metrics.TargetUp.WithLabelValues(t.Name).Set(0)
+			d.metrics.Leader.WithLabelValues(t.Name).Set(0)
 			tg.run(tctx, pol)
+			tg.log.Info("stopped watching the target")
+			d.stopped(r)
 		}()
 	}
+}
+
+// stopped: the target r has stopped; if the policy dropped or replaced it,
+// its series go (its replacement, if any, has not started).
+func (d *Daemon) stopped(r *running) {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	if d.stopping[r.t.name] == r {
+		delete(d.stopping, r.t.name)
+	}
+	if d.targets[r.t.name] != r {
+		d.metrics.forget(r.t.name)
+	}
+}
+
+// health is the state of every target of the policy in force.
+func (d *Daemon) health() Health {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	h := Health{Status: "ok", Targets: make(map[string]State, len(d.targets))}
+	for name, r := range d.targets {
+		st := r.t.state.Load().(State)
+		h.Targets[name] = st
+		if st != Leading && st != Standby {
+			h.Status = "unavailable"
+		}
+	}
+	return h
+}
+
+// handler serves /metrics; /healthz, 200 when a pgreap watch acts on
+// every target (this replica or another), else 503, with the state of each
+// target in JSON (for readiness and alerts); /livez, 200 while the process
+// answers (for a liveness probe: a database that is down is no reason to
+// restart the daemon).
+func (d *Daemon) handler() http.Handler {
+	mux := http.NewServeMux()
+	mux.Handle("/metrics", d.metrics.Handler())
+	mux.HandleFunc("/healthz", func(w http.ResponseWriter, _ *http.Request) {
+		h := d.health()
+		b, _ := json.Marshal(h)
+		w.Header().Set("Content-Type", "application/json")
+		w.Header().Set("Cache-Control", "no-store")
+		if h.Status != "ok" {
+			w.WriteHeader(http.StatusServiceUnavailable)
+		}
+		_, _ = w.Write(append(b, '\n'))
+	})
+	mux.HandleFunc("/livez", func(w http.ResponseWriter, _ *http.Request) {
+		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
+		w.Header().Set("Cache-Control", "no-store")
+		_, _ = w.Write([]byte("ok\n"))
+	})
+	return mux
 }
 
 // shutdown stops the targets (each finishes what is in flight, bounded)

@@ -223,8 +223,9 @@ func snapshots(t *testing.T, d *daemon) uint64 {
 	return 0
 }
 
-// The first rule in file order acts; protected sessions and dry runs are
-// untouched; metrics count every attempt; /metrics and /healthz answer.
+// Of the real rules, the first in file order acts; a dry-run rule audits
+// and takes the session from no one; protected sessions are untouched;
+// metrics count every attempt; /metrics and /healthz answer.
 func TestProtectDryRunAndMetrics(t *testing.T) {
 	t.Parallel()
 	tag := pgtest.Tag(t)
@@ -250,29 +251,42 @@ rules:
   - name: everyone
     match: {app: ["TAG-*"], state: [active]}
     action: cancel
+  - name: too-late
+    match: {app: ["TAG-*"], state: [active]}
+    action: terminate
 `)
-	if code := pgtest.SQLState(plain.Wait()); code != "57014" {
-		t.Fatalf("plain: SQLSTATE %q, want 57014", code)
+	for _, v := range []*pgtest.Victim{dry, plain} {
+		if code := pgtest.SQLState(v.Wait()); code != "57014" {
+			t.Fatalf("%s: SQLSTATE %q, want 57014", v.App, code)
+		}
 	}
-	got := d.waitEntries(t, 2)
-	byPID := map[int32]watch.Entry{}
+	got := d.waitEntries(t, 3)
+	type line struct {
+		pid  int32
+		rule string
+	}
+	byRule := map[line]watch.Entry{}
 	for _, e := range got {
-		byPID[e.PID] = e
+		byRule[line{e.PID, e.Rule}] = e
 	}
-	if e := byPID[dry.PID]; e.Rule != "try-first" || e.Outcome != "planned" || !e.DryRun || e.Action != "terminate" {
+	if e := byRule[line{dry.PID, "try-first"}]; e.Outcome != "planned" || !e.DryRun || e.Action != "terminate" {
 		t.Errorf("dry run line %+v", e)
 	}
-	if e := byPID[plain.PID]; e.Rule != "everyone" || e.Outcome != "cancelled" || e.DryRun {
-		t.Errorf("plain line %+v", e)
+	for _, v := range []*pgtest.Victim{dry, plain} {
+		if e := byRule[line{v.PID, "everyone"}]; e.Outcome != "cancelled" || e.DryRun {
+			t.Errorf("%s line %+v", v.App, e)
+		}
 	}
-	if _, ok := byPID[vip.PID]; ok || len(got) != 2 {
+	if len(got) != 3 {
 		t.Errorf("audit lines %+v", got)
 	}
 	vip.WaitState("active", "")
-	dry.WaitState("active", "")
+	if !dry.Alive() || !plain.Alive() {
+		t.Error("a session was terminated")
+	}
 
 	m := d.Metrics()
-	if n := testutil.ToFloat64(m.Actions.WithLabelValues(tag, "everyone", "cancel", "cancelled")); n != 1 {
+	if n := testutil.ToFloat64(m.Actions.WithLabelValues(tag, "everyone", "cancel", "cancelled")); n != 2 {
 		t.Errorf("actions cancelled = %v", n)
 	}
 	if n := testutil.ToFloat64(m.Actions.WithLabelValues(tag, "try-first", "terminate", "planned")); n != 1 {
@@ -283,7 +297,7 @@ rules:
 	}
 	body := get(t, "http://"+d.Addr()+"/metrics")
 	for _, want := range []string{
-		`pgreap_actions_total{action="cancel",outcome="cancelled",rule="everyone",target="` + tag + `"} 1`,
+		`pgreap_actions_total{action="cancel",outcome="cancelled",rule="everyone",target="` + tag + `"} 2`,
 		`pgreap_target_up{target="` + tag + `"} 1`,
 		`pgreap_leader{target="` + tag + `"} 1`,
 		`pgreap_config_reload_success 1`,
@@ -297,7 +311,7 @@ rules:
 	if strings.Contains(body, tag+"-") || strings.Contains(body, "pg_sleep") {
 		t.Error("/metrics carries an application name or a query")
 	}
-	if body := get(t, "http://"+d.Addr()+"/healthz"); body != "ok\n" {
+	if body := get(t, "http://"+d.Addr()+"/healthz"); body != `{"status":"ok","targets":{"`+tag+`":"leading"}}`+"\n" {
 		t.Errorf("/healthz %q", body)
 	}
 }
