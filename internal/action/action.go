@@ -207,7 +207,8 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 	if req.Action == Cancel && len(req.PIDs) == 0 {
 		// A selection of sessions to cancel means their running queries:
 		// an idle session has none.
-		where += "\n   AND a.state IN ('active', 'fastpath function call')"
+		args = append(args, selector.Running)
+		where += fmt.Sprintf("\n   AND a.state = ANY ($%d::text[])", len(args))
 	}
 	if len(req.PIDs) > 0 {
 		args = append(args, req.PIDs)
@@ -316,7 +317,7 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		return Protected, "not a client backend (a background worker starting or exiting)"
 	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
 		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
-	case action == Cancel && s.State != "active" && s.State != "fastpath function call":
+	case action == Cancel && !slices.Contains(selector.Running, s.State):
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", s.State)
 	}
 	return Planned, ""

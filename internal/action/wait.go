@@ -3,9 +3,12 @@ package action
 import (
 	"context"
 	"fmt"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/selector"
 )
 
 // The polls of a wait start short, because a terminated backend is usually
@@ -145,7 +148,7 @@ type look struct {
 func (r *Result) settleCancel(l *look) bool {
 	same := func(t *time.Time, u time.Time) bool { return t != nil && t.Equal(u) }
 	state := deref(l.state)
-	running := state == "active" || state == "fastpath function call"
+	running := slices.Contains(selector.Running, state)
 	sameQuery := l.present && same(l.queryStart, r.QueryStart)
 	if sameQuery && (state == "fastpath function call" || r.at.state == "fastpath function call") {
 		// A fastpath function call leaves query_start as it was: a call
