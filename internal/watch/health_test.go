@@ -169,3 +169,45 @@ rules:
 		t.Errorf("audit %+v", got)
 	}
 }
+
+// A reload that changes the DSN while a cancel-then-terminate's grace runs:
+// the rule has not done what it says, so the watch that takes the target
+// over judges the session again (cancel, grace, terminate), and the
+// counters of what the old one did stay.
+func TestReloadDuringAGraceStillTerminates(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-v"})
+	v.Start(`DO $$ BEGIN LOOP BEGIN PERFORM pg_catalog.pg_sleep(60);
+		EXCEPTION WHEN query_canceled THEN PERFORM pg_catalog.set_config('application_name', '` + tag + `-v-cancelled', false); END; END LOOP; END $$`)
+	v.WaitState("active", "")
+	const pol = `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 200ms
+audit_log: AUDIT
+metrics_addr: 127.0.0.1:0
+rules:
+  - name: stubborn
+    match: {app: ["TAG-v*"], state: [active]}
+    action: cancel-then-terminate
+    grace: 2s
+`
+	d := startDaemon(t, dsn(t), pol)
+	pgtest.Eventually(t, "the cancel", func() (bool, error) {
+		var app string
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&app)
+		return app == tag+"-v-cancelled", err
+	})
+	if err := os.WriteFile(d.path, []byte(policyText(t, dsn(t)+" connect_timeout=7", d.audit, pol)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	d.Reload(pgtest.Context(t))
+	pgtest.Eventually(t, "the terminate", func() (bool, error) { return !v.Alive(), nil })
+	got := d.waitEntries(t, 2)
+	if last := got[len(got)-1]; last.PID != v.PID || last.Outcome != "terminated" {
+		t.Fatalf("audit %+v", got)
+	}
+	if n := testutil.ToFloat64(d.Metrics().Actions.WithLabelValues(tag, "stubborn", "cancel", "survived")); n < 1 {
+		t.Errorf("the old watch's cancel survived is no longer counted: %v", n)
+	}
+}

@@ -713,8 +713,17 @@ func (s *session) stop() {
 	defer cancel()
 	for _, f := range s.flying {
 		if !f.escalateAt.IsZero() {
-			s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated", "rule", f.rule.Name)
+			// The rule has not done what it says (terminate what still
+			// runs after the grace): not recorded as done, so the watch
+			// that takes this target over (a reload that changed its DSN)
+			// judges the session again, cancel and grace included.
+			s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated; a watch that takes over the target judges it again", "rule", f.rule.Name)
 			f.escalateAt = time.Time{}
+			for i := range f.plan.Results {
+				if r := &f.plan.Results[i]; r.Pending() {
+					delete(s.t.done, f.rule.keyOf(&r.Session))
+				}
+			}
 		}
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
 			action.Expire(f.plan, s.t.now().Sub(f.sent))

@@ -262,15 +262,17 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 	}
 }
 
-// stopped: the target r has stopped; if the policy dropped or replaced it,
-// its series go (its replacement, if any, has not started).
+// stopped: the target r has stopped; if the policy dropped it, its series
+// go. A target replaced (its DSN changed) keeps them: its counters go on
+// under the same name, and a scrape must not lose what it counted while it
+// stopped.
 func (d *Daemon) stopped(r *running) {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	if d.stopping[r.t.name] == r {
 		delete(d.stopping, r.t.name)
 	}
-	if d.targets[r.t.name] != r {
+	if _, kept := d.targets[r.t.name]; !kept {
 		d.metrics.forget(r.t.name)
 	}
 }
