@@ -373,8 +373,12 @@ func resultsError(kind action.Kind, results []action.Result) error {
 				parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
 			}
 		}
+		reach := string(want(kind))
+		if slices.ContainsFunc(results, func(r action.Result) bool { return r.IsPrepared() }) {
+			reach += " or " + string(action.RolledBack) // unblock's prepared roots
+		}
 		return &exitError{ExitIncomplete, fmt.Errorf("%d of %d sessions did not reach %s: %s (see detail)",
-			incomplete, len(results), want(kind), strings.Join(parts, ", "))}
+			incomplete, len(results), reach, strings.Join(parts, ", "))}
 	}
 	if acted == 0 {
 		return fmt.Errorf("%w that pgreap may act on (%d protected)", ErrNoMatch, counts[action.Protected])

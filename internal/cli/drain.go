@@ -288,8 +288,10 @@ func preparedNote(ctx context.Context, opts *DrainOptions, conn *pgx.Conn) strin
 	if len(prepared) > 1 {
 		verb = "hold their"
 	}
-	return fmt.Sprintf("; %d prepared transaction%s in it (%s) %s locks with no session until ROLLBACK PREPARED or COMMIT PREPARED",
-		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb)
+	// ROLLBACK PREPARED and COMMIT PREPARED run only connected to the
+	// database, which the drain keeps everyone out of.
+	return fmt.Sprintf("; %d prepared transaction%s in it (%s) %s locks with no session: ROLLBACK PREPARED or COMMIT PREPARED ends them, connected to %s, so before a drain or after 'pgreap undrain %s'",
+		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb, opts.Database, opts.Database)
 }
 
 // autovacuumIn is the autovacuum workers a round found and left alone

@@ -534,7 +534,7 @@ func TestDrainNamesThePreparedTransactionsLeft(t *testing.T) {
 	r = run(t, false, "drain", db)
 	r.wantCode(t, 0)
 	if !strings.Contains(r.errOut, "is drained (1 session ended) and held") || !strings.Contains(r.errOut, want) ||
-		!strings.Contains(r.errOut, "holds its locks with no session until ROLLBACK PREPARED or COMMIT PREPARED") {
+		!strings.Contains(r.errOut, "holds its locks with no session: ROLLBACK PREPARED or COMMIT PREPARED ends them, connected to "+db+", so before a drain or after 'pgreap undrain "+db+"'") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
 	run(t, false, "undrain", db).wantCode(t, 0)

@@ -196,7 +196,7 @@ func TestUnblockPreparedRootBehindASession(t *testing.T) {
 			}
 			if !rollback {
 				r.wantCode(t, 3)
-				want := fmt.Sprintf("still waiting after ending what it could: %d waits for prepared:%s", waiter.PID, gid)
+				want := fmt.Sprintf("still waiting: %d waits for prepared:%s", waiter.PID, gid)
 				if !prepared(t, gid) || !waiter.Alive() || !strings.Contains(r.errOut, want) {
 					t.Fatalf("want the prepared transaction and the waiter left, and %q:\n%s", want, r.errOut)
 				}
@@ -216,5 +216,52 @@ func TestUnblockPreparedRootBehindASession(t *testing.T) {
 				t.Fatalf("rows %v", rows)
 			}
 		})
+	}
+}
+
+// A dry run judges a rollback as the real run meets it: another role's
+// prepared transaction is denied to a role that is not its owner, in the
+// dry run as in the run, and nothing is rolled back.
+func TestUnblockRollbackPreparedDeniedAsTheRunWouldBe(t *testing.T) {
+	t.Parallel()
+	db, gid, waiter := preparedPileUp(t)
+	nobody := pgtest.NewRole(t, "NOSUPERUSER")
+	as := pgtest.Shared(t).DSN("postgres", nobody)
+	for _, extra := range [][]string{{"--dry-run"}, {"--yes"}} {
+		r := run(t, false, append([]string{"unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared", "-o", "json", "-d", as}, extra...)...)
+		r.wantCode(t, 3)
+		rows := jsonRows(t, r.out)
+		if len(rows) == 0 || rows[0]["gid"] != gid || rows[0]["outcome"] != "denied" ||
+			!strings.Contains(rows[0]["detail"].(string), "only its owner ("+pgtest.Superuser+") or a superuser may end it") {
+			t.Fatalf("%v: rows %v\n%s", extra, rows, r.errOut)
+		}
+		if !prepared(t, gid) || !waiter.Alive() {
+			t.Fatalf("%v: rolled back, or ended the waiter", extra)
+		}
+	}
+}
+
+// A waiter held by a session and a prepared transaction at once: ending
+// the session releases nothing, and unblock says at once who still holds
+// the wait.
+func TestUnblockSaysWhatAPreparedRootStillHolds(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	setup := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	setup.Exec("CREATE TABLE m (id int)")
+	gid := pgtest.PrepareTransaction(t, db, "", "", "LOCK TABLE m IN SHARE MODE")
+	root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	root.Exec("BEGIN")
+	root.Exec("LOCK TABLE m IN SHARE MODE")
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	waiter.Start("UPDATE m SET id = 1")
+	waiter.WaitState("active", "Lock")
+
+	start := time.Now()
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "1m")
+	r.wantCode(t, 3)
+	want := fmt.Sprintf("pgreap: still waiting: %d waits for prepared:%s\n", waiter.PID, gid)
+	if root.Alive() || !prepared(t, gid) || !waiter.Alive() || !strings.HasSuffix(r.errOut, want) || time.Since(start) > 30*time.Second {
+		t.Fatalf("want the session ended, the prepared transaction left, and %q at once (%s):\n%s\n%s", want, time.Since(start), r.out, r.errOut)
 	}
 }

@@ -157,20 +157,9 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,
 		waiters: map[sessionID]bool{}, waiting: map[sessionID]bool{}, tried: map[sessionID]int{}}
-	// The waits to release are those behind the roots the selectors kept,
-	// but for those behind a prepared transaction left alone: nothing ends
-	// it, and waiting for them to be released would only spend --timeout.
-	behindPrepared := map[int32]bool{}
-	for _, r := range tree.Roots {
-		if r.GID != "" && !opts.RollbackPrepared {
-			for _, w := range tree.Waiters[r] {
-				behindPrepared[w] = true
-			}
-		}
-	}
-	for _, r := range tree.Roots {
+	for _, r := range tree.Roots { // the roots the selectors kept
 		for _, w := range tree.Waiters[r] {
-			if s := look.byPID[w]; s != nil && !behindPrepared[w] {
+			if s := look.byPID[w]; s != nil {
 				u.waiters[idOf(s)] = true
 			}
 		}
@@ -226,7 +215,7 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 	var deadline time.Time
 	poll := 10 * time.Millisecond
 	limitHit, released := false, 0
-	waited := opts.Timeout.String()
+	waited := " after " + opts.Timeout.String()
 	for round := 1; ; round++ {
 		if len(tree.Roots) > 0 {
 			if opts.Limit > 0 && round > 1 && u.chosen()+len(tree.Roots) > opts.Limit {
@@ -257,7 +246,10 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 			if act.Limit > 0 {
 				act.Limit -= u.chosen() // the limit is for the whole run
 			}
-			rb := u.preparedRoots(look, tree)
+			rb, err := u.preparedRoots(ctx, look, tree)
+			if err != nil {
+				return u.finish(err)
+			}
 			p, res, err := unblockRound(ctx, &act, u.conn, &roundSel, look.snap, rb)
 			if p == nil {
 				if round == 1 {
@@ -314,7 +306,7 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 		if len(tree.Roots) == 0 && onlyPrepared {
 			// Held up by prepared transactions left alone: nothing will
 			// end them, and waiting would only spend --timeout.
-			waited = "ending what it could"
+			waited = "" // at once
 			break
 		}
 	}
@@ -326,7 +318,7 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 	case still != "":
 		// Ending the roots did not release every wait: say who still
 		// blocks whom, whatever the roots' outcomes.
-		return &exitError{ExitIncomplete, fmt.Errorf("still waiting after %s: %s", waited, still)}
+		return &exitError{ExitIncomplete, fmt.Errorf("still waiting%s: %s", waited, still)}
 	}
 	return err
 }
@@ -357,23 +349,28 @@ func unblockRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *se
 
 // preparedRoots are the rows of the prepared transactions at the tree's
 // roots: left alone (protected, which makes the run incomplete) unless
-// --rollback-prepared, then planned, and rolled back after the confirmation.
-func (u *unblocker) preparedRoots(look *unblockLook, tree *maintenance.Tree) *rollbacks {
+// --rollback-prepared; then planned, or denied as the rollback would be,
+// and rolled back after the confirmation.
+func (u *unblocker) preparedRoots(ctx context.Context, look *unblockLook, tree *maintenance.Tree) (*rollbacks, error) {
 	rb := &rollbacks{do: u.rollback}
 	for _, r := range tree.Roots {
 		p := look.prepared[r.GID]
 		if r.GID == "" || p == nil {
 			continue
 		}
-		res := action.Result{Session: *p, Action: action.Rollback, Named: true, Outcome: action.Planned}
-		if !u.opts.RollbackPrepared {
-			res.Outcome = action.Protected
+		res := action.Result{Session: *p, Action: action.Rollback, Named: true, Outcome: action.Protected}
+		if u.opts.RollbackPrepared {
+			var err error
+			if res.Outcome, res.Detail, err = maintenance.JudgePrepared(ctx, u.conn, p); err != nil {
+				return nil, err
+			}
+		} else {
 			res.Detail = fmt.Sprintf("prepared transaction '%s', prepared %s ago: end it with ROLLBACK PREPARED or COMMIT PREPARED, or --rollback-prepared",
 				p.GID, output.Age(look.snap.Taken.Sub(p.XactStart)))
 		}
 		rb.rows = append(rb.rows, res)
 	}
-	return rb
+	return rb, nil
 }
 
 // rollback rolls back a prepared transaction, connected to its database:
@@ -675,7 +672,7 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 	}
 	describe := func(n maintenance.Node) string {
 		if p := prepared[n.GID]; n.GID != "" && p != nil {
-			return fmt.Sprintf("%s  %s  %s  %s, prepared %s ago", output.PreparedName(n.GID), output.Clean(p.Datname),
+			return fmt.Sprintf("%s  %s  %s  %s, prepared %s ago", output.Cut(output.PreparedName(n.GID), 80), output.Clean(p.Datname),
 				output.Clean(p.Usename), activity.BackendTypePrepared, output.Age(snap.Taken.Sub(p.XactStart)))
 		}
 		pid := n.PID
@@ -688,7 +685,7 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 			state = strings.TrimSpace(s.BackendType + " " + state)
 		}
 		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(s.Usename),
-			output.Clean(s.ApplicationName), output.Clean(state), cut(output.Clean(s.Query), 80))
+			output.Clean(s.ApplicationName), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
 	}
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))
@@ -697,11 +694,4 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 		}
 	}
 	fmt.Fprintln(io.Out)
-}
-
-func cut(s string, n int) string {
-	if r := []rune(s); len(r) > n {
-		return string(r[:n-1]) + "…"
-	}
-	return s
 }

@@ -15,8 +15,27 @@ import (
 	"github.com/pgreap/pgreap/internal/activity"
 )
 
-//go:embed sql/prepared.sql
-var preparedSQL string
+var (
+	//go:embed sql/prepared.sql
+	preparedSQL string
+	//go:embed sql/prepared_may.sql
+	preparedMaySQL string
+)
+
+// JudgePrepared is what a rollback of the prepared transaction p would
+// meet, without one: Planned, or Denied with the reason (its owner or a
+// superuser only, connected to its database). A dry run says what the real
+// run would, and a run asks only about those it may end.
+func JudgePrepared(ctx context.Context, conn *pgx.Conn, p *activity.Session) (action.Outcome, string, error) {
+	var refused *string
+	if err := conn.QueryRow(ctx, preparedMaySQL, p.Usename, p.Datname).Scan(&refused); err != nil {
+		return "", "", fmt.Errorf("prepared transaction %q: %w", p.GID, err)
+	}
+	if refused != nil {
+		return action.Denied, *refused, nil
+	}
+	return action.Planned, "", nil
+}
 
 // PreparedDetail says why a prepared transaction at the root of lock waits
 // was left alone, and how to end it.
@@ -41,9 +60,13 @@ func ago(d time.Duration) string {
 // connected to p's database. It is guarded by (GID, prepared time): a GID
 // is free again once its transaction ended, and one that a new transaction
 // took is that one's, reported changed. ROLLBACK PREPARED runs on its own
-// (never in a transaction block) and takes the GID only, so the guard is
-// read just before it; the transaction's id, read with the guard, says
-// afterwards whether the transaction named was the one rolled back.
+// (never in a transaction block, nor from a function) and takes the GID
+// only, so the guard is read just before it, one round trip earlier; the
+// transaction's id, read with the guard, says afterwards how the named
+// transaction ended. What no statement can tell: if in that round trip
+// another session ended it and a new transaction took the same GID,
+// ROLLBACK PREPARED ended the new one (a two-phase coordinator's GIDs are
+// unique: that takes a GID reused within milliseconds, on purpose).
 //
 // Rolling back a prepared transaction can break the atomicity of the
 // distributed transaction it is a part of (another system may have
@@ -78,7 +101,7 @@ func RollbackPrepared(ctx context.Context, conn *pgx.Conn, p *activity.Session) 
 		// Committed by someone else between the guard and the rollback,
 		// and a new transaction prepared with the same GID: that one is
 		// what ROLLBACK PREPARED ended.
-		return action.Changed, "committed by another session just before the rollback; a new transaction with the same GID was rolled back instead"
+		return action.Gone, "committed by another session just before the rollback; ROLLBACK PREPARED then ended a new transaction that had taken its GID"
 	}
 	return action.Survived, "ROLLBACK PREPARED returned, and the transaction is not shown aborted"
 }

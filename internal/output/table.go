@@ -197,7 +197,9 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	pid := strconv.Itoa(int(s.PID))
 	switch {
 	case s.IsPrepared():
-		pid = PreparedName(s.GID) // no backend, no pid: its GID names it
+		// No backend, no pid: its GID names it, cut as a cell is (an XA
+		// GID is 130 characters and more; JSON has it whole).
+		pid = cut(PreparedName(s.GID), maxGIDCell)
 	case s.LeaderPID != 0 && s.LeaderPID != s.PID:
 		pid = "└ " + pid
 	}
@@ -254,6 +256,9 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		clean(s.Query),
 	}
 }
+
+// maxGIDCell is how wide a prepared transaction's PID cell gets.
+const maxGIDCell = 32
 
 // PreparedName is how a table names a prepared transaction: prepared:GID,
 // the GID cleaned like a query (its owner chose the text).

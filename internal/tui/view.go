@@ -227,7 +227,11 @@ func (m *Model) summarize() {
 		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("%d waiting on locks", waiting)))
 	}
 	if prepared > 0 {
-		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("prepared transactions blocking: %d (b shows them)", prepared)))
+		hint := " (b shows them)"
+		if m.blockers {
+			hint = ""
+		}
+		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("prepared transactions blocking: %d%s", prepared, hint)))
 	}
 	if workers > 0 {
 		parts = append(parts, fmt.Sprintf("%d parallel workers", workers))
