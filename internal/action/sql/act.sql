@@ -173,11 +173,13 @@ SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
   -- as chosen when the signal reached it.
   LEFT JOIN LATERAL (
     SELECT s.pid, s.state, s.query_start, s.state_change
-      FROM pg_catalog.pg_stat_get_activity(
-             CASE WHEN j.sent IS NOT TRUE OR NOT c.fresh THEN 0 -- no backend
-                  -- never true: c.n makes each row's arguments its own, so
-                  -- no cache (Memoize, 14+) answers one row with another's read
-                  WHEN c.n IS NULL OR pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+      -- Only after a signal to a session read afresh: even with no
+      -- backend to find (pid 0), pg_stat_get_activity looks through all.
+      FROM (SELECT 1 WHERE j.sent AND c.fresh OFFSET 0) AS t1
+      CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
+             -- never true: c.n makes each row's arguments its own, so
+             -- no cache (Memoize, 14+) answers one row with another's read
+             CASE WHEN c.n IS NULL OR pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
                   ELSE c.pid
              END) AS s
      WHERE s.backend_start = j.backend_start
