@@ -39,10 +39,10 @@ const floorApplySQL = `SELECT c.n, a.pid IS NOT NULL AND a.application_name = c.
 // with `pgreap apply`, to show that its time grows in proportion to the
 // plan (linear), against a floor in the same run. The cluster holds 1000
 // idle sessions (pgx, application_name apply-live) throughout; every plan
-// names those 1000 by pid and backend_start, described with another
-// application_name (so apply judges them against the live sessions and
-// leaves them alone: changed, and the next run finds them again), and the
-// rest by pids no backend can have (above the kernel's pid_max: gone).
+// names those 1000 by their pids with another backend_start (so apply
+// judges them against the live sessions and leaves them alone: changed,
+// pid reused, and the next run finds them again), and the rest by pids no
+// backend can have (above the kernel's pid_max: gone).
 // Two sub-benchmarks:
 //
 //	plan=pid  a plan made by pid (no selection): every session is judged
@@ -54,9 +54,9 @@ const floorApplySQL = `SELECT c.n, a.pid IS NOT NULL AND a.application_name = c.
 // Per iteration and plan size, in an order that alternates:
 //
 //	pgreap  `pgreap apply PLAN -o json`, a fresh process, timed from start
-//	        to exit; exit status 3, its JSON N rows: 1000 changed (not
-//	        the session the plan describes), the rest gone; the 1000
-//	        sessions still there afterwards.
+//	        to exit; exit status 3, its JSON N rows: 1000 changed (pid
+//	        reused), the rest gone; the 1000 sessions still there
+//	        afterwards.
 //	floor   in the benchmark process: read the plan with encoding/json,
 //	        a fresh pgx connection, one statement that judges every
 //	        session by identity and application_name (floorApplySQL),
@@ -157,8 +157,8 @@ func (a *applyBench) bench(b *testing.B, kind string) {
 		medianMS(pgreapTimes[first]), medianMS(pgreapTimes[last]), medianMS(floorTimes[first]), medianMS(floorTimes[last]))
 }
 
-// plan writes a plan of n sessions: the live ones (described with another
-// application_name), then pids no backend has. It starts from the plan
+// plan writes a plan of n sessions: the live ones (with another
+// backend_start), then pids no backend has. It starts from the plan
 // pgreap itself prints, so the file is one apply reads.
 func (a *applyBench) plan(b *testing.B, kind string, n int) string {
 	b.Helper()
@@ -184,13 +184,14 @@ func (a *applyBench) plan(b *testing.B, kind string, n int) string {
 	}
 	maxPID := pidMax(b)
 	pid := regexp.MustCompile(`"pid":[0-9]+`)
+	backendStart := regexp.MustCompile(`"backend_start":"[^"]+"`)
 	var out []string
 	for k := range n {
 		row := strings.TrimSuffix(rows[k%applyLive], ",")
 		if k >= applyLive {
 			row = pid.ReplaceAllString(row, `"pid":`+strconv.Itoa(maxPID+k))
 		}
-		out = append(out, strings.Replace(row, `"application_name":"apply-live"`, `"application_name":"apply-planned"`, 1))
+		out = append(out, backendStart.ReplaceAllString(row, `"backend_start":"2001-02-03T04:05:06.789Z"`))
 	}
 	file := filepath.Join(a.dir, fmt.Sprintf("plan-%s-%d.json", kind, n))
 	if err := os.WriteFile(file, []byte("[\n"+strings.Join(out, ",\n")+"\n]\n"), 0o600); err != nil {
@@ -246,7 +247,7 @@ func (a *applyBench) pgreap(b *testing.B, file string, n int) time.Duration {
 	changed, gone := 0, 0
 	for _, r := range rows {
 		switch {
-		case r.Outcome == "changed" && r.ApplicationName == "apply-live" && strings.HasPrefix(r.Detail, "not the session the plan describes"):
+		case r.Outcome == "changed" && r.ApplicationName == "apply-live" && strings.HasPrefix(r.Detail, "pid reused"):
 			changed++
 		case r.Outcome == "gone":
 			gone++
