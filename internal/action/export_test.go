@@ -77,6 +77,6 @@ func Judge(ctx context.Context, conn *pgx.Conn, p *Plan, fresh bool) ([]string, 
 // signalling statement, as if the server changed between the two (a
 // failover behind a pooler or a moved address).
 func SkipServerCheck() (restore func()) {
-	testSkipServerCheck = func() {}
-	return func() { testSkipServerCheck = nil }
+	testSkipServerCheck = true
+	return func() { testSkipServerCheck = false }
 }

@@ -235,8 +235,13 @@ func checkVersion(raw json.RawMessage) error {
 	if json.Unmarshal(raw, &h) != nil || h.Version == nil {
 		return nil // said when the header is read
 	}
-	if *h.Version != PlanVersion {
-		return fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", *h.Version, PlanVersion)
+	return versionError(*h.Version)
+}
+
+// versionError refuses a plan of another version than PlanVersion.
+func versionError(v int) error {
+	if v != PlanVersion {
+		return fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", v, PlanVersion)
 	}
 	return nil
 }
@@ -250,8 +255,8 @@ func readHeader(raw json.RawMessage) (*PlanHeader, error) {
 	if err := json.Unmarshal(raw, &h); err != nil {
 		return nil, fmt.Errorf(`"plan": %s`, jsonError(err))
 	}
-	if h.Version != PlanVersion {
-		return nil, fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", h.Version, PlanVersion)
+	if err := versionError(h.Version); err != nil {
+		return nil, err
 	}
 	if h.PostmasterStartTime.IsZero() {
 		return nil, errors.New(`"plan": no postmaster_start_time`)
