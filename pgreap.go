@@ -163,10 +163,17 @@ func executeOptions(opt Options) action.Options {
 	return action.Options{DryRun: opt.DryRun, Wait: opt.Wait, Grace: opt.Grace}
 }
 
+// ErrOtherServer: Apply was given a plan made on another server, or before
+// the server restarted (its system_identifier or pg_postmaster_start_time
+// differs); nothing was done. Match it with errors.Is.
+var ErrOtherServer = action.ErrOtherServer
+
 // Apply carries out a plan as `pgreap cancel|terminate --dry-run -o json`
 // printed it: exactly its planned sessions, each through the guard, so one
-// that moved on since is Changed. A plan from another server run is
-// refused as a whole (action.ErrOtherServer) before anything is signalled.
+// that moved on since, or that is not the session the plan describes, is
+// Changed. A plan from another server run is refused as a whole
+// (ErrOtherServer) before anything is signalled. The results are the
+// sessions as the signalling statement read them, never the plan's text.
 func Apply(ctx context.Context, c *pgx.Conn, plan io.Reader, opt Options) ([]Result, error) {
 	p, err := action.ReadPlan(plan)
 	if err != nil {

@@ -5,13 +5,16 @@ import (
 	"embed"
 	"errors"
 	"fmt"
+	"net/netip"
 	"reflect"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -29,8 +32,9 @@ func mustSQL(name string) string {
 }
 
 var (
-	actSQL  = mustSQL("act.sql")
-	waitSQL = mustSQL("wait.sql")
+	actSQL    = mustSQL("act.sql")
+	waitSQL   = mustSQL("wait.sql")
+	serverSQL = mustSQL("server.sql")
 )
 
 // Kind is what is done to a session.
@@ -79,7 +83,13 @@ func (g Guard) Columns() []string {
 }
 
 // Result is one chosen session and what became of it. Session is the
-// session as it was seen when it was chosen.
+// session as the signalling statement read it when that statement judged
+// it the session chosen (signalled it, or would have in a dry run), else
+// as it was seen when chosen; for a plan read from a file (ReadPlan), it is
+// the statement's read of whatever backend has the pid, or, when none
+// has, the pid and the guard alone: nothing of a result comes from the
+// file but the identity it names. The signalling statement does not read
+// BlockedBy: it is the choice's, empty for a plan read from a file.
 type Result struct {
 	activity.Session
 	Action  Kind
@@ -95,6 +105,17 @@ type Result struct {
 	at signalled
 	// noMatch: changed because it did not match the selection.
 	noMatch bool
+	// described is what a plan file says of the session besides its
+	// identity; nil for a session chosen on the server.
+	described *described
+}
+
+// described is how a plan file describes a session: the signalling
+// statement leaves a session described otherwise alone (changed), for the
+// plan was made for another session.
+type described struct {
+	datname, usename, applicationName string
+	clientAddr                        netip.Addr
 }
 
 // NoMatch reports whether the session was left alone because it did not
@@ -144,11 +165,17 @@ type Request struct {
 	IncludeAutovacuum  bool
 }
 
-// Server identifies the server run a plan was made on.
+// Server identifies the server run a plan was made on: its
+// system_identifier and pg_postmaster_start_time() name it; host and port
+// only say how it was reached.
 type Server struct {
 	Host    string
 	Port    uint16
 	Started time.Time // pg_postmaster_start_time()
+	// SystemID is pg_control_system().system_identifier, as pg_controldata
+	// prints it (unsigned); 0 while not known (a plan made by Choose learns
+	// it from its first statement).
+	SystemID uint64
 }
 
 // Plan is what an action will do: every chosen session with its action and,
@@ -403,7 +430,9 @@ func (o *Options) after(d time.Duration) <-chan time.Time {
 
 // Execute carries out a plan: one statement signals every planned session
 // that still is what was chosen, then it waits for them. The results are
-// updated in place, and returned.
+// updated in place, and returned. A plan that names its server
+// (Server.SystemID) is refused as a whole (ErrOtherServer) on another
+// server, before anything is signalled.
 func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Result, err error) {
 	defer func() { p.unverified(err) }()
 	if err := checkIdle(conn); err != nil {
@@ -417,6 +446,18 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 	}
 	if len(todo) == 0 {
 		return p.Results, nil
+	}
+	if p.ServerVersion == 0 {
+		// A plan read from a file: the statement reads the columns this
+		// server has.
+		if p.ServerVersion, err = activity.ServerVersion(ctx, conn); err != nil {
+			return p.Results, err
+		}
+	}
+	if p.Server.SystemID != 0 && !testSkipServerCheck {
+		if err := p.checkServer(ctx, conn); err != nil {
+			return p.Results, err
+		}
 	}
 	if opt.DryRun {
 		return p.Results, p.act(ctx, conn, todo, nil, false)
@@ -571,8 +612,51 @@ const NoMatchDetail = "no longer matches the selection"
 
 const movedDetail = "moved on: its query or state changed since it was chosen"
 
-// ErrOtherServer: the plan was made on another server, or before a restart.
-var ErrOtherServer = errors.New("the plan was made on another server or before a restart (pg_postmaster_start_time differs): nothing done")
+// ErrOtherServer: the plan was made on another server, or before a restart,
+// and nothing was done. Errors that say which match it with errors.Is.
+var ErrOtherServer = errors.New("the plan was made on another server or before a restart: nothing done")
+
+// otherServer says how the server differs from the plan's.
+type otherServer struct{ what string }
+
+func (e *otherServer) Error() string {
+	return "the plan was made " + e.what + ": nothing done"
+}
+
+func (e *otherServer) Is(target error) bool { return target == ErrOtherServer }
+
+// checkServer refuses a plan made on another server, or before a restart,
+// as a whole: one line, nothing done. The signalling statement checks the
+// same again in every row, for a failover between this look and the
+// signal (a pooler, a virtual address that moved).
+func (p *Plan) checkServer(ctx context.Context, conn *pgx.Conn) error {
+	var id int64
+	var started time.Time
+	if err := conn.QueryRow(ctx, serverSQL).Scan(&id, &started); err != nil {
+		return fmt.Errorf("server identity: %w", err)
+	}
+	if what := p.Server.differs(uint64(id), started); what != "" {
+		return &otherServer{what}
+	}
+	return nil
+}
+
+// differs says how a server (system_identifier, pg_postmaster_start_time)
+// is not s, or "" when it is s.
+func (s Server) differs(id uint64, started time.Time) string {
+	switch {
+	case s.SystemID != 0 && s.SystemID != id:
+		return fmt.Sprintf("on another server (system_identifier %d, this server's %d)", s.SystemID, id)
+	case !s.Started.IsZero() && !s.Started.Equal(started):
+		return fmt.Sprintf("before the server restarted (postmaster started %s, now %s)",
+			s.Started.Format(time.RFC3339Nano), started.Format(time.RFC3339Nano))
+	}
+	return ""
+}
+
+// testSkipServerCheck lets a test leave the check before the statement out,
+// as if the server had changed between the two; false outside tests.
+var testSkipServerCheck bool
 
 // act sends the action statement for the results at idx (actions
 // overrides a result's action), and records each verdict: sentOutcome for
@@ -591,29 +675,37 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 		if v.action != nil && *v.action != "" {
 			r.Action = Kind(*v.action)
 		}
-		if r.Action == Cancel && v.queryStart != nil && actions[i] == graceKind {
-			// The query the grace cancelled is the one to wait for.
-			r.QueryStart = *v.queryStart
-			if v.stateChange != nil {
-				r.StateChange = *v.stateChange
-			}
+		// What is reported of a session is what this statement saw, when it
+		// saw the session chosen; for a plan file, whatever has the pid on
+		// this server (the file's description is no report of anything).
+		// A session left alone for a reason of its own (moved on, no
+		// longer matching) is otherwise reported as it was chosen: the
+		// daemon remembers what it acted on by that.
+		if v.present && v.code != "other_server" && (v.code == "ok" || r.described != nil) {
+			blockedBy, marks := r.BlockedBy, r.Marks
+			r.Session = v.read
+			r.BlockedBy, r.Marks = blockedBy, marks
 		}
-		r.at = signalled{state: deref(v.state), xactStart: deref(v.xactStart), waitEvent: deref(v.waitEvent),
-			xid: deref(v.xid), read: deref(v.readAt), sent: v.signalAt, returned: v.signalDone}
-		r.Outcome, r.Detail = v.outcome(r, signal)
+		r.at = signalled{state: v.read.State, xactStart: v.read.XactStart, xid: deref(v.xid),
+			read: deref(v.readAt), sent: v.signalAt, returned: v.signalDone}
+		if v.read.WaitEventType != "" && v.read.WaitEvent != "" {
+			r.at.waitEvent = v.read.WaitEventType + ":" + v.read.WaitEvent
+		}
+		r.Outcome, r.Detail = v.outcome(p, r, signal)
 		r.noMatch = v.code == "no_match"
 	}
 	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
 	if err == nil {
 		copying := medianCopy(verdicts)
+		other := false
 		for k := range verdicts {
 			verdicts[k].copying = copying
+			other = other || verdicts[k].code == "other_server"
 		}
-		if verdicts[0].code == "other_server" {
-			for _, i := range idx {
-				p.Results[i].Outcome = Planned // nothing was signalled
-			}
-			return ErrOtherServer
+		if p.Server.SystemID == 0 && !other && verdicts[0].systemID != nil {
+			// A plan made by Choose names its server from now on (a dry
+			// run's plan file, the statements after this one).
+			p.Server.SystemID = uint64(*verdicts[0].systemID)
 		}
 		for k, i := range idx {
 			record(i, verdicts[k])
@@ -662,19 +754,16 @@ func isStatementError(err error) bool {
 }
 
 type verdict struct {
-	code     string
-	sent     *bool
-	btype    *string
-	usename  *string
-	state    *string
-	nowStart *time.Time
-	// action is the signal sent (for a grace: cancel or terminate), and
-	// queryStart/stateChange the session's at that instant.
-	action                  *string
-	queryStart, stateChange *time.Time
-	xactStart               *time.Time
-	waitEvent, xid          *string
-	readAt, readDone        *time.Time
+	code string
+	sent *bool
+	// read is the session as the statement read it (for its verdict);
+	// present is false when no backend had the pid.
+	read    activity.Session
+	present bool
+	// action is the signal sent (for a grace: cancel or terminate).
+	action           *string
+	xid              *string
+	readAt, readDone *time.Time
 	// copying is how long this statement's reads of the status array
 	// take (the median): the part of read-to-signal that is no delay.
 	copying              time.Duration
@@ -684,9 +773,12 @@ type verdict struct {
 	afterPresent                      bool
 	afterState                        *string
 	afterQueryStart, afterStateChange *time.Time
-	fresh                             bool
-	retried                           string // the error of the set statement, when retried alone
-	err                               error  // the error of the statement alone
+	// The server the statement ran on.
+	systemID *int64
+	started  *time.Time
+	fresh    bool
+	retried  string // the error of the set statement, when retried alone
+	err      error  // the error of the statement alone
 }
 
 func (p *Plan) judgeAndSignal(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) ([]verdict, error) {
@@ -706,6 +798,11 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	pins := make([]bool, n)
 	kinds := make([]string, n)
 	afresh := make([]bool, n)
+	isDescribed := make([]bool, n)
+	datnames := make([]*string, n)
+	usenames := make([]*string, n)
+	apps := make([]*string, n)
+	addrs := make([]*string, n)
 	for k, i := range idx {
 		r := &p.Results[i]
 		pids[k] = r.PID
@@ -718,10 +815,24 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 			kinds[k] = string(a)
 		}
 		afresh[k] = fresh(r, kinds[k])
+		if d := r.described; d != nil {
+			isDescribed[k] = true
+			datnames[k], usenames[k], apps[k] = strPtr(d.datname), strPtr(d.usename), &d.applicationName
+			if d.clientAddr.IsValid() {
+				a := d.clientAddr.String()
+				addrs[k] = &a
+			}
+		}
+	}
+	var systemID *int64
+	if p.Server.SystemID != 0 {
+		id := int64(p.Server.SystemID) // bigint on the server, the same 64 bits
+		systemID = &id
 	}
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
-		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh}
-	sql := actSQL
+		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh,
+		systemID, isDescribed, datnames, usenames, apps, addrs}
+	sql := versionedSQL(actSQL, p.ServerVersion)
 	if p.sel != nil {
 		where, selArgs := p.sel.CompileEach("a", len(args)+1)
 		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
@@ -734,28 +845,76 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	if err != nil {
 		return nil, fmt.Errorf("signal: %w", err)
 	}
-	verdicts := make([]verdict, 0, n)
+	verdicts := make([]verdict, n)
+	got := 0
+	// Scanned into pgtype values rather than pointers: no allocation per
+	// nullable column, which counts with thousands of sessions.
+	var (
+		pid, leader                                     pgtype.Int4
+		datname, usename, app, btype, state, wet, we, q pgtype.Text
+		addr                                            *netip.Prefix
+		bs, xs, qs, sc                                  pgtype.Timestamptz
+		qid                                             pgtype.Int8
+	)
 	for rows.Next() {
 		var v verdict
 		var ord int64
-		if err := rows.Scan(&ord, &v.code, &v.sent, &v.btype, &v.usename, &v.state, &v.nowStart,
-			&v.action, &v.queryStart, &v.stateChange, &v.xactStart, &v.waitEvent, &v.xid, &v.readAt, &v.readDone, &v.signalAt, &v.signalDone,
-			&v.afterPresent, &v.afterState, &v.afterQueryStart, &v.afterStateChange); err != nil {
+		if err := rows.Scan(&ord, &v.code, &v.sent, &v.present,
+			&pid, &leader, &datname, &usename, &app, &addr, &btype, &state, &bs, &xs, &qs, &sc, &wet, &we, &q, &qid,
+			&v.action, &v.xid, &v.readAt, &v.readDone, &v.signalAt, &v.signalDone,
+			&v.afterPresent, &v.afterState, &v.afterQueryStart, &v.afterStateChange, &v.systemID, &v.started); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("signal: %w", err)
 		}
-		if ord >= 1 && int(ord) <= n {
-			v.fresh = afresh[ord-1]
+		v.read = activity.Session{PID: pid.Int32, LeaderPID: leader.Int32, Datname: datname.String, Usename: usename.String,
+			ApplicationName: app.String, BackendType: btype.String, State: state.String,
+			BackendStart: bs.Time, XactStart: xs.Time, QueryStart: qs.Time, StateChange: sc.Time,
+			WaitEventType: wet.String, WaitEvent: we.String, Query: q.String, QueryID: qid.Int64}
+		if addr != nil {
+			v.read.ClientAddr = addr.Addr()
+			addr = nil
 		}
-		verdicts = append(verdicts, v)
+		got++
+		if ord < 1 || int(ord) > n || verdicts[ord-1].code != "" {
+			rows.Close()
+			return nil, fmt.Errorf("signal: a verdict for session %d of %d", ord, n)
+		}
+		v.fresh = afresh[ord-1]
+		verdicts[ord-1] = v
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("signal: %w", err)
 	}
-	if len(verdicts) != n {
-		return nil, fmt.Errorf("signal: %d verdicts for %d sessions", len(verdicts), n)
+	if got != n {
+		return nil, fmt.Errorf("signal: %d verdicts for %d sessions", got, n)
 	}
 	return verdicts, nil
+}
+
+// versionedSQL puts in the columns a server has from a version on
+// ("/*13+ j.leader_pid*/ NULL::integer": j.leader_pid from 13).
+func versionedSQL(sql string, version int) string {
+	for _, c := range versionedColumns {
+		if version >= c.from {
+			sql = strings.Replace(sql, "/*"+c.tag+"*/ "+c.null, strings.TrimPrefix(c.tag, strconv.Itoa(c.from/10000)+"+ "), 1)
+		}
+	}
+	return sql
+}
+
+var versionedColumns = []struct {
+	from      int
+	tag, null string
+}{
+	{130000, "13+ j.leader_pid", "NULL::integer"},
+	{140000, "14+ j.query_id", "NULL::bigint"},
+}
+
+func strPtr(s string) *string {
+	if s == "" {
+		return nil
+	}
+	return &s
 }
 
 // readsAfresh: the signalling statement reads the session afresh at its
@@ -781,13 +940,7 @@ func timePtr(t time.Time) *time.Time {
 }
 
 // outcome turns the statement's verdict on a session into its outcome.
-func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
-	str := func(p *string) string {
-		if p == nil {
-			return ""
-		}
-		return *p
-	}
+func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 	maybe := ""
 	if v.retried != "" {
 		maybe = " (the statement for the whole set failed and may have signalled it: " + v.retried + ")"
@@ -814,27 +967,35 @@ func (v verdict) outcome(r *Result, signal bool) (Outcome, string) {
 	case "autovacuum":
 		return Protected, "autovacuum worker: --include-autovacuum to allow"
 	case "not_client":
-		return Protected, fmt.Sprintf("not a client backend (%s)", str(v.btype))
+		return Protected, fmt.Sprintf("not a client backend (%s)", v.read.BackendType)
 	case "invisible":
-		return Denied, invisibleDetail(str(v.usename))
+		return Denied, invisibleDetail(v.read.Usename)
 	case "reused":
 		started := ""
-		if v.nowStart != nil {
-			started = " (" + v.nowStart.Format(time.RFC3339Nano) + ")"
+		if !v.read.BackendStart.IsZero() {
+			started = " (" + v.read.BackendStart.Format(time.RFC3339Nano) + ")"
 		}
 		return Changed, "pid reused: another backend started since it was chosen" + started
+	case "described":
+		return Changed, "not the session the plan describes: " + r.described.differences(&v.read)
+	case "other_server":
+		what := "on another server"
+		if v.systemID != nil && v.started != nil {
+			what = p.Server.differs(uint64(*v.systemID), *v.started)
+		}
+		return Changed, "the plan was made " + what + ": left alone"
 	case "moved":
 		return Changed, movedDetail + maybe
 	case "not_running":
-		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", str(v.state)) + maybe
+		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", v.read.State) + maybe
 	case "no_match":
 		return Changed, NoMatchDetail
 	case "superuser":
-		return Denied, fmt.Sprintf("role %s is a superuser: only a superuser may signal its sessions", str(v.usename))
+		return Denied, fmt.Sprintf("role %s is a superuser: only a superuser may signal its sessions", v.read.Usename)
 	case "no_role":
 		return Denied, "a background process with no role: only a superuser may signal it"
 	case "not_member":
-		return Denied, fmt.Sprintf("a session of role %s, not ours: GRANT pg_signal_backend to pgreap's role to signal other roles' sessions", str(v.usename))
+		return Denied, fmt.Sprintf("a session of role %s, not ours: GRANT pg_signal_backend to pgreap's role to signal other roles' sessions", v.read.Usename)
 	}
 	return Denied, "unexpected verdict " + v.code
 }
@@ -849,12 +1010,12 @@ func (v verdict) afterSignal(r *Result) (Outcome, string) {
 	if !v.fresh {
 		return sentOutcome, "" // one read for all: the wait tells
 	}
-	same := func(a, b *time.Time) bool { return a != nil && b != nil && a.Equal(*b) }
+	same := func(a *time.Time, b time.Time) bool { return a != nil && !b.IsZero() && a.Equal(b) }
 	after := deref(v.afterState)
-	if v.afterPresent && same(v.afterQueryStart, v.queryStart) && same(v.afterStateChange, v.stateChange) && after == deref(v.state) {
+	if v.afterPresent && same(v.afterQueryStart, v.read.QueryStart) && same(v.afterStateChange, v.read.StateChange) && after == v.read.State {
 		return sentOutcome, ""
 	}
-	newStatement := v.afterPresent && !same(v.afterQueryStart, v.queryStart)
+	newStatement := v.afterPresent && !same(v.afterQueryStart, v.read.QueryStart)
 	// From the read to the signal takes the copy of the status array (as
 	// long as it takes this statement's reads, more with more backends)
 	// and microseconds more, unless the server did not run pgreap's
@@ -922,3 +1083,39 @@ const heldUpLimit = 100 * time.Microsecond
 
 // completedDetail: the cancelled query completed instead.
 const completedDetail = "completed before the cancel took effect"
+
+// differences says how a session read on the server differs from the
+// description: each field as it is, and as described.
+func (d *described) differences(s *activity.Session) string {
+	var out []string
+	add := func(name, is, was string) {
+		if is != was {
+			out = append(out, fmt.Sprintf("%s %s (the plan: %s)", name, quoteOrNull(is), quoteOrNull(was)))
+		}
+	}
+	add("datname", s.Datname, d.datname)
+	add("usename", s.Usename, d.usename)
+	if s.ApplicationName != d.applicationName {
+		out = append(out, fmt.Sprintf("application_name %q (the plan: %q)", s.ApplicationName, d.applicationName))
+	}
+	addr := func(a netip.Addr) string {
+		if !a.IsValid() {
+			return ""
+		}
+		return a.String()
+	}
+	add("client_addr", addr(s.ClientAddr), addr(d.clientAddr))
+	if len(out) == 0 {
+		// The server compared client_addr as inet, which may write an
+		// address otherwise.
+		return "its datname, usename, application_name or client_addr differ"
+	}
+	return strings.Join(out, ", ")
+}
+
+func quoteOrNull(s string) string {
+	if s == "" {
+		return "null"
+	}
+	return strconv.Quote(s)
+}

@@ -72,3 +72,11 @@ func Judge(ctx context.Context, conn *pgx.Conn, p *Plan, fresh bool) ([]string, 
 	}
 	return codes, err
 }
+
+// SkipServerCheck leaves out Execute's look at the server before the
+// signalling statement, as if the server changed between the two (a
+// failover behind a pooler or a moved address).
+func SkipServerCheck() (restore func()) {
+	testSkipServerCheck = true
+	return func() { testSkipServerCheck = false }
+}

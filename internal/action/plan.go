@@ -10,6 +10,7 @@ import (
 	"reflect"
 	"slices"
 	"sort"
+	"strconv"
 	"strings"
 	"time"
 
@@ -18,16 +19,23 @@ import (
 )
 
 // PlanVersion is the version of the plan format that --dry-run -o json
-// writes and apply reads. Version 2 records the selection.
-const PlanVersion = 2
+// writes and apply reads. Version 2 records the selection; version 3 the
+// server's system_identifier.
+const PlanVersion = 3
 
 // PlanHeader identifies the server run a plan was made on, and the
 // selection it was made with; every row of a plan file carries it as
-// "plan".
+// "plan". The server is named by its system_identifier and
+// pg_postmaster_start_time(); host and port say how it was reached.
 type PlanHeader struct {
-	Version             int       `json:"version"`
-	Host                string    `json:"host"`
-	Port                uint16    `json:"port"`
+	Version int    `json:"version"`
+	Host    string `json:"host"`
+	Port    uint16 `json:"port"`
+	// SystemIdentifier is pg_control_system().system_identifier in
+	// decimal, unsigned as pg_controldata prints it, as a string: a
+	// 64-bit number is more than a JSON reader such as JavaScript's
+	// keeps exactly. Null when the plan has no session to act on.
+	SystemIdentifier    *string   `json:"system_identifier"`
 	PostmasterStartTime time.Time `json:"postmaster_start_time"`
 	// Selection is what chose the sessions (null: named by pid alone):
 	// apply's signalling statement checks it again, so a session that no
@@ -38,6 +46,10 @@ type PlanHeader struct {
 // Header is the plan's header.
 func (p *Plan) Header() PlanHeader {
 	h := PlanHeader{Version: PlanVersion, Host: p.Server.Host, Port: p.Server.Port, PostmasterStartTime: p.Server.Started}
+	if p.Server.SystemID != 0 {
+		id := strconv.FormatUint(p.Server.SystemID, 10)
+		h.SystemIdentifier = &id
+	}
 	if p.sel != nil && !reflect.ValueOf(*p.sel).IsZero() {
 		spec := p.sel.Spec()
 		h.Selection = &spec
@@ -46,31 +58,33 @@ func (p *Plan) Header() PlanHeader {
 }
 
 // planRow is one row of a plan file: the fields --dry-run -o json writes.
+// The header ("plan") is read on its own, once per plan when the rows
+// repeat it as written.
 type planRow struct {
-	PID             *int32      `json:"pid"`
-	LeaderPID       *int32      `json:"leader_pid"`
-	Datname         *string     `json:"datname"`
-	Usename         *string     `json:"usename"`
-	ApplicationName *string     `json:"application_name"`
-	ClientAddr      *string     `json:"client_addr"`
-	BackendType     *string     `json:"backend_type"`
-	State           *string     `json:"state"`
-	BackendStart    *time.Time  `json:"backend_start"`
-	XactStart       *time.Time  `json:"xact_start"`
-	QueryStart      *time.Time  `json:"query_start"`
-	StateChange     *time.Time  `json:"state_change"`
-	WaitEventType   *string     `json:"wait_event_type"`
-	WaitEvent       *string     `json:"wait_event"`
-	Query           *string     `json:"query"`
-	QueryID         *int64      `json:"query_id"`
-	BlockedBy       []int32     `json:"blocked_by"`
-	BlockedByPrep   []string    `json:"blocked_by_prepared"`
-	GID             *string     `json:"gid"`
-	Action          *string     `json:"action"`
-	Outcome         *string     `json:"outcome"`
-	Detail          *string     `json:"detail"`
-	Guard           []string    `json:"guard"`
-	Plan            *PlanHeader `json:"plan"`
+	PID             *int32          `json:"pid"`
+	LeaderPID       *int32          `json:"leader_pid"`
+	Datname         *string         `json:"datname"`
+	Usename         *string         `json:"usename"`
+	ApplicationName *string         `json:"application_name"`
+	ClientAddr      *string         `json:"client_addr"`
+	BackendType     *string         `json:"backend_type"`
+	State           *string         `json:"state"`
+	BackendStart    *time.Time      `json:"backend_start"`
+	XactStart       *time.Time      `json:"xact_start"`
+	QueryStart      *time.Time      `json:"query_start"`
+	StateChange     *time.Time      `json:"state_change"`
+	WaitEventType   *string         `json:"wait_event_type"`
+	WaitEvent       *string         `json:"wait_event"`
+	Query           *string         `json:"query"`
+	QueryID         *int64          `json:"query_id"`
+	BlockedBy       []int32         `json:"blocked_by"`
+	BlockedByPrep   []string        `json:"blocked_by_prepared"`
+	GID             *string         `json:"gid"`
+	Action          *string         `json:"action"`
+	Outcome         *string         `json:"outcome"`
+	Detail          *string         `json:"detail"`
+	Guard           []string        `json:"guard"`
+	Plan            json.RawMessage `json:"plan"`
 }
 
 var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected, Survived, Planned}
@@ -78,15 +92,28 @@ var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected
 // optionalKeys may be missing from a row: query_id exists on 14+ only.
 var optionalKeys = []string{"query_id"}
 
+// The names a row, its header and its selection have, as written.
+var (
+	rowKeys       = jsonFields(planRow{})
+	headerKeys    = jsonFields(PlanHeader{})
+	selectionKeys = jsonFields(fullSpec())
+)
+
 // maxPlanSize bounds what ReadPlan reads: a plan of every session of a
 // server with 10,000 connections and long queries fits.
 const maxPlanSize = 256 << 20
 
 // ReadPlan reads a plan file strictly: one JSON array of rows as
-// --dry-run -o json writes them, with no unknown and no missing field,
-// all made on one server run. Only the rows whose outcome is planned are
-// kept: those are the sessions the plan acts on. Rows with no action, no
-// outcome and no guard (the waiters of unblock) are context and skipped.
+// --dry-run -o json writes them, with no unknown, missing or repeated
+// field, all made on one server run. Only the rows whose outcome is
+// planned are kept: those are the sessions the plan acts on, each named by
+// its identity (pid, backend_start, and the query pinned when its guard
+// says so) and described by its datname, usename, application_name and
+// client_addr, which the signalling statement checks; nothing else of the
+// file is kept. Rows with no action, no outcome and no guard (the waiters
+// of unblock) are context and skipped.
+//
+// It reads each row once, in time linear in the size of the file.
 func ReadPlan(r io.Reader) (*Plan, error) {
 	data, err := io.ReadAll(io.LimitReader(r, maxPlanSize+1))
 	if err != nil {
@@ -95,61 +122,55 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 	if len(data) > maxPlanSize {
 		return nil, fmt.Errorf("more than %d MiB: not a plan", maxPlanSize>>20)
 	}
-	var raws []map[string]json.RawMessage
+	var raws []json.RawMessage
 	if err := json.Unmarshal(data, &raws); err != nil {
 		return nil, fmt.Errorf("not a plan (a JSON array of sessions from --dry-run -o json): %s", jsonError(err))
-	}
-	// A key twice would be read as its last value: an edited plan could
-	// hide a second pid, or drop its selection, behind the first.
-	if err := noDuplicateKeys(data); err != nil {
-		return nil, err
 	}
 	if len(raws) == 0 {
 		return nil, errors.New("the plan has no sessions")
 	}
-	known := map[string]bool{}
-	var required []string
-	for _, f := range jsonFields(planRow{}) {
-		known[f] = true
-		if !slices.Contains(optionalKeys, f) {
-			required = append(required, f)
-		}
-	}
 	plan := &Plan{}
-	first := true
+	var header json.RawMessage // the first acted row's, as written
+	var headerSel *selector.Spec
 	planned := map[int32]bool{}
 	for n, raw := range raws {
 		where := fmt.Sprintf("session %d", n+1)
-		for _, k := range required {
-			if _, ok := raw[k]; !ok {
+		keys, err := scanRow(raw)
+		if err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		for _, k := range rowKeys {
+			if !slices.Contains(keys.top, k) && !slices.Contains(optionalKeys, k) {
 				return nil, fmt.Errorf("%s: missing field %q", where, k)
 			}
 		}
-		var unknown []string
-		for k := range raw {
-			if !known[k] {
-				unknown = append(unknown, k)
+		if err := knownKeys(keys.top, rowKeys); err != nil {
+			return nil, fmt.Errorf("%s: %w", where, err)
+		}
+		var row planRow
+		if err := json.Unmarshal(raw, &row); err != nil {
+			return nil, fmt.Errorf("%s: %s", where, jsonError(err))
+		}
+		sameHeader := header != nil && bytes.Equal(row.Plan, header)
+		if !sameHeader {
+			// A plan of another version is refused for what it is, before
+			// its fields are: it is no use to say which are missing.
+			if err := checkVersion(row.Plan); err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
 			}
-		}
-		if len(unknown) > 0 {
-			sort.Strings(unknown)
-			return nil, fmt.Errorf("%s: unknown field %q", where, unknown[0])
-		}
-		if err := exactKeys(raw["plan"], jsonFields(PlanHeader{}), true); err != nil {
-			return nil, fmt.Errorf("%s: \"plan\": %w", where, err)
-		}
-		var header map[string]json.RawMessage
-		if json.Unmarshal(raw["plan"], &header) == nil {
-			if err := exactKeys(header["selection"], jsonFields(fullSpec()), false); err != nil {
+			if keys.plan != nil {
+				if err := knownKeys(keys.plan, headerKeys); err != nil {
+					return nil, fmt.Errorf("%s: \"plan\": %w", where, err)
+				}
+				for _, k := range headerKeys {
+					if !slices.Contains(keys.plan, k) {
+						return nil, fmt.Errorf("%s: \"plan\": missing field %q", where, k)
+					}
+				}
+			}
+			if err := knownKeys(keys.selection, selectionKeys); err != nil {
 				return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
 			}
-		}
-		obj, _ := json.Marshal(raw)
-		dec := json.NewDecoder(bytes.NewReader(obj))
-		dec.DisallowUnknownFields()
-		var row planRow
-		if err := dec.Decode(&row); err != nil {
-			return nil, fmt.Errorf("%s: %s", where, jsonError(err))
 		}
 		if row.Action == nil && row.Outcome == nil && row.Guard == nil {
 			// Context, never acted on: a waiter unblock shows behind
@@ -164,32 +185,48 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 			}
 			continue
 		}
+		if !sameHeader {
+			h, err := readHeader(row.Plan)
+			if err != nil {
+				return nil, fmt.Errorf("%s: %w", where, err)
+			}
+			if header == nil {
+				header, headerSel = row.Plan, h.Selection
+				plan.Server = Server{Host: h.Host, Port: h.Port, Started: h.PostmasterStartTime}
+				if h.SystemIdentifier != nil {
+					plan.Server.SystemID, _ = strconv.ParseUint(*h.SystemIdentifier, 10, 64) // checked by readHeader
+				}
+				if h.Selection != nil {
+					sel, err := selector.Parse(*h.Selection)
+					if err != nil {
+						return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
+					}
+					if !reflect.ValueOf(*sel).IsZero() {
+						plan.sel = sel
+					}
+				}
+			} else {
+				first := plan.Header()
+				if h.Host != first.Host || h.Port != first.Port || !h.PostmasterStartTime.Equal(first.PostmasterStartTime) ||
+					deref(h.SystemIdentifier) != deref(first.SystemIdentifier) {
+					return nil, fmt.Errorf("%s: made on another server than the sessions before it (its \"plan\" differs)", where)
+				}
+				if !sameSelection(h.Selection, headerSel) {
+					return nil, fmt.Errorf("%s: made with another selection than the sessions before it (its \"plan\" differs)", where)
+				}
+			}
+		}
 		res, err := row.result()
 		if err != nil {
 			return nil, fmt.Errorf("%s: %w", where, err)
-		}
-		if first {
-			first = false
-			plan.Server = Server{Host: row.Plan.Host, Port: row.Plan.Port, Started: row.Plan.PostmasterStartTime}
-			if row.Plan.Selection != nil {
-				sel, err := selector.Parse(*row.Plan.Selection)
-				if err != nil {
-					return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
-				}
-				if !reflect.ValueOf(*sel).IsZero() {
-					plan.sel = sel
-				}
-			}
-		} else if h := plan.Header(); row.Plan.Host != h.Host || row.Plan.Port != h.Port ||
-			!row.Plan.PostmasterStartTime.Equal(h.PostmasterStartTime) {
-			return nil, fmt.Errorf("%s: made on another server than the sessions before it (its \"plan\" differs)", where)
-		} else if !sameSelection(row.Plan.Selection, h.Selection) {
-			return nil, fmt.Errorf("%s: made with another selection than the sessions before it (its \"plan\" differs)", where)
 		}
 		if plan.sel != nil && plan.sel.PinsQuery() && !res.Guard.Query {
 			return nil, fmt.Errorf("%s: the selection depends on what the session runs, so its guard must pin its query (query_start, state_change)", where)
 		}
 		if res.Outcome == Planned {
+			if plan.Server.SystemID == 0 {
+				return nil, fmt.Errorf("%s: \"plan\": system_identifier is null: the plan does not name its server (make it again with --dry-run -o json)", where)
+			}
 			if planned[res.PID] {
 				return nil, fmt.Errorf("%s: pid %d is planned twice", where, res.PID)
 			}
@@ -200,59 +237,53 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 	return plan, nil
 }
 
-// noDuplicateKeys walks the JSON document and refuses an object with a
-// key twice, at any depth.
-func noDuplicateKeys(data []byte) error {
-	dec := json.NewDecoder(bytes.NewReader(data))
-	var walk func() error
-	walk = func() error {
-		tok, err := dec.Token()
-		if err != nil {
-			return err
-		}
-		switch tok {
-		case json.Delim('{'):
-			seen := map[string]bool{}
-			for dec.More() {
-				key, err := dec.Token()
-				if err != nil {
-					return err
-				}
-				k, _ := key.(string)
-				if seen[k] {
-					return fmt.Errorf("not a plan: the key %q appears twice in one object", k)
-				}
-				seen[k] = true
-				if err := walk(); err != nil {
-					return err
-				}
-			}
-			_, err = dec.Token() // }
-			return err
-		case json.Delim('['):
-			for dec.More() {
-				if err := walk(); err != nil {
-					return err
-				}
-			}
-			_, err = dec.Token() // ]
-			return err
-		}
-		return nil
+// checkVersion refuses a header of another plan version.
+func checkVersion(raw json.RawMessage) error {
+	var h struct {
+		Version *int `json:"version"`
 	}
-	return walk()
+	if json.Unmarshal(raw, &h) != nil || h.Version == nil {
+		return nil // said when the header is read
+	}
+	return versionError(*h.Version)
 }
 
-// exactKeys checks an object's keys against the names it may have, as
-// written (encoding/json would also take "PID" for "pid"), and with all
-// of them when all is set. Null is left to the decoding.
-func exactKeys(raw json.RawMessage, names []string, all bool) error {
-	var obj map[string]json.RawMessage
-	if len(raw) == 0 || json.Unmarshal(raw, &obj) != nil || obj == nil {
-		return nil
+// versionError refuses a plan of another version than PlanVersion.
+func versionError(v int) error {
+	if v != PlanVersion {
+		return fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", v, PlanVersion)
 	}
+	return nil
+}
+
+// readHeader reads a row's "plan".
+func readHeader(raw json.RawMessage) (*PlanHeader, error) {
+	if len(raw) == 0 || string(raw) == "null" {
+		return nil, errors.New(`"plan" is null`)
+	}
+	var h PlanHeader
+	if err := json.Unmarshal(raw, &h); err != nil {
+		return nil, fmt.Errorf(`"plan": %s`, jsonError(err))
+	}
+	if err := versionError(h.Version); err != nil {
+		return nil, err
+	}
+	if h.PostmasterStartTime.IsZero() {
+		return nil, errors.New(`"plan": no postmaster_start_time`)
+	}
+	if id := h.SystemIdentifier; id != nil {
+		if n, err := strconv.ParseUint(*id, 10, 64); err != nil || n == 0 || strconv.FormatUint(n, 10) != *id {
+			return nil, fmt.Errorf(`"plan": system_identifier %q is not a system identifier (a decimal number, as pg_controldata prints it)`, *id)
+		}
+	}
+	return &h, nil
+}
+
+// knownKeys refuses a name not among names, as written (encoding/json
+// would also take "PID" for "pid").
+func knownKeys(keys, names []string) error {
 	var unknown []string
-	for k := range obj {
+	for _, k := range keys {
 		if !slices.Contains(names, k) {
 			unknown = append(unknown, k)
 		}
@@ -261,14 +292,132 @@ func exactKeys(raw json.RawMessage, names []string, all bool) error {
 		sort.Strings(unknown)
 		return fmt.Errorf("unknown field %q", unknown[0])
 	}
-	if all {
-		for _, n := range names {
-			if _, ok := obj[n]; !ok {
-				return fmt.Errorf("missing field %q", n)
+	return nil
+}
+
+// keysOf are the names, as written, of a row, of its "plan" (nil when not
+// an object) and of the plan's "selection" (nil when not an object).
+type keysOf struct {
+	top, plan, selection []string
+}
+
+// scanRow reads the names of a row of a plan and refuses an object, at
+// any depth, with a name twice: encoding/json would take the last value,
+// so an edited plan could hide a second pid, or drop its selection,
+// behind the first. The row is valid JSON (the array was decoded).
+func scanRow(raw []byte) (keysOf, error) {
+	sc := scanner{b: raw}
+	var k keysOf
+	sc.skipSpace()
+	if sc.i >= len(sc.b) || sc.b[sc.i] != '{' {
+		return k, errors.New("not an object (a session as --dry-run -o json writes it)")
+	}
+	err := sc.value(nil, func(path []string, key string) {
+		switch {
+		case len(path) == 0:
+			k.top = append(k.top, key)
+		case len(path) == 1 && path[0] == "plan":
+			k.plan = append(k.plan, key)
+		case len(path) == 2 && path[0] == "plan" && path[1] == "selection":
+			k.selection = append(k.selection, key)
+		}
+	})
+	return k, err
+}
+
+// scanner walks valid JSON and names the keys of its objects.
+type scanner struct {
+	b []byte
+	i int
+}
+
+func (s *scanner) skipSpace() {
+	for s.i < len(s.b) && (s.b[s.i] == ' ' || s.b[s.i] == '\t' || s.b[s.i] == '\n' || s.b[s.i] == '\r') {
+		s.i++
+	}
+}
+
+// value walks one value at s.i; key is called with the names of the
+// objects that hold each key ("[]" for an array's element).
+func (s *scanner) value(path []string, key func(path []string, k string)) error {
+	s.skipSpace()
+	switch s.b[s.i] {
+	case '{':
+		s.i++
+		var seen []string
+		for {
+			s.skipSpace()
+			switch s.b[s.i] {
+			case '}':
+				s.i++
+				return nil
+			case ',':
+				s.i++
+				s.skipSpace()
 			}
+			k, err := s.str()
+			if err != nil {
+				return err
+			}
+			if slices.Contains(seen, k) {
+				return fmt.Errorf("not a plan: the key %q appears twice in one object", k)
+			}
+			seen = append(seen, k)
+			key(path, k)
+			s.skipSpace()
+			s.i++ // :
+			if err := s.value(append(path[:len(path):len(path)], k), key); err != nil {
+				return err
+			}
+		}
+	case '[':
+		s.i++
+		for {
+			s.skipSpace()
+			switch s.b[s.i] {
+			case ']':
+				s.i++
+				return nil
+			case ',':
+				s.i++
+			}
+			if err := s.value(append(path[:len(path):len(path)], "[]"), key); err != nil {
+				return err
+			}
+		}
+	case '"':
+		_, err := s.str()
+		return err
+	default:
+		for s.i < len(s.b) && !strings.ContainsRune(",]} \t\n\r", rune(s.b[s.i])) {
+			s.i++
 		}
 	}
 	return nil
+}
+
+// str reads a string at s.i, unescaped as encoding/json reads it.
+func (s *scanner) str() (string, error) {
+	start := s.i
+	s.i++ // "
+	escaped := false
+	for s.b[s.i] != '"' {
+		if s.b[s.i] == '\\' {
+			escaped = true
+			s.i++
+		}
+		s.i++
+	}
+	s.i++
+	raw := s.b[start:s.i]
+	if !escaped {
+		return string(raw[1 : len(raw)-1]), nil
+	}
+	var str string
+	if err := json.Unmarshal(raw, &str); err != nil {
+		return "", err
+	}
+	return str, nil
 }
 
 // fullSpec has every field set, so that its JSON has every name.
@@ -324,17 +473,11 @@ func jsonError(err error) string {
 	return strings.TrimPrefix(err.Error(), "json: ")
 }
 
+// result is a row as the session it names: its identity, the query its
+// guard pins, and its description; the rest of the row is context for a
+// reader of the file.
 func (row *planRow) result() (Result, error) {
 	var r Result
-	if row.Plan == nil {
-		return r, errors.New(`"plan" is null`)
-	}
-	if row.Plan.Version != PlanVersion {
-		return r, fmt.Errorf("plan version %d: this pgreap reads version %d (make the plan again with this pgreap's --dry-run -o json)", row.Plan.Version, PlanVersion)
-	}
-	if row.Plan.PostmasterStartTime.IsZero() {
-		return r, errors.New(`"plan": no postmaster_start_time`)
-	}
 	if row.PID == nil || *row.PID <= 0 {
 		return r, errors.New(`"pid" must be a positive number`)
 	}
@@ -357,35 +500,21 @@ func (row *planRow) result() (Result, error) {
 	if Kind(*row.Action) == Cancel && !r.Guard.Query {
 		return r, errors.New(`a cancel must guard its query ("guard" with query_start)`)
 	}
-	s := activity.Session{
-		PID:             *row.PID,
-		LeaderPID:       deref(row.LeaderPID),
-		Datname:         deref(row.Datname),
-		Usename:         deref(row.Usename),
-		ApplicationName: deref(row.ApplicationName),
-		BackendType:     deref(row.BackendType),
-		State:           deref(row.State),
-		BackendStart:    *row.BackendStart,
-		XactStart:       deref(row.XactStart),
-		QueryStart:      deref(row.QueryStart),
-		StateChange:     deref(row.StateChange),
-		WaitEventType:   deref(row.WaitEventType),
-		WaitEvent:       deref(row.WaitEvent),
-		Query:           deref(row.Query),
-		QueryID:         deref(row.QueryID),
-		BlockedBy:       row.BlockedBy,
+	r.Session = activity.Session{PID: *row.PID, BackendStart: *row.BackendStart}
+	if r.Guard.Query {
+		r.QueryStart, r.StateChange = deref(row.QueryStart), deref(row.StateChange)
 	}
+	d := &described{datname: deref(row.Datname), usename: deref(row.Usename), applicationName: deref(row.ApplicationName)}
 	if row.ClientAddr != nil {
 		a, err := netip.ParseAddr(*row.ClientAddr)
 		if err != nil {
 			return r, fmt.Errorf(`"client_addr" %q is not an address`, *row.ClientAddr)
 		}
-		s.ClientAddr = a
+		d.clientAddr = a
 	}
-	r.Session = s
+	r.described = d
 	r.Action = Kind(*row.Action)
 	r.Outcome = Outcome(*row.Outcome)
-	r.Detail = deref(row.Detail)
 	r.Named = true
 	return r, nil
 }

@@ -9,16 +9,19 @@ import (
 )
 
 // planRow is one row as --dry-run -o json writes it.
-const planRow = `{"pid":18809,"leader_pid":null,"datname":"shop","usename":"postgres","application_name":"etl","client_addr":null,"backend_type":"client backend","state":"idle in transaction","backend_start":"2026-11-26T02:40:06.81281Z","xact_start":"2026-11-26T02:40:06.813946Z","query_start":"2026-11-26T02:40:06.813946Z","state_change":"2026-11-26T02:40:06.830168Z","wait_event_type":"Client","wait_event":"ClientRead","query":"BEGIN; SELECT 1","query_id":null,"blocked_by":[],"action":"terminate","outcome":"planned","detail":null,"guard":["pid","backend_start"],"plan":{"version":2,"host":"/tmp/x","port":5432,"postmaster_start_time":"2026-11-26T02:40:06.361902Z","selection":null}}`
+const planRow = `{"pid":18809,"leader_pid":null,"datname":"shop","usename":"postgres","application_name":"etl","client_addr":null,"backend_type":"client backend","state":"idle in transaction","backend_start":"2026-11-26T02:40:06.81281Z","xact_start":"2026-11-26T02:40:06.813946Z","query_start":"2026-11-26T02:40:06.813946Z","state_change":"2026-11-26T02:40:06.830168Z","wait_event_type":"Client","wait_event":"ClientRead","query":"BEGIN; SELECT 1","query_id":null,"blocked_by":[],"action":"terminate","outcome":"planned","detail":null,"guard":["pid","backend_start"],"plan":{"version":3,"host":"/tmp/x","port":5432,"system_identifier":"7714390963482790414","postmaster_start_time":"2026-11-26T02:40:06.361902Z","selection":null}}`
 
 // Any plan file: ReadPlan never panics; what it accepts names every
 // session it will act on by a pid and a backend_start, with a cancel or a
-// terminate and a guard, all on one server run.
+// terminate and a guard, all on one server run named by its
+// system_identifier.
 func FuzzReadPlan(f *testing.F) {
 	f.Add([]byte("[" + planRow + "]"))
 	f.Add([]byte("[" + planRow + "," + strings.Replace(planRow, "18809", "18810", 1) + "]"))
 	f.Add([]byte("[" + strings.Replace(planRow, `"guard":["pid","backend_start"]`, `"guard":["pid"]`, 1) + "]"))
 	f.Add([]byte("[" + strings.Replace(planRow, `"action":"terminate"`, `"action":"vacuum"`, 1) + "]"))
+	f.Add([]byte("[" + strings.Replace(planRow, `"pid":18809`, `"pid":18809,"pid":1`, 1) + "]"))
+	f.Add([]byte("[" + strings.Replace(planRow, `"selection":null`, `"selection":{"app":["a\u0022"],"db":[]}`, 1) + "]"))
 	f.Add([]byte(`[{"pid":1}]`))
 	f.Add([]byte(`[]`))
 	f.Add([]byte(`{"a":`))
@@ -35,7 +38,7 @@ func FuzzReadPlan(f *testing.F) {
 				t.Fatalf("a cancel without its query pinned: %+v", r)
 			}
 		}
-		if len(plan.Results) > 0 && plan.Server.Started.IsZero() {
+		if len(plan.Results) > 0 && (plan.Server.Started.IsZero() || plan.Server.SystemID == 0) {
 			t.Fatalf("no server run: %+v", plan.Server)
 		}
 	})

@@ -157,7 +157,7 @@ func TestDryRunPlanThenApply(t *testing.T) {
 	}
 	for _, row := range rows {
 		plan, _ := row["plan"].(map[string]any)
-		if row["outcome"] != "planned" || row["action"] != "cancel" || plan["version"] != float64(2) || plan["postmaster_start_time"] == nil {
+		if row["outcome"] != "planned" || row["action"] != "cancel" || plan["version"] != float64(3) || plan["postmaster_start_time"] == nil {
 			t.Fatalf("plan row %v", row)
 		}
 	}
@@ -205,9 +205,16 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 		{"twice", strings.Replace(good, "\n]", ",\n"+strings.Trim(good, "[]\n")+"\n]", 1), "planned twice"},
 		{"bad outcome", strings.Replace(good, `"outcome":"planned"`, `"outcome":"done"`, 1), `"outcome" must be one of the outcomes`},
 		{"bad action", strings.Replace(good, `"action":"terminate"`, `"action":"drop"`, 1), `"action" must be cancel or terminate`},
-		{"other server", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "made on another server or before a restart"},
+		{"restarted since", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "the plan was made before the server restarted (postmaster started 19"},
+		{"another system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":"42"`), "the plan was made on another server (system_identifier 42, this server's "},
+		{"no system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":null`), "system_identifier is null: the plan does not name its server"},
+		{"not a system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":"-1"`), `system_identifier "-1" is not a system identifier`},
+		{"a plan of version 2", regexp.MustCompile(`"version":3,(.*),"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"version":2,$1`), "plan version 2: this pgreap reads version 3 (make the plan again"},
 		{"a key twice", strings.Replace(good, `"pid":`, `"pid":1,"pid":`, 1), `the key "pid" appears twice in one object`},
 		{"selection dropped by a second key", strings.Replace(good, `"selection":null`, `"selection":{"app":["x"]},"selection":null`, 1), `the key "selection" appears twice`},
+		{"a server hidden by a second key", strings.Replace(good, `"system_identifier":`, `"system_identifier":"42","system_identifier":`, 1), `the key "system_identifier" appears twice`},
+		{"a key twice in a selection", strings.Replace(good, `"selection":null`, `"selection":{"app":["x"],"app":["y"]}`, 1), `the key "app" appears twice`},
+		{"a key twice in the last session", strings.Replace(good, "\n]", ",\n"+strings.Replace(strings.Trim(good, "[]\n"), `"pid":`, `"pid":2,"pid":`, 1)+"\n]", 1), `session 2: not a plan: the key "pid" appears twice`},
 		{"a plan key in capitals", strings.Replace(good, `"host":`, `"HOST":`, 1), `"plan": unknown field "HOST"`},
 		{"a plan key missing", strings.Replace(good, `,"selection":null`, ``, 1), `"plan": missing field "selection"`},
 		{"a selection key in capitals", strings.Replace(good, `"selection":null`, `"selection":{"APP":["x"]}`, 1), `"selection": unknown field "APP"`},
@@ -274,37 +281,36 @@ func TestActBadInput(t *testing.T) {
 }
 
 // A plan records its selection, and apply's signalling statement checks it
-// again: a session that no longer matches (here, its application_name
-// changed) is changed and left alone.
+// again: a session that no longer matches is changed and left alone. Here
+// the plan chose the root of a lock wait (--blocking) and the wait is gone
+// by the time of apply, while the root is the session the plan describes,
+// in the same transaction and statement.
 func TestApplyRechecksTheSelection(t *testing.T) {
 	t.Parallel()
-	tag := pgtest.Tag(t)
-	stays := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag})
-	renamed := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag})
-	r := run(t, false, "terminate", "--app", tag, "--dry-run", "-o", "json")
+	db := pgtest.NewDB(t)
+	holder, waiter := pgtest.LockWait(t, db)
+	r := run(t, false, "terminate", "--db", db, "--blocking", "--dry-run", "-o", "json")
 	r.wantCode(t, 0)
-	for _, row := range jsonRows(t, r.out) {
-		sel, _ := row["plan"].(map[string]any)["selection"].(map[string]any)
-		if app, _ := sel["app"].([]any); len(app) != 1 || app[0] != tag {
-			t.Fatalf("the plan does not record the selection: %v", row["plan"])
-		}
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["pid"] != float64(holder.PID) {
+		t.Fatalf("plan:\n%s", r.out)
+	}
+	if sel, _ := rows[0]["plan"].(map[string]any)["selection"].(map[string]any); sel["blocking"] != true {
+		t.Fatalf("the plan does not record the selection: %v", rows[0]["plan"])
 	}
 	file := filepath.Join(t.TempDir(), "plan.json")
 	if err := os.WriteFile(file, []byte(r.out), 0o600); err != nil {
 		t.Fatal(err)
 	}
-	renamed.Exec("SET application_name = 'someone else'")
+	pgtest.Exec(t, "SELECT pg_catalog.pg_cancel_backend($1)", waiter.PID)
+	_ = waiter.Wait()
 	r = run(t, false, "apply", file, "-o", "json")
 	r.wantCode(t, 3)
-	got := map[float64]map[string]any{}
-	for _, row := range jsonRows(t, r.out) {
-		got[row["pid"].(float64)] = row
-	}
-	if got[float64(stays.PID)]["outcome"] != "terminated" || got[float64(renamed.PID)]["outcome"] != "changed" ||
-		got[float64(renamed.PID)]["detail"] != "no longer matches the selection" {
+	rows = jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["outcome"] != "changed" || rows[0]["detail"] != "no longer matches the selection" {
 		t.Fatalf("outcomes:\n%s", r.out)
 	}
-	if !renamed.Alive() {
+	if !holder.Alive() {
 		t.Fatal("apply ended a session that no longer matched the plan's selection")
 	}
 }

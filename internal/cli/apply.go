@@ -13,7 +13,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/output"
 )
 
@@ -43,16 +42,27 @@ printed ('-' reads it from standard input): the sessions whose outcome was
 planned, each with its action, and nothing else.
 
 Each session is pinned as the plan saw it: (pid, backend_start), and
-query_start and state_change where the plan's guard says so. The one
-statement that sends the signals re-checks them, so a session that moved on
-since the plan is reported changed and left alone. A plan made on another
-server, or before the server restarted (pg_postmaster_start_time), is
-refused as a whole. The file is read strictly: unknown or missing fields
-are errors. A plan names its sessions one by one, so apply does not ask.
+query_start and state_change where the plan's guard says so, and it must
+still be as the plan describes it (datname, usename, application_name,
+client_addr). The one statement that sends the signals re-checks all of
+it, and the plan's selection, so a session that moved on since the plan,
+or is not the one the plan describes (an edited plan), is reported changed
+and left alone.
+
+A plan names its server by system_identifier and pg_postmaster_start_time():
+a plan made on another server, or before the server restarted (a failover
+among them), is refused as a whole, nothing done; the statement checks it
+again in every row. Plans of an older pgreap (plan version 2) are refused:
+make them again.
+
+Everything printed of a session is what the signalling statement read on
+the server, never what the file says. The file is read strictly: unknown,
+missing or repeated fields are errors. A plan names its sessions one by
+one, so apply does not ask.
 
 Exit status: 0 all reached the planned action's outcome, 1 nothing planned,
-2 bad plan, usage or connection error, 3 some denied, survived, changed or
-protected.`,
+2 bad plan, another server, usage or connection error, 3 some denied,
+survived, changed or protected.`,
 		Example: `  pgreap terminate --db shop --dry-run -o json > plan.json
   less plan.json
   pgreap apply plan.json
@@ -106,7 +116,8 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	plan.ServerVersion, _ = activity.ServerVersion(ctx, conn)
+	// The server version (which columns the statement reads) is Execute's
+	// to learn, and an error reading it stops the command there.
 	plan.Taken = time.Now()
 	kind := plan.Results[0].Action
 	results, err := action.Execute(ctx, conn, plan, action.Options{Wait: opts.Wait, Grace: opts.Grace})

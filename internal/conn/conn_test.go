@@ -38,7 +38,7 @@ func settings(t *testing.T, p conn.Params) map[string]string {
 	t.Helper()
 	c := connect(t, p)
 	got := map[string]string{}
-	for _, name := range []string{"application_name", "statement_timeout", "lock_timeout", "search_path", "synchronous_commit"} {
+	for _, name := range []string{"application_name", "statement_timeout", "lock_timeout", "search_path", "synchronous_commit", "jit"} {
 		var v string
 		if err := c.QueryRow(pgtest.Context(t), "SELECT pg_catalog.current_setting($1)", name).Scan(&v); err != nil {
 			t.Fatal(err)
@@ -66,6 +66,7 @@ func TestSessionSettings(t *testing.T) {
 		"lock_timeout":       "5s",
 		"search_path":        "pg_catalog, pg_temp",
 		"synchronous_commit": "local",
+		"jit":                "off",
 		"user":               pgtest.Superuser,
 		"database":           "postgres",
 	}

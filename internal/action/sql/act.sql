@@ -11,7 +11,14 @@
 -- reads the array again), judged, signalled, and read once more right
 -- after its signal: the row says whether the signal reached it as chosen.
 -- Sessions whose facts cannot move (the identity only, a selection on
--- database, user, client) share one read, which is the cost floor.
+-- database, user, client) share one read, "shared", which is the cost
+-- floor: each finds its pid there by a join, where pg_stat_get_activity(pid)
+-- would look through every backend for each of them (sessions times
+-- backends).
+--
+-- No ORDER BY: each row says its place (c.n). Asked for c's order, the
+-- planner keeps it with a nested loop over "shared" (sessions times
+-- backends) rather than hash it.
 --
 -- Each row's read, verdict and signal are one evaluation of the lateral
 -- subqueries "j" and "after": volatile functions in their target lists and
@@ -29,14 +36,29 @@
 --  $9  boolean        autovacuum workers may be signalled (--include-autovacuum)
 --  $10 timestamptz    pg_postmaster_start_time() the choice was made on (NULL: not checked)
 --  $11 boolean[]      read the session afresh at its signal, and again after it
---  and from $12 on, the selection's parameters; its predicate over "a"
+--  $12 bigint         system_identifier of the server the choice was made on (NULL: not checked):
+--                     a plan is for one server; a failover or a restart in between makes it another's
+--  $13 boolean[]      the session must still be as described by $14-$17: a plan file names a
+--  $14 text[]         datname           session by (pid, backend_start) and describes it; one
+--  $15 text[]         usename           described otherwise is not the session planned (an
+--  $16 text[]         application_name  edited plan), and is left alone
+--  $17 text[]         client_addr
+--  and from $18 on, the selection's parameters; its predicate over "a"
 --  replaces the "true" after /*selection*/ (alone: every session).
 --
 -- Privilege is decided per row, as pg_signal_backend() decides it, so that
 -- one session we may not signal is reported 'denied' instead of raising the
 -- error that would abort the statement for every other session.
-WITH me AS (
-    SELECT r.oid, r.rolsuper
+--
+-- The columns after the verdict are the session as this statement read it
+-- (leader_pid from PostgreSQL 13, query_id from 14: NULL on older servers,
+-- the comments before them name the column that replaces them): what
+-- pgreap reports of a session is what the signalling statement saw.
+WITH me AS MATERIALIZED (
+    -- Read once: pg_control_system() reads the control file at each call.
+    SELECT r.oid, r.rolsuper,
+           (SELECT cs.system_identifier FROM pg_catalog.pg_control_system() AS cs) AS system_identifier,
+           pg_catalog.pg_postmaster_start_time() AS started
       FROM pg_catalog.pg_roles AS r
      WHERE r.rolname = CURRENT_USER
 ), chosen AS (
@@ -47,18 +69,30 @@ WITH me AS (
                       pg_catalog.unnest($4::timestamptz[]),
                       pg_catalog.unnest($5::boolean[]),
                       pg_catalog.unnest($6::text[]),
-                      pg_catalog.unnest($11::boolean[]))
-           WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, fresh, n)
+                      pg_catalog.unnest($11::boolean[]),
+                      pg_catalog.unnest($13::boolean[]),
+                      pg_catalog.unnest($14::text[]),
+                      pg_catalog.unnest($15::text[]),
+                      pg_catalog.unnest($16::text[]),
+                      pg_catalog.unnest($17::text[]))
+           WITH ORDINALITY AS c(pid, backend_start, query_start, state_change, pin_query, action, fresh,
+                                described, datname, usename, application_name, client_addr, n)
+), shared AS MATERIALIZED (
+    SELECT s.* FROM pg_catalog.pg_stat_get_activity(NULL) AS s
 )
-SELECT c.n, j.verdict, j.sent,
-       j.backend_type, j.usename, j.state, j.backend_start,
-       j.act, j.query_start, j.state_change, j.xact_start,
-       j.wait_event, j.xid, j.read_at, j.read_done, j.signal_at, j.signal_done,
+SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
+       j.pid, /*13+ j.leader_pid*/ NULL::integer AS leader_pid, j.datname, j.usename, j.application_name,
+       j.client_addr, j.backend_type, j.state, j.backend_start, j.xact_start, j.query_start,
+       j.state_change, j.wait_event_type, j.wait_event, j.query, /*14+ j.query_id*/ NULL::bigint AS query_id,
+       j.act, j.xid, j.read_at, j.read_done, j.signal_at, j.signal_done,
        after.pid IS NOT NULL AS after_present,
        after.state AS after_state,
        after.query_start AS after_query_start,
-       after.state_change AS after_state_change
+       after.state_change AS after_state_change,
+       me.system_identifier, me.started
   FROM chosen AS c
+  -- The sessions not read afresh find themselves in the one read.
+  LEFT JOIN shared AS sh ON sh.pid = c.pid AND NOT c.fresh
   CROSS JOIN me
   CROSS JOIN LATERAL (
     -- The signal, in the row that judged it on its own read.
@@ -73,8 +107,8 @@ SELECT c.n, j.verdict, j.sent,
            pg_catalog.clock_timestamp() AS signal_done
       FROM (
         SELECT CASE
-                 WHEN $10::timestamptz IS NOT NULL
-                      AND $10::timestamptz IS DISTINCT FROM pg_catalog.pg_postmaster_start_time() THEN 'other_server'
+                 WHEN ($10::timestamptz IS NOT NULL AND $10::timestamptz IS DISTINCT FROM me.started)
+                      OR ($12::bigint IS NOT NULL AND $12::bigint IS DISTINCT FROM me.system_identifier) THEN 'other_server'
                  WHEN a.pid IS NULL THEN 'gone'
                  WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
                  WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
@@ -84,6 +118,10 @@ SELECT c.n, j.verdict, j.sent,
                  WHEN a.backend_start IS NULL THEN 'invisible'
                  WHEN c.backend_start IS NULL
                       OR a.backend_start IS DISTINCT FROM c.backend_start THEN 'reused'
+                 WHEN c.described AND (a.datname IS DISTINCT FROM c.datname
+                                       OR a.usename IS DISTINCT FROM c.usename
+                                       OR coalesce(a.application_name, '') IS DISTINCT FROM coalesce(c.application_name, '')
+                                       OR a.client_addr IS DISTINCT FROM c.client_addr::inet) THEN 'described'
                  WHEN c.pin_query AND (a.query_start IS DISTINCT FROM c.query_start
                                        OR a.state_change IS DISTINCT FROM c.state_change) THEN 'moved'
                  WHEN d.act = 'cancel' AND a.state NOT IN ('active', 'fastpath function call') THEN 'not_running'
@@ -96,34 +134,30 @@ SELECT c.n, j.verdict, j.sent,
                  ELSE 'not_member'
                END AS verdict,
                d.act,
-               a.backend_type,
-               a.usename::text,
-               a.state,
-               a.backend_start,
-               a.query_start,
-               a.state_change,
-               a.xact_start,
-               a.wait_event_type || ':' || a.wait_event AS wait_event,
-               a.backend_xid::text AS xid,
-               a.read_at,
-               a.read_done
+               a.*,
+               a.backend_xid::text AS xid
           FROM (SELECT 1) AS one
-          -- "a" has pg_stat_activity's columns, read for this session alone.
+          -- "a" has pg_stat_activity's columns, read for this session alone
+          -- (afresh), or found in the one read.
           LEFT JOIN LATERAL (
-            SELECT s.*, db.datname, u.rolname AS usename, u.rolsuper, t0.read_at,
-                   pg_catalog.clock_timestamp() AS read_done
-              -- read_at and read_done: the clock just before and after the read
-              FROM (SELECT c.pid, pg_catalog.clock_timestamp() AS read_at OFFSET 0) AS t0
-              CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
-                     CASE WHEN t0.read_at IS NULL OR c.n IS NULL THEN 0
-                          WHEN NOT c.fresh THEN c.pid
-                          -- never true (0 would be no backend; NULL, or -1, every
-                          -- backend): it drops the copy, so the call reads anew
-                          WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
-                          ELSE c.pid
-                     END) AS s
-              LEFT JOIN pg_catalog.pg_database AS db ON db.oid = s.datid
-              LEFT JOIN pg_catalog.pg_roles AS u ON u.oid = s.usesysid
+            SELECT r.*, db.datname::text, u.rolname::text AS usename, u.rolsuper
+              FROM (
+                -- read_at and read_done: the clock just before and after the read
+                SELECT s.*, t0.read_at, pg_catalog.clock_timestamp() AS read_done
+                  FROM (SELECT c.pid, pg_catalog.clock_timestamp() AS read_at WHERE c.fresh OFFSET 0) AS t0
+                  CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
+                         CASE WHEN t0.read_at IS NULL OR c.n IS NULL THEN 0
+                              -- never true (0 would be no backend; NULL, or -1, every
+                              -- backend): it drops the copy, so the call reads anew
+                              WHEN pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+                              ELSE c.pid
+                         END) AS s
+                UNION ALL
+                SELECT sh.*, NULL::timestamptz, NULL::timestamptz
+                 WHERE sh.pid IS NOT NULL
+              ) AS r
+              LEFT JOIN pg_catalog.pg_database AS db ON db.oid = r.datid
+              LEFT JOIN pg_catalog.pg_roles AS u ON u.oid = r.usesysid
           ) AS a ON true
           -- A grace cancels what runs a query and terminates the rest, decided
           -- on what the session runs at this instant.
@@ -139,13 +173,14 @@ SELECT c.n, j.verdict, j.sent,
   -- as chosen when the signal reached it.
   LEFT JOIN LATERAL (
     SELECT s.pid, s.state, s.query_start, s.state_change
-      FROM pg_catalog.pg_stat_get_activity(
-             CASE WHEN j.sent IS NOT TRUE OR NOT c.fresh THEN 0 -- no backend
-                  -- never true: c.n makes each row's arguments its own, so
-                  -- no cache (Memoize, 14+) answers one row with another's read
-                  WHEN c.n IS NULL OR pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
+      -- Only after a signal to a session read afresh: even with no
+      -- backend to find (pid 0), pg_stat_get_activity looks through all.
+      FROM (SELECT 1 WHERE j.sent AND c.fresh OFFSET 0) AS t1
+      CROSS JOIN LATERAL pg_catalog.pg_stat_get_activity(
+             -- never true: c.n makes each row's arguments its own, so
+             -- no cache (Memoize, 14+) answers one row with another's read
+             CASE WHEN c.n IS NULL OR pg_catalog.pg_stat_clear_snapshot() IS NULL THEN 0
                   ELSE c.pid
              END) AS s
      WHERE s.backend_start = j.backend_start
   ) AS after ON true
- ORDER BY c.n
