@@ -27,16 +27,6 @@ func preparedPileUp(t *testing.T) (db, gid string, waiter *pgtest.Victim) {
 	return db, gid, waiter
 }
 
-func prepared(t *testing.T, gid string) bool {
-	t.Helper()
-	var n int
-	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = $1", gid).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n == 1
-}
-
 // pg_blocking_pids says 0 for a prepared transaction: ls names it by its
 // GID, and blocked_by has backends only.
 func TestLsNamesThePreparedTransactionAWaiterWaitsOn(t *testing.T) {
@@ -75,7 +65,7 @@ func TestUnblockPreparedTransactionAtTheRoot(t *testing.T) {
 	if !strings.Contains(r.out, "prepared:"+gid) || !strings.Contains(r.out, "└ waits") || !strings.Contains(r.out, "protected") {
 		t.Fatalf("stdout:\n%s", r.out)
 	}
-	if !prepared(t, gid) || !waiter.Alive() {
+	if !pgtest.IsPrepared(t, gid) || !waiter.Alive() {
 		t.Fatal("unblock without --rollback-prepared ended something")
 	}
 
@@ -102,7 +92,7 @@ func TestUnblockPreparedTransactionAtTheRoot(t *testing.T) {
 		t.Fatal(err)
 	}
 	r = run(t, false, "apply", plan)
-	if r.code == 0 || !prepared(t, gid) {
+	if r.code == 0 || !pgtest.IsPrepared(t, gid) {
 		t.Fatalf("apply of a plan with a prepared root: exit %d, stderr %q", r.code, r.errOut)
 	}
 	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared", "--dry-run", "-o", "json")
@@ -115,14 +105,14 @@ func TestUnblockPreparedTransactionAtTheRoot(t *testing.T) {
 	}
 	r = run(t, false, "apply", plan)
 	r.wantCode(t, 2)
-	if !strings.Contains(r.errOut, "apply does not roll back prepared transactions") || !prepared(t, gid) {
+	if !strings.Contains(r.errOut, "apply does not roll back prepared transactions") || !pgtest.IsPrepared(t, gid) {
 		t.Fatalf("apply of a planned rollback: stderr %q", r.errOut)
 	}
 
 	// Without a terminal, --yes is needed, and nothing is done.
 	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--rollback-prepared")
 	r.wantCode(t, 2)
-	if !strings.Contains(r.errOut, "roll back 1 prepared transaction") || !prepared(t, gid) {
+	if !strings.Contains(r.errOut, "roll back 1 prepared transaction") || !pgtest.IsPrepared(t, gid) {
 		t.Fatalf("stderr %q", r.errOut)
 	}
 
@@ -132,7 +122,7 @@ func TestUnblockPreparedTransactionAtTheRoot(t *testing.T) {
 	if rows[0]["gid"] != gid || rows[0]["outcome"] != "rolled back" {
 		t.Fatalf("rows %v", rows)
 	}
-	if prepared(t, gid) {
+	if pgtest.IsPrepared(t, gid) {
 		t.Fatal("still prepared after rolled back")
 	}
 	// The client's side: its query got the lock and completed.
@@ -153,7 +143,7 @@ func TestUnblockSelectorsAndPreparedRoots(t *testing.T) {
 	} {
 		r := run(t, false, append([]string{"unblock", "--longer-than", "0s", "--yes", "--rollback-prepared"}, args...)...)
 		r.wantCode(t, 1)
-		if !prepared(t, gid) {
+		if !pgtest.IsPrepared(t, gid) {
 			t.Fatalf("%v rolled it back", args)
 		}
 	}
@@ -197,7 +187,7 @@ func TestUnblockPreparedRootBehindASession(t *testing.T) {
 			if !rollback {
 				r.wantCode(t, 3)
 				want := fmt.Sprintf("still waiting: %d waits for prepared:%s", waiter.PID, gid)
-				if !prepared(t, gid) || !waiter.Alive() || !strings.Contains(r.errOut, want) {
+				if !pgtest.IsPrepared(t, gid) || !waiter.Alive() || !strings.Contains(r.errOut, want) {
 					t.Fatalf("want the prepared transaction and the waiter left, and %q:\n%s", want, r.errOut)
 				}
 				return
@@ -205,7 +195,7 @@ func TestUnblockPreparedRootBehindASession(t *testing.T) {
 			if r.code != 0 {
 				t.Fatalf("exit %d\n%s\n%s", r.code, r.out, r.errOut)
 			}
-			if prepared(t, gid) {
+			if pgtest.IsPrepared(t, gid) {
 				t.Fatalf("still prepared:\n%s\n%s", r.out, r.errOut)
 			}
 			if err := waiter.Wait(); err != nil {
@@ -235,7 +225,7 @@ func TestUnblockRollbackPreparedDeniedAsTheRunWouldBe(t *testing.T) {
 			!strings.Contains(rows[0]["detail"].(string), "only its owner ("+pgtest.Superuser+") or a superuser may end it") {
 			t.Fatalf("%v: rows %v\n%s", extra, rows, r.errOut)
 		}
-		if !prepared(t, gid) || !waiter.Alive() {
+		if !pgtest.IsPrepared(t, gid) || !waiter.Alive() {
 			t.Fatalf("%v: rolled back, or ended the waiter", extra)
 		}
 	}
@@ -261,7 +251,7 @@ func TestUnblockSaysWhatAPreparedRootStillHolds(t *testing.T) {
 	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--yes", "--timeout", "1m")
 	r.wantCode(t, 3)
 	want := fmt.Sprintf("pgreap: still waiting: %d waits for prepared:%s\n", waiter.PID, gid)
-	if root.Alive() || !prepared(t, gid) || !waiter.Alive() || !strings.HasSuffix(r.errOut, want) || time.Since(start) > 30*time.Second {
+	if root.Alive() || !pgtest.IsPrepared(t, gid) || !waiter.Alive() || !strings.HasSuffix(r.errOut, want) || time.Since(start) > 30*time.Second {
 		t.Fatalf("want the session ended, the prepared transaction left, and %q at once (%s):\n%s\n%s", want, time.Since(start), r.out, r.errOut)
 	}
 }

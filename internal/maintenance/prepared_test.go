@@ -22,16 +22,6 @@ func preparedRow(t *testing.T, gid string) *activity.Session {
 	return p
 }
 
-func stillPrepared(t *testing.T, gid string) bool {
-	t.Helper()
-	var n int
-	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
-		"SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = $1", gid).Scan(&n); err != nil {
-		t.Fatal(err)
-	}
-	return n == 1
-}
-
 func TestRollbackPrepared(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -44,7 +34,7 @@ func TestRollbackPrepared(t *testing.T) {
 	t.Run("rolled back", func(t *testing.T) {
 		gid := pgtest.PrepareTransaction(t, db, "", "", "SELECT 1")
 		o, detail := maintenance.RollbackPrepared(ctx, pgtest.PgreapDSN(t, dsn(pgtest.Superuser)), preparedRow(t, gid))
-		if o != action.RolledBack || stillPrepared(t, gid) {
+		if o != action.RolledBack || pgtest.IsPrepared(t, gid) {
 			t.Fatalf("%s %q", o, detail)
 		}
 	})
@@ -67,25 +57,25 @@ func TestRollbackPrepared(t *testing.T) {
 		}
 		pgtest.PrepareTransaction(t, db, "", gid, "SELECT 2")
 		o, detail := maintenance.RollbackPrepared(ctx, pgtest.PgreapDSN(t, dsn(pgtest.Superuser)), p)
-		if o != action.Changed || !strings.Contains(detail, "another transaction") || !stillPrepared(t, gid) {
+		if o != action.Changed || !strings.Contains(detail, "another transaction") || !pgtest.IsPrepared(t, gid) {
 			t.Fatalf("%s %q", o, detail)
 		}
 	})
 	t.Run("another role's", func(t *testing.T) {
 		gid := pgtest.PrepareTransaction(t, db, owner, "", "SELECT 1")
 		o, detail := maintenance.RollbackPrepared(ctx, pgtest.PgreapDSN(t, dsn(other)), preparedRow(t, gid))
-		if o != action.Denied || !strings.Contains(detail, "owner or a superuser") || !stillPrepared(t, gid) {
+		if o != action.Denied || !strings.Contains(detail, "owner or a superuser") || !pgtest.IsPrepared(t, gid) {
 			t.Fatalf("%s %q", o, detail)
 		}
 		o, detail = maintenance.RollbackPrepared(ctx, pgtest.PgreapDSN(t, dsn(owner)), preparedRow(t, gid))
-		if o != action.RolledBack || stillPrepared(t, gid) {
+		if o != action.RolledBack || pgtest.IsPrepared(t, gid) {
 			t.Fatalf("its owner: %s %q", o, detail)
 		}
 	})
 	t.Run("a GID that needs quoting", func(t *testing.T) {
 		gid := pgtest.PrepareTransaction(t, db, "", `it's a \ gid`, "SELECT 1")
 		o, detail := maintenance.RollbackPrepared(ctx, pgtest.PgreapDSN(t, dsn(pgtest.Superuser)), preparedRow(t, gid))
-		if o != action.RolledBack || stillPrepared(t, gid) {
+		if o != action.RolledBack || pgtest.IsPrepared(t, gid) {
 			t.Fatalf("%s %q", o, detail)
 		}
 	})

@@ -407,3 +407,13 @@ func RollbackPrepared(t testing.TB, db, gid string) {
 func literal(s string) string {
 	return "E'" + strings.NewReplacer(`\`, `\\`, `'`, `''`).Replace(s) + "'"
 }
+
+// IsPrepared reports whether the prepared transaction gid is still there.
+func IsPrepared(t testing.TB, gid string) bool {
+	t.Helper()
+	var n int
+	if err := Admin(t).QueryRow(Context(t), "SELECT count(*) FROM pg_catalog.pg_prepared_xacts WHERE gid = $1", gid).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
