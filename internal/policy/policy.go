@@ -446,6 +446,12 @@ func checkKeys(path string, n *yaml.Node, t reflect.Type) error {
 				return err
 			}
 		}
+	case reflect.Bool:
+		// A key with no value is null, which would decode as false: a
+		// blank dry_run would make a rule real without a word.
+		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
+			return &Error{File: path, Line: n.Line, Reason: "no value: say true or false"}
+		}
 	case reflect.Slice:
 		if n.Kind == yaml.SequenceNode {
 			for _, c := range n.Content {
@@ -461,8 +467,8 @@ func checkKeys(path string, n *yaml.Node, t reflect.Type) error {
 func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
-		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == key {
-			return f, true
+		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == key && tag != "-" {
+			return f, true // "-": a field no policy key names
 		}
 	}
 	return reflect.StructField{}, false
@@ -471,7 +477,7 @@ func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
 func keysOf(t reflect.Type) []string {
 	var keys []string
 	for i := 0; i < t.NumField(); i++ {
-		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag != "" {
+		if tag, _, _ := strings.Cut(t.Field(i).Tag.Get("yaml"), ","); tag != "" && tag != "-" {
 			keys = append(keys, tag)
 		}
 	}

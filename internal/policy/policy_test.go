@@ -75,6 +75,8 @@ func TestParseBad(t *testing.T) {
 		{"bad cidr", strings.Replace(good, "      state: [active]\n", "      client: [10.0.0.0/99]\n", 1), "p.yaml:13: rule \"runaway-reports\": client \"10.0.0.0/99\""},
 		{"empty match", strings.Replace(good, "    match:\n      app: [\"report*\"]\n      state: [active]\n      longer_than: 5m\n", "    match: {}\n", 1), "p.yaml:11: rule \"runaway-reports\": match chooses nothing"},
 		{"wrong type", strings.Replace(good, "dry_run: true", "dry_run: sometimes", 1), "p.yaml:21: cannot unmarshal str `sometimes` into bool"},
+		{"blank dry_run", strings.Replace(good, "dry_run: true", "dry_run:", 1), "p.yaml:21: no value: say true or false"},
+		{"a key named -", strings.Replace(good, "      state: [active]\n", "      state: [active]\n      \"-\": 1s\n", 1), "p.yaml:14: unknown key \"-\""},
 		{"duplicate rule", strings.Replace(good, "name: stuck", "name: runaway-reports", 1), "p.yaml:16: rule \"runaway-reports\" is defined twice (first at line 10)"},
 		{"no targets", strings.Replace(good, "targets:\n  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "", 1), "p.yaml:1: no targets"},
 		{"no rules", good[:strings.Index(good, "rules:")], "p.yaml:1: no rules"},
