@@ -153,6 +153,19 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	tree := look.firstTree(opts.LongerThan)
 	if len(tree.Roots) == 0 {
+		// The waits of unknown age behind roots the selectors keep.
+		unknown := map[int32]bool{}
+		for _, ws := range look.firstTree(0).Waiters {
+			for _, w := range ws {
+				if look.waits[w] == maintenance.UnknownWait {
+					unknown[w] = true
+				}
+			}
+		}
+		if n := len(unknown); n > 0 && opts.LongerThan > 0 {
+			return fmt.Errorf("%w: no lock wait longer than %s that this role can time: %d wait%s of unknown age (before PostgreSQL 14 a wait is timed from its statement's start, which pg_read_all_stats shows of other roles' sessions)",
+				ErrNoMatch, opts.LongerThan, n, plural(n))
+		}
 		return fmt.Errorf("%w: no lock wait longer than %s", ErrNoMatch, opts.LongerThan)
 	}
 	u := &unblocker{opts: opts, conn: conn, sel: sel, first: look,

@@ -341,3 +341,21 @@ func TestUnblockNeverEndsAYoungerWaiter(t *testing.T) {
 	}
 	r.wantCode(t, 0)
 }
+
+// Before 14 a wait is timed from its statement's start, which a role
+// without pg_read_all_stats does not see of another role's session:
+// unblock says so instead of "no lock wait longer than D".
+func TestUnblockSaysWhenWaitsCannotBeTimed(t *testing.T) {
+	t.Parallel()
+	if pgtest.Shared(t).Major >= 14 {
+		t.Skipf("pg_locks.waitstart (14+) times every wait for every role; this is %d", pgtest.Shared(t).Major)
+	}
+	db := pgtest.NewDB(t)
+	root, _ := pgtest.LockWait(t, db)
+	nobody := pgtest.NewRole(t, "NOSUPERUSER")
+	r := run(t, false, "unblock", "--longer-than", "1s", "--db", db, "--yes", "-d", pgtest.Shared(t).DSN("postgres", nobody))
+	r.wantCode(t, 1)
+	if !strings.Contains(r.errOut, "no lock wait longer than 1s that this role can time: 1 wait of unknown age") || !root.Alive() {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+}

@@ -22,8 +22,14 @@ var (
 	waitsV12 string
 )
 
+// UnknownWait is the wait of a session whose age the server does not show
+// (12 and 13 measure it from query_start, which a role without
+// pg_read_all_stats does not see of another role's session).
+const UnknownWait time.Duration = -1
+
 // Waits is how long each session waiting on a lock has waited, by pid: on
-// 14+ since pg_locks.waitstart, before that since its statement began.
+// 14+ since pg_locks.waitstart, before that since its statement began;
+// UnknownWait when the server does not show it.
 func Waits(ctx context.Context, conn *pgx.Conn) (map[int32]time.Duration, error) {
 	version, err := activity.ServerVersion(ctx, conn)
 	if err != nil {
@@ -45,7 +51,10 @@ func Waits(ctx context.Context, conn *pgx.Conn) (map[int32]time.Duration, error)
 		if err := rows.Scan(&pid, &waited); err != nil {
 			return nil, fmt.Errorf("lock waits: %w", err)
 		}
-		waits[pid] = time.Duration(waited.Microseconds+int64(waited.Days)*86400e6) * time.Microsecond
+		waits[pid] = UnknownWait
+		if waited.Valid {
+			waits[pid] = time.Duration(waited.Microseconds+int64(waited.Days)*86400e6) * time.Microsecond
+		}
 	}
 	return waits, rows.Err()
 }
@@ -102,7 +111,8 @@ func BlockingTree(sessions []activity.Session, waits map[int32]time.Duration, mi
 	}
 	t := &Tree{Waiters: map[Node][]int32{}}
 	for pid, waited := range waits {
-		if waited < min || len(blockedBy[Node{PID: pid}]) == 0 {
+		// A wait of unknown age is longer than 0 only.
+		if (waited == UnknownWait && min > 0) || (waited != UnknownWait && waited < min) || len(blockedBy[Node{PID: pid}]) == 0 {
 			continue
 		}
 		// Up the graph to the sessions that wait for no one; a cycle
