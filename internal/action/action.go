@@ -1096,7 +1096,7 @@ func (d *described) differences(s *activity.Session) string {
 	add("datname", s.Datname, d.datname)
 	add("usename", s.Usename, d.usename)
 	if s.ApplicationName != d.applicationName {
-		out = append(out, fmt.Sprintf("application_name %q (the plan: %q)", s.ApplicationName, d.applicationName))
+		out = append(out, fmt.Sprintf("application_name %q (the plan: %q)", short(s.ApplicationName), short(d.applicationName)))
 	}
 	addr := func(a netip.Addr) string {
 		if !a.IsValid() {
@@ -1117,5 +1117,13 @@ func quoteOrNull(s string) string {
 	if s == "" {
 		return "null"
 	}
-	return strconv.Quote(s)
+	return strconv.Quote(short(s))
+}
+
+// short cuts a value a plan file gave (any length) for a detail.
+func short(s string) string {
+	if r := []rune(s); len(r) > 64 {
+		return string(r[:63]) + "…"
+	}
+	return s
 }

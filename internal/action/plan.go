@@ -344,7 +344,7 @@ func (s *scanner) value(path []string, key func(path []string, k string)) error 
 	switch s.b[s.i] {
 	case '{':
 		s.i++
-		var seen []string
+		seen := map[string]bool{} // a map: an object may hold 200,000 keys
 		for {
 			s.skipSpace()
 			switch s.b[s.i] {
@@ -359,10 +359,10 @@ func (s *scanner) value(path []string, key func(path []string, k string)) error 
 			if err != nil {
 				return err
 			}
-			if slices.Contains(seen, k) {
+			if seen[k] {
 				return fmt.Errorf("not a plan: the key %q appears twice in one object", k)
 			}
-			seen = append(seen, k)
+			seen[k] = true
 			key(path, k)
 			s.skipSpace()
 			s.i++ // :
@@ -507,7 +507,9 @@ func (row *planRow) result() (Result, error) {
 	d := &described{datname: deref(row.Datname), usename: deref(row.Usename), applicationName: deref(row.ApplicationName)}
 	if row.ClientAddr != nil {
 		a, err := netip.ParseAddr(*row.ClientAddr)
-		if err != nil {
+		if err != nil || a.Zone() != "" {
+			// A zone (fe80::1%eth0) is no inet value: the server would
+			// refuse the whole statement.
 			return r, fmt.Errorf(`"client_addr" %q is not an address`, *row.ClientAddr)
 		}
 		d.clientAddr = a

@@ -215,6 +215,7 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 		{"a server hidden by a second key", strings.Replace(good, `"system_identifier":`, `"system_identifier":"42","system_identifier":`, 1), `the key "system_identifier" appears twice`},
 		{"a key twice in a selection", strings.Replace(good, `"selection":null`, `"selection":{"app":["x"],"app":["y"]}`, 1), `the key "app" appears twice`},
 		{"a key twice in the last session", strings.Replace(good, "\n]", ",\n"+strings.Replace(strings.Trim(good, "[]\n"), `"pid":`, `"pid":2,"pid":`, 1)+"\n]", 1), `session 2: not a plan: the key "pid" appears twice`},
+		{"a client_addr with a zone", strings.Replace(good, `"client_addr":null`, `"client_addr":"fe80::1%eth0"`, 1), `"client_addr" "fe80::1%eth0" is not an address`},
 		{"a plan key in capitals", strings.Replace(good, `"host":`, `"HOST":`, 1), `"plan": unknown field "HOST"`},
 		{"a plan key missing", strings.Replace(good, `,"selection":null`, ``, 1), `"plan": missing field "selection"`},
 		{"a selection key in capitals", strings.Replace(good, `"selection":null`, `"selection":{"APP":["x"]}`, 1), `"selection": unknown field "APP"`},
