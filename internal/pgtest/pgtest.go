@@ -348,8 +348,10 @@ func AutovacuumWorker(t testing.TB, c *Cluster, db string) int32 {
 	}
 	var pid int32
 	Eventually(t, "an autovacuum worker in "+db, func() (bool, error) {
+		// The worker of slow_vacuum, which lasts: another may be at a
+		// catalog table, done in milliseconds.
 		err := cn.QueryRow(ctx, `SELECT pid FROM pg_catalog.pg_stat_activity
-		   WHERE datname = $1 AND backend_type = 'autovacuum worker' LIMIT 1`, db).Scan(&pid)
+		   WHERE datname = $1 AND backend_type = 'autovacuum worker' AND query LIKE '%slow_vacuum%' LIMIT 1`, db).Scan(&pid)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, nil
 		}
