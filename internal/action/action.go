@@ -163,6 +163,11 @@ type Request struct {
 	// workers; both are refused otherwise.
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// WatchApp is the application_name of the pgreap watch that acts:
+	// sessions of pgreap's role with that name are a watch's (its own
+	// other connections, a replica's) and protected, whatever the rules
+	// choose. Empty: none.
+	WatchApp string
 }
 
 // Server identifies the server run a plan was made on: its
@@ -191,6 +196,8 @@ type Plan struct {
 	// signal walsenders and autovacuum workers; it refuses them otherwise.
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// WatchApp: see Request.
+	WatchApp string
 
 	// sel is re-checked by the signalling statement; nil for a plan read
 	// from a file, which pins identities only.
@@ -299,6 +306,7 @@ func newPlan(conn *pgx.Conn, snap *activity.Snapshot, req Request) *Plan {
 		sel:                req.Selector,
 		IncludeReplication: req.IncludeReplication,
 		IncludeAutovacuum:  req.IncludeAutovacuum,
+		WatchApp:           req.WatchApp,
 	}
 }
 
@@ -831,7 +839,7 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	}
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
 		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh,
-		systemID, isDescribed, datnames, usenames, apps, addrs}
+		systemID, isDescribed, datnames, usenames, apps, addrs, strPtr(p.WatchApp)}
 	sql := versionedSQL(actSQL, p.ServerVersion)
 	if p.sel != nil {
 		where, selArgs := p.sel.CompileEach("a", len(args)+1)
@@ -960,6 +968,8 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 		return Gone, "ended before we acted" + maybe
 	case "own":
 		return Protected, "pgreap's own session"
+	case "watch":
+		return Protected, "a pgreap watch session of pgreap's own role (this daemon's or a replica's)"
 	case "parallel_worker":
 		return Protected, "parallel worker: act on its leader"
 	case "walsender":

@@ -205,3 +205,44 @@ rules:
 		t.Fatalf("audit %+v, want one line: patient terminated it after the grace", got)
 	}
 }
+
+// Two targets on one server (or two replicas) whose rule matches the
+// daemon's own connections: neither ends the other's, they are protected;
+// another role that names its session as the daemon's is not.
+func TestWatchNeverEndsAWatchSession(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	impostor := pgtest.NewVictim(t, pgtest.VictimOptions{User: pgtest.NewRole(t, "NOSUPERUSER"), App: tag + "-w"})
+	d := startDaemon(t, dsn(t)+" application_name="+tag+"-w", `
+targets: [{name: TAG-a, dsn: "DSN"}, {name: TAG-b, dsn: "DSN"}]
+interval: 200ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: reap
+    match: {app: [TAG-w], state: [idle]}
+    action: terminate
+`)
+	pgtest.Eventually(t, "the impostor terminated", func() (bool, error) { return !impostor.Alive(), nil })
+	// Each target sees the other's connection: protected, once each.
+	got := d.waitEntries(t, 3)
+	protected := 0
+	for _, e := range got {
+		switch {
+		case e.PID == impostor.PID:
+			if e.Outcome != "terminated" {
+				t.Errorf("the impostor: %+v", e)
+			}
+		case e.Outcome == "protected" && strings.Contains(e.Detail, "a pgreap watch session"):
+			protected++
+		default:
+			t.Errorf("a watch session was acted on: %+v", e)
+		}
+	}
+	if protected < 2 {
+		t.Fatalf("audit %+v", got)
+	}
+	if logs := d.logs.String(); strings.Contains(logs, "cannot connect") || strings.Contains(logs, "lost") {
+		t.Fatalf("a target lost its connection:\n%s", logs)
+	}
+}

@@ -30,11 +30,12 @@ const (
 	// is strict (older than the threshold), by the server's clock.
 	margin = 2 * time.Millisecond
 	// retryNoMatch: a session the statement found not yet past its
-	// threshold (the clocks' offset was misjudged by a few ms) is tried
-	// again this much later, up to maxRetries times; then the next
-	// snapshot judges it again.
+	// threshold (the clocks' offset was misjudged: a snapshot slow to
+	// reach a loaded server) is tried again this much later, then twice
+	// as late each time, up to maxRetries times (about 0.3 s in all); then
+	// the next snapshot judges it again, up to an interval late.
 	retryNoMatch = 5 * time.Millisecond
-	maxRetries   = 2
+	maxRetries   = 6
 	// verifyFor is how long a signalled session gets to end before it is
 	// reported survived (after the grace, for cancel-then-terminate).
 	verifyFor = 5 * time.Second
@@ -618,7 +619,11 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		sessions[i] = a.session
 		retries[a.session.PID] = a.retries
 	}
-	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded})
+	// The sessions of pgreap's role named as this daemon's connections are
+	// a watch's (its other targets on this server, its replicas): never
+	// acted on, whatever the rules choose.
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded,
+		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
 	dry := s.dry(&r)
 	now := s.t.now()
 	f := &inflight{plan: plan, rule: r, sent: now}
@@ -642,7 +647,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		}
 		if res.NoMatch() {
 			if retries[res.PID] < maxRetries && err == nil {
-				s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch), retries: retries[res.PID] + 1})
+				s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch << retries[res.PID]), retries: retries[res.PID] + 1})
 				f.logged[i] = true // not recorded
 			}
 			// Nothing was signalled: the session is not marked acted on,

@@ -43,7 +43,10 @@
 --  $15 text[]         usename           described otherwise is not the session planned (an
 --  $16 text[]         application_name  edited plan), and is left alone
 --  $17 text[]         client_addr
---  and from $18 on, the selection's parameters; its predicate over "a"
+--  $18 text           the application_name of the pgreap watch that acts (NULL: none): its
+--                     role's sessions of that name are a watch's, its own or a replica's,
+--                     and never signalled (two targets or replicas would end each other)
+--  and from $19 on, the selection's parameters; its predicate over "a"
 --  replaces the "true" after /*selection*/ (alone: every session).
 --
 -- Privilege is decided per row, as pg_signal_backend() decides it, so that
@@ -111,6 +114,9 @@ SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
                       OR ($12::bigint IS NOT NULL AND $12::bigint IS DISTINCT FROM me.system_identifier) THEN 'other_server'
                  WHEN a.pid IS NULL THEN 'gone'
                  WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
+                 -- Its role too: another role naming itself so is not.
+                 WHEN $18::text IS NOT NULL AND a.usesysid = me.oid
+                      AND a.application_name = $18::text THEN 'watch'
                  WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
                  WHEN a.backend_type = 'walsender' AND NOT $8::boolean THEN 'walsender'
                  WHEN a.backend_type = 'autovacuum worker' AND NOT $9::boolean THEN 'autovacuum'
