@@ -56,6 +56,15 @@ type Policy struct {
 	MetricsAddr string // "": no metrics server ("off" in the file)
 	Protect     Protect
 	Rules       []Rule
+	HA          HA
+}
+
+// HA says what a standby does when the election lock of a target is held
+// by something that is not a pgreap watch (any role may take an advisory
+// lock): with EvictImpostor it terminates the holder, through the guard,
+// and takes the lead; otherwise it reports it (log, metric, /healthz).
+type HA struct {
+	EvictImpostor bool
 }
 
 // Target is one server to watch.
@@ -118,6 +127,11 @@ type file struct {
 	MetricsAddr *string       `yaml:"metrics_addr"`
 	Protect     protectEntry  `yaml:"protect"`
 	Rules       []ruleEntry   `yaml:"rules"`
+	HA          haEntry       `yaml:"ha"`
+}
+
+type haEntry struct {
+	EvictImpostor bool `yaml:"evict_impostor"`
 }
 
 type targetEntry struct {
@@ -256,6 +270,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 		}
 	}
 	p.Protect = Protect{Users: f.Protect.Users, Apps: f.Protect.Apps}
+	p.HA = HA{EvictImpostor: f.HA.EvictImpostor}
 
 	// Rules.
 	rulesNode := valueOf(root, "rules")

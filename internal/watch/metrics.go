@@ -17,6 +17,7 @@ type Metrics struct {
 	Snapshot       *prometheus.HistogramVec
 	TargetUp       *prometheus.GaugeVec
 	Leader         *prometheus.GaugeVec
+	LeaderConflict *prometheus.GaugeVec
 	ReloadSuccess  prometheus.Gauge
 	ReloadLastTime prometheus.Gauge
 }
@@ -42,6 +43,9 @@ func NewMetrics() *Metrics {
 		Leader: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgreap_leader", Help: "1 while this replica holds the target's advisory lock and acts.",
 		}, []string{"target"}),
+		LeaderConflict: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgreap_leader_conflict", Help: "1 while the target's election lock is held by a session that is not a pgreap watch (an impostor keeps every replica standing by).",
+		}, []string{"target"}),
 		ReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgreap_config_reload_success", Help: "1 if the last policy (re)load succeeded.",
 		}),
@@ -49,7 +53,7 @@ func NewMetrics() *Metrics {
 			Name: "pgreap_config_reload_success_timestamp_seconds", Help: "When the policy was last loaded successfully.",
 		}),
 	}
-	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.ReloadSuccess, m.ReloadLastTime,
+	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.ReloadSuccess, m.ReloadLastTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -63,6 +67,7 @@ func (m *Metrics) forget(target string) {
 	m.Snapshot.DeletePartialMatch(l)
 	m.TargetUp.DeletePartialMatch(l)
 	m.Leader.DeletePartialMatch(l)
+	m.LeaderConflict.DeletePartialMatch(l)
 }
 
 // Handler serves /metrics.

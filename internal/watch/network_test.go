@@ -128,6 +128,8 @@ rules:
 	if len(got) != 1 || got[0].PID != v.PID || got[0].Outcome != "cancelled" {
 		t.Fatalf("audit %+v", got)
 	}
+	// Found early: tried again shortly, or (past the retries) judged again
+	// by the next snapshot.
 	if !strings.Contains(d.logs.String(), `"detail":"no longer matches the selection"`) {
 		t.Fatalf("the early signal did not happen:\n%s", d.logs.String())
 	}

@@ -2,6 +2,7 @@ package watch
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"hash/fnv"
 	"log/slog"
@@ -11,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
@@ -262,6 +264,9 @@ type session struct {
 	args   []any
 	leader bool
 	key    int32
+	// holder is who held the election lock at the last look, while
+	// standing by: said once, not at every interval.
+	holder backend
 	snap   *activity.Snapshot
 	armed  []armed
 	flying []*inflight
@@ -356,6 +361,89 @@ func isStatementError(err error) bool {
 	return errors.As(err, &pgErr)
 }
 
+//go:embed sql/holder.sql
+var holderSQL string
+
+// standBy looks at who holds the election lock. A pgreap watch (a session
+// of pgreap's role with the daemon's application_name): this replica
+// stands by, and says so once. Anything else is an impostor, which any
+// login role can be (advisory locks need no privilege) and which keeps
+// every replica standing by: an error, the conflict metric, /healthz 503,
+// and with ha.evict_impostor the holder is terminated through the guard,
+// so the next interval takes the lead.
+func (s *session) standBy(ctx context.Context) error {
+	t := s.t
+	var h holder
+	err := s.cn.QueryRow(ctx, holderSQL, lockClass, s.key, s.appName()).
+		Scan(&h.pid, &h.start, &h.usename, &h.app, &h.client, &h.replica)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		return nil // released since: the next interval takes it
+	case err != nil:
+		return err
+	}
+	seen := backend{pid: h.pid, start: h.start.Time}
+	if h.replica {
+		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
+		t.state.Store(Standby)
+		if seen != s.holder {
+			t.log.Info("standing by: another pgreap watch leads", "pid", h.pid, "client_addr", h.client.String)
+		}
+		s.holder = seen
+		return nil
+	}
+	t.metrics.LeaderConflict.WithLabelValues(t.name).Set(1)
+	t.state.Store(Conflict)
+	if seen != s.holder {
+		t.log.Error("the election lock is held by a session that is not a pgreap watch: no replica acts on the target",
+			"pid", h.pid, "usename", h.usename.String, "application_name", h.app.String, "client_addr", h.client.String,
+			"evict_impostor", s.pol.HA.EvictImpostor)
+	}
+	s.holder = seen
+	if s.pol.HA.EvictImpostor {
+		return s.evict(ctx, h.pid)
+	}
+	return nil
+}
+
+// holder is the session that holds an election lock.
+type holder struct {
+	pid                  int32
+	start                pgtype.Timestamptz
+	usename, app, client pgtype.Text
+	replica              bool
+}
+
+// appName is the application_name of the daemon's connections: a session
+// of its role with that name is a pgreap watch.
+func (s *session) appName() string { return s.cn.Config().RuntimeParams["application_name"] }
+
+// evict terminates the holder of the election lock through the guard (a
+// superuser's session, or a protected one, is reported, not ended),
+// audited as the rule "ha.evict_impostor".
+func (s *session) evict(ctx context.Context, pid int32) error {
+	t := s.t
+	snap, err := activity.Lookup(ctx, s.cn, []int32{pid})
+	if err != nil {
+		return err
+	}
+	plan := action.NewPlan(s.cn, snap, snap.Sessions, action.Request{Action: action.Terminate, PIDs: []int32{pid}, WatchApp: s.appName()})
+	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor})
+	for i := range results {
+		r := &results[i]
+		t.metrics.Actions.WithLabelValues(t.name, evictRule, string(r.Action), string(r.Outcome)).Inc()
+		if werr := t.audit.Write(entry(t.now(), t.name, evictRule, false, r)); werr != nil {
+			t.log.Error("cannot write the audit log", "err", werr)
+		}
+		t.log.Info("acted", "rule", evictRule, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "detail", r.Detail)
+	}
+	return err
+}
+
+// evictRule names the eviction of an impostor in the audit log and the
+// metrics, as a rule would be.
+const evictRule = "ha.evict_impostor"
+
 // tick is the interval's work: stand by (try the lock), or lead (one
 // snapshot, then arm the deadlines).
 func (s *session) tick(ctx context.Context) error {
@@ -367,12 +455,11 @@ func (s *session) tick(ctx context.Context) error {
 		}
 		if !ok {
 			t.metrics.Leader.WithLabelValues(t.name).Set(0)
-			t.state.Store(Standby)
-			t.log.Debug("standing by: another replica leads")
-			return nil
+			return s.standBy(ctx)
 		}
-		s.leader = true
+		s.leader, s.holder = true, backend{}
 		t.metrics.Leader.WithLabelValues(t.name).Set(1)
+		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
 		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
 	}
@@ -649,6 +736,8 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			if retries[res.PID] < maxRetries && err == nil {
 				s.armed = append(s.armed, armed{session: res.Session, rule: k, due: now.Add(retryNoMatch << retries[res.PID]), retries: retries[res.PID] + 1})
 				f.logged[i] = true // not recorded
+				s.t.log.Debug("not yet past its threshold by the server's clock: tried again", "rule", r.Name, "pid", res.PID,
+					"retry", retries[res.PID]+1, "detail", res.Detail)
 			}
 			// Nothing was signalled: the session is not marked acted on,
 			// and the next snapshot judges it again. It may have moved on

@@ -78,6 +78,10 @@ const (
 	// Standby: connected, another replica holds the election lock and
 	// acts; this one takes over if it goes.
 	Standby State = "standby"
+	// Conflict: connected, and the election lock is held by a session
+	// that is not a pgreap watch (any role may take an advisory lock):
+	// no replica acts on the target.
+	Conflict State = "conflict"
 )
 
 // Health is the body of /healthz.
