@@ -28,6 +28,11 @@ func (p *Policy) Summary(w io.Writer) {
 		metrics = "off"
 	}
 	fmt.Fprintf(w, "metrics: %s\n", metrics)
+	if p.HA.EvictImpostor {
+		fmt.Fprintln(w, "election lock held by a session that is not a pgreap watch: ended (ha.evict_impostor)")
+	} else {
+		fmt.Fprintln(w, "election lock held by a session that is not a pgreap watch: reported (ha.evict_impostor: false)")
+	}
 	if len(p.Protect.Users)+len(p.Protect.Apps) > 0 {
 		fmt.Fprintf(w, "protected: users %s, apps %s\n", list(p.Protect.Users), list(p.Protect.Apps))
 	}
