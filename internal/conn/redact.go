@@ -1,6 +1,7 @@
 package conn
 
 import (
+	"bytes"
 	"errors"
 	"net/url"
 	"sort"
@@ -25,9 +26,20 @@ func Redact(s, dsn string) string {
 }
 
 // scrub replaces every spelling of each secret in s, the longest first,
-// so that a password containing another is masked whole.
+// so that a password containing another is masked whole. The pieces of a
+// secret between blanks, quotes, '=', '&' and backslashes are masked too
+// (four characters or more, so as not to mask every "a" of the
+// message): a string that fails to parse may be cut there, and a piece
+// quoted as a keyword or another keyword's value.
 func scrub(s string, secrets []string) string {
 	var forms []string
+	for _, v := range secrets {
+		for _, piece := range strings.FieldsFunc(v, func(r rune) bool { return strings.ContainsRune(" \t\n\r\v\f'\"=&#\\", r) }) {
+			if len(piece) >= 4 && piece != v {
+				secrets = append(secrets, piece)
+			}
+		}
+	}
 	for _, v := range secrets {
 		if v == "" {
 			continue
@@ -57,14 +69,46 @@ func scrub(s string, secrets []string) string {
 // A malformed string is read as far as it goes, so that what the parser
 // that refused it may quote is still found; for a URL the userinfo is
 // read both as libpq and pgx read it (up to the first '@' before a '/')
-// and as net/url does (up to the last '@' of the authority).
+// and as net/url does (up to the last '@' of the authority). Besides,
+// whatever follows a "password =" anywhere in the string is taken for
+// one, in every reading: a stray quote or '=' before it may have made the
+// parser read the string otherwise, and the message quote it as a
+// keyword or another keyword's value.
 func passwords(dsn string) []string {
 	var out []string
-	add := func(raw string, decode func(string) (string, error)) {
+	add := func(raw string, decode ...func(string) (string, error)) {
 		out = append(out, raw)
-		if d, err := decode(raw); err == nil && d != raw {
-			out = append(out, d)
+		for _, d := range decode {
+			if v, err := d(raw); err == nil && v != raw {
+				out = append(out, v)
+			}
 		}
+	}
+	// Byte for byte: strings.ToLower changes the length of invalid UTF-8,
+	// and the indexes must be the string's.
+	lower := []byte(dsn)
+	for i, c := range lower {
+		if c >= 'A' && c <= 'Z' {
+			lower[i] = c + 'a' - 'A'
+		}
+	}
+	for i := bytes.Index(lower, []byte("password")); i >= 0; {
+		rest := strings.TrimLeft(dsn[i+len("password"):], " \t\n\r\v\f")
+		if v, ok := strings.CutPrefix(rest, "="); ok {
+			if kvs := keywordValues("p=" + v); len(kvs) > 0 {
+				out = append(out, kvs[0].raw, kvs[0].value)
+			}
+			v = strings.TrimLeft(v, " \t\n\r\v\f")
+			if end := strings.IndexAny(v, "&# \t\n\r\v\f"); end >= 0 {
+				v = v[:end]
+			}
+			add(v, url.QueryUnescape, url.PathUnescape)
+		}
+		next := bytes.Index(lower[i+1:], []byte("password"))
+		if next < 0 {
+			break
+		}
+		i += 1 + next
 	}
 	rest, isURL := strings.CutPrefix(dsn, "postgresql://")
 	if !isURL {
@@ -93,15 +137,13 @@ func passwords(dsn string) []string {
 		}
 	}
 	if _, query, ok := strings.Cut(rest, "?"); ok {
-		query, _, _ = strings.Cut(query, "#")
 		for _, kv := range strings.Split(query, "&") {
 			k, v, _ := strings.Cut(kv, "=")
 			if dk, err := url.QueryUnescape(k); err == nil {
 				k = dk
 			}
 			if isPasswordKey(k) {
-				add(v, url.QueryUnescape)
-				add(v, url.PathUnescape)
+				add(v, url.QueryUnescape, url.PathUnescape)
 			}
 		}
 	}
