@@ -1,6 +1,7 @@
 package conn_test
 
 import (
+	"errors"
 	"fmt"
 	"net/url"
 	"strings"
@@ -150,4 +151,13 @@ func percentDecoded(s string) string {
 		b.WriteByte(s[i])
 	}
 	return b.String()
+}
+
+// A connection error masks the password the attempt used, wherever it came
+// from (the string, PGPASSWORD, a passfile), if a layer ever quotes it.
+func TestConnectErrorHidesThePassword(t *testing.T) {
+	err := conn.NewError("u", "pa ss'word", errors.New(`dial: "pa ss'word" and pa%20ss%27word and pa ss\'word`))
+	if msg := err.Error(); strings.Contains(msg, "pa ss") || strings.Contains(msg, "ss%27") || strings.Contains(msg, "word") {
+		t.Fatalf("the error shows the password: %s", msg)
+	}
 }
