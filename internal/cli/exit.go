@@ -134,13 +134,15 @@ func Run(ctx context.Context, args []string, streams *IOStreams) (code int) {
 	cmd.SetOut(streams.Out)
 	cmd.SetErr(streams.ErrOut)
 	err := cmd.ExecuteContext(ctx)
-	report(streams.ErrOut, err)
+	report(streams.ErrOut, err, f.conn.DSN)
 	return ExitCode(err)
 }
 
-func report(w io.Writer, err error) {
+// report prints err with the password of -d masked, whichever layer
+// quoted it.
+func report(w io.Writer, err error, dsn string) {
 	if err == nil {
 		return
 	}
-	fmt.Fprintln(w, "pgreap: "+Message(err))
+	fmt.Fprintln(w, "pgreap: "+conn.Redact(Message(err), dsn))
 }

@@ -69,14 +69,25 @@ const (
 //     picked up either;
 //   - a connect timeout of 10s unless connect_timeout is given;
 //   - one round trip per statement (no separate prepare step).
+//
+// Its error is one line that never holds a password (see Redact), the
+// check `watch --check` and the daemon share.
 func Config(p Params) (*pgx.ConnConfig, error) {
+	cfg, err := config(p)
+	if err != nil {
+		return nil, errors.New(Redact(oneLine(err), p.DSN))
+	}
+	return cfg, nil
+}
+
+func config(p Params) (*pgx.ConnConfig, error) {
 	dsn, err := withFlags(p)
 	if err != nil {
 		return nil, err
 	}
 	cfg, err := pgx.ParseConfig(dsn)
 	if err != nil {
-		return nil, fmt.Errorf("connection string: %s", oneLine(err))
+		return nil, fmt.Errorf("connection string: %s", Redact(parseError(err), dsn))
 	}
 	rp := cfg.RuntimeParams
 	if rp["application_name"] == "" {
@@ -282,7 +293,7 @@ func withFlags(p Params) (string, error) {
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
 		if err != nil {
-			return "", fmt.Errorf("connection URL: %s", oneLine(err))
+			return "", fmt.Errorf("connection URL: %s", urlError(err))
 		}
 		q := u.Query()
 		for _, kv := range set {
@@ -305,7 +316,7 @@ func withFlags(p Params) (string, error) {
 func Connect(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 	c, err := pgx.ConnectConfig(ctx, cfg)
 	if err != nil {
-		return nil, &Error{User: cfg.User, Err: err}
+		return nil, &Error{User: cfg.User, Err: err, password: cfg.Password}
 	}
 	return c, nil
 }
@@ -314,12 +325,15 @@ func Connect(ctx context.Context, cfg *pgx.ConnConfig) (*pgx.Conn, error) {
 type Error struct {
 	User string
 	Err  error
+	// password is the one the attempt used (from the string, PGPASSWORD
+	// or a passfile), masked wherever a message would quote it.
+	password string
 }
 
 // Error is one line: the user, the address tried (host or socket, and port)
 // and the server's message, never a password.
 func (e *Error) Error() string {
-	msg := fmt.Sprintf("cannot connect as user %q: %s", e.User, attempt(e.Err))
+	msg := fmt.Sprintf("cannot connect as user %q: %s", e.User, scrub(attempt(e.Err), []string{e.password}))
 	var pgErr *pgconn.PgError
 	if errors.As(e.Err, &pgErr) && pgErr.Code == "53300" { // too_many_connections
 		msg += " (hint: every connection slot is taken; a superuser gets in through superuser_reserved_connections, " +

@@ -2,3 +2,8 @@ package conn
 
 // Deadline is the client-side deadline Config set.
 var Deadline = deadline
+
+// NewError is a connection error of an attempt that used password.
+func NewError(user, password string, err error) *Error {
+	return &Error{User: user, Err: err, password: password}
+}

@@ -20,9 +20,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"gopkg.in/yaml.v3"
 
+	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -49,10 +49,12 @@ const (
 // Policy is a checked policy.
 type Policy struct {
 	// Path is the file it was read from.
-	Path        string
-	Targets     []Target
-	Interval    time.Duration
-	AuditLog    string // "": standard output
+	Path     string
+	Targets  []Target
+	Interval time.Duration
+	AuditLog string // "": standard output
+	// AuditQuery says whether audit lines carry the session's query.
+	AuditQuery  AuditQuery
 	MetricsAddr string // "": no metrics server ("off" in the file)
 	Protect     Protect
 	Rules       []Rule
@@ -66,6 +68,19 @@ type Policy struct {
 type HA struct {
 	EvictImpostor bool
 }
+
+// AuditQuery is the policy's audit.query: whether an audit line carries
+// the text of the session's query.
+type AuditQuery string
+
+// The values of audit.query.
+const (
+	// QueryFull: the query as pg_stat_activity shows it (the default).
+	QueryFull AuditQuery = "full"
+	// QueryNone: "query": null, for queries that carry secrets as
+	// literals (ALTER ROLE ... PASSWORD '...').
+	QueryNone AuditQuery = "none"
+)
 
 // Target is one server to watch.
 type Target struct {
@@ -124,6 +139,7 @@ type file struct {
 	Targets     []targetEntry `yaml:"targets"`
 	Interval    *string       `yaml:"interval"`
 	AuditLog    string        `yaml:"audit_log"`
+	Audit       auditEntry    `yaml:"audit"`
 	MetricsAddr *string       `yaml:"metrics_addr"`
 	Protect     protectEntry  `yaml:"protect"`
 	Rules       []ruleEntry   `yaml:"rules"`
@@ -138,6 +154,10 @@ type targetEntry struct {
 	Name    string `yaml:"name"`
 	DSN     string `yaml:"dsn"`
 	Include string `yaml:"include"`
+}
+
+type auditEntry struct {
+	Query *string `yaml:"query"`
 }
 
 type protectEntry struct {
@@ -195,7 +215,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 	if err := decode(path, root, &f); err != nil {
 		return nil, err
 	}
-	p := &Policy{Path: path, Interval: DefaultInterval, MetricsAddr: DefaultMetricsAddr, AuditLog: f.AuditLog}
+	p := &Policy{Path: path, Interval: DefaultInterval, MetricsAddr: DefaultMetricsAddr, AuditLog: f.AuditLog, AuditQuery: QueryFull}
 	at := func(n *yaml.Node, reason string, args ...any) error {
 		line := 0
 		if n != nil {
@@ -261,6 +281,14 @@ func Parse(path string, data []byte) (*Policy, error) {
 			p.MetricsAddr = a
 		}
 	}
+	if q := f.Audit.Query; q != nil {
+		switch AuditQuery(*q) {
+		case QueryFull, QueryNone:
+			p.AuditQuery = AuditQuery(*q)
+		default:
+			return nil, at(valueOf(valueOf(root, "audit"), "query"), "audit query %q: not full or none", *q)
+		}
+	}
 	protectNode := valueOf(root, "protect")
 	for field, globs := range map[string][]string{"users": f.Protect.Users, "apps": f.Protect.Apps} {
 		for _, g := range globs {
@@ -300,8 +328,10 @@ func checkTarget(path string, n *yaml.Node, t targetEntry) (Target, error) {
 	if !validName.MatchString(t.Name) {
 		return Target{}, &Error{File: path, Line: lineOf(n, "name"), Reason: fmt.Sprintf("target name %q: use letters, digits, and . _ - (it is a metrics label and a log field)", t.Name)}
 	}
-	if _, err := pgx.ParseConfig(t.DSN); err != nil {
-		return Target{}, &Error{File: path, Line: lineOf(n, "dsn"), Reason: fmt.Sprintf("target %q: dsn: %v", t.Name, oneLine(err))}
+	// The daemon's own check, so that --check refuses what watch would,
+	// with the password masked.
+	if _, err := conn.Config(conn.Params{DSN: t.DSN}); err != nil {
+		return Target{}, &Error{File: path, Line: lineOf(n, "dsn"), Reason: fmt.Sprintf("target %q: dsn: %v", t.Name, conn.Redact(oneLine(err), t.DSN))}
 	}
 	return Target{Name: t.Name, DSN: t.DSN}, nil
 }

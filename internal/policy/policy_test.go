@@ -42,6 +42,9 @@ func TestParseGood(t *testing.T) {
 		p.MetricsAddr != policy.DefaultMetricsAddr || p.AuditLog != "/tmp/audit.jsonl" {
 		t.Fatalf("policy %+v", p)
 	}
+	if p.AuditQuery != policy.QueryFull {
+		t.Fatalf("audit query %q, want full by default", p.AuditQuery)
+	}
 	if len(p.Rules) != 2 || p.Rules[0].Action != policy.Cancel || p.Rules[0].Selector.LongerThan != 5*time.Minute ||
 		p.Rules[1].Grace != policy.DefaultGrace || !p.Rules[1].DryRun {
 		t.Fatalf("rules %+v", p.Rules)
@@ -81,6 +84,9 @@ func TestParseBad(t *testing.T) {
 		{"no targets", strings.Replace(good, "targets:\n  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "", 1), "p.yaml:1: no targets"},
 		{"no rules", good[:strings.Index(good, "rules:")], "p.yaml:1: no rules"},
 		{"bad dsn", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp port=notaport"`, 1), "p.yaml:3: target \"main\": dsn:"},
+		{"bad audit query", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit:\n  query: redacted\n", 1), "p.yaml:7: audit query \"redacted\": not full or none"},
+		{"unknown audit key", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit: {queries: none}\n", 1), "p.yaml:6: unknown key \"queries\""},
+		{"dsn the daemon refuses", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp password=secret options='-c statement_timeout=soon'"`, 1), "p.yaml:3: target \"main\": dsn: statement_timeout \"soon\""},
 		{"bad metrics", strings.Replace(good, "interval: 2s", "interval: 2s\nmetrics_addr: 9188", 1), "p.yaml:5: metrics_addr \"9188\": not HOST:PORT"},
 		{"not yaml", "targets: [", "p.yaml:1: did not find expected node content"},
 		{"a list", "- a\n- b\n", "p.yaml:1: expected a mapping of targets"},
@@ -93,6 +99,13 @@ func TestParseBad(t *testing.T) {
 				t.Fatalf("err = %v\nwant one line starting %q", err, tt.want)
 			}
 		})
+	}
+}
+
+func TestAuditQueryNone(t *testing.T) {
+	p, err := policy.Parse("p.yaml", []byte(strings.Replace(good, "interval: 2s", "audit: {query: none}", 1)))
+	if err != nil || p.AuditQuery != policy.QueryNone {
+		t.Fatalf("%v, %+v", err, p)
 	}
 }
 

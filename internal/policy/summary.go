@@ -22,6 +22,9 @@ func (p *Policy) Summary(w io.Writer) {
 	if audit == "" {
 		audit = "standard output"
 	}
+	if p.AuditQuery == QueryNone {
+		audit += " (without query texts)"
+	}
 	fmt.Fprintf(w, "audit log: %s\n", audit)
 	metrics := p.MetricsAddr
 	if metrics == "" {

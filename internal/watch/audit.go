@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/policy"
 )
 
 // Entry is one line of the audit log: one attempt on one session, dry or
@@ -26,17 +27,18 @@ type Entry struct {
 	Usename         string     `json:"usename"`
 	ApplicationName string     `json:"application_name"`
 	ClientAddr      *string    `json:"client_addr"`
-	Query           string     `json:"query"`
+	Query           *string    `json:"query"` // null with the policy's audit.query none
 	Action          string     `json:"action"`
 	Outcome         string     `json:"outcome"`
 	Detail          string     `json:"detail"`
 }
 
 func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {
+	q := r.Query
 	e := Entry{
 		Time: now.UTC(), Target: target, Rule: rule, DryRun: dry,
 		PID: r.PID, BackendStart: r.BackendStart, Datname: r.Datname, Usename: r.Usename,
-		ApplicationName: r.ApplicationName, Query: r.Query,
+		ApplicationName: r.ApplicationName, Query: &q,
 		Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail,
 	}
 	if !r.QueryStart.IsZero() {
@@ -60,6 +62,9 @@ type Audit struct {
 	f      *os.File
 	out    io.Writer
 	stdout io.Writer // when there is no path
+	// noQuery leaves the query out of every line (audit.query none): a
+	// text can carry a secret as a literal (ALTER ROLE ... PASSWORD).
+	noQuery bool
 }
 
 // OpenAudit opens the audit log at path, creating it (0640) if needed;
@@ -109,8 +114,21 @@ func (a *Audit) Path() string {
 	return a.path
 }
 
+// SetQuery says whether the lines written from now on carry the query
+// (the policy's audit.query).
+func (a *Audit) SetQuery(q policy.AuditQuery) {
+	a.mu.Lock()
+	defer a.mu.Unlock()
+	a.noQuery = q == policy.QueryNone
+}
+
 // Write appends one entry.
 func (a *Audit) Write(e Entry) error {
+	a.mu.Lock()
+	if a.noQuery {
+		e.Query = nil
+	}
+	a.mu.Unlock()
 	b, err := json.Marshal(e)
 	if err != nil {
 		return err

@@ -101,6 +101,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 		return nil, err
 	}
 	d.audit = audit
+	audit.SetQuery(pol.AuditQuery)
 	if pol.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", pol.MetricsAddr)
 		if err != nil {
@@ -199,6 +200,7 @@ func (d *Daemon) Reload(ctx context.Context) {
 	if pol.MetricsAddr != d.pol.MetricsAddr {
 		d.log.Warn("metrics_addr changed: it takes effect at the next start", "in_force", d.pol.MetricsAddr)
 	}
+	d.audit.SetQuery(pol.AuditQuery)
 	d.pol = pol
 	d.apply(ctx, pol)
 	d.metrics.ReloadSuccess.Set(1)

@@ -173,7 +173,7 @@ rules:
 	e := got[0]
 	if e.Target != pgtest.Tag(t) || e.Rule != "slow" || e.DryRun || e.PID != v.PID || !e.BackendStart.Equal(v.BackendStart) ||
 		e.QueryStart == nil || !e.QueryStart.Equal(queryStart) || e.Datname != "postgres" || e.Usename != pgtest.Superuser ||
-		e.ApplicationName != v.App || e.Query != "SELECT pg_catalog.pg_sleep(60)" || e.Action != "cancel" ||
+		e.ApplicationName != v.App || e.Query == nil || *e.Query != "SELECT pg_catalog.pg_sleep(60)" || e.Action != "cancel" ||
 		e.Outcome != "cancelled" || e.ClientAddr != nil || e.Time.IsZero() {
 		t.Errorf("audit line %+v", e)
 	}
