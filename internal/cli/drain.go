@@ -86,7 +86,11 @@ database.
 
 The record lives in $PGREAP_STATE_DIR, else $XDG_STATE_HOME/pgreap/drain,
 else ~/.local/state/pgreap/drain; undrain reads it there, even after drain
-was killed.
+was killed. pgreap creates the directory 0700 and the record 0600, and
+trusts them only when they are its user's own: a record or directory owned
+by another user (even for root), writable by its group or others, or a
+symbolic link, or a directory inside one others may write (a sticky one
+such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
 usage or connection error or no privilege (nothing done), 3 sessions left

@@ -39,7 +39,9 @@ LIMIT) that 'pgreap drain NAME' recorded before it changed anything, and
 print them. It works after a drain that was killed at any moment, and a
 second undrain does nothing. The record is read from $PGREAP_STATE_DIR,
 else $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain, for
-the same host and port as the drain connected to.
+the same host and port as the drain connected to; as drain, undrain refuses
+(exit 2) a record or directory that is not its user's own, that others may
+write, or that is a symbolic link.
 
 Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
