@@ -19,6 +19,7 @@ import (
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/ownfile"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -85,7 +86,11 @@ database.
 
 The record lives in $PGREAP_STATE_DIR, else $XDG_STATE_HOME/pgreap/drain,
 else ~/.local/state/pgreap/drain; undrain reads it there, even after drain
-was killed.
+was killed. pgreap creates the directory 0700 and the record 0600, and
+trusts them only when they are its user's own: a record or directory owned
+by another user (even for root), writable by its group or others, or a
+symbolic link, or a directory inside one others may write (a sticky one
+such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
 usage or connection error or no privilege (nothing done), 3 sessions left
@@ -149,19 +154,35 @@ func drainTarget(name string, connConfig func() (*pgx.ConnConfig, error)) (strin
 	return maintenance.RecordPath(dir, cfg.Host, cfg.Port, name), nil
 }
 
+// undrainHint is the command that reopens a database, to paste: the name
+// shell-quoted when it needs it (a plain one stays as it is, in quotes
+// that frame the command), and after -- when it looks like a flag.
+func undrainHint(name string) string {
+	q := output.ShellQuote(name)
+	if strings.HasPrefix(name, "-") {
+		q = "-- " + q
+	}
+	if q == name {
+		return "'pgreap undrain " + name + "'"
+	}
+	return "pgreap undrain " + q
+}
+
 func drainRun(ctx context.Context, opts *DrainOptions) error {
-	name := opts.Database
-	path, err := drainTarget(name, opts.ConnConfig)
+	// The name is the server's too (a database may be named with escape
+	// sequences): messages show it as a table would.
+	name := output.Clean(opts.Database)
+	path, err := drainTarget(opts.Database, opts.ConnConfig)
 	if err != nil {
 		return err
 	}
-	conn, settings, err := openSettings(ctx, opts.Connect, name)
+	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	if !settings.MayAlter {
-		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", name))
+		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", opts.Database))
 	}
 	rec, kept, err := drainRecord(opts, path, settings)
 	if err != nil {
@@ -177,11 +198,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	} else if err := maintenance.WriteRecord(path, rec); err != nil {
 		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
-	if err := maintenance.Block(ctx, conn, name); err != nil {
+	if err := maintenance.Block(ctx, conn, opts.Database); err != nil {
 		return err
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: new connections refused, superusers' too (ALLOW_CONNECTIONS false); settings recorded in %s\n", name, path)
-	held := fmt.Sprintf("%s stays blocked: 'pgreap undrain %s' reopens it", name, name)
+	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
 
 	start := opts.Now()
 	deadline := start.Add(opts.Timeout)
@@ -263,8 +284,8 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: 'pgreap undrain %s' reopens it%s%s\n",
-		name, len(rows), plural(len(rows)), name, autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s\n",
+		name, len(rows), plural(len(rows)), undrainHint(opts.Database), autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	return nil
 }
 
@@ -290,8 +311,8 @@ func preparedNote(ctx context.Context, opts *DrainOptions, conn *pgx.Conn) strin
 	}
 	// ROLLBACK PREPARED and COMMIT PREPARED run only connected to the
 	// database, which the drain keeps everyone out of.
-	return fmt.Sprintf("; %d prepared transaction%s in it (%s) %s locks with no session: ROLLBACK PREPARED or COMMIT PREPARED ends them, connected to %s, so before a drain or after 'pgreap undrain %s'",
-		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb, opts.Database, opts.Database)
+	return fmt.Sprintf("; %d prepared transaction%s in it (%s) %s locks with no session: ROLLBACK PREPARED or COMMIT PREPARED ends them, connected to %s, so before a drain or after %s",
+		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb, output.Clean(opts.Database), undrainHint(opts.Database))
 }
 
 // autovacuumIn is the autovacuum workers a round found and left alone
@@ -335,7 +356,7 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("interrupted")
 	}
-	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", opts.Database, err, held)}
+	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held)}
 }
 
 // openSettings connects and reads the database's connection settings; a
@@ -376,6 +397,9 @@ func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings
 		return &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
 			AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit, RecordedAt: opts.Now().UTC()}, false, nil
 	}
+	if errors.Is(err, ownfile.ErrNotOwn) {
+		return nil, false, usageError(fmt.Errorf("%w; nothing done", err))
+	}
 	return nil, false, usageError(fmt.Errorf("%w; nothing done (remove it, or restore by hand, if it is damaged)", err))
 }
 
@@ -384,7 +408,7 @@ func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings
 // signalling statement as the real round is, without a signal. It writes
 // nothing and alters nothing; its reads take no lock that holds anyone up.
 func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
-	name, w := opts.Database, opts.IO.ErrOut
+	name, w := output.Clean(opts.Database), opts.IO.ErrOut
 	recorded := fmt.Sprintf("datallowconn %t, datconnlimit %d", rec.AllowConnections, rec.ConnectionLimit)
 	if kept {
 		fmt.Fprintf(w, "pgreap: dry run: %s is drained already: drain would keep the settings recorded at %s in %s (%s), the ones undrain restores\n",
@@ -426,8 +450,8 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 			return err
 		}
 	}
-	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until 'pgreap undrain %s'%s%s\n",
-		how, opts.Timeout, name, name, autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
+	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until %s%s%s\n",
+		how, opts.Timeout, name, undrainHint(opts.Database), autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	if left := drainCannotEnd(plan, autovacuum); left > 0 {
 		return &exitError{ExitIncomplete, fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
 			name, left, plural(left), opts.Timeout, name)}

@@ -11,6 +11,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/output"
 )
 
 // UndrainOptions are the inputs of `pgreap undrain`.
@@ -38,7 +39,9 @@ LIMIT) that 'pgreap drain NAME' recorded before it changed anything, and
 print them. It works after a drain that was killed at any moment, and a
 second undrain does nothing. The record is read from $PGREAP_STATE_DIR,
 else $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain, for
-the same host and port as the drain connected to.
+the same host and port as the drain connected to; as drain, undrain refuses
+(exit 2) a record or directory that is not its user's own, that others may
+write, or that is a symbolic link.
 
 Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
@@ -80,8 +83,10 @@ connection error.`,
 }
 
 func undrainRun(ctx context.Context, opts *UndrainOptions) error {
-	name := opts.Database
-	path, err := drainTarget(name, opts.ConnConfig)
+	// Shown as a table would show it: the server's name may carry escape
+	// sequences.
+	name := output.Clean(opts.Database)
+	path, err := drainTarget(opts.Database, opts.ConnConfig)
 	if err != nil {
 		return err
 	}
@@ -92,14 +97,14 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	case errors.Is(err, os.ErrNotExist):
 		rec = nil
 	case err != nil:
-		return usageError(err)
+		return usageError(fmt.Errorf("%w; nothing done", err))
 	}
 	if opts.Explicit {
 		cfg, _ := opts.ConnConfig()
-		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: name,
+		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
 			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC()}
 	}
-	conn, settings, err := openSettings(ctx, opts.Connect, name)
+	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
 	if err != nil {
 		return err
 	}
@@ -112,9 +117,9 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		return nil
 	}
 	if !settings.MayAlter {
-		return usageError(fmt.Errorf("database %q: restoring its settings needs its owner or a superuser (ALTER DATABASE)", name))
+		return usageError(fmt.Errorf("database %q: restoring its settings needs its owner or a superuser (ALTER DATABASE)", opts.Database))
 	}
-	if err := maintenance.Restore(ctx, conn, name, rec.AllowConnections, rec.ConnectionLimit); err != nil {
+	if err := maintenance.Restore(ctx, conn, opts.Database, rec.AllowConnections, rec.ConnectionLimit); err != nil {
 		return err
 	}
 	now := opts.Now().UTC()

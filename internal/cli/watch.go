@@ -50,7 +50,9 @@ rule chooses only sessions that run a query; cancel-then-terminate cancels a
 running query, terminates it if it still runs after the grace, and
 terminates at once a session that runs none (idle in transaction).
 
-Every attempt, dry or real, is one JSON line in the audit log. On
+Every attempt, dry or real, is one JSON line in the audit log, created 0600
+and refused (exit 2) when it is a symbolic link or a hard link, owned by
+another user (even for root) or writable by its group or others. On
 metrics_addr: /metrics; /healthz, 200 only while every target is connected
 and led (by this replica or another), else 503 with each target's state in
 JSON (leading, standby, connecting, down), for readiness and alerts; /livez,

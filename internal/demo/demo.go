@@ -56,11 +56,17 @@ func Run(ctx context.Context, opt Options) (err error) {
 		}
 	}()
 	fmt.Fprintf(opt.Out, "PostgreSQL %d in %s\n", c.Major, c.Dir)
-	// A drain of the demo's shop records its settings with the cluster,
-	// not in the user's state directory: they go when the cluster goes.
-	// The tour's commands run in this process; the guide's exports say it
-	// to the commands typed in another terminal.
-	state := filepath.Join(c.Dir, "state")
+	// A drain of the demo's shop records its settings next to the
+	// cluster, not in the user's state directory: they go when the
+	// cluster goes. Not inside the cluster's directory: run as root, that
+	// is the server user's, and pgreap trusts only records in a directory
+	// of its own user. The tour's commands run in this process; the
+	// guide's exports say it to the commands typed in another terminal.
+	state, err := os.MkdirTemp("", "pgreap-demo-state-*")
+	if err != nil {
+		return fmt.Errorf("demo state directory: %w", err)
+	}
+	defer os.RemoveAll(state)
 	if opt.Script {
 		old, had := os.LookupEnv("PGREAP_STATE_DIR")
 		os.Setenv("PGREAP_STATE_DIR", state)
@@ -109,8 +115,8 @@ and try:
   pgreap kick --db shop                     end every session of shop (the pool comes back)
   pgreap drain shop; pgreap undrain shop    keep shop empty, then reopen it
 
-Ctrl-C here stops everything and removes %s.
-`, poolSize, queued, strings.Join(append(c.Env(), "PGREAP_STATE_DIR="+state), " "), c.Dir)
+Ctrl-C here stops everything and removes %s and %s.
+`, poolSize, queued, strings.Join(append(c.Env(), "PGREAP_STATE_DIR="+state), " "), c.Dir, state)
 }
 
 // tour runs the commands of the tour, each printed before its output.

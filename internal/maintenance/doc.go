@@ -6,8 +6,9 @@
 //   - for drain and undrain, a database's connection Settings, the durable
 //     Record of them that drain writes before it changes anything
 //     (WriteRecord leaves the old record or the new one, never half of
-//     one), Block (ALLOW_CONNECTIONS false: superusers kept out too, never
-//     CONNECTION LIMIT 0) and Restore;
+//     one; ReadRecord trusts only a record that is the user's own, see
+//     package ownfile), Block (ALLOW_CONNECTIONS false: superusers kept
+//     out too, never CONNECTION LIMIT 0) and Restore;
 //   - for unblock, the lock Waits and the BlockingTree of their roots.
 //
 // It ends no session itself: the commands end them through package

@@ -12,6 +12,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/ownfile"
 )
 
 // Record is what drain writes before it changes anything: the database's
@@ -55,11 +57,17 @@ func RecordPath(dir, host string, port uint16, db string) string {
 	return filepath.Join(dir, name)
 }
 
-// ReadRecord reads a record; os.ErrNotExist when there is none.
+// ReadRecord reads a record; an error wrapping os.ErrNotExist when there
+// is none, ownfile.ErrNotOwn when the record or its directory is not the
+// user's own: a record another user could plant would have drain keep,
+// and undrain restore, settings of their choosing.
 func ReadRecord(path string) (*Record, error) {
-	b, err := os.ReadFile(path)
+	if err := ownfile.Dir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("drain records' directory %w", err)
+	}
+	b, err := ownfile.ReadFile(path)
 	if err != nil {
-		return nil, err
+		return nil, fmt.Errorf("drain record %w", err)
 	}
 	var r Record
 	if err := json.Unmarshal(b, &r); err != nil {
@@ -68,12 +76,15 @@ func ReadRecord(path string) (*Record, error) {
 	return &r, nil
 }
 
-// WriteRecord writes a record durably: to a temporary file, synced, renamed
+// WriteRecord writes a record (0600, its directory 0700) durably: to a temporary file, synced, renamed
 // over the record, and the directory synced, so that a crash leaves either
 // the old record or the new one, never half of one.
 func WriteRecord(path string, r *Record) error {
 	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
 		return err
+	}
+	if err := ownfile.Dir(filepath.Dir(path)); err != nil {
+		return fmt.Errorf("drain records' directory %w", err)
 	}
 	b, err := json.MarshalIndent(r, "", "  ")
 	if err != nil {

@@ -316,6 +316,42 @@ func drivesTerminal(r rune) bool {
 // characters, safe to print on a terminal.
 func Clean(s string) string { return clean(s) }
 
+// ShellQuote makes s one word for a POSIX shell, to paste from a hint: a
+// plain word stays as it is, others are single-quoted, and a word a
+// terminal would act on is written $'...' with its control bytes escaped
+// (bash, zsh, ksh), so that the hint is safe to print too.
+func ShellQuote(s string) string {
+	if s != "" && strings.Trim(s, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_@%+=:,./-") == "" {
+		return s
+	}
+	escape := !utf8.ValidString(s)
+	for _, r := range s {
+		escape = escape || drivesTerminal(r)
+	}
+	if !escape {
+		return "'" + strings.ReplaceAll(s, "'", `'\''`) + "'"
+	}
+	var b strings.Builder
+	b.WriteString("$'")
+	for i, r := range s {
+		switch size := utf8.RuneLen(r); {
+		case r == '\\' || r == '\'':
+			b.WriteByte('\\')
+			b.WriteRune(r)
+		case r == utf8.RuneError && !strings.HasPrefix(s[i:], "\uFFFD"):
+			fmt.Fprintf(&b, "\\x%02x", s[i])
+		case drivesTerminal(r):
+			for j := range size {
+				fmt.Fprintf(&b, "\\x%02x", s[i+j])
+			}
+		default:
+			b.WriteRune(r)
+		}
+	}
+	b.WriteByte('\'')
+	return b.String()
+}
+
 // plainASCII: printable ASCII, no leading, trailing or doubled space:
 // clean would return it unchanged.
 func plainASCII(s string) bool {

@@ -10,6 +10,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/ownfile"
 	"github.com/pgreap/pgreap/internal/policy"
 )
 
@@ -55,7 +56,13 @@ func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry
 // Audit appends entries to a file, one JSON line each, written in one
 // write(2) on a file opened O_APPEND, so that a line is never torn, and
 // nothing is buffered in the process. Reopen (on SIGHUP) follows a
-// logrotate that moved the file away. With no path, it writes to out.
+// logrotate that moved the file away; copytruncate needs nothing (the next
+// write appends at the new end). With no path, it writes to out.
+//
+// The file must be pgreap's own (package ownfile): never followed through
+// a symbolic link, owned by the user pgreap runs as, writable by no one
+// else, with no other name; a daemon running as root would otherwise
+// append to whatever file a shell user pointed it at.
 type Audit struct {
 	mu     sync.Mutex
 	path   string
@@ -67,8 +74,9 @@ type Audit struct {
 	noQuery bool
 }
 
-// OpenAudit opens the audit log at path, creating it (0640) if needed;
-// with path "", entries go to out.
+// OpenAudit opens the audit log at path, creating it (0600) if needed;
+// with path "", entries go to out. An existing file may be readable by its
+// group (chgrp and chmod 0640 it, or have logrotate create it so).
 func OpenAudit(path string, out io.Writer) (*Audit, error) {
 	a := &Audit{out: out, stdout: out}
 	if err := a.Switch(path); err != nil {
@@ -88,7 +96,7 @@ func (a *Audit) Switch(path string) error {
 	var f *os.File
 	if path != "" {
 		var err error
-		if f, err = os.OpenFile(path, os.O_WRONLY|os.O_APPEND|os.O_CREATE, 0o640); err != nil {
+		if f, err = ownfile.OpenAppend(path); err != nil {
 			return fmt.Errorf("audit_log: %w", err)
 		}
 	}
