@@ -1,6 +1,7 @@
 package cli_test
 
 import (
+	"os"
 	"path/filepath"
 	"strings"
 	"testing"
@@ -44,5 +45,24 @@ func TestWatchCheckRefusesWhatWatchRefuses(t *testing.T) {
 				t.Errorf("%q, %v: exit %d, stdout %q, stderr %q; want exit 2 and %s:1 without the password", dsn, args, r.code, r.out, r.errOut, path)
 			}
 		}
+	}
+}
+
+// watch --check refuses an audit log the daemon would refuse (a symbolic
+// link planted where it goes), and takes one not there yet.
+func TestWatchCheckRefusesAnAuditLogTheDaemonWould(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	path := filepath.Join(dir, "policy.yaml")
+	audit := filepath.Join(dir, "audit.jsonl")
+	writePolicy(t, path, strings.Replace(strings.Replace(watchPolicy, `"DSN"`, `"host=/tmp"`, 1), "AUDIT", audit, 1))
+	run(t, false, "watch", "-c", path, "--check").wantCode(t, 0)
+	if err := os.Symlink(filepath.Join(dir, "elsewhere"), audit); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "watch", "-c", path, "--check")
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "audit_log: ") || !strings.Contains(r.errOut, "symbolic link") || strings.Count(r.errOut, "\n") != 1 {
+		t.Fatalf("stderr %q", r.errOut)
 	}
 }

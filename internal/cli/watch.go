@@ -14,6 +14,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/ownfile"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/watch"
 )
@@ -114,6 +115,12 @@ func watchRun(ctx context.Context, opts *WatchOptions) error {
 		return usageError(err)
 	}
 	if opts.Check {
+		// The audit log as the daemon will open it: its own, no link.
+		if pol.AuditLog != "" {
+			if err := ownfile.CheckAppend(pol.AuditLog); err != nil {
+				return usageError(fmt.Errorf("%s: audit_log: %w", opts.Config, err))
+			}
+		}
 		pol.Summary(opts.IO.Out)
 		return nil
 	}

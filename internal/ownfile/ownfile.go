@@ -123,6 +123,30 @@ func ReadFile(path string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
+// CheckAppend says whether OpenAppend would take path, without creating
+// or writing it: a file not there yet is fine (it would be created 0600).
+// watch --check refuses what the daemon will.
+func CheckAppend(path string) error {
+	f, st, err := open(path, os.O_RDONLY, 0)
+	switch {
+	case errors.Is(err, os.ErrNotExist):
+		return nil
+	case err != nil:
+		return err
+	}
+	defer f.Close()
+	return oneName(path, st)
+}
+
+// oneName refuses a file with another name: a hard link planted in the
+// log's directory would have pgreap append to another file.
+func oneName(path string, st *syscall.Stat_t) error {
+	if st.Nlink != 1 {
+		return refuse(path, "has %d names (hard links)", st.Nlink)
+	}
+	return nil
+}
+
 // OpenAppend opens a log for appending, creating it 0600. An existing file
 // may be readable by its group (0640, a group the operator chose) but
 // writable by no one else, and have no other name (a hard link planted in
@@ -132,9 +156,9 @@ func OpenAppend(path string) (*os.File, error) {
 	if err != nil {
 		return nil, err
 	}
-	if st.Nlink != 1 {
+	if err := oneName(path, st); err != nil {
 		f.Close()
-		return nil, refuse(path, "has %d names (hard links)", st.Nlink)
+		return nil, err
 	}
 	return f, nil
 }
