@@ -33,6 +33,53 @@ type Options struct {
 	AuditOut io.Writer
 	// DryRun makes every rule a dry run (--dry-run).
 	DryRun bool
+	// ServerLimits bound the metrics server's connections; a zero field
+	// takes the default (defaultServerLimits; tests shorten them).
+	ServerLimits ServerLimits
+}
+
+// ServerLimits bound what a peer of the metrics port holds: a connection
+// that sends its request slowly, reads the answer slowly, or says nothing,
+// is closed, so no peer keeps connections and goroutines open for ever.
+type ServerLimits struct {
+	// ReadHeader: to send the request line and headers; Read: the whole
+	// request, its body included.
+	ReadHeader, Read time.Duration
+	// Write: from the end of the request's headers to the end of the
+	// answer.
+	Write time.Duration
+	// Idle: a keep-alive connection between requests.
+	Idle time.Duration
+	// MaxHeaderBytes: the request line and headers; larger is answered
+	// 431.
+	MaxHeaderBytes int
+}
+
+// defaultServerLimits suit a Prometheus scrape: a request is a line and a
+// few headers, the answer a few kilobytes; Idle outlasts the usual 15 s to
+// 1 min scrape interval, so a scraper keeps its connection.
+var defaultServerLimits = ServerLimits{
+	ReadHeader:     5 * time.Second,
+	Read:           10 * time.Second,
+	Write:          10 * time.Second,
+	Idle:           90 * time.Second,
+	MaxHeaderBytes: 16 << 10,
+}
+
+func (l ServerLimits) orDefault() ServerLimits {
+	def := defaultServerLimits
+	pick := func(v, d time.Duration) time.Duration {
+		if v > 0 {
+			return v
+		}
+		return d
+	}
+	l.ReadHeader, l.Read = pick(l.ReadHeader, def.ReadHeader), pick(l.Read, def.Read)
+	l.Write, l.Idle = pick(l.Write, def.Write), pick(l.Idle, def.Idle)
+	if l.MaxHeaderBytes <= 0 {
+		l.MaxHeaderBytes = def.MaxHeaderBytes
+	}
+	return l
 }
 
 // Daemon is a running `pgreap watch`.
@@ -109,7 +156,15 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 			return nil, fmt.Errorf("metrics_addr %s: %w", pol.MetricsAddr, unwrapOp(err))
 		}
 		d.ln = ln
-		d.server = &http.Server{Handler: d.handler(), ReadHeaderTimeout: 5 * time.Second}
+		l := opt.ServerLimits.orDefault()
+		d.server = &http.Server{
+			Handler:           d.handler(),
+			ReadHeaderTimeout: l.ReadHeader,
+			ReadTimeout:       l.Read,
+			WriteTimeout:      l.Write,
+			IdleTimeout:       l.Idle,
+			MaxHeaderBytes:    l.MaxHeaderBytes,
+		}
 	}
 	for _, t := range pol.Targets {
 		if _, err := targetConfig(t); err != nil {
