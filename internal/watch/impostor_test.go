@@ -108,3 +108,64 @@ rules:
 		t.Errorf("pgreap_leader_conflict %v for a replica", n)
 	}
 }
+
+// A prepared transaction can hold the election lock (pg_advisory_xact_lock,
+// then PREPARE TRANSACTION): no backend, so no pid. It is reported as the
+// conflict it is, and the daemon stays connected.
+func TestPreparedTransactionHoldsTheElectionLock(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	class, key := electionKeys(tag)
+	gid := pgtest.PrepareTransaction(t, "postgres", "", "", "SELECT pg_catalog.pg_advisory_xact_lock("+strconv.Itoa(int(class))+", "+strconv.Itoa(int(key))+")")
+	d := startDaemon(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: 127.0.0.1:0
+ha: {evict_impostor: true}
+rules:
+  - name: slow
+    match: {app: [TAG-v], state: [active]}
+    action: cancel
+`)
+	waitHealth(t, d, http.StatusServiceUnavailable, map[string]watch.State{tag: watch.Conflict})
+	pgtest.Eventually(t, "the error naming it", func() (bool, error) {
+		logs := d.logs.String()
+		return strings.Contains(logs, "held by a prepared transaction"), nil
+	})
+	if logs := d.logs.String(); strings.Contains(logs, "connection lost") {
+		t.Fatalf("log:\n%s", logs)
+	}
+	if !pgtest.IsPrepared(t, gid) {
+		t.Fatal("the prepared transaction was ended")
+	}
+}
+
+// Replicas whose login role acts as another (ALTER ROLE ... SET role) are
+// replicas still: pg_stat_activity names the login role.
+func TestReplicasOfARoleThatActsAsAnother(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	group := pgtest.NewRole(t, "NOSUPERUSER")
+	login := pgtest.NewRole(t, "NOSUPERUSER", group)
+	pgtest.Exec(t, "ALTER ROLE "+login+" SET role = "+group)
+	pol := `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: 127.0.0.1:0
+ha: {evict_impostor: true}
+rules:
+  - name: slow
+    match: {app: [TAG-v], state: [active]}
+    action: cancel
+`
+	as := pgtest.Shared(t).DSN("postgres", login)
+	first := startDaemon(t, as, pol)
+	waitHealth(t, first, http.StatusOK, map[string]watch.State{tag: watch.Leading})
+	second := startDaemon(t, as, pol)
+	waitHealth(t, second, http.StatusOK, map[string]watch.State{tag: watch.Standby})
+	if logs := second.logs.String() + first.logs.String(); strings.Contains(logs, "evict") && strings.Contains(logs, `"rule":"ha.evict_impostor"`) {
+		t.Fatalf("a replica was evicted:\n%s", logs)
+	}
+}

@@ -7,6 +7,7 @@ import (
 	"hash/fnv"
 	"log/slog"
 	"math/rand/v2"
+	"slices"
 	"sort"
 	"sync/atomic"
 	"time"
@@ -202,10 +203,15 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 // and backend_start, so never another session).
 func (t *target) endStale(ctx context.Context, cn *pgx.Conn) (*backend, error) {
 	own := &backend{pid: int32(cn.PgConn().PID())}
+	// NULL when the role acts as another one (ALTER ROLE ... SET role) that
+	// may not see its login role's sessions: own.start stays zero, and
+	// this connection, if abandoned, is not found again to be ended.
+	var start pgtype.Timestamptz
 	if err := cn.QueryRow(ctx, "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()").
-		Scan(&own.start); err != nil {
+		Scan(&start); err != nil {
 		return nil, err
 	}
+	own.start = start.Time
 	for len(t.stale) > 0 {
 		b := t.stale[0]
 		var signalled bool
@@ -265,8 +271,8 @@ type session struct {
 	leader bool
 	key    int32
 	// holder is who held the election lock at the last look, while
-	// standing by: said once, not at every interval.
-	holder backend
+	// standing by (nil: no one yet): said once, not at every interval.
+	holder *holderID
 	snap   *activity.Snapshot
 	armed  []armed
 	flying []*inflight
@@ -375,43 +381,61 @@ func (s *session) standBy(ctx context.Context) error {
 	t := s.t
 	var h holder
 	err := s.cn.QueryRow(ctx, holderSQL, lockClass, s.key, s.appName()).
-		Scan(&h.pid, &h.start, &h.usename, &h.app, &h.client, &h.replica)
+		Scan(&h.pid, &h.start, &h.usename, &h.app, &h.client, &h.sameRole, &h.replica, &h.gid)
 	switch {
 	case errors.Is(err, pgx.ErrNoRows):
 		return nil // released since: the next interval takes it
 	case err != nil:
 		return err
 	}
-	seen := backend{pid: h.pid, start: h.start.Time}
+	seen := holderID{backend: backend{pid: h.pid.Int32, start: h.start.Time}, gid: h.gid.String}
+	again := s.holder != nil && *s.holder == seen
+	s.holder = &seen
 	if h.replica {
 		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
 		t.state.Store(Standby)
-		if seen != s.holder {
-			t.log.Info("standing by: another pgreap watch leads", "pid", h.pid, "client_addr", h.client.String)
+		if !again {
+			t.log.Info("standing by: another pgreap watch leads", "pid", h.pid.Int32, "client_addr", h.client.String)
 		}
-		s.holder = seen
 		return nil
 	}
 	t.metrics.LeaderConflict.WithLabelValues(t.name).Set(1)
 	t.state.Store(Conflict)
-	if seen != s.holder {
-		t.log.Error("the election lock is held by a session that is not a pgreap watch: no replica acts on the target",
-			"pid", h.pid, "usename", h.usename.String, "application_name", h.app.String, "client_addr", h.client.String,
-			"evict_impostor", s.pol.HA.EvictImpostor)
+	// Evicted only once per holder, and never a session of the daemon's
+	// own login role (a replica configured with another application_name
+	// would be evicted by this one, and evict it in turn), nor a prepared
+	// transaction (no backend: ROLLBACK PREPARED ends it).
+	evict := s.pol.HA.EvictImpostor && h.pid.Valid && !h.sameRole && !again
+	if !again {
+		why := "the election lock is held by a session that is not a pgreap watch: no replica acts on the target"
+		switch {
+		case !h.pid.Valid:
+			why = "the election lock is held by a prepared transaction (ROLLBACK PREPARED ends it): no replica acts on the target"
+		case h.sameRole:
+			why = "the election lock is held by a session of the daemon's role with another application_name (a replica configured otherwise?): no replica acts on the target; never evicted"
+		}
+		t.log.Error(why, "pid", h.pid.Int32, "gid", h.gid.String, "usename", h.usename.String, "application_name", h.app.String,
+			"client_addr", h.client.String, "evict_impostor", s.pol.HA.EvictImpostor)
 	}
-	s.holder = seen
-	if s.pol.HA.EvictImpostor {
-		return s.evict(ctx, h.pid)
+	if evict {
+		return s.evict(ctx, seen.backend)
 	}
 	return nil
 }
 
+// holderID names who holds an election lock: a backend, or a prepared
+// transaction (no pid) by its GID.
+type holderID struct {
+	backend
+	gid string
+}
+
 // holder is the session that holds an election lock.
 type holder struct {
-	pid                  int32
-	start                pgtype.Timestamptz
-	usename, app, client pgtype.Text
-	replica              bool
+	pid                       pgtype.Int4 // NULL: a prepared transaction
+	start                     pgtype.Timestamptz
+	usename, app, client, gid pgtype.Text
+	sameRole, replica         bool
 }
 
 // appName is the application_name of the daemon's connections: a session
@@ -421,13 +445,17 @@ func (s *session) appName() string { return s.cn.Config().RuntimeParams["applica
 // evict terminates the holder of the election lock through the guard (a
 // superuser's session, or a protected one, is reported, not ended),
 // audited as the rule "ha.evict_impostor".
-func (s *session) evict(ctx context.Context, pid int32) error {
+func (s *session) evict(ctx context.Context, b backend) error {
 	t := s.t
-	snap, err := activity.Lookup(ctx, s.cn, []int32{pid})
+	snap, err := activity.Lookup(ctx, s.cn, []int32{b.pid})
 	if err != nil {
 		return err
 	}
-	plan := action.NewPlan(s.cn, snap, snap.Sessions, action.Request{Action: action.Terminate, PIDs: []int32{pid}, WatchApp: s.appName()})
+	// The holder as it was seen: a pid reused since is another backend.
+	snap.Sessions = slices.DeleteFunc(snap.Sessions, func(x activity.Session) bool {
+		return !b.start.IsZero() && !x.BackendStart.Equal(b.start)
+	})
+	plan := action.NewPlan(s.cn, snap, snap.Sessions, action.Request{Action: action.Terminate, PIDs: []int32{b.pid}, WatchApp: s.appName()})
 	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor})
 	for i := range results {
 		r := &results[i]
@@ -457,7 +485,7 @@ func (s *session) tick(ctx context.Context) error {
 			t.metrics.Leader.WithLabelValues(t.name).Set(0)
 			return s.standBy(ctx)
 		}
-		s.leader, s.holder = true, backend{}
+		s.leader, s.holder = true, nil
 		t.metrics.Leader.WithLabelValues(t.name).Set(1)
 		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
 		t.state.Store(Leading)

@@ -60,6 +60,9 @@
 WITH me AS MATERIALIZED (
     -- Read once: pg_control_system() reads the control file at each call.
     SELECT r.oid, r.rolsuper,
+           -- pg_stat_activity's usesysid is a session's login role:
+           -- pgreap's own is SESSION_USER, whatever role it acts as.
+           (SELECT su.oid FROM pg_catalog.pg_roles AS su WHERE su.rolname = SESSION_USER) AS session_oid,
            (SELECT cs.system_identifier FROM pg_catalog.pg_control_system() AS cs) AS system_identifier,
            pg_catalog.pg_postmaster_start_time() AS started
       FROM pg_catalog.pg_roles AS r
@@ -115,7 +118,7 @@ SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
                  WHEN a.pid IS NULL THEN 'gone'
                  WHEN a.pid = pg_catalog.pg_backend_pid() THEN 'own'
                  -- Its role too: another role naming itself so is not.
-                 WHEN $18::text IS NOT NULL AND a.usesysid = me.oid
+                 WHEN $18::text IS NOT NULL AND a.usesysid = me.session_oid
                       AND a.application_name = $18::text THEN 'watch'
                  WHEN a.backend_type = 'parallel worker' THEN 'parallel_worker'
                  WHEN a.backend_type = 'walsender' AND NOT $8::boolean THEN 'walsender'
