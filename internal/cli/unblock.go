@@ -155,8 +155,9 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	if len(tree.Roots) == 0 {
 		// The waits of unknown age behind roots the selectors keep.
 		unknown := map[int32]bool{}
-		for _, ws := range look.firstTree(0).Waiters {
-			for _, w := range ws {
+		all := look.firstTree(0)
+		for _, r := range all.Roots {
+			for _, w := range all.Waiters[r] {
 				if look.waits[w] == maintenance.UnknownWait {
 					unknown[w] = true
 				}
