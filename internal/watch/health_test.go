@@ -9,6 +9,7 @@ import (
 	"os"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
@@ -142,6 +143,22 @@ rules:
 		var app string
 		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE pid = $1", v.PID).Scan(&app)
 		return app == tag+"-cancelled", err
+	})
+	// The victim sees its cancel before the daemon has read the reply of
+	// the statement that sent it: frozen then, the daemon could only say
+	// the session may have been signalled. A statement the daemon's
+	// backend started after the cancel was seen means the reply was read
+	// (one connection, one statement at a time).
+	var seen time.Time
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT pg_catalog.clock_timestamp()").Scan(&seen); err != nil {
+		t.Fatal(err)
+	}
+	daemonPID := d.connectedPID(t, tag)
+	pgtest.Eventually(t, "the daemon's next statement", func() (bool, error) {
+		var later bool
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT coalesce(query_start > $2, false) FROM pg_catalog.pg_stat_activity WHERE pid = $1", daemonPID, seen).Scan(&later)
+		return later, err
 	})
 
 	p.Freeze()

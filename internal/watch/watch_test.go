@@ -134,6 +134,29 @@ func (d *daemon) entries(t *testing.T) []watch.Entry {
 	return out
 }
 
+// connectedPID is the backend pid of the daemon's first connection to
+// target, from its log.
+func (d *daemon) connectedPID(t *testing.T, target string) int32 {
+	t.Helper()
+	var pid int32
+	pgtest.Eventually(t, "the daemon's connection", func() (bool, error) {
+		sc := bufio.NewScanner(strings.NewReader(d.logs.String()))
+		for sc.Scan() {
+			var line struct {
+				Msg    string `json:"msg"`
+				Target string `json:"target"`
+				PID    int32  `json:"pid"`
+			}
+			if json.Unmarshal(sc.Bytes(), &line) == nil && line.Msg == "connected" && line.Target == target {
+				pid = line.PID
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	return pid
+}
+
 // waitEntries waits until the audit log has n lines.
 func (d *daemon) waitEntries(t *testing.T, n int) []watch.Entry {
 	t.Helper()
