@@ -92,7 +92,9 @@ func (g Guard) Columns() []string {
 // BlockedBy: it is the choice's, empty for a plan read from a file.
 type Result struct {
 	activity.Session
-	Action  Kind
+	Action Kind
+	// Outcome is empty while the session's signal is in flight (Pending,
+	// between Send and Settle).
 	Outcome Outcome
 	Detail  string
 	Guard   Guard
@@ -103,8 +105,12 @@ type Result struct {
 	// at is what the signalling statement saw of the session at its
 	// signal: what the wait needs to tell whether the signal took effect.
 	at signalled
-	// noMatch: changed because it did not match the selection.
-	noMatch bool
+	// sig is how far its signal got while the outcome is not yet known
+	// (unknown).
+	sig signal
+	// why is the reason of a Changed outcome that the code acts on (the
+	// Detail is for people).
+	why reason
 	// described is what a plan file says of the session besides its
 	// identity; nil for a session chosen on the server.
 	described *described
@@ -122,7 +128,44 @@ type described struct {
 // match the selection, when chosen or at its signal: a threshold not yet
 // reached by the server's clock, a lock wait the server does not name yet.
 // It may match later.
-func (r *Result) NoMatch() bool { return r.Outcome == Changed && r.noMatch }
+func (r *Result) NoMatch() bool { return r.Outcome == Changed && r.why == whyNoMatch }
+
+// unknown is the outcome of a result while its signal is in flight: sig
+// says how far it got, and the wait (or a failure) decides the outcome.
+const unknown Outcome = ""
+
+// signal is how far the signal to a session got while its outcome is
+// unknown.
+type signal uint8
+
+const (
+	// sigMaybe: its signalling statement runs; if that statement fails,
+	// nobody knows whether the signal left.
+	sigMaybe signal = iota + 1
+	// sigSent: signalled, not yet verified.
+	sigSent
+)
+
+// isSent reports whether the session was signalled and its outcome is
+// not yet verified.
+func (r *Result) isSent() bool { return r.Outcome == unknown && r.sig == sigSent }
+
+// isMaybeSent reports whether the session's signalling statement did not
+// answer for it: it may have been signalled.
+func (r *Result) isMaybeSent() bool { return r.Outcome == unknown && r.sig == sigMaybe }
+
+// reason is why a session was left alone (Changed), where the code, not
+// only a person, needs to know.
+type reason uint8
+
+const (
+	whyNone reason = iota
+	// whyNoMatch: it did not match the selection, when chosen or at its
+	// signal; it may match later.
+	whyNoMatch
+	// whyMoved: its query or state changed since it was chosen.
+	whyMoved
+)
 
 // signalled is a session as the signalling statement read it, just before
 // its signal, and when.
@@ -261,7 +304,7 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 		if !sel.Keep(s) {
 			if named {
 				r := plan.result(s, req)
-				r.Outcome, r.Detail, r.noMatch = Changed, "does not match the selection (--query)", true
+				r.Outcome, r.Detail, r.why = Changed, "does not match the selection (--query)", whyNoMatch
 				plan.Results = append(plan.Results, r)
 			}
 			continue
@@ -398,7 +441,7 @@ func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, 
 			r.Outcome, r.Detail = Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
 		default:
 			r.Session = *s
-			r.Outcome, r.Detail, r.noMatch = Changed, "does not match the selection", true
+			r.Outcome, r.Detail, r.why = Changed, "does not match the selection", whyNoMatch
 			if req.Selector == nil {
 				// It began after the snapshot: judge it as one.
 				r.Outcome, r.Detail = p.judge(s, req.Action)
@@ -490,7 +533,7 @@ func Execute(ctx context.Context, conn *pgx.Conn, p *Plan, opt Options) (_ []Res
 	}
 	var cancelled []int
 	for _, i := range todo {
-		if r := &p.Results[i]; r.Outcome == sentOutcome && actions[i] == graceKind && r.Action == Cancel {
+		if r := &p.Results[i]; r.isSent() && actions[i] == graceKind && r.Action == Cancel {
 			cancelled = append(cancelled, i)
 		}
 	}
@@ -517,11 +560,11 @@ func (p *Plan) unverified(err error) {
 	notSent := pgconn.SafeToRetry(err)
 	for i := range p.Results {
 		switch r := &p.Results[i]; {
-		case r.Outcome == sentOutcome:
+		case r.isSent():
 			r.Outcome, r.Detail = Survived, fmt.Sprintf("signalled, not verified: %v", err)
-		case r.Outcome == maybeSentOutcome && notSent:
+		case r.isMaybeSent() && notSent:
 			r.Outcome = Planned
-		case r.Outcome == maybeSentOutcome:
+		case r.isMaybeSent():
 			r.Outcome, r.Detail = Survived, fmt.Sprintf("may have been signalled, not verified: %v", err)
 		}
 	}
@@ -533,7 +576,7 @@ func (p *Plan) unverified(err error) {
 func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 	var still []int
 	for _, i := range idx {
-		if r := &p.Results[i]; r.Outcome == Survived || r.Outcome == sentOutcome {
+		if r := &p.Results[i]; r.Outcome == Survived || r.isSent() {
 			r.Outcome, r.Action, r.Detail, r.Guard.Query = Planned, Terminate, "", true
 			still = append(still, i)
 		}
@@ -542,7 +585,7 @@ func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 		if pgconn.SafeToRetry(err) {
 			// The terminate never left; the cancel had, and they outlived it.
 			for _, i := range still {
-				if r := &p.Results[i]; r.Outcome == maybeSentOutcome {
+				if r := &p.Results[i]; r.isMaybeSent() {
 					r.Outcome, r.Detail = Survived, fmt.Sprintf("cancelled, still running the same query after the grace; not terminated: %v", err)
 				}
 			}
@@ -550,7 +593,7 @@ func (p *Plan) escalate(ctx context.Context, conn *pgx.Conn, idx []int) error {
 		return err
 	}
 	for _, i := range still {
-		if r := &p.Results[i]; (r.Outcome == Changed && r.Detail == movedDetail) || r.Outcome == Gone {
+		if r := &p.Results[i]; (r.Outcome == Changed && r.why == whyMoved) || r.Outcome == Gone {
 			// It ended between the grace and the terminate.
 			r.Outcome, r.Action, r.Detail = Cancelled, Cancel, ""
 		}
@@ -575,7 +618,7 @@ func (p *Plan) waitSent(ctx context.Context, conn *pgx.Conn, idx []int, d time.D
 func (p *Plan) sentByKind(idx []int) map[Kind][]int {
 	byKind := map[Kind][]int{}
 	add := func(i int) {
-		if r := &p.Results[i]; r.Outcome == sentOutcome {
+		if r := &p.Results[i]; r.isSent() {
 			byKind[r.Action] = append(byKind[r.Action], i)
 		}
 	}
@@ -605,18 +648,10 @@ func checkIdle(conn *pgx.Conn) error {
 // terminate one that does not.
 const graceKind Kind = "grace"
 
-// sentOutcome marks a result signalled and not yet verified; wait turns it
-// into a final outcome. maybeSentOutcome marks a result while its
-// signalling statement runs: if that statement fails, nobody knows.
-const (
-	sentOutcome      Outcome = "sent"
-	maybeSentOutcome Outcome = "maybe sent"
-)
-
-// NoMatchDetail is the detail of a session the signalling statement found
+// noMatchDetail is the detail of a session the signalling statement found
 // no longer matching the selection (for a threshold: not yet past it, by
 // the server's clock).
-const NoMatchDetail = "no longer matches the selection"
+const noMatchDetail = "no longer matches the selection"
 
 const movedDetail = "moved on: its query or state changed since it was chosen"
 
@@ -667,15 +702,15 @@ func (s Server) differs(id uint64, started time.Time) string {
 var testSkipServerCheck bool
 
 // act sends the action statement for the results at idx (actions
-// overrides a result's action), and records each verdict: sentOutcome for
-// the signalled, else why not.
+// overrides a result's action), and records each verdict: unknown (sent)
+// for the signalled, else why not.
 func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[int]Kind, signal bool) error {
 	if len(idx) == 0 {
 		return nil
 	}
 	if signal {
 		for _, i := range idx {
-			p.Results[i].Outcome = maybeSentOutcome
+			p.Results[i].Outcome, p.Results[i].sig = unknown, sigMaybe
 		}
 	}
 	record := func(i int, v verdict) {
@@ -700,7 +735,15 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 			r.at.waitEvent = v.read.WaitEventType + ":" + v.read.WaitEvent
 		}
 		r.Outcome, r.Detail = v.outcome(p, r, signal)
-		r.noMatch = v.code == "no_match"
+		r.sig, r.why = sigSent, whyNone
+		switch {
+		case v.code == "no_match":
+			r.why = whyNoMatch
+		case v.code == "moved" && v.retried == "":
+			// Moved, and not signalled by a failed statement for the set
+			// either.
+			r.why = whyMoved
+		}
 	}
 	verdicts, err := p.judgeAndSignal(ctx, conn, idx, actions, signal)
 	if err == nil {
@@ -999,7 +1042,7 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 	case "not_running":
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", v.read.State) + maybe
 	case "no_match":
-		return Changed, NoMatchDetail
+		return Changed, noMatchDetail
 	case "superuser":
 		return Denied, fmt.Sprintf("role %s is a superuser: only a superuser may signal its sessions", v.read.Usename)
 	case "no_role":
@@ -1018,12 +1061,12 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 // says what is known.
 func (v verdict) afterSignal(r *Result) (Outcome, string) {
 	if !v.fresh {
-		return sentOutcome, "" // one read for all: the wait tells
+		return unknown, "" // one read for all: the wait tells
 	}
 	same := func(a *time.Time, b time.Time) bool { return a != nil && !b.IsZero() && a.Equal(b) }
 	after := deref(v.afterState)
 	if v.afterPresent && same(v.afterQueryStart, v.read.QueryStart) && same(v.afterStateChange, v.read.StateChange) && after == v.read.State {
-		return sentOutcome, ""
+		return unknown, ""
 	}
 	newStatement := v.afterPresent && !same(v.afterQueryStart, v.read.QueryStart)
 	// From the read to the signal takes the copy of the status array (as
@@ -1046,11 +1089,11 @@ func (v verdict) afterSignal(r *Result) (Outcome, string) {
 		case v.afterPresent:
 			r.at.note = fmt.Sprintf("its statement completed as the signal was sent (now %s)", after)
 		}
-		return sentOutcome, ""
+		return unknown, ""
 	}
 	switch {
 	case !v.afterPresent:
-		return sentOutcome, "" // its connection ended: the wait says so
+		return unknown, "" // its connection ended: the wait says so
 	case newStatement && v.afterQueryStart != nil && v.afterQueryStart.Before(v.signalAt):
 		// A statement's start is stamped after its last look at pending
 		// cancels: one that began before the cancel went out may be the
@@ -1062,14 +1105,14 @@ func (v verdict) afterSignal(r *Result) (Outcome, string) {
 	case newStatement:
 		// It ended after the signal went out, and the client went on (the
 		// signal woke it before this look): the wait tells how it ended.
-		return sentOutcome, ""
+		return unknown, ""
 	case after == "idle in transaction":
 		return Changed, completedDetail + " (its transaction goes on)"
 	case v.afterStateChange != nil && v.afterStateChange.Before(v.signalAt):
 		return Changed, fmt.Sprintf("its query ended (%s) before the cancel was sent", after)
 	}
 	// It ended after the signal went out: the wait tells how.
-	return sentOutcome, ""
+	return unknown, ""
 }
 
 // medianCopy is the median time the statement's fresh reads took.

@@ -16,7 +16,7 @@ import (
 
 // Pending reports whether the session was signalled and its end is not yet
 // verified.
-func (r *Result) Pending() bool { return r.Outcome == sentOutcome }
+func (r *Result) Pending() bool { return r.isSent() }
 
 // Send signals the planned sessions in one statement that re-checks each,
 // and returns without waiting. With grace, a terminate cancels the
@@ -65,7 +65,7 @@ func Escalate(ctx context.Context, conn *pgx.Conn, p *Plan) (err error) {
 	defer func() { p.unverified(err) }()
 	var cancelled []int
 	for i := range p.Results {
-		if r := &p.Results[i]; r.Outcome == sentOutcome && r.Action == Cancel {
+		if r := &p.Results[i]; r.isSent() && r.Action == Cancel {
 			cancelled = append(cancelled, i)
 		}
 	}

@@ -49,7 +49,7 @@ func TestSettleCancel(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			r := &Result{Action: Cancel, Outcome: sentOutcome, at: tt.pinned}
+			r := &Result{Action: Cancel, sig: sigSent, at: tt.pinned}
 			r.QueryStart, r.StateChange = *at(0), *at(0)
 			if tt.pinned.state == "fastpath function call" {
 				r.StateChange = *at(2)
