@@ -96,7 +96,7 @@ var optionalKeys = []string{"query_id"}
 var (
 	rowKeys       = jsonFields(planRow{})
 	headerKeys    = jsonFields(PlanHeader{})
-	selectionKeys = jsonFields(fullSpec())
+	selectionKeys = jsonTags(reflect.TypeOf(selector.Spec{}))
 )
 
 // maxPlanSize bounds what ReadPlan reads: a plan of every session of a
@@ -420,12 +420,17 @@ func (s *scanner) str() (string, error) {
 	return str, nil
 }
 
-// fullSpec has every field set, so that its JSON has every name.
-func fullSpec() selector.Spec {
-	one := []string{"x"}
-	return selector.Spec{DB: one, User: one, App: one, Client: one, State: one, BackendType: one,
-		ExcludeDB: one, ExcludeUser: one, ExcludeApp: one, Query: "x", LongerThan: "x", XactLongerThan: "x",
-		Waiting: true, Blocking: true, BlockingLongerThan: "x"}
+// jsonTags are the JSON names of a struct's fields, sorted: a selection's
+// keys are the selector's, whatever selectors it has.
+func jsonTags(t reflect.Type) []string {
+	var out []string
+	for i := range t.NumField() {
+		if name, _, _ := strings.Cut(t.Field(i).Tag.Get("json"), ","); name != "" && name != "-" {
+			out = append(out, name)
+		}
+	}
+	sort.Strings(out)
+	return out
 }
 
 // sameSelection: a and b select the same sessions, as written or as
