@@ -113,17 +113,11 @@ func Sessions(ctx context.Context, c *pgx.Conn, sel *Selection) ([]Session, erro
 			return nil, err
 		}
 	}
-	snap, err := activity.Take(ctx, c, s.Filter())
+	snap, err := s.Take(ctx, c)
 	if err != nil {
 		return nil, err
 	}
-	out := snap.Sessions[:0]
-	for i := range snap.Sessions {
-		if s.Keep(&snap.Sessions[i]) {
-			out = append(out, snap.Sessions[i])
-		}
-	}
-	return out, nil
+	return snap.Sessions, nil
 }
 
 // Cancel cancels the running query of each chosen session. Chosen by a

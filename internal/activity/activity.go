@@ -71,17 +71,30 @@ func (s *Session) IsParallelWorker() bool {
 	return s.BackendType == "parallel worker"
 }
 
-// StateAge is how long the session has been in its current state at now:
-// for an active session the age of its query, otherwise the time since the
-// state began. It is 0 when the server did not show us the times.
-func (s *Session) StateAge(now time.Time) time.Duration {
-	since := s.StateChange
+// StateSince is when the session's current state began: for an active
+// session its query's start, for a prepared transaction its preparation,
+// otherwise the state's change. It is the zero time when the server did
+// not show us the times. StateSinceSQL is the same on the server.
+func (s *Session) StateSince() time.Time {
 	switch {
 	case s.State == "active":
-		since = s.QueryStart
+		return s.QueryStart
 	case s.IsPrepared():
-		since = s.XactStart // prepared since
+		return s.XactStart // prepared since
 	}
+	return s.StateChange
+}
+
+// StateSinceSQL is StateSince as an SQL expression over the
+// pg_stat_activity row aliased alias (which has no prepared transaction).
+func StateSinceSQL(alias string) string {
+	return fmt.Sprintf("CASE WHEN %[1]s.state = 'active' THEN %[1]s.query_start ELSE %[1]s.state_change END", alias)
+}
+
+// StateAge is how long the session has been in its current state at now
+// (StateSince); 0 when the server did not show us the times.
+func (s *Session) StateAge(now time.Time) time.Duration {
+	since := s.StateSince()
 	if since.IsZero() || now.Before(since) {
 		return 0
 	}

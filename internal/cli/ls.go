@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"log/slog"
+	"slices"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
@@ -76,7 +77,7 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	snap, err := activity.Take(ctx, conn, sel.Filter())
+	snap, err := sel.Take(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -84,14 +85,8 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		return err
 	}
 	opts.Logger.Debug("snapshot", "sessions", len(snap.Sessions), "server_version", snap.ServerVersion)
-	sessions := snap.Sessions[:0]
-	workers := false
-	for i := range snap.Sessions {
-		if sel.Keep(&snap.Sessions[i]) {
-			sessions = append(sessions, snap.Sessions[i])
-			workers = workers || snap.Sessions[i].IsParallelWorker()
-		}
-	}
+	sessions := snap.Sessions
+	workers := slices.ContainsFunc(sessions, func(s activity.Session) bool { return s.IsParallelWorker() })
 	if workers && !snap.HasLeaderPID() {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: PostgreSQL 12 does not say which leader a parallel worker serves (leader_pid is 13+); workers are listed on their own")
 	}

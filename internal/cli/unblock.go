@@ -504,15 +504,13 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 	}
 	if opts.Selectors.Given() {
 		l.sel = sel
-		chosen, err := activity.Take(ctx, conn, sel.Filter())
+		chosen, err := sel.Take(ctx, conn)
 		if err != nil {
 			return nil, err
 		}
 		l.keep = map[int32]bool{}
 		for i := range chosen.Sessions {
-			if sel.Keep(&chosen.Sessions[i]) {
-				l.keep[chosen.Sessions[i].PID] = true
-			}
+			l.keep[chosen.Sessions[i].PID] = true
 		}
 	}
 	return l, nil

@@ -4,9 +4,6 @@ import (
 	"fmt"
 	"io"
 	"strings"
-	"time"
-
-	"github.com/pgreap/pgreap/internal/selector"
 )
 
 // Summary writes what the policy will do, for `pgreap watch --check`.
@@ -48,7 +45,7 @@ func (p *Policy) Summary(w io.Writer) {
 		if r.DryRun {
 			what += ", dry run"
 		}
-		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, describe(r.Spec))
+		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, r.Spec.Summary())
 	}
 	for _, n := range p.Notes() {
 		fmt.Fprintf(w, "note: %s\n", n)
@@ -59,13 +56,10 @@ func (p *Policy) Summary(w io.Writer) {
 func (p *Policy) Notes() []string {
 	var notes []string
 	for _, r := range p.Rules {
-		for _, d := range []struct {
-			key string
-			v   time.Duration
-		}{{"longer_than", r.Selector.LongerThan}, {"xact_longer_than", r.Selector.XactLongerThan}} {
-			if d.v > 0 && d.v < p.Interval {
+		for _, d := range r.Selector.Thresholds() {
+			if d.Duration < p.Interval {
 				notes = append(notes, fmt.Sprintf("rule %s: %s %s is shorter than the interval %s: a session that starts and crosses it between two snapshots is acted on at the next snapshot, up to %s late (an interval no longer than the shortest threshold avoids it)",
-					r.Name, d.key, d.v, p.Interval, p.Interval-d.v))
+					r.Name, d.Field, d.Duration, p.Interval, p.Interval-d.Duration))
 			}
 		}
 	}
@@ -77,39 +71,4 @@ func list(v []string) string {
 		return "-"
 	}
 	return strings.Join(v, " ")
-}
-
-// describe is a match in words: key values, in the order of the schema.
-func describe(s selector.Spec) string {
-	var parts []string
-	add := func(key string, v []string) {
-		if len(v) > 0 {
-			parts = append(parts, key+" "+strings.Join(v, " | "))
-		}
-	}
-	add("db", s.DB)
-	add("user", s.User)
-	add("app", s.App)
-	add("client", s.Client)
-	add("state", s.State)
-	add("backend_type", s.BackendType)
-	add("exclude_db", s.ExcludeDB)
-	add("exclude_user", s.ExcludeUser)
-	add("exclude_app", s.ExcludeApp)
-	if s.Query != "" {
-		parts = append(parts, fmt.Sprintf("query ~ %q", s.Query))
-	}
-	if s.LongerThan != "" {
-		parts = append(parts, "longer than "+s.LongerThan)
-	}
-	if s.XactLongerThan != "" {
-		parts = append(parts, "transaction longer than "+s.XactLongerThan)
-	}
-	if s.Waiting {
-		parts = append(parts, "waiting on a lock")
-	}
-	if s.Blocking {
-		parts = append(parts, "blocking others")
-	}
-	return strings.Join(parts, ", ")
 }

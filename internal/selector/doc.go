@@ -7,4 +7,11 @@
 // statement, the re-check at the instant of signalling. Only the query
 // regular expression (RE2) is evaluated in Go, on the snapshot's text; an
 // action stays safe because it also pins the session's query_start.
+//
+// A Selector answers every question about itself, so that a new selector
+// is a change to this package alone (and its flag and policy key): its
+// predicate (Compile, CompileEach), its snapshot (Take, with Keep), what an
+// action's guard must pin (PinsQuery) and re-read (Moves), when the daemon
+// should act on a session (Due, Untimed, Thresholds), and its summary
+// (Spec.Summary).
 package selector

@@ -1,6 +1,7 @@
 package selector
 
 import (
+	"context"
 	"fmt"
 	"net/netip"
 	"regexp"
@@ -10,6 +11,7 @@ import (
 	"time"
 	"unicode/utf8"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pgreap/pgreap/internal/activity"
@@ -164,11 +166,11 @@ func Parse(spec Spec) (*Selector, error) {
 			return nil, &Error{"query", spec.Query, "not a regular expression (RE2): " + strings.TrimPrefix(err.Error(), "error parsing regexp: ")}
 		}
 	}
-	if s.LongerThan, err = parseDuration("longer_than", spec.LongerThan); err != nil {
-		return nil, err
-	}
-	if s.XactLongerThan, err = parseDuration("xact_longer_than", spec.XactLongerThan); err != nil {
-		return nil, err
+	for i := range timedSelectors {
+		t := &timedSelectors[i]
+		if *t.dur(s), err = parseDuration(t.field, *t.spec(&spec)); err != nil {
+			return nil, err
+		}
 	}
 	if s.BlockingLongerThan, err = parseDuration("blocking_longer_than", spec.BlockingLongerThan); err != nil {
 		return nil, err
@@ -184,9 +186,11 @@ func (s *Selector) Spec() Spec {
 		DB: slices.Clone(s.DB), User: slices.Clone(s.User), App: slices.Clone(s.App),
 		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
 		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
-		LongerThan: duration(s.LongerThan), XactLongerThan: duration(s.XactLongerThan),
 		BlockingLongerThan: duration(s.BlockingLongerThan),
 		Waiting:            s.Waiting, Blocking: s.Blocking,
+	}
+	for i := range timedSelectors {
+		*timedSelectors[i].spec(&sp) = duration(*timedSelectors[i].dur(s))
 	}
 	for _, p := range s.Client {
 		sp.Client = append(sp.Client, p.String())
@@ -265,7 +269,7 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 // of its own; a selection on any of those leaves it out.
 func (s *Selector) KeepPrepared(p *activity.Session) bool {
 	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
-		s.LongerThan > 0 || s.XactLongerThan > 0 || s.Waiting || s.Blocking ||
+		s.isTimed() || s.Waiting || s.Blocking ||
 		s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0 {
 		return false
 	}
@@ -277,10 +281,29 @@ func (s *Selector) KeepPrepared(p *activity.Session) bool {
 		(len(s.BackendType) == 0 || match(s.BackendType, p.BackendType))
 }
 
-// Filter is the selection as a snapshot filter over pg_stat_activity "a".
-func (s *Selector) Filter() activity.Filter {
+// Take takes a snapshot of the sessions the selection keeps (a nil
+// selection: every client session): the server applies Compile's
+// predicate, then Keep the query expression. It is the one way to a
+// selected snapshot, so that no caller can forget --query.
+func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot, error) {
+	if s == nil {
+		s = &Selector{}
+	}
 	where, args := s.Compile("a", 1)
-	return activity.Filter{Where: where, Args: args}
+	snap, err := activity.Take(ctx, conn, activity.Filter{Where: where, Args: args})
+	if err != nil {
+		return nil, err
+	}
+	if s.Query != nil {
+		kept := snap.Sessions[:0]
+		for i := range snap.Sessions {
+			if s.Keep(&snap.Sessions[i]) {
+				kept = append(kept, snap.Sessions[i])
+			}
+		}
+		snap.Sessions = kept
+	}
+	return snap, nil
 }
 
 // PinsQuery reports whether the selection depends on what a session runs,
@@ -288,7 +311,7 @@ func (s *Selector) Filter() activity.Filter {
 // and state_change), so a session that moved on since it was chosen is
 // left alone.
 func (s *Selector) PinsQuery() bool {
-	return s.Query != nil || len(s.State) > 0 || s.LongerThan > 0 || s.XactLongerThan > 0 ||
+	return s.Query != nil || len(s.State) > 0 || s.isTimed() ||
 		s.Waiting || s.Blocking || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
 }
 
@@ -336,14 +359,10 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		}
 		c.add(fmt.Sprintf("%s.client_addr <<= ANY (%s::inet[])", alias, c.arg(cidrs)))
 	}
-	if s.LongerThan > 0 {
-		// The current state's age: for an active session its query's,
-		// for any other the time since the state began.
-		c.add(fmt.Sprintf("CASE WHEN %[1]s.state = 'active' THEN %[1]s.query_start ELSE %[1]s.state_change END < pg_catalog.statement_timestamp() - %[2]s::interval",
-			alias, c.arg(interval(s.LongerThan))))
-	}
-	if s.XactLongerThan > 0 {
-		c.add(fmt.Sprintf("%s.xact_start < pg_catalog.statement_timestamp() - %s::interval", alias, c.arg(interval(s.XactLongerThan))))
+	for i := range timedSelectors {
+		if d := *timedSelectors[i].dur(s); d > 0 {
+			c.timed(&timedSelectors[i], d)
+		}
 	}
 	switch {
 	case s.Waiting && c.each:

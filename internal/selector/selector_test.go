@@ -11,7 +11,6 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
-	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/golden"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -31,17 +30,13 @@ func pids(t *testing.T, cn *pgx.Conn, spec selector.Spec) []int32 {
 	if err != nil {
 		t.Fatal(err)
 	}
-	snap, err := activity.Take(pgtest.Context(t), cn, sel.Filter())
+	snap, err := sel.Take(pgtest.Context(t), cn)
 	if err != nil {
 		t.Fatal(err)
 	}
 	var got []int32
 	for i := range snap.Sessions {
-		s := &snap.Sessions[i]
-		if !strings.HasPrefix(s.ApplicationName, pgtest.Tag(t)) {
-			continue
-		}
-		if sel.Keep(s) {
+		if s := &snap.Sessions[i]; strings.HasPrefix(s.ApplicationName, pgtest.Tag(t)) {
 			got = append(got, s.PID)
 		}
 	}

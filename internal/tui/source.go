@@ -3,6 +3,7 @@ package tui
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"sync"
 	"time"
@@ -93,22 +94,14 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
-	snap, err := activity.Take(ctx, conn, d.sel.Filter())
+	snap, err := d.sel.Take(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
 	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}
-	kept := snap.Sessions[:0]
-	waiting := false
-	for i := range snap.Sessions {
-		if d.sel.Keep(&snap.Sessions[i]) {
-			kept = append(kept, snap.Sessions[i])
-			waiting = waiting || snap.Sessions[i].Waits()
-		}
-	}
-	snap.Sessions = kept
+	waiting := slices.ContainsFunc(snap.Sessions, func(s activity.Session) bool { return s.Waits() })
 	f := &Frame{Snap: snap, Server: serverName(conn)}
 	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
 		return nil, err

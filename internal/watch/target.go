@@ -292,9 +292,7 @@ func (s *session) setPolicy(pol *policy.Policy) {
 	s.pol, s.rules, s.marks, s.args, s.armed = pol, nil, nil, nil, nil
 	for _, r := range pol.Rules {
 		g := r.Guarded(pol.Protect)
-		untimed := *g
-		untimed.LongerThan, untimed.XactLongerThan = 0, 0
-		where, args := untimed.Compile("a", len(s.args)+1)
+		where, args := g.Untimed().Compile("a", len(s.args)+1)
 		s.marks = append(s.marks, where)
 		s.args = append(s.args, args...)
 		s.rules = append(s.rules, rule{Rule: r, guarded: g})
@@ -544,7 +542,7 @@ func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 			if !sess.Marks[k] || !r.guarded.Keep(sess) {
 				continue
 			}
-			due, ok := dueOf(sess, r.guarded)
+			due, ok := r.guarded.Due(sess)
 			if !ok {
 				continue
 			}
@@ -618,32 +616,6 @@ func (s *session) prune(snap *activity.Snapshot) {
 			delete(s.t.done, k)
 		}
 	}
-}
-
-// dueOf is when, by the server's clock, the selector's durations are all
-// past for the session (the zero time without durations); false when one
-// can never be (no transaction open for xact_longer_than).
-func dueOf(sess *activity.Session, sel *selector.Selector) (time.Time, bool) {
-	var due time.Time
-	if sel.LongerThan > 0 {
-		since := sess.StateChange
-		if sess.State == "active" {
-			since = sess.QueryStart
-		}
-		if since.IsZero() {
-			return due, false
-		}
-		due = since.Add(sel.LongerThan)
-	}
-	if sel.XactLongerThan > 0 {
-		if sess.XactStart.IsZero() {
-			return due, false
-		}
-		if d := sess.XactStart.Add(sel.XactLongerThan); d.After(due) {
-			due = d
-		}
-	}
-	return due, true
 }
 
 // work acts on what is due: deadlines, polls, escalations, expiries.
