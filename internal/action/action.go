@@ -735,7 +735,10 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 			r.at.waitEvent = v.read.WaitEventType + ":" + v.read.WaitEvent
 		}
 		r.Outcome, r.Detail = v.outcome(p, r, signal)
-		r.sig, r.why = sigSent, whyNone
+		r.sig, r.why = 0, whyNone
+		if r.Outcome == unknown {
+			r.sig = sigSent
+		}
 		switch {
 		case v.code == "no_match":
 			r.why = whyNoMatch
