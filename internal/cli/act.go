@@ -265,10 +265,7 @@ func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, p
 	if werr := writeResults(io, format, color, plan, shown, dryRun); werr != nil {
 		return werr
 	}
-	if err != nil {
-		return &exitError{ExitIncomplete, fmt.Errorf("%w; signals were sent and not all verified (see outcome survived)", err)}
-	}
-	return resultsError(kind, results)
+	return resultsError(kind, results, err)
 }
 
 // confirm shows the rows to act on on a terminal and asks; without one,
@@ -337,53 +334,6 @@ func writeResults(io *IOStreams, format output.Format, color bool, plan *action.
 		Width:    io.Width,
 		Terminal: io.OutTTY,
 	})
-}
-
-// signalled: some session was, or may have been, signalled.
-func signalled(results []action.Result) bool {
-	for i := range results {
-		switch results[i].Outcome {
-		case action.Cancelled, action.Terminated, action.Survived, action.RolledBack:
-			return true
-		}
-	}
-	return false
-}
-
-// resultsError is the exit status of an action: incomplete (3) when a
-// session was denied, survived, changed, or protected though named by pid;
-// nothing matched (1) when no session could be acted on at all.
-func resultsError(kind action.Kind, results []action.Result) error {
-	counts := map[action.Outcome]int{}
-	incomplete, acted := 0, 0
-	for i := range results {
-		r := &results[i]
-		counts[r.Outcome]++
-		if r.Incomplete() {
-			incomplete++
-		}
-		if r.Outcome != action.Protected {
-			acted++
-		}
-	}
-	if incomplete > 0 {
-		var parts []string
-		for _, o := range []action.Outcome{action.Denied, action.Survived, action.Changed, action.Protected} {
-			if counts[o] > 0 {
-				parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
-			}
-		}
-		reach := string(want(kind))
-		if slices.ContainsFunc(results, func(r action.Result) bool { return r.IsPrepared() }) {
-			reach += " or " + string(action.RolledBack) // unblock's prepared roots
-		}
-		return &exitError{ExitIncomplete, fmt.Errorf("%d of %d sessions did not reach %s: %s (see detail)",
-			incomplete, len(results), reach, strings.Join(parts, ", "))}
-	}
-	if acted == 0 {
-		return fmt.Errorf("%w that pgreap may act on (%d protected)", ErrNoMatch, counts[action.Protected])
-	}
-	return nil
 }
 
 func want(kind action.Kind) action.Outcome {

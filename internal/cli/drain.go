@@ -272,7 +272,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		if err := writeResults(opts.IO, opts.Format, opts.Color, last, last.Results, false); err != nil {
 			return err
 		}
-		return &exitError{ExitIncomplete, fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held)}
+		return incomplete(fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held))
 	}
 	rows := make([]action.Result, 0, len(ended))
 	for _, r := range ended {
@@ -356,7 +356,7 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("interrupted")
 	}
-	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held)}
+	return incomplete(fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held))
 }
 
 // openSettings connects and reads the database's connection settings; a
@@ -453,8 +453,8 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until %s%s%s\n",
 		how, opts.Timeout, name, undrainHint(opts.Database), autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	if left := drainCannotEnd(plan, autovacuum); left > 0 {
-		return &exitError{ExitIncomplete, fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
-			name, left, plural(left), opts.Timeout, name)}
+		return incomplete(fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
+			name, left, plural(left), opts.Timeout, name))
 	}
 	fmt.Fprintf(w, "pgreap: dry run: nothing was changed\n")
 	return nil

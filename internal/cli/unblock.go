@@ -328,11 +328,11 @@ func (u *unblocker) run(ctx context.Context, look *unblockLook, tree *maintenanc
 	still, _ := look.stillWaiting(u.waiters, u.waiting)
 	switch {
 	case still != "" && limitHit:
-		return &exitError{ExitIncomplete, fmt.Errorf("still waiting, and ending more would pass --limit %d: %s", opts.Limit, still)}
+		return incomplete(fmt.Errorf("still waiting, and ending more would pass --limit %d: %s", opts.Limit, still))
 	case still != "":
 		// Ending the roots did not release every wait: say who still
 		// blocks whom, whatever the roots' outcomes.
-		return &exitError{ExitIncomplete, fmt.Errorf("still waiting%s: %s", waited, still)}
+		return incomplete(fmt.Errorf("still waiting%s: %s", waited, still))
 	}
 	return err
 }
