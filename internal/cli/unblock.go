@@ -1,7 +1,6 @@
 package cli
 
 import (
-	"cmp"
 	"context"
 	"errors"
 	"fmt"
@@ -463,6 +462,7 @@ func mergeResults(all, round []action.Result) []action.Result {
 // transactions they wait on, and how long each waiter has waited.
 type unblockLook struct {
 	snap     *activity.Snapshot
+	graph    *maintenance.Graph
 	waits    map[int32]time.Duration
 	byPID    map[int32]*activity.Session
 	prepared map[string]*activity.Session
@@ -495,7 +495,7 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 	if err != nil {
 		return nil, err
 	}
-	l := &unblockLook{snap: snap, waits: waits, byPID: map[int32]*activity.Session{}, prepared: map[string]*activity.Session{}}
+	l := &unblockLook{snap: snap, graph: maintenance.GraphOf(snap), waits: waits, byPID: map[int32]*activity.Session{}, prepared: map[string]*activity.Session{}}
 	for i := range snap.Sessions {
 		l.byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
@@ -521,7 +521,7 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, sel *selector.Selector, op
 // firstTree is the tree of the waits longer than min, with the roots the
 // selectors keep.
 func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
-	tree := maintenance.BlockingTree(l.snap.Sessions, l.waits, min)
+	tree := l.graph.Tree(l.waits, min)
 	roots := tree.Roots[:0]
 	for _, r := range tree.Roots {
 		if r.GID != "" {
@@ -548,63 +548,35 @@ func (l *unblockLook) firstTree(min time.Duration) *maintenance.Tree {
 // only with --rollback-prepared; and as the selectors allow.
 func (l *unblockLook) nextTree(u *unblocker) *maintenance.Tree {
 	tree := &maintenance.Tree{Waiters: map[maintenance.Node][]int32{}}
-	add := func(n maintenance.Node, w int32) {
-		if _, ok := tree.Waiters[n]; !ok {
-			tree.Roots = append(tree.Roots, n)
+	pass := func(n maintenance.Node) bool {
+		if n.GID != "" {
+			return true
 		}
-		tree.Waiters[n] = append(tree.Waiters[n], w)
-	}
-	isWaiter := func(pid int32) bool {
-		s := l.byPID[pid]
-		return s != nil && u.waiting[idOf(s)]
+		s := l.byPID[n.PID]
+		return s != nil && !u.waiting[idOf(s)]
 	}
 	for i := range l.snap.Sessions {
 		w := &l.snap.Sessions[i]
 		if !u.waiters[idOf(w)] || !w.Waits() {
 			continue
 		}
-		seen := map[int32]bool{}
-		stack := append([]int32(nil), w.BlockedBy...)
-		prepared := slices.Clone(w.BlockedByPrepared)
-		for len(stack) > 0 {
-			b := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if seen[b] || isWaiter(b) {
-				continue
+		for _, n := range l.graph.Tops(maintenance.NodeOf(w), pass) {
+			if n.GID == "" {
+				s, was := l.byPID[n.PID], u.first.byPID[n.PID]
+				if was == nil || idOf(was) != idOf(s) || u.tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[n.PID]) {
+					continue
+				}
+			} else {
+				p, was := l.prepared[n.GID], u.first.prepared[n.GID]
+				if !u.opts.RollbackPrepared || p == nil || was == nil || !p.XactStart.Equal(was.XactStart) ||
+					u.acted(n) || (l.sel != nil && !l.sel.KeepPrepared(p)) {
+					continue
+				}
 			}
-			seen[b] = true
-			s := l.byPID[b]
-			if s == nil {
-				continue
-			}
-			if s.Waits() {
-				stack = append(stack, s.BlockedBy...)
-				prepared = append(prepared, s.BlockedByPrepared...)
-				continue
-			}
-			was := u.first.byPID[b]
-			if was == nil || idOf(was) != idOf(s) || u.tried[idOf(s)] >= maxTries || (l.keep != nil && !l.keep[b]) {
-				continue
-			}
-			add(maintenance.Node{PID: b}, w.PID)
-		}
-		for _, g := range prepared {
-			p, was := l.prepared[g], u.first.prepared[g]
-			if !u.opts.RollbackPrepared || p == nil || was == nil || !p.XactStart.Equal(was.XactStart) ||
-				u.acted(maintenance.Node{GID: g}) || (l.sel != nil && !l.sel.KeepPrepared(p)) {
-				continue
-			}
-			if !slices.Contains(tree.Waiters[maintenance.Node{GID: g}], w.PID) {
-				add(maintenance.Node{GID: g}, w.PID)
-			}
+			tree.Add(n, w.PID)
 		}
 	}
-	slices.SortFunc(tree.Roots, func(a, b maintenance.Node) int {
-		if c := strings.Compare(a.GID, b.GID); c != 0 {
-			return c
-		}
-		return cmp.Compare(a.PID, b.PID)
-	})
+	tree.SortRoots()
 	return tree
 }
 

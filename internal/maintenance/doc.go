@@ -9,7 +9,8 @@
 //     one; ReadRecord trusts only a record that is the user's own, see
 //     package ownfile), Block (ALLOW_CONNECTIONS false: superusers kept
 //     out too, never CONNECTION LIMIT 0) and Restore;
-//   - for unblock, the lock Waits and the BlockingTree of their roots.
+//   - for unblock and top, the lock Waits and the Graph of who waits for
+//     whom, with its roots (prepared transactions among them).
 //
 // It ends no session itself: the commands end them through package
 // action, with its guard, protections and outcomes.
