@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -93,4 +94,37 @@ func ExampleCancel() {
 	fmt.Println(results[0].Outcome, "-", results[0].Detail)
 	// Output:
 	// protected - pgreap's own session
+}
+
+func ExampleDrain() {
+	ctx := context.Background()
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE example_drain"); err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Exec(ctx, "DROP DATABASE example_drain")
+	app := session(ctx, "example-drain dbname=example_drain", "BEGIN; SELECT 1")
+	defer app.Close(ctx)
+
+	drained, err := pgreap.Drain(ctx, conn, "example_drain", pgreap.DrainOptions{Timeout: time.Minute})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range drained.Ended {
+		fmt.Println(r.ApplicationName, r.Outcome)
+	}
+	if _, err := pgx.Connect(ctx, "dbname=example_drain"); err != nil {
+		fmt.Println("new connections refused")
+	}
+	// Reopen it as it was.
+	if err := pgreap.Undrain(ctx, conn, "example_drain", drained.Before); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// example-drain terminated
+	// new connections refused
 }

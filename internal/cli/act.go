@@ -259,7 +259,7 @@ func reportArrivals(ctx context.Context, opts *ActOptions, conn *pgx.Conn, dbs [
 // finish prints the results and maps them to the exit status. Interrupted
 // (Ctrl-C) after signals were sent, it still prints what is known.
 func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results, shown []action.Result, err error, dryRun bool) error {
-	if err != nil && !signalled(results) {
+	if err != nil && !maintenance.Signalled(results) {
 		return err // nothing was sent: a plain error
 	}
 	if werr := writeResults(io, format, color, plan, shown, dryRun); werr != nil {

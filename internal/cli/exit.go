@@ -70,17 +70,6 @@ func ExitCode(err error) int {
 	return ExitUsage
 }
 
-// signalled: some session was, or may have been, signalled.
-func signalled(results []action.Result) bool {
-	for i := range results {
-		switch results[i].Outcome {
-		case action.Cancelled, action.Terminated, action.Survived, action.RolledBack:
-			return true
-		}
-	}
-	return false
-}
-
 // resultsError is what the results of an action, and err, which stopped
 // it after signals were sent (nil: nothing did), mean for the exit
 // status: incomplete when it was stopped, or a session was denied,
