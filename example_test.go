@@ -128,3 +128,49 @@ func ExampleDrain() {
 	// example-drain terminated
 	// new connections refused
 }
+
+func ExampleUnblock() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A transaction that took a lock and was forgotten, and a session
+	// queued behind it.
+	holder := session(ctx, "example-unblock-holder", "CREATE TABLE example_unblock ()")
+	if _, err := holder.Exec(ctx, "BEGIN; LOCK TABLE example_unblock"); err != nil {
+		log.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	waiter := session(ctx, "example-unblock-waiter", "")
+	defer waiter.Close(ctx)
+	waited := make(chan error)
+	go func() {
+		_, err := waiter.Exec(ctx, "SELECT * FROM example_unblock")
+		waited <- err
+	}()
+
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for { // until the waiter waits
+		s, err := pgreap.Sessions(ctx, conn, &pgreap.Selection{App: []string{"example-unblock-waiter"}})
+		if err != nil {
+			log.Fatal(err)
+		}
+		if len(s) == 1 && s[0].Waits() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	unblocked, err := pgreap.Unblock(ctx, conn, pgreap.UnblockOptions{Select: &pgreap.Selection{App: []string{"example-unblock-*"}}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range unblocked.Results {
+		fmt.Println(r.ApplicationName, r.Action, r.Outcome)
+	}
+	fmt.Println("the waiter got its lock:", <-waited == nil)
+	// Output:
+	// example-unblock-holder terminate terminated
+	// the waiter got its lock: true
+}

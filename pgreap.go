@@ -280,3 +280,91 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 func Undrain(ctx context.Context, c *pgx.Conn, db string, before Settings) error {
 	return maintenance.Restore(ctx, c, db, before.AllowConnections, before.ConnectionLimit)
 }
+
+// ErrNoMatch: Unblock found no lock wait older than LongerThan, or none
+// whose root the selection keeps.
+var ErrNoMatch = maintenance.ErrNoMatch
+
+// ErrStillWaiting: waits Unblock set out to release were still held up
+// when it gave up (Unblocked.Still says by whom).
+var ErrStillWaiting = errors.New("still waiting")
+
+// UnblockOptions say which roots of lock waits Unblock ends, and how.
+type UnblockOptions struct {
+	// LongerThan: the waits to release, those that waited that long (0:
+	// every wait).
+	LongerThan time.Duration
+	// Select narrows the roots Unblock may end (nil: any).
+	Select *Selection
+	// Cancel cancels the roots' queries instead of terminating them.
+	Cancel bool
+	// Timeout bounds how long Unblock goes on ending what still holds up
+	// those waits (0: 10s); Wait, how long it waits for each round's
+	// sessions to end (0: 5s).
+	Timeout, Wait time.Duration
+	// Limit: no more than that many roots ended (0: no limit).
+	Limit  int
+	DryRun bool
+	// IncludeReplication and IncludeAutovacuum allow walsenders and
+	// autovacuum workers as roots.
+	IncludeReplication, IncludeAutovacuum bool
+	// RollbackPrepared rolls back the prepared transactions at roots
+	// (which can break the atomicity of a distributed transaction); they
+	// are left alone (Protected) otherwise.
+	RollbackPrepared bool
+}
+
+// Unblocked is what Unblock did.
+type Unblocked struct {
+	// Results are the roots it chose, and what became of each.
+	Results []Result
+	// Still names the waits still held up when it gave up, and by whom:
+	// "1234 waits for 5678"; "" when every one was released.
+	Still string
+}
+
+// Unblock ends the sessions at the root of the lock waits older than
+// LongerThan, as `pgreap unblock --yes` does: those that block others and
+// wait for no one, each through the guard, signalled only if it still
+// holds up such a wait; then, while those waits remain, what still holds
+// them up, until Timeout. A session that waits itself is never ended (once
+// granted, it blocks those queued behind it: that is the queue moving).
+// A prepared transaction at a root is Protected unless RollbackPrepared.
+// ErrNoMatch: no such wait; ErrStillWaiting: some were still held up at
+// the end.
+func Unblock(ctx context.Context, c *pgx.Conn, opt UnblockOptions) (*Unblocked, error) {
+	mopt := maintenance.UnblockOptions{Action: action.Terminate, LongerThan: opt.LongerThan, Timeout: opt.Timeout, Wait: opt.Wait,
+		Limit: opt.Limit, DryRun: opt.DryRun, IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum,
+		RollbackPrepared: opt.RollbackPrepared}
+	if opt.Cancel {
+		mopt.Action = action.Cancel
+	}
+	if mopt.Timeout == 0 {
+		mopt.Timeout = 10 * time.Second
+	}
+	if mopt.Wait == 0 {
+		mopt.Wait = 5 * time.Second
+	}
+	if opt.Select != nil {
+		s, err := selector.Parse(*opt.Select)
+		if err != nil {
+			return nil, err
+		}
+		mopt.Selector = s
+	}
+	mopt.ConnectDB = func(ctx context.Context, db string) (*pgx.Conn, error) {
+		// ROLLBACK PREPARED runs connected to the transaction's database.
+		cfg := c.Config().Copy()
+		cfg.Database = db
+		return conn.Connect(ctx, cfg)
+	}
+	u, err := maintenance.Unblock(ctx, c, mopt)
+	done := &Unblocked{Results: u.Results, Still: u.Still}
+	switch {
+	case err != nil:
+		return done, err
+	case u.Still != "":
+		return done, fmt.Errorf("%w: %s", ErrStillWaiting, u.Still)
+	}
+	return done, nil
+}

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -165,7 +164,7 @@ func actRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *select
 	if len(plan.Results) == 0 {
 		return nil, nil, ErrNoMatch
 	}
-	results, err := carryOut(ctx, opts, conn, plan, bySelector, nil)
+	results, err := carryOut(ctx, opts, conn, plan, bySelector)
 	if results == nil {
 		return nil, nil, err
 	}
@@ -188,56 +187,21 @@ func choose(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector
 	return plan, nil
 }
 
-// rollbacks are the prepared transactions at the roots of unblock's tree:
-// rows planned (to roll back) or protected (left alone), confirmed with
-// the plan's sessions and carried out after them by do.
-type rollbacks struct {
-	rows []action.Result
-	do   func(context.Context, *action.Result)
-}
-
-// carryOut checks the limit, confirms, and carries the plan out, then the
-// rollbacks; nil results: nothing was done (the error says why).
-func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool, rb *rollbacks) ([]action.Result, error) {
+// carryOut checks the limit, confirms, and carries the plan out; nil
+// results: nothing was done (the error says why).
+func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool) ([]action.Result, error) {
 	planned := plan.Count(action.Planned)
-	rows := plan.Results
-	rolls := 0
-	if rb != nil {
-		for i := range rb.rows {
-			if rb.rows[i].Outcome == action.Planned {
-				rolls++
-			}
-		}
-		rows = append(slices.Clip(rows), rb.rows...)
-	}
-	if opts.Limit > 0 && planned+rolls > opts.Limit {
-		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned+rolls, opts.Limit))
+	if opts.Limit > 0 && planned > opts.Limit {
+		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
 	}
 	// Sessions chosen by selectors are confirmed; sessions named by pid
 	// alone were chosen one by one already.
-	if bySelector && !opts.DryRun && !opts.Yes && planned+rolls > 0 {
-		var what []string
-		if planned > 0 {
-			what = append(what, fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned)))
-		}
-		if rolls > 0 {
-			what = append(what, fmt.Sprintf("roll back %d prepared transaction%s", rolls, plural(rolls)))
-		}
-		if err := confirm(ctx, opts, plan, rows, strings.Join(what, " and ")); err != nil {
+	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
+		if err := confirm(ctx, opts, plan, plan.Results, fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned))); err != nil {
 			return nil, err
 		}
 	}
-	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
-	if rb == nil {
-		return results, err
-	}
-	results = slices.Clip(results)
-	for i := range rb.rows {
-		if r := &rb.rows[i]; r.Outcome == action.Planned && !opts.DryRun && err == nil {
-			rb.do(ctx, r)
-		}
-	}
-	return append(results, rb.rows...), err
+	return action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
 }
 
 // reportArrivals says, on standard error, how many sessions connected to

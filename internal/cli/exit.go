@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/maintenance"
 )
 
 // The exit codes of shared/PRODUCT.md. They are decided in this file
@@ -30,7 +31,7 @@ const (
 )
 
 // ErrNoMatch: the selection matched no session.
-var ErrNoMatch = errors.New("no sessions matched")
+var ErrNoMatch = maintenance.ErrNoMatch
 
 // exitError carries the code of an error whose kind is not its type:
 // made by usageError and incomplete only.
