@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"log"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 
@@ -93,4 +94,83 @@ func ExampleCancel() {
 	fmt.Println(results[0].Outcome, "-", results[0].Detail)
 	// Output:
 	// protected - pgreap's own session
+}
+
+func ExampleDrain() {
+	ctx := context.Background()
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "CREATE DATABASE example_drain"); err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Exec(ctx, "DROP DATABASE example_drain")
+	app := session(ctx, "example-drain dbname=example_drain", "BEGIN; SELECT 1")
+	defer app.Close(ctx)
+
+	drained, err := pgreap.Drain(ctx, conn, "example_drain", pgreap.DrainOptions{Timeout: time.Minute})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range drained.Ended {
+		fmt.Println(r.ApplicationName, r.Outcome)
+	}
+	if _, err := pgx.Connect(ctx, "dbname=example_drain"); err != nil {
+		fmt.Println("new connections refused")
+	}
+	// Reopen it as it was.
+	if err := pgreap.Undrain(ctx, conn, "example_drain", drained.Before); err != nil {
+		log.Fatal(err)
+	}
+	// Output:
+	// example-drain terminated
+	// new connections refused
+}
+
+func ExampleUnblock() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	// A transaction that took a lock and was forgotten, and a session
+	// queued behind it.
+	holder := session(ctx, "example-unblock-holder", "CREATE TABLE example_unblock ()")
+	if _, err := holder.Exec(ctx, "BEGIN; LOCK TABLE example_unblock"); err != nil {
+		log.Fatal(err)
+	}
+	defer holder.Close(ctx)
+	waiter := session(ctx, "example-unblock-waiter", "")
+	defer waiter.Close(ctx)
+	waited := make(chan error)
+	go func() {
+		_, err := waiter.Exec(ctx, "SELECT * FROM example_unblock")
+		waited <- err
+	}()
+
+	conn, err := pgreap.Connect(ctx, "")
+	if err != nil {
+		log.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	for { // until the waiter waits
+		s, err := pgreap.Sessions(ctx, conn, &pgreap.Selection{App: []string{"example-unblock-waiter"}})
+		if err != nil {
+			log.Fatal(err)
+		}
+		if len(s) == 1 && s[0].Waits() {
+			break
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	unblocked, err := pgreap.Unblock(ctx, conn, pgreap.UnblockOptions{Select: &pgreap.Selection{App: []string{"example-unblock-*"}}})
+	if err != nil {
+		log.Fatal(err)
+	}
+	for _, r := range unblocked.Results {
+		fmt.Println(r.ApplicationName, r.Action, r.Outcome)
+	}
+	fmt.Println("the waiter got its lock:", <-waited == nil)
+	// Output:
+	// example-unblock-holder terminate terminated
+	// the waiter got its lock: true
 }

@@ -23,6 +23,7 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"slices"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -30,6 +31,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -178,4 +180,185 @@ func Apply(ctx context.Context, c *pgx.Conn, plan io.Reader, opt Options) ([]Res
 	}
 	p.IncludeReplication, p.IncludeAutovacuum = opt.IncludeReplication, opt.IncludeAutovacuum
 	return action.Execute(ctx, c, p, executeOptions(opt))
+}
+
+// Settings are a database's connection settings (pg_database's
+// datallowconn and datconnlimit), as Drain found them and Undrain
+// restores them.
+type Settings struct {
+	AllowConnections bool
+	ConnectionLimit  int32
+}
+
+// DrainOptions say how Drain empties a database.
+type DrainOptions struct {
+	// Timeout is how long Drain goes on ending sessions (0: 60s).
+	Timeout time.Duration
+	// Escalate cancels running queries first, and terminates what still
+	// runs after Grace.
+	Escalate bool
+	Grace    time.Duration
+	// IncludeReplication and IncludeAutovacuum end walsenders and
+	// autovacuum workers of the database too, left alone otherwise.
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+}
+
+// Drained is what Drain did.
+type Drained struct {
+	// Before are the settings Undrain restores: those found, or, when the
+	// database refused connections already, those too.
+	Before Settings
+	// Ended are the sessions Drain ended (or that ended once chosen), by
+	// pid.
+	Ended []Result
+	// Left are the sessions still connected at the timeout, each with
+	// why (Survived, Denied, Protected): empty when drained.
+	Left []Result
+}
+
+// ErrNotDrained: sessions were still connected at Drain's timeout (see
+// Drained.Left); the database stays blocked.
+var ErrNotDrained = errors.New("sessions still connected at the timeout")
+
+// ErrMayNotAlter: blocking connections to a database takes its owner or a
+// superuser (ALTER DATABASE); nothing was done.
+var ErrMayNotAlter = errors.New("blocking new connections needs the database's owner or a superuser")
+
+// Drain blocks new connections to database db, superusers' too
+// (ALLOW_CONNECTIONS false), and ends its sessions until none is left,
+// as `pgreap drain` does, except for the record of the settings: keep
+// Drained.Before to Undrain. c must be connected to another database.
+// The database stays blocked whatever happens after the block, even on
+// an error or ErrNotDrained.
+func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drained, error) {
+	if c.Config().Database == db {
+		// pgreap's own session is never ended: the database would never
+		// be empty.
+		return nil, fmt.Errorf("connected to %q itself: connect to another database", db)
+	}
+	settings, err := maintenance.ReadSettings(ctx, c, db)
+	if err != nil {
+		return nil, err
+	}
+	if !settings.MayAlter {
+		return nil, fmt.Errorf("database %q: %w", db, ErrMayNotAlter)
+	}
+	d := &Drained{Before: Settings{AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit}}
+	if err := maintenance.Block(ctx, c, db); err != nil {
+		return d, err
+	}
+	if opt.Timeout == 0 {
+		opt.Timeout = 60 * time.Second
+	}
+	done, err := maintenance.Drain(ctx, c, db, maintenance.DrainOptions{
+		Timeout: opt.Timeout, Escalate: opt.Escalate, Grace: opt.Grace,
+		IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum,
+	})
+	d.Ended = done.Ended
+	if err != nil {
+		return d, fmt.Errorf("drain %q: %w", db, err)
+	}
+	if done.Left > 0 {
+		for _, r := range done.Last.Results {
+			if !slices.Contains(done.Autovacuum, r.PID) {
+				d.Left = append(d.Left, r)
+			}
+		}
+		return d, fmt.Errorf("drain %q: %d %w", db, done.Left, ErrNotDrained)
+	}
+	return d, nil
+}
+
+// Undrain restores the connection settings Drain found (Drained.Before).
+func Undrain(ctx context.Context, c *pgx.Conn, db string, before Settings) error {
+	return maintenance.Restore(ctx, c, db, before.AllowConnections, before.ConnectionLimit)
+}
+
+// ErrNoMatch: Unblock found no lock wait older than LongerThan, or none
+// whose root the selection keeps.
+var ErrNoMatch = maintenance.ErrNoMatch
+
+// ErrStillWaiting: waits Unblock set out to release were still held up
+// when it gave up (Unblocked.Still says by whom).
+var ErrStillWaiting = errors.New("still waiting")
+
+// UnblockOptions say which roots of lock waits Unblock ends, and how.
+type UnblockOptions struct {
+	// LongerThan: the waits to release, those that waited that long (0:
+	// every wait).
+	LongerThan time.Duration
+	// Select narrows the roots Unblock may end (nil: any).
+	Select *Selection
+	// Cancel cancels the roots' queries instead of terminating them.
+	Cancel bool
+	// Timeout bounds how long Unblock goes on ending what still holds up
+	// those waits (0: 10s); Wait, how long it waits for each round's
+	// sessions to end (0: 5s).
+	Timeout, Wait time.Duration
+	// Limit: no more than that many roots ended (0: no limit).
+	Limit  int
+	DryRun bool
+	// IncludeReplication and IncludeAutovacuum allow walsenders and
+	// autovacuum workers as roots.
+	IncludeReplication, IncludeAutovacuum bool
+	// RollbackPrepared rolls back the prepared transactions at roots
+	// (which can break the atomicity of a distributed transaction); they
+	// are left alone (Protected) otherwise.
+	RollbackPrepared bool
+}
+
+// Unblocked is what Unblock did.
+type Unblocked struct {
+	// Results are the roots it chose, and what became of each.
+	Results []Result
+	// Still names the waits still held up when it gave up, and by whom:
+	// "1234 waits for 5678"; "" when every one was released.
+	Still string
+}
+
+// Unblock ends the sessions at the root of the lock waits older than
+// LongerThan, as `pgreap unblock --yes` does: those that block others and
+// wait for no one, each through the guard, signalled only if it still
+// holds up such a wait; then, while those waits remain, what still holds
+// them up, until Timeout. A session that waits itself is never ended (once
+// granted, it blocks those queued behind it: that is the queue moving).
+// A prepared transaction at a root is Protected unless RollbackPrepared.
+// ErrNoMatch: no such wait; ErrStillWaiting: some were still held up at
+// the end.
+func Unblock(ctx context.Context, c *pgx.Conn, opt UnblockOptions) (*Unblocked, error) {
+	mopt := maintenance.UnblockOptions{Action: action.Terminate, LongerThan: opt.LongerThan, Timeout: opt.Timeout, Wait: opt.Wait,
+		Limit: opt.Limit, DryRun: opt.DryRun, IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum,
+		RollbackPrepared: opt.RollbackPrepared}
+	if opt.Cancel {
+		mopt.Action = action.Cancel
+	}
+	if mopt.Timeout == 0 {
+		mopt.Timeout = 10 * time.Second
+	}
+	if mopt.Wait == 0 {
+		mopt.Wait = 5 * time.Second
+	}
+	if opt.Select != nil {
+		s, err := selector.Parse(*opt.Select)
+		if err != nil {
+			return nil, err
+		}
+		mopt.Selector = s
+	}
+	mopt.ConnectDB = func(ctx context.Context, db string) (*pgx.Conn, error) {
+		// ROLLBACK PREPARED runs connected to the transaction's database.
+		cfg := c.Config().Copy()
+		cfg.Database = db
+		return conn.Connect(ctx, cfg)
+	}
+	u, err := maintenance.Unblock(ctx, c, mopt)
+	done := &Unblocked{Results: u.Results, Still: u.Still}
+	switch {
+	case err != nil:
+		return done, err
+	case u.Still != "":
+		return done, fmt.Errorf("%w: %s", ErrStillWaiting, u.Still)
+	}
+	return done, nil
 }

@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
-	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -165,7 +164,7 @@ func actRound(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *select
 	if len(plan.Results) == 0 {
 		return nil, nil, ErrNoMatch
 	}
-	results, err := carryOut(ctx, opts, conn, plan, bySelector, nil)
+	results, err := carryOut(ctx, opts, conn, plan, bySelector)
 	if results == nil {
 		return nil, nil, err
 	}
@@ -188,56 +187,21 @@ func choose(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector
 	return plan, nil
 }
 
-// rollbacks are the prepared transactions at the roots of unblock's tree:
-// rows planned (to roll back) or protected (left alone), confirmed with
-// the plan's sessions and carried out after them by do.
-type rollbacks struct {
-	rows []action.Result
-	do   func(context.Context, *action.Result)
-}
-
-// carryOut checks the limit, confirms, and carries the plan out, then the
-// rollbacks; nil results: nothing was done (the error says why).
-func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool, rb *rollbacks) ([]action.Result, error) {
+// carryOut checks the limit, confirms, and carries the plan out; nil
+// results: nothing was done (the error says why).
+func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool) ([]action.Result, error) {
 	planned := plan.Count(action.Planned)
-	rows := plan.Results
-	rolls := 0
-	if rb != nil {
-		for i := range rb.rows {
-			if rb.rows[i].Outcome == action.Planned {
-				rolls++
-			}
-		}
-		rows = append(slices.Clip(rows), rb.rows...)
-	}
-	if opts.Limit > 0 && planned+rolls > opts.Limit {
-		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned+rolls, opts.Limit))
+	if opts.Limit > 0 && planned > opts.Limit {
+		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
 	}
 	// Sessions chosen by selectors are confirmed; sessions named by pid
 	// alone were chosen one by one already.
-	if bySelector && !opts.DryRun && !opts.Yes && planned+rolls > 0 {
-		var what []string
-		if planned > 0 {
-			what = append(what, fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned)))
-		}
-		if rolls > 0 {
-			what = append(what, fmt.Sprintf("roll back %d prepared transaction%s", rolls, plural(rolls)))
-		}
-		if err := confirm(ctx, opts, plan, rows, strings.Join(what, " and ")); err != nil {
+	if bySelector && !opts.DryRun && !opts.Yes && planned > 0 {
+		if err := confirm(ctx, opts, plan, plan.Results, fmt.Sprintf("%s %d session%s", opts.Action, planned, plural(planned))); err != nil {
 			return nil, err
 		}
 	}
-	results, err := action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
-	if rb == nil {
-		return results, err
-	}
-	results = slices.Clip(results)
-	for i := range rb.rows {
-		if r := &rb.rows[i]; r.Outcome == action.Planned && !opts.DryRun && err == nil {
-			rb.do(ctx, r)
-		}
-	}
-	return append(results, rb.rows...), err
+	return action.Execute(ctx, conn, plan, action.Options{DryRun: opts.DryRun, Wait: opts.Wait, Grace: opts.Grace})
 }
 
 // reportArrivals says, on standard error, how many sessions connected to
@@ -259,16 +223,13 @@ func reportArrivals(ctx context.Context, opts *ActOptions, conn *pgx.Conn, dbs [
 // finish prints the results and maps them to the exit status. Interrupted
 // (Ctrl-C) after signals were sent, it still prints what is known.
 func finish(io *IOStreams, format output.Format, color bool, kind action.Kind, plan *action.Plan, results, shown []action.Result, err error, dryRun bool) error {
-	if err != nil && !signalled(results) {
+	if err != nil && !maintenance.Signalled(results) {
 		return err // nothing was sent: a plain error
 	}
 	if werr := writeResults(io, format, color, plan, shown, dryRun); werr != nil {
 		return werr
 	}
-	if err != nil {
-		return &exitError{ExitIncomplete, fmt.Errorf("%w; signals were sent and not all verified (see outcome survived)", err)}
-	}
-	return resultsError(kind, results)
+	return resultsError(kind, results, err)
 }
 
 // confirm shows the rows to act on on a terminal and asks; without one,
@@ -337,53 +298,6 @@ func writeResults(io *IOStreams, format output.Format, color bool, plan *action.
 		Width:    io.Width,
 		Terminal: io.OutTTY,
 	})
-}
-
-// signalled: some session was, or may have been, signalled.
-func signalled(results []action.Result) bool {
-	for i := range results {
-		switch results[i].Outcome {
-		case action.Cancelled, action.Terminated, action.Survived, action.RolledBack:
-			return true
-		}
-	}
-	return false
-}
-
-// resultsError is the exit status of an action: incomplete (3) when a
-// session was denied, survived, changed, or protected though named by pid;
-// nothing matched (1) when no session could be acted on at all.
-func resultsError(kind action.Kind, results []action.Result) error {
-	counts := map[action.Outcome]int{}
-	incomplete, acted := 0, 0
-	for i := range results {
-		r := &results[i]
-		counts[r.Outcome]++
-		if r.Incomplete() {
-			incomplete++
-		}
-		if r.Outcome != action.Protected {
-			acted++
-		}
-	}
-	if incomplete > 0 {
-		var parts []string
-		for _, o := range []action.Outcome{action.Denied, action.Survived, action.Changed, action.Protected} {
-			if counts[o] > 0 {
-				parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
-			}
-		}
-		reach := string(want(kind))
-		if slices.ContainsFunc(results, func(r action.Result) bool { return r.IsPrepared() }) {
-			reach += " or " + string(action.RolledBack) // unblock's prepared roots
-		}
-		return &exitError{ExitIncomplete, fmt.Errorf("%d of %d sessions did not reach %s: %s (see detail)",
-			incomplete, len(results), reach, strings.Join(parts, ", "))}
-	}
-	if acted == 0 {
-		return fmt.Errorf("%w that pgreap may act on (%d protected)", ErrNoMatch, counts[action.Protected])
-	}
-	return nil
 }
 
 func want(kind action.Kind) action.Outcome {

@@ -7,7 +7,6 @@ import (
 	"log/slog"
 	"os"
 	"slices"
-	"sort"
 	"strconv"
 	"strings"
 	"time"
@@ -20,7 +19,6 @@ import (
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/ownfile"
-	"github.com/pgreap/pgreap/internal/selector"
 )
 
 // DrainOptions are the inputs of `pgreap drain`.
@@ -204,88 +202,36 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: new connections refused, superusers' too (ALLOW_CONNECTIONS false); settings recorded in %s\n", name, path)
 	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
 
-	start := opts.Now()
-	deadline := start.Add(opts.Timeout)
-	ended := map[int32]action.Result{}
-	var last *action.Plan
-	var autovacuum []int32
-	for round := 0; ; round++ {
-		plan, err := action.Choose(ctx, conn, drainRequest(opts))
-		if err != nil {
-			return drainStopped(opts, err, held)
+	dopts := drainOptions(opts)
+	if opts.IO.ErrTTY {
+		// Redrawn with \r on standard error: only a terminal there shows
+		// it as one line; a log would get them all.
+		dopts.Progress = func(left int, elapsed time.Duration) {
+			fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d session%s left, %.1fs ", name, left, plural(left), elapsed.Seconds())
 		}
-		last = plan
-		// Autovacuum workers are not kept out by ALLOW_CONNECTIONS false:
-		// left alone (protected), they do not count as left, and the
-		// end says they are there.
-		autovacuum = autovacuumIn(plan)
-		left := len(plan.Results) - len(autovacuum)
-		// The progress line is redrawn with \r on standard error: only a
-		// terminal there shows it as one line; a log would get them all.
-		if opts.IO.ErrTTY {
-			fmt.Fprintf(opts.IO.ErrOut, "\r%s: %d session%s left, %.1fs ", name, left, plural(left), opts.Now().Sub(start).Seconds())
-		}
-		if left == 0 {
-			break
-		}
-		remaining := deadline.Sub(opts.Now())
-		if remaining <= 0 {
-			break
-		}
-		exec := action.Options{Wait: min(remaining, 5*time.Second)}
-		if opts.Escalate && round == 0 {
-			exec.Grace = min(opts.Grace, remaining)
-		}
-		results, err := action.Execute(ctx, conn, plan, exec)
-		for _, r := range results {
-			if r.Outcome == action.Terminated || r.Outcome == action.Cancelled || r.Outcome == action.Gone {
-				ended[r.PID] = r
-			}
-		}
-		if err != nil {
-			return drainStopped(opts, err, held)
-		}
-		if !signalled(results) {
-			// Nothing could be ended this round (denied, protected):
-			// look again shortly, the session may end on its own.
-			select {
-			case <-ctx.Done():
-				return drainStopped(opts, ctx.Err(), held)
-			case <-time.After(100 * time.Millisecond):
-			}
-		}
+	}
+	d, err := maintenance.Drain(ctx, conn, opts.Database, dopts)
+	if err != nil {
+		return drainStopped(opts, err, held)
 	}
 	if opts.IO.ErrTTY {
 		fmt.Fprintln(opts.IO.ErrOut)
 	}
-	held += autovacuumNote(opts, autovacuum)
-	if n := len(last.Results) - len(autovacuum); n > 0 {
-		// Say why each is left: judged now, as the signal would be.
-		if _, err := action.Execute(ctx, conn, last, action.Options{DryRun: true}); err != nil {
-			return drainStopped(opts, err, held)
-		}
-		for i := range last.Results {
-			if r := &last.Results[i]; r.Outcome == action.Planned {
-				r.Outcome, r.Detail = action.Survived, "still connected at the timeout"
-			}
-		}
-		if err := writeResults(opts.IO, opts.Format, opts.Color, last, last.Results, false); err != nil {
+	held += autovacuumNote(opts, d.Autovacuum)
+	if n := d.Left; n > 0 {
+		if err := writeResults(opts.IO, opts.Format, opts.Color, d.Last, d.Last.Results, false); err != nil {
 			return err
 		}
-		return &exitError{ExitIncomplete, fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held)}
+		return incomplete(fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held))
 	}
-	rows := make([]action.Result, 0, len(ended))
-	for _, r := range ended {
-		rows = append(rows, r)
-	}
-	sort.Slice(rows, func(i, j int) bool { return rows[i].PID < rows[j].PID })
+	rows := d.Ended
 	if len(rows) > 0 || opts.Format != output.Table {
-		if err := writeResults(opts.IO, opts.Format, opts.Color, last, rows, false); err != nil {
+		if err := writeResults(opts.IO, opts.Format, opts.Color, d.Last, rows, false); err != nil {
 			return err
 		}
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s\n",
-		name, len(rows), plural(len(rows)), undrainHint(opts.Database), autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
+		name, len(rows), plural(len(rows)), undrainHint(opts.Database), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
 	return nil
 }
 
@@ -315,22 +261,6 @@ func preparedNote(ctx context.Context, opts *DrainOptions, conn *pgx.Conn) strin
 		len(prepared), plural(len(prepared)), strings.Join(names, "; "), verb, output.Clean(opts.Database), undrainHint(opts.Database))
 }
 
-// autovacuumIn is the autovacuum workers a round found and left alone
-// (without --include-autovacuum), and the processes with no role that
-// pgreap's role may not see (without pg_read_all_stats an autovacuum worker
-// shows neither its type nor its start): not clients either.
-func autovacuumIn(plan *action.Plan) []int32 {
-	var pids []int32
-	for _, r := range plan.Results {
-		switch {
-		case r.BackendType == "autovacuum worker" && r.Outcome == action.Protected,
-			r.Outcome == action.Denied && r.BackendType == "" && r.Usename == "" && r.BackendStart.IsZero():
-			pids = append(pids, r.PID)
-		}
-	}
-	return pids
-}
-
 // autovacuumNote says what a blocked database still lets in: ALLOW_CONNECTIONS
 // false keeps out every client, superusers too, but not autovacuum, which
 // starts its workers in the database whenever a table needs it.
@@ -356,7 +286,7 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 	if errors.Is(err, context.Canceled) {
 		err = errors.New("interrupted")
 	}
-	return &exitError{ExitIncomplete, fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held)}
+	return incomplete(fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held))
 }
 
 // openSettings connects and reads the database's connection settings; a
@@ -377,11 +307,10 @@ func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 	return conn, settings, nil
 }
 
-// drainRequest is what each round of a drain chooses, the dry run's
-// included: every client session of the database, under the protections.
-func drainRequest(opts *DrainOptions) action.Request {
-	return action.Request{Action: action.Terminate, Selector: &selector.Selector{DB: []string{opts.Database}},
-		IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum}
+// drainOptions are the flags of drain as maintenance.Drain takes them.
+func drainOptions(opts *DrainOptions) maintenance.DrainOptions {
+	return maintenance.DrainOptions{Timeout: opts.Timeout, Escalate: opts.Escalate, Grace: opts.Grace,
+		IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum, Now: opts.Now}
 }
 
 // drainRecord is the record a drain works under: the one of a drain not yet
@@ -426,14 +355,14 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 	}
 	fmt.Fprintf(w, "pgreap: dry run: drain would then set ALLOW_CONNECTIONS false on %s%s: new connections refused, superusers' too\n", name, now)
 
-	plan, err := action.Choose(ctx, conn, drainRequest(opts))
+	plan, err := action.Choose(ctx, conn, maintenance.DrainRequest(opts.Database, drainOptions(opts)))
 	if err != nil {
 		return err
 	}
 	if _, err := action.Execute(ctx, conn, plan, action.Options{DryRun: true}); err != nil {
 		return err
 	}
-	autovacuum := autovacuumIn(plan)
+	autovacuum := maintenance.AutovacuumIn(plan)
 	n := plan.Count(action.Planned)
 	how := fmt.Sprintf("terminate %d session%s (planned)", n, plural(n))
 	if opts.Escalate {
@@ -453,8 +382,8 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 	fmt.Fprintf(w, "pgreap: dry run: drain would %s and look again until none is left, for up to --timeout %s; then hold %s blocked until %s%s%s\n",
 		how, opts.Timeout, name, undrainHint(opts.Database), autovacuumNote(opts, autovacuum), preparedNote(ctx, opts, conn))
 	if left := drainCannotEnd(plan, autovacuum); left > 0 {
-		return &exitError{ExitIncomplete, fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
-			name, left, plural(left), opts.Timeout, name)}
+		return incomplete(fmt.Errorf("dry run: %s: %d session%s drain could not end (see detail): a drain would not empty it, and would exit 3 at --timeout %s, leaving %s blocked; nothing was changed",
+			name, left, plural(left), opts.Timeout, name))
 	}
 	fmt.Fprintf(w, "pgreap: dry run: nothing was changed\n")
 	return nil

@@ -8,15 +8,21 @@ import (
 	"os"
 	"os/signal"
 	"runtime/debug"
+	"slices"
 	"strings"
 	"syscall"
 
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/maintenance"
 )
 
-// The exit codes of shared/PRODUCT.md.
+// The exit codes of shared/PRODUCT.md. They are decided in this file
+// only: a command returns what happened (ErrNoMatch, a usageError, an
+// incomplete error, or its results through resultsError) and ExitCode
+// maps that to a code.
 const (
 	ExitOK         = 0 // every chosen session reached the asked outcome, or ls listed
 	ExitNoMatch    = 1 // nothing matched
@@ -25,8 +31,10 @@ const (
 )
 
 // ErrNoMatch: the selection matched no session.
-var ErrNoMatch = errors.New("no sessions matched")
+var ErrNoMatch = maintenance.ErrNoMatch
 
+// exitError carries the code of an error whose kind is not its type:
+// made by usageError and incomplete only.
 type exitError struct {
 	code int
 	err  error
@@ -43,6 +51,12 @@ func usageError(err error) error {
 	return &exitError{ExitUsage, err}
 }
 
+// incomplete marks a run that did part of what was asked, or cannot tell
+// whether it did: exit 3.
+func incomplete(err error) error {
+	return &exitError{ExitIncomplete, err}
+}
+
 // ExitCode maps an error to the exit code of shared/PRODUCT.md.
 func ExitCode(err error) int {
 	var ee *exitError
@@ -55,6 +69,47 @@ func ExitCode(err error) int {
 		return ee.code
 	}
 	return ExitUsage
+}
+
+// resultsError is what the results of an action, and err, which stopped
+// it after signals were sent (nil: nothing did), mean for the exit
+// status: incomplete when it was stopped, or a session was denied,
+// survived, changed, or protected though named by pid; nothing matched
+// when no session could be acted on at all.
+func resultsError(kind action.Kind, results []action.Result, err error) error {
+	if err != nil {
+		return incomplete(fmt.Errorf("%w; signals were sent and not all verified (see outcome survived)", err))
+	}
+	counts := map[action.Outcome]int{}
+	n, acted := 0, 0
+	for i := range results {
+		r := &results[i]
+		counts[r.Outcome]++
+		if r.Incomplete() {
+			n++
+		}
+		if r.Outcome != action.Protected {
+			acted++
+		}
+	}
+	if n > 0 {
+		var parts []string
+		for _, o := range []action.Outcome{action.Denied, action.Survived, action.Changed, action.Protected} {
+			if counts[o] > 0 {
+				parts = append(parts, fmt.Sprintf("%d %s", counts[o], o))
+			}
+		}
+		reach := string(want(kind))
+		if slices.ContainsFunc(results, func(r action.Result) bool { return r.IsPrepared() }) {
+			reach += " or " + string(action.RolledBack) // unblock's prepared roots
+		}
+		return incomplete(fmt.Errorf("%d of %d sessions did not reach %s: %s (see detail)",
+			n, len(results), reach, strings.Join(parts, ", ")))
+	}
+	if acted == 0 {
+		return fmt.Errorf("%w that pgreap may act on (%d protected)", ErrNoMatch, counts[action.Protected])
+	}
+	return nil
 }
 
 // Message is the one line printed for an error, with a hint for the

@@ -126,7 +126,7 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 		return fmt.Errorf("top: %w", err)
 	}
 	if m.Acting() {
-		return &exitError{ExitIncomplete, errors.New("top stopped while an action was running: its outcome is unknown; look with pgreap ls")}
+		return incomplete(errors.New("top stopped while an action was running: its outcome is unknown; look with pgreap ls"))
 	}
 	return nil
 }

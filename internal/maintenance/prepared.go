@@ -37,24 +37,6 @@ func JudgePrepared(ctx context.Context, conn *pgx.Conn, p *activity.Session) (ac
 	return action.Planned, "", nil
 }
 
-// PreparedDetail says why a prepared transaction at the root of lock waits
-// was left alone, and how to end it.
-func PreparedDetail(p *activity.Session, now time.Time) string {
-	return fmt.Sprintf("prepared transaction '%s', prepared %s ago: end it with ROLLBACK PREPARED or COMMIT PREPARED, or --rollback-prepared",
-		p.GID, ago(now.Sub(p.XactStart)))
-}
-
-// ago is a duration as a person says it: 3h, 12m, 40s.
-func ago(d time.Duration) string {
-	switch {
-	case d >= time.Hour:
-		return fmt.Sprintf("%dh", int(d/time.Hour))
-	case d >= time.Minute:
-		return fmt.Sprintf("%dm", int(d/time.Minute))
-	}
-	return fmt.Sprintf("%ds", int(max(d, 0)/time.Second))
-}
-
 // RollbackPrepared rolls back the prepared transaction p (a row of
 // Snapshot.Prepared) with ROLLBACK PREPARED, on conn, which must be
 // connected to p's database. It is guarded by (GID, prepared time): a GID

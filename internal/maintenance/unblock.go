@@ -100,56 +100,133 @@ func Blockers(s *activity.Session) []Node {
 	return nodes
 }
 
-// BlockingTree builds the tree from a snapshot (blocked_by,
-// blocked_by_prepared) for the waiters that have waited at least min.
-func BlockingTree(sessions []activity.Session, waits map[int32]time.Duration, min time.Duration) *Tree {
-	blockedBy := map[Node][]Node{}
-	for i := range sessions {
-		if s := &sessions[i]; s.Waits() {
-			blockedBy[Node{PID: s.PID}] = Blockers(s)
+// Graph is who waits for whom, the one lock tree that unblock and top
+// read: each session's blockers as the server names them (blocked_by,
+// blocked_by_prepared: a prepared transaction holds locks and never
+// waits, so it is always a root) and, reversed, the ones queued right
+// behind each.
+type Graph struct {
+	nodes    map[Node]bool
+	blockers map[Node][]Node
+	waiters  map[Node][]Node
+}
+
+// NewGraph is the graph of sessions, prepared transactions' rows
+// included.
+func NewGraph(sessions []*activity.Session) *Graph {
+	g := &Graph{nodes: make(map[Node]bool, len(sessions)), blockers: map[Node][]Node{}, waiters: map[Node][]Node{}}
+	for _, s := range sessions {
+		n := NodeOf(s)
+		g.nodes[n] = true
+		if s.Waits() {
+			g.blockers[n] = Blockers(s)
 		}
 	}
+	for _, s := range sessions {
+		n := NodeOf(s)
+		for _, b := range g.blockers[n] {
+			if b != n && !slices.Contains(g.waiters[b], n) {
+				g.waiters[b] = append(g.waiters[b], n)
+			}
+		}
+	}
+	return g
+}
+
+// GraphOf is the graph of a snapshot's sessions and prepared
+// transactions.
+func GraphOf(snap *activity.Snapshot) *Graph {
+	sessions := make([]*activity.Session, 0, len(snap.Sessions)+len(snap.Prepared))
+	for i := range snap.Sessions {
+		sessions = append(sessions, &snap.Sessions[i])
+	}
+	for i := range snap.Prepared {
+		sessions = append(sessions, &snap.Prepared[i])
+	}
+	return NewGraph(sessions)
+}
+
+// Waits reports whether n waits on a lock.
+func (g *Graph) Waits(n Node) bool { return len(g.blockers[n]) > 0 }
+
+// Waiters are the sessions queued right behind n, in the order given.
+func (g *Graph) Waiters(n Node) []Node { return g.waiters[n] }
+
+// Involved reports whether n waits or is waited for.
+func (g *Graph) Involved(n Node) bool { return g.Waits(n) || len(g.waiters[n]) > 0 }
+
+// Blocked reports whether n waits for one of the graph's own sessions:
+// of a part of the sessions (top's, narrowed by selectors), one that
+// waits only for sessions outside it is a root of that part.
+func (g *Graph) Blocked(n Node) bool {
+	return slices.ContainsFunc(g.blockers[n], func(b Node) bool { return g.nodes[b] })
+}
+
+// Tops are the nodes n waits for, directly or not, that wait for no one
+// (a session, a prepared transaction, or a pid the graph does not hold),
+// each once, in the order met; a cycle (a deadlock the server is about to
+// break) has none. pass (nil: any) says which nodes the walk may reach.
+func (g *Graph) Tops(n Node, pass func(Node) bool) []Node {
+	var tops []Node
+	seen := map[Node]bool{n: true}
+	stack := append([]Node(nil), g.blockers[n]...)
+	for len(stack) > 0 {
+		b := stack[len(stack)-1]
+		stack = stack[:len(stack)-1]
+		if seen[b] || (pass != nil && !pass(b)) {
+			continue
+		}
+		seen[b] = true
+		if up := g.blockers[b]; len(up) > 0 {
+			stack = append(stack, up...)
+			continue
+		}
+		tops = append(tops, b)
+	}
+	return tops
+}
+
+// Tree is the tree of the waiters that have waited at least min: the
+// sessions and prepared transactions at the top of their waits, each with
+// the waiters behind it.
+func (g *Graph) Tree(waits map[int32]time.Duration, min time.Duration) *Tree {
 	t := &Tree{Waiters: map[Node][]int32{}}
 	for pid, waited := range waits {
 		// A wait of unknown age is longer than 0 only.
-		if (waited == UnknownWait && min > 0) || (waited != UnknownWait && waited < min) || len(blockedBy[Node{PID: pid}]) == 0 {
+		if (waited == UnknownWait && min > 0) || (waited != UnknownWait && waited < min) || !g.Waits(Node{PID: pid}) {
 			continue
 		}
-		// Up the graph to the sessions that wait for no one; a cycle
-		// (a deadlock the server is about to break) has none.
-		seen := map[Node]bool{{PID: pid}: true}
-		stack := append([]Node(nil), blockedBy[Node{PID: pid}]...)
-		for len(stack) > 0 {
-			b := stack[len(stack)-1]
-			stack = stack[:len(stack)-1]
-			if seen[b] {
-				continue
-			}
-			seen[b] = true
-			if up := blockedBy[b]; len(up) > 0 {
-				stack = append(stack, up...)
-				continue
-			}
-			if _, ok := t.Waiters[b]; !ok {
-				t.Roots = append(t.Roots, b)
-			}
-			t.Waiters[b] = append(t.Waiters[b], pid)
+		for _, b := range g.Tops(Node{PID: pid}, nil) {
+			t.Add(b, pid)
 		}
 	}
-	t.sort()
+	t.Sort()
 	return t
 }
 
-// sort orders the roots, backends by pid first, then prepared
-// transactions by GID, and each root's waiters by pid.
-func (t *Tree) sort() {
+// Add puts waiter behind root, adding root to the roots when new.
+func (t *Tree) Add(root Node, waiter int32) {
+	if _, ok := t.Waiters[root]; !ok {
+		t.Roots = append(t.Roots, root)
+	}
+	t.Waiters[root] = append(t.Waiters[root], waiter)
+}
+
+// Sort orders the roots (SortRoots) and each root's waiters by pid.
+func (t *Tree) Sort() {
+	t.SortRoots()
+	for _, w := range t.Waiters {
+		slices.Sort(w)
+	}
+}
+
+// SortRoots orders the roots, backends by pid first, then prepared
+// transactions by GID.
+func (t *Tree) SortRoots() {
 	slices.SortFunc(t.Roots, func(a, b Node) int {
 		if c := strings.Compare(a.GID, b.GID); c != 0 {
 			return c
 		}
 		return cmp.Compare(a.PID, b.PID)
 	})
-	for _, w := range t.Waiters {
-		slices.Sort(w)
-	}
 }

@@ -187,50 +187,40 @@ func sortRows(rows []row, k sortKey) {
 	})
 }
 
-// blockingTree keeps the sessions that block or wait: each root (a
-// session waiting for no one shown) first, the sessions queued behind it
-// indented under it, longest wait first. Roots come oldest first, and
+// blockingTree lays out maintenance's lock graph of the rows: each root
+// (a session or prepared transaction waiting for no one shown) first,
+// the sessions queued behind it indented under it, longest wait first. Roots come oldest first, and
 // those that wait on a session not shown after the others. A session is
 // shown once, under the first blocker that reaches it.
 func blockingTree(rows []row) []row {
+	sessions := make([]*activity.Session, len(rows))
 	at := make(map[maintenance.Node]int, len(rows))
 	for i := range rows {
+		sessions[i] = rows[i].s
 		at[maintenance.NodeOf(rows[i].s)] = i
 	}
-	waiters := map[maintenance.Node][]int{}
+	g := maintenance.NewGraph(sessions)
+	behind := make([][]int, len(rows))
 	for i := range rows {
-		self := maintenance.NodeOf(rows[i].s)
-		for _, b := range maintenance.Blockers(rows[i].s) {
-			if _, ok := at[b]; ok && b != self && !slices.Contains(waiters[b], i) {
-				waiters[b] = append(waiters[b], i)
-			}
+		for _, w := range g.Waiters(maintenance.NodeOf(rows[i].s)) {
+			behind[i] = append(behind[i], at[w])
 		}
-	}
-	for _, w := range waiters {
-		slices.SortStableFunc(w, func(a, b int) int {
+		slices.SortStableFunc(behind[i], func(a, b int) int {
 			if c := cmp.Compare(rows[b].wait, rows[a].wait); c != 0 {
 				return c
 			}
 			return cmp.Compare(rows[a].s.PID, rows[b].s.PID)
 		})
 	}
-	involved := func(r *row) bool { return r.s.Waits() || len(waiters[maintenance.NodeOf(r.s)]) > 0 }
-	isRoot := func(r *row) bool {
-		for _, b := range maintenance.Blockers(r.s) {
-			if _, ok := at[b]; ok {
-				return false
-			}
-		}
-		return true
-	}
+	involved := func(i int) bool { return g.Involved(maintenance.NodeOf(rows[i].s)) }
 	var roots []int
 	for i := range rows {
-		if involved(&rows[i]) && isRoot(&rows[i]) {
+		if involved(i) && !g.Blocked(maintenance.NodeOf(rows[i].s)) {
 			roots = append(roots, i)
 		}
 	}
-	waits := func(r *row) int {
-		if r.s.Waits() {
+	waits := func(i int) int {
+		if rows[i].s.Waits() {
 			return 1
 		}
 		return 0
@@ -238,7 +228,7 @@ func blockingTree(rows []row) []row {
 	slices.SortStableFunc(roots, func(a, b int) int {
 		// A root that waits itself waits on a session not shown (left
 		// out by the selectors): true roots come first.
-		if c := cmp.Compare(waits(&rows[a]), waits(&rows[b])); c != 0 {
+		if c := cmp.Compare(waits(a), waits(b)); c != 0 {
 			return c
 		}
 		if c := cmp.Compare(rows[b].age, rows[a].age); c != 0 {
@@ -257,7 +247,7 @@ func blockingTree(rows []row) []row {
 		r := rows[i]
 		r.depth, r.cells = depth, nil
 		out = append(out, r)
-		for _, w := range waiters[maintenance.NodeOf(r.s)] {
+		for _, w := range behind[i] {
 			walk(w, depth+1)
 		}
 	}
@@ -267,7 +257,7 @@ func blockingTree(rows []row) []row {
 	// What is left waits in a cycle (a deadlock the server is about to
 	// break): each is shown from wherever it is first met.
 	for i := range rows {
-		if involved(&rows[i]) {
+		if involved(i) {
 			walk(i, 0)
 		}
 	}
