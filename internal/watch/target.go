@@ -121,7 +121,7 @@ type target struct {
 	metrics *Metrics
 	audit   *Audit
 	dryRun  bool
-	now     func() time.Time
+	clock   Clock
 	// policies brings a reloaded policy to the loop (latest wins).
 	policies chan *policy.Policy
 	// done is, per rule and session (or query), whether the rule acted
@@ -235,7 +235,7 @@ func (t *target) endStale(ctx context.Context, cn *pgx.Conn) (*backend, error) {
 
 // sleep waits d, taking any reloaded policy.
 func (t *target) sleep(ctx context.Context, d time.Duration, pol *policy.Policy) *policy.Policy {
-	timer := time.NewTimer(d)
+	timer := t.clock.NewTimer(d)
 	defer timer.Stop()
 	for {
 		select {
@@ -243,7 +243,7 @@ func (t *target) sleep(ctx context.Context, d time.Duration, pol *policy.Policy)
 			return pol
 		case p := <-t.policies:
 			pol = p
-		case <-timer.C:
+		case <-timer.C():
 			return pol
 		}
 	}
@@ -304,11 +304,11 @@ func (s *session) setPolicy(pol *policy.Policy) {
 // loop is the target's event loop on one connection: it returns when the
 // connection is lost (an error) or ctx ends (nil).
 func (s *session) loop(ctx context.Context) error {
-	timer := time.NewTimer(0)
+	timer := s.t.clock.NewTimer(0)
 	defer timer.Stop()
-	nextTick := s.t.now()
+	nextTick := s.t.clock.Now()
 	for {
-		now := s.t.now()
+		now := s.t.clock.Now()
 		if !now.Before(nextTick) {
 			nextTick = now.Add(s.pol.Interval)
 			if err := s.tick(ctx); err != nil {
@@ -325,7 +325,7 @@ func (s *session) loop(ctx context.Context) error {
 		for _, f := range s.flying {
 			next = earliest(next, f.nextPoll, f.escalateAt, f.expireAt)
 		}
-		timer.Reset(max(next.Sub(s.t.now()), 0))
+		timer.Reset(max(next.Sub(s.t.clock.Now()), 0))
 		select {
 		case <-ctx.Done():
 			s.stop()
@@ -333,7 +333,7 @@ func (s *session) loop(ctx context.Context) error {
 		case p := <-s.t.policies:
 			s.setPolicy(p)
 			s.t.log.Info("policy reloaded", "rules", len(p.Rules))
-		case <-timer.C:
+		case <-timer.C():
 		}
 	}
 }
@@ -456,11 +456,11 @@ func (s *session) evict(ctx context.Context, b backend) error {
 		return !b.start.IsZero() && !x.BackendStart.Equal(b.start)
 	})
 	plan := action.NewPlan(s.cn, snap, snap.Sessions, action.Request{Action: action.Terminate, PIDs: []int32{b.pid}, WatchApp: s.appName()})
-	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor})
+	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor, After: func(d time.Duration) <-chan time.Time { return after(t.clock, d) }})
 	for i := range results {
 		r := &results[i]
 		t.metrics.Actions.WithLabelValues(t.name, evictRule, string(r.Action), string(r.Outcome)).Inc()
-		if werr := t.audit.Write(entry(t.now(), t.name, evictRule, false, r)); werr != nil {
+		if werr := t.audit.Write(entry(t.clock.Now(), t.name, evictRule, false, r)); werr != nil {
 			t.log.Error("cannot write the audit log", "err", werr)
 		}
 		t.log.Info("acted", "rule", evictRule, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "detail", r.Detail)
@@ -491,12 +491,12 @@ func (s *session) tick(ctx context.Context) error {
 		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
 	}
-	start := t.now()
+	start := t.clock.Now()
 	snap, err := activity.Take(ctx, s.cn, activity.Filter{Marks: s.marks, Args: s.args})
 	if err != nil {
 		return err
 	}
-	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.now().Sub(start).Seconds())
+	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.clock.Now().Sub(start).Seconds())
 	states := map[string]int{}
 	for i := range snap.Sessions {
 		if !snap.Sessions[i].IsParallelWorker() {
@@ -648,7 +648,7 @@ func dueOf(sess *activity.Session, sel *selector.Selector) (time.Time, bool) {
 
 // work acts on what is due: deadlines, polls, escalations, expiries.
 func (s *session) work(ctx context.Context) error {
-	now := s.t.now()
+	now := s.t.clock.Now()
 	n := 0
 	for n < len(s.armed) && !s.armed[n].due.After(now) {
 		n++
@@ -666,7 +666,7 @@ func (s *session) work(ctx context.Context) error {
 	defer cancel()
 	kept := make([]*inflight, 0, len(s.flying))
 	for _, f := range s.flying {
-		now := s.t.now()
+		now := s.t.clock.Now()
 		var err error
 		switch {
 		case !f.escalateAt.IsZero() && !now.Before(f.escalateAt):
@@ -740,7 +740,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded,
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
 	dry := s.dry(&r)
-	now := s.t.now()
+	now := s.t.clock.Now()
 	f := &inflight{plan: plan, rule: r, sent: now}
 	var err error
 	if dry {
@@ -818,7 +818,7 @@ func (s *session) record(f *inflight) {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
-		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
+		if err := t.audit.Write(entry(t.clock.Now(), t.name, f.rule.Name, dry, r)); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
 		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
@@ -848,7 +848,7 @@ func (s *session) stop() {
 			}
 		}
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
-			action.Expire(f.plan, s.t.now().Sub(f.sent))
+			action.Expire(f.plan, s.t.clock.Now().Sub(f.sent))
 		}
 		s.record(f)
 	}
