@@ -339,3 +339,52 @@ rules:
 		t.Errorf("%d connections logged, want 3", n)
 	}
 }
+
+// Two replicas of one policy: the standby takes the lead at its first
+// interval after the leader's connection is gone, not before (its clock
+// has not moved) and not later.
+func TestClockStandbyTakesOverAtTheNextInterval(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	const pol = `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1h
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 1h}
+    action: cancel
+`
+	a, clkA := startFake(t, dsn(t), pol)
+	clkA.Waiting(t)
+	if testutil.ToFloat64(a.Metrics().Leader.WithLabelValues(tag)) != 1 {
+		t.Fatal("the first replica does not lead")
+	}
+	b, clkB := startFake(t, dsn(t), pol)
+	if next := clkB.Waiting(t); !next.Equal(epoch.Add(time.Hour)) {
+		t.Fatalf("the standby waits for %s, want the next interval %s", next, epoch.Add(time.Hour))
+	}
+	leader := func() float64 { return testutil.ToFloat64(b.Metrics().Leader.WithLabelValues(tag)) }
+	if leader() != 0 || !strings.Contains(b.logs.String(), "standing by: another pgreap watch leads") {
+		t.Fatalf("the second replica does not stand by:\n%s", b.logs.String())
+	}
+
+	pid := a.connectedPID(t, tag)
+	a.stop()
+	pgtest.Eventually(t, "the leader's connection gone", func() (bool, error) {
+		var n int
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		return n == 0, err
+	})
+	if leader() != 0 {
+		t.Fatal("the standby leads before its next interval")
+	}
+	clkB.Set(t, epoch.Add(time.Hour))
+	if next := clkB.Waiting(t); !next.Equal(epoch.Add(2 * time.Hour)) {
+		t.Fatalf("then waits for %s, want the next interval %s", next, epoch.Add(2*time.Hour))
+	}
+	if leader() != 1 {
+		t.Fatalf("the standby did not take the lead at its next interval:\n%s", b.logs.String())
+	}
+}
