@@ -121,7 +121,9 @@ type target struct {
 	metrics *Metrics
 	audit   *Audit
 	dryRun  bool
-	clock   Clock
+	// clock is the daemon's time (its timers); now is clock.Now.
+	clock Clock
+	now   func() time.Time
 	// policies brings a reloaded policy to the loop (latest wins).
 	policies chan *policy.Policy
 	// done is, per rule and session (or query), whether the rule acted
@@ -306,9 +308,9 @@ func (s *session) setPolicy(pol *policy.Policy) {
 func (s *session) loop(ctx context.Context) error {
 	timer := s.t.clock.NewTimer(0)
 	defer timer.Stop()
-	nextTick := s.t.clock.Now()
+	nextTick := s.t.now()
 	for {
-		now := s.t.clock.Now()
+		now := s.t.now()
 		if !now.Before(nextTick) {
 			nextTick = now.Add(s.pol.Interval)
 			if err := s.tick(ctx); err != nil {
@@ -325,7 +327,7 @@ func (s *session) loop(ctx context.Context) error {
 		for _, f := range s.flying {
 			next = earliest(next, f.nextPoll, f.escalateAt, f.expireAt)
 		}
-		timer.Reset(max(next.Sub(s.t.clock.Now()), 0))
+		timer.Reset(max(next.Sub(s.t.now()), 0))
 		select {
 		case <-ctx.Done():
 			s.stop()
@@ -460,7 +462,7 @@ func (s *session) evict(ctx context.Context, b backend) error {
 	for i := range results {
 		r := &results[i]
 		t.metrics.Actions.WithLabelValues(t.name, evictRule, string(r.Action), string(r.Outcome)).Inc()
-		if werr := t.audit.Write(entry(t.clock.Now(), t.name, evictRule, false, r)); werr != nil {
+		if werr := t.audit.Write(entry(t.now(), t.name, evictRule, false, r)); werr != nil {
 			t.log.Error("cannot write the audit log", "err", werr)
 		}
 		t.log.Info("acted", "rule", evictRule, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "detail", r.Detail)
@@ -491,12 +493,12 @@ func (s *session) tick(ctx context.Context) error {
 		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
 	}
-	start := t.clock.Now()
+	start := t.now()
 	snap, err := activity.Take(ctx, s.cn, activity.Filter{Marks: s.marks, Args: s.args})
 	if err != nil {
 		return err
 	}
-	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.clock.Now().Sub(start).Seconds())
+	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.now().Sub(start).Seconds())
 	states := map[string]int{}
 	for i := range snap.Sessions {
 		if !snap.Sessions[i].IsParallelWorker() {
@@ -648,7 +650,7 @@ func dueOf(sess *activity.Session, sel *selector.Selector) (time.Time, bool) {
 
 // work acts on what is due: deadlines, polls, escalations, expiries.
 func (s *session) work(ctx context.Context) error {
-	now := s.t.clock.Now()
+	now := s.t.now()
 	n := 0
 	for n < len(s.armed) && !s.armed[n].due.After(now) {
 		n++
@@ -666,7 +668,7 @@ func (s *session) work(ctx context.Context) error {
 	defer cancel()
 	kept := make([]*inflight, 0, len(s.flying))
 	for _, f := range s.flying {
-		now := s.t.clock.Now()
+		now := s.t.now()
 		var err error
 		switch {
 		case !f.escalateAt.IsZero() && !now.Before(f.escalateAt):
@@ -740,7 +742,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded,
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
 	dry := s.dry(&r)
-	now := s.t.clock.Now()
+	now := s.t.now()
 	f := &inflight{plan: plan, rule: r, sent: now}
 	var err error
 	if dry {
@@ -818,7 +820,7 @@ func (s *session) record(f *inflight) {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
-		if err := t.audit.Write(entry(t.clock.Now(), t.name, f.rule.Name, dry, r)); err != nil {
+		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
 		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
@@ -848,7 +850,7 @@ func (s *session) stop() {
 			}
 		}
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
-			action.Expire(f.plan, s.t.clock.Now().Sub(f.sent))
+			action.Expire(f.plan, s.t.now().Sub(f.sent))
 		}
 		s.record(f)
 	}

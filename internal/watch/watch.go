@@ -302,7 +302,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
 			name: t.Name, cfg: cfg, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
-			dryRun: d.opt.DryRun, clock: d.opt.Clock, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
+			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
 		r := &running{t: tg, dsn: t.DSN, cancel: cancel, done: make(chan struct{})}
