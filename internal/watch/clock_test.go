@@ -60,12 +60,13 @@ func lastConnectedPID(t *testing.T, d *daemon) int32 {
 	return pid
 }
 
-// gone waits until the server has no backend pid.
+// gone waits until the server has no backend pid, nor a lock of it.
 func gone(t *testing.T, pid int32) {
 	t.Helper()
 	pgtest.Eventually(t, fmt.Sprintf("backend %d gone", pid), func() (bool, error) {
 		var n int
-		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&n)
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t), `SELECT (SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1)
+			+ (SELECT count(*) FROM pg_catalog.pg_locks WHERE pid = $1)`, pid).Scan(&n)
 		return n == 0, err
 	})
 }
