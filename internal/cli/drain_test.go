@@ -114,10 +114,12 @@ func TestDrainAsOwnerCannotEndASuperusersSession(t *testing.T) {
 	super := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 	mine := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: owner})
 
-	r := run(t, false, "-U", owner, "drain", db, "--timeout", "1s", "-o", "csv")
+	// The timeout is the room the owner's session has to end (a
+	// superuser's never does).
+	r := run(t, false, "-U", owner, "drain", db, "--timeout", "5s", "-o", "csv")
 	r.wantCode(t, 3)
 	if !strings.Contains(r.out, ",terminate,denied,role postgres is a superuser") ||
-		!strings.Contains(r.errOut, "1 session still connected after 1s; "+db+" stays blocked: 'pgreap undrain "+db+"' reopens it") {
+		!strings.Contains(r.errOut, "1 session still connected after 5s; "+db+" stays blocked: 'pgreap undrain "+db+"' reopens it") {
 		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)
 	}
 	if mine.Alive() || !super.Alive() {
@@ -184,7 +186,8 @@ func TestDrainEscalateCancelsFirst(t *testing.T) {
 	stubborn.WaitState("active", "")
 	idle := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
 
-	r := run(t, false, "drain", db, "--escalate", "--grace", "500ms", "-o", "json")
+	// The grace is the room the cancelled query has to end.
+	r := run(t, false, "drain", db, "--escalate", "--grace", "5s", "-o", "json")
 	r.wantCode(t, 0)
 	if len(jsonRows(t, r.out)) != 3 {
 		t.Fatalf("stdout %s\nstderr %s", r.out, r.errOut)

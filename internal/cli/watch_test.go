@@ -137,7 +137,7 @@ rules:
 `
 
 // SIGHUP with a bad policy keeps the old one and reopens the audit log
-// (logrotate); SIGTERM stops within 2s with exit 0.
+// (logrotate); SIGTERM stops (a hang check: within 10s) with exit 0.
 func TestWatchSignals(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -182,8 +182,8 @@ func TestWatchSignals(t *testing.T) {
 		if p.err != nil {
 			t.Fatalf("exit: %v", p.err)
 		}
-	case <-time.After(2 * time.Second):
-		t.Fatal("still running 2s after SIGTERM")
+	case <-time.After(10 * time.Second):
+		t.Fatal("still running 10s after SIGTERM")
 	}
 	t.Logf("stopped in %s (a -race build sleeps 1s at exit: GORACE atexit_sleep_ms)", time.Since(start))
 	if !strings.Contains(p.errOut.String(), `"msg":"stopped"`) {
@@ -192,7 +192,9 @@ func TestWatchSignals(t *testing.T) {
 }
 
 // Two replicas of one policy: only the leader acts; killed with SIGKILL,
-// the other takes over within about an interval.
+// the other takes over (in real time within 10s, for a loaded machine; at
+// the next interval to the instant on a fake clock in the watch package's
+// TestClockStandbyTakesOverAtTheNextInterval).
 func TestWatchReplicas(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
@@ -233,8 +235,8 @@ func TestWatchReplicas(t *testing.T) {
 	pgtest.Eventually(t, "the standby leading", func() (bool, error) { return holder() == tag+"-rb", nil })
 	took := time.Since(killed)
 	t.Logf("took over in %s (interval 200ms)", took)
-	if took > time.Second {
-		t.Errorf("took over in %s, want about one interval (200ms)", took)
+	if took > 10*time.Second {
+		t.Errorf("took over in %s, want within 10s (interval 200ms)", took)
 	}
 	cancelled(t, tag+"-a2")
 	pgtest.Eventually(t, "the new leader's audit line", func() (bool, error) { return strings.Contains(b.out.String(), tag+"-a2"), nil })

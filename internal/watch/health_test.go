@@ -190,7 +190,8 @@ rules:
 // A reload that changes the DSN while a cancel-then-terminate's grace runs:
 // the rule has not done what it says, so the watch that takes the target
 // over judges the session again (cancel, grace, terminate), and the
-// counters of what the old one did stay.
+// counters of what the old one did stay. The grace (5s) is the room the
+// reload has to come in.
 func TestReloadDuringAGraceStillTerminates(t *testing.T) {
 	t.Parallel()
 	tag := pgtest.Tag(t)
@@ -207,7 +208,7 @@ rules:
   - name: stubborn
     match: {app: ["TAG-v*"], state: [active]}
     action: cancel-then-terminate
-    grace: 2s
+    grace: 5s
 `
 	d := startDaemon(t, dsn(t), pol)
 	pgtest.Eventually(t, "the cancel", func() (bool, error) {

@@ -121,7 +121,9 @@ type target struct {
 	metrics *Metrics
 	audit   *Audit
 	dryRun  bool
-	now     func() time.Time
+	// clock is the daemon's time (its timers); now is clock.Now.
+	clock Clock
+	now   func() time.Time
 	// policies brings a reloaded policy to the loop (latest wins).
 	policies chan *policy.Policy
 	// done is, per rule and session (or query), whether the rule acted
@@ -235,7 +237,7 @@ func (t *target) endStale(ctx context.Context, cn *pgx.Conn) (*backend, error) {
 
 // sleep waits d, taking any reloaded policy.
 func (t *target) sleep(ctx context.Context, d time.Duration, pol *policy.Policy) *policy.Policy {
-	timer := time.NewTimer(d)
+	timer := t.clock.NewTimer(d)
 	defer timer.Stop()
 	for {
 		select {
@@ -243,7 +245,7 @@ func (t *target) sleep(ctx context.Context, d time.Duration, pol *policy.Policy)
 			return pol
 		case p := <-t.policies:
 			pol = p
-		case <-timer.C:
+		case <-timer.C():
 			return pol
 		}
 	}
@@ -302,7 +304,7 @@ func (s *session) setPolicy(pol *policy.Policy) {
 // loop is the target's event loop on one connection: it returns when the
 // connection is lost (an error) or ctx ends (nil).
 func (s *session) loop(ctx context.Context) error {
-	timer := time.NewTimer(0)
+	timer := s.t.clock.NewTimer(0)
 	defer timer.Stop()
 	nextTick := s.t.now()
 	for {
@@ -331,7 +333,7 @@ func (s *session) loop(ctx context.Context) error {
 		case p := <-s.t.policies:
 			s.setPolicy(p)
 			s.t.log.Info("policy reloaded", "rules", len(p.Rules))
-		case <-timer.C:
+		case <-timer.C():
 		}
 	}
 }
@@ -454,7 +456,7 @@ func (s *session) evict(ctx context.Context, b backend) error {
 		return !b.start.IsZero() && !x.BackendStart.Equal(b.start)
 	})
 	plan := action.NewPlan(s.cn, snap, snap.Sessions, action.Request{Action: action.Terminate, PIDs: []int32{b.pid}, WatchApp: s.appName()})
-	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor})
+	results, err := action.Execute(ctx, s.cn, plan, action.Options{Wait: verifyFor, After: func(d time.Duration) <-chan time.Time { return after(t.clock, d) }})
 	for i := range results {
 		r := &results[i]
 		t.metrics.Actions.WithLabelValues(t.name, evictRule, string(r.Action), string(r.Outcome)).Inc()

@@ -36,6 +36,9 @@ type Options struct {
 	// ServerLimits bound the metrics server's connections; a zero field
 	// takes the default (defaultServerLimits; tests shorten them).
 	ServerLimits ServerLimits
+	// Clock is the daemon's time (nil: RealClock); tests move a fake
+	// one to prove the schedule without waiting.
+	Clock Clock
 }
 
 // ServerLimits bound what a peer of the metrics port holds: a connection
@@ -142,6 +145,9 @@ type Health struct {
 // New checks the policy and opens what the daemon needs before it starts:
 // the audit log and the metrics listener. Its errors are bad input.
 func New(pol *policy.Policy, opt Options) (*Daemon, error) {
+	if opt.Clock == nil {
+		opt.Clock = RealClock{}
+	}
 	d := &Daemon{opt: opt, log: opt.Logger, metrics: NewMetrics(), pol: pol, targets: map[string]*running{}, stopping: map[string]*running{}}
 	audit, err := OpenAudit(pol.AuditLog, opt.AuditOut)
 	if err != nil {
@@ -175,9 +181,14 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
-	d.metrics.ReloadSuccess.Set(1)
-	d.metrics.ReloadLastTime.SetToCurrentTime()
+	d.reloaded()
 	return d, nil
+}
+
+// reloaded records when the policy in force was read.
+func (d *Daemon) reloaded() {
+	d.metrics.ReloadSuccess.Set(1)
+	d.metrics.ReloadLastTime.Set(float64(d.opt.Clock.Now().UnixNano()) / 1e9)
 }
 
 func unwrapOp(err error) error {
@@ -258,8 +269,7 @@ func (d *Daemon) Reload(ctx context.Context) {
 	d.audit.SetQuery(pol.AuditQuery)
 	d.pol = pol
 	d.apply(ctx, pol)
-	d.metrics.ReloadSuccess.Set(1)
-	d.metrics.ReloadLastTime.SetToCurrentTime()
+	d.reloaded()
 	d.log.Info("policy reloaded", "targets", len(pol.Targets), "rules", len(pol.Rules))
 }
 
@@ -292,7 +302,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
 			name: t.Name, cfg: cfg, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
-			dryRun: d.opt.DryRun, now: time.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
+			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
 		r := &running{t: tg, dsn: t.DSN, cancel: cancel, done: make(chan struct{})}

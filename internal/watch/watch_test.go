@@ -170,9 +170,10 @@ func (d *daemon) waitEntries(t *testing.T, n int) []watch.Entry {
 
 func dsn(t *testing.T) string { return pgtest.Shared(t).DSN("postgres", pgtest.Superuser) }
 
-// A query is cancelled within tens of ms of its threshold though the
-// interval is a minute: the deadline path, not the poll. The server saw
-// one snapshot.
+// A query is cancelled at its threshold though the interval is a minute:
+// the deadline path, not the poll. The server saw one snapshot. In real
+// time, with a bound far from the minute a poll would take; the instant
+// itself is proven on a fake clock (TestClockArmsAndActsAtTheDeadline).
 func TestDeadlineNotPoll(t *testing.T) {
 	t.Parallel()
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
@@ -211,8 +212,9 @@ rules:
 }
 
 // overshoot checks that the victim's cancelled query ended (its
-// state_change, by the server's clock) within 100ms after query_start +
-// threshold, and returns its query_start.
+// state_change, by the server's clock) after query_start + threshold, and
+// within 5s of it (a loaded machine's room; an interval of a minute, or a
+// hung connection's 30 s, would be later), and returns its query_start.
 func overshoot(t *testing.T, v *pgtest.Victim, threshold time.Duration) time.Time {
 	t.Helper()
 	var queryStart, stateChange time.Time
@@ -222,8 +224,8 @@ func overshoot(t *testing.T, v *pgtest.Victim, threshold time.Duration) time.Tim
 	}
 	over := stateChange.Sub(queryStart.Add(threshold))
 	t.Logf("overshoot %s", over)
-	if over < 0 || over > 100*time.Millisecond {
-		t.Errorf("cancelled %s after the threshold, want within 100ms", over)
+	if over < 0 || over > 5*time.Second {
+		t.Errorf("cancelled %s after the threshold, want within 5s", over)
 	}
 	return queryStart
 }
@@ -354,7 +356,9 @@ func get(t *testing.T, url string) string {
 }
 
 // cancel-then-terminate: a query that ends on the cancel is only
-// cancelled; one that ignores it is terminated after the grace.
+// cancelled; one that ignores it is terminated after the grace (5s: the
+// room the cancelled query has to end; TestClockGraceThenEscalation proves
+// the grace to the instant).
 func TestCancelThenTerminate(t *testing.T) {
 	t.Parallel()
 	tag := pgtest.Tag(t)
@@ -373,7 +377,7 @@ rules:
   - name: escalate
     match: {app: ["TAG-*"], state: [active]}
     action: cancel-then-terminate
-    grace: 300ms
+    grace: 5s
 `)
 	if code := pgtest.SQLState(sleeper.Wait()); code != "57014" {
 		t.Errorf("sleeper: SQLSTATE %q, want 57014", code)
