@@ -70,7 +70,7 @@ release: man
 		os=$${p%/*}; arch=$${p#*/}; d=dist/$${os}_$${arch}; \
 		echo "== $$os/$$arch"; \
 		CGO_ENABLED=0 GOOS=$$os GOARCH=$$arch $(GO) build -trimpath -ldflags "$(LDFLAGS)" -o $$d/pgreap ./cmd/pgreap; \
-		cp README.md $$d/; mkdir -p $$d/man; cp man/*.1 $$d/man/; \
+		cp README.md LICENSE $$d/; mkdir -p $$d/man; cp man/*.1 $$d/man/; \
 		tar -C dist --sort=name --owner=0 --group=0 --numeric-owner --mode='u+rwX,go+rX,go-w' --mtime='$(DATE)' \
 			-cf - $${os}_$${arch} | gzip -9n > dist/pgreap_$(VERSION)_$${os}_$${arch}.tar.gz; \
 		if [ $$os = linux ]; then \

@@ -32,7 +32,12 @@ func mustSQL(name string) string {
 }
 
 var (
-	actSQL    = mustSQL("act.sql")
+	// The signalling statement, one file per server version: they differ
+	// only in the columns a version has (leader_pid from 13, query_id
+	// from 14), NULL before.
+	act12SQL  = mustSQL("act.v12.sql")
+	act13SQL  = mustSQL("act.v13.sql")
+	act14SQL  = mustSQL("act.v14.sql")
 	waitSQL   = mustSQL("wait.sql")
 	serverSQL = mustSQL("server.sql")
 )
@@ -886,7 +891,7 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
 		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh,
 		systemID, isDescribed, datnames, usenames, apps, addrs, strPtr(p.WatchApp)}
-	sql := versionedSQL(actSQL, p.ServerVersion)
+	sql := actSQL(p.ServerVersion)
 	if p.sel != nil {
 		where, selArgs := p.sel.CompileEach("a", len(args)+1)
 		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
@@ -945,23 +950,15 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	return verdicts, nil
 }
 
-// versionedSQL puts in the columns a server has from a version on
-// ("/*13+ j.leader_pid*/ NULL::integer": j.leader_pid from 13).
-func versionedSQL(sql string, version int) string {
-	for _, c := range versionedColumns {
-		if version >= c.from {
-			sql = strings.Replace(sql, "/*"+c.tag+"*/ "+c.null, strings.TrimPrefix(c.tag, strconv.Itoa(c.from/10000)+"+ "), 1)
-		}
+// actSQL is the signalling statement for a server of that version.
+func actSQL(version int) string {
+	switch {
+	case version < 130000:
+		return act12SQL
+	case version < 140000:
+		return act13SQL
 	}
-	return sql
-}
-
-var versionedColumns = []struct {
-	from      int
-	tag, null string
-}{
-	{130000, "13+ j.leader_pid", "NULL::integer"},
-	{140000, "14+ j.query_id", "NULL::bigint"},
+	return act14SQL
 }
 
 func strPtr(s string) *string {

@@ -157,7 +157,7 @@ func ServerVersion(ctx context.Context, conn *pgx.Conn) (int, error) {
 		return v, nil
 	}
 	var s string
-	if err := conn.QueryRow(ctx, "SHOW server_version_num").Scan(&s); err != nil {
+	if err := conn.QueryRow(ctx, serverVersionSQL).Scan(&s); err != nil {
 		return 0, fmt.Errorf("server version: %w", err)
 	}
 	v, err := strconv.Atoi(s)
@@ -389,6 +389,9 @@ var (
 	preparedSQL = mustSQL("prepared.sql")
 	rowLocksSQL = mustSQL("rowlocks.sql")
 	holdersSQL  = mustSQL("holders.sql")
+	setLocalSQL = mustSQL("set_local.sql")
+
+	serverVersionSQL = mustSQL("server_version.sql")
 )
 
 func mustSQL(name string) string {
@@ -498,7 +501,7 @@ func (w *rowWait) holders(ctx context.Context, conn *pgx.Conn) ([]rowHolder, err
 	var holders []rowHolder
 	err := pgx.BeginFunc(ctx, conn, func(tx pgx.Tx) error {
 		for _, set := range [][2]string{{"role", w.owner}, {"row_security", "off"}, {"lock_timeout", "10ms"}} {
-			if _, err := tx.Exec(ctx, "SELECT pg_catalog.set_config($1, $2, true)", set[0], set[1]); err != nil {
+			if _, err := tx.Exec(ctx, setLocalSQL, set[0], set[1]); err != nil {
 				return err
 			}
 		}

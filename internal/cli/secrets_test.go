@@ -32,7 +32,7 @@ func TestWatchCheckRefusesWhatWatchRefuses(t *testing.T) {
 	t.Parallel()
 	dir := t.TempDir()
 	for _, dsn := range []string{
-		`host=/tmp password=secret options='-c statement_timeout=soon'`,
+		`host=/tmp password=secret connect_timeout=soon`,
 		`password=a\ secret port=5x`,
 		`postgres://u:secret@h:5x/db`,
 	} {

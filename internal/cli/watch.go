@@ -67,7 +67,7 @@ and the old one kept) and reopens the audit log; a target whose DSN changed
 reconnects once its old connection has stopped. SIGTERM or SIGINT stops:
 what is in flight is finished, and the exit status is 0.
 
-The policy schema is in PRODUCT.md and docs/watch.md; --check validates a
+The policy schema is in docs/watch.md (every key); --check validates a
 policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 (exit 2).`,
 		Example: `  pgreap watch -c /etc/pgreap/policy.yaml --check

@@ -6,11 +6,10 @@ package conn
 
 import (
 	"context"
+	_ "embed"
 	"errors"
 	"fmt"
-	"math"
 	"net/url"
-	"regexp"
 	"strconv"
 	"strings"
 	"time"
@@ -93,32 +92,31 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	if rp["application_name"] == "" {
 		rp["application_name"] = "pgreap"
 	}
-	// A setting in the startup packet wins over the same one in its
-	// options (-c name=value, from the string or PGOPTIONS): set the
-	// defaults only where neither names them.
-	opts := startupOptions(rp["options"])
-	for name, def := range map[string]string{"statement_timeout": DefaultStatementTimeout, "lock_timeout": DefaultLockTimeout,
-		"synchronous_commit": DefaultSynchronousCommit, "jit": DefaultJIT} {
-		if v, ok := opts[name]; ok {
-			if _, set := rp[name]; !set {
-				rp[name] = v
-			}
-		}
-		if _, ok := rp[name]; !ok {
-			rp[name] = def
+	// The server applies a startup packet's options (-c name=value, from
+	// the string or PGOPTIONS) in order, then its settings: pgreap's
+	// defaults go first in the options, so that the user's own, after
+	// them, and a setting the string names win over them.
+	userOptions := rp["options"]
+	var defaults []string
+	for _, d := range [][2]string{{"statement_timeout", DefaultStatementTimeout}, {"lock_timeout", DefaultLockTimeout},
+		{"synchronous_commit", DefaultSynchronousCommit}, {"jit", DefaultJIT}} {
+		if _, set := rp[d[0]]; !set {
+			defaults = append(defaults, "-c "+d[0]+"="+d[1])
 		}
 	}
-	timeout, ok := pgDuration(rp["statement_timeout"])
-	if !ok {
-		return nil, fmt.Errorf("statement_timeout %q (connection string or PGOPTIONS): not a duration PostgreSQL takes (e.g. 30s, 2min, 5000)", rp["statement_timeout"])
-	}
-	if timeout > 0 {
-		cfg.Tracer = statementDeadline(timeout + DeadlineMargin)
-	}
+	rp["options"] = strings.TrimSpace(strings.Join(defaults, " ") + " " + userOptions)
 	rp["search_path"] = "pg_catalog, pg_temp"
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
+	// The deadline is the session's statement_timeout as the server read
+	// it. Where the user may have set one, pgreap asks the server once
+	// connected rather than read the options as the server would; else
+	// it is pgreap's default, known without a round trip.
+	_, named := rp["statement_timeout"]
+	named = named || strings.Contains(strings.ReplaceAll(strings.ToLower(userOptions), "-", "_"), "statement_timeout")
+	cfg.AfterConnect = afterConnect(named, cfg.ConnectTimeout)
+	cfg.Tracer = statementDeadline{}
 	if cfg.Database == "" {
 		// pg_stat_activity is the same from every database; libpq would
 		// try a database named after the user, which rarely exists.
@@ -128,28 +126,73 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
-// deadline is the client-side deadline of every statement on a
-// connection configured by Config; zero for none (statement_timeout=0).
-func deadline(cfg *pgx.ConnConfig) time.Duration {
-	if d, ok := cfg.Tracer.(statementDeadline); ok {
-		return time.Duration(d)
+//go:embed sql/statement_timeout.sql
+var statementTimeoutSQL string
+
+// deadlineData is the key of a connection's deadline in its CustomData.
+const deadlineData = "pgreap.deadline"
+
+// afterConnect records the new connection's deadline: its statement_timeout
+// (the server's reading of it if ask, else pgreap's default) plus
+// DeadlineMargin, none for statement_timeout 0.
+func afterConnect(ask bool, timeout time.Duration) pgconn.AfterConnectFunc {
+	return func(ctx context.Context, pc *pgconn.PgConn) error {
+		if !ask {
+			d, _ := time.ParseDuration(DefaultStatementTimeout)
+			pc.CustomData()[deadlineData] = d + DeadlineMargin
+			return nil
+		}
+		// The read is part of connecting, bounded as the connection was.
+		ctx, cancel := context.WithTimeout(ctx, timeout)
+		defer cancel()
+		for {
+			res := pc.ExecParams(ctx, statementTimeoutSQL, nil, nil, nil, nil).Read()
+			var pgErr *pgconn.PgError
+			if errors.As(res.Err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil {
+				continue // a timeout of a few milliseconds can cancel its own reading
+			}
+			if res.Err != nil {
+				return fmt.Errorf("read statement_timeout: %w", res.Err)
+			}
+			if len(res.Rows) != 1 {
+				return errors.New("read statement_timeout: no such setting")
+			}
+			ms, err := strconv.ParseInt(string(res.Rows[0][0]), 10, 64)
+			if err != nil {
+				return fmt.Errorf("read statement_timeout: %w", err)
+			}
+			if ms > 0 {
+				pc.CustomData()[deadlineData] = time.Duration(ms)*time.Millisecond + DeadlineMargin
+			}
+			return nil
+		}
 	}
-	return 0
 }
 
-// statementDeadline bounds each statement on the client's side. It is a
-// pgx query tracer, the one hook pgx has around Exec, Query (until its rows
-// are closed) and QueryRow, so that a statement added later is bounded
-// without anyone remembering to; pgreap sends no batches, copies or
-// prepared statements, which it would not cover. When it expires,
-// pgx sets the socket's deadline, the read fails and the connection is
-// closed: the error wraps context.DeadlineExceeded.
-type statementDeadline time.Duration
+// deadline is the client-side deadline of every statement on c; zero for
+// none (statement_timeout=0).
+func deadline(c *pgx.Conn) time.Duration {
+	d, _ := c.PgConn().CustomData()[deadlineData].(time.Duration)
+	return d
+}
+
+// statementDeadline bounds each statement on the client's side, by the
+// connection's deadline. It is a pgx query tracer, the one hook pgx has
+// around Exec, Query (until its rows are closed) and QueryRow, so that a
+// statement added later is bounded without anyone remembering to; pgreap
+// sends no batches, copies or prepared statements, which it would not
+// cover. When it expires, pgx sets the socket's deadline, the read fails
+// and the connection is closed: the error wraps context.DeadlineExceeded.
+type statementDeadline struct{}
 
 type deadlineKey struct{}
 
-func (d statementDeadline) TraceQueryStart(ctx context.Context, _ *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
-	ctx, cancel := context.WithTimeout(ctx, time.Duration(d))
+func (statementDeadline) TraceQueryStart(ctx context.Context, c *pgx.Conn, _ pgx.TraceQueryStartData) context.Context {
+	d := deadline(c)
+	if d <= 0 {
+		return ctx
+	}
+	ctx, cancel := context.WithTimeout(ctx, d)
 	return context.WithValue(ctx, deadlineKey{}, cancel)
 }
 
@@ -157,127 +200,6 @@ func (statementDeadline) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.T
 	if cancel, ok := ctx.Value(deadlineKey{}).(context.CancelFunc); ok {
 		cancel()
 	}
-}
-
-// startupOptions reads the settings in a startup packet's options, as
-// the server does: words split on spaces (a backslash escapes the next
-// character), "-c name=value", "-cname=value" or "--name=value", dashes
-// in a name read as underscores.
-func startupOptions(s string) map[string]string {
-	var words []string
-	var w strings.Builder
-	inWord, escaped := false, false
-	for _, r := range s {
-		switch {
-		case escaped:
-			w.WriteRune(r)
-			escaped = false
-		case r == '\\':
-			escaped, inWord = true, true
-		case r == ' ' || r == '\t' || r == '\n' || r == '\r' || r == '\v' || r == '\f':
-			if inWord {
-				words = append(words, w.String())
-				w.Reset()
-				inWord = false
-			}
-		default:
-			w.WriteRune(r)
-			inWord = true
-		}
-	}
-	if inWord {
-		words = append(words, w.String())
-	}
-	out := map[string]string{}
-	for i := 0; i < len(words); i++ {
-		var kv string
-		switch word := words[i]; {
-		case word == "-c" && i+1 < len(words):
-			i++
-			kv = words[i]
-		case strings.HasPrefix(word, "--"):
-			kv = word[2:]
-		case strings.HasPrefix(word, "-c"):
-			kv = word[2:]
-		default:
-			continue
-		}
-		if name, value, ok := strings.Cut(kv, "="); ok {
-			out[strings.ToLower(strings.ReplaceAll(name, "-", "_"))] = value
-		}
-	}
-	return out
-}
-
-// pgDuration reads statement_timeout as the server does (guc.c's
-// parse_int): an integer as strtol reads it (0x hex, a leading 0 octal),
-// or a number with a fraction or an exponent; blanks, then a unit (us,
-// ms, s, min, h, d; none means ms); rounded to whole milliseconds, half to
-// even; 0 to INT_MAX.
-func pgDuration(s string) (time.Duration, bool) {
-	s = strings.TrimLeft(s, " \t\n\v\f\r")
-	n := intPrefix(s)
-	var val float64
-	if n < len(s) && (s[n] == '.' || s[n] == 'e' || s[n] == 'E') || n == 0 && strings.HasPrefix(s, ".") {
-		n = len(floatPrefix.FindString(s))
-		f, err := strconv.ParseFloat(s[:n], 64)
-		if n == 0 || err != nil {
-			return 0, false
-		}
-		val = f
-	} else {
-		if n == 0 {
-			return 0, false
-		}
-		i, err := strconv.ParseInt(s[:n], 0, 64)
-		if err != nil {
-			return 0, false
-		}
-		val = float64(i)
-	}
-	unit := strings.TrimRight(strings.TrimLeft(s[n:], " \t\n\v\f\r"), " \t\n\v\f\r")
-	scale := map[string]float64{"": 1, "us": 0.001, "ms": 1, "s": 1e3, "min": 60e3, "h": 3600e3, "d": 86400e3}
-	k, ok := scale[unit]
-	if !ok {
-		return 0, false
-	}
-	ms := math.RoundToEven(val * k)
-	if ms < 0 || ms > math.MaxInt32 {
-		return 0, false
-	}
-	return time.Duration(ms) * time.Millisecond, true
-}
-
-var floatPrefix = regexp.MustCompile(`^[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?`)
-
-// intPrefix is the length of the integer strtol(s, &end, 0) reads at the
-// start of s (0 for none): a sign, then 0x and hex digits, 0 and octal
-// digits, or decimal digits.
-func intPrefix(s string) int {
-	i := 0
-	if i < len(s) && (s[i] == '+' || s[i] == '-') {
-		i++
-	}
-	digits := func(j int, ok func(byte) bool) int {
-		for j < len(s) && ok(s[j]) {
-			j++
-		}
-		return j
-	}
-	isHex := func(c byte) bool { return c >= '0' && c <= '9' || c >= 'a' && c <= 'f' || c >= 'A' && c <= 'F' }
-	switch {
-	case strings.HasPrefix(s[i:], "0x") || strings.HasPrefix(s[i:], "0X"):
-		if j := digits(i+2, isHex); j > i+2 {
-			return j
-		}
-		return i + 1 // "0", then the x is left over
-	case strings.HasPrefix(s[i:], "0"):
-		return digits(i, func(c byte) bool { return c >= '0' && c <= '7' })
-	}
-	if j := digits(i, func(c byte) bool { return c >= '0' && c <= '9' }); j > i {
-		return j
-	}
-	return 0
 }
 
 // withFlags adds -h, -p and -U to the connection string so they win over

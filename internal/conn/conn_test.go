@@ -132,7 +132,8 @@ func TestStartupOptionsWin(t *testing.T) {
 }
 
 // Every statement has a deadline on the client's side: statement_timeout
-// plus DeadlineMargin, none when statement_timeout is 0.
+// plus DeadlineMargin, none when statement_timeout is 0; pgreap's default
+// when nothing sets it, with no statement to read it.
 func TestDeadline(t *testing.T) {
 	for dsn, want := range map[string]time.Duration{
 		"":                           30*time.Second + conn.DeadlineMargin,
@@ -145,27 +146,33 @@ func TestDeadline(t *testing.T) {
 		"statement_timeout=0":        0,
 		// As the server reads them: strtol's hex and octal, an exponent,
 		// rounded to whole milliseconds (half to even).
-		"statement_timeout=0x10":            16*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout=010":             8*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout=1e3":             time.Second + conn.DeadlineMargin,
-		"statement_timeout='.5 s'":          500*time.Millisecond + conn.DeadlineMargin,
-		"statement_timeout=0.4":             0,
-		"statement_timeout=500us":           0,
-		"statement_timeout=1500us":          2*time.Millisecond + conn.DeadlineMargin,
-		"options='-c statement_timeout=3s'": 3*time.Second + conn.DeadlineMargin,
+		"statement_timeout=0x10":                            16*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=010":                             8*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=1e3":                             time.Second + conn.DeadlineMargin,
+		"statement_timeout='.5 s'":                          500*time.Millisecond + conn.DeadlineMargin,
+		"statement_timeout=0.4":                             0,
+		"statement_timeout=500us":                           0,
+		"options='-c statement_timeout=3s'":                 3*time.Second + conn.DeadlineMargin,
+		`options='--statement-timeout=4s'`:                  4*time.Second + conn.DeadlineMargin,
+		"options='-c statement_timeout=3s' lock_timeout=1s": 3*time.Second + conn.DeadlineMargin,
 	} {
-		cfg, err := conn.Config(conn.Params{DSN: dsn})
-		if err != nil {
-			t.Errorf("%q: %v", dsn, err)
-			continue
-		}
-		if got := conn.Deadline(cfg); got != want {
+		c := connect(t, conn.Params{DSN: dsn})
+		if got := conn.Deadline(c); got != want {
 			t.Errorf("%q: deadline %v, want %v", dsn, got, want)
 		}
 	}
+	// A value the server refuses fails the connection, with its word.
 	for _, dsn := range []string{"statement_timeout=soon", "statement_timeout=-1", "statement_timeout=5S", "statement_timeout=1e400",
-		"statement_timeout=08", "statement_timeout=3000000000", "statement_timeout=inf", "statement_timeout=1_000"} {
-		if _, err := conn.Config(conn.Params{DSN: dsn}); err == nil || !strings.Contains(err.Error(), "statement_timeout") {
+		"statement_timeout=08", "statement_timeout=3000000000", "statement_timeout=inf", "statement_timeout=1_000",
+		"options='-c statement_timeout=soon'"} {
+		cfg, err := conn.Config(conn.Params{DSN: dsn})
+		if err != nil {
+			t.Fatalf("%q: %v", dsn, err)
+		}
+		if c, err := conn.Connect(pgtest.Context(t), cfg); err == nil || !strings.Contains(err.Error(), "statement_timeout") {
+			if err == nil {
+				c.Close(context.Background())
+			}
 			t.Errorf("%q: %v", dsn, err)
 		}
 	}
@@ -191,14 +198,26 @@ func TestDeadlineEndsAStatement(t *testing.T) {
 	}
 }
 
-// pgreap reads statement_timeout as the server does: for each value, the
-// deadline is the server's own setting plus the margin, and a value
-// pgreap refuses the server refuses too.
+// pgreap's deadline is the server's own statement_timeout plus the margin,
+// for values that are hard to read as the server does, and a value the
+// server refuses fails pgreap's connection too.
 func TestDeadlineReadsTimeoutsAsTheServer(t *testing.T) {
 	for _, v := range []string{"30s", "2min", "1h", "1d", "5000", "0", "0x10", "010", "1e3", ".5 s", "1.5s", "0.4", "500us",
 		"1500us", "2500us", "+7ms", " 9 ms ", "08", "5S", "-1", "soon", "1_000", "3000000000", "inf", "1e400", "0x"} {
-		p := conn.Params{DSN: "statement_timeout='" + v + "'"}
-		cfg, err := conn.Config(p)
+		var got time.Duration
+		err := func() error {
+			cfg, err := conn.Config(conn.Params{DSN: "statement_timeout='" + v + "'"})
+			if err != nil {
+				return err
+			}
+			c, err := conn.Connect(pgtest.Context(t), cfg)
+			if err != nil {
+				return err
+			}
+			defer c.Close(context.Background())
+			got = conn.Deadline(c)
+			return nil
+		}()
 		var server int64
 		serverErr := func() error {
 			c, err := pgx.Connect(pgtest.Context(t), "statement_timeout='"+v+"'")
@@ -231,7 +250,7 @@ func TestDeadlineReadsTimeoutsAsTheServer(t *testing.T) {
 		if server > 0 {
 			want += conn.DeadlineMargin
 		}
-		if got := conn.Deadline(cfg); got != want {
+		if got != want {
 			t.Errorf("%q: deadline %v, the server's statement_timeout %d ms", v, got, server)
 		}
 	}

@@ -1,6 +1,6 @@
 package conn
 
-// Deadline is the client-side deadline Config set.
+// Deadline is the client-side deadline of a connection Connect opened.
 var Deadline = deadline
 
 // NewError is a connection error of an attempt that used password.

@@ -1,40 +1,52 @@
 package conn_test
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"net/url"
 	"strings"
 	"testing"
 
+	"github.com/jackc/pgx/v5"
+
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
 // TestConfigErrorsHideThePassword: a connection string that fails to parse
 // is refused with a line that holds none of its password, whichever shape
-// the string has and whichever keyword is wrong.
+// the string has and whichever keyword is wrong; so is one the server
+// refuses (connect).
 func TestConfigErrorsHideThePassword(t *testing.T) {
 	for _, tc := range []struct {
-		name string
-		p    conn.Params
+		name    string
+		p       conn.Params
+		connect bool
 	}{
-		{"url bad port", conn.Params{DSN: "postgres://u:secret@h:5x/db"}},
-		{"url bad port, encoded", conn.Params{DSN: "postgres://u:se%63ret@h:5x/db"}},
-		{"url bad port, flags", conn.Params{DSN: "postgres://u:secret@h:5x/db", User: "x"}},
-		{"url no bracket", conn.Params{DSN: "postgresql://u:secret@[::1/db"}},
-		{"url bad escape in password", conn.Params{DSN: "postgres://u:secret%zz@h/db"}},
-		{"url query password", conn.Params{DSN: "postgres://u@h/db?password=secret&sslmode=bogus"}},
-		{"url bad sslmode", conn.Params{DSN: "postgres://u:secret@h/db?sslmode=bogus"}},
-		{"kv quoted with a space", conn.Params{DSN: "password='a secret' port=5x"}},
-		{"kv escaped space", conn.Params{DSN: `password=a\ secret port=5x`}},
-		{"kv escaped quote", conn.Params{DSN: `password=se\'cret port=5x`}},
-		{"kv unterminated", conn.Params{DSN: "port=5x password='secret"}},
-		{"kv other keyword", conn.Params{DSN: "password=secret connect_timeout=secret"}},
-		{"kv statement_timeout", conn.Params{DSN: "password=secret options='-c statement_timeout=secret'"}},
-		{"kv sslpassword", conn.Params{DSN: "sslpassword=secret sslmode=bogus host=h"}},
+		{"url bad port", conn.Params{DSN: "postgres://u:secret@h:5x/db"}, false},
+		{"url bad port, encoded", conn.Params{DSN: "postgres://u:se%63ret@h:5x/db"}, false},
+		{"url bad port, flags", conn.Params{DSN: "postgres://u:secret@h:5x/db", User: "x"}, false},
+		{"url no bracket", conn.Params{DSN: "postgresql://u:secret@[::1/db"}, false},
+		{"url bad escape in password", conn.Params{DSN: "postgres://u:secret%zz@h/db"}, false},
+		{"url query password", conn.Params{DSN: "postgres://u@h/db?password=secret&sslmode=bogus"}, false},
+		{"url bad sslmode", conn.Params{DSN: "postgres://u:secret@h/db?sslmode=bogus"}, false},
+		{"kv quoted with a space", conn.Params{DSN: "password='a secret' port=5x"}, false},
+		{"kv escaped space", conn.Params{DSN: `password=a\ secret port=5x`}, false},
+		{"kv escaped quote", conn.Params{DSN: `password=se\'cret port=5x`}, false},
+		{"kv unterminated", conn.Params{DSN: "port=5x password='secret"}, false},
+		{"kv other keyword", conn.Params{DSN: "password=secret connect_timeout=secret"}, false},
+		{"kv statement_timeout", conn.Params{DSN: "password=secret options='-c statement_timeout=secret'"}, true},
+		{"kv sslpassword", conn.Params{DSN: "sslpassword=secret sslmode=bogus host=h"}, false},
 	} {
 		t.Run(tc.name, func(t *testing.T) {
-			_, err := conn.Config(tc.p)
+			cfg, err := conn.Config(tc.p)
+			if err == nil && tc.connect {
+				var c *pgx.Conn
+				if c, err = conn.Connect(pgtest.Context(t), cfg); err == nil {
+					c.Close(context.Background())
+				}
+			}
 			if err == nil {
 				t.Fatalf("%q: no error", tc.p.DSN)
 			}

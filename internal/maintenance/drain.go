@@ -2,6 +2,7 @@ package maintenance
 
 import (
 	"context"
+	_ "embed"
 	"encoding/json"
 	"errors"
 	"fmt"
@@ -129,14 +130,13 @@ type Settings struct {
 // ErrNoDatabase: no database of that name.
 var ErrNoDatabase = errors.New("no such database")
 
+//go:embed sql/settings.sql
+var settingsSQL string
+
 // ReadSettings reads a database's connection settings.
 func ReadSettings(ctx context.Context, conn *pgx.Conn, db string) (*Settings, error) {
 	var s Settings
-	err := conn.QueryRow(ctx, `SELECT d.datallowconn, d.datconnlimit,
-	        (SELECT r.rolsuper FROM pg_catalog.pg_roles AS r WHERE r.rolname = CURRENT_USER)
-	        OR pg_catalog.pg_has_role(d.datdba, 'USAGE')
-	   FROM pg_catalog.pg_database AS d
-	  WHERE d.datname = $1`, db).Scan(&s.AllowConnections, &s.ConnectionLimit, &s.MayAlter)
+	err := conn.QueryRow(ctx, settingsSQL, db).Scan(&s.AllowConnections, &s.ConnectionLimit, &s.MayAlter)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, fmt.Errorf("database %q: %w", db, ErrNoDatabase)
 	}

@@ -20,6 +20,8 @@ var (
 	preparedSQL string
 	//go:embed sql/prepared_may.sql
 	preparedMaySQL string
+	//go:embed sql/xact_status.sql
+	xactStatusSQL string
 )
 
 // JudgePrepared is what a rollback of the prepared transaction p would
@@ -73,7 +75,7 @@ func RollbackPrepared(ctx context.Context, conn *pgx.Conn, p *activity.Session) 
 		return outcomeOf(err)
 	}
 	var status *string
-	if err := conn.QueryRow(ctx, "SELECT pg_catalog.txid_status($1)", xid).Scan(&status); err != nil {
+	if err := conn.QueryRow(ctx, xactStatusSQL, xid).Scan(&status); err != nil {
 		return action.Survived, fmt.Sprintf("ROLLBACK PREPARED returned, and the transaction's state could not be read: %v", err)
 	}
 	switch {

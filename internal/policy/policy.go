@@ -156,6 +156,12 @@ type targetEntry struct {
 	Include string `yaml:"include"`
 }
 
+// includeEntry is a target in a file a policy includes.
+type includeEntry struct {
+	Name string `yaml:"name"`
+	DSN  string `yaml:"dsn"`
+}
+
 type auditEntry struct {
 	Query *string `yaml:"query"`
 }
@@ -212,7 +218,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 		return nil, err
 	}
 	var f file
-	if err := decode(path, root, &f); err != nil {
+	if err := decode(path, data, root, &f); err != nil {
 		return nil, err
 	}
 	p := &Policy{Path: path, Interval: DefaultInterval, MetricsAddr: DefaultMetricsAddr, AuditLog: f.AuditLog, AuditQuery: QueryFull}
@@ -423,11 +429,8 @@ func include(policyPath, glob string, line int) ([]Target, error) {
 		if err != nil {
 			return nil, err
 		}
-		var entries []struct {
-			Name string `yaml:"name"`
-			DSN  string `yaml:"dsn"`
-		}
-		if err := decode(name, root, &entries); err != nil {
+		var entries []includeEntry
+		if err := decode(name, data, root, &entries); err != nil {
 			return nil, err
 		}
 		for i, e := range entries {
@@ -453,70 +456,112 @@ func document(path string, data []byte) (*yaml.Node, error) {
 	return doc.Content[0], nil
 }
 
-// decode checks that every key of n is known to v's type, then decodes.
-func decode(path string, n *yaml.Node, v any) error {
-	if err := checkKeys(path, n, reflect.TypeOf(v).Elem()); err != nil {
-		return err
+// decode decodes the document data (whose root node is root) into v,
+// strictly: yaml.v3 refuses a key v's type has no field for (KnownFields),
+// and its errors become FILE:LINE: reason.
+func decode(path string, data []byte, root *yaml.Node, v any) error {
+	dec := yaml.NewDecoder(bytes.NewReader(data))
+	dec.KnownFields(true)
+	t := reflect.TypeOf(v).Elem()
+	if err := dec.Decode(v); err != nil {
+		return decodeError(path, err, root, t)
 	}
-	if err := n.Decode(v); err != nil {
+	return blankBool(path, root, t)
+}
+
+// decodeError is yamlError, with the key or mapping a struct of t expects
+// named by its keys.
+func decodeError(path string, err error, root *yaml.Node, t reflect.Type) error {
+	var te *yaml.TypeError
+	if !errors.As(err, &te) || len(te.Errors) == 0 {
 		return yamlError(path, err)
+	}
+	structs := map[string]reflect.Type{}
+	structTypes(t, structs)
+	for _, msg := range te.Errors {
+		m := lineRE.FindStringSubmatch(msg)
+		if m == nil {
+			continue
+		}
+		line, _ := strconv.Atoi(m[1])
+		if u := unknownRE.FindStringSubmatch(m[2]); u != nil && structs[u[2]] != nil {
+			return &Error{File: path, Line: line, Reason: fmt.Sprintf("unknown key %q (known here: %s)", u[1], strings.Join(keysOf(structs[u[2]]), ", "))}
+		}
+		if c := notMappingRE.FindStringSubmatch(m[2]); c != nil && structs[c[2]] != nil {
+			found := "something else"
+			if n := nodeAt(root, line, "!!"+c[1]); n != nil {
+				found = kindName(n)
+			}
+			return &Error{File: path, Line: line, Reason: fmt.Sprintf("expected a mapping of %s, found %s", strings.Join(keysOf(structs[c[2]]), ", "), found)}
+		}
+	}
+	return yamlError(path, err)
+}
+
+var (
+	unknownRE    = regexp.MustCompile(`^field (.*) not found in type (\S+)$`)
+	notMappingRE = regexp.MustCompile(`^cannot unmarshal !!(\w+)(?: .*)? into (\S+)$`)
+)
+
+// structTypes adds the struct types t holds, by the name yaml.v3's errors
+// give them (policy.ruleEntry).
+func structTypes(t reflect.Type, seen map[string]reflect.Type) {
+	for t.Kind() == reflect.Pointer || t.Kind() == reflect.Slice {
+		t = t.Elem()
+	}
+	if t.Kind() != reflect.Struct || seen[t.String()] != nil {
+		return
+	}
+	seen[t.String()] = t
+	for i := 0; i < t.NumField(); i++ {
+		structTypes(t.Field(i).Type, seen)
+	}
+}
+
+// nodeAt is the first node of tag on line, nil if none.
+func nodeAt(n *yaml.Node, line int, tag string) *yaml.Node {
+	if n.Line == line && n.Tag == tag {
+		return n
+	}
+	for _, c := range n.Content {
+		if found := nodeAt(c, line, tag); found != nil {
+			return found
+		}
 	}
 	return nil
 }
 
-// checkKeys walks the node along the Go type: a mapping may hold only the
-// yaml keys of the struct's fields.
-func checkKeys(path string, n *yaml.Node, t reflect.Type) error {
+// blankBool refuses a boolean key with no value, which yaml.v3 decodes as
+// false: a blank dry_run would make a rule real without a word. It walks
+// the node along the Go type, which the decoding has checked.
+func blankBool(path string, n *yaml.Node, t reflect.Type) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
 	}
 	if n.Kind == yaml.AliasNode {
 		n = n.Alias
 	}
-	switch t.Kind() {
-	case reflect.Struct:
-		if n.Kind != yaml.MappingNode {
-			if n.Tag == "!!null" {
-				return nil
-			}
-			return &Error{File: path, Line: n.Line, Reason: fmt.Sprintf("expected a mapping of %s, found %s", strings.Join(keysOf(t), ", "), kindName(n))}
-		}
-		for i := 0; i+1 < len(n.Content); i += 2 {
-			k, val := n.Content[i], n.Content[i+1]
-			f, ok := fieldByKey(t, k.Value)
-			if !ok {
-				return &Error{File: path, Line: k.Line, Reason: fmt.Sprintf("unknown key %q (known here: %s)", k.Value, strings.Join(keysOf(t), ", "))}
-			}
-			if err := checkKeys(path, val, f.Type); err != nil {
+	switch {
+	case t.Kind() == reflect.Bool && n.Kind == yaml.ScalarNode && n.Tag == "!!null":
+		return &Error{File: path, Line: n.Line, Reason: "no value: say true or false"}
+	case t.Kind() == reflect.Slice && n.Kind == yaml.SequenceNode:
+		for _, c := range n.Content {
+			if err := blankBool(path, c, t.Elem()); err != nil {
 				return err
 			}
 		}
-	case reflect.Bool:
-		// A key with no value is null, which would decode as false: a
-		// blank dry_run would make a rule real without a word.
-		if n.Kind == yaml.ScalarNode && n.Tag == "!!null" {
-			return &Error{File: path, Line: n.Line, Reason: "no value: say true or false"}
-		}
-	case reflect.Slice:
-		if n.Kind == yaml.SequenceNode {
-			for _, c := range n.Content {
-				if err := checkKeys(path, c, t.Elem()); err != nil {
-					return err
+	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			for j := 0; j < t.NumField(); j++ {
+				if tag, _, _ := strings.Cut(t.Field(j).Tag.Get("yaml"), ","); tag == n.Content[i].Value {
+					if err := blankBool(path, n.Content[i+1], t.Field(j).Type); err != nil {
+						return err
+					}
 				}
 			}
 		}
 	}
 	return nil
-}
-
-func fieldByKey(t reflect.Type, key string) (reflect.StructField, bool) {
-	for i := 0; i < t.NumField(); i++ {
-		f := t.Field(i)
-		if tag, _, _ := strings.Cut(f.Tag.Get("yaml"), ","); tag == key && tag != "-" {
-			return f, true // "-": a field no policy key names
-		}
-	}
-	return reflect.StructField{}, false
 }
 
 func keysOf(t reflect.Type) []string {

@@ -86,7 +86,7 @@ func TestParseBad(t *testing.T) {
 		{"bad dsn", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp port=notaport"`, 1), "p.yaml:3: target \"main\": dsn:"},
 		{"bad audit query", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit:\n  query: redacted\n", 1), "p.yaml:7: audit query \"redacted\": not full or none"},
 		{"unknown audit key", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit: {queries: none}\n", 1), "p.yaml:6: unknown key \"queries\""},
-		{"dsn the daemon refuses", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp password=secret options='-c statement_timeout=soon'"`, 1), "p.yaml:3: target \"main\": dsn: statement_timeout \"soon\""},
+		{"dsn the daemon refuses", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp password=secret connect_timeout=soon"`, 1), "p.yaml:3: target \"main\": dsn: "},
 		{"bad metrics", strings.Replace(good, "interval: 2s", "interval: 2s\nmetrics_addr: 9188", 1), "p.yaml:5: metrics_addr \"9188\": not HOST:PORT"},
 		{"not yaml", "targets: [", "p.yaml:1: did not find expected node content"},
 		{"a list", "- a\n- b\n", "p.yaml:1: expected a mapping of targets"},

@@ -25,7 +25,7 @@ rules:
     action: cancel
 `
 	d := startDaemon(t, dsn(t), text)
-	for _, bad := range []string{`postgres://u:secret@h:5x/db`, `password=a\\ secret port=5x`, `password=secret options='-c statement_timeout=soon'`} {
+	for _, bad := range []string{`postgres://u:secret@h:5x/db`, `password=a\\ secret port=5x`, `password=secret connect_timeout=soon`} {
 		if err := os.WriteFile(d.path, []byte(policyText(t, bad, d.audit, text)), 0o600); err != nil {
 			t.Fatal(err)
 		}

@@ -209,16 +209,14 @@ func (t *target) endStale(ctx context.Context, cn *pgx.Conn) (*backend, error) {
 	// may not see its login role's sessions: own.start stays zero, and
 	// this connection, if abandoned, is not found again to be ended.
 	var start pgtype.Timestamptz
-	if err := cn.QueryRow(ctx, "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()").
-		Scan(&start); err != nil {
+	if err := cn.QueryRow(ctx, ownStartSQL).Scan(&start); err != nil {
 		return nil, err
 	}
 	own.start = start.Time
 	for len(t.stale) > 0 {
 		b := t.stale[0]
 		var signalled bool
-		err := cn.QueryRow(ctx, `SELECT pg_catalog.pg_terminate_backend(a.pid) FROM pg_catalog.pg_stat_activity AS a
-			WHERE a.pid = $1 AND a.backend_start = $2`, b.pid, b.start).Scan(&signalled)
+		err := cn.QueryRow(ctx, endStaleSQL, b.pid, b.start).Scan(&signalled)
 		switch {
 		case errors.Is(err, pgx.ErrNoRows):
 			// Gone, as it should be.
@@ -367,8 +365,16 @@ func isStatementError(err error) bool {
 	return errors.As(err, &pgErr)
 }
 
-//go:embed sql/holder.sql
-var holderSQL string
+var (
+	//go:embed sql/holder.sql
+	holderSQL string
+	//go:embed sql/own_start.sql
+	ownStartSQL string
+	//go:embed sql/end_stale.sql
+	endStaleSQL string
+	//go:embed sql/try_lock.sql
+	tryLockSQL string
+)
 
 // standBy looks at who holds the election lock. A pgreap watch (a session
 // of pgreap's role with the daemon's application_name): this replica
@@ -478,7 +484,7 @@ func (s *session) tick(ctx context.Context) error {
 	t := s.t
 	if !s.leader {
 		var ok bool
-		if err := s.cn.QueryRow(ctx, "SELECT pg_catalog.pg_try_advisory_lock($1, $2)", lockClass, s.key).Scan(&ok); err != nil {
+		if err := s.cn.QueryRow(ctx, tryLockSQL, lockClass, s.key).Scan(&ok); err != nil {
 			return err
 		}
 		if !ok {

@@ -53,10 +53,11 @@
 -- one session we may not signal is reported 'denied' instead of raising the
 -- error that would abort the statement for every other session.
 --
--- The columns after the verdict are the session as this statement read it
--- (leader_pid from PostgreSQL 13, query_id from 14: NULL on older servers,
--- the comments before them name the column that replaces them): what
--- pgreap reports of a session is what the signalling statement saw.
+-- The columns after the verdict are the session as this statement read it:
+-- what pgreap reports of a session is what the signalling statement saw.
+-- This is the file for PostgreSQL 14 and later: act.v12.sql and act.v13.sql
+-- differ from it in leader_pid and query_id only (NULL where the server
+-- has not got them).
 WITH me AS MATERIALIZED (
     -- Read once: pg_control_system() reads the control file at each call.
     SELECT r.oid, r.rolsuper,
@@ -87,9 +88,9 @@ WITH me AS MATERIALIZED (
     SELECT s.* FROM pg_catalog.pg_stat_get_activity(NULL) AS s
 )
 SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
-       j.pid, /*13+ j.leader_pid*/ NULL::integer AS leader_pid, j.datname, j.usename, j.application_name,
+       j.pid, j.leader_pid, j.datname, j.usename, j.application_name,
        j.client_addr, j.backend_type, j.state, j.backend_start, j.xact_start, j.query_start,
-       j.state_change, j.wait_event_type, j.wait_event, j.query, /*14+ j.query_id*/ NULL::bigint AS query_id,
+       j.state_change, j.wait_event_type, j.wait_event, j.query, j.query_id,
        j.act, j.xid, j.read_at, j.read_done, j.signal_at, j.signal_done,
        after.pid IS NOT NULL AS after_present,
        after.state AS after_state,
