@@ -32,12 +32,8 @@ func mustSQL(name string) string {
 }
 
 var (
-	// The signalling statement, one file per server version: they differ
-	// only in the columns a version has (leader_pid from 13, query_id
-	// from 14), NULL before.
-	act12SQL  = mustSQL("act.v12.sql")
-	act13SQL  = mustSQL("act.v13.sql")
-	act14SQL  = mustSQL("act.v14.sql")
+	// The signalling statement, for every server version.
+	actSQL    = mustSQL("act.sql")
 	waitSQL   = mustSQL("wait.sql")
 	serverSQL = mustSQL("server.sql")
 )
@@ -891,7 +887,7 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 	args := []any{pids, starts, queryStarts, stateChanges, pins, kinds, signal,
 		p.IncludeReplication, p.IncludeAutovacuum, timePtr(p.Server.Started), afresh,
 		systemID, isDescribed, datnames, usenames, apps, addrs, strPtr(p.WatchApp)}
-	sql := actSQL(p.ServerVersion)
+	sql := actSQL
 	if p.sel != nil {
 		where, selArgs := p.sel.CompileEach("a", len(args)+1)
 		sql = strings.Replace(sql, "/*selection*/ true", "("+where+")", 1)
@@ -948,17 +944,6 @@ func (p *Plan) statement(ctx context.Context, conn *pgx.Conn, idx []int, actions
 		return nil, fmt.Errorf("signal: %d verdicts for %d sessions", got, n)
 	}
 	return verdicts, nil
-}
-
-// actSQL is the signalling statement for a server of that version.
-func actSQL(version int) string {
-	switch {
-	case version < 130000:
-		return act12SQL
-	case version < 140000:
-		return act13SQL
-	}
-	return act14SQL
 }
 
 func strPtr(s string) *string {

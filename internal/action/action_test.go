@@ -913,3 +913,22 @@ func TestCancelInsideASavepoint(t *testing.T) {
 		t.Fatalf("%s (%s)", r.Outcome, r.Detail)
 	}
 }
+
+// What a result says of a session is what the signalling statement read,
+// on every version: query_id from 14 (leader_pid: TestApplyPrintsAWorkersLeader).
+func TestResultsCarryTheQueryIDOfTheirVersion(t *testing.T) {
+	t.Parallel()
+	major := pgtest.Shared(t).Major
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	if major >= 14 {
+		v.Exec("SET compute_query_id = on")
+	}
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	cn := open(t, pgtest.Superuser)
+	res := run(t, cn, action.Request{Action: action.Cancel, PIDs: []int32{v.PID}}, action.Options{Wait: 10 * time.Second})
+	want(t, res, v.PID, action.Cancelled, "")
+	if q := outcomes(res)[v.PID].QueryID; (major >= 14) != (q != 0) {
+		t.Errorf("on %d: query_id %d", major, q)
+	}
+}

@@ -134,3 +134,33 @@ func TestApplyRefusesAPlanOfAnotherServer(t *testing.T) {
 	r = run(t, false, "apply", good, "-o", "json")
 	r.wantCode(t, 0)
 }
+
+// apply reports a session as the signalling statement read it, with the
+// columns of its server's version: a plan edited to name a parallel
+// worker gets it protected, with its leader_pid (13+).
+func TestApplyPrintsAWorkersLeader(t *testing.T) {
+	t.Parallel()
+	_, leader, worker := pgtest.Parallel(t)
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	r := run(t, false, "terminate", strconv.Itoa(int(v.PID)), "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	var start time.Time
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT backend_start FROM pg_catalog.pg_stat_activity WHERE pid = $1", worker).Scan(&start); err != nil {
+		t.Fatal(err)
+	}
+	plan := regexp.MustCompile(`"pid":[0-9]+`).ReplaceAllString(r.out, `"pid":`+strconv.Itoa(int(worker)))
+	plan = regexp.MustCompile(`"backend_start":"[^"]+"`).ReplaceAllString(plan, `"backend_start":"`+start.UTC().Format(time.RFC3339Nano)+`"`)
+	r = run(t, false, "apply", writePlan(t, "plan.json", plan), "-o", "json")
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["outcome"] != "protected" {
+		t.Fatalf("want the worker protected:\n%s", r.out)
+	}
+	got := rows[0]["leader_pid"]
+	if pgtest.Shared(t).Major < 13 {
+		if got != nil {
+			t.Errorf("leader_pid %v on 12", got)
+		}
+	} else if got != float64(leader.PID) {
+		t.Errorf("leader_pid %v, want %d:\n%s", got, leader.PID, r.out)
+	}
+}

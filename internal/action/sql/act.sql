@@ -55,9 +55,10 @@
 --
 -- The columns after the verdict are the session as this statement read it:
 -- what pgreap reports of a session is what the signalling statement saw.
--- This is the file for PostgreSQL 14 and later: act.v12.sql and act.v13.sql
--- differ from it in leader_pid and query_id only (NULL where the server
--- has not got them).
+--
+-- One file for every version: leader_pid (13) and query_id (14) are read
+-- by name from the row as this server has it ("jv"), NULL where the
+-- server has not got them.
 WITH me AS MATERIALIZED (
     -- Read once: pg_control_system() reads the control file at each call.
     SELECT r.oid, r.rolsuper,
@@ -88,9 +89,9 @@ WITH me AS MATERIALIZED (
     SELECT s.* FROM pg_catalog.pg_stat_get_activity(NULL) AS s
 )
 SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
-       j.pid, j.leader_pid, j.datname, j.usename, j.application_name,
+       j.pid, (jv.doc OPERATOR(pg_catalog.->>) 'leader_pid')::integer AS leader_pid, j.datname, j.usename, j.application_name,
        j.client_addr, j.backend_type, j.state, j.backend_start, j.xact_start, j.query_start,
-       j.state_change, j.wait_event_type, j.wait_event, j.query, j.query_id,
+       j.state_change, j.wait_event_type, j.wait_event, j.query, (jv.doc OPERATOR(pg_catalog.->>) 'query_id')::bigint AS query_id,
        j.act, j.xid, j.read_at, j.read_done, j.signal_at, j.signal_done,
        after.pid IS NOT NULL AS after_present,
        after.state AS after_state,
@@ -179,6 +180,7 @@ SELECT c.n, j.verdict, j.sent, j.pid IS NOT NULL AS present,
       ) AS v
     OFFSET 0
   ) AS j
+  CROSS JOIN LATERAL (SELECT pg_catalog.to_jsonb(j) AS doc) AS jv
   -- Read again right after the signal: a session still as chosen then was
   -- as chosen when the signal reached it.
   LEFT JOIN LATERAL (
