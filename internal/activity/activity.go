@@ -409,7 +409,9 @@ func mustSQL(name string) string {
 // after another. It reads the row's xmax by its table's name, as the
 // table's owner, only for rows of the database pgreap is connected to, in
 // tables without row level security whose owner pgreap's role may act as,
-// in a schema of that owner or of a superuser (sql/rowlocks.sql says why),
+// owned, as their schema, by a superuser or pgreap's own login role: no
+// one with less than pgreap's rights may make the name stand for code
+// (sql/rowlocks.sql says why),
 // without waiting on a lock (a pending ALTER TABLE queues every reader):
 // elsewhere BlockedBy stays as the server says. It costs statements only
 // when a session waits on a row; the commands that show or end lock waits

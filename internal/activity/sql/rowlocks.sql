@@ -6,16 +6,22 @@
 -- members whose lock conflicts with its own, one after another, while
 -- pg_blocking_pids names only the one it waits for now.
 --
--- pgreap reads such a row by its table's name, as the table's owner (SET
--- ROLE): whatever that name stands for when the read runs, no code runs
--- with more than that owner's rights. So only rows of tables
+-- pgreap reads such a row by its table's name, which is resolved when the
+-- read runs: a role that can make that name stand for a view (the table's
+-- owner, or its schema's, by renaming) between this look and the read
+-- runs the view's code in pgreap's session. SET ROLE is no sandbox: code
+-- run under it can RESET ROLE to pgreap's login role (set_config('role',
+-- 'none', true)), a superuser as often as not. So only rows of tables
 --   - of this database: pg_class is per database, and another database's
 --     relation OID may name something else here;
 --   - plain, without row level security (a policy is code);
 --   - whose owner pgreap's role may act as;
---   - in a schema of their owner or of a superuser (for public on 15+, owned
---     by pg_database_owner: the database's owner): no one else can rename
---     a schema to stand another table, or a view, in for them.
+--   - whose owner, and their schema's (for public on 15+, owned by
+--     pg_database_owner: the database's owner), is a superuser or
+--     pgreap's own login role: no one with less than pgreap's rights can
+--     change what the name stands for.
+-- Elsewhere pg_blocking_pids' answer stands (unblock's rounds still reach
+-- every holder, one at a time).
 --  $1 integer[]  the waiters
 SELECT w.pid,
        w.transactionid::text AS waits_for,
@@ -44,4 +50,5 @@ SELECT w.pid,
    AND c.relkind = 'r'
    AND NOT c.relrowsecurity
    AND pg_catalog.pg_has_role(CURRENT_USER, c.relowner, 'MEMBER')
-   AND (eo.oid = c.relowner OR eo.rolsuper)
+   AND (o.rolsuper OR o.rolname = SESSION_USER)
+   AND (eo.rolsuper OR eo.rolname = SESSION_USER)
