@@ -59,6 +59,9 @@ const (
 	Protected  = action.Protected
 	Survived   = action.Survived
 	Planned    = action.Planned
+	// RolledBack: a prepared transaction at a root, rolled back by
+	// Unblock with RollbackPrepared.
+	RolledBack = action.RolledBack
 )
 
 // Target names the sessions to act on: by pid, by selection, or both
@@ -195,7 +198,7 @@ type DrainOptions struct {
 	// Timeout is how long Drain goes on ending sessions (0: 60s).
 	Timeout time.Duration
 	// Escalate cancels running queries first, and terminates what still
-	// runs after Grace.
+	// runs after Grace (0: 10s, as the command's --grace).
 	Escalate bool
 	Grace    time.Duration
 	// IncludeReplication and IncludeAutovacuum end walsenders and
@@ -215,6 +218,15 @@ type Drained struct {
 	// Left are the sessions still connected at the timeout, each with
 	// why (Survived, Denied, Protected): empty when drained.
 	Left []Result
+	// Autovacuum are the autovacuum workers found in the database and
+	// left alone (IncludeAutovacuum ends them): blocking connections does
+	// not keep autovacuum out.
+	Autovacuum []int32
+	// Prepared are the prepared transactions in the database: they have
+	// no session, so Drain neither counts nor ends them, yet they keep
+	// their locks, and DROP DATABASE refuses while one is there (ROLLBACK
+	// PREPARED or COMMIT PREPARED ends them, connected to the database).
+	Prepared []Session
 }
 
 // ErrNotDrained: sessions were still connected at Drain's timeout (see
@@ -230,7 +242,9 @@ var ErrMayNotAlter = errors.New("blocking new connections needs the database's o
 // as `pgreap drain` does, except for the record of the settings: keep
 // Drained.Before to Undrain. c must be connected to another database.
 // The database stays blocked whatever happens after the block, even on
-// an error or ErrNotDrained.
+// an error or ErrNotDrained; the Drained returned then says what was
+// done. It is nil only with an error from before the block (nothing
+// done).
 func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drained, error) {
 	if c.Config().Database == db {
 		// pgreap's own session is never ended: the database would never
@@ -251,13 +265,19 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 	if opt.Timeout == 0 {
 		opt.Timeout = 60 * time.Second
 	}
+	if opt.Grace == 0 {
+		opt.Grace = 10 * time.Second
+	}
 	done, err := maintenance.Drain(ctx, c, db, maintenance.DrainOptions{
 		Timeout: opt.Timeout, Escalate: opt.Escalate, Grace: opt.Grace,
 		IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum,
 	})
-	d.Ended = done.Ended
+	d.Ended, d.Autovacuum = done.Ended, done.Autovacuum
 	if err != nil {
 		return d, fmt.Errorf("drain %q: %w", db, err)
+	}
+	if d.Prepared, err = activity.PreparedIn(ctx, c, db); err != nil {
+		return d, fmt.Errorf("drain %q: prepared transactions: %w", db, err)
 	}
 	if done.Left > 0 {
 		for _, r := range done.Last.Results {
@@ -271,6 +291,8 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 }
 
 // Undrain restores the connection settings Drain found (Drained.Before).
+// The zero Settings are those of a blocked database (no connections,
+// limit 0): pass what Drain returned.
 func Undrain(ctx context.Context, c *pgx.Conn, db string, before Settings) error {
 	return maintenance.Restore(ctx, c, db, before.AllowConnections, before.ConnectionLimit)
 }
@@ -296,7 +318,8 @@ type UnblockOptions struct {
 	// those waits (0: 10s); Wait, how long it waits for each round's
 	// sessions to end (0: 5s).
 	Timeout, Wait time.Duration
-	// Limit: no more than that many roots ended (0: no limit).
+	// Limit: more roots to end than Limit (0: no limit) and Unblock ends
+	// none of them (ErrLimit), or, in a later round, stops (ErrStillWaiting).
 	Limit  int
 	DryRun bool
 	// IncludeReplication and IncludeAutovacuum allow walsenders and
@@ -313,7 +336,9 @@ type Unblocked struct {
 	// Results are the roots it chose, and what became of each.
 	Results []Result
 	// Still names the waits still held up when it gave up, and by whom:
-	// "1234 waits for 5678"; "" when every one was released.
+	// "1234 waits for 5678"; "" when every one was released, or when it
+	// stopped on an error (a cancelled context: errors.Is(err,
+	// context.Canceled)).
 	Still string
 }
 
@@ -354,7 +379,10 @@ func Unblock(ctx context.Context, c *pgx.Conn, opt UnblockOptions) (*Unblocked, 
 	}
 	u, err := maintenance.Unblock(ctx, c, mopt)
 	done := &Unblocked{Results: u.Results, Still: u.Still}
+	var limit *action.LimitError
 	switch {
+	case errors.As(err, &limit):
+		return done, fmt.Errorf("%w (%d chosen, limit %d)", ErrLimit, limit.Chosen, limit.Limit)
 	case err != nil:
 		return done, err
 	case u.Still != "":

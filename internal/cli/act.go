@@ -192,7 +192,7 @@ func choose(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *selector
 func carryOut(ctx context.Context, opts *ActOptions, conn *pgx.Conn, plan *action.Plan, bySelector bool) ([]action.Result, error) {
 	planned := plan.Count(action.Planned)
 	if opts.Limit > 0 && planned > opts.Limit {
-		return nil, usageError(fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned, opts.Limit))
+		return nil, usageError(&action.LimitError{Chosen: planned, Limit: opts.Limit})
 	}
 	// Sessions chosen by selectors are confirmed; sessions named by pid
 	// alone were chosen one by one already.

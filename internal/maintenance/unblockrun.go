@@ -204,7 +204,7 @@ func (u *unblocker) run(ctx context.Context, look *Look, tree *Tree) error {
 		}
 		select {
 		case <-ctx.Done():
-			return errors.New("interrupted")
+			return &Interrupted{ctx.Err()}
 		case <-time.After(min(poll, time.Until(deadline))):
 		}
 		poll = min(poll*2, 200*time.Millisecond)
@@ -266,7 +266,7 @@ func (u *unblocker) round(ctx context.Context, pids []int32, limit int, sel *sel
 		}
 	}
 	if limit > 0 && planned+rolls > limit {
-		return nil, nil, fmt.Errorf("%d sessions chosen, more than --limit %d: nothing done", planned+rolls, limit)
+		return nil, nil, &action.LimitError{Chosen: planned + rolls, Limit: limit}
 	}
 	if opts.Confirm != nil && !opts.DryRun && planned+rolls > 0 {
 		var what []string
@@ -604,3 +604,9 @@ func withWaiters(results []action.Result, snap *activity.Snapshot, tree *Tree, w
 	}
 	return shown
 }
+
+// Interrupted: the run was stopped by its context (Unwrap gives why).
+type Interrupted struct{ Cause error }
+
+func (e *Interrupted) Error() string { return "interrupted" }
+func (e *Interrupted) Unwrap() error { return e.Cause }
