@@ -72,8 +72,8 @@ func TestBlockingTreeOfARealLockWait(t *testing.T) {
 	if len(m.view) != 2 || m.view[0].s.PID != holder.PID || m.view[1].s.PID != waiter.PID || m.view[1].depth != 1 {
 		t.Fatalf("blocking tree: %+v", m.view)
 	}
-	if !strings.Contains(m.View(), "└ "+fmt.Sprint(waiter.PID)) || !strings.Contains(m.View(), "Lock:relation ") {
-		t.Fatalf("screen:\n%s", m.View())
+	if !strings.Contains(m.draw(), "└ "+fmt.Sprint(waiter.PID)) || !strings.Contains(m.draw(), "Lock:relation ") {
+		t.Fatalf("screen:\n%s", m.draw())
 	}
 }
 
@@ -180,8 +180,8 @@ func TestWorkersFoldedCancelTheLeader(t *testing.T) {
 			leaderRow = &m.all[i]
 		}
 	}
-	if leaderRow == nil || len(leaderRow.workers) == 0 || !strings.Contains(m.View(), fmt.Sprintf("%d +%d", leader.PID, len(leaderRow.workers))) {
-		t.Fatalf("leader row %+v\n%s", leaderRow, m.View())
+	if leaderRow == nil || len(leaderRow.workers) == 0 || !strings.Contains(m.draw(), fmt.Sprintf("%d +%d", leader.PID, len(leaderRow.workers))) {
+		t.Fatalf("leader row %+v\n%s", leaderRow, m.draw())
 	}
 	s := start(t, Options{Source: src}, 160, 20)
 	s.keys("/", fmt.Sprint(leader.PID), "<enter>", "c")

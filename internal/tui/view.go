@@ -6,7 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
+	"charm.land/lipgloss/v2"
+	"github.com/charmbracelet/x/ansi"
 	"github.com/mattn/go-runewidth"
 
 	"github.com/pgreap/pgreap/internal/activity"
@@ -65,22 +67,23 @@ const (
 	ageAlarm = 10 * time.Minute
 )
 
-// styles are the colours; without a renderer, text stays plain.
+// styles are the colours; without colour, text stays plain. The program
+// brings them down to what the terminal shows.
 type styles struct {
 	on                                              bool
 	bold, dim, cursor, mark, green, yellow, red, hi lipgloss.Style
 }
 
-func newStyles(r *lipgloss.Renderer) styles {
-	if r == nil {
+func newStyles(color bool) styles {
+	if !color {
 		return styles{}
 	}
-	c := func(n string) lipgloss.Style { return r.NewStyle().Foreground(lipgloss.Color(n)) }
+	c := func(n string) lipgloss.Style { return lipgloss.NewStyle().Foreground(lipgloss.Color(n)) }
 	return styles{
 		on:     true,
-		bold:   r.NewStyle().Bold(true),
-		dim:    r.NewStyle().Faint(true),
-		cursor: r.NewStyle().Reverse(true),
+		bold:   lipgloss.NewStyle().Bold(true),
+		dim:    lipgloss.NewStyle().Faint(true),
+		cursor: lipgloss.NewStyle().Reverse(true),
 		mark:   c("5").Bold(true),
 		green:  c("2"),
 		yellow: c("3"),
@@ -113,8 +116,15 @@ func pad(b *strings.Builder, text string, w int) {
 	}
 }
 
-// View draws the screen; it reads the model and changes nothing.
-func (m *Model) View() string {
+// View is the screen, on the terminal's alternate screen.
+func (m *Model) View() tea.View {
+	v := tea.NewView(m.draw())
+	v.AltScreen = true
+	return v
+}
+
+// draw draws the screen; it reads the model and changes nothing.
+func (m *Model) draw() string {
 	if m.width <= 0 || m.height <= 0 {
 		return ""
 	}
@@ -340,7 +350,7 @@ func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
 // cutLine cuts a line with no escape sequences to the screen's width.
 func (m *Model) cutLine(s string) string {
 	if m.st.on && strings.Contains(s, "\x1b") {
-		return lipgloss.NewStyle().MaxWidth(m.width).Render(s)
+		return ansi.Truncate(s, m.width, "")
 	}
 	return output.Cut(s, m.width)
 }
@@ -370,11 +380,7 @@ func (m *Model) footer() []string {
 		}
 		return lines
 	}
-	keys := "↑↓/jk move · space mark · c cancel · t terminate · / filter · s sort · b blockers · enter details · ? help · q quit"
-	if m.opt.ReadOnly {
-		keys = "↑↓/jk move · / filter · s sort · b blockers · enter details · ? help · q quit · read-only"
-	}
-	return []string{m.st.paint(m.st.dim, m.cutLine(keys))}
+	return []string{m.st.paint(m.st.dim, m.cutLine(keymap.footerKeys(m.opt.ReadOnly)))}
 }
 
 // maxStatusLines is how many lines the status of an action takes at most
@@ -451,26 +457,15 @@ func (m *Model) fit(lines []string) string {
 }
 
 func helpLines(readOnly bool) []string {
-	lines := []string{
-		"pgreap top: keys",
-		"",
-		"  ↑ ↓  j k     move            PgUp PgDn  page       g G  first, last",
-		"  space        mark the session (marks follow the session, not the pid)",
-		"  c            cancel the query of the marked sessions, or of the selected one",
-		"  t            terminate the marked sessions, or the selected one",
-		"  /            filter on db, user, app, client, pid, query (enter applies, esc clears)",
-		"  s            sort: age, state, db, user, app",
-		"  b            blocking tree only: the roots, the sessions queued behind them",
-		"  enter        every field of the session and its whole query",
-		"  esc          clear the status line and the filter",
-		"  ?            this help             q  quit",
+	lines := append([]string{"pgreap top: keys", ""}, keymap.helpKeys()...)
+	lines = append(lines,
 		"",
 		"c and t ask y/n first, naming the sessions. The statement that signals re-checks",
 		"each session's identity (pid and backend_start, and for a cancel query_start):",
 		"a session that moved on is reported changed and left alone. Parallel workers",
 		"(+N after a pid) die with their leader; pgreap's own session, walsenders and",
 		"autovacuum workers are protected. Terminate waits up to 5s for each to be gone.",
-	}
+	)
 	if readOnly {
 		lines = append(lines, "", "read-only (--read-only): c and t are off.")
 	}
