@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"runtime/debug"
 	"time"
 
 	tea "charm.land/bubbletea/v2"
@@ -82,6 +83,11 @@ top needs a terminal; for a script, use ls.`,
 }
 
 func topRun(ctx context.Context, opts *TopOptions) error {
+	if os.Getenv("GOGC") == "" {
+		// Main's GOGC=400 suits commands that live for milliseconds;
+		// top lives on, and holds a snapshot (bench/topcost_test.go).
+		debug.SetGCPercent(100)
+	}
 	sel, err := opts.Selectors.Selector()
 	if err != nil {
 		return usageError(err)
@@ -137,5 +143,8 @@ func topProgram(m tea.Model, io *IOStreams) *tea.Program {
 	// first, the handler blocks forever sending to a finished event loop:
 	// top hung on SIGTERM), and its kill path closes the input while
 	// its reader still reads it (a data race): a quit waits for both.
-	return tea.NewProgram(m, tea.WithoutSignalHandler(), tea.WithInput(io.In), tea.WithOutput(io.Out))
+	return tea.NewProgram(m, tea.WithoutSignalHandler(), tea.WithInput(io.In), tea.WithOutput(io.Out),
+		// 30 frames a second, not 60: each is a wake-up, even with
+		// nothing to draw (an idle screen costs the wake-ups only).
+		tea.WithFPS(30))
 }

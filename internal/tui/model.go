@@ -71,6 +71,8 @@ type Model struct {
 	status    string
 	bad       bool     // the status reports a problem
 	done      []string // the status of every action, in order
+	drawn     string   // the screen View drew last
+	dirty     bool     // a message changed the model since
 }
 
 // Done is the status line of every action carried out, in order.
@@ -128,7 +130,7 @@ func New(opt Options) *Model {
 		in.SetStyles(textinput.Styles{})
 		in.SetVirtualCursor(false)
 	}
-	return &Model{opt: opt, st: newStyles(opt.Color), marks: map[ident]bool{}, input: in, loading: true}
+	return &Model{opt: opt, st: newStyles(opt.Color), marks: map[ident]bool{}, input: in, loading: true, dirty: true}
 }
 
 // Init takes the first snapshot.
@@ -156,6 +158,9 @@ func (m *Model) next() tea.Cmd {
 
 // Update handles a message; it never waits on the server.
 func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	if _, ok := msg.(tickMsg); !ok {
+		m.dirty = true // a tick changes nothing on the screen
+	}
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
@@ -488,6 +493,28 @@ func (m *Model) setFilter(s string) {
 // setFrame takes a new snapshot: marks of sessions that ended are
 // dropped, the cursor stays on the same session when it still is there.
 func (m *Model) setFrame(f *Frame) {
+	if m.frame != nil && sameSessions(m.frame.Snap, f.Snap) {
+		// The same sessions at a later time (a quiet server): only the
+		// ages move, and the rows keep their other cells.
+		m.frame = f
+		ages := map[time.Duration]string{}
+		// The list's rows share their cells with all's; the tree's have
+		// their own.
+		if m.age(m.all, ages, true) && m.age(m.view, ages, m.blockers) {
+			// Ages all moved by the same time: the order stands, and
+			// the width of the age column is all that can change.
+			m.widths[colAge] = width(titles[colAge])
+			for i := range m.view {
+				m.widths[colAge] = max(m.widths[colAge], len(m.view[i].cells[colAge])) // ASCII
+			}
+			m.layout()
+			m.scroll()
+			m.summarize()
+			return
+		}
+		m.rebuild()
+		return
+	}
 	m.frame = f
 	m.all = rowsOf(f)
 	live := make(map[ident]bool, len(m.all))
@@ -500,6 +527,41 @@ func (m *Model) setFrame(f *Frame) {
 		}
 	}
 	m.rebuild()
+}
+
+// age moves rows to the frame's time, and their age cells with cells;
+// false if a row needs more than its age cell made again. Ages are
+// written once for each second (ages holds them).
+func (m *Model) age(rows []row, ages map[time.Duration]string, cells bool) bool {
+	ok := true
+	for i := range rows {
+		r := &rows[i]
+		r.age = r.s.StateAge(m.frame.Snap.Taken)
+		switch w := m.frame.Waits[r.s.PID]; {
+		case w != r.wait || r.s.IsPrepared():
+			r.wait, r.cells, ok = w, nil, false
+		case cells && r.cells != nil:
+			key := r.age
+			if key >= time.Second {
+				key = key.Truncate(time.Second) // all Age shows
+			}
+			a, seen := ages[key]
+			if !seen {
+				a = output.Age(r.age)
+				ages[key] = a
+			}
+			r.cells[colAge] = a
+		}
+	}
+	return ok
+}
+
+// sameSessions reports whether two snapshots hold the very same sessions
+// (Source.Frame's answer on a quiet server).
+func sameSessions(a, b *activity.Snapshot) bool {
+	return len(a.Sessions) == len(b.Sessions) && len(a.Prepared) == len(b.Prepared) &&
+		(len(a.Sessions) == 0 || &a.Sessions[0] == &b.Sessions[0]) &&
+		(len(a.Prepared) == 0 || &a.Prepared[0] == &b.Prepared[0])
 }
 
 // rebuild makes the view from all rows: the filter, then the sort or the

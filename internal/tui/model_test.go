@@ -690,3 +690,39 @@ func TestTreeWithAPreparedRoot(t *testing.T) {
 		t.Fatalf("marks %v, question %v, status %q", m.marks, m.ask, m.status)
 	}
 }
+
+// The same sessions later (a quiet server's refresh, which shares the
+// last snapshot's sessions) draw as a snapshot taken then would: the ages
+// move, their colours and the age column's width with them.
+func TestSameSessionsLater(t *testing.T) {
+	t.Parallel()
+	for _, keys := range []string{"", "b", "s", "/shop\r"} {
+		first := incident()
+		later := *first
+		snap := *first.Snap
+		snap.Taken = snap.Taken.Add(9 * time.Minute)
+		later.Snap = &snap
+		fresh := incident()
+		fresh.Snap.Taken = snap.Taken
+
+		quiet := New(Options{Source: &fakeSource{}, Interval: time.Hour, Color: true})
+		full := New(Options{Source: &fakeSource{}, Interval: time.Hour, Color: true})
+		for _, m := range []*Model{quiet, full} {
+			m.Update(size(140, 16))
+		}
+		quiet.Update(FrameMsg{Frame: first})
+		full.Update(FrameMsg{Frame: fresh})
+		for _, k := range keys {
+			key := runes(string(k))
+			if k == '\r' {
+				key = enter
+			}
+			quiet.Update(key)
+			full.Update(key)
+		}
+		quiet.Update(FrameMsg{Frame: &later})
+		if got, want := quiet.View().Content, full.View().Content; got != want {
+			t.Fatalf("keys %q: the same sessions 9m later:\n%s\nwant, as a new snapshot:\n%s", keys, got, want)
+		}
+	}
+}

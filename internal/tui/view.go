@@ -71,7 +71,16 @@ const (
 // brings them down to what the terminal shows.
 type styles struct {
 	on                                              bool
-	bold, dim, cursor, mark, green, yellow, red, hi lipgloss.Style
+	bold, dim, cursor, mark, green, yellow, red, hi style
+}
+
+// style is a lipgloss style as the escape sequences around one line of
+// text: lipgloss renders it once, not for every cell of every frame.
+type style struct{ before, after string }
+
+func newStyle(s lipgloss.Style) style {
+	before, after, _ := strings.Cut(s.Render("\x00"), "\x00")
+	return style{before, after}
 }
 
 func newStyles(color bool) styles {
@@ -81,22 +90,23 @@ func newStyles(color bool) styles {
 	c := func(n string) lipgloss.Style { return lipgloss.NewStyle().Foreground(lipgloss.Color(n)) }
 	return styles{
 		on:     true,
-		bold:   lipgloss.NewStyle().Bold(true),
-		dim:    lipgloss.NewStyle().Faint(true),
-		cursor: lipgloss.NewStyle().Reverse(true),
-		mark:   c("5").Bold(true),
-		green:  c("2"),
-		yellow: c("3"),
-		red:    c("1"),
-		hi:     c("6"),
+		bold:   newStyle(lipgloss.NewStyle().Bold(true)),
+		dim:    newStyle(lipgloss.NewStyle().Faint(true)),
+		cursor: newStyle(lipgloss.NewStyle().Reverse(true)),
+		mark:   newStyle(c("5").Bold(true)),
+		green:  newStyle(c("2")),
+		yellow: newStyle(c("3")),
+		red:    newStyle(c("1")),
+		hi:     newStyle(c("6")),
 	}
 }
 
-func (st *styles) paint(s lipgloss.Style, text string) string {
-	if !st.on || text == "" {
+// paint styles one line of text (no newline).
+func (st *styles) paint(s style, text string) string {
+	if !st.on || text == "" || s.before == "" {
 		return text
 	}
-	return s.Render(text)
+	return s.before + text + s.after
 }
 
 func width(s string) int { return runewidth.StringWidth(s) }
@@ -116,9 +126,14 @@ func pad(b *strings.Builder, text string, w int) {
 	}
 }
 
-// View is the screen, on the terminal's alternate screen.
+// View is the screen, on the terminal's alternate screen. It is drawn
+// again only when a message changed the model: the program asks for it
+// after every message, the ticks between refreshes included.
 func (m *Model) View() tea.View {
-	v := tea.NewView(m.draw())
+	if m.dirty {
+		m.drawn, m.dirty = m.draw(), false
+	}
+	v := tea.NewView(m.drawn)
 	v.AltScreen = true
 	return v
 }
@@ -309,7 +324,7 @@ func (m *Model) rowLine(i int) string {
 	return b.String()
 }
 
-func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
+func (m *Model) cellStyle(r *row, c int) style {
 	s := r.s
 	switch c {
 	case colState:
@@ -344,7 +359,7 @@ func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
 			return m.st.hi
 		}
 	}
-	return lipgloss.Style{}
+	return style{}
 }
 
 // cutLine cuts a line with no escape sequences to the screen's width.
