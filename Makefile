@@ -119,3 +119,4 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench WatchOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench 'Top$$' -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench WatchCost -benchtime 1x
+	$(GO) test ./bench -run '^$$' -bench TopCost -benchtime 1x

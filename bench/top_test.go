@@ -9,9 +9,7 @@ import (
 	"testing"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
-	"github.com/muesli/termenv"
+	tea "charm.land/bubbletea/v2"
 
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/output"
@@ -40,16 +38,14 @@ const topSessions = 2000
 //	KB/frame      bytes allocated per frame
 func BenchmarkTop(b *testing.B) {
 	f := topFrame(topSessions)
-	r := lipgloss.NewRenderer(io.Discard)
-	r.SetColorProfile(termenv.ANSI256)
-	m := tui.New(tui.Options{Source: nil, Interval: time.Hour, Renderer: r})
+	m := tui.New(tui.Options{Source: nil, Interval: time.Hour, Color: true})
 	m.Update(tea.WindowSizeMsg{Width: 200, Height: 60})
 	m.Update(tui.FrameMsg{Frame: f})
-	if v := m.View(); len(f.Snap.Sessions) != topSessions || !strings.Contains(v, "waiting on locks") || strings.Count(v, "\n") != 59 {
+	if v := m.View().Content; len(f.Snap.Sessions) != topSessions || !strings.Contains(v, "waiting on locks") || strings.Count(v, "\n") != 59 {
 		b.Fatalf("not a full screen of %d sessions:\n%s", len(f.Snap.Sessions), v)
 	}
-	down := tea.KeyMsg{Type: tea.KeyDown}
-	up := tea.KeyMsg{Type: tea.KeyUp}
+	down := tea.KeyPressMsg{Code: tea.KeyDown}
+	up := tea.KeyPressMsg{Code: tea.KeyUp}
 
 	var frame, refresh, ls time.Duration
 	var frameBytes uint64
@@ -64,7 +60,7 @@ func BenchmarkTop(b *testing.B) {
 
 		start = time.Now()
 		m.Update(tui.FrameMsg{Frame: f})
-		_ = m.View()
+		_ = m.View().Content
 		refresh += time.Since(start)
 
 		before := allocated()
@@ -75,7 +71,7 @@ func BenchmarkTop(b *testing.B) {
 				key = up
 			}
 			m.Update(key)
-			_ = m.View()
+			_ = m.View().Content
 		}
 		frame += time.Since(start)
 		frameBytes += allocated() - before

@@ -3,12 +3,16 @@ package cli_test
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"os"
 	"os/exec"
 	"regexp"
 	"strings"
+	"sync"
 	"testing"
 	"time"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
 // termQuery is what a program writes to ask the terminal something and
@@ -21,6 +25,7 @@ var termQuery = regexp.MustCompile(`\x1b\]1[0-2];\?|\x1b\[\??6n|\x1b\[[>=]?0?c|\
 // and never wait for it: on a pseudo-terminal nobody answers (script(1)
 // relays what the command writes and answers nothing), bubbletea v1's
 // init asked for the background colour and every command stalled 5 s.
+// Top (bubbletea v2) asks neither, and draws without an answer.
 func TestTerminalNotQueried(t *testing.T) {
 	t.Parallel()
 	script, err := exec.LookPath("script")
@@ -40,6 +45,40 @@ func TestTerminalNotQueried(t *testing.T) {
 		}
 	}
 	env = append(env, "TERM=xterm-256color")
+	t.Run("top", func(t *testing.T) {
+		t.Parallel()
+		db := pgtest.NewDB(t)
+		ctx, cancel := context.WithTimeout(context.Background(), 60*time.Second) // a hang check
+		defer cancel()
+		cmd := exec.CommandContext(ctx, script, "-qec", "'"+bin+"' top --db "+db, "/dev/null")
+		cmd.Env = env
+		cmd.WaitDelay = time.Second
+		keys, err := cmd.StdinPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
+		var out syncBuffer
+		cmd.Stdout, cmd.Stderr = &out, &out
+		if err := cmd.Start(); err != nil {
+			t.Fatal(err)
+		}
+		// The screen is drawn with nobody answering: then q quits.
+		pgtest.Eventually(t, "top's screen", func() (bool, error) {
+			if ctx.Err() != nil {
+				return false, fmt.Errorf("%w: %q", ctx.Err(), out.String())
+			}
+			return strings.Contains(out.String(), "(no session to show)"), nil
+		})
+		if _, err := keys.Write([]byte("q")); err != nil {
+			t.Fatal(err)
+		}
+		if err := cmd.Wait(); err != nil {
+			t.Fatalf("pgreap top: %v: %q", err, out.String())
+		}
+		if q := termQuery.FindString(out.String()); q != "" {
+			t.Errorf("pgreap top wrote %q to the terminal: %q", q, out.String())
+		}
+	})
 	for _, args := range []string{"version", "ls --help"} {
 		t.Run(args, func(t *testing.T) {
 			t.Parallel()
@@ -68,4 +107,22 @@ func TestTerminalNotQueried(t *testing.T) {
 			}
 		})
 	}
+}
+
+// syncBuffer is a buffer a command writes while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *syncBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *syncBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }

@@ -5,12 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"os"
+	"runtime/debug"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
+	"github.com/charmbracelet/colorprofile"
 	"github.com/jackc/pgx/v5"
-	"github.com/muesli/termenv"
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/selector"
@@ -82,6 +83,11 @@ top needs a terminal; for a script, use ls.`,
 }
 
 func topRun(ctx context.Context, opts *TopOptions) error {
+	if os.Getenv("GOGC") == "" {
+		// Main's GOGC=400 suits commands that live for milliseconds;
+		// top lives on, and holds a snapshot (bench/topcost_test.go).
+		debug.SetGCPercent(100)
+	}
 	sel, err := opts.Selectors.Selector()
 	if err != nil {
 		return usageError(err)
@@ -97,16 +103,13 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 	ctx, cancel := context.WithCancel(ctx)
 	src := tui.NewDB(conn, opts.Connect, sel)
 	defer src.Close(context.WithoutCancel(ctx))
-	defer cancel()                  // first: a statement in flight ends, then Close
-	var renderer *lipgloss.Renderer // nil: plain
-	if opts.Color {
-		renderer = lipgloss.NewRenderer(opts.IO.Out)
-		if renderer.ColorProfile() == termenv.Ascii {
-			renderer = nil
-		}
-	}
-	m := tui.New(tui.Options{Context: ctx, Source: src, Interval: opts.Interval, ReadOnly: opts.ReadOnly, Renderer: renderer})
-	p := topProgram(m, opts.IO)
+	defer cancel() // first: a statement in flight ends, then Close
+	// The program brings colours down to what the terminal shows; a
+	// terminal with none (TERM=dumb) gets plain text.
+	color := opts.Color && colorprofile.Detect(opts.IO.Out, os.Environ()) > colorprofile.ASCII
+	in, reads := tui.CountReads(opts.IO.In)
+	m := tui.New(tui.Options{Context: ctx, Source: src, Interval: opts.Interval, ReadOnly: opts.ReadOnly, Color: color, Reads: reads})
+	p := topProgram(m, &IOStreams{In: in, Out: opts.IO.Out, ErrOut: opts.IO.ErrOut})
 	go func() {
 		<-ctx.Done() // a signal, or the end of topRun
 		p.Quit()     // a no-op once the program has ended
@@ -140,6 +143,8 @@ func topProgram(m tea.Model, io *IOStreams) *tea.Program {
 	// first, the handler blocks forever sending to a finished event loop:
 	// top hung on SIGTERM), and its kill path closes the input while
 	// its reader still reads it (a data race): a quit waits for both.
-	return tea.NewProgram(m, tea.WithAltScreen(), tea.WithoutSignalHandler(),
-		tea.WithInput(io.In), tea.WithOutput(io.Out))
+	return tea.NewProgram(m, tea.WithoutSignalHandler(), tea.WithInput(io.In), tea.WithOutput(io.Out),
+		// 30 frames a second, not 60: each is a wake-up, even with
+		// nothing to draw (an idle screen costs the wake-ups only).
+		tea.WithFPS(30))
 }

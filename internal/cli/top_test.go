@@ -11,7 +11,7 @@ import (
 	"testing"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
+	tea "charm.land/bubbletea/v2"
 
 	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -242,13 +242,17 @@ type panicky struct{}
 func (panicky) Init() tea.Cmd { return nil }
 
 func (panicky) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
-	if k, ok := msg.(tea.KeyMsg); ok && k.String() == "p" {
+	if k, ok := msg.(tea.KeyPressMsg); ok && k.String() == "p" {
 		panic("boom")
 	}
 	return panicky{}, nil
 }
 
-func (panicky) View() string { return "press p to panic" }
+func (panicky) View() tea.View {
+	v := tea.NewView("press p to panic")
+	v.AltScreen = true
+	return v
+}
 
 // topPanic runs panicky as top runs its model; exit 3 if Run reports
 // the panic.

@@ -72,8 +72,8 @@ func TestBlockingTreeOfARealLockWait(t *testing.T) {
 	if len(m.view) != 2 || m.view[0].s.PID != holder.PID || m.view[1].s.PID != waiter.PID || m.view[1].depth != 1 {
 		t.Fatalf("blocking tree: %+v", m.view)
 	}
-	if !strings.Contains(m.View(), "└ "+fmt.Sprint(waiter.PID)) || !strings.Contains(m.View(), "Lock:relation ") {
-		t.Fatalf("screen:\n%s", m.View())
+	if !strings.Contains(m.draw(), "└ "+fmt.Sprint(waiter.PID)) || !strings.Contains(m.draw(), "Lock:relation ") {
+		t.Fatalf("screen:\n%s", m.draw())
 	}
 }
 
@@ -180,8 +180,8 @@ func TestWorkersFoldedCancelTheLeader(t *testing.T) {
 			leaderRow = &m.all[i]
 		}
 	}
-	if leaderRow == nil || len(leaderRow.workers) == 0 || !strings.Contains(m.View(), fmt.Sprintf("%d +%d", leader.PID, len(leaderRow.workers))) {
-		t.Fatalf("leader row %+v\n%s", leaderRow, m.View())
+	if leaderRow == nil || len(leaderRow.workers) == 0 || !strings.Contains(m.draw(), fmt.Sprintf("%d +%d", leader.PID, len(leaderRow.workers))) {
+		t.Fatalf("leader row %+v\n%s", leaderRow, m.draw())
 	}
 	s := start(t, Options{Source: src}, 160, 20)
 	s.keys("/", fmt.Sprint(leader.PID), "<enter>", "c")
@@ -237,5 +237,55 @@ func TestSelectorsAreRecheckedAtTheSignal(t *testing.T) {
 	}
 	if !v.Alive() {
 		t.Fatal("terminated a session that no longer matched")
+	}
+}
+
+// On a quiet server a refresh is one row (quiet.sql), not a snapshot: the
+// frame is the last one's sessions at the server's new time. A statement,
+// a new session, an ended one or a busy one brings a snapshot again.
+func TestQuietServerIsNotSnapshotAgain(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	a.Exec("SELECT 1")
+	src := newDB(t, &selector.Selector{DB: []string{db}})
+	ctx := pgtest.Context(t)
+	frame := func() *Frame {
+		t.Helper()
+		f, err := src.Frame(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return f
+	}
+	snapshotted := func(before, after *Frame) bool {
+		return len(after.Snap.Sessions) == 0 || len(before.Snap.Sessions) == 0 || &after.Snap.Sessions[0] != &before.Snap.Sessions[0]
+	}
+	first := frame()
+	again := frame()
+	if snapshotted(first, again) || len(again.Snap.Sessions) != 1 || !again.Snap.Taken.After(first.Snap.Taken) {
+		t.Fatalf("quiet: snapshot again %v, %d sessions, taken %v then %v",
+			snapshotted(first, again), len(again.Snap.Sessions), first.Snap.Taken, again.Snap.Taken)
+	}
+	a.Exec("SELECT 2")
+	if f := frame(); !snapshotted(again, f) || len(f.Snap.Sessions) != 1 || f.Snap.Sessions[0].Query != "SELECT 2" {
+		t.Fatalf("after a statement: %+v", f.Snap.Sessions)
+	}
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	b.Exec("SELECT 3")
+	frame()
+	if f := frame(); len(f.Snap.Sessions) != 2 {
+		t.Fatalf("after a new session: %d sessions", len(f.Snap.Sessions))
+	}
+	pgtest.Exec(t, "SELECT pg_catalog.pg_terminate_backend($1)", b.PID)
+	pgtest.Eventually(t, "b gone", func() (bool, error) { return !b.Alive(), nil })
+	if f := frame(); len(f.Snap.Sessions) != 1 {
+		t.Fatalf("after a session ended: %d sessions", len(f.Snap.Sessions))
+	}
+	a.Start("SELECT pg_catalog.pg_sleep(60)")
+	a.WaitState("active", "")
+	busy := frame()
+	if f := frame(); !snapshotted(busy, f) {
+		t.Fatal("a busy server was not snapshot again")
 	}
 }

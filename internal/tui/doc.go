@@ -11,6 +11,11 @@
 //     session's outcome is shown, refusals included;
 //   - Update never waits on the server: snapshots and actions run as
 //     commands, one statement at a time on one connection;
+//   - a refresh of a quiet server (every session shown idle or idle in
+//     transaction, none started, ended or run a statement since the last
+//     snapshot: sql/quiet.sql) reads one row and shows the last
+//     snapshot's sessions at the server's new time; any change, or a
+//     selector that moves with time or queries, takes a snapshot;
 //   - text from the server (queries, application names) is cleaned of
 //     control characters before it reaches the terminal.
 package tui

@@ -7,10 +7,10 @@ import (
 	"strings"
 	"time"
 
-	"github.com/charmbracelet/bubbles/cursor"
-	"github.com/charmbracelet/bubbles/textinput"
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
+	"charm.land/bubbles/v2/key"
+	"charm.land/bubbles/v2/textinput"
+	tea "charm.land/bubbletea/v2"
+	"charm.land/lipgloss/v2"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
@@ -27,9 +27,13 @@ type Options struct {
 	Interval time.Duration
 	// ReadOnly refuses c and t: for people who may only look.
 	ReadOnly bool
-	// Renderer draws colours; nil draws plain text (no terminal colours,
+	// Color draws colours; without it, plain text (no terminal colours,
 	// NO_COLOR, --no-color).
-	Renderer *lipgloss.Renderer
+	Color bool
+	// Reads counts the reads of the terminal (CountReads): a y read
+	// before a question was put is not its answer. Nil: every key is a
+	// read of its own.
+	Reads func() uint64
 }
 
 // Model is the bubbletea model of `pgreap top`.
@@ -61,11 +65,14 @@ type Model struct {
 	detail    *ident // the session whose fields are shown
 	detailTop int    // the first line of them on the screen
 	ask       *question
-	ticks     int  // refreshes scheduled: the number of the one that counts
-	leaving   bool // q was pressed while an action ran: a second q quits
+	asked     uint64 // Reads when the question was put
+	ticks     int    // refreshes scheduled: the number of the one that counts
+	leaving   bool   // q was pressed while an action ran: a second q quits
 	status    string
 	bad       bool     // the status reports a problem
 	done      []string // the status of every action, in order
+	drawn     string   // the screen View drew last
+	dirty     bool     // a message changed the model since
 }
 
 // Done is the status line of every action carried out, in order.
@@ -114,8 +121,16 @@ func New(opt Options) *Model {
 	in.Prompt = "/"
 	in.Placeholder = "text in db, user, app, client, pid or query"
 	in.CharLimit = 200
-	_ = in.Cursor.SetMode(cursor.CursorStatic)
-	return &Model{opt: opt, st: newStyles(opt.Renderer), marks: map[ident]bool{}, input: in, loading: true}
+	if opt.Color {
+		ph := lipgloss.NewStyle().Foreground(lipgloss.Color("240"))
+		in.SetStyles(textinput.Styles{Focused: textinput.StyleState{Placeholder: ph}, Blurred: textinput.StyleState{Placeholder: ph}})
+	} else {
+		// No escape sequence at all: no styles, and no cursor drawn in
+		// reverse video (the terminal's cursor is hidden, as before).
+		in.SetStyles(textinput.Styles{})
+		in.SetVirtualCursor(false)
+	}
+	return &Model{opt: opt, st: newStyles(opt.Color), marks: map[ident]bool{}, input: in, loading: true, dirty: true}
 }
 
 // Init takes the first snapshot.
@@ -143,10 +158,13 @@ func (m *Model) next() tea.Cmd {
 
 // Update handles a message; it never waits on the server.
 func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
+	if _, ok := msg.(tickMsg); !ok {
+		m.dirty = true // a tick changes nothing on the screen
+	}
 	switch msg := msg.(type) {
 	case tea.WindowSizeMsg:
 		m.width, m.height = msg.Width, msg.Height
-		m.input.Width = max(msg.Width-30, 10) // room for the hint
+		m.input.SetWidth(max(msg.Width-30, 10)) // room for the hint
 		m.layout()
 		m.scroll()
 		return m, nil
@@ -176,8 +194,14 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 			return m, m.fetch()
 		}
 		return m, nil
-	case tea.KeyMsg:
+	case tea.KeyPressMsg:
 		return m.key(msg)
+	case tea.PasteMsg:
+		// A paste is text for the filter being typed, never a key: not an
+		// answer, not a command.
+		if !m.typing {
+			return m, nil
+		}
 	}
 	if m.typing {
 		var cmd tea.Cmd
@@ -187,41 +211,21 @@ func (m *Model) Update(msg tea.Msg) (tea.Model, tea.Cmd) {
 	return m, nil
 }
 
-func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
-	if k.Type == tea.KeyCtrlC {
+func (m *Model) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
+	if key.Matches(k, keymap.interrupt.Binding) {
 		return m.quit()
-	}
-	if k.Type == tea.KeyRunes && len(k.Runes) > 1 && !k.Paste {
-		if m.ask != nil {
-			// An answer is one key pressed on its own, never a burst
-			// of text (a paste into a terminal without bracketed paste).
-			return m, nil
-		}
-		// Keys typed faster than they are read come as one message: "/rep"
-		// is / then r, e, p, each a key of its own. What follows a key
-		// that asks a question is dropped: the question must be seen
-		// before it is answered.
-		var cmds []tea.Cmd
-		for _, r := range k.Runes {
-			_, cmd := m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}, Alt: k.Alt})
-			cmds = append(cmds, cmd)
-			if m.ask != nil {
-				break
-			}
-		}
-		return m, tea.Batch(cmds...)
 	}
 	switch {
 	case m.ask != nil:
 		return m.answer(k)
 	case m.typing:
-		switch k.Type {
-		case tea.KeyEnter:
+		switch {
+		case key.Matches(k, keymap.apply.Binding):
 			m.typing = false
 			m.input.Blur()
 			m.setFilter(m.input.Value())
 			return m, nil
-		case tea.KeyEsc:
+		case key.Matches(k, keymap.clear.Binding):
 			m.typing = false
 			m.input.Blur()
 			m.input.SetValue("")
@@ -236,38 +240,38 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 		return m, nil
 	case m.detail != nil:
 		// The view clamps detailTop to the text's length.
-		switch k.String() {
-		case "esc", "enter", "q", "backspace":
+		switch km := &keymap; {
+		case key.Matches(k, km.back.Binding):
 			m.detail = nil
-		case "down", "j":
+		case key.Matches(k, km.down.Binding):
 			m.detailTop++
-		case "up", "k":
+		case key.Matches(k, km.up.Binding):
 			m.detailTop = max(m.detailTop-1, 0)
-		case "pgdown", "ctrl+f", " ":
+		case key.Matches(k, km.scrollPage.Binding):
 			m.detailTop += m.height - 2
-		case "pgup", "ctrl+b":
+		case key.Matches(k, km.pageUp.Binding):
 			m.detailTop = max(m.detailTop-m.height+2, 0)
-		case "home", "g":
+		case key.Matches(k, km.home.Binding):
 			m.detailTop = 0
 		}
 		return m, nil
 	}
-	switch k.String() {
-	case "q":
+	switch km := &keymap; {
+	case key.Matches(k, km.quit.Binding):
 		return m.quit()
-	case "up", "k":
+	case key.Matches(k, km.up.Binding):
 		m.move(-1)
-	case "down", "j":
+	case key.Matches(k, km.down.Binding):
 		m.move(1)
-	case "pgup", "ctrl+b":
+	case key.Matches(k, km.pageUp.Binding):
 		m.move(-m.rowsOnScreen())
-	case "pgdown", "ctrl+f":
+	case key.Matches(k, km.pageDown.Binding):
 		m.move(m.rowsOnScreen())
-	case "home", "g":
+	case key.Matches(k, km.home.Binding):
 		m.move(-len(m.view))
-	case "end", "G":
+	case key.Matches(k, km.end.Binding):
 		m.move(len(m.view))
-	case " ":
+	case key.Matches(k, km.mark.Binding):
 		if r := m.selected(); r != nil && r.s.IsPrepared() {
 			m.status, m.bad = preparedNote(r.s), true
 		} else if r != nil {
@@ -279,33 +283,33 @@ func (m *Model) key(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			m.move(1)
 			m.summarize()
 		}
-	case "/":
+	case key.Matches(k, km.filter.Binding):
 		m.typing = true
 		m.input.SetValue(m.filter)
 		m.input.CursorEnd()
 		return m, m.input.Focus()
-	case "esc":
+	case key.Matches(k, km.clear.Binding):
 		m.status, m.bad = "", false
 		if m.filter != "" {
 			m.input.SetValue("")
 			m.setFilter("")
 		}
-	case "s":
+	case key.Matches(k, km.sortBy.Binding):
 		m.sortBy = (m.sortBy + 1) % nsortKeys
 		m.rebuild()
-	case "b":
+	case key.Matches(k, km.blockers.Binding):
 		m.blockers = !m.blockers
 		m.rebuild()
-	case "enter":
+	case key.Matches(k, km.details.Binding):
 		if r := m.selected(); r != nil {
 			id := r.id
 			m.detail, m.detailTop = &id, 0
 		}
-	case "?":
+	case key.Matches(k, km.showHelp.Binding):
 		m.help = true
-	case "c":
+	case key.Matches(k, km.cancel.Binding):
 		m.propose(action.Cancel)
-	case "t":
+	case key.Matches(k, km.terminate.Binding):
 		m.propose(action.Terminate)
 	}
 	return m, nil
@@ -359,11 +363,27 @@ func (m *Model) propose(kind action.Kind) {
 		sessions = append(sessions, *r.s)
 	}
 	m.ask = &question{kind: kind, snap: m.frame.Snap, sessions: sessions, hidden: hidden}
+	m.asked = m.reads()
 }
 
-func (m *Model) answer(k tea.KeyMsg) (tea.Model, tea.Cmd) {
-	switch k.String() {
-	case "y", "Y":
+// reads is how many reads of the terminal the keys so far came from.
+func (m *Model) reads() uint64 {
+	if m.opt.Reads == nil {
+		return 0
+	}
+	return m.opt.Reads()
+}
+
+func (m *Model) answer(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
+	switch {
+	case key.Matches(k, keymap.yes.Binding):
+		if m.opt.Reads != nil && m.reads() == m.asked {
+			// Keys come one a message, whether typed one by one or
+			// read together (typed ahead, or pasted where the terminal
+			// does not mark pastes): a y read with the key that asked,
+			// or before it, was not typed to answer a question seen.
+			return m, nil
+		}
 		q := m.ask
 		m.ask, m.acting = nil, true
 		m.status, m.bad = fmt.Sprintf("%s: %s…", q.kind, sessionCount(len(q.sessions))), false
@@ -377,7 +397,7 @@ func (m *Model) answer(k tea.KeyMsg) (tea.Model, tea.Cmd) {
 			results, err := src.Act(ctx, q.kind, q.snap, q.sessions)
 			return actMsg{q.kind, results, err}
 		}
-	case "n", "N", "esc", "q":
+	case key.Matches(k, keymap.no.Binding):
 		m.status, m.bad = fmt.Sprintf("%s: not confirmed, nothing done", m.ask.kind), false
 		m.ask = nil
 	}
@@ -473,6 +493,28 @@ func (m *Model) setFilter(s string) {
 // setFrame takes a new snapshot: marks of sessions that ended are
 // dropped, the cursor stays on the same session when it still is there.
 func (m *Model) setFrame(f *Frame) {
+	if m.frame != nil && sameSessions(m.frame.Snap, f.Snap) {
+		// The same sessions at a later time (a quiet server): only the
+		// ages move, and the rows keep their other cells.
+		m.frame = f
+		ages := map[time.Duration]string{}
+		// The list's rows share their cells with all's; the tree's have
+		// their own.
+		if m.age(m.all, ages, true) && m.age(m.view, ages, m.blockers) {
+			// Ages all moved by the same time: the order stands, and
+			// the width of the age column is all that can change.
+			m.widths[colAge] = width(titles[colAge])
+			for i := range m.view {
+				m.widths[colAge] = max(m.widths[colAge], len(m.view[i].cells[colAge])) // ASCII
+			}
+			m.layout()
+			m.scroll()
+			m.summarize()
+			return
+		}
+		m.rebuild()
+		return
+	}
 	m.frame = f
 	m.all = rowsOf(f)
 	live := make(map[ident]bool, len(m.all))
@@ -485,6 +527,41 @@ func (m *Model) setFrame(f *Frame) {
 		}
 	}
 	m.rebuild()
+}
+
+// age moves rows to the frame's time, and their age cells with cells;
+// false if a row needs more than its age cell made again. Ages are
+// written once for each second (ages holds them).
+func (m *Model) age(rows []row, ages map[time.Duration]string, cells bool) bool {
+	ok := true
+	for i := range rows {
+		r := &rows[i]
+		r.age = r.s.StateAge(m.frame.Snap.Taken)
+		switch w := m.frame.Waits[r.s.PID]; {
+		case w != r.wait || r.s.IsPrepared():
+			r.wait, r.cells, ok = w, nil, false
+		case cells && r.cells != nil:
+			key := r.age
+			if key >= time.Second {
+				key = key.Truncate(time.Second) // all Age shows
+			}
+			a, seen := ages[key]
+			if !seen {
+				a = output.Age(r.age)
+				ages[key] = a
+			}
+			r.cells[colAge] = a
+		}
+	}
+	return ok
+}
+
+// sameSessions reports whether two snapshots hold the very same sessions
+// (Source.Frame's answer on a quiet server).
+func sameSessions(a, b *activity.Snapshot) bool {
+	return len(a.Sessions) == len(b.Sessions) && len(a.Prepared) == len(b.Prepared) &&
+		(len(a.Sessions) == 0 || &a.Sessions[0] == &b.Sessions[0]) &&
+		(len(a.Prepared) == 0 || &a.Prepared[0] == &b.Prepared[0])
 }
 
 // rebuild makes the view from all rows: the filter, then the sort or the

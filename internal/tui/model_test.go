@@ -11,11 +11,9 @@ import (
 	"testing"
 	"time"
 
-	tea "github.com/charmbracelet/bubbletea"
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
 	"github.com/charmbracelet/x/exp/golden"
-	"github.com/charmbracelet/x/exp/teatest"
-	"github.com/muesli/termenv"
+	"github.com/charmbracelet/x/exp/teatest/v2"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
@@ -121,7 +119,15 @@ func terminated(s *activity.Session) (action.Outcome, string) {
 type session struct {
 	t  *testing.T
 	tm *teatest.TestModel
+
+	mu     sync.Mutex
+	screen string // the model's screen, as of the last look
 }
+
+// look is a message that has the program's loop draw the model's screen
+// for the test: the renderer writes only the cells that change, so the
+// text on the screen is not to be found in the bytes written.
+type look struct{}
 
 func start(t *testing.T, opt Options, w, h int) *session {
 	t.Helper()
@@ -137,42 +143,73 @@ func startUntil(t *testing.T, opt Options, w, h int, text string) *session {
 	if opt.Interval == 0 {
 		opt.Interval = time.Hour // no refresh unless the test sends one
 	}
-	tm := teatest.NewTestModel(t, New(opt), teatest.WithInitialTermSize(w, h))
-	s := &session{t, tm}
+	s := &session{t: t}
+	// The filter runs in the program's loop, before Update: a look sees
+	// what every message before it made of the model.
+	looks := tea.WithFilter(func(m tea.Model, msg tea.Msg) tea.Msg {
+		if _, ok := msg.(look); ok {
+			v := m.(*Model).draw()
+			s.mu.Lock()
+			s.screen = v
+			s.mu.Unlock()
+		}
+		return msg
+	})
+	s.tm = teatest.NewTestModel(t, New(opt), teatest.WithInitialTermSize(w, h), teatest.WithProgramOptions(looks))
 	s.waitFor(text)
 	return s
 }
 
-// waitFor waits until the screen has shown text.
+// waitFor waits until the screen shows text; the test fails with the
+// screen after 10s.
 func (s *session) waitFor(text string) {
 	s.t.Helper()
-	teatest.WaitFor(s.t, s.tm.Output(), func(b []byte) bool {
-		return strings.Contains(string(b), text)
-	}, teatest.WithDuration(10*time.Second), teatest.WithCheckInterval(5*time.Millisecond))
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		s.tm.Send(look{})
+		time.Sleep(5 * time.Millisecond) // a poll, not a wait for time to pass
+		s.mu.Lock()
+		screen := s.screen
+		s.mu.Unlock()
+		if strings.Contains(screen, text) {
+			return
+		}
+		if time.Now().After(deadline) {
+			s.t.Fatalf("the screen does not show %q after 10s:\n%s", text, screen)
+		}
+	}
 }
 
 // keys sends keys: runes one by one, and the named keys in <...>.
 func (s *session) keys(ks ...string) {
 	for _, k := range ks {
-		switch k {
-		case "<enter>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeyEnter})
-		case "<esc>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeyEsc})
-		case "<down>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeyDown})
-		case "<up>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeyUp})
-		case "<space>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}})
-		case "<ctrl+c>":
-			s.tm.Send(tea.KeyMsg{Type: tea.KeyCtrlC})
-		default:
-			for _, r := range k {
-				s.tm.Send(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{r}})
-			}
+		for _, msg := range presses(k) {
+			s.tm.Send(msg)
 		}
 	}
+}
+
+// Keys as the terminal sends them: one message a key.
+var (
+	enter = tea.KeyPressMsg{Code: tea.KeyEnter}
+	esc   = tea.KeyPressMsg{Code: tea.KeyEscape}
+	down  = tea.KeyPressMsg{Code: tea.KeyDown}
+	up    = tea.KeyPressMsg{Code: tea.KeyUp}
+	space = tea.KeyPressMsg{Code: tea.KeySpace, Text: " "}
+	ctrlC = tea.KeyPressMsg{Code: 'c', Mod: tea.ModCtrl}
+)
+
+// presses is a named key in <...>, or each rune of text as a key.
+func presses(k string) []tea.KeyPressMsg {
+	named := map[string]tea.KeyPressMsg{"<enter>": enter, "<esc>": esc, "<down>": down, "<up>": up, "<space>": space, "<ctrl+c>": ctrlC}
+	if msg, ok := named[k]; ok {
+		return []tea.KeyPressMsg{msg}
+	}
+	var msgs []tea.KeyPressMsg
+	for _, r := range k {
+		msgs = append(msgs, tea.KeyPressMsg{Code: r, Text: string(r)})
+	}
+	return msgs
 }
 
 // quit presses q and returns the model as it ended.
@@ -186,7 +223,7 @@ func (s *session) quit(keys ...string) *Model {
 }
 
 // screen is what the model draws when it ended.
-func screen(m *Model) []byte { return []byte(m.View() + "\n") }
+func screen(m *Model) []byte { return []byte(m.draw() + "\n") }
 
 func TestScreens(t *testing.T) {
 	t.Parallel()
@@ -221,12 +258,10 @@ func TestScreens(t *testing.T) {
 // cursor in reverse video.
 func TestColor(t *testing.T) {
 	t.Parallel()
-	r := lipgloss.NewRenderer(nil)
-	r.SetColorProfile(termenv.ANSI256)
-	s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}, Renderer: r}, 140, 14)
+	s := start(t, Options{Source: &fakeSource{frames: []*Frame{incident()}}, Color: true}, 140, 14)
 	got := s.quit()
 	golden.RequireEqual(t, screen(got))
-	if !strings.Contains(got.View(), "\x1b[") {
+	if !strings.Contains(got.draw(), "\x1b[") {
 		t.Fatal("no colour on a colour terminal")
 	}
 }
@@ -249,7 +284,7 @@ func TestPlainHasNoEscapes(t *testing.T) {
 		s := start(t, Options{Source: &fakeSource{frames: []*Frame{f}}}, 140, 20)
 		s.keys(keys...)
 		m := s.quit("<ctrl+c>")
-		if v := m.View(); strings.ContainsAny(v, "\x1b\x07") {
+		if v := m.draw(); strings.ContainsAny(v, "\x1b\x07") {
 			t.Fatalf("keys %q: control characters on the screen:\n%q", keys, v)
 		}
 	}
@@ -286,22 +321,30 @@ func TestTerminateAsksThenActsOnTheMarked(t *testing.T) {
 }
 
 // Keys in one burst (typed ahead, or pasted where the terminal does not
-// mark pastes) never answer a question: the rest of a burst after the key
-// that asks is dropped, and a burst is no answer.
+// mark pastes) never answer a question: they come one a message, all
+// from one read of the terminal, and a y read with the key that asks was
+// not typed to answer it. A y read after the question answers.
 func TestABurstOfKeysNeverAnswers(t *testing.T) {
 	t.Parallel()
 	for _, burst := range [][]string{{"ty"}, {"pretty"}, {"select yes"}, {"t", "yes"}, {"c", "yy"}} {
 		src := &fakeSource{frames: []*Frame{incident()}, outcome: terminated}
-		m := New(Options{Source: src, Interval: time.Hour})
+		reads := uint64(1)
+		m := New(Options{Source: src, Interval: time.Hour, Reads: func() uint64 { return reads }})
 		m.Update(size(140, 20))
 		m.Update(FrameMsg{Frame: incident()})
 		for _, keys := range burst {
-			if _, cmd := m.Update(runes(keys)); cmd != nil {
-				run(cmd)
+			for _, k := range presses(keys) {
+				if _, cmd := m.Update(k); cmd != nil {
+					run(cmd)
+				}
 			}
 		}
 		if m.ask == nil || m.acting || len(src.actions()) != 0 {
 			t.Fatalf("burst %q: question %v, acting %v, acted %v", burst, m.ask != nil, m.acting, src.actions())
+		}
+		reads++
+		if _, cmd := m.Update(runes("y")); cmd == nil || !m.acting {
+			t.Fatalf("burst %q: a y read after the question did not answer it", burst)
 		}
 	}
 }
@@ -377,13 +420,13 @@ func TestMarksFollowTheSessionNotThePID(t *testing.T) {
 	m := New(Options{Source: src, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
 	m.Update(FrameMsg{Frame: first})
-	m.key(tea.KeyMsg{Type: tea.KeyDown})
+	m.key(down)
 	if r := m.selected(); r == nil || r.s.PID != 105 {
 		t.Fatalf("cursor on %v, want 105", r)
 	}
-	m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}) // marks 105, moves to 101 (by age)
-	m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}}) // marks 101, moves on
-	m.key(tea.KeyMsg{Type: tea.KeyUp})                        // back on 101
+	m.key(space) // marks 105, moves to 101 (by age)
+	m.key(space) // marks 101, moves on
+	m.key(up)    // back on 101
 	if len(m.marks) != 2 {
 		t.Fatalf("marks %v", m.marks)
 	}
@@ -394,21 +437,23 @@ func TestMarksFollowTheSessionNotThePID(t *testing.T) {
 	if r := m.selected(); r == nil || r.s.PID != 101 {
 		t.Fatalf("cursor moved to %v, want it on 101", r)
 	}
-	m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{'t'}})
+	m.key(runes("t"))
 	if m.ask == nil || len(m.ask.sessions) != 1 || m.ask.sessions[0].PID != 101 {
 		t.Fatalf("question %+v", m.ask)
 	}
 }
 
-// Keys typed faster than they are read arrive as one message; each is
-// still a key of its own.
-func TestKeysInOneMessage(t *testing.T) {
+// Keys typed faster than they are read come one a message at the same
+// instant; each is a key of its own.
+func TestKeysInOneBurst(t *testing.T) {
 	t.Parallel()
 	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
 	m.Update(FrameMsg{Frame: incident()})
-	m.Update(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune("b/carol")})
-	m.Update(tea.KeyMsg{Type: tea.KeyEnter})
+	for _, k := range presses("b/carol") {
+		m.Update(k)
+	}
+	m.Update(enter)
 	// In the tree, the filter keeps carol's whole tree: 105 at its root.
 	if !m.blockers || m.filter != "carol" || len(m.view) != 3 || m.view[0].s.PID != 105 || m.view[1].s.PID != 106 {
 		t.Fatalf("blockers %v filter %q view %d", m.blockers, m.filter, len(m.view))
@@ -421,25 +466,26 @@ func TestResize(t *testing.T) {
 	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
 	m.Update(tea.WindowSizeMsg{Width: 140, Height: 20})
 	m.Update(FrameMsg{Frame: incident()})
-	m.key(tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune{'G'}})
+	m.key(runes("G"))
 	m.Update(tea.WindowSizeMsg{Width: 60, Height: 8})
-	lines := strings.Split(m.View(), "\n")
+	lines := strings.Split(m.draw(), "\n")
 	if len(lines) != 8 {
-		t.Fatalf("%d lines at height 8:\n%s", len(lines), m.View())
+		t.Fatalf("%d lines at height 8:\n%s", len(lines), m.draw())
 	}
 	for _, l := range lines {
 		if width(l) > 60 {
 			t.Fatalf("line wider than 60: %q", l)
 		}
 	}
-	if !strings.Contains(m.View(), "> 108 ") {
-		t.Fatalf("the cursor's row is off the screen:\n%s", m.View())
+	if !strings.Contains(m.draw(), "> 108 ") {
+		t.Fatalf("the cursor's row is off the screen:\n%s", m.draw())
 	}
 }
 
 func size(w, h int) tea.WindowSizeMsg { return tea.WindowSizeMsg{Width: w, Height: h} }
 
-func runes(s string) tea.KeyMsg { return tea.KeyMsg{Type: tea.KeyRunes, Runes: []rune(s)} }
+// runes is a key of one rune.
+func runes(s string) tea.KeyPressMsg { return presses(s)[0] }
 
 // The details stay on their session: when it ends, they say so rather
 // than show the next row's.
@@ -448,19 +494,19 @@ func TestDetailsOfAnEndedSession(t *testing.T) {
 	m := New(Options{Source: &fakeSource{frames: []*Frame{incident()}}, Interval: time.Hour})
 	m.Update(size(100, 30))
 	m.Update(FrameMsg{Frame: incident()})
-	m.key(tea.KeyMsg{Type: tea.KeyEnter})
-	if !strings.HasPrefix(m.View(), "session 102\n") {
-		t.Fatalf("details:\n%s", m.View())
+	m.key(enter)
+	if !strings.HasPrefix(m.draw(), "session 102\n") {
+		t.Fatalf("details:\n%s", m.draw())
 	}
 	next := incident()
 	next.Snap.Sessions = next.Snap.Sessions[4:] // 102 and its workers ended
 	m.Update(FrameMsg{Frame: next})
-	if !strings.HasPrefix(m.View(), "session 102 has ended") {
-		t.Fatalf("details after 102 ended:\n%s", m.View())
+	if !strings.HasPrefix(m.draw(), "session 102 has ended") {
+		t.Fatalf("details after 102 ended:\n%s", m.draw())
 	}
-	m.key(tea.KeyMsg{Type: tea.KeyEsc})
-	if !strings.Contains(m.View(), " sort age") {
-		t.Fatalf("esc did not go back:\n%s", m.View())
+	m.key(esc)
+	if !strings.Contains(m.draw(), " sort age") {
+		t.Fatalf("esc did not go back:\n%s", m.draw())
 	}
 }
 
@@ -473,10 +519,10 @@ func TestQuestionAboutManySessions(t *testing.T) {
 		m.Update(size(100, h))
 		m.Update(FrameMsg{Frame: incident()})
 		for range m.view {
-			m.key(tea.KeyMsg{Type: tea.KeySpace, Runes: []rune{' '}})
+			m.key(space)
 		}
 		m.key(runes("t"))
-		v := m.View()
+		v := m.draw()
 		if n := strings.Count(v, "\n") + 1; n != h {
 			t.Fatalf("height %d: %d lines:\n%s", h, n, v)
 		}
@@ -498,18 +544,18 @@ func TestDetailsScroll(t *testing.T) {
 	m := New(Options{Source: &fakeSource{frames: []*Frame{f}}, Interval: time.Hour})
 	m.Update(size(100, 12))
 	m.Update(FrameMsg{Frame: f})
-	m.key(tea.KeyMsg{Type: tea.KeyEnter})
-	if v := m.View(); !strings.Contains(v, "lines 1-11 of 61") || strings.Contains(v, "the last line") {
+	m.key(enter)
+	if v := m.draw(); !strings.Contains(v, "lines 1-11 of 61") || strings.Contains(v, "the last line") {
 		t.Fatalf("first page:\n%s", v)
 	}
 	for range 100 { // past the end: it stops at the last page
 		m.key(runes("j"))
 	}
-	if v := m.View(); !strings.Contains(v, "lines 51-61 of 61") || !strings.Contains(v, "-- the last line") {
+	if v := m.draw(); !strings.Contains(v, "lines 51-61 of 61") || !strings.Contains(v, "-- the last line") {
 		t.Fatalf("last page:\n%s", v)
 	}
 	m.key(runes("g"))
-	if v := m.View(); !strings.Contains(v, "lines 1-11 of 61") {
+	if v := m.draw(); !strings.Contains(v, "lines 1-11 of 61") {
 		t.Fatalf("back to the top:\n%s", v)
 	}
 }
@@ -573,8 +619,8 @@ func TestPanicInACommand(t *testing.T) {
 		t.Fatalf("%v", msgs)
 	}
 	m.Update(msgs[0])
-	if !strings.Contains(m.View(), "refresh failed, retrying every 1h0m0s: internal error, please report it: boom") {
-		t.Fatalf("screen:\n%s", m.View())
+	if !strings.Contains(m.draw(), "refresh failed, retrying every 1h0m0s: internal error, please report it: boom") {
+		t.Fatalf("screen:\n%s", m.draw())
 	}
 }
 
@@ -600,8 +646,8 @@ func TestTreeWithABlockerNotShown(t *testing.T) {
 	if len(m.view) != 2 || m.view[0].s.PID != 106 || m.view[0].depth != 0 || m.view[1].depth != 1 {
 		t.Fatalf("tree %+v", m.view)
 	}
-	if !slices.Contains(m.cols, colBlockedBy) || !strings.Contains(m.View(), " 105 ") {
-		t.Fatalf("BLOCKED BY is not shown:\n%s", m.View())
+	if !slices.Contains(m.cols, colBlockedBy) || !strings.Contains(m.draw(), " 105 ") {
+		t.Fatalf("BLOCKED BY is not shown:\n%s", m.draw())
 	}
 }
 
@@ -623,24 +669,60 @@ func TestTreeWithAPreparedRoot(t *testing.T) {
 	m.Update(FrameMsg{Frame: f})
 	for i := range m.view {
 		if m.view[i].s.IsPrepared() {
-			t.Fatalf("the list of sessions shows a prepared transaction:\n%s", m.View())
+			t.Fatalf("the list of sessions shows a prepared transaction:\n%s", m.draw())
 		}
 	}
-	if !strings.Contains(m.View(), "prepared:tx-42") || !strings.Contains(m.View(), "prepared transactions blocking: 1") {
-		t.Fatalf("BLOCKED BY or the summary does not name it:\n%s", m.View())
+	if !strings.Contains(m.draw(), "prepared:tx-42") || !strings.Contains(m.draw(), "prepared transactions blocking: 1") {
+		t.Fatalf("BLOCKED BY or the summary does not name it:\n%s", m.draw())
 	}
 	m.key(runes("b"))
 	at := slices.IndexFunc(m.view, func(r row) bool { return r.s.IsPrepared() })
 	if at < 0 || m.view[at].depth != 0 || at+1 >= len(m.view) || m.view[at+1].s.PID != 110 || m.view[at+1].depth != 1 {
-		t.Fatalf("tree:\n%s", m.View())
+		t.Fatalf("tree:\n%s", m.draw())
 	}
-	if !strings.Contains(m.View(), "prepared:tx-42") || !strings.Contains(m.View(), "prepared transaction") {
-		t.Fatalf("the root is not named:\n%s", m.View())
+	if !strings.Contains(m.draw(), "prepared:tx-42") || !strings.Contains(m.draw(), "prepared transaction") {
+		t.Fatalf("the root is not named:\n%s", m.draw())
 	}
 	m.cursor = at
 	m.key(runes(" "))
 	m.key(runes("t"))
 	if len(m.marks) != 0 || m.ask != nil || !strings.Contains(m.status, "ROLLBACK PREPARED") {
 		t.Fatalf("marks %v, question %v, status %q", m.marks, m.ask, m.status)
+	}
+}
+
+// The same sessions later (a quiet server's refresh, which shares the
+// last snapshot's sessions) draw as a snapshot taken then would: the ages
+// move, their colours and the age column's width with them.
+func TestSameSessionsLater(t *testing.T) {
+	t.Parallel()
+	for _, keys := range []string{"", "b", "s", "/shop\r"} {
+		first := incident()
+		later := *first
+		snap := *first.Snap
+		snap.Taken = snap.Taken.Add(9 * time.Minute)
+		later.Snap = &snap
+		fresh := incident()
+		fresh.Snap.Taken = snap.Taken
+
+		quiet := New(Options{Source: &fakeSource{}, Interval: time.Hour, Color: true})
+		full := New(Options{Source: &fakeSource{}, Interval: time.Hour, Color: true})
+		for _, m := range []*Model{quiet, full} {
+			m.Update(size(140, 16))
+		}
+		quiet.Update(FrameMsg{Frame: first})
+		full.Update(FrameMsg{Frame: fresh})
+		for _, k := range keys {
+			key := runes(string(k))
+			if k == '\r' {
+				key = enter
+			}
+			quiet.Update(key)
+			full.Update(key)
+		}
+		quiet.Update(FrameMsg{Frame: &later})
+		if got, want := quiet.View().Content, full.View().Content; got != want {
+			t.Fatalf("keys %q: the same sessions 9m later:\n%s\nwant, as a new snapshot:\n%s", keys, got, want)
+		}
 	}
 }

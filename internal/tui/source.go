@@ -2,6 +2,7 @@ package tui
 
 import (
 	"context"
+	_ "embed"
 	"fmt"
 	"slices"
 	"strings"
@@ -9,6 +10,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
@@ -48,6 +50,40 @@ type DB struct {
 
 	mu   sync.Mutex // one statement at a time on conn
 	conn *pgx.Conn
+	last *Frame // the last snapshot, and the server as it was before it
+	was  quiet
+}
+
+//go:embed sql/quiet.sql
+var quietSQL string
+
+// quiet is what quiet.sql says of the server: when it says the same
+// twice and nothing is busy, the sessions are as they were.
+type quiet struct {
+	sessions, busy          int64
+	stateChange, backendNew pgtype.Timestamptz
+	started                 time.Time
+	now                     time.Time
+}
+
+func (q quiet) same(r quiet) bool {
+	return q.busy == 0 && r.busy == 0 && q.sessions == r.sessions && q.stateChange == r.stateChange &&
+		q.backendNew == r.backendNew && q.started.Equal(r.started)
+}
+
+// look runs quiet.sql with the selectors' predicate.
+func (d *DB) look(ctx context.Context, conn *pgx.Conn) (quiet, error) {
+	where, args := d.sel.Compile("a", 1)
+	sql := quietSQL
+	if where != "" {
+		sql += "   AND (" + where + ")\n"
+	}
+	var q quiet
+	err := conn.QueryRow(ctx, sql, args...).Scan(&q.sessions, &q.busy, &q.stateChange, &q.backendNew, &q.started, &q.now)
+	if err != nil {
+		return quiet{}, fmt.Errorf("snapshot: %w", err)
+	}
+	return q, nil
 }
 
 // NewDB is a Source over a connection (opened by the caller, so that a
@@ -94,6 +130,23 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	if err != nil {
 		return nil, err
 	}
+	// On a quiet server, the last snapshot at the server's new time:
+	// ages move on, nothing else does. Selectors whose match moves with
+	// time or queries (Moves) take a snapshot every time.
+	var was quiet
+	if !d.sel.Moves() {
+		if was, err = d.look(ctx, conn); err != nil {
+			return nil, err
+		}
+		if d.last != nil && was.same(d.was) && d.last.Snap.ServerStarted.Equal(was.started) {
+			snap := *d.last.Snap
+			snap.Taken = was.now
+			f := *d.last
+			f.Snap = &snap
+			d.last = &f
+			return &f, nil
+		}
+	}
 	snap, err := d.sel.Take(ctx, conn)
 	if err != nil {
 		return nil, err
@@ -112,6 +165,9 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 			return nil, err
 		}
 	}
+	// Looked at before the snapshot: what changed in between shows as a
+	// change at the next look.
+	d.last, d.was = f, was
 	return f, nil
 }
 

@@ -6,7 +6,9 @@ import (
 	"strings"
 	"time"
 
-	"github.com/charmbracelet/lipgloss"
+	tea "charm.land/bubbletea/v2"
+	"charm.land/lipgloss/v2"
+	"github.com/charmbracelet/x/ansi"
 	"github.com/mattn/go-runewidth"
 
 	"github.com/pgreap/pgreap/internal/activity"
@@ -65,35 +67,46 @@ const (
 	ageAlarm = 10 * time.Minute
 )
 
-// styles are the colours; without a renderer, text stays plain.
+// styles are the colours; without colour, text stays plain. The program
+// brings them down to what the terminal shows.
 type styles struct {
 	on                                              bool
-	bold, dim, cursor, mark, green, yellow, red, hi lipgloss.Style
+	bold, dim, cursor, mark, green, yellow, red, hi style
 }
 
-func newStyles(r *lipgloss.Renderer) styles {
-	if r == nil {
+// style is a lipgloss style as the escape sequences around one line of
+// text: lipgloss renders it once, not for every cell of every frame.
+type style struct{ before, after string }
+
+func newStyle(s lipgloss.Style) style {
+	before, after, _ := strings.Cut(s.Render("\x00"), "\x00")
+	return style{before, after}
+}
+
+func newStyles(color bool) styles {
+	if !color {
 		return styles{}
 	}
-	c := func(n string) lipgloss.Style { return r.NewStyle().Foreground(lipgloss.Color(n)) }
+	c := func(n string) lipgloss.Style { return lipgloss.NewStyle().Foreground(lipgloss.Color(n)) }
 	return styles{
 		on:     true,
-		bold:   r.NewStyle().Bold(true),
-		dim:    r.NewStyle().Faint(true),
-		cursor: r.NewStyle().Reverse(true),
-		mark:   c("5").Bold(true),
-		green:  c("2"),
-		yellow: c("3"),
-		red:    c("1"),
-		hi:     c("6"),
+		bold:   newStyle(lipgloss.NewStyle().Bold(true)),
+		dim:    newStyle(lipgloss.NewStyle().Faint(true)),
+		cursor: newStyle(lipgloss.NewStyle().Reverse(true)),
+		mark:   newStyle(c("5").Bold(true)),
+		green:  newStyle(c("2")),
+		yellow: newStyle(c("3")),
+		red:    newStyle(c("1")),
+		hi:     newStyle(c("6")),
 	}
 }
 
-func (st *styles) paint(s lipgloss.Style, text string) string {
-	if !st.on || text == "" {
+// paint styles one line of text (no newline).
+func (st *styles) paint(s style, text string) string {
+	if !st.on || text == "" || s.before == "" {
 		return text
 	}
-	return s.Render(text)
+	return s.before + text + s.after
 }
 
 func width(s string) int { return runewidth.StringWidth(s) }
@@ -113,8 +126,20 @@ func pad(b *strings.Builder, text string, w int) {
 	}
 }
 
-// View draws the screen; it reads the model and changes nothing.
-func (m *Model) View() string {
+// View is the screen, on the terminal's alternate screen. It is drawn
+// again only when a message changed the model: the program asks for it
+// after every message, the ticks between refreshes included.
+func (m *Model) View() tea.View {
+	if m.dirty {
+		m.drawn, m.dirty = m.draw(), false
+	}
+	v := tea.NewView(m.drawn)
+	v.AltScreen = true
+	return v
+}
+
+// draw draws the screen; it reads the model and changes nothing.
+func (m *Model) draw() string {
 	if m.width <= 0 || m.height <= 0 {
 		return ""
 	}
@@ -299,7 +324,7 @@ func (m *Model) rowLine(i int) string {
 	return b.String()
 }
 
-func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
+func (m *Model) cellStyle(r *row, c int) style {
 	s := r.s
 	switch c {
 	case colState:
@@ -334,13 +359,13 @@ func (m *Model) cellStyle(r *row, c int) lipgloss.Style {
 			return m.st.hi
 		}
 	}
-	return lipgloss.Style{}
+	return style{}
 }
 
 // cutLine cuts a line with no escape sequences to the screen's width.
 func (m *Model) cutLine(s string) string {
 	if m.st.on && strings.Contains(s, "\x1b") {
-		return lipgloss.NewStyle().MaxWidth(m.width).Render(s)
+		return ansi.Truncate(s, m.width, "")
 	}
 	return output.Cut(s, m.width)
 }
@@ -370,11 +395,7 @@ func (m *Model) footer() []string {
 		}
 		return lines
 	}
-	keys := "↑↓/jk move · space mark · c cancel · t terminate · / filter · s sort · b blockers · enter details · ? help · q quit"
-	if m.opt.ReadOnly {
-		keys = "↑↓/jk move · / filter · s sort · b blockers · enter details · ? help · q quit · read-only"
-	}
-	return []string{m.st.paint(m.st.dim, m.cutLine(keys))}
+	return []string{m.st.paint(m.st.dim, m.cutLine(keymap.footerKeys(m.opt.ReadOnly)))}
 }
 
 // maxStatusLines is how many lines the status of an action takes at most
@@ -451,26 +472,15 @@ func (m *Model) fit(lines []string) string {
 }
 
 func helpLines(readOnly bool) []string {
-	lines := []string{
-		"pgreap top: keys",
-		"",
-		"  ↑ ↓  j k     move            PgUp PgDn  page       g G  first, last",
-		"  space        mark the session (marks follow the session, not the pid)",
-		"  c            cancel the query of the marked sessions, or of the selected one",
-		"  t            terminate the marked sessions, or the selected one",
-		"  /            filter on db, user, app, client, pid, query (enter applies, esc clears)",
-		"  s            sort: age, state, db, user, app",
-		"  b            blocking tree only: the roots, the sessions queued behind them",
-		"  enter        every field of the session and its whole query",
-		"  esc          clear the status line and the filter",
-		"  ?            this help             q  quit",
+	lines := append([]string{"pgreap top: keys", ""}, keymap.helpKeys()...)
+	lines = append(lines,
 		"",
 		"c and t ask y/n first, naming the sessions. The statement that signals re-checks",
 		"each session's identity (pid and backend_start, and for a cancel query_start):",
 		"a session that moved on is reported changed and left alone. Parallel workers",
 		"(+N after a pid) die with their leader; pgreap's own session, walsenders and",
 		"autovacuum workers are protected. Terminate waits up to 5s for each to be gone.",
-	}
+	)
 	if readOnly {
 		lines = append(lines, "", "read-only (--read-only): c and t are off.")
 	}
