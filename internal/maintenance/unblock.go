@@ -20,7 +20,28 @@ var (
 	waitsV14 string
 	//go:embed sql/waits.v12.sql
 	waitsV12 string
+	//go:embed sql/row_waiting.sql
+	rowWaitingSQL string
 )
+
+// RowWaiting are the sessions inside a wait for a row
+// (sql/row_waiting.sql): between two of a row's lockers, such a session
+// waits on no lock for an instant, yet is not released.
+func RowWaiting(ctx context.Context, conn *pgx.Conn) (map[int32]bool, error) {
+	rows, err := conn.Query(ctx, rowWaitingSQL)
+	if err != nil {
+		return nil, fmt.Errorf("row waits: %w", err)
+	}
+	pids, err := pgx.CollectRows(rows, pgx.RowTo[int32])
+	if err != nil {
+		return nil, fmt.Errorf("row waits: %w", err)
+	}
+	out := make(map[int32]bool, len(pids))
+	for _, p := range pids {
+		out[p] = true
+	}
+	return out, nil
+}
 
 // UnknownWait is the wait of a session whose age the server does not show
 // (12 and 13 measure it from query_start, which a role without

@@ -423,11 +423,13 @@ func mergeResults(all, round []action.Result) []action.Result {
 // Look is one look at the lock waits: every session, the prepared
 // transactions they wait on, and how long each waiter has waited.
 type Look struct {
-	snap     *activity.Snapshot
-	graph    *Graph
-	waits    map[int32]time.Duration
-	byPID    map[int32]*activity.Session
-	prepared map[string]*activity.Session
+	snap  *activity.Snapshot
+	graph *Graph
+	waits map[int32]time.Duration
+	// rowWaiting: inside a wait for a row (RowWaiting).
+	rowWaiting map[int32]bool
+	byPID      map[int32]*activity.Session
+	prepared   map[string]*activity.Session
 	// keep: the sessions the selectors allow to be ended (nil: all).
 	keep map[int32]bool
 	sel  *selector.Selector
@@ -457,7 +459,11 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions) (*Lo
 	if err != nil {
 		return nil, err
 	}
-	l := &Look{snap: snap, graph: GraphOf(snap), waits: waits, byPID: map[int32]*activity.Session{}, prepared: map[string]*activity.Session{}}
+	rowWaiting, err := RowWaiting(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	l := &Look{snap: snap, graph: GraphOf(snap), waits: waits, rowWaiting: rowWaiting, byPID: map[int32]*activity.Session{}, prepared: map[string]*activity.Session{}}
 	for i := range snap.Sessions {
 		l.byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
@@ -565,6 +571,10 @@ func (l *Look) stillWaiting(waiters, waiting map[sessionID]bool) (still string, 
 			if s := l.byPID[b]; s == nil || !waiting[idOf(s)] {
 				by = append(by, strconv.Itoa(int(b)))
 			}
+		}
+		if len(w.BlockedBy) == 0 && len(w.BlockedByPrepared) == 0 && l.rowWaiting[w.PID] {
+			// Between two of a row's lockers: it waits for the next.
+			by = append(by, "a row's next locker")
 		}
 		if len(by) > 0 {
 			onlyPrepared = false
