@@ -193,19 +193,13 @@ type Settings struct {
 	ConnectionLimit  int32
 }
 
-// DrainOptions say how Drain empties a database.
-type DrainOptions struct {
-	// Timeout is how long Drain goes on ending sessions (0: 60s).
-	Timeout time.Duration
-	// Escalate cancels running queries first, and terminates what still
-	// runs after Grace (0: 10s, as the command's --grace).
-	Escalate bool
-	Grace    time.Duration
-	// IncludeReplication and IncludeAutovacuum end walsenders and
-	// autovacuum workers of the database too, left alone otherwise.
-	IncludeReplication bool
-	IncludeAutovacuum  bool
-}
+// DrainOptions say how Drain empties a database: Timeout is how long it
+// goes on ending sessions (0: 60s); Escalate cancels running queries
+// first, and terminates what still runs after Grace (0: 10s, as the
+// command's --grace); IncludeReplication and IncludeAutovacuum end
+// walsenders and autovacuum workers of the database too; Progress, when
+// set, is told at each look how many sessions are left.
+type DrainOptions = maintenance.DrainOptions
 
 // Drained is what Drain did.
 type Drained struct {
@@ -268,10 +262,7 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 	if opt.Grace == 0 {
 		opt.Grace = 10 * time.Second
 	}
-	done, err := maintenance.Drain(ctx, c, db, maintenance.DrainOptions{
-		Timeout: opt.Timeout, Escalate: opt.Escalate, Grace: opt.Grace,
-		IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum,
-	})
+	done, err := maintenance.Drain(ctx, c, db, opt)
 	d.Ended, d.Autovacuum = done.Ended, done.Autovacuum
 	if err != nil {
 		return d, fmt.Errorf("drain %q: %w", db, err)
