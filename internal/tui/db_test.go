@@ -282,6 +282,21 @@ func TestQuietServerIsNotSnapshotAgain(t *testing.T) {
 	if f := frame(); len(f.Snap.Sessions) != 1 {
 		t.Fatalf("after a session ended: %d sessions", len(f.Snap.Sessions))
 	}
+	// A role renamed from outside the selection: the idle session shows
+	// the new name.
+	role := pgtest.NewRole(t, "NOSUPERUSER")
+	c := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, User: role})
+	c.Exec("SELECT 4")
+	frame()
+	frame()
+	pgtest.Exec(t, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" RENAME TO "+pgx.Identifier{role + "_renamed"}.Sanitize())
+	t.Cleanup(func() {
+		pgtest.Exec(t, "ALTER ROLE "+pgx.Identifier{role + "_renamed"}.Sanitize()+" RENAME TO "+pgx.Identifier{role}.Sanitize())
+	})
+	f := frame()
+	if i := slices.IndexFunc(f.Snap.Sessions, func(s activity.Session) bool { return s.PID == c.PID }); i < 0 || f.Snap.Sessions[i].Usename != role+"_renamed" {
+		t.Fatalf("after a role's rename: %+v", f.Snap.Sessions)
+	}
 	a.Start("SELECT pg_catalog.pg_sleep(60)")
 	a.WaitState("active", "")
 	busy := frame()

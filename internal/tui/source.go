@@ -61,6 +61,7 @@ var quietSQL string
 // twice and nothing is busy, the sessions are as they were.
 type quiet struct {
 	sessions, busy          int64
+	users                   pgtype.Int8 // the sum of the role names' hashes
 	stateChange, backendNew pgtype.Timestamptz
 	started                 time.Time
 	now                     time.Time
@@ -68,7 +69,7 @@ type quiet struct {
 
 func (q quiet) same(r quiet) bool {
 	return q.busy == 0 && r.busy == 0 && q.sessions == r.sessions && q.stateChange == r.stateChange &&
-		q.backendNew == r.backendNew && q.started.Equal(r.started)
+		q.backendNew == r.backendNew && q.users == r.users && q.started.Equal(r.started)
 }
 
 // look runs quiet.sql with the selectors' predicate.
@@ -79,7 +80,7 @@ func (d *DB) look(ctx context.Context, conn *pgx.Conn) (quiet, error) {
 		sql += "   AND (" + where + ")\n"
 	}
 	var q quiet
-	err := conn.QueryRow(ctx, sql, args...).Scan(&q.sessions, &q.busy, &q.stateChange, &q.backendNew, &q.started, &q.now)
+	err := conn.QueryRow(ctx, sql, args...).Scan(&q.sessions, &q.busy, &q.stateChange, &q.backendNew, &q.users, &q.started, &q.now)
 	if err != nil {
 		return quiet{}, fmt.Errorf("snapshot: %w", err)
 	}

@@ -7,11 +7,16 @@
 -- that ends the count; a server that restarted has another start time.
 -- An active session changes with no state change (wait events, a lock
 -- wait, its workers): while any runs, every refresh is a snapshot.
+-- A session's role name is looked up as the view is read: a role renamed
+-- (or dropped) from a session the selectors leave out changes what an
+-- idle session shows, and nothing else: the sum of the names' hashes
+-- moves.
 SELECT pg_catalog.count(*) AS sessions,
        pg_catalog.count(*) FILTER (WHERE a.state IS NULL
           OR a.state NOT IN ('idle', 'idle in transaction', 'idle in transaction (aborted)')) AS busy,
        pg_catalog.max(a.state_change) AS state_change,
        pg_catalog.max(a.backend_start) AS backend_start,
+       pg_catalog.sum(pg_catalog.hashtext(coalesce(a.usename::text, ''))) AS users,
        pg_catalog.pg_postmaster_start_time() AS server_started,
        pg_catalog.statement_timestamp() AS now
   FROM pg_catalog.pg_stat_activity AS a
