@@ -518,12 +518,16 @@ func structTypes(t reflect.Type, seen map[string]reflect.Type) {
 	}
 }
 
-// nodeAt is the first node of tag on line, nil if none.
+// nodeAt is the first value (never a mapping's key) of tag on line, nil
+// if none.
 func nodeAt(n *yaml.Node, line int, tag string) *yaml.Node {
 	if n.Line == line && n.Tag == tag {
 		return n
 	}
-	for _, c := range n.Content {
+	for i, c := range n.Content {
+		if n.Kind == yaml.MappingNode && i%2 == 0 {
+			continue
+		}
 		if found := nodeAt(c, line, tag); found != nil {
 			return found
 		}
@@ -533,7 +537,9 @@ func nodeAt(n *yaml.Node, line int, tag string) *yaml.Node {
 
 // blankBool refuses a boolean key with no value, which yaml.v3 decodes as
 // false: a blank dry_run would make a rule real without a word. It walks
-// the node along the Go type, which the decoding has checked.
+// the node along the Go type, which the decoding has checked. A merge
+// key (<<) is refused as an unknown key: yaml.v3 decodes what it merges
+// into the mapping, where this walk would not see a blank boolean.
 func blankBool(path string, n *yaml.Node, t reflect.Type) error {
 	for t.Kind() == reflect.Pointer {
 		t = t.Elem()
@@ -552,6 +558,9 @@ func blankBool(path string, n *yaml.Node, t reflect.Type) error {
 		}
 	case t.Kind() == reflect.Struct && n.Kind == yaml.MappingNode:
 		for i := 0; i+1 < len(n.Content); i += 2 {
+			if k := n.Content[i]; k.Tag == "!!merge" {
+				return &Error{File: path, Line: k.Line, Reason: fmt.Sprintf("unknown key %q (known here: %s)", k.Value, strings.Join(keysOf(t), ", "))}
+			}
 			for j := 0; j < t.NumField(); j++ {
 				if tag, _, _ := strings.Cut(t.Field(j).Tag.Get("yaml"), ","); tag == n.Content[i].Value {
 					if err := blankBool(path, n.Content[i+1], t.Field(j).Type); err != nil {
