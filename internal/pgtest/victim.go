@@ -170,16 +170,23 @@ func (v *Victim) StartFastpathSleep(seconds float64) {
 	v.running = make(chan error, 1)
 	pc := v.Conn.PgConn()
 	go func() {
-		done := make(chan struct{})
-		defer close(done)
+		done, watched := make(chan struct{}), make(chan struct{})
 		go func() { // the test's end cancels the call, as Exec's context would
+			defer close(watched)
 			select {
 			case <-ctx.Done():
 				_ = pc.CancelRequest(context.Background())
 			case <-done:
 			}
 		}()
-		v.running <- fastpathCall(pc, fn, arg)
+		err := fastpathCall(pc, fn, arg)
+		// The watch ends before the result is handed over: Wait cancels
+		// ctx once it has the result, and a cancel request sent then
+		// would reach the session's next call (CI saw a second call
+		// cancelled 10 ms after it began, by no one the test knew).
+		close(done)
+		<-watched
+		v.running <- err
 	}()
 }
 
