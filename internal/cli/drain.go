@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
@@ -196,11 +197,16 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	} else if err := maintenance.WriteRecord(path, rec); err != nil {
 		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
+	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
 	if err := maintenance.Block(ctx, conn, opts.Database); err != nil {
+		if !pgconn.SafeToRetry(err) && blockedNow(ctx, opts) {
+			// Cut off (an interrupt) after the ALTER DATABASE had
+			// committed: the database is blocked, whatever the error.
+			return drainStopped(opts, err, held)
+		}
 		return err
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s: new connections refused, superusers' too (ALLOW_CONNECTIONS false); settings recorded in %s\n", name, path)
-	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
 
 	dopts := drainOptions(opts)
 	if opts.IO.ErrTTY {
@@ -305,6 +311,21 @@ func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn,
 		return nil, nil, err
 	}
 	return conn, settings, nil
+}
+
+// blockedNow reports whether the database refuses connections, read on a
+// connection of its own (the one whose statement was cut off is gone):
+// an ALTER DATABASE interrupted after its commit has blocked it. Unknown
+// (no connection) counts as blocked: undrain is the safe advice.
+func blockedNow(ctx context.Context, opts *DrainOptions) bool {
+	ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
+	if err != nil {
+		return true
+	}
+	defer conn.Close(ctx)
+	return !settings.AllowConnections
 }
 
 // drainOptions are the flags of drain as maintenance.Drain takes them.
