@@ -6,12 +6,15 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"os"
+	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // Factory carries what every command needs: the streams, and the global
@@ -19,10 +22,11 @@ import (
 type Factory struct {
 	IO *IOStreams
 
-	conn    conn.Params
-	output  string
-	noColor bool
-	verbose bool
+	conn      conn.Params
+	pgbouncer []string
+	output    string
+	noColor   bool
+	verbose   bool
 }
 
 // Connect opens pgreap's own connection as the global flags say.
@@ -58,6 +62,20 @@ func (f *Factory) ConnConfig() (*pgx.ConnConfig, error) {
 		return nil, usageError(err)
 	}
 	return cfg, nil
+}
+
+// Poolers are the PgBouncers in front of the server: --pgbouncer, else
+// PGREAP_PGBOUNCER (space-separated connection strings). None is nil.
+func (f *Factory) Poolers() ([]*pooler.Pooler, error) {
+	dsns := f.pgbouncer
+	if len(dsns) == 0 {
+		dsns = strings.Fields(os.Getenv("PGREAP_PGBOUNCER"))
+	}
+	ps, err := pooler.ParseAll(dsns)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return ps, nil
 }
 
 // Format is the output format: -o, else a table.
@@ -113,6 +131,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 	pf.StringVarP(&f.conn.Host, "host", "h", "", "server host or socket directory")
 	pf.StringVarP(&f.conn.Port, "port", "p", "", "server port")
 	pf.StringVarP(&f.conn.User, "username", "U", "", "role to connect as")
+	pf.StringArrayVar(&f.pgbouncer, "pgbouncer", nil, "admin console of a PgBouncer in front of the server (repeatable; env PGREAP_PGBOUNCER)")
 	pf.StringVarP(&f.output, "output", "o", "", "output format: table, json or csv (default table)")
 	pf.BoolVar(&f.noColor, "no-color", false, "no colours, even on a terminal")
 	pf.BoolVarP(&f.verbose, "verbose", "v", false, "debug log on standard error")

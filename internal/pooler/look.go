@@ -1,0 +1,189 @@
+package pooler
+
+import (
+	"context"
+	"sync"
+	"time"
+)
+
+// Link is what a pooler says of one of its server connections: the backend
+// it reaches, and the client it serves now, if any.
+type Link struct {
+	Pooler string
+	// Served: a client uses the server connection now. Otherwise it is
+	// idle in the pool, and the client fields are empty.
+	Served bool
+	// ClientAddr is the client's address as the pooler saw it; "" for a
+	// client on the pooler's unix socket.
+	ClientAddr      string
+	ClientPort      int
+	ApplicationName string
+	// User is the client's user (the pool's, when no client is served).
+	User     string
+	PoolMode string
+
+	// The server connection: the backend's pid, the database on the
+	// server, the pooler's end of it (the backend's client_port, 0 over a
+	// socket) and when the pooler opened it.
+	PID         int32
+	Datname     string
+	LocalPort   int
+	ConnectTime time.Time
+	State       string // the server connection's state in the pooler: active, idle, used, ...
+}
+
+// Look is what every pooler said at one moment: their server connections,
+// each with the client it serves, and the clients that wait.
+type Look struct {
+	links map[int32][]Link
+	// Clients are every pooler's clients of each server database, by
+	// pooler name.
+	Clients map[string][]Client
+	waiting map[string]int
+	// Databases are the databases each pooler serves, by pooler name.
+	Databases map[string][]Database
+}
+
+// Take asks each pooler, in parallel, for its servers, clients, pools and
+// databases. One pooler that cannot be asked fails the whole look: a
+// selection by client made without it would judge its backends by the
+// pooler's own address.
+func Take(ctx context.Context, admins []*Admin) (*Look, error) {
+	type answer struct {
+		servers []Server
+		clients []Client
+		pools   []Pool
+		dbs     []Database
+		err     error
+	}
+	answers := make([]answer, len(admins))
+	var wg sync.WaitGroup
+	for i, a := range admins {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			an := &answers[i]
+			if an.dbs, an.err = a.Databases(ctx); an.err != nil {
+				return
+			}
+			if an.servers, an.err = a.Servers(ctx); an.err != nil {
+				return
+			}
+			if an.clients, an.err = a.Clients(ctx); an.err != nil {
+				return
+			}
+			an.pools, an.err = a.Pools(ctx)
+		}()
+	}
+	wg.Wait()
+	l := &Look{links: map[int32][]Link{}, Clients: map[string][]Client{}, waiting: map[string]int{}, Databases: map[string][]Database{}}
+	for i, a := range admins {
+		an := answers[i]
+		if an.err != nil {
+			return nil, an.err
+		}
+		name := a.Pooler.Name
+		l.Databases[name] = an.dbs
+		// A pooler's database is an alias of one on the server.
+		onServer := map[string]string{}
+		for _, d := range an.dbs {
+			onServer[d.Name] = d.Database
+			if d.Database == "" {
+				onServer[d.Name] = d.Name
+			}
+		}
+		real := func(alias string) string {
+			if db, ok := onServer[alias]; ok {
+				return db
+			}
+			return alias
+		}
+		mode := map[[2]string]string{}
+		for _, p := range an.pools {
+			mode[[2]string{p.Database, p.User}] = p.PoolMode
+			if p.Database != AdminDB {
+				l.waiting[real(p.Database)] += p.ClWaiting
+			}
+		}
+		byPtr := map[string]Client{}
+		for _, c := range an.clients {
+			if c.Database == AdminDB {
+				continue
+			}
+			byPtr[c.Ptr] = c
+			l.Clients[name] = append(l.Clients[name], c)
+		}
+		for _, s := range an.servers {
+			if s.RemotePID == 0 {
+				continue // still logging in
+			}
+			k := Link{
+				Pooler: name, User: s.User, PoolMode: mode[[2]string{s.Database, s.User}],
+				PID: s.RemotePID, Datname: real(s.Database), ConnectTime: s.ConnectTime, State: s.State,
+			}
+			if s.LocalAddr != "unix" {
+				k.LocalPort = s.LocalPort
+			}
+			if c, ok := byPtr[s.Link]; ok && s.Link != "" {
+				k.Served = true
+				k.User = c.User
+				k.ApplicationName = c.ApplicationName
+				k.ClientPort = c.Port
+				if c.Addr != "unix" {
+					k.ClientAddr = c.Addr
+				}
+			}
+			l.links[s.RemotePID] = append(l.links[s.RemotePID], k)
+		}
+	}
+	return l, nil
+}
+
+// linkWindow is how far apart a pooler's connect_time (whole seconds) and
+// the backend's backend_start may be for the one to be the other: the
+// pooler stamps the connection before the server forks the backend.
+const linkWindow = 10 * time.Second
+
+// Find is the pooler's server connection that is the backend (pid,
+// clientPort, backendStart) of database datname, or nil. A pid alone could
+// be another server's backend (a pooler may serve several) or an earlier
+// backend with the same pid: the pooler's end of the connection must be the
+// backend's client_port, or, over a socket (or through a NAT that changes
+// ports), the pooler must have opened it when the backend started.
+func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname string) *Link {
+	if l == nil {
+		return nil
+	}
+	for i := range l.links[pid] {
+		k := &l.links[pid][i]
+		if k.Datname != datname {
+			continue
+		}
+		if k.LocalPort != 0 && clientPort > 0 && k.LocalPort == clientPort {
+			return k
+		}
+		if !k.ConnectTime.IsZero() && !backendStart.IsZero() {
+			d := backendStart.Sub(k.ConnectTime)
+			if d > -2*time.Second && d < linkWindow {
+				return k
+			}
+		}
+	}
+	return nil
+}
+
+// Waiting is how many clients wait in the poolers for a server connection
+// to database datname ("" for all databases).
+func (l *Look) Waiting(datname string) int {
+	if l == nil {
+		return 0
+	}
+	if datname != "" {
+		return l.waiting[datname]
+	}
+	n := 0
+	for _, w := range l.waiting {
+		n += w
+	}
+	return n
+}

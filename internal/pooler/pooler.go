@@ -1,0 +1,350 @@
+// Package pooler talks to PgBouncer's admin console: which client each
+// server connection serves now (SHOW SERVERS, SHOW CLIENTS, SHOW POOLS), and
+// the pooler's own PAUSE, RESUME and KILL of a database.
+//
+// The console is a privileged channel. pgreap sends it SHOW, PAUSE, RESUME
+// and KILL, nothing else: listing needs a stats_users role, pausing and
+// killing an admin_users one (docs/privileges.md). It speaks only the
+// simple query protocol, and its statements take no parameters: a database
+// name is sent as a quoted identifier.
+package pooler
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/conn"
+)
+
+// AdminDB is the admin console's database name.
+const AdminDB = "pgbouncer"
+
+// Pooler is one PgBouncer's admin console, as named by a connection string.
+type Pooler struct {
+	// Name is how pgreap names it to people: host:port, or the socket
+	// directory:port.
+	Name string
+	cfg  *pgconn.Config
+	dsn  string
+}
+
+// Parse reads a connection string to a pooler's admin console, with libpq's
+// conventions (keyword/value or URL, PG* variables, ~/.pgpass). The
+// database is always the console's (pgbouncer), and the startup packet
+// carries no settings: the console refuses the ones it does not know.
+func Parse(dsn string) (*Pooler, error) {
+	if strings.TrimSpace(dsn) == "" {
+		return nil, errors.New("--pgbouncer: empty connection string")
+	}
+	cfg, err := pgconn.ParseConfig(dsn)
+	if err != nil {
+		return nil, fmt.Errorf("--pgbouncer %s", conn.Redact(strings.Join(strings.Fields(err.Error()), " "), dsn))
+	}
+	cfg.Database = AdminDB
+	cfg.RuntimeParams = map[string]string{"application_name": "pgreap"}
+	if cfg.ConnectTimeout == 0 {
+		cfg.ConnectTimeout = conn.DefaultConnectTimeout
+	}
+	p := &Pooler{cfg: cfg, dsn: dsn}
+	p.Name = fmt.Sprintf("%s:%d", cfg.Host, cfg.Port)
+	return p, nil
+}
+
+// ParseAll parses each of dsns; a name given twice is one pooler.
+func ParseAll(dsns []string) ([]*Pooler, error) {
+	var out []*Pooler
+	seen := map[string]bool{}
+	for _, d := range dsns {
+		p, err := Parse(d)
+		if err != nil {
+			return nil, err
+		}
+		if !seen[p.Name] {
+			seen[p.Name] = true
+			out = append(out, p)
+		}
+	}
+	return out, nil
+}
+
+// Admin is one connection to a pooler's admin console. It runs one command
+// at a time; PAUSE, which waits, runs on a connection of its own.
+type Admin struct {
+	Pooler *Pooler
+	c      *pgconn.PgConn
+}
+
+// Connect opens a connection to the admin console. Its error is one line
+// that names the pooler and never holds a password.
+func (p *Pooler) Connect(ctx context.Context) (*Admin, error) {
+	c, err := pgconn.ConnectConfig(ctx, p.cfg)
+	if err != nil {
+		return nil, &Error{Pooler: p.Name, Err: &conn.Error{User: p.cfg.User, Err: err}, password: p.cfg.Password}
+	}
+	return &Admin{Pooler: p, c: c}, nil
+}
+
+// Close closes the connection.
+func (a *Admin) Close() {
+	ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+	defer cancel()
+	_ = a.c.Close(ctx)
+}
+
+// Error is a failure talking to a pooler: it names the pooler.
+type Error struct {
+	Pooler   string
+	Err      error
+	password string
+}
+
+func (e *Error) Error() string {
+	msg := strings.Join(strings.Fields(e.Err.Error()), " ")
+	if e.password != "" {
+		msg = strings.ReplaceAll(msg, e.password, "********")
+	}
+	return "pgbouncer " + e.Pooler + ": " + msg
+}
+
+func (e *Error) Unwrap() error { return e.Err }
+
+func (a *Admin) fail(err error) error {
+	if err == nil {
+		return nil
+	}
+	var pe *Error
+	if errors.As(err, &pe) {
+		return err
+	}
+	return &Error{Pooler: a.Pooler.Name, Err: err, password: a.Pooler.cfg.Password}
+}
+
+// row is one row of a SHOW command, by column name: the columns differ
+// from one PgBouncer version to the next, and pgreap reads only those it
+// knows, by name.
+type row map[string]string
+
+func (r row) int(col string) int {
+	n, _ := strconv.Atoi(r[col])
+	return n
+}
+
+// time reads PgBouncer's timestamps ("2026-12-01 22:41:36 UTC").
+func (r row) time(col string) time.Time {
+	t, err := time.Parse("2006-01-02 15:04:05 MST", r[col])
+	if err != nil {
+		return time.Time{}
+	}
+	return t
+}
+
+// command runs one console command and returns its rows. The simple query
+// protocol is the console's only one.
+func (a *Admin) command(ctx context.Context, sql string) ([]row, error) {
+	results, err := a.c.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return nil, a.fail(err)
+	}
+	var rows []row
+	for _, res := range results {
+		if res.Err != nil {
+			return nil, a.fail(res.Err)
+		}
+		for _, vals := range res.Rows {
+			r := make(row, len(vals))
+			for i, f := range res.FieldDescriptions {
+				if i < len(vals) && vals[i] != nil {
+					r[f.Name] = string(vals[i])
+				}
+			}
+			rows = append(rows, r)
+		}
+	}
+	return rows, nil
+}
+
+// Version is the pooler's version ("PgBouncer 1.18.0").
+func (a *Admin) Version(ctx context.Context) (string, error) {
+	rows, err := a.command(ctx, "SHOW VERSION")
+	if err != nil {
+		return "", err
+	}
+	if len(rows) == 0 {
+		return "", a.fail(errors.New("SHOW VERSION: no row"))
+	}
+	return rows[0]["version"], nil
+}
+
+// Server is a row of SHOW SERVERS: one connection from the pooler to a
+// PostgreSQL backend.
+type Server struct {
+	User, Database, State string
+	// Addr and Port are the server's; LocalAddr and LocalPort the
+	// pooler's end of the connection (the backend's client_addr and
+	// client_port; "unix" over a socket).
+	Addr            string
+	Port            int
+	LocalAddr       string
+	LocalPort       int
+	ConnectTime     time.Time
+	Ptr, Link       string // Link: the Ptr of the client it serves, "" for none
+	RemotePID       int32  // the backend's pid
+	ApplicationName string
+}
+
+// Servers is SHOW SERVERS.
+func (a *Admin) Servers(ctx context.Context) ([]Server, error) {
+	rows, err := a.command(ctx, "SHOW SERVERS")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Server, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, Server{
+			User: r["user"], Database: r["database"], State: r["state"],
+			Addr: r["addr"], Port: r.int("port"), LocalAddr: r["local_addr"], LocalPort: r.int("local_port"),
+			ConnectTime: r.time("connect_time"), Ptr: r["ptr"], Link: r["link"],
+			RemotePID: int32(r.int("remote_pid")), ApplicationName: r["application_name"],
+		})
+	}
+	return out, nil
+}
+
+// Client is a row of SHOW CLIENTS: one client of the pooler.
+type Client struct {
+	User, Database, State string
+	Addr                  string // "unix" over a socket
+	Port                  int
+	ConnectTime           time.Time
+	Ptr, Link             string // Link: the Ptr of the server connection it uses, "" for none
+	ApplicationName       string
+}
+
+// Clients is SHOW CLIENTS.
+func (a *Admin) Clients(ctx context.Context) ([]Client, error) {
+	rows, err := a.command(ctx, "SHOW CLIENTS")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Client, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, Client{
+			User: r["user"], Database: r["database"], State: r["state"],
+			Addr: r["addr"], Port: r.int("port"), ConnectTime: r.time("connect_time"),
+			Ptr: r["ptr"], Link: r["link"], ApplicationName: r["application_name"],
+		})
+	}
+	return out, nil
+}
+
+// Pool is a row of SHOW POOLS: one (database, user) pool.
+type Pool struct {
+	Database, User string
+	// ClWaiting counts the clients waiting for a server connection.
+	ClActive, ClWaiting int
+	SvActive, SvIdle    int
+	SvUsed              int
+	PoolMode            string
+}
+
+// Pools is SHOW POOLS.
+func (a *Admin) Pools(ctx context.Context) ([]Pool, error) {
+	rows, err := a.command(ctx, "SHOW POOLS")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Pool, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, Pool{
+			Database: r["database"], User: r["user"],
+			ClActive: r.int("cl_active"), ClWaiting: r.int("cl_waiting"),
+			SvActive: r.int("sv_active"), SvIdle: r.int("sv_idle"), SvUsed: r.int("sv_used"),
+			PoolMode: r["pool_mode"],
+		})
+	}
+	return out, nil
+}
+
+// Database is a row of SHOW DATABASES: a database the pooler serves.
+type Database struct {
+	Name     string // as clients name it
+	Host     string
+	Port     int
+	Database string // on the server
+	PoolMode string
+	Paused   bool
+	Disabled bool
+}
+
+// Databases is SHOW DATABASES.
+func (a *Admin) Databases(ctx context.Context) ([]Database, error) {
+	rows, err := a.command(ctx, "SHOW DATABASES")
+	if err != nil {
+		return nil, err
+	}
+	out := make([]Database, 0, len(rows))
+	for _, r := range rows {
+		out = append(out, Database{
+			Name: r["name"], Host: r["host"], Port: r.int("port"), Database: r["database"],
+			PoolMode: r["pool_mode"], Paused: r["paused"] == "1", Disabled: r["disabled"] == "1",
+		})
+	}
+	return out, nil
+}
+
+// ErrNotPaused is RESUME of a database that is not paused.
+var ErrNotPaused = errors.New("not paused")
+
+// ErrNoDatabase is a command on a database the pooler does not know.
+var ErrNoDatabase = errors.New("no such database")
+
+// ident quotes a database name for the console, which reads identifiers as
+// PostgreSQL does.
+func ident(db string) string { return pgx.Identifier{db}.Sanitize() }
+
+// Pause is PAUSE db: the pooler gives no more server connections to that
+// database's clients (they wait), and returns once every server connection
+// of it is released and closed (in transaction mode, when the transactions
+// in flight end; in session mode, when the clients leave). It waits as long
+// as that takes; cancelling ctx closes the connection, and the database
+// stays paused (the pooler keeps a pause its issuer left).
+//
+// PAUSE of a database already paused returns at once, paused or not yet:
+// a caller checks Databases first.
+func (a *Admin) Pause(ctx context.Context, db string) error {
+	_, err := a.command(ctx, "PAUSE "+ident(db))
+	return a.known(err)
+}
+
+// Resume is RESUME db. A database that is not paused is ErrNotPaused.
+func (a *Admin) Resume(ctx context.Context, db string) error {
+	_, err := a.command(ctx, "RESUME "+ident(db))
+	return a.known(err)
+}
+
+// Kill is KILL db: the pooler drops every client and server connection of
+// the database at once, and new clients wait until RESUME.
+func (a *Admin) Kill(ctx context.Context, db string) error {
+	_, err := a.command(ctx, "KILL "+ident(db))
+	return a.known(err)
+}
+
+func (a *Admin) known(err error) error {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		switch {
+		case strings.Contains(pgErr.Message, "is not paused"):
+			return &Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w: %s", ErrNotPaused, pgErr.Message)}
+		case strings.HasPrefix(pgErr.Message, "no such database"):
+			return &Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w: %s", ErrNoDatabase, pgErr.Message)}
+		}
+	}
+	return err
+}
