@@ -207,6 +207,14 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	if s.ClientAddr.IsValid() {
 		client = s.ClientAddr.String()
 	}
+	user, app := s.Usename, s.ApplicationName
+	if k := s.Pooler; k != nil {
+		// A pooler's server connection: the client using it now.
+		client = clean(pooledClient(k))
+		if k.Served && !k.Unknown {
+			user, app = k.User, k.ApplicationName
+		}
+	}
 	wait := s.WaitEventType
 	if s.WaitEvent != "" {
 		wait += ":" + s.WaitEvent
@@ -232,8 +240,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		return []string{
 			pid,
 			clean(s.Datname),
-			clean(s.Usename),
-			clean(s.ApplicationName),
+			clean(user),
+			clean(app),
 			client,
 			state,
 			Age(s.StateAge(now)),
@@ -246,8 +254,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	return []string{
 		pid,
 		clean(s.Datname),
-		clean(s.Usename),
-		clean(s.ApplicationName),
+		clean(user),
+		clean(app),
 		client,
 		state,
 		Age(s.StateAge(now)),

@@ -30,6 +30,12 @@ type Link struct {
 	LocalPort   int
 	ConnectTime time.Time
 	State       string // the server connection's state in the pooler: active, idle, used, ...
+
+	// Unknown: the backend's state changed after the pooler was asked, so
+	// the client it serves now may be another than the one the pooler
+	// named; the client fields are then empty. Set by the snapshot that
+	// attaches the link to its backend (activity.Pooled), never by Take.
+	Unknown bool
 }
 
 // Look is what every pooler said at one moment: their server connections,
@@ -170,6 +176,18 @@ func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname s
 		}
 	}
 	return nil
+}
+
+// PIDs are the pids of every server connection the poolers named.
+func (l *Look) PIDs() []int32 {
+	if l == nil {
+		return nil
+	}
+	pids := make([]int32, 0, len(l.links))
+	for pid := range l.links {
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 // Waiting is how many clients wait in the poolers for a server connection
