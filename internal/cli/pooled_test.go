@@ -1,0 +1,176 @@
+package cli_test
+
+import (
+	"context"
+	"encoding/csv"
+	"fmt"
+	"net"
+	"strconv"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/cluster"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// pooledClient connects to db through the pooler over 127.0.0.1 as the
+// superuser, with application_name app ("": none), and returns the
+// connection and its port (the pooler's client_port of it).
+func pooledClient(t *testing.T, b *cluster.PgBouncer, db, app string) (*pgx.Conn, int) {
+	t.Helper()
+	dsn := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
+	if app != "" {
+		dsn += " application_name=" + cluster.Quote(app)
+	}
+	cn := pgtest.Connect(t, dsn)
+	return cn, cn.PgConn().Conn().LocalAddr().(*net.TCPAddr).Port
+}
+
+func backendPID(t *testing.T, cn *pgx.Conn) int32 {
+	t.Helper()
+	var pid int32
+	if err := cn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+func rowOf(t *testing.T, rows []map[string]any, pid int32) map[string]any {
+	t.Helper()
+	for _, r := range rows {
+		if r["pid"] == float64(pid) {
+			return r
+		}
+	}
+	t.Fatalf("no row of pid %d in %v", pid, rows)
+	return nil
+}
+
+// Behind a pooler, ls shows the client that uses a server connection now
+// (its address, port, application_name and user, via the pooler), and a
+// server connection idle in the pool as such; asked with the stats user,
+// which may only SHOW.
+func TestLsShowsPooledClients(t *testing.T) {
+	for _, mode := range []string{"transaction", "session"} {
+		t.Run(mode, func(t *testing.T) {
+			t.Parallel()
+			b := pgtest.PgBouncer(t, mode)
+			ctx := pgtest.Context(t)
+			db := pgtest.NewDB(t)
+			admin := b.AdminDSN(b.StatsUser)
+			name := fmt.Sprintf("127.0.0.1:%d", b.Port)
+			app := "pooled-" + mode
+
+			// A client in a transaction holds its server connection.
+			cn, port := pooledClient(t, b, db, app)
+			if _, err := cn.Exec(ctx, "BEGIN"); err != nil {
+				t.Fatal(err)
+			}
+			pid := backendPID(t, cn)
+
+			r := run(t, false, "ls", "--db", db, "--pgbouncer", admin, "-o", "json")
+			r.wantCode(t, 0)
+			row := rowOf(t, jsonRows(t, r.out), pid)
+			want := map[string]any{"pooler": name, "client_addr": "127.0.0.1", "client_port": float64(port),
+				"application_name": app, "user": cluster.Superuser, "pool_mode": mode, "serving": "client"}
+			p, ok := row["pooler"].(map[string]any)
+			if !ok {
+				t.Fatalf("pooler: %v in %v", row["pooler"], row)
+			}
+			for k, v := range want {
+				if p[k] != v {
+					t.Errorf("pooler.%s = %v, want %v (%v)", k, p[k], v, p)
+				}
+			}
+			if _, ok := row["client_port"]; !ok {
+				t.Errorf("no client_port: %v", row)
+			}
+
+			r = run(t, true, "ls", "--db", db, "--pgbouncer", admin)
+			r.wantCode(t, 0)
+			line := lineOf(t, r.out, pid)
+			if !strings.Contains(line, "127.0.0.1 via "+name) || !strings.Contains(line, app) {
+				t.Errorf("table row of %d, want CLIENT 127.0.0.1 via %s and APP %s:\n%s", pid, name, app, r.out)
+			}
+
+			r = run(t, false, "ls", "--db", db, "--pgbouncer", admin, "-o", "csv")
+			r.wantCode(t, 0)
+			rec := csvRowOf(t, r.out, pid)
+			if rec["pooler"] != name || rec["pooler_client_port"] != strconv.Itoa(port) || rec["pooler_application_name"] != app {
+				t.Errorf("CSV row of %d: %v", pid, rec)
+			}
+
+			// Its transaction ended (or, in session mode, its client
+			// left), the server connection waits idle in the pool.
+			if _, err := cn.Exec(ctx, "COMMIT"); err != nil {
+				t.Fatal(err)
+			}
+			if mode == "session" {
+				cn.Close(ctx)
+			}
+			pgtest.Eventually(t, "server connection idle in the pool", func() (bool, error) {
+				r = run(t, false, "ls", "--db", db, "--pgbouncer", admin, "-o", "json")
+				if r.code != 0 {
+					t.Logf("ls: exit %d: %s", r.code, r.errOut)
+					return false, nil
+				}
+				for _, row := range jsonRows(t, r.out) {
+					if p, ok := row["pooler"].(map[string]any); ok && row["pid"] == float64(pid) && p["serving"] == "none" {
+						return p["client_addr"] == nil && p["application_name"] == nil, nil
+					}
+				}
+				t.Logf("not yet idle in the pool:\n%s", r.out)
+				return false, nil
+			})
+			r = run(t, true, "ls", "--db", db, "--pgbouncer", admin)
+			if line := lineOf(t, r.out, pid); !strings.Contains(line, "pooled, idle") {
+				t.Errorf("table row of %d, want pooled, idle:\n%s", pid, r.out)
+			}
+
+			// Without --pgbouncer, as ever: no pooler, no client_port.
+			r = run(t, false, "ls", "--db", db, "-o", "json")
+			r.wantCode(t, 0)
+			row = rowOf(t, jsonRows(t, r.out), pid)
+			if _, ok := row["pooler"]; ok {
+				t.Errorf("pooler without --pgbouncer: %v", row)
+			}
+			if _, ok := row["client_port"]; ok {
+				t.Errorf("client_port without --pgbouncer: %v", row)
+			}
+		})
+	}
+}
+
+func lineOf(t *testing.T, out string, pid int32) string {
+	t.Helper()
+	for _, l := range strings.Split(out, "\n") {
+		if f := strings.Fields(l); len(f) > 0 && f[0] == strconv.Itoa(int(pid)) {
+			return l
+		}
+	}
+	t.Fatalf("no line of pid %d:\n%s", pid, out)
+	return ""
+}
+
+func csvRowOf(t *testing.T, out string, pid int32) map[string]string {
+	t.Helper()
+	recs, err := csv.NewReader(strings.NewReader(out)).ReadAll()
+	if err != nil || len(recs) == 0 {
+		t.Fatalf("CSV: %v\n%s", err, out)
+	}
+	for _, rec := range recs[1:] {
+		if rec[0] == strconv.Itoa(int(pid)) {
+			m := map[string]string{}
+			for i, h := range recs[0] {
+				m[h] = rec[i]
+			}
+			return m
+		}
+	}
+	t.Fatalf("no CSV row of pid %d:\n%s", pid, out)
+	return nil
+}
+
+var _ = context.Background
