@@ -1,7 +1,6 @@
 package cli_test
 
 import (
-	"context"
 	"encoding/csv"
 	"fmt"
 	"net"
@@ -173,4 +172,88 @@ func csvRowOf(t *testing.T, out string, pid int32) map[string]string {
 	return nil
 }
 
-var _ = context.Background
+
+// query runs sql on cn in the background; its error (nil: completed) comes
+// on the channel.
+func query(t *testing.T, cn *pgx.Conn, sql string) <-chan error {
+	t.Helper()
+	done := make(chan error, 1)
+	go func() {
+		_, err := cn.Exec(pgtest.Context(t), sql)
+		done <- err
+	}()
+	return done
+}
+
+// Two clients of different applications take turns on one server
+// connection (transaction mode, a pool of one). cancel --app A judges the
+// backend by the client it serves: while B's query runs on it, A's name is
+// not B's, and once A's runs, A's query is cancelled and B's never was.
+// The clients say which query was cancelled.
+func TestCancelByPooledAppCancelsThatClientOnly(t *testing.T) {
+	t.Parallel()
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
+		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
+	ctx := pgtest.Context(t)
+	db := pgtest.NewDB(t)
+	admin := b.AdminDSN(cluster.AdminUser)
+	appA := "A-" + pgtest.Tag(t)
+	a, _ := pooledClient(t, b, db, appA)
+	bc, _ := pooledClient(t, b, db, "")
+	// A's transaction first: the server connection is made for A.
+	pid := backendPID(t, a)
+
+	// B waits on a lock the test holds, on the one server connection.
+	hold := pgtest.Connect(t, pgtest.Shared(t).DSN(db, cluster.Superuser))
+	if _, err := hold.Exec(ctx, "SELECT pg_catalog.pg_advisory_lock(19)"); err != nil {
+		t.Fatal(err)
+	}
+	bDone := query(t, bc, "SELECT pg_catalog.pg_advisory_lock(19) /* B */")
+	waitQuery(t, pid, "/* B */")
+	var own string
+	if err := pgtest.Admin(t).QueryRow(ctx, "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&own); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the backend's own application_name while it serves B: %q", own)
+	// A queues in the pooler behind B.
+	aDone := query(t, a, "SELECT pg_catalog.pg_sleep(600) /* A */")
+
+	r := run(t, false, "cancel", "--db", db, "--app", appA, "--pgbouncer", admin, "--yes", "-o", "json")
+	if r.code == 0 {
+		t.Fatalf("cancel --app %s while B's query runs: exit 0, want nothing done\n%s", appA, r.out)
+	}
+	if _, err := hold.Exec(ctx, "SELECT pg_catalog.pg_advisory_unlock(19)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatalf("B's query: %v (SQLSTATE %s), want it done", err, pgtest.SQLState(err))
+	}
+	waitQuery(t, pid, "/* A */")
+
+	r = run(t, false, "cancel", "--db", db, "--app", appA, "--pgbouncer", admin, "--yes", "-o", "json")
+	r.wantCode(t, 0)
+	if err := <-aDone; pgtest.SQLState(err) != "57014" {
+		t.Fatalf("A's query: %v, want cancelled (57014)", err)
+	}
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["outcome"] != "cancelled" {
+		t.Fatalf("rows: %v", rows)
+	}
+	if p, _ := rows[0]["pooler"].(map[string]any); p == nil || p["application_name"] != appA {
+		t.Errorf("pooler of the cancelled session: %v", rows[0]["pooler"])
+	}
+}
+
+// waitQuery waits until the backend pid runs a query containing marker.
+func waitQuery(t *testing.T, pid int32, marker string) {
+	t.Helper()
+	pgtest.Eventually(t, "backend "+strconv.Itoa(int(pid))+" runs "+marker, func() (bool, error) {
+		var q string
+		err := pgtest.Admin(t).QueryRow(pgtest.Context(t),
+			"SELECT query FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND state = 'active'", pid).Scan(&q)
+		if err == pgx.ErrNoRows {
+			return false, nil
+		}
+		return strings.Contains(q, marker), err
+	})
+}
