@@ -172,7 +172,6 @@ func csvRowOf(t *testing.T, out string, pid int32) map[string]string {
 	return nil
 }
 
-
 // query runs sql on cn in the background; its error (nil: completed) comes
 // on the channel.
 func query(t *testing.T, cn *pgx.Conn, sql string) <-chan error {
