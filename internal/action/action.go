@@ -299,7 +299,7 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
-	sel.Pooled().Attach(snap.Sessions)
+	sel.Pooled().Attach(snap)
 	plan := newPlan(conn, snap, req)
 	named := len(req.PIDs) > 0
 	seen := map[int32]bool{}

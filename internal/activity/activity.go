@@ -127,6 +127,10 @@ type Snapshot struct {
 	// as usename, the prepared time as xact_start); PreparedBlockers
 	// fills it.
 	Prepared []Session
+	// Pooled is what the poolers in front of the server said just before
+	// the snapshot (nil: no poolers asked); its sessions' Pooler come
+	// from it.
+	Pooled *Pooled
 }
 
 // BackendTypePrepared is the backend_type of a prepared transaction's row:

@@ -103,13 +103,15 @@ func (p *Pooled) Known(s *Session) bool {
 	return !s.StateChange.IsZero() && !s.StateChange.After(p.Asked)
 }
 
-// Attach sets the Pooler of each session (nil p: none).
-func (p *Pooled) Attach(sessions []Session) {
+// Attach sets the Pooler of each session of the snapshot, taken right
+// after p, and records p in it (nil p: none).
+func (p *Pooled) Attach(snap *Snapshot) {
 	if p == nil {
 		return
 	}
-	for i := range sessions {
-		sessions[i].Pooler = p.Link(&sessions[i])
+	snap.Pooled = p
+	for i := range snap.Sessions {
+		snap.Sessions[i].Pooler = p.Link(&snap.Sessions[i])
 	}
 }
 

@@ -90,6 +90,24 @@ func strPtr(s string) *string {
 	return &s
 }
 
+// Who is the client at the other end of a session, as a table shows it:
+// its user, application_name and CLIENT cell. For a pooler's server
+// connection, the client it serves ("ADDR via POOLER"), or "pooled, idle";
+// otherwise the session's own.
+func Who(s *activity.Session) (user, app, client string) {
+	user, app = s.Usename, s.ApplicationName
+	if s.ClientAddr.IsValid() {
+		client = s.ClientAddr.String()
+	}
+	if k := s.Pooler; k != nil {
+		client = pooledClient(k)
+		if k.Served && !k.Unknown {
+			user, app = k.User, k.ApplicationName
+		}
+	}
+	return user, app, client
+}
+
 // pooledClient is the CLIENT cell of a pooler's server connection: the
 // client it serves, via the pooler.
 func pooledClient(k *pooler.Link) string {

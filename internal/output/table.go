@@ -203,18 +203,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	case s.LeaderPID != 0 && s.LeaderPID != s.PID:
 		pid = "└ " + pid
 	}
-	client := ""
-	if s.ClientAddr.IsValid() {
-		client = s.ClientAddr.String()
-	}
-	user, app := s.Usename, s.ApplicationName
-	if k := s.Pooler; k != nil {
-		// A pooler's server connection: the client using it now.
-		client = clean(pooledClient(k))
-		if k.Served && !k.Unknown {
-			user, app = k.User, k.ApplicationName
-		}
-	}
+	user, app, client := Who(s)
+	client = clean(client)
 	wait := s.WaitEventType
 	if s.WaitEvent != "" {
 		wait += ":" + s.WaitEvent

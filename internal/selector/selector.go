@@ -342,7 +342,7 @@ func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot
 	if err != nil {
 		return nil, err
 	}
-	s.pooled.Attach(snap.Sessions)
+	s.pooled.Attach(snap)
 	if s.Query != nil {
 		kept := snap.Sessions[:0]
 		for i := range snap.Sessions {
