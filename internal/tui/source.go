@@ -60,8 +60,8 @@ type DB struct {
 	// frame on their admin connections (opened again when lost).
 	poolers []*pooler.Pooler
 	admins  []*pooler.Admin
-	last *Frame // the last snapshot, and the server as it was before it
-	was  quiet
+	last    *Frame // the last snapshot, and the server as it was before it
+	was     quiet
 }
 
 //go:embed sql/quiet.sql
