@@ -24,10 +24,11 @@ func serving(k *pooler.Link) string {
 	return servingNone
 }
 
-// pooledJSON is the JSON "pooler" object of a session: the pooled client
-// using the backend now. Client fields are null when it serves none, or an
-// unknown one.
-type pooledJSON struct {
+// PooledClient is the JSON "pooler" object of a session: the pooled client
+// using the backend now, as the pooler named it. Client fields are null
+// when it serves none (serving "none": idle in the pool), or one not known
+// (serving "unknown": its state changed after the pooler was asked).
+type PooledClient struct {
 	Pooler          string  `json:"pooler"`
 	ClientAddr      *string `json:"client_addr"`
 	ClientPort      *int    `json:"client_port"`
@@ -45,14 +46,7 @@ func pooledFields(f []field, s *activity.Session, json bool) []field {
 		if k == nil {
 			return append(f, field{"pooler", value{}})
 		}
-		o := pooledJSON{Pooler: k.Pooler, Serving: serving(k), PoolMode: strPtr(k.PoolMode)}
-		if k.Served && !k.Unknown {
-			o.ClientAddr, o.ApplicationName, o.User = strPtr(k.ClientAddr), &k.ApplicationName, strPtr(k.User)
-			if k.ClientPort != 0 {
-				o.ClientPort = &k.ClientPort
-			}
-		}
-		return append(f, field{"pooler", value{kind: kindAny, any: o}})
+		return append(f, field{"pooler", value{kind: kindAny, any: Pooled(k)}})
 	}
 	if k == nil {
 		k = &pooler.Link{}
@@ -81,6 +75,23 @@ func pooledFields(f []field, s *activity.Session, json bool) []field {
 		field{"pooler_pool_mode", mode},
 		field{"pooler_serving", srv},
 	)
+}
+
+// Pooled is the JSON "pooler" object of a pooler's server connection; nil
+// for none.
+func Pooled(k *pooler.Link) *PooledClient {
+	if k == nil {
+		return nil
+	}
+	o := &PooledClient{Pooler: k.Pooler, Serving: serving(k), PoolMode: strPtr(k.PoolMode)}
+	if k.Served && !k.Unknown {
+		o.ClientAddr, o.ApplicationName, o.User = strPtr(k.ClientAddr), &k.ApplicationName, strPtr(k.User)
+		if k.ClientPort != 0 {
+			port := k.ClientPort
+			o.ClientPort = &port
+		}
+	}
+	return o
 }
 
 func strPtr(s string) *string {
