@@ -256,3 +256,36 @@ func waitQuery(t *testing.T, pid int32, marker string) {
 		return strings.Contains(q, marker), err
 	})
 }
+
+// A lock held by a pooled client: unblock's root is the pooler's server
+// connection, and its detail names the client whose transaction it holds.
+func TestUnblockNamesThePooledClientOfARoot(t *testing.T) {
+	t.Parallel()
+	b := pgtest.PgBouncer(t, "transaction")
+	ctx := pgtest.Context(t)
+	db := pgtest.NewDB(t)
+	app := "holder-" + strconv.Itoa(b.Port)
+	cn, port := pooledClient(t, b, db, app)
+	if _, err := cn.Exec(ctx, "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := cn.Exec(ctx, "LOCK TABLE t"); err != nil {
+		t.Fatal(err)
+	}
+	pid := backendPID(t, cn)
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	waiter.Start("SELECT count(*) FROM t")
+	waiter.WaitState("active", "Lock")
+
+	r := run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--dry-run", "-o", "json",
+		"--pgbouncer", b.AdminDSN(b.StatsUser))
+	r.wantCode(t, 0)
+	row := rowOf(t, jsonRows(t, r.out), pid)
+	want := fmt.Sprintf("pooled client 127.0.0.1:%d (app %q, user %s) via 127.0.0.1:%d", port, app, cluster.Superuser, b.Port)
+	if row["outcome"] != "planned" || !strings.Contains(fmt.Sprint(row["detail"]), want) {
+		t.Fatalf("root row %v, want detail %q", row, want)
+	}
+}

@@ -113,6 +113,9 @@ wait still there at the timeout.`,
 			if opts.Cancel {
 				opts.Action = action.Cancel
 			}
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			opts.Color, opts.Connect, opts.ConnectDB, opts.Logger = f.Color(), f.Connect, f.ConnectDB, f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
@@ -152,6 +155,18 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	if opts.Selectors.Given() {
 		mopts.Selector = sel
+	}
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	if pooled != nil {
+		// Roots behind a pooler are named by their pooled clients, and
+		// chosen by them.
+		if mopts.Selector == nil {
+			mopts.Selector = &selector.Selector{}
+		}
+		mopts.Selector = mopts.Selector.WithPooled(pooled)
 	}
 	if !opts.Yes {
 		mopts.Confirm = func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {

@@ -293,6 +293,13 @@ func (u *unblocker) round(ctx context.Context, pids []int32, limit int, sel *sel
 	if results == nil {
 		return nil, nil, err
 	}
+	for i := range results {
+		// Behind a pooler the backend is not the culprit's own: say
+		// whose transaction it holds.
+		if r := &results[i]; r.Pooler != nil {
+			r.Detail = strings.TrimPrefix(r.Detail+"; "+r.Pooler.Describe(), "; ")
+		}
+	}
 	return plan, results, err
 }
 

@@ -2,6 +2,9 @@ package pooler
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -36,6 +39,23 @@ type Link struct {
 	// named; the client fields are then empty. Set by the snapshot that
 	// attaches the link to its backend (activity.Pooled), never by Take.
 	Unknown bool
+}
+
+// Describe names the client for people: "pooled client 10.1.2.3:51234
+// (app report, user alice) via pgb1:6432", "idle in the pool of
+// pgb1:6432", or, when it is Unknown, only the pooler.
+func (k *Link) Describe() string {
+	switch {
+	case k.Unknown:
+		return "a server connection of " + k.Pooler + " (its client changed since the pooler was asked)"
+	case !k.Served:
+		return "idle in the pool of " + k.Pooler
+	}
+	addr := "local socket"
+	if k.ClientAddr != "" {
+		addr = net.JoinHostPort(k.ClientAddr, strconv.Itoa(k.ClientPort))
+	}
+	return fmt.Sprintf("pooled client %s (app %q, user %s) via %s", addr, k.ApplicationName, k.User, k.Pooler)
 }
 
 // Look is what every pooler said at one moment: their server connections,
