@@ -18,18 +18,10 @@ func lookPooled(ctx context.Context, conn *pgx.Conn, poolers []*pooler.Pooler) (
 	if len(poolers) == 0 {
 		return nil, nil
 	}
-	admins := make([]*pooler.Admin, 0, len(poolers))
-	defer func() {
-		for _, a := range admins {
-			a.Close()
-		}
-	}()
-	for _, p := range poolers {
-		a, err := p.Connect(ctx)
-		if err != nil {
-			return nil, err
-		}
-		admins = append(admins, a)
+	admins, err := pooler.ConnectAll(ctx, poolers)
+	if err != nil {
+		return nil, err
 	}
+	defer pooler.CloseAll(admins)
 	return activity.TakePooled(ctx, conn, admins)
 }

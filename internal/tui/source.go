@@ -125,9 +125,7 @@ func (d *DB) Close(ctx context.Context) {
 }
 
 func (d *DB) closeAdmins() {
-	for _, a := range d.admins {
-		a.Close()
-	}
+	pooler.CloseAll(d.admins)
 	d.admins = nil
 }
 
@@ -138,14 +136,11 @@ func (d *DB) lookPooled(ctx context.Context, conn *pgx.Conn) (*activity.Pooled, 
 		return nil, nil
 	}
 	if d.admins == nil {
-		for _, p := range d.poolers {
-			a, err := p.Connect(ctx)
-			if err != nil {
-				d.closeAdmins()
-				return nil, err
-			}
-			d.admins = append(d.admins, a)
+		admins, err := pooler.ConnectAll(ctx, d.poolers)
+		if err != nil {
+			return nil, err
 		}
+		d.admins = admins
 	}
 	pooled, err := activity.TakePooled(ctx, conn, d.admins)
 	if err != nil {

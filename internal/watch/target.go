@@ -323,14 +323,11 @@ func (s *session) lookPooled(ctx context.Context) (*activity.Pooled, error) {
 		return nil, nil
 	}
 	if s.admins == nil {
-		for _, p := range s.t.poolers {
-			a, err := p.Connect(ctx)
-			if err != nil {
-				s.closeAdmins()
-				return nil, err
-			}
-			s.admins = append(s.admins, a)
+		admins, err := pooler.ConnectAll(ctx, s.t.poolers)
+		if err != nil {
+			return nil, err
 		}
+		s.admins = admins
 	}
 	pooled, err := activity.TakePooled(ctx, s.cn, s.admins)
 	if err != nil {
@@ -340,9 +337,7 @@ func (s *session) lookPooled(ctx context.Context) (*activity.Pooled, error) {
 }
 
 func (s *session) closeAdmins() {
-	for _, a := range s.admins {
-		a.Close()
-	}
+	pooler.CloseAll(s.admins)
 	s.admins = nil
 }
 
