@@ -289,3 +289,22 @@ func TestUnblockNamesThePooledClientOfARoot(t *testing.T) {
 		t.Fatalf("root row %v, want detail %q", row, want)
 	}
 }
+
+// A pooler that cannot be asked stops the command: one line naming it,
+// exit 2, nothing listed or done (a selection made without it would judge
+// its clients by the pooler's address).
+func TestPoolerThatCannotBeAskedIsOneLine(t *testing.T) {
+	t.Parallel()
+	for _, args := range [][]string{
+		{"ls", "--pgbouncer", "host=127.0.0.1 port=1 user=x password=s3cret connect_timeout=5"},
+		{"cancel", "--app", pgtest.Tag(t), "--yes", "--pgbouncer", "host=127.0.0.1 port=1 user=x password=s3cret connect_timeout=5"},
+		{"ls", "--pgbouncer", "host=127.0.0.1 port=notaport password=s3cret"},
+	} {
+		r := run(t, false, args...)
+		r.wantCode(t, 2)
+		if !strings.Contains(r.errOut, "pgbouncer") || strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 ||
+			strings.Contains(r.errOut, "s3cret") || r.out != "" {
+			t.Errorf("%v: stdout %q stderr %q", args, r.out, r.errOut)
+		}
+	}
+}
