@@ -92,3 +92,14 @@ func TestPooledSessionHandedOverIsLeftAlone(t *testing.T) {
 		t.Fatal(err)
 	}
 }
+
+// The poolers' look is no selection: with nothing else chosen, an action
+// still refuses to read it as "every session".
+func TestPooledLookAloneChoosesNothing(t *testing.T) {
+	t.Parallel()
+	sel := (&selector.Selector{}).WithPooled(&activity.Pooled{})
+	_, err := action.Choose(pgtest.Context(t), open(t, pgtest.Superuser), action.Request{Action: action.Terminate, Selector: sel})
+	if err != action.ErrNothingChosen {
+		t.Fatalf("err %v, want ErrNothingChosen", err)
+	}
+}
