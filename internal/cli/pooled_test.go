@@ -87,6 +87,13 @@ func TestLsShowsPooledClients(t *testing.T) {
 				t.Errorf("no client_port: %v", row)
 			}
 
+			// --client and --user match the pooled client: the backend's
+			// own address is the pooler's end (a unix socket here).
+			r = run(t, false, "ls", "--db", db, "--client", "127.0.0.1/32", "--user", cluster.Superuser, "--pgbouncer", admin, "-o", "json")
+			r.wantCode(t, 0)
+			rowOf(t, jsonRows(t, r.out), pid)
+			run(t, false, "ls", "--db", db, "--client", "127.0.0.1/32").wantCode(t, 1)
+
 			r = run(t, true, "ls", "--db", db, "--pgbouncer", admin)
 			r.wantCode(t, 0)
 			line := lineOf(t, r.out, pid)
