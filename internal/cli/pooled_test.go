@@ -295,6 +295,11 @@ func TestUnblockNamesThePooledClientOfARoot(t *testing.T) {
 	if row["outcome"] != "planned" || !strings.Contains(fmt.Sprint(row["detail"]), want) {
 		t.Fatalf("root row %v, want detail %q", row, want)
 	}
+	r = run(t, false, "unblock", "--longer-than", "0s", "--db", db, "--dry-run", "--pgbouncer", b.AdminDSN(b.StatsUser))
+	r.wantCode(t, 0)
+	if !strings.Contains(lineOf(t, r.out, pid), fmt.Sprintf("%s  127.0.0.1 via 127.0.0.1:%d idle in transaction", app, b.Port)) {
+		t.Fatalf("tree:\n%s", r.out)
+	}
 }
 
 // A pooler that cannot be asked stops the command: one line naming it,

@@ -226,8 +226,12 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 		if s.BackendType != "client backend" && s.BackendType != "" {
 			state = strings.TrimSpace(s.BackendType + " " + state)
 		}
-		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(s.Usename),
-			output.Clean(s.ApplicationName), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+		user, app, client := output.Who(s)
+		if s.Pooler != nil {
+			state = client + "  " + state // behind a pooler: whose transaction it is
+		}
+		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
+			output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
 	}
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))

@@ -449,6 +449,7 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions) (*Lo
 	if err != nil {
 		return nil, err
 	}
+	opts.Selector.Pooled().Attach(snap) // the tree names pooled clients
 	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}
