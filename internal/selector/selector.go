@@ -537,11 +537,12 @@ func (c *compiler) client(column string, term func(col string) string) string {
 			c.arg(f.PIDs), c.arg(f.Starts), c.arg(f.Served), c.arg(f.Addrs), c.arg(f.Apps), c.arg(f.Users))
 		c.asked = c.arg(f.Asked)
 	}
-	// -- pids are reused: (pid, backend_start) names the backend the pooler named
-	return fmt.Sprintf(`coalesce((SELECT CASE WHEN NOT coalesce(%[1]s.state_change <= %[2]s::timestamptz, false) THEN false
+	return fmt.Sprintf(`coalesce((SELECT CASE -- a state begun after the poolers were asked: maybe another client's
+                        WHEN NOT coalesce(%[1]s.state_change <= %[2]s::timestamptz, false) THEN false
                         WHEN p.served THEN coalesce(%[3]s, false)
                         ELSE coalesce(%[4]s, false) END
              FROM %[5]s
+            -- pids are reused: (pid, backend_start) names the backend the pooler named
             WHERE p.pid = %[1]s.pid AND p.backend_start = %[1]s.backend_start), %[4]s)`,
 		c.alias, c.asked, term("p."+column), own, c.links)
 }
