@@ -20,6 +20,7 @@ import (
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/ownfile"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // DrainOptions are the inputs of `pgreap drain`.
@@ -39,6 +40,9 @@ type DrainOptions struct {
 	DryRun             bool
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// Poolers are the PgBouncers in front of the server (--pgbouncer):
+	// paused first.
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdDrain builds `pgreap drain`; runF replaces the run in tests.
@@ -111,6 +115,9 @@ at the timeout or interrupted (the database stays blocked).`,
 				return err
 			}
 			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
 			}
 			if opts.Timeout <= 0 || opts.Grace < 0 {
@@ -187,8 +194,22 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if err != nil {
 		return err
 	}
+	var admins []*pooler.Admin
+	if len(opts.Poolers) > 0 {
+		if admins, err = connectPoolers(ctx, opts.Poolers); err != nil {
+			return err
+		}
+		defer closeAdmins(admins)
+		var earlier []maintenance.PoolerPause
+		if kept {
+			earlier = rec.Poolers
+		}
+		if rec.Poolers, err = maintenance.PlanPause(ctx, admins, opts.Database, earlier); err != nil {
+			return err
+		}
+	}
 	if opts.DryRun {
-		return drainDryRun(ctx, opts, conn, path, settings, rec, kept)
+		return drainDryRun(ctx, opts, conn, admins, path, settings, rec, kept)
 	}
 	// The record first: whatever happens next, undrain can restore.
 	if kept {
@@ -197,12 +218,26 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	} else if err := maintenance.WriteRecord(path, rec); err != nil {
 		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
+	if len(admins) > 0 {
+		// The poolers first: once paused, their clients wait instead of
+		// failing on a blocked database.
+		if err := drainPause(ctx, opts, conn, admins, path, rec, kept); err != nil {
+			return err
+		}
+	}
 	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
+	if pausedNote(opts, rec) != "" {
+		held = fmt.Sprintf("%s stays blocked and paused on its poolers: %s reopens it and resumes them", name, undrainHint(opts.Database))
+	}
 	if err := maintenance.Block(ctx, conn, opts.Database); err != nil {
 		if !pgconn.SafeToRetry(err) && blockedNow(ctx, opts) {
 			// Cut off (an interrupt) after the ALTER DATABASE had
 			// committed: the database is blocked, whatever the error.
 			return drainStopped(opts, err, held)
+		}
+		if !kept {
+			// Nothing is held: the pauses are lifted again.
+			return fmt.Errorf("%w%s", err, drainResume(ctx, opts, admins, path, rec))
 		}
 		return err
 	}
@@ -236,8 +271,8 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return err
 		}
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s\n",
-		name, len(rows), plural(len(rows)), undrainHint(opts.Database), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s%s\n",
+		name, len(rows), plural(len(rows)), undrainHint(opts.Database), pausedNote(opts, rec), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
 	return nil
 }
 
@@ -357,7 +392,7 @@ func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings
 // and prints the sessions its first round would end, judged by the
 // signalling statement as the real round is, without a signal. It writes
 // nothing and alters nothing; its reads take no lock that holds anyone up.
-func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
+func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
 	name, w := output.Clean(opts.Database), opts.IO.ErrOut
 	recorded := fmt.Sprintf("datallowconn %t, datconnlimit %d", rec.AllowConnections, rec.ConnectionLimit)
 	if kept {
@@ -369,6 +404,9 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 			note = "; it refuses connections now, so undrain would leave it so"
 		}
 		fmt.Fprintf(w, "pgreap: dry run: drain would first record %s's settings in %s: %s%s\n", name, path, recorded, note)
+	}
+	if err := dryRunPauses(ctx, opts, conn, admins, rec); err != nil {
+		return err
 	}
 	now := ""
 	if !settings.AllowConnections {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // UndrainOptions are the inputs of `pgreap undrain`.
@@ -26,6 +27,9 @@ type UndrainOptions struct {
 	Explicit         bool
 	AllowConnections bool
 	ConnectionLimit  int32
+	// Poolers named with --pgbouncer: their passwords, for the poolers on
+	// record (which are reached without one otherwise).
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdUndrain builds `pgreap undrain`; runF replaces the run in tests.
@@ -69,6 +73,10 @@ connection error.`,
 			if _, err := f.ConnConfig(); err != nil {
 				return err
 			}
+			var err error
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			opts.Connect, opts.ConnConfig, opts.Now = f.Connect, f.ConnConfig, time.Now
 			if runF != nil {
 				return runF(cmd.Context(), opts)
@@ -100,9 +108,15 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		return usageError(fmt.Errorf("%w; nothing done", err))
 	}
 	if opts.Explicit {
+		var pauses []maintenance.PoolerPause
+		if rec != nil {
+			// The values are the user's; the pauses on record still
+			// need their RESUME.
+			pauses = rec.Poolers
+		}
 		cfg, _ := opts.ConnConfig()
 		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
-			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC()}
+			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC(), Poolers: pauses}
 	}
 	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
 	if err != nil {
@@ -114,7 +128,8 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		// Undone already: do not override what was changed since.
 		fmt.Fprintf(opts.IO.Out, "%s: already restored at %s (%s); now ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d\n",
 			name, rec.RestoredAt.Format(time.RFC3339), values, settings.AllowConnections, settings.ConnectionLimit)
-		return nil
+		// A pooler an earlier undrain could not reach is still paused.
+		return undrainResume(ctx, opts, path, rec)
 	}
 	if !settings.MayAlter {
 		return usageError(fmt.Errorf("database %q: restoring its settings needs its owner or a superuser (ALTER DATABASE)", opts.Database))
@@ -128,5 +143,57 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		return fmt.Errorf("%s restored (%s), but the record could not be marked: %w", name, values, err)
 	}
 	fmt.Fprintf(opts.IO.Out, "%s: restored %s (recorded at %s)\n", name, values, rec.RecordedAt.Format(time.RFC3339))
+	// The database first: the clients the poolers let go find it open.
+	return undrainResume(ctx, opts, path, rec)
+}
+
+// undrainResume sends RESUME for exactly the pauses the drain recorded as
+// its own, each marked in the record once done; a pause that was someone
+// else's is left, and said so.
+func undrainResume(ctx context.Context, opts *UndrainOptions, path string, rec *maintenance.Record) error {
+	name := output.Clean(opts.Database)
+	given := map[string]*pooler.Pooler{}
+	for _, p := range opts.Poolers {
+		given[p.Name] = p
+	}
+	admins := map[string]*pooler.Admin{}
+	defer func() {
+		for _, a := range admins {
+			a.Close()
+		}
+	}()
+	for _, p := range rec.Poolers {
+		if p.State == maintenance.PauseOthers {
+			fmt.Fprintf(opts.IO.Out, "%s: left paused on %s: it was paused before the drain, by someone else\n", name, pauseName(p, opts.Database))
+		}
+		if !p.Ours() || admins[p.Pooler] != nil {
+			continue
+		}
+		pl := given[p.Pooler]
+		if pl == nil {
+			var err error
+			if pl, err = pooler.Parse(p.Reach); err != nil {
+				return fmt.Errorf("%s: recorded pgbouncer %s: %w; still paused there: name it with --pgbouncer and undrain again", name, p.Pooler, err)
+			}
+		}
+		a, err := pl.Connect(ctx)
+		if err != nil {
+			return fmt.Errorf("%w; %s is still paused there: %s again resumes it", err, name, undrainHint(opts.Database))
+		}
+		admins[p.Pooler] = a
+	}
+	before := rec.Poolers
+	ps, err := maintenance.Resume(ctx, admins, rec.Poolers, opts.Now().UTC(), func(ps []maintenance.PoolerPause) error {
+		rec.Poolers = ps
+		return maintenance.WriteRecord(path, rec)
+	})
+	for i, p := range ps {
+		if p.State != before[i].State {
+			fmt.Fprintf(opts.IO.Out, "%s: resumed on %s\n", name, pauseName(p, opts.Database))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w; %s is still paused there: %s again resumes it", err, name, undrainHint(opts.Database))
+	}
 	return nil
 }

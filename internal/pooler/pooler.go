@@ -57,6 +57,21 @@ func Parse(dsn string) (*Pooler, error) {
 	return p, nil
 }
 
+// Reach is a connection string to the same console without its password,
+// for a record that outlives the process: undrain reconnects with it,
+// taking the password from PGPASSWORD or ~/.pgpass as libpq would, when
+// the pooler is not named again with --pgbouncer.
+func (p *Pooler) Reach() string {
+	quote := func(v string) string {
+		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	}
+	s := fmt.Sprintf("host=%s port=%d dbname=%s", quote(p.cfg.Host), p.cfg.Port, AdminDB)
+	if p.cfg.User != "" {
+		s += " user=" + quote(p.cfg.User)
+	}
+	return s
+}
+
 // ParseAll parses each of dsns; a name given twice is one pooler.
 func ParseAll(dsns []string) ([]*Pooler, error) {
 	var out []*Pooler

@@ -1,0 +1,470 @@
+package maintenance
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"slices"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/pooler"
+	"github.com/pgreap/pgreap/internal/selector"
+)
+
+// The states of a pooler's database in a drain record.
+const (
+	// PauseSent: PAUSE is sent, or about to be. Recorded before it is
+	// sent, because a PAUSE whose connection closes while it waits (a
+	// drain killed then) leaves the database paused: undrain resumes it.
+	PauseSent = "pausing"
+	// PauseDone: PAUSE returned and the pooler holds no server connection
+	// of the database any more.
+	PauseDone = "paused"
+	// PauseResumed: RESUME was sent (a rollback, or undrain), or the
+	// pooler said it was not paused.
+	PauseResumed = "resumed"
+	// PauseOthers: paused already when the drain came, by someone else:
+	// pgreap never resumes it.
+	PauseOthers = "paused before"
+	// PauseNotServed: the pooler does not serve the database under that
+	// name (no `*` entry): nothing to pause.
+	PauseNotServed = "not served"
+)
+
+// PoolerPause is one of a pooler's names of the drained database, and
+// what the drain did to it, as its record keeps it.
+type PoolerPause struct {
+	// Pooler is the pooler's name (host:port); Reach connects to its
+	// console again, without a password (see pooler.Pooler.Reach).
+	Pooler string `json:"pooler"`
+	Reach  string `json:"reach"`
+	// Database is the pooler's name of the database (an alias in its
+	// [databases] section, or the server's name).
+	Database string    `json:"database"`
+	State    string    `json:"state"`
+	At       time.Time `json:"at"`
+}
+
+// Ours reports whether the drain paused it, or may have: undrain and a
+// rollback resume exactly those.
+func (p *PoolerPause) Ours() bool { return p.State == PauseSent || p.State == PauseDone }
+
+// PlanPause says what a drain of database db pauses on each pooler: every
+// name under which the pooler serves db (SHOW DATABASES), or db itself
+// when no name serves it (a `*` entry serves any name: PAUSE creates and
+// pauses it, so that clients who come later wait too). A name that is
+// paused already is someone else's pause, left alone (PauseOthers), unless
+// kept, the record of a drain not yet undone, says it is ours.
+func PlanPause(ctx context.Context, admins []*pooler.Admin, db string, kept []PoolerPause) ([]PoolerPause, error) {
+	var out []PoolerPause
+	for _, a := range admins {
+		dbs, err := a.Databases(ctx)
+		if err != nil {
+			return nil, err
+		}
+		var names []string
+		paused := map[string]bool{}
+		taken := false
+		for _, d := range dbs {
+			if d.Name == db {
+				taken = true
+			}
+			if d.Database == db || (d.Database == "" && d.Name == db) {
+				names = append(names, d.Name)
+				paused[d.Name] = d.Paused
+			}
+		}
+		if len(names) == 0 && !taken {
+			names = append(names, db)
+		}
+		for _, n := range names {
+			p := PoolerPause{Pooler: a.Pooler.Name, Reach: a.Pooler.Reach(), Database: n, State: PauseSent}
+			i := slices.IndexFunc(kept, func(k PoolerPause) bool { return k.Pooler == p.Pooler && k.Database == n })
+			switch {
+			case i >= 0 && (kept[i].Ours() || kept[i].State == PauseOthers):
+				p = kept[i]
+			case paused[n]:
+				p.State = PauseOthers
+			}
+			out = append(out, p)
+		}
+	}
+	// What an earlier drain recorded on poolers not named now stays on
+	// record: undrain must still resume it.
+	for _, k := range kept {
+		if !slices.ContainsFunc(out, func(p PoolerPause) bool { return p.Pooler == k.Pooler && p.Database == k.Database }) {
+			out = append(out, k)
+		}
+	}
+	return out, nil
+}
+
+// PauseOptions say how Pause pauses the poolers.
+type PauseOptions struct {
+	// Timeout: a pooler not paused by then has every pause rolled back.
+	Timeout time.Duration
+	// Grace is how long the transactions that hold PAUSE up get before
+	// their backends are terminated, through the guard.
+	Grace time.Duration
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+	// Record is called with every pause before PAUSE is sent, and again
+	// at each change: drain writes its record there. An error before the
+	// first PAUSE stops Pause with nothing sent; a later one rolls back.
+	Record func([]PoolerPause) error
+	// Step, when set, is told each change of a pause (paused, resumed,
+	// not served).
+	Step func(PoolerPause)
+	// Ending, when set, is told of the holders about to be terminated.
+	Ending func([]Holder)
+}
+
+// Holder is a server connection that holds a PAUSE up: the backend as the
+// guard judged it, and the pooler's word on it.
+type Holder struct {
+	action.Result
+	Link *pooler.Link
+}
+
+// Paused is what Pause did.
+type Paused struct {
+	// Pauses are every pause, in their last state.
+	Pauses []PoolerPause
+	// Ended are the holders terminated (or gone once chosen).
+	Ended []Holder
+	// Holders: when Pause gave up, the server connections that still held
+	// it up, with what became of them.
+	Holders []Holder
+	// NotResumed: after a rollback, the pauses that RESUME failed for;
+	// they stay paused, and undrain resumes them.
+	NotResumed []PoolerPause
+	// Took is how long Pause took.
+	Took time.Duration
+}
+
+// ErrPauseTimeout: a pooler was not paused by the timeout; every pause of
+// the drain was rolled back (Paused.NotResumed says which could not be).
+var ErrPauseTimeout = errors.New("not paused by the timeout")
+
+// Pause pauses database db on the poolers: every pause of pauses that is
+// Ours is recorded (opt.Record), then PAUSE is sent to each on a
+// connection of its own, all at once. A pause is done when PAUSE has
+// returned and the pooler holds no server connection of the database.
+// After opt.Grace the backends of the server connections that still hold
+// it up are terminated, through the guard of package action (conn is
+// pgreap's connection to the server, not to db). If a pause is not done by
+// opt.Timeout, or anything fails, or ctx is cancelled, every pause of ours
+// is rolled back (RESUME) and the error returned; the Paused returned says
+// what was done either way.
+func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db string, pauses []PoolerPause, opt PauseOptions) (*Paused, error) {
+	now := opt.Now
+	if now == nil {
+		now = time.Now
+	}
+	start := now()
+	p := &Paused{Pauses: slices.Clone(pauses)}
+	byName := map[string]*pooler.Admin{}
+	for _, a := range admins {
+		byName[a.Pooler.Name] = a
+	}
+	record := func() error {
+		if opt.Record == nil {
+			return nil
+		}
+		return opt.Record(slices.Clone(p.Pauses))
+	}
+	step := func(i int, state string) error {
+		p.Pauses[i].State, p.Pauses[i].At = state, now().UTC()
+		err := record()
+		if opt.Step != nil {
+			opt.Step(p.Pauses[i])
+		}
+		return err
+	}
+	// Every PAUSE is on record before the first is sent.
+	if err := record(); err != nil {
+		return p, err
+	}
+
+	type answer struct {
+		i   int
+		err error
+	}
+	answers := make(chan answer, len(p.Pauses))
+	pctx, stop := context.WithCancel(ctx)
+	var wg sync.WaitGroup
+	defer func() { stop(); wg.Wait() }()
+	pending := map[int]bool{}
+	returned := map[int]bool{}
+	for i, s := range p.Pauses {
+		a := byName[s.Pooler]
+		if !s.Ours() || a == nil {
+			// A pause of an earlier drain on a pooler not named now is
+			// left as it is: undrain resumes it.
+			continue
+		}
+		pending[i] = true
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			// A connection of its own: PAUSE waits for the transactions
+			// in flight, while Pause looks at who holds it up.
+			pa, err := a.Pooler.Connect(pctx)
+			if err == nil {
+				err = pa.Pause(pctx, s.Database)
+				pa.Close()
+			}
+			answers <- answer{i, err}
+		}()
+	}
+
+	tick := time.NewTicker(100 * time.Millisecond)
+	defer tick.Stop()
+	var failed error
+	var lastEnd time.Time
+	for len(pending) > 0 && failed == nil {
+		select {
+		case <-ctx.Done():
+			failed = ctx.Err()
+			continue
+		case an := <-answers:
+			switch {
+			case an.err == nil:
+				returned[an.i] = true
+			case errors.Is(an.err, pooler.ErrNoDatabase):
+				// No such name and no `*` entry: the pooler does not
+				// serve db so, and nothing was paused.
+				delete(pending, an.i)
+				if err := step(an.i, PauseNotServed); err != nil {
+					failed = err
+				}
+				continue
+			default:
+				failed = an.err
+				continue
+			}
+		case <-tick.C:
+		}
+		if err := p.settle(ctx, byName, pending, returned, step); err != nil {
+			failed = err
+			continue
+		}
+		if len(pending) == 0 {
+			break
+		}
+		elapsed := now().Sub(start)
+		if elapsed >= opt.Timeout {
+			failed = ErrPauseTimeout
+			continue
+		}
+		if elapsed >= opt.Grace && now().Sub(lastEnd) >= time.Second {
+			// The transactions in flight had their grace: their backends
+			// are ended, so that PAUSE can complete.
+			lastEnd = now()
+			holders, err := p.holders(ctx, conn, byName, pending, db)
+			if err != nil {
+				failed = err
+				continue
+			}
+			ended, err := endHolders(ctx, conn, holders, min(opt.Timeout-elapsed, 5*time.Second), opt.Ending)
+			p.Ended = append(p.Ended, ended...)
+			if err != nil {
+				failed = err
+			}
+		}
+	}
+	p.Took = now().Sub(start)
+	if failed == nil {
+		return p, nil
+	}
+	// Closing the pending PAUSEs' connections does not lift their pauses
+	// (the pooler keeps them): RESUME does.
+	stop()
+	wg.Wait()
+	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+	defer cancel()
+	if errors.Is(failed, ErrPauseTimeout) {
+		if hs, err := p.holders(rctx, conn, byName, pending, db); err == nil {
+			p.Holders = judged(hs, p.Ended)
+		}
+	}
+	before := slices.Clone(p.Pauses)
+	p.Pauses, _ = Resume(rctx, byName, p.Pauses, now().UTC(), opt.Record)
+	for i, s := range p.Pauses {
+		switch {
+		case s.Ours():
+			p.NotResumed = append(p.NotResumed, s)
+		case s.State != before[i].State && opt.Step != nil:
+			opt.Step(s)
+		}
+	}
+	return p, failed
+}
+
+// settle marks done the pauses whose PAUSE returned and whose pooler holds
+// no server connection of the database any more (a PAUSE of a database
+// that is paused already, its pause not yet complete, returns at once).
+func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pending, returned map[int]bool, step func(int, string) error) error {
+	servers := map[string][]pooler.Server{}
+	for i := range pending {
+		if !returned[i] {
+			continue
+		}
+		s := p.Pauses[i]
+		if _, ok := servers[s.Pooler]; !ok {
+			sv, err := byName[s.Pooler].Servers(ctx)
+			if err != nil {
+				return err
+			}
+			servers[s.Pooler] = sv
+		}
+		if slices.ContainsFunc(servers[s.Pooler], func(sv pooler.Server) bool { return sv.Database == s.Database }) {
+			continue
+		}
+		delete(pending, i)
+		if err := step(i, PauseDone); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// holders are the backends of the server connections that the poolers of
+// the pending pauses still hold to database db, judged by the guard as a
+// terminate would be.
+func (p *Paused) holders(ctx context.Context, conn *pgx.Conn, byName map[string]*pooler.Admin, pending map[int]bool, db string) ([]Holder, error) {
+	var admins []*pooler.Admin
+	for i := range pending {
+		if a := byName[p.Pauses[i].Pooler]; !slices.Contains(admins, a) {
+			admins = append(admins, a)
+		}
+	}
+	return Holders(ctx, conn, admins, db)
+}
+
+// Holders are the backends of database db that are server connections of
+// the poolers (all of them, served or idle), judged by the guard as a
+// terminate would judge them, without a signal.
+func Holders(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db string) ([]Holder, error) {
+	if len(admins) == 0 {
+		return nil, nil
+	}
+	look, err := pooler.Take(ctx, admins)
+	if err != nil {
+		return nil, err
+	}
+	plan, err := action.Choose(ctx, conn, action.Request{Action: action.Terminate, Selector: &selector.Selector{DB: []string{db}}})
+	if err != nil {
+		return nil, err
+	}
+	var hs []Holder
+	for _, r := range plan.Results {
+		// Its pid, database and start name the pooler's connection: a
+		// pid alone could be another server's behind the same pooler.
+		if k := look.Find(r.PID, 0, r.BackendStart, r.Datname); k != nil {
+			hs = append(hs, Holder{Result: r, Link: k})
+		}
+	}
+	return hs, nil
+}
+
+// endHolders terminates the holders' backends through the guard, which
+// re-checks each one's identity (and database) as it signals.
+func endHolders(ctx context.Context, conn *pgx.Conn, hs []Holder, wait time.Duration, told func([]Holder)) ([]Holder, error) {
+	if len(hs) == 0 {
+		return nil, nil
+	}
+	if told != nil {
+		told(hs)
+	}
+	plan, err := action.Choose(ctx, conn, action.Request{Action: action.Terminate, Selector: &selector.Selector{DB: []string{hs[0].Datname}},
+		PIDs: pids(hs)})
+	if err != nil {
+		return nil, err
+	}
+	// Only the sessions seen as holders: a pid reused since is another
+	// backend, and the guard's statement refuses it (changed).
+	byPID := map[int32]*Holder{}
+	for i := range hs {
+		byPID[hs[i].PID] = &hs[i]
+	}
+	keep := plan.Results[:0]
+	for _, r := range plan.Results {
+		if h := byPID[r.PID]; h != nil && r.BackendStart.Equal(h.BackendStart) {
+			keep = append(keep, r)
+		}
+	}
+	plan.Results = keep
+	results, err := action.Execute(ctx, conn, plan, action.Options{Wait: max(wait, 100*time.Millisecond)})
+	var ended []Holder
+	for _, r := range results {
+		h := byPID[r.PID]
+		h.Result = r
+		if r.Outcome == action.Terminated || r.Outcome == action.Gone {
+			ended = append(ended, *h)
+		}
+	}
+	return ended, err
+}
+
+func pids(hs []Holder) []int32 {
+	out := make([]int32, len(hs))
+	for i := range hs {
+		out[i] = hs[i].PID
+	}
+	return out
+}
+
+// judged gives the holders still there the outcome their last end had
+// (denied, survived, ...), when they had one.
+func judged(hs, ended []Holder) []Holder {
+	for i := range hs {
+		for _, e := range ended {
+			if e.PID == hs[i].PID && e.BackendStart.Equal(hs[i].BackendStart) {
+				hs[i].Outcome, hs[i].Detail = e.Outcome, e.Detail
+			}
+		}
+	}
+	return hs
+}
+
+// Resume lifts the drain's own pauses (Ours) on the poolers; a database
+// the pooler says is not paused counts as resumed. It returns the pauses
+// in their new states, and the first error; done, when set, is told of
+// each pause resumed (to record it).
+func Resume(ctx context.Context, admins map[string]*pooler.Admin, pauses []PoolerPause, now time.Time, done func([]PoolerPause) error) ([]PoolerPause, error) {
+	out := slices.Clone(pauses)
+	var first error
+	for i, s := range out {
+		if !s.Ours() {
+			continue
+		}
+		a := admins[s.Pooler]
+		if a == nil {
+			first = cmpErr(first, fmt.Errorf("pgbouncer %s: not connected", s.Pooler))
+			continue
+		}
+		if err := a.Resume(ctx, s.Database); err != nil && !errors.Is(err, pooler.ErrNotPaused) && !errors.Is(err, pooler.ErrNoDatabase) {
+			first = cmpErr(first, err)
+			continue
+		}
+		out[i].State, out[i].At = PauseResumed, now
+		if done != nil {
+			if err := done(slices.Clone(out)); err != nil {
+				first = cmpErr(first, err)
+			}
+		}
+	}
+	return out, first
+}
+
+func cmpErr(first, err error) error {
+	if first != nil {
+		return first
+	}
+	return err
+}
