@@ -2,7 +2,8 @@
 // binaries installed on the machine: one temporary directory holds the
 // data directory, the unix socket and the log, and Stop removes it. Tests
 // (internal/pgtest) and `pgreap demo` use it. It never listens on an
-// address other than the socket and 127.0.0.1.
+// address other than the socket and 127.0.0.1. StartPgBouncer puts a
+// PgBouncer in front of such a server, the same way.
 package cluster
 
 import (

@@ -8,4 +8,12 @@
 // tagged with its name in application_name (Tag), so parallel tests never
 // touch each other's sessions. It only ever ends sessions of the clusters it
 // started.
+//
+// PgBouncer puts a real PgBouncer (the pgbouncer binary: Debian's package
+// pgbouncer, /usr/sbin/pgbouncer) in front of the package's cluster, one per
+// pool mode, stopped with the cluster; OwnPgBouncer starts one for a single
+// test. Tests that need it are skipped with a message when the binary is
+// missing, and fail when CI=true: CI (.ci/run) installs it. Their config,
+// log and socket live in a temporary directory; they listen on a free port
+// of 127.0.0.1, never on 6432, and run as the server's unprivileged user.
 package pgtest

@@ -38,6 +38,12 @@ func Main(m *testing.M, opt Options) {
 
 // Run is Main without the exit, for a TestMain that wraps m (testscript).
 func Run(m interface{ Run() int }, opt Options) int {
+	if opt.MaxConnections == 0 {
+		// The package's PgBouncers (PgBouncer) open up to default_pool_size
+		// (20) server connections per database and user, on top of the
+		// tests' own sessions.
+		opt.MaxConnections = 300
+	}
 	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 	c, err := Start(ctx, opt)
 	cancel()
@@ -54,21 +60,26 @@ func Run(m interface{ Run() int }, opt Options) int {
 	os.Unsetenv("PGAPPNAME")
 	os.Unsetenv("PGOPTIONS")
 	code := m.Run()
+	stopPgBouncers(code != 0)
 	if adminPool != nil {
 		adminPool.Close()
 	}
 	if code != 0 {
-		if tail, err := os.ReadFile(c.LogFile()); err == nil && len(tail) > 0 {
-			if len(tail) > 8000 {
-				tail = tail[len(tail)-8000:]
-			}
-			fmt.Fprintf(os.Stderr, "pgtest: server log tail (PostgreSQL %d):\n%s\n", c.Major, tail)
-		}
+		printTail(fmt.Sprintf("server log tail (PostgreSQL %d)", c.Major), c.LogFile())
 	}
 	if err := c.Stop(); err != nil {
 		fmt.Fprintf(os.Stderr, "pgtest: stop: %v\n", err)
 	}
 	return code
+}
+
+func printTail(what, file string) {
+	if tail, err := os.ReadFile(file); err == nil && len(tail) > 0 {
+		if len(tail) > 8000 {
+			tail = tail[len(tail)-8000:]
+		}
+		fmt.Fprintf(os.Stderr, "pgtest: %s:\n%s\n", what, tail)
+	}
 }
 
 // Shared is the cluster that Main started for this test package.
