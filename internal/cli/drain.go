@@ -218,10 +218,16 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	} else if err := maintenance.WriteRecord(path, rec); err != nil {
 		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
+	var ended []action.Result
 	if len(admins) > 0 {
 		// The poolers first: once paused, their clients wait instead of
 		// failing on a blocked database.
-		if err := drainPause(ctx, opts, conn, admins, path, rec, kept); err != nil {
+		if ended, err = drainPause(ctx, opts, conn, admins, path, rec, kept); err != nil {
+			if len(ended) > 0 {
+				if werr := writeResults(opts.IO, opts.Format, opts.Color, &action.Plan{Taken: opts.Now()}, ended, false); werr != nil {
+					return werr
+				}
+			}
 			return err
 		}
 	}
@@ -265,7 +271,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		}
 		return incomplete(fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held))
 	}
-	rows := d.Ended
+	rows := append(ended, d.Ended...)
 	if len(rows) > 0 || opts.Format != output.Table {
 		if err := writeResults(opts.IO, opts.Format, opts.Color, d.Last, rows, false); err != nil {
 			return err

@@ -9,6 +9,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/pooler"
@@ -83,7 +84,7 @@ func holderText(h maintenance.Holder, now time.Time) string {
 // drainPause is the first step of a drain with poolers: PAUSE on each,
 // every step recorded before it happens. It returns nil once every pause is
 // done; an error once it gave up, with the pauses rolled back.
-func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, rec *maintenance.Record, kept bool) error {
+func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, rec *maintenance.Record, kept bool) ([]action.Result, error) {
 	name, w := output.Clean(opts.Database), opts.IO.ErrOut
 	var sent []string
 	for _, p := range rec.Poolers {
@@ -122,11 +123,20 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 		},
 	}
 	pd, err := maintenance.Pause(ctx, conn, admins, opts.Database, rec.Poolers, popt)
+	var ended []action.Result
+	if len(pd.Ended) > 0 {
+		texts := make([]string, len(pd.Ended))
+		for i, h := range pd.Ended {
+			texts[i] = holderText(h, opts.Now())
+			ended = append(ended, h.Result)
+		}
+		fmt.Fprintf(w, "pgreap: %s: ended what held PAUSE up: %s\n", name, strings.Join(texts, "; "))
+	}
 	if err == nil {
 		if len(sent) > 0 {
-			fmt.Fprintf(w, "pgreap: %s: every pooler paused in %.2fs (%d transaction%s ended)\n", name, pd.Took.Seconds(), len(pd.Ended), plural(len(pd.Ended)))
+			fmt.Fprintf(w, "pgreap: %s: every pooler paused in %.2fs\n", name, pd.Took.Seconds())
 		}
-		return nil
+		return ended, nil
 	}
 	rolled := "every pause of this drain rolled back (RESUME)"
 	if len(pd.NotResumed) > 0 {
@@ -160,13 +170,13 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 			}
 			who = "held up by " + strings.Join(texts, "; ")
 		}
-		return incomplete(fmt.Errorf("%s: not paused on every pooler by --timeout %s, %s; %s%s", name, opts.Timeout, who, rolled, held))
+		return ended, incomplete(fmt.Errorf("%s: not paused on every pooler by --timeout %s, %s; %s%s", name, opts.Timeout, who, rolled, held))
 	case errors.Is(err, context.Canceled):
-		return incomplete(fmt.Errorf("%s: interrupted while pausing; %s%s", name, rolled, held))
+		return ended, incomplete(fmt.Errorf("%s: interrupted while pausing; %s%s", name, rolled, held))
 	case len(pd.NotResumed) > 0:
-		return incomplete(fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held))
+		return ended, incomplete(fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held))
 	}
-	return fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held)
+	return ended, fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held)
 }
 
 // pausedNote says, once drained, where the pooled clients are.

@@ -195,11 +195,15 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 		err error
 	}
 	answers := make(chan answer, len(p.Pauses))
-	pctx, stop := context.WithCancel(ctx)
 	var wg sync.WaitGroup
-	defer func() { stop(); wg.Wait() }()
-	pending := map[int]bool{}
-	returned := map[int]bool{}
+	cancels := map[int]context.CancelFunc{}
+	defer func() {
+		for _, c := range cancels {
+			c()
+		}
+		wg.Wait()
+	}()
+	pending, answered := map[int]bool{}, map[int]bool{}
 	for i, s := range p.Pauses {
 		a := byName[s.Pooler]
 		if !s.Ours() || a == nil {
@@ -208,6 +212,8 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			continue
 		}
 		pending[i] = true
+		pctx, cancel := context.WithCancel(ctx)
+		cancels[i] = cancel
 		wg.Add(1)
 		go func() {
 			defer wg.Done()
@@ -217,6 +223,9 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			if err == nil {
 				err = pa.Pause(pctx, s.Database)
 				pa.Close()
+			}
+			if pctx.Err() != nil {
+				err = nil // closed by Pause itself: see below
 			}
 			answers <- answer{i, err}
 		}()
@@ -234,8 +243,8 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 		case an := <-answers:
 			switch {
 			case an.err == nil:
-				returned[an.i] = true
-			case errors.Is(an.err, pooler.ErrNoDatabase):
+				answered[an.i] = true
+			case errors.Is(an.err, pooler.ErrNoDatabase) && pending[an.i]:
 				// No such name and no `*` entry: the pooler does not
 				// serve db so, and nothing was paused.
 				delete(pending, an.i)
@@ -243,18 +252,33 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 					failed = err
 				}
 				continue
-			default:
+			case pending[an.i]:
 				failed = an.err
 				continue
 			}
 		case <-tick.C:
 		}
-		if err := p.settle(ctx, byName, pending, returned, step); err != nil {
+		done, err := p.settle(ctx, byName, pending, answered)
+		if err != nil {
 			failed = err
 			continue
 		}
-		if len(pending) == 0 {
-			break
+		for _, i := range done {
+			delete(pending, i)
+			// PgBouncer 1.18 answers a PAUSE only once every paused
+			// database of the pooler is quiet, others' too; and when it
+			// answers while the paused databases it counts are none (an
+			// auto-database gone idle is not counted), it dies
+			// (admin_pause_done: bad state). So a pause that is done
+			// does not wait for its answer: its connection is closed,
+			// and the pooler keeps the pause.
+			cancels[i]()
+			if err := step(i, PauseDone); err != nil {
+				failed = err
+			}
+		}
+		if len(pending) == 0 || failed != nil {
+			continue
 		}
 		elapsed := now().Sub(start)
 		if elapsed >= opt.Timeout {
@@ -283,7 +307,9 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 	}
 	// Closing the pending PAUSEs' connections does not lift their pauses
 	// (the pooler keeps them): RESUME does.
-	stop()
+	for _, c := range cancels {
+		c()
+	}
 	wg.Wait()
 	rctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 	defer cancel()
@@ -305,32 +331,62 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 	return p, failed
 }
 
-// settle marks done the pauses whose PAUSE returned and whose pooler holds
-// no server connection of the database any more (a PAUSE of a database
-// that is paused already, its pause not yet complete, returns at once).
-func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pending, returned map[int]bool, step func(int, string) error) error {
-	servers := map[string][]pooler.Server{}
-	for i := range pending {
-		if !returned[i] {
-			continue
-		}
-		s := p.Pauses[i]
-		if _, ok := servers[s.Pooler]; !ok {
-			sv, err := byName[s.Pooler].Servers(ctx)
-			if err != nil {
-				return err
-			}
-			servers[s.Pooler] = sv
-		}
-		if slices.ContainsFunc(servers[s.Pooler], func(sv pooler.Server) bool { return sv.Database == s.Database }) {
-			continue
-		}
-		delete(pending, i)
-		if err := step(i, PauseDone); err != nil {
-			return err
-		}
+// settle returns the pending pauses that are done: the pooler says the
+// database is paused and holds no server connection of it any more.
+// Whether PAUSE has answered does not tell (see Pause), except for an
+// auto-database (a `*` entry's) that went idle: SHOW DATABASES leaves it
+// out.
+func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pending, answered map[int]bool) ([]int, error) {
+	type state struct {
+		dbs     []pooler.Database
+		servers []pooler.Server
 	}
-	return nil
+	looked := map[string]*state{}
+	var done []int
+	for i := range pending {
+		s := p.Pauses[i]
+		a := byName[s.Pooler]
+		st := looked[s.Pooler]
+		if st == nil {
+			st = &state{}
+			var err error
+			if st.dbs, err = a.Databases(ctx); err != nil {
+				return nil, err
+			}
+			if st.servers, err = a.Servers(ctx); err != nil {
+				return nil, err
+			}
+			looked[s.Pooler] = st
+		}
+		if slices.ContainsFunc(st.servers, func(sv pooler.Server) bool { return sv.Database == s.Database }) {
+			continue
+		}
+		k := slices.IndexFunc(st.dbs, func(d pooler.Database) bool { return d.Name == s.Database })
+		switch {
+		case k >= 0 && st.dbs[k].Paused:
+		case k >= 0:
+			continue // PAUSE not there yet
+		case !answered[i] && !pausedIdle(ctx, a.Pooler, s.Database):
+			continue
+		}
+		done = append(done, i)
+	}
+	slices.Sort(done)
+	return done, nil
+}
+
+// pausedIdle sends PAUSE again for a database SHOW DATABASES does not list
+// (an idle auto-database, with no server connection to wait for): it
+// answers at once when the database is paused, and lists it again.
+func pausedIdle(ctx context.Context, p *pooler.Pooler, db string) bool {
+	ctx, cancel := context.WithTimeout(ctx, 2*time.Second)
+	defer cancel()
+	a, err := p.Connect(ctx)
+	if err != nil {
+		return false
+	}
+	defer a.Close()
+	return a.Pause(ctx, db) == nil
 }
 
 // holders are the backends of the server connections that the poolers of

@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -99,12 +100,31 @@ type Admin struct {
 // Connect opens a connection to the admin console. Its error is one line
 // that names the pooler and never holds a password.
 func (p *Pooler) Connect(ctx context.Context) (*Admin, error) {
-	c, err := pgconn.ConnectConfig(ctx, p.cfg)
+	// pgconn sends a CancelRequest when a command is interrupted, and on
+	// the console (1.18's admin_handle_cancel) a cancel RESUMEs every
+	// database if anyone paused the whole pooler: a pause that is not
+	// pgreap's to lift. This connection dials once; the cancel's dial
+	// fails and pgconn just closes the socket.
+	cfg := p.cfg.Copy()
+	dial, dialed := cfg.DialFunc, false
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dialed {
+			return nil, errNoCancel
+		}
+		return dial(ctx, network, addr)
+	}
+	cfg.AfterConnect = func(context.Context, *pgconn.PgConn) error {
+		dialed = true
+		return nil
+	}
+	c, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, &Error{Pooler: p.Name, Err: &conn.Error{User: p.cfg.User, Err: err}, password: p.cfg.Password}
 	}
 	return &Admin{Pooler: p, c: c}, nil
 }
+
+var errNoCancel = errors.New("pgreap sends no cancel request to a pooler's console")
 
 // Close closes the connection.
 func (a *Admin) Close() {

@@ -1,0 +1,351 @@
+package cli_test
+
+import (
+	"context"
+	"encoding/json"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/cluster"
+	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// pool is an application's pool behind a PgBouncer: clients that each run
+// short queries in a loop, through the pooler, counting what completes
+// and what fails, as the application would see it.
+type pool struct {
+	done   atomic.Int64
+	errs   atomic.Int64
+	mu     sync.Mutex
+	first  error
+	cancel context.CancelFunc
+	wg     sync.WaitGroup
+}
+
+func startPool(t *testing.T, b *cluster.PgBouncer, db string, clients int) *pool {
+	t.Helper()
+	ctx, cancel := context.WithCancel(pgtest.Context(t))
+	p := &pool{cancel: cancel}
+	// exec mode: PgBouncer 1.18 keeps no prepared statement across
+	// transactions.
+	dsn := b.DSN(db, pgtest.Superuser) + " default_query_exec_mode=exec application_name=" + cluster.Quote(pgtest.Tag(t))
+	for i := 0; i < clients; i++ {
+		cn := pgtest.Connect(t, dsn)
+		p.wg.Add(1)
+		go func() {
+			defer p.wg.Done()
+			for ctx.Err() == nil {
+				var one int
+				err := cn.QueryRow(ctx, "SELECT 1").Scan(&one)
+				switch {
+				case ctx.Err() != nil:
+					return
+				case err != nil:
+					p.errs.Add(1)
+					p.mu.Lock()
+					if p.first == nil {
+						p.first = err
+					}
+					p.mu.Unlock()
+				default:
+					p.done.Add(1)
+				}
+			}
+		}()
+	}
+	t.Cleanup(p.stop)
+	pgtest.Eventually(t, "the pool runs queries", func() (bool, error) { return p.done.Load() >= int64(clients), nil })
+	return p
+}
+
+func (p *pool) stop() {
+	p.cancel()
+	p.wg.Wait()
+}
+
+// poolerDB is database db's row in SHOW DATABASES (nil: none).
+func poolerDB(t *testing.T, b *cluster.PgBouncer, db string) map[string]string {
+	t.Helper()
+	for _, r := range pgtest.Show(t, b, "DATABASES") {
+		if r["name"] == db {
+			return r
+		}
+	}
+	return nil
+}
+
+// paused reads SHOW DATABASES' paused of db. An auto-database (the
+// harness's `*` entry) with no client and no server connection left is not
+// listed: the tests keep a client on it.
+func paused(t *testing.T, b *cluster.PgBouncer, db string) bool {
+	t.Helper()
+	r := poolerDB(t, b, db)
+	if r == nil {
+		t.Fatalf("SHOW DATABASES does not list %s", db)
+	}
+	return r["paused"] == "1"
+}
+
+// ownPgBouncer is a PgBouncer of the test's own: PgBouncer 1.18 answers a
+// PAUSE only once every paused database of the pooler is quiet, so tests
+// that pause do not share one.
+func ownPgBouncer(t *testing.T, mode string) *cluster.PgBouncer {
+	return pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{PoolMode: mode})
+}
+
+// console runs one command on b's admin console.
+func console(t *testing.T, b *cluster.PgBouncer, sql string) error {
+	t.Helper()
+	cn, err := pgconn.Connect(pgtest.Context(t), b.AdminDSN(cluster.AdminUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer cn.Close(context.Background())
+	_, err = cn.Exec(pgtest.Context(t), sql).ReadAll()
+	return err
+}
+
+// resumeAtEnd lifts a pause a failed test left, before the database is
+// dropped.
+func resumeAtEnd(t *testing.T, b *cluster.PgBouncer, db string) {
+	t.Cleanup(func() { _ = console(t, b, "RESUME "+pgx.Identifier{db}.Sanitize()) })
+}
+
+// inTransaction opens a client through the pooler that holds a
+// transaction open, so its server connection stays its own; it returns the
+// backend's pid.
+func inTransaction(t *testing.T, b *cluster.PgBouncer, db string) (*pgx.Conn, int32) {
+	t.Helper()
+	cn := pgtest.Connect(t, b.DSN(db, pgtest.Superuser)+" default_query_exec_mode=exec application_name="+cluster.Quote(pgtest.Tag(t)))
+	ctx := pgtest.Context(t)
+	if _, err := cn.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	var pid int32
+	if err := cn.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return cn, pid
+}
+
+func backendAlive(t *testing.T, pid int32) bool {
+	t.Helper()
+	var n int
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n > 0
+}
+
+func drainRecordOf(t *testing.T, db string) *maintenance.Record {
+	t.Helper()
+	files := recordsOf(t, db)
+	if len(files) != 1 {
+		t.Fatalf("drain records of %s: %v", db, files)
+	}
+	b, err := os.ReadFile(files[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	var r maintenance.Record
+	if err := json.Unmarshal(b, &r); err != nil {
+		t.Fatal(err)
+	}
+	return &r
+}
+
+// A pool of clients through PgBouncer (transaction mode) goes on through a
+// drain, a hold and an undrain without a single error: while the database
+// is drained they wait in the pooler, and after undrain their queries
+// complete.
+func TestDrainPgBouncerClientsWait(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 6)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	r := run(t, false, "drain", db, "--pgbouncer", admin)
+	r.wantCode(t, 0)
+	if !paused(t, b, db) {
+		t.Fatalf("SHOW DATABASES: %s not paused after the drain\n%s", db, r.errOut)
+	}
+	if allow, _ := dbSettings(t, db); allow {
+		t.Fatal("the drained database still allows connections")
+	}
+	if !strings.Contains(r.errOut, "paused on pgbouncer") || !strings.Contains(r.errOut, "query_wait_timeout") {
+		t.Fatalf("drain's messages do not say the pooler is paused and its clients wait:\n%s", r.errOut)
+	}
+	// Held: the clients wait in the pooler, with no error.
+	pgtest.Eventually(t, "the pool's clients wait in the pooler", func() (bool, error) {
+		for _, row := range pgtest.Show(t, b, "POOLS") {
+			if row["database"] == db && row["cl_waiting"] != "0" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	held := p.done.Load()
+
+	u := run(t, false, "undrain", db, "--pgbouncer", admin)
+	u.wantCode(t, 0)
+	if !strings.Contains(u.out, "resumed on pgbouncer") {
+		t.Fatalf("undrain does not say it resumed the pooler:\n%s", u.out)
+	}
+	if paused(t, b, db) {
+		t.Fatal("still paused after undrain")
+	}
+	pgtest.Eventually(t, "the pool's queries complete after undrain", func() (bool, error) { return p.done.Load() > held+12, nil })
+	p.stop()
+	if n := p.errs.Load(); n != 0 {
+		t.Fatalf("the pool saw %d errors through drain, hold and undrain (first: %v)", n, p.first)
+	}
+	for _, s := range drainRecordOf(t, db).Poolers {
+		if s.Ours() {
+			t.Fatalf("the record still has a pause of its own after undrain: %+v", s)
+		}
+	}
+}
+
+// A transaction left open holds PAUSE up: after --grace its backend is
+// terminated (through the guard), PAUSE completes and the drain with it.
+func TestDrainPgBouncerGraceEndsHolder(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 2)
+	_, pid := inTransaction(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	r := run(t, false, "drain", db, "--pgbouncer", admin, "--grace", "300ms", "--timeout", "60s")
+	r.wantCode(t, 0)
+	if backendAlive(t, pid) {
+		t.Fatalf("the open transaction's backend %d is still there after the drain", pid)
+	}
+	if !strings.Contains(r.errOut, "pid "+strconv.Itoa(int(pid))) || !strings.Contains(r.errOut, "terminated") {
+		t.Fatalf("drain does not name the holder it ended (pid %d):\n%s", pid, r.errOut)
+	}
+	if !paused(t, b, db) {
+		t.Fatal("not paused after the drain")
+	}
+	held := p.done.Load()
+	run(t, false, "undrain", db, "--pgbouncer", admin).wantCode(t, 0)
+	if paused(t, b, db) {
+		t.Fatal("still paused after undrain")
+	}
+	pgtest.Eventually(t, "the pool's queries complete after undrain", func() (bool, error) { return p.done.Load() > held+4, nil })
+	p.stop()
+	if n := p.errs.Load(); n != 0 {
+		t.Fatalf("the pool's clients, not in a transaction, saw %d errors (first: %v)", n, p.first)
+	}
+}
+
+// A pooler that cannot be paused by --timeout is rolled back: RESUME, the
+// database not blocked, exit 3 naming what held it up.
+func TestDrainPgBouncerTimeoutRollsBack(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 2)
+	cn, pid := inTransaction(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	// The grace outlasts the timeout: the holder is never ended.
+	r := run(t, false, "drain", db, "--pgbouncer", admin, "--grace", "10m", "--timeout", "1s")
+	r.wantCode(t, 3)
+	if paused(t, b, db) {
+		t.Fatalf("SHOW DATABASES: still paused after the rollback\n%s", r.errOut)
+	}
+	if !strings.Contains(r.errOut, "pid "+strconv.Itoa(int(pid))) || !strings.Contains(r.errOut, "rolled back") {
+		t.Fatalf("drain does not name the holder (pid %d) and the rollback:\n%s", pid, r.errOut)
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("the database was blocked though the poolers could not be paused")
+	}
+	// The holder was left alone and goes on.
+	if _, err := cn.Exec(pgtest.Context(t), "COMMIT"); err != nil {
+		t.Fatalf("the holder's transaction: %v", err)
+	}
+	// The pool went on after the rollback, without an error.
+	after := p.done.Load()
+	pgtest.Eventually(t, "the pool's queries go on", func() (bool, error) { return p.done.Load() > after+4, nil })
+	p.stop()
+	if n := p.errs.Load(); n != 0 {
+		t.Fatalf("the pool saw %d errors (first: %v)", n, p.first)
+	}
+	// A drain that rolled back leaves nothing to undo.
+	u := run(t, false, "undrain", db, "--pgbouncer", admin)
+	u.wantCode(t, 0)
+	if !strings.Contains(u.out, "already restored") {
+		t.Fatalf("undrain after a rolled back drain:\n%s", u.out)
+	}
+}
+
+// A pause that was someone else's before the drain came is never resumed
+// by pgreap: neither by undrain nor by a rollback.
+func TestDrainPgBouncerLeavesOthersPause(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	startPool(t, b, db, 1)
+	if err := console(t, b, "PAUSE "+pgx.Identifier{db}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	admin := b.AdminDSN(cluster.AdminUser)
+	r := run(t, false, "drain", db, "--pgbouncer", admin)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "paused already, by someone else") {
+		t.Fatalf("drain does not say the pooler was paused already:\n%s", r.errOut)
+	}
+	u := run(t, false, "undrain", db, "--pgbouncer", admin)
+	u.wantCode(t, 0)
+	if !paused(t, b, db) {
+		t.Fatalf("undrain resumed a pause that was not its own:\n%s", u.out)
+	}
+	if !strings.Contains(u.out, "left paused") {
+		t.Fatalf("undrain does not say it left the pooler paused:\n%s", u.out)
+	}
+}
+
+// --dry-run names each pooler and what each step would do, and changes
+// nothing: no pause, no block, no record.
+func TestDrainPgBouncerDryRun(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	_, pid := inTransaction(t, b, db)
+	r := run(t, false, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--dry-run")
+	r.wantCode(t, 0)
+	for _, want := range []string{"send PAUSE " + db + " to pgbouncer 127.0.0.1:" + strconv.Itoa(b.Port), "pid " + strconv.Itoa(int(pid)), "rolled back", "ALLOW_CONNECTIONS false"} {
+		if !strings.Contains(r.errOut, want) {
+			t.Fatalf("dry run does not say %q:\n%s", want, r.errOut)
+		}
+	}
+	if paused(t, b, db) {
+		t.Fatal("a dry run paused the pooler")
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("a dry run blocked the database")
+	}
+	if files := recordsOf(t, db); len(files) > 0 {
+		t.Fatalf("a dry run wrote a record: %v", files)
+	}
+}
