@@ -349,3 +349,104 @@ func TestDrainPgBouncerDryRun(t *testing.T) {
 		t.Fatalf("a dry run wrote a record: %v", files)
 	}
 }
+
+// A drain killed (SIGKILL) while its PAUSE waits leaves the pooler paused
+// (PgBouncer keeps the pause of a closed connection); the record, written
+// before PAUSE was sent, lets undrain resume it, with nothing but the
+// record to find the pooler.
+func TestDrainPgBouncerKilledWhilePausing(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 2)
+	holder, _ := inTransaction(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	d := startPgreap(t, nil, "drain", db, "--pgbouncer", admin, "--grace", "10m", "--timeout", "10m")
+	pgtest.Eventually(t, "the drain's PAUSE waits", func() (bool, error) { return paused(t, b, db), nil })
+	_ = d.cmd.Process.Kill() // our own child, by its pid
+	d.wait(t)
+	if !paused(t, b, db) {
+		t.Fatal("the pause went with the killed drain: nothing left to test")
+	}
+	if _, err := holder.Exec(pgtest.Context(t), "COMMIT"); err != nil {
+		t.Fatalf("the holder: %v", err)
+	}
+
+	u := run(t, false, "undrain", db) // no --pgbouncer: the record says where
+	u.wantCode(t, 0)
+	if paused(t, b, db) {
+		t.Fatalf("still paused after undrain:\n%s%s", u.out, u.errOut)
+	}
+	if !strings.Contains(u.out, "resumed on pgbouncer") {
+		t.Fatalf("undrain does not say it resumed the pooler:\n%s", u.out)
+	}
+	after := p.done.Load()
+	pgtest.Eventually(t, "the pool's queries complete after undrain", func() (bool, error) { return p.done.Load() > after+4, nil })
+	p.stop()
+	if n := p.errs.Load(); n != 0 {
+		t.Fatalf("the pool saw %d errors (first: %v)", n, p.first)
+	}
+}
+
+// In session mode a client keeps its server connection until it leaves,
+// so every connected client holds PAUSE up: after --grace their backends
+// are terminated (those clients see their connection end), and the
+// clients that come during the hold wait in the pooler, without an error,
+// until undrain.
+func TestDrainPgBouncerSessionMode(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "session")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	dsn := b.DSN(db, pgtest.Superuser) + " default_query_exec_mode=exec application_name=" + cluster.Quote(pgtest.Tag(t))
+	old := pgtest.Connect(t, dsn)
+	var pid int32
+	if err := old.QueryRow(pgtest.Context(t), "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	r := run(t, false, "drain", db, "--pgbouncer", admin, "--grace", "300ms")
+	r.wantCode(t, 0)
+	if backendAlive(t, pid) {
+		t.Fatalf("the session-mode client's backend %d holds PAUSE up and is still there:\n%s", pid, r.errOut)
+	}
+	// A client that comes now waits in the pooler.
+	ctx := pgtest.Context(t)
+	answer := make(chan error, 1)
+	go func() {
+		cn, err := pgx.Connect(ctx, dsn)
+		if err == nil {
+			defer cn.Close(context.Background())
+			var one int
+			err = cn.QueryRow(ctx, "SELECT 1").Scan(&one)
+		}
+		answer <- err
+	}()
+	pgtest.Eventually(t, "the new client waits in the pooler", func() (bool, error) {
+		for _, row := range pgtest.Show(t, b, "POOLS") {
+			if row["database"] == db && row["cl_waiting"] != "0" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	select {
+	case err := <-answer:
+		t.Fatalf("the new client was answered during the hold: %v", err)
+	default:
+	}
+	run(t, false, "undrain", db, "--pgbouncer", admin).wantCode(t, 0)
+	select {
+	case err := <-answer:
+		if err != nil {
+			t.Fatalf("the client that waited through the hold: %v", err)
+		}
+	case <-ctx.Done():
+		t.Fatal("the client that waited is not answered after undrain")
+	}
+}
