@@ -16,6 +16,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -40,6 +41,9 @@ type ActOptions struct {
 	// Kick: every session of the databases (--db or --all-databases).
 	Kick         bool
 	AllDatabases bool
+	// Poolers (--pgbouncer), for kick: their clients of the databases
+	// are ended too.
+	Poolers []*pooler.Pooler
 	// show, when set, turns the results into the rows printed (unblock
 	// adds the waiters behind each root); the exit status comes from the
 	// results alone.
@@ -71,6 +75,11 @@ func newActCmd(f *Factory, kind action.Kind, cmd *cobra.Command, runF func(conte
 		}
 		if opts.Wait < 0 || opts.Grace < 0 {
 			return usageError(errors.New("--wait and --grace must not be negative"))
+		}
+		if opts.Kick {
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 		}
 		opts.Color = f.Color()
 		opts.Connect = f.Connect
@@ -134,6 +143,9 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if opts.Kick && len(opts.Poolers) > 0 {
+		return kickPoolers(ctx, opts, conn, sel)
+	}
 	return actOn(ctx, opts, conn, sel, bySelector)
 }
 
