@@ -450,3 +450,54 @@ func TestDrainPgBouncerSessionMode(t *testing.T) {
 		t.Fatal("the client that waited is not answered after undrain")
 	}
 }
+
+// pausedWhole says whether b is paused as a whole (PAUSE without a
+// database): the console refuses to pause its own database with "already
+// suspended/paused" then, and with "cannot pause admin db" otherwise.
+func pausedWhole(t *testing.T, b *cluster.PgBouncer) bool {
+	t.Helper()
+	err := console(t, b, "PAUSE pgbouncer")
+	switch {
+	case err != nil && strings.Contains(err.Error(), "already suspended/paused"):
+		return true
+	case err != nil && strings.Contains(err.Error(), "cannot pause admin db"):
+		return false
+	}
+	t.Fatalf("PAUSE pgbouncer: %v", err)
+	return false
+}
+
+// A drain that rolls back while someone pauses the whole pooler leaves
+// that pause alone: pgreap never sends the console a cancel request (in
+// PgBouncer 1.18 a cancel on the console RESUMEs a whole-pooler pause).
+func TestDrainPgBouncerRollbackKeepsWholePause(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	startPool(t, b, db, 1)
+	inTransaction(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	d := startPgreap(t, nil, "drain", db, "--pgbouncer", admin, "--grace", "10m", "--timeout", "3s")
+	pgtest.Eventually(t, "the drain's PAUSE waits", func() (bool, error) { return paused(t, b, db), nil })
+	// Someone pauses the whole pooler: it waits for the same transaction.
+	whole, err := pgconn.Connect(pgtest.Context(t), admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_ = console(t, b, "RESUME")
+		_ = whole.Close(context.Background())
+	})
+	whole.Exec(context.Background(), "PAUSE") // it waits: not read
+	pgtest.Eventually(t, "the whole pooler is paused", func() (bool, error) { return pausedWhole(t, b), nil })
+	d.wait(t)
+	if d.code() != 3 {
+		t.Fatalf("drain exit %d, want 3 (timeout):\n%s", d.code(), d.errOut.String())
+	}
+	if !pausedWhole(t, b) {
+		t.Fatalf("the drain's rollback lifted a pause of the whole pooler that was not its own:\n%s", d.errOut.String())
+	}
+}
