@@ -64,6 +64,29 @@ func NewCmdDrain(f *Factory, runF func(context.Context, *DrainOptions) error) *c
     after --grace);
  4. hold it: the database stays blocked until 'pgreap undrain NAME'.
 
+With --pgbouncer (the admin console of each PgBouncer in front of the
+server; repeatable, or PGREAP_PGBOUNCER), the poolers come first, so that
+pooled clients wait instead of failing:
+
+ 0. PAUSE NAME on every pooler (each name under which it serves NAME, or
+    NAME itself for a * entry), all at once, each on a connection of its
+    own, each recorded before it is sent. A pause is done when the pooler
+    holds no server connection of NAME any more. The transactions in
+    flight get --grace; then the backends of the server connections that
+    still hold PAUSE up are terminated, through the guard. A pooler not
+    paused by --timeout has every pause of this drain rolled back (RESUME):
+    drain names who held it up and exits 3, nothing blocked, nothing held.
+    A database the pooler had paused already (someone else's pause) is
+    left as it is, and undrain does not resume it.
+
+Then steps 1 to 4 end what is left (direct clients, the idle server
+connections of other poolers). While held, pooled clients wait in the
+pooler for as long as its query_wait_timeout allows (default 120s; 0 waits
+forever): set it above the window before the drain (docs/maintenance.md).
+In session mode a client keeps its server connection until it leaves, so
+every connected client holds PAUSE up and, after --grace, sees its
+connection end; the clients that come after wait.
+
 ALLOW_CONNECTIONS false keeps every client out, not autovacuum: its
 workers still start in the database when a table needs it. drain leaves
 them alone (they are not clients) and says so; --include-autovacuum ends
@@ -72,14 +95,17 @@ those present at each round.
 While it works, drain shows how many sessions are left on one line of
 standard error, when that is a terminal. After --timeout (default 60s)
 with sessions still connected, drain lists them and exits 3: the database
-stays blocked. pgreap never connects to the database it drains.
+stays blocked (and paused on the poolers). pgreap never connects to the
+database it drains.
 
 --dry-run changes nothing: it says on standard error what drain would
 record (the record's path, datallowconn and datconnlimit) and set
 (ALLOW_CONNECTIONS false), and lists the sessions its first round would
 end, judged as that round would judge them: planned, or protected or
 denied with the reason; with --escalate, the running queries it would
-cancel first. It writes no record, alters nothing, asks nothing. On a
+cancel first; with --pgbouncer, the PAUSE each pooler would get and the
+pooled transactions that would hold it up now. It writes no record, alters
+nothing, pauses nothing, asks nothing. On a
 database drained already, it says the record drain would keep. Its -o
 json rows are no plan for 'pgreap apply' (which would end the sessions
 and block nothing): 'pgreap kick --db NAME --dry-run -o json' is. It exits
@@ -96,11 +122,14 @@ symbolic link, or a directory inside one others may write (a sticky one
 such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
-usage or connection error or no privilege (nothing done), 3 sessions left
-at the timeout or interrupted (the database stays blocked).`,
+usage or connection error or no privilege (nothing done; a pooler that
+fails mid-way has the pauses rolled back), 3 sessions left at the timeout
+or interrupted (the database stays blocked), or a pooler not paused by
+--timeout (rolled back).`,
 		Example: `  pgreap drain shop --dry-run
   pgreap drain shop
   pgreap drain shop --timeout 5m --escalate --grace 30s
+  pgreap drain shop --pgbouncer 'host=pgb1 port=6432 user=pgbouncer' --grace 5s
   pgreap undrain shop`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
@@ -131,9 +160,9 @@ at the timeout or interrupted (the database stays blocked).`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after `D`, leaving the database blocked")
+	fs.DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after `D`, leaving the database blocked (with --pgbouncer: the poolers not paused by then are rolled back)")
 	fs.BoolVar(&opts.Escalate, "escalate", false, "cancel running queries first, terminate what is left after --grace")
-	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "with --escalate: how long queries get to end after the cancel (`D`)")
+	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "how long queries get to end after the cancel with --escalate, and the transactions that hold PAUSE up with --pgbouncer (`D`)")
 	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "end walsenders of the database too")
 	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "end autovacuum workers of the database too")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "change nothing: say what drain would record and block, and list the sessions it would end")

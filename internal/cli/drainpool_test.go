@@ -501,3 +501,31 @@ func TestDrainPgBouncerRollbackKeepsWholePause(t *testing.T) {
 		t.Fatalf("the drain's rollback lifted a pause of the whole pooler that was not its own:\n%s", d.errOut.String())
 	}
 }
+
+// A console role that may only SHOW (stats_users) is refused PAUSE: drain
+// says so in one line naming the pooler, exit 2, with nothing paused,
+// blocked or left to undo.
+func TestDrainPgBouncerStatsUserRefused(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	startPool(t, b, db, 1)
+	r := run(t, false, "drain", db, "--pgbouncer", b.AdminDSN(b.StatsUser))
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "admin access needed") || !strings.Contains(r.errOut, "pgbouncer 127.0.0.1:"+strconv.Itoa(b.Port)) {
+		t.Fatalf("drain does not say the pooler refused PAUSE:\n%s", r.errOut)
+	}
+	if strings.Contains(r.errOut, "stay paused") || paused(t, b, db) {
+		t.Fatalf("a refused PAUSE is taken for a pause:\n%s", r.errOut)
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("the database was blocked")
+	}
+	for _, s := range drainRecordOf(t, db).Poolers {
+		if s.Ours() {
+			t.Fatalf("the record keeps a pause to undo: %+v", s)
+		}
+	}
+}

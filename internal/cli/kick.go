@@ -34,12 +34,22 @@ alone.
 A kick does not keep anyone out: sessions that connect while it works are
 counted on standard error; 'pgreap drain NAME' keeps them out.
 
+With --pgbouncer (each PgBouncer's admin console), kick also ends the
+pooled clients: after the server's sessions, it sends each pooler KILL for
+every name under which it serves the databases (the pooler drops their
+clients and server connections), names each client ended on standard
+error, then RESUME, so that new clients are served again. A database the
+pooler had paused before (someone else's pause) is killed and left paused,
+and kick says so. KILL ends every client of a database: with --pgbouncer,
+kick takes --db, --all-databases and --exclude-db, no other selector.
+
 The sessions are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status as terminate: 0 all terminated, 1 nothing matched, 2
 usage or connection error, 3 some denied, survived or changed.`,
 		Example: `  pgreap kick --db shop
   pgreap kick --db shop --db 'shop_*' --exclude-user admin --yes
-  pgreap kick --all-databases --exclude-db postgres --dry-run`,
+  pgreap kick --all-databases --exclude-db postgres --dry-run
+  pgreap kick --db shop --pgbouncer 'host=pgb1 port=6432 user=pgbouncer' --yes`,
 	}, runF)
 }
 

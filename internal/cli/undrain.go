@@ -40,8 +40,14 @@ func NewCmdUndrain(f *Factory, runF func(context.Context, *UndrainOptions) error
 		Short: "Restore the connection settings a drain recorded",
 		Long: `Restore exactly the connection settings (ALLOW_CONNECTIONS, CONNECTION
 LIMIT) that 'pgreap drain NAME' recorded before it changed anything, and
-print them. It works after a drain that was killed at any moment, and a
-second undrain does nothing. The record is read from $PGREAP_STATE_DIR,
+print them; then RESUME each pooler the drain paused (--pgbouncer), exactly
+those its record names as its own, never a database a pooler had paused
+already when the drain came. It works after a drain that was killed at any
+moment (a drain killed while PAUSE waited leaves the pooler paused: its
+record says so), and a second undrain does nothing. The poolers are reached
+as the record says (host, port, user; no password is recorded): name them
+again with --pgbouncer when they need a password from the command line
+rather than PGPASSWORD or ~/.pgpass. The record is read from $PGREAP_STATE_DIR,
 else $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain, for
 the same host and port as the drain connected to; as drain, undrain refuses
 (exit 2) a record or directory that is not its user's own, that others may
@@ -51,7 +57,8 @@ Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
 
 Exit status: 0 restored (or nothing to do), 2 no record, usage or
-connection error.`,
+connection error (a pooler that cannot be reached stays paused: undrain
+again resumes it).`,
 		Example: `  pgreap undrain shop
   pgreap undrain shop --allow-connections=true --connection-limit=-1`,
 		Args: func(cmd *cobra.Command, args []string) error {

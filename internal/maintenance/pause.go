@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/pooler"
@@ -33,6 +34,9 @@ const (
 	// PauseNotServed: the pooler does not serve the database under that
 	// name (no `*` entry): nothing to pause.
 	PauseNotServed = "not served"
+	// PauseRefused: the pooler answered PAUSE with an error (a role not
+	// in admin_users): nothing was paused.
+	PauseRefused = "refused"
 )
 
 // PoolerPause is one of a pooler's names of the drained database, and
@@ -254,6 +258,14 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 				continue
 			case pending[an.i]:
 				failed = an.err
+				var pgErr *pgconn.PgError
+				if errors.As(an.err, &pgErr) {
+					// The console answered: it paused nothing.
+					delete(pending, an.i)
+					if err := step(an.i, PauseRefused); err != nil {
+						failed = errors.Join(failed, err)
+					}
+				}
 				continue
 			}
 		case <-tick.C:
