@@ -159,38 +159,13 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 // else's is left, and said so.
 func undrainResume(ctx context.Context, opts *UndrainOptions, path string, rec *maintenance.Record) error {
 	name := output.Clean(opts.Database)
-	given := map[string]*pooler.Pooler{}
-	for _, p := range opts.Poolers {
-		given[p.Name] = p
-	}
-	admins := map[string]*pooler.Admin{}
-	defer func() {
-		for _, a := range admins {
-			a.Close()
-		}
-	}()
 	for _, p := range rec.Poolers {
 		if p.State == maintenance.PauseOthers {
 			fmt.Fprintf(opts.IO.Out, "%s: left paused on %s: it was paused before the drain, by someone else\n", name, pauseName(p, opts.Database))
 		}
-		if !p.Ours() || admins[p.Pooler] != nil {
-			continue
-		}
-		pl := given[p.Pooler]
-		if pl == nil {
-			var err error
-			if pl, err = pooler.Parse(p.Reach); err != nil {
-				return fmt.Errorf("%s: recorded pgbouncer %s: %w; still paused there: name it with --pgbouncer and undrain again", name, p.Pooler, err)
-			}
-		}
-		a, err := pl.Connect(ctx)
-		if err != nil {
-			return fmt.Errorf("%w; %s is still paused there: %s again resumes it", err, name, undrainHint(opts.Database))
-		}
-		admins[p.Pooler] = a
 	}
 	before := rec.Poolers
-	ps, err := maintenance.Resume(ctx, admins, rec.Poolers, opts.Now().UTC(), func(ps []maintenance.PoolerPause) error {
+	ps, err := maintenance.ResumeRecorded(ctx, rec.Poolers, opts.Poolers, opts.Now().UTC(), func(ps []maintenance.PoolerPause) error {
 		rec.Poolers = ps
 		return maintenance.WriteRecord(path, rec)
 	})

@@ -536,3 +536,43 @@ func cmpErr(first, err error) error {
 	}
 	return err
 }
+
+// ResumeRecorded resumes the drain's own pauses (Ours) as undrain does:
+// each pooler reached by the connection string given for it (by name,
+// with its password), else as the record says (Reach). It returns the
+// pauses in their new states and the first error (a pooler it could not
+// reach stays paused); done, when set, is told of each pause resumed.
+func ResumeRecorded(ctx context.Context, pauses []PoolerPause, given []*pooler.Pooler, now time.Time, done func([]PoolerPause) error) ([]PoolerPause, error) {
+	byName := map[string]*pooler.Pooler{}
+	for _, p := range given {
+		byName[p.Name] = p
+	}
+	admins := map[string]*pooler.Admin{}
+	defer func() {
+		for _, a := range admins {
+			a.Close()
+		}
+	}()
+	var first error
+	for _, s := range pauses {
+		if !s.Ours() || admins[s.Pooler] != nil {
+			continue
+		}
+		p := byName[s.Pooler]
+		if p == nil {
+			var err error
+			if p, err = pooler.Parse(s.Reach); err != nil {
+				first = cmpErr(first, fmt.Errorf("pgbouncer %s as recorded: %w", s.Pooler, err))
+				continue
+			}
+		}
+		a, err := p.Connect(ctx)
+		if err != nil {
+			first = cmpErr(first, err)
+			continue
+		}
+		admins[s.Pooler] = a
+	}
+	out, err := Resume(ctx, admins, pauses, now, done)
+	return out, cmpErr(first, err)
+}
