@@ -529,3 +529,30 @@ func TestDrainPgBouncerStatsUserRefused(t *testing.T) {
 		}
 	}
 }
+
+// Interrupted (SIGINT) while PAUSE waits, drain rolls every pause back
+// before it exits: nothing paused, nothing blocked.
+func TestDrainPgBouncerInterruptedWhilePausing(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	startPool(t, b, db, 1)
+	inTransaction(t, b, db)
+	d := startPgreap(t, nil, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--grace", "10m", "--timeout", "10m")
+	pgtest.Eventually(t, "the drain's PAUSE waits", func() (bool, error) { return paused(t, b, db), nil })
+	if err := d.cmd.Process.Signal(os.Interrupt); err != nil { // our own child, by its pid
+		t.Fatal(err)
+	}
+	d.wait(t)
+	if d.code() != 3 || !strings.Contains(d.errOut.String(), "interrupted while pausing") {
+		t.Fatalf("drain exit %d:\n%s", d.code(), d.errOut.String())
+	}
+	if paused(t, b, db) {
+		t.Fatalf("still paused after the interrupted drain:\n%s", d.errOut.String())
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("the database was blocked")
+	}
+}
