@@ -45,7 +45,16 @@ soak:
 
 # pgreap at work on a throwaway PostgreSQL: the tour, unattended
 # (`pgreap demo` without --script waits for you in a second terminal).
+# Without server binaries on the machine, PostgreSQL DEMO_PG is fetched
+# first, as the tests get theirs (scripts/pg-fetch, into the cache the
+# demo looks in too): nothing to install but Go.
+DEMO_PG ?= 18
 demo:
+	@bin=$$($(GO) run ./internal/cli/demobin) || exit 1; \
+	if [ -z "$$bin" ]; then \
+		echo "make demo: no PostgreSQL server binaries on this machine: fetching PostgreSQL $(DEMO_PG) (scripts/pg-fetch $(DEMO_PG))"; \
+		scripts/pg-fetch $(DEMO_PG); \
+	fi
 	$(GO) run ./cmd/pgreap demo --script
 
 # Man pages of every command, from their --help.

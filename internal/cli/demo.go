@@ -18,9 +18,11 @@ import (
 type DemoOptions struct {
 	IO *IOStreams
 	// Getenv reads PGREAP_PGBIN; Globs are where server binaries are
-	// looked for after PATH (cluster.SystemGlobs).
+	// looked for after PATH (cluster.SystemGlobs), Cache last
+	// (cluster.CacheDir).
 	Getenv func(string) string
 	Globs  []string
+	Cache  string
 
 	Script bool
 	PGBin  string
@@ -28,7 +30,7 @@ type DemoOptions struct {
 
 // NewCmdDemo builds `pgreap demo`; runF replaces the run in tests.
 func NewCmdDemo(f *Factory, runF func(context.Context, *DemoOptions) error) *cobra.Command {
-	opts := &DemoOptions{IO: f.IO, Getenv: os.Getenv, Globs: cluster.SystemGlobs}
+	opts := newDemoOptions(f.IO)
 	cmd := &cobra.Command{
 		Use:   "demo",
 		Short: "Show pgreap at work on a throwaway PostgreSQL",
@@ -41,14 +43,19 @@ and another one idle in transaction.
 
 Without --script, print what to paste in a second terminal and the
 commands to try, and wait for Ctrl-C. With --script, run the tour
-unattended: ls, unblock, cancel, terminate with a plan and apply, kick,
-drain and undrain, and watch with one rule, each command printed before
-its output; then stop.
+unattended: ls, unblock, cancel, terminate with a plan and apply, kick
+(and ls: the shop's pool connects again), drain (first --dry-run) and
+undrain, and watch with one rule, each command printed before its output;
+then stop.
 
 The cluster and its directory are removed on every exit, Ctrl-C included.
 It needs PostgreSQL's server binaries (initdb, pg_ctl, postgres): from
---pg-bin, $PGREAP_PGBIN, initdb on PATH, pg_config --bindir, or where
-packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew).`,
+--pg-bin, $PGREAP_PGBIN, initdb on PATH, pg_config --bindir, where
+packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew),
+or the cache scripts/pg-fetch fills for pgreap's tests ($PGREAP_PG_CACHE,
+else /var/cache/pgreap/pg for root, else
+${XDG_CACHE_HOME:-~/.cache}/pgreap/pg), newest major first;
+'make demo' in a clone of pgreap fetches them there when none is found.`,
 		Example: `  pgreap demo
   pgreap demo --script
   pgreap demo --pg-bin /usr/lib/postgresql/17/bin`,
@@ -65,15 +72,41 @@ packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew).`,
 	return cmd
 }
 
-func demoRun(ctx context.Context, opts *DemoOptions) error {
+func newDemoOptions(io *IOStreams) *DemoOptions {
+	return &DemoOptions{IO: io, Getenv: os.Getenv, Globs: cluster.SystemGlobs, Cache: cluster.CacheDir()}
+}
+
+// binDir finds the server binaries the demo runs.
+func (opts *DemoOptions) binDir() (string, error) {
 	env := opts.Getenv("PGREAP_PGBIN")
-	bin, err := cluster.Find(cluster.Search{Dir: opts.PGBin, Env: env, Path: true, Globs: opts.Globs})
+	bin, err := cluster.Find(cluster.Search{Dir: opts.PGBin, Env: env, Path: true, Globs: opts.Globs, Cache: opts.Cache})
 	switch {
 	case err != nil && opts.PGBin != "":
-		return usageError(errors.New("--pg-bin " + err.Error()))
+		return "", errors.New("--pg-bin " + err.Error())
 	case err != nil && env != "":
-		return usageError(errors.New("PGREAP_PGBIN=" + err.Error()))
-	case err != nil:
+		return "", errors.New("PGREAP_PGBIN=" + err.Error())
+	}
+	return bin, err
+}
+
+// DemoBinDir is the directory of server binaries `pgreap demo` (without
+// --pg-bin) would run, or "" when it would find none, as it finds them on
+// this machine: `make demo` fetches them when there are none.
+func DemoBinDir() (string, error) {
+	return newDemoOptions(nil).foundBinDir()
+}
+
+func (opts *DemoOptions) foundBinDir() (string, error) {
+	bin, err := opts.binDir()
+	if errors.Is(err, cluster.ErrNoBinaries) {
+		return "", nil
+	}
+	return bin, err
+}
+
+func demoRun(ctx context.Context, opts *DemoOptions) error {
+	bin, err := opts.binDir()
+	if err != nil {
 		return usageError(err)
 	}
 	// Main stops on SIGINT and SIGTERM; a closed terminal (SIGHUP) and

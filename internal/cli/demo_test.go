@@ -4,6 +4,7 @@ import (
 	"errors"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strconv"
 	"strings"
 	"syscall"
@@ -57,6 +58,21 @@ func TestDemoScript(t *testing.T) {
 	if p.code() != 0 {
 		t.Fatalf("exit %d\n%s\nstderr:\n%s", p.code(), out, p.errOut.String())
 	}
+	// What the tour says after kick holds: the shop's pool connects again
+	// (new sessions, ones kick did not end), and the drain ends them.
+	if m := regexp.MustCompile(`shop is drained \((\d+) sessions? ended\)`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+		t.Fatalf("the drain ended none of the pool's sessions:\n%s", out)
+	}
+	kicked := tourSection(t, out, "$ pgreap kick --db shop --yes\n")
+	back := tourSection(t, out, "$ pgreap ls --db shop\n", "# the pool is back")
+	if n := strings.Count(back, " shop-web "); n != 5 {
+		t.Fatalf("the pool is not back after kick (%d of 5 sessions):\n%s", n, out)
+	}
+	for _, line := range strings.Split(back, "\n") {
+		if pid, _, ok := strings.Cut(line, " "); ok && strings.Contains(line, " shop-web ") && strings.Contains(kicked, "\n"+pid+" ") {
+			t.Fatalf("pid %s, ended by kick, is listed as back:\n%s", pid, out)
+		}
+	}
 	for _, want := range []string{
 		"$ pgreap ls --db shop\n",
 		"$ pgreap unblock --longer-than 1s --dry-run\n",
@@ -65,6 +81,7 @@ func TestDemoScript(t *testing.T) {
 		"$ pgreap terminate --app etl --dry-run -o json > plan.json\n",
 		"$ pgreap apply plan.json\n",
 		"$ pgreap kick --db shop --yes\n",
+		"$ pgreap drain shop --dry-run\n",
 		"$ pgreap drain shop --timeout 20s\n",
 		"$ pgreap undrain shop\n",
 		"$ pgreap watch -c policy.yaml",
@@ -84,6 +101,26 @@ func TestDemoScript(t *testing.T) {
 		t.Fatalf("the tour wrote into the user's home: %v", state)
 	}
 	noServerIn(t, tmp)
+}
+
+// tourSection is the output of the tour's step whose command line is cmd
+// (the first after the line starting with say, if given), up to the next
+// step.
+func tourSection(t *testing.T, out, cmd string, say ...string) string {
+	t.Helper()
+	for _, s := range say {
+		_, after, ok := strings.Cut(out, "\n"+s)
+		if !ok {
+			t.Fatalf("no %q in the tour:\n%s", s, out)
+		}
+		out = after
+	}
+	_, after, ok := strings.Cut(out, cmd)
+	if !ok {
+		t.Fatalf("no %q in the tour:\n%s", cmd, out)
+	}
+	section, _, _ := strings.Cut(after, "\n# ")
+	return section
 }
 
 // serversIn are the pids of the processes that run from a demo directory

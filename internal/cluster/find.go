@@ -2,6 +2,7 @@ package cluster
 
 import (
 	"errors"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"sort"
@@ -20,6 +21,9 @@ type Search struct {
 	Path bool
 	// Globs of directories, each tried newest major version first.
 	Globs []string
+	// Cache is the directory scripts/pg-fetch fills (CacheDir): its
+	// MAJOR/bin directories are tried last, newest first.
+	Cache string
 }
 
 // SystemGlobs are where packages put server binaries: Debian and Ubuntu,
@@ -65,7 +69,11 @@ func Find(s Search) (string, error) {
 			}
 		}
 	}
-	for _, g := range s.Globs {
+	globs := s.Globs
+	if s.Cache != "" {
+		globs = append(globs[:len(globs):len(globs)], filepath.Join(globQuote(s.Cache), "*", "bin"))
+	}
+	for _, g := range globs {
 		dirs, _ := filepath.Glob(g)
 		// The newest major version first: 17 before 9.6, 17 before 16.
 		sort.SliceStable(dirs, func(i, j int) bool { return majorOf(dirs[i]) > majorOf(dirs[j]) })
@@ -76,6 +84,36 @@ func Find(s Search) (string, error) {
 		}
 	}
 	return "", ErrNoBinaries
+}
+
+// CacheDir is where scripts/pg-fetch keeps server binaries, one MAJOR/bin
+// per major version: $PGREAP_PG_CACHE, else /var/cache/pgreap/pg for root
+// (readable by the unprivileged user that runs the servers), else
+// ~/.cache/pgreap/pg. The tests take them from there, and so does the demo.
+func CacheDir() string {
+	if d := os.Getenv("PGREAP_PG_CACHE"); d != "" {
+		return d
+	}
+	if os.Geteuid() == 0 {
+		return "/var/cache/pgreap/pg"
+	}
+	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
+		return filepath.Join(d, "pgreap", "pg")
+	}
+	home, _ := os.UserHomeDir()
+	return filepath.Join(home, ".cache", "pgreap", "pg")
+}
+
+// globQuote makes dir match itself in a glob, whatever it holds.
+func globQuote(dir string) string {
+	var b strings.Builder
+	for _, r := range dir {
+		if strings.ContainsRune(`*?[\`, r) {
+			b.WriteByte('\\')
+		}
+		b.WriteRune(r)
+	}
+	return b.String()
 }
 
 // majorOf reads the major version in a path such as

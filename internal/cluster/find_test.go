@@ -34,6 +34,9 @@ func TestFindOrder(t *testing.T) {
 	given := fakeBin(t, filepath.Join(root, "given"))
 	env := fakeBin(t, filepath.Join(root, "env"))
 	globs := []string{filepath.Join(deb, "*/bin")}
+	cache := filepath.Join(root, "cache")
+	fakeBin(t, filepath.Join(cache, "12/bin"))
+	cached := fakeBin(t, filepath.Join(cache, "16/bin"))
 	tests := []struct {
 		name string
 		s    Search
@@ -45,6 +48,9 @@ func TestFindOrder(t *testing.T) {
 		{"the flag before all", Search{Dir: given, Env: env, Globs: globs}, given, false},
 		{"a flag without binaries fails", Search{Dir: root, Globs: globs}, "", true},
 		{"nothing", Search{Path: true}, "", true},
+		{"the cache: its newest major", Search{Path: true, Cache: cache}, cached, false},
+		{"packages before the cache", Search{Path: true, Globs: globs, Cache: cache}, newest, false},
+		{"an empty cache", Search{Path: true, Cache: filepath.Join(root, "given")}, "", true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -170,10 +170,28 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 			return step("end every session of shop (its pool connects again)", 0, "kick", "--db", "shop", "--yes")
 		},
 		func() error {
+			if err := w.waitPool(ctx); err != nil {
+				return err
+			}
+			return step("the pool is back: new connections, new pids", 0, "ls", "--db", "shop")
+		},
+		func() error {
+			return step("what a drain would record, block and end; nothing is changed", 0, "drain", "shop", "--dry-run")
+		},
+		func() error {
 			return step("maintenance: keep shop empty (new connections refused), until undrain", 0, "drain", "shop", "--timeout", "20s")
 		},
-		func() error { return step("nobody in shop now", 1, "ls", "--db", "shop") },
-		func() error { return step("let them back: the settings shop had, restored", 0, "undrain", "shop") },
+		func() error {
+			return step("nobody in shop now: the pool's new connections are refused", 1, "ls", "--db", "shop")
+		},
+		func() error {
+			if err := step("let them back: the settings shop had, restored", 0, "undrain", "shop"); err != nil {
+				return err
+			}
+			// What "let them back" says: the pool is back before the tour
+			// goes on.
+			return w.waitPool(ctx)
+		},
 		func() error { return watchStep(ctx, opt, c, w, policy, run) },
 	}
 	for _, s := range steps {

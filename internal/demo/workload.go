@@ -8,19 +8,21 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgreap/pgreap/internal/cluster"
 )
 
 // The workload's sizes.
 const (
-	poolSize = 5 // shop-web sessions
+	poolSize = 5 // shop-web sessions: the application's connection pool
+	clients  = 8 // shop-web's requests in flight, sharing the pool
 	queued   = 2 // checkouts waiting on the forgotten transaction's lock
 )
 
 // workload is the shop's sessions: each runs in a goroutine of its own
-// until stop. Its connections are plain pgx connections, as an
-// application's would be.
+// until stop. Its connections are plain pgx connections, and shop-web's a
+// pgxpool, as an application's would be.
 type workload struct {
 	c      *cluster.Cluster
 	ctx    context.Context
@@ -28,6 +30,7 @@ type workload struct {
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  []*pgx.Conn
+	pool   *pgxpool.Pool
 }
 
 func (w *workload) connect(ctx context.Context, db, app string, settings ...string) (*pgx.Conn, error) {
@@ -64,6 +67,9 @@ func (w *workload) stop() {
 	}
 	w.cancel()
 	w.wg.Wait()
+	if w.pool != nil {
+		w.pool.Close()
+	}
 	w.mu.Lock()
 	defer w.mu.Unlock()
 	for _, cn := range w.conns {
@@ -102,8 +108,8 @@ func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
 	}
 	_ = setup.Close(ctx) // not part of the show
 
-	for i := 0; i < poolSize; i++ {
-		w.goRun(w.webSession)
+	if err := w.startPool(ctx); err != nil {
+		return w, err
 	}
 	// The forgotten transaction: a batch job that updated a product and
 	// never committed.
@@ -174,28 +180,63 @@ func (w *workload) startReport(ctx context.Context) error {
 	return nil
 }
 
-// webSession is one connection of the application's pool: short queries,
-// and a new connection when the old one is ended (kick, drain), as a pool
-// does.
-func (w *workload) webSession() {
+// startPool opens shop-web's pool and starts its clients.
+func (w *workload) startPool(ctx context.Context) error {
+	cfg, err := pgxpool.ParseConfig(w.c.DSN("shop", cluster.Superuser) + " application_name=shop-web")
+	if err != nil {
+		return err
+	}
+	cfg.MinConns, cfg.MaxConns = poolSize, poolSize
+	// A connection the server ended (kick, drain) is replaced promptly,
+	// as in any pool kept at a minimum size: it is found dead when it is
+	// next lent (the request it was lent to fails, or pgxpool's ping
+	// before lending one idle for a second does), and the health check
+	// opens its successor, at once or, while the database refuses
+	// connections, every second until it takes them again.
+	cfg.HealthCheckPeriod = time.Second
+	if w.pool, err = pgxpool.NewWithConfig(ctx, cfg); err != nil {
+		return err
+	}
+	for i := 0; i < clients; i++ {
+		w.goRun(w.webClient)
+	}
+	return nil
+}
+
+// webClient is one of the application's request loops: a short query on
+// a connection from the pool, then the time to the next request. A
+// request that fails (its connection ended, the database refusing
+// connections) is not retried: the next one comes as it would.
+func (w *workload) webClient() {
 	for w.ctx.Err() == nil {
-		cn, err := w.connect(w.ctx, "shop", "shop-web")
-		if err != nil {
-			pause(w.ctx, 500*time.Millisecond) // refused (drained): try again later
-			continue
+		var stock int
+		_ = w.pool.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock)
+		pause(w.ctx, time.Duration(50+rand.IntN(250))*time.Millisecond)
+	}
+}
+
+// waitPool waits until the pool has all its connections open again,
+// after they were ended.
+func (w *workload) waitPool(ctx context.Context) error {
+	cn, err := pgx.Connect(ctx, w.c.DSN("postgres", cluster.Superuser)+" application_name=demo-setup")
+	if err != nil {
+		return err
+	}
+	defer cn.Close(context.WithoutCancel(ctx))
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		var n int
+		if err := cn.QueryRow(ctx, `SELECT count(*) FROM pg_catalog.pg_stat_activity
+			 WHERE datname = 'shop' AND application_name = 'shop-web'`).Scan(&n); err != nil {
+			return err
 		}
-		for w.ctx.Err() == nil {
-			var stock int
-			if err := cn.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock); err != nil {
-				// Ended (kick), or its query cancelled: a pool drops the
-				// connection and opens another.
-				ctx, cancel := context.WithTimeout(context.Background(), time.Second)
-				_ = cn.Close(ctx)
-				cancel()
-				break
-			}
-			pause(w.ctx, time.Duration(50+rand.IntN(250))*time.Millisecond)
+		if n >= poolSize {
+			return nil
 		}
+		if time.Now().After(deadline) {
+			return fmt.Errorf("demo workload: the pool has %d of its %d connections 20s after they were ended", n, poolSize)
+		}
+		pause(ctx, 20*time.Millisecond) // polling the server
 	}
 }
 

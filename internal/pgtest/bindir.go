@@ -51,7 +51,7 @@ func FindBinDir() (string, error) {
 		return d, nil
 	}
 	if major := os.Getenv("PGREAP_TEST_PG"); major != "" {
-		dir := filepath.Join(CacheDir(), major, "bin")
+		dir := filepath.Join(cluster.CacheDir(), major, "bin")
 		if _, err := os.Stat(filepath.Join(dir, "postgres")); err != nil {
 			return "", fmt.Errorf("PGREAP_TEST_PG=%s: no server binaries in %s (run scripts/pg-fetch %s)", major, dir, major)
 		}
@@ -78,23 +78,6 @@ func FindBinDir() (string, error) {
 		return "", errors.New("no PostgreSQL server binaries: install postgresql (apt-get install -y postgresql), or set PGREAP_TEST_PGBIN, or PGREAP_TEST_PG=MAJOR after scripts/pg-fetch MAJOR")
 	}
 	return best, nil
-}
-
-// CacheDir is where scripts/pg-fetch keeps server binaries per major
-// version: $PGREAP_PG_CACHE, else /var/cache/pgreap/pg for root (readable by
-// the unprivileged user that runs the servers), else ~/.cache/pgreap/pg.
-func CacheDir() string {
-	if d := os.Getenv("PGREAP_PG_CACHE"); d != "" {
-		return d
-	}
-	if os.Geteuid() == 0 {
-		return "/var/cache/pgreap/pg"
-	}
-	if d := os.Getenv("XDG_CACHE_HOME"); d != "" {
-		return filepath.Join(d, "pgreap", "pg")
-	}
-	home, _ := os.UserHomeDir()
-	return filepath.Join(home, ".cache", "pgreap", "pg")
 }
 
 // Own starts a cluster of the test's own (for what would disturb the
