@@ -261,7 +261,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		}
 	}
 	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
-	if pausedNote(opts, rec) != "" {
+	if slices.ContainsFunc(rec.Poolers, func(p maintenance.PoolerPause) bool { return p.Ours() }) {
 		held = fmt.Sprintf("%s stays blocked and paused on its poolers: %s reopens it and resumes them", name, undrainHint(opts.Database))
 	}
 	if err := maintenance.Block(ctx, conn, opts.Database); err != nil {
@@ -307,7 +307,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		}
 	}
 	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s%s\n",
-		name, len(rows), plural(len(rows)), undrainHint(opts.Database), pausedNote(opts, rec), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
+		name, len(rows), plural(len(rows)), undrainHint(opts.Database), pausedNote(ctx, opts, admins, rec), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
 	return nil
 }
 

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -179,18 +180,29 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 	return ended, fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held)
 }
 
-// pausedNote says, once drained, where the pooled clients are.
-func pausedNote(opts *DrainOptions, rec *maintenance.Record) string {
+// pausedNote says, once drained, where the pooled clients are, and how
+// long each pooler lets them wait.
+func pausedNote(ctx context.Context, opts *DrainOptions, admins []*pooler.Admin, rec *maintenance.Record) string {
 	var ours []string
-	for _, p := range rec.Poolers {
-		if p.Ours() {
-			ours = append(ours, pauseName(p, opts.Database))
+	for _, a := range admins {
+		if !slices.ContainsFunc(rec.Poolers, func(p maintenance.PoolerPause) bool { return p.Pooler == a.Pooler.Name && p.Ours() }) {
+			continue
 		}
+		wait := "its query_wait_timeout"
+		if v, err := a.Setting(ctx, "query_wait_timeout"); err == nil && v != "" {
+			switch v {
+			case "0":
+				wait += " (0: no limit)"
+			default:
+				wait += " (" + output.Clean(v) + "s: a client queued longer gets an error)"
+			}
+		}
+		ours = append(ours, fmt.Sprintf("pgbouncer %s (paused) for as long as %s allows", a.Pooler.Name, wait))
 	}
 	if len(ours) == 0 {
 		return ""
 	}
-	return fmt.Sprintf("; pooled clients wait in %s (paused) for as long as its query_wait_timeout allows, and undrain resumes it", strings.Join(ours, ", "))
+	return fmt.Sprintf("; pooled clients wait in %s; undrain resumes %s", strings.Join(ours, ", "), map[bool]string{true: "it", false: "them"}[len(ours) == 1])
 }
 
 // drainResumeAfterBlockFailed: the block failed, so nothing is held: the

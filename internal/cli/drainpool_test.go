@@ -183,7 +183,8 @@ func TestDrainPgBouncerClientsWait(t *testing.T) {
 	if allow, _ := dbSettings(t, db); allow {
 		t.Fatal("the drained database still allows connections")
 	}
-	if !strings.Contains(r.errOut, "paused on pgbouncer") || !strings.Contains(r.errOut, "query_wait_timeout") {
+	// The harness's pooler lets clients wait 60s (query_wait_timeout).
+	if !strings.Contains(r.errOut, "paused on pgbouncer") || !strings.Contains(r.errOut, "query_wait_timeout (60s") {
 		t.Fatalf("drain's messages do not say the pooler is paused and its clients wait:\n%s", r.errOut)
 	}
 	// Held: the clients wait in the pooler, with no error.

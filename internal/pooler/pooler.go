@@ -334,6 +334,22 @@ func (a *Admin) Databases(ctx context.Context) ([]Database, error) {
 	return out, nil
 }
 
+// Setting is one setting of SHOW CONFIG, as the pooler prints it
+// (query_wait_timeout in seconds, "0" for none), "" when it has no such
+// key.
+func (a *Admin) Setting(ctx context.Context, key string) (string, error) {
+	rows, err := a.command(ctx, "SHOW CONFIG")
+	if err != nil {
+		return "", err
+	}
+	for _, r := range rows {
+		if r["key"] == key {
+			return r["value"], nil
+		}
+	}
+	return "", nil
+}
+
 // ErrNotPaused is RESUME of a database that is not paused.
 var ErrNotPaused = errors.New("not paused")
 
