@@ -140,6 +140,9 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 		return ended, nil
 	}
 	rolled := "every pause of this drain rolled back (RESUME)"
+	if !slices.ContainsFunc(pd.Pauses, func(p maintenance.PoolerPause) bool { return p.State == maintenance.PauseResumed }) {
+		rolled = "nothing was paused"
+	}
 	if len(pd.NotResumed) > 0 {
 		var left []string
 		for _, p := range pd.NotResumed {
@@ -176,6 +179,9 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 		return ended, incomplete(fmt.Errorf("%s: interrupted while pausing; %s%s", name, rolled, held))
 	case len(pd.NotResumed) > 0:
 		return ended, incomplete(fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held))
+	}
+	if strings.Contains(err.Error(), "admin access needed") {
+		rolled = "PAUSE needs a role in the pooler's admin_users (stats_users may only SHOW); " + rolled
 	}
 	return ended, fmt.Errorf("%s: pausing: %w; %s%s", name, err, rolled, held)
 }
