@@ -340,19 +340,11 @@ func pause(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions, d *Dra
 	if err != nil {
 		return err
 	}
-	var admins []*pooler.Admin
-	defer func() {
-		for _, a := range admins {
-			a.Close()
-		}
-	}()
-	for _, p := range poolers {
-		a, err := p.Connect(ctx)
-		if err != nil {
-			return err
-		}
-		admins = append(admins, a)
+	admins, err := pooler.ConnectAll(ctx, poolers)
+	if err != nil {
+		return err
 	}
+	defer pooler.CloseAll(admins)
 	if d.Pauses, err = maintenance.PlanPause(ctx, admins, db, nil); err != nil {
 		return err
 	}

@@ -225,10 +225,10 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	}
 	var admins []*pooler.Admin
 	if len(opts.Poolers) > 0 {
-		if admins, err = connectPoolers(ctx, opts.Poolers); err != nil {
+		if admins, err = pooler.ConnectAll(ctx, opts.Poolers); err != nil {
 			return err
 		}
-		defer closeAdmins(admins)
+		defer pooler.CloseAll(admins)
 		var earlier []maintenance.PoolerPause
 		if kept {
 			earlier = rec.Poolers

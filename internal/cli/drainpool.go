@@ -16,27 +16,6 @@ import (
 	"github.com/pgreap/pgreap/internal/pooler"
 )
 
-// connectPoolers opens one console connection to each pooler; the first
-// that fails closes the others and is the error (it names the pooler).
-func connectPoolers(ctx context.Context, poolers []*pooler.Pooler) ([]*pooler.Admin, error) {
-	var admins []*pooler.Admin
-	for _, p := range poolers {
-		a, err := p.Connect(ctx)
-		if err != nil {
-			closeAdmins(admins)
-			return nil, err
-		}
-		admins = append(admins, a)
-	}
-	return admins, nil
-}
-
-func closeAdmins(admins []*pooler.Admin) {
-	for _, a := range admins {
-		a.Close()
-	}
-}
-
 // pauseName is how messages name a pause: the pooler, and the pooler's
 // name of the database when it is not the server's.
 func pauseName(p maintenance.PoolerPause, db string) string {

@@ -64,11 +64,11 @@ func kickPoolers(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *sel
 		// KILL ends every client of a database, whoever it is.
 		return usageError(errors.New("kick --pgbouncer ends every pooled client of the databases (KILL): it takes --db, --all-databases and --exclude-db, no other selector"))
 	}
-	admins, err := connectPoolers(ctx, opts.Poolers)
+	admins, err := pooler.ConnectAll(ctx, opts.Poolers)
 	if err != nil {
 		return err
 	}
-	defer closeAdmins(admins)
+	defer pooler.CloseAll(admins)
 	dbs, err := maintenance.Databases(ctx, conn, sel.DB, sel.ExcludeDB)
 	if err != nil {
 		return err
