@@ -124,3 +124,20 @@ func TestKickPgBouncerRefusesNarrowing(t *testing.T) {
 		t.Fatalf("stderr: %s", r.errOut)
 	}
 }
+
+// kick --pgbouncer --dry-run says what each pooler would get and ends
+// nothing.
+func TestKickPgBouncerDryRun(t *testing.T) {
+	t.Parallel()
+	b := pgtest.PgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	cns, ports := pooledClients(t, b, db, 1)
+	r := run(t, false, "kick", "--db", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--dry-run")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "would send KILL "+db+" to pgbouncer") || !strings.Contains(r.errOut, "127.0.0.1:"+strconv.Itoa(ports[0])) {
+		t.Fatalf("dry run:\n%s", r.errOut)
+	}
+	if _, err := cns[0].Exec(pgtest.Context(t), "SELECT 1"); err != nil {
+		t.Fatalf("the pooled client after a dry run: %v", err)
+	}
+}
