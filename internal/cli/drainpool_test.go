@@ -3,12 +3,14 @@ package cli_test
 import (
 	"context"
 	"encoding/json"
+	"math/rand/v2"
 	"os"
 	"strconv"
 	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -555,5 +557,56 @@ func TestDrainPgBouncerInterruptedWhilePausing(t *testing.T) {
 	}
 	if allow, _ := dbSettings(t, db); !allow {
 		t.Fatal("the database was blocked")
+	}
+}
+
+// Drain with a pooler killed (SIGKILL) at random moments (before it
+// recorded anything, while PAUSE waits, during its grace, blocking,
+// holding): each time, undrain leaves the pooler resumed and the database
+// open, and the pool's clients, which only ever waited, carry on without
+// an error.
+func TestDrainPgBouncerKilledAtRandomMoments(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 3)
+	admin := b.AdminDSN(cluster.AdminUser)
+	seed := time.Now().UnixNano()
+	rng := rand.New(rand.NewPCG(uint64(seed), 0))
+	t.Logf("seed %d", seed)
+	killed := 0
+	for i := 0; i < 6; i++ {
+		holder, _ := inTransaction(t, b, db) // holds PAUSE up until --grace
+		d := startPgreap(t, nil, "drain", db, "--pgbouncer", admin, "--grace", "200ms", "--timeout", "20s")
+		delay := time.Duration(rng.IntN(500)) * time.Millisecond // the moment to kill, not a wait
+		kill := time.AfterFunc(delay, func() { _ = d.cmd.Process.Kill() })
+		d.wait(t)
+		kill.Stop()
+		if d.code() == -1 {
+			killed++
+		}
+		u := run(t, false, "undrain", db, "--pgbouncer", admin)
+		if u.code != 0 && !(u.code == 2 && strings.Contains(u.errOut, "no drain record")) {
+			t.Fatalf("kill at %s: undrain exit %d: %s%s", delay, u.code, u.out, u.errOut)
+		}
+		if paused(t, b, db) {
+			t.Fatalf("kill at %s: still paused after undrain\ndrain: %s\nundrain: %s", delay, d.errOut.String(), u.out)
+		}
+		if allow, _ := dbSettings(t, db); !allow {
+			t.Fatalf("kill at %s: still blocked after undrain", delay)
+		}
+		holder.Close(context.Background())
+		after := p.done.Load()
+		pgtest.Eventually(t, "the pool's queries go on", func() (bool, error) { return p.done.Load() > after+6, nil })
+	}
+	p.stop()
+	if n := p.errs.Load(); n != 0 {
+		t.Fatalf("the pool saw %d errors (first: %v)", n, p.first)
+	}
+	t.Logf("6 drains, %d killed before they were done", killed)
+	if killed == 0 {
+		t.Fatal("no drain was killed before it was done: the moments do not test anything")
 	}
 }
