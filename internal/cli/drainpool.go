@@ -65,6 +65,8 @@ func holderText(h maintenance.Holder, now time.Time) string {
 // every step recorded before it happens. It returns nil once every pause is
 // done; an error once it gave up, with the pauses rolled back.
 func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, rec *maintenance.Record, kept bool) ([]action.Result, error) {
+	// A new record holds the pauses already; a kept one not yet.
+	written := !kept
 	name, w := output.Clean(opts.Database), opts.IO.ErrOut
 	var sent []string
 	for _, p := range rec.Poolers {
@@ -81,7 +83,10 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 	}
 	popt := maintenance.PauseOptions{Timeout: opts.Timeout, Grace: opts.Grace, Now: opts.Now,
 		Record: func(ps []maintenance.PoolerPause) error {
-			rec.Poolers = ps
+			if written && slices.Equal(ps, rec.Poolers) {
+				return nil // drainRun wrote these already, with the settings
+			}
+			rec.Poolers, written = ps, true
 			return maintenance.WriteRecord(path, rec)
 		},
 		Step: func(p maintenance.PoolerPause) {
@@ -114,7 +119,7 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 	}
 	if err == nil {
 		if len(sent) > 0 {
-			fmt.Fprintf(w, "pgreap: %s: every pooler paused in %.2fs\n", name, pd.Took.Seconds())
+			fmt.Fprintf(w, "pgreap: %s: every pooler paused in %s\n", name, pd.Took.Round(100*time.Microsecond))
 		}
 		return ended, nil
 	}

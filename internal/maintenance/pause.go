@@ -146,7 +146,9 @@ type Paused struct {
 	// NotResumed: after a rollback, the pauses that RESUME failed for;
 	// they stay paused, and undrain resumes them.
 	NotResumed []PoolerPause
-	// Took is how long Pause took.
+	// Took is the time to paused: from the PAUSEs sent (their connections
+	// open, the record written) to every pooler paused; 0 when Pause gave
+	// up.
 	Took time.Duration
 }
 
@@ -169,7 +171,6 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 	if now == nil {
 		now = time.Now
 	}
-	start := now()
 	p := &Paused{Pauses: slices.Clone(pauses)}
 	byName := map[string]*pooler.Admin{}
 	for _, a := range admins {
@@ -189,10 +190,28 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 		}
 		return err
 	}
+	// The PAUSEs' own connections first: one that cannot be opened stops
+	// Pause before anything is sent.
+	conns := map[int]*pooler.Admin{}
+	defer func() {
+		for _, c := range conns {
+			c.Close()
+		}
+	}()
+	for i, s := range p.Pauses {
+		if a := byName[s.Pooler]; s.Ours() && a != nil {
+			c, err := a.Pooler.Connect(ctx)
+			if err != nil {
+				return p, err
+			}
+			conns[i] = c
+		}
+	}
 	// Every PAUSE is on record before the first is sent.
 	if err := record(); err != nil {
 		return p, err
 	}
+	start := now()
 
 	type answer struct {
 		i   int
@@ -209,10 +228,10 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 	}()
 	pending, answered := map[int]bool{}, map[int]bool{}
 	for i, s := range p.Pauses {
-		a := byName[s.Pooler]
-		if !s.Ours() || a == nil {
-			// A pause of an earlier drain on a pooler not named now is
-			// left as it is: undrain resumes it.
+		pa := conns[i]
+		if pa == nil {
+			// Not ours, or a pause of an earlier drain on a pooler not
+			// named now: left as it is (undrain resumes the latter).
 			continue
 		}
 		pending[i] = true
@@ -223,11 +242,7 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			defer wg.Done()
 			// A connection of its own: PAUSE waits for the transactions
 			// in flight, while Pause looks at who holds it up.
-			pa, err := a.Pooler.Connect(pctx)
-			if err == nil {
-				err = pa.Pause(pctx, s.Database)
-				pa.Close()
-			}
+			err := pa.Pause(pctx, s.Database)
 			if pctx.Err() != nil {
 				err = nil // closed by Pause itself: see below
 			}
@@ -275,6 +290,9 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			failed = err
 			continue
 		}
+		if len(done) == len(pending) {
+			p.Took = now().Sub(start) // paused: what follows is bookkeeping
+		}
 		for _, i := range done {
 			delete(pending, i)
 			// PgBouncer 1.18 answers a PAUSE only once every paused
@@ -313,7 +331,6 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			}
 		}
 	}
-	p.Took = now().Sub(start)
 	if failed == nil {
 		return p, nil
 	}
