@@ -150,12 +150,16 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 	}
 	switch {
 	case errors.Is(err, maintenance.ErrPauseTimeout):
-		who := "no server connection of it was left, yet PAUSE had not returned"
-		if len(pd.Holders) > 0 {
-			texts := make([]string, len(pd.Holders))
-			for i, h := range pd.Holders {
-				texts[i] = holderText(h, opts.Now())
-			}
+		who := "no server connection of it was left, yet the pooler did not list it paused"
+		var texts []string
+		for _, h := range pd.Holders {
+			texts = append(texts, holderText(h, opts.Now()))
+		}
+		for _, u := range pd.Unmatched {
+			texts = append(texts, fmt.Sprintf("pgbouncer %s's server connection to backend pid %d (%s in the pooler; no session of %s matched it, so it was left alone)",
+				u.Pooler, u.RemotePID, output.Clean(u.State), name))
+		}
+		if len(texts) > 0 {
 			who = "held up by " + strings.Join(texts, "; ")
 		}
 		return ended, incomplete(fmt.Errorf("%s: not paused on every pooler by --timeout %s, %s; %s%s", name, opts.Timeout, who, rolled, held))

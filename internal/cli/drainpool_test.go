@@ -610,3 +610,32 @@ func TestDrainPgBouncerKilledAtRandomMoments(t *testing.T) {
 		t.Fatal("no drain was killed before it was done: the moments do not test anything")
 	}
 }
+
+// A holder that pgreap's role may not see (no pg_read_all_stats: no
+// backend_start to pin) is never signalled: at the timeout drain names it
+// by the pooler's word (its backend pid) and rolls back.
+func TestDrainPgBouncerUnseenHolderIsNamed(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend")
+	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
+	t.Cleanup(func() {
+		_, _ = pgtest.Admin(t).Exec(context.Background(), "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgtest.Superuser)
+	})
+	startPool(t, b, db, 1)
+	_, pid := inTransaction(t, b, db)
+	r := run(t, false, "-U", owner, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--grace", "100ms", "--timeout", "2s")
+	r.wantCode(t, 3)
+	if !strings.Contains(r.errOut, "backend pid "+strconv.Itoa(int(pid))) || !strings.Contains(r.errOut, "left alone") {
+		t.Fatalf("drain does not name the holder it may not see (pid %d):\n%s", pid, r.errOut)
+	}
+	if !backendAlive(t, pid) {
+		t.Fatal("a holder whose identity pgreap could not pin was ended")
+	}
+	if paused(t, b, db) {
+		t.Fatal("still paused after the rollback")
+	}
+}

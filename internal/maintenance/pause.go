@@ -143,6 +143,11 @@ type Paused struct {
 	// Holders: when Pause gave up, the server connections that still held
 	// it up, with what became of them.
 	Holders []Holder
+	// Unmatched: when Pause gave up, the server connections that still
+	// held it up and that no session of the database matched (a backend
+	// pgreap's role may not see, or the pooler's and the server's clocks
+	// apart): named by the pooler only, never signalled.
+	Unmatched []UnmatchedServer
 	// NotResumed: after a rollback, the pauses that RESUME failed for;
 	// they stay paused, and undrain resumes them.
 	NotResumed []PoolerPause
@@ -150,6 +155,12 @@ type Paused struct {
 	// open, the record written) to every pooler paused; 0 when Pause gave
 	// up.
 	Took time.Duration
+}
+
+// UnmatchedServer is a pooler's server connection that no session matched.
+type UnmatchedServer struct {
+	Pooler string
+	pooler.Server
 }
 
 // ErrPauseTimeout: a pooler was not paused by the timeout; every pause of
@@ -345,6 +356,18 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 	if errors.Is(failed, ErrPauseTimeout) {
 		if hs, err := p.holders(rctx, conn, byName, pending, db); err == nil {
 			p.Holders = judged(hs, p.Ended)
+		}
+		for i := range pending {
+			s := p.Pauses[i]
+			servers, err := byName[s.Pooler].Servers(rctx)
+			if err != nil {
+				continue
+			}
+			for _, sv := range servers {
+				if sv.Database == s.Database && !slices.ContainsFunc(p.Holders, func(h Holder) bool { return h.Link.Pooler == s.Pooler && h.PID == sv.RemotePID }) {
+					p.Unmatched = append(p.Unmatched, UnmatchedServer{Pooler: s.Pooler, Server: sv})
+				}
+			}
 		}
 	}
 	before := slices.Clone(p.Pauses)
