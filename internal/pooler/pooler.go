@@ -194,12 +194,23 @@ func (r row) int(col string) int {
 }
 
 // time reads PgBouncer's timestamps ("2026-12-01 22:41:36 UTC").
+//
+// PgBouncer prints them in its host's time zone, by abbreviation. Read in
+// pgreap's own zone, the abbreviation of that zone (and UTC) gives the
+// offset; another abbreviation gets offset 0 from the time package, and
+// the instant is then known only up to the zone's offset: see sameInstant.
 func (r row) time(col string) time.Time {
-	t, err := time.Parse("2006-01-02 15:04:05 MST", r[col])
+	t, err := time.ParseInLocation("2006-01-02 15:04:05 MST", r[col], time.Local)
 	if err != nil {
 		return time.Time{}
 	}
 	return t
+}
+
+// zoneKnown reports whether t, read by row.time, has a known offset.
+func zoneKnown(t time.Time) bool {
+	name, offset := t.Zone()
+	return offset != 0 || name == "UTC" || name == "GMT" || t.Location() == time.UTC
 }
 
 // command runs one console command and returns its rows. The simple query
