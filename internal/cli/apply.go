@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // ApplyOptions are the inputs of `pgreap apply`.
@@ -29,6 +30,9 @@ type ApplyOptions struct {
 	Grace              time.Duration
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// Poolers (--pgbouncer): a plan made behind them is judged again by
+	// the clients their server connections serve now.
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdApply builds `pgreap apply`; runF replaces the run in tests.
@@ -87,6 +91,9 @@ survived, changed or protected.`,
 			}
 			opts.Color = f.Color()
 			opts.Connect = f.Connect
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			opts.Logger = f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
@@ -110,12 +117,20 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	if len(plan.Results) == 0 {
 		return fmt.Errorf("%w: the plan has no planned session", ErrNoMatch)
 	}
+	if plan.BehindPoolers && plan.ByPooledClient() && len(opts.Poolers) == 0 {
+		return usageError(fmt.Errorf("%s: made behind PgBouncer with a selection by user, application or client: give the poolers (--pgbouncer) so that each session is judged again by the client it serves", opts.File))
+	}
 	plan.IncludeReplication, plan.IncludeAutovacuum = opts.IncludeReplication, opts.IncludeAutovacuum
 	conn, err := opts.Connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	plan.WithPooled(pooled)
 	// The server version (which columns the statement reads) is Execute's
 	// to learn, and an error reading it stops the command there.
 	plan.Taken = time.Now()
