@@ -412,3 +412,19 @@ func TestNewServerConnectionIsNotJudgedAsDirect(t *testing.T) {
 		}
 	}
 }
+
+// watch names its poolers per target, in the policy: --pgbouncer on its
+// command line would be ignored, and its rules would judge pooled clients
+// by the pooler's address; it is refused, one line, exit 2.
+func TestWatchRefusesThePgbouncerFlag(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte("targets: [{name: a, dsn: \"host=/nonexistent\"}]\nrules: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "watch", "-c", path, "--check", "--pgbouncer", "host=127.0.0.1 port=1")
+	r.wantCode(t, 2)
+	if lines := strings.Split(strings.TrimSpace(r.errOut), "\n"); len(lines) != 1 || !strings.Contains(r.errOut, "pgbouncer:") {
+		t.Fatalf("stderr: %q", r.errOut)
+	}
+}
