@@ -64,13 +64,19 @@ the server, never what the file says. The file is read strictly: unknown,
 missing or repeated fields are errors. A plan names its sessions one by
 one, so apply does not ask.
 
+A plan made behind PgBouncer (--pgbouncer) is applied with the poolers:
+apply asks them again and judges each planned session by the client it
+serves now. A plan whose selection is by user, application or client is
+refused without them.
+
 Exit status: 0 all reached the planned action's outcome, 1 nothing planned,
 2 bad plan, another server, usage or connection error, 3 some denied,
 survived, changed or protected.`,
 		Example: `  pgreap terminate --db shop --dry-run -o json > plan.json
   less plan.json
   pgreap apply plan.json
-  pgreap cancel --app 'report*' --dry-run -o json | pgreap apply -`,
+  pgreap cancel --app 'report*' --dry-run -o json | pgreap apply -
+  pgreap apply plan.json --pgbouncer 'host=pgb1 port=6432 user=stats'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageError(errors.New("apply takes one plan file (or - for standard input)"))
