@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"math/rand/v2"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -676,5 +677,62 @@ func TestDrainPgBouncerOneAtATime(t *testing.T) {
 	run(t, false, "undrain", db).wantCode(t, 0)
 	if paused(t, b, db) {
 		t.Fatal("still paused after undrain")
+	}
+}
+
+// A drain record edited by hand is refused whole by undrain (one line,
+// exit 2, nothing done): a reach that connects to another pooler than the
+// one named (undrain said it resumed the one named while it talked to the
+// other), a state no drain writes, a name no pooler has.
+func TestUndrainRefusesAnEditedPoolerRecord(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	other := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+	run(t, false, "drain", db, "--pgbouncer", admin).wantCode(t, 0)
+	if !paused(t, b, db) {
+		t.Fatal("not paused after the drain")
+	}
+	path := recordsOf(t, db)[0]
+	orig, err := os.ReadFile(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	rec := drainRecordOf(t, db)
+	for name, edit := range map[string]func(p *maintenance.PoolerPause){
+		"reach to another pooler": func(p *maintenance.PoolerPause) {
+			p.Reach = strings.Replace(p.Reach, strconv.Itoa(b.Port), strconv.Itoa(other.Port), 1)
+		},
+		"unknown state":         func(p *maintenance.PoolerPause) { p.State = "PAUSED" },
+		"a name with a newline": func(p *maintenance.PoolerPause) { p.Database += "\nother" },
+	} {
+		r := *rec
+		r.Poolers = slices.Clone(rec.Poolers)
+		edit(&r.Poolers[0])
+		data, err := json.Marshal(&r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if err := os.WriteFile(path, data, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		u := run(t, false, "undrain", db)
+		u.wantCode(t, 2)
+		if lines := strings.Split(strings.TrimSpace(u.errOut), "\n"); len(lines) != 1 || !strings.Contains(u.errOut, "edited?") {
+			t.Errorf("%s: undrain said %q", name, u.errOut)
+		}
+		if !paused(t, b, db) {
+			t.Fatalf("%s: the pause was lifted", name)
+		}
+	}
+	if err := os.WriteFile(path, orig, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
+	if paused(t, b, db) {
+		t.Fatal("still paused after the undrain of the record as written")
 	}
 }

@@ -175,7 +175,11 @@ func undrainResume(ctx context.Context, opts *UndrainOptions, path string, rec *
 		return maintenance.WriteRecord(path, rec)
 	})
 	for i, p := range ps {
-		if p.State != before[i].State {
+		switch {
+		case p.State == before[i].State:
+		case p.State == maintenance.PauseNotServed:
+			fmt.Fprintf(opts.IO.Out, "%s: nothing to resume on %s: the pooler does not know that name (no such database)\n", name, pauseName(p, opts.Database))
+		default:
 			fmt.Fprintf(opts.IO.Out, "%s: resumed on %s\n", name, pauseName(p, opts.Database))
 		}
 	}

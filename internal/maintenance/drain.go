@@ -110,6 +110,9 @@ func ReadRecord(path string) (*Record, error) {
 	if err := json.Unmarshal(b, &r); err != nil {
 		return nil, fmt.Errorf("drain record %s: %w", path, err)
 	}
+	if err := CheckPauses(r.Poolers); err != nil {
+		return nil, fmt.Errorf("drain record %s: %w: edited? (pgreap acts only on what it recorded)", path, err)
+	}
 	return &r, nil
 }
 

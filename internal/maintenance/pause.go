@@ -5,8 +5,10 @@ import (
 	"errors"
 	"fmt"
 	"slices"
+	"strings"
 	"sync"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -51,6 +53,38 @@ type PoolerPause struct {
 	Database string    `json:"database"`
 	State    string    `json:"state"`
 	At       time.Time `json:"at"`
+}
+
+// CheckPauses refuses pauses that no drain wrote (a record edited by
+// hand): an unknown state, a name the pooler could not have, or a Reach
+// that does not connect to the pooler named (undrain would send RESUME to
+// one pooler and say it was another).
+func CheckPauses(pauses []PoolerPause) error {
+	for i, p := range pauses {
+		where := fmt.Sprintf("pooler entry %d", i+1)
+		switch p.State {
+		case PauseSent, PauseDone, PauseResumed, PauseOthers, PauseNotServed, PauseRefused:
+		default:
+			return fmt.Errorf("%s: state %q is none a drain writes", where, p.State)
+		}
+		if p.Database == "" || strings.ContainsFunc(p.Database, unicode.IsControl) || len(p.Database) > 63 {
+			return fmt.Errorf("%s: %q is not a database name a pooler has", where, p.Database)
+		}
+		if p.Pooler == "" {
+			return fmt.Errorf("%s: no pooler", where)
+		}
+		if !p.Ours() {
+			continue
+		}
+		r, err := pooler.Parse(p.Reach)
+		if err != nil {
+			return fmt.Errorf("%s: reach: %w", where, err)
+		}
+		if r.Name != p.Pooler {
+			return fmt.Errorf("%s: reach connects to pgbouncer %s, not to pgbouncer %s", where, r.Name, p.Pooler)
+		}
+	}
+	return nil
 }
 
 // Ours reports whether the drain paused it, or may have: undrain and a
@@ -556,11 +590,18 @@ func Resume(ctx context.Context, admins map[string]*pooler.Admin, pauses []Poole
 			first = cmpErr(first, fmt.Errorf("pgbouncer %s: not connected", s.Pooler))
 			continue
 		}
-		if err := a.Resume(ctx, s.Database); err != nil && !errors.Is(err, pooler.ErrNotPaused) && !errors.Is(err, pooler.ErrNoDatabase) {
+		err := a.Resume(ctx, s.Database)
+		switch {
+		case errors.Is(err, pooler.ErrNoDatabase):
+			// Not a name the pooler has (any more): nothing is paused
+			// under it, and nothing was resumed.
+			out[i].State, out[i].At = PauseNotServed, now
+		case err != nil && !errors.Is(err, pooler.ErrNotPaused):
 			first = cmpErr(first, err)
 			continue
+		default:
+			out[i].State, out[i].At = PauseResumed, now
 		}
-		out[i].State, out[i].At = PauseResumed, now
 		if done != nil {
 			if err := done(slices.Clone(out)); err != nil {
 				first = cmpErr(first, err)
@@ -583,6 +624,9 @@ func cmpErr(first, err error) error {
 // pauses in their new states and the first error (a pooler it could not
 // reach stays paused); done, when set, is told of each pause resumed.
 func ResumeRecorded(ctx context.Context, pauses []PoolerPause, given []*pooler.Pooler, now time.Time, done func([]PoolerPause) error) ([]PoolerPause, error) {
+	if err := CheckPauses(pauses); err != nil {
+		return pauses, err
+	}
 	byName := map[string]*pooler.Pooler{}
 	for _, p := range given {
 		byName[p.Name] = p
