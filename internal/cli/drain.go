@@ -248,6 +248,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 			return err
 		}
 		defer pooler.CloseAll(admins)
+		if !opts.DryRun {
+			if err := pooler.CheckAdminAll(ctx, admins); err != nil {
+				return usageError(fmt.Errorf("%w; nothing done", err))
+			}
+		}
 		var earlier []maintenance.PoolerPause
 		if kept {
 			earlier = rec.Poolers

@@ -69,6 +69,13 @@ func kickPoolers(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *sel
 		return err
 	}
 	defer pooler.CloseAll(admins)
+	if !opts.DryRun {
+		// Before any session is ended: a KILL refused afterwards would
+		// leave the kick half done.
+		if err := pooler.CheckAdminAll(ctx, admins); err != nil {
+			return usageError(fmt.Errorf("%w; nothing done", err))
+		}
+	}
 	dbs, err := maintenance.Databases(ctx, conn, sel.DB, sel.ExcludeDB)
 	if err != nil {
 		return err

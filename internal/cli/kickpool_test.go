@@ -141,3 +141,25 @@ func TestKickPgBouncerDryRun(t *testing.T) {
 		t.Fatalf("the pooled client after a dry run: %v", err)
 	}
 }
+
+// A console role that may only SHOW cannot KILL: kick says so before it
+// ends anything (one line, exit 2), where it used to end the server's
+// sessions first and then report the KILL refused.
+func TestKickPgBouncerStatsUserRefusedFirst(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	cns, _ := pooledClients(t, b, db, 1)
+	direct := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	r := run(t, false, "kick", "--db", db, "--pgbouncer", b.AdminDSN(b.StatsUser), "--yes")
+	r.wantCode(t, 2)
+	if strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 || !strings.Contains(r.errOut, "admin_users") || !strings.Contains(r.errOut, "nothing done") {
+		t.Fatalf("kick with a stats user: %q", r.errOut)
+	}
+	if !direct.Alive() {
+		t.Fatal("the direct session was ended")
+	}
+	if _, err := cns[0].Exec(pgtest.Context(t), "SELECT 1"); err != nil {
+		t.Fatalf("the pooled client: %v", err)
+	}
+}

@@ -66,13 +66,18 @@ func PlanKill(ctx context.Context, admins []*pooler.Admin, dbs []string) ([]Pool
 		if err != nil {
 			return nil, err
 		}
-		for _, d := range list {
+		var served []pooler.Database
+		for _, db := range dbs {
+			s, err := servedBy(a, list, db)
+			if err != nil {
+				return nil, err
+			}
+			served = append(served, s...)
+		}
+		for _, d := range served {
 			datname := d.Database
 			if datname == "" {
 				datname = d.Name
-			}
-			if d.Name == pooler.AdminDB || !slices.Contains(dbs, datname) {
-				continue
 			}
 			k := PoolerKill{Pooler: a.Pooler.Name, Database: d.Name, Datname: datname, PausedBefore: d.Paused}
 			for _, c := range clients {

@@ -91,6 +91,37 @@ func CheckPauses(pauses []PoolerPause) error {
 // rollback resume exactly those.
 func (p *PoolerPause) Ours() bool { return p.State == PauseSent || p.State == PauseDone }
 
+// ErrManyServers: a pooler serves the database under names that point at
+// more than one server (host and port): a database of the same name on
+// another server, which pgreap cannot tell from this one.
+var ErrManyServers = errors.New("serves a database of that name from more than one server")
+
+// servedBy are the pooler's entries (SHOW DATABASES) that serve server
+// database db. Entries that point at different servers make it
+// ErrManyServers: a PAUSE or a KILL of the other server's would hold up or
+// end clients of a database that is not the one drained or kicked.
+func servedBy(a *pooler.Admin, dbs []pooler.Database, db string) ([]pooler.Database, error) {
+	var out []pooler.Database
+	servers := map[string]bool{}
+	for _, d := range dbs {
+		if d.Name == pooler.AdminDB {
+			continue
+		}
+		if d.Database == db || (d.Database == "" && d.Name == db) {
+			out = append(out, d)
+			servers[fmt.Sprintf("%s:%d", d.Host, d.Port)] = true
+		}
+	}
+	if len(servers) > 1 {
+		var list []string
+		for _, d := range out {
+			list = append(list, fmt.Sprintf("%s as %q on %s:%d", db, d.Name, d.Host, d.Port))
+		}
+		return nil, &pooler.Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w (%s): name only poolers that serve it from this server", ErrManyServers, strings.Join(list, ", "))}
+	}
+	return out, nil
+}
+
 // PlanPause says what a drain of database db pauses on each pooler: every
 // name under which the pooler serves db (SHOW DATABASES), or db itself
 // when no name serves it (a `*` entry serves any name: PAUSE creates and
@@ -104,17 +135,16 @@ func PlanPause(ctx context.Context, admins []*pooler.Admin, db string, kept []Po
 		if err != nil {
 			return nil, err
 		}
+		served, err := servedBy(a, dbs, db)
+		if err != nil {
+			return nil, err
+		}
 		var names []string
 		paused := map[string]bool{}
-		taken := false
-		for _, d := range dbs {
-			if d.Name == db {
-				taken = true
-			}
-			if d.Database == db || (d.Database == "" && d.Name == db) {
-				names = append(names, d.Name)
-				paused[d.Name] = d.Paused
-			}
+		taken := slices.ContainsFunc(dbs, func(d pooler.Database) bool { return d.Name == db })
+		for _, d := range served {
+			names = append(names, d.Name)
+			paused[d.Name] = d.Paused
 		}
 		if len(names) == 0 && !taken {
 			names = append(names, db)

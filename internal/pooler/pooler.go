@@ -509,6 +509,35 @@ func (a *Admin) Resume(ctx context.Context, db string) error {
 	return a.known(err)
 }
 
+// ErrNotAdmin: the console's role is not in admin_users (a stats_users
+// one may only SHOW).
+var ErrNotAdmin = errors.New("the role is not in the pooler's admin_users (PAUSE, RESUME and KILL need it)")
+
+// CheckAdmin reports whether the role may PAUSE, RESUME and KILL
+// (ErrNotAdmin otherwise), before anything is done: it sends RESUME of a
+// name no database has, which an admin is told does not exist, and anyone
+// else that it needs admin access. Nothing is resumed.
+func (a *Admin) CheckAdmin(ctx context.Context) error {
+	err := a.Resume(ctx, "pgreap admin check, not a database")
+	switch {
+	case errors.Is(err, ErrNoDatabase), errors.Is(err, ErrNotPaused), err == nil:
+		return nil
+	case strings.Contains(err.Error(), "admin access needed"):
+		return &Error{Pooler: a.Pooler.Name, Err: ErrNotAdmin}
+	}
+	return err
+}
+
+// CheckAdminAll is CheckAdmin on each; the first refusal.
+func CheckAdminAll(ctx context.Context, admins []*Admin) error {
+	for _, a := range admins {
+		if err := a.CheckAdmin(ctx); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
 // Kill is KILL db: the pooler drops every client and server connection of
 // the database at once, and new clients wait until RESUME.
 func (a *Admin) Kill(ctx context.Context, db string) error {

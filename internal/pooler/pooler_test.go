@@ -247,3 +247,41 @@ func TestPasswordFromPassfile(t *testing.T) {
 		a.Close()
 	}
 }
+
+// CheckAdmin tells an admin_users role from a stats_users one before
+// anything is done, and resumes nothing.
+func TestCheckAdmin(t *testing.T) {
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{})
+	ctx := pgtest.Context(t)
+	a := admin(t, b)
+	if err := a.Pause(ctx, "somedb"); err != nil {
+		t.Fatal(err)
+	}
+	if err := a.CheckAdmin(ctx); err != nil {
+		t.Fatalf("admin: %v", err)
+	}
+	p, err := pooler.Parse(b.AdminDSN(b.StatsUser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	stats, err := p.Connect(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer stats.Close()
+	if err := stats.CheckAdmin(ctx); !errors.Is(err, pooler.ErrNotAdmin) {
+		t.Fatalf("stats user: %v, want ErrNotAdmin", err)
+	}
+	dbs, err := a.Databases(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, d := range dbs {
+		if d.Name == "somedb" && !d.Paused {
+			t.Fatal("CheckAdmin resumed a database")
+		}
+	}
+	if err := a.Resume(ctx, "somedb"); err != nil {
+		t.Fatal(err)
+	}
+}
