@@ -23,9 +23,12 @@ type DemoOptions struct {
 	Getenv func(string) string
 	Globs  []string
 	Cache  string
+	// FindPgBouncer finds the pgbouncer binary (cluster.FindPgBouncer).
+	FindPgBouncer func() (string, error)
 
-	Script bool
-	PGBin  string
+	Script      bool
+	PGBin       string
+	NoPgBouncer bool
 }
 
 // NewCmdDemo builds `pgreap demo`; runF replaces the run in tests.
@@ -69,11 +72,12 @@ ${XDG_CACHE_HOME:-~/.cache}/pgreap/pg), newest major first;
 	}
 	cmd.Flags().BoolVar(&opts.Script, "script", false, "run the tour unattended, then stop")
 	cmd.Flags().StringVar(&opts.PGBin, "pg-bin", "", "the directory of PostgreSQL's server binaries")
+	cmd.Flags().BoolVar(&opts.NoPgBouncer, "no-pgbouncer", false, "connect the shop's pool directly, even where PgBouncer is installed")
 	return cmd
 }
 
 func newDemoOptions(io *IOStreams) *DemoOptions {
-	return &DemoOptions{IO: io, Getenv: os.Getenv, Globs: cluster.SystemGlobs, Cache: cluster.CacheDir()}
+	return &DemoOptions{IO: io, Getenv: os.Getenv, Globs: cluster.SystemGlobs, Cache: cluster.CacheDir(), FindPgBouncer: cluster.FindPgBouncer}
 }
 
 // binDir finds the server binaries the demo runs.
@@ -113,10 +117,17 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 	// SIGQUIT must stop the demo's server too, not leave it running.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP, syscall.SIGQUIT)
 	defer stop()
+	var pgbouncer string
+	if !opts.NoPgBouncer {
+		// None found: the demo runs without it and says how to get it.
+		pgbouncer, _ = opts.FindPgBouncer()
+	}
 	err = demo.Run(ctx, demo.Options{
-		Out:    opts.IO.Out,
-		BinDir: bin,
-		Script: opts.Script,
+		Out:             opts.IO.Out,
+		BinDir:          bin,
+		Script:          opts.Script,
+		PgBouncer:       pgbouncer,
+		NoPgBouncerHint: pgbouncer == "" && !opts.NoPgBouncer,
 		Pgreap: func(ctx context.Context, args []string, out io.Writer) int {
 			// The commands print as they would in a pipe: no questions
 			// (the tour says --yes), no colour, the terminal's width.
