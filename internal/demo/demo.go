@@ -47,6 +47,9 @@ const noPgBouncer = "no PgBouncer on this machine: the shop's pool connects dire
 // Run starts the cluster and the workload, then the tour or the wait;
 // everything is stopped and removed before it returns.
 func Run(ctx context.Context, opt Options) (err error) {
+	if opt.NoPgBouncerHint {
+		fmt.Fprintln(opt.Out, noPgBouncer)
+	}
 	fmt.Fprintf(opt.Out, "starting a throwaway PostgreSQL from %s ...\n", opt.BinDir)
 	c, err := cluster.Start(ctx, cluster.Options{
 		BinDir: opt.BinDir,
@@ -102,8 +105,6 @@ func Run(ctx context.Context, opt Options) (err error) {
 		}()
 		pooled = adminURL(pgb)
 		fmt.Fprintf(opt.Out, "%s (transaction mode) on 127.0.0.1:%d, in %s\n", pgb.Version, pgb.Port, pgb.Dir)
-	} else if opt.NoPgBouncerHint {
-		fmt.Fprintln(opt.Out, noPgBouncer)
 	}
 	if opt.Script {
 		defer setenv("PGREAP_PGBOUNCER", pooled)()
@@ -298,12 +299,13 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 }
 
 // heldStep says what shop-web's requests see while shop is drained: with
-// PgBouncer they wait in it (the step waits, 15s at most, until one has
-// waited a second), directly they fail.
+// PgBouncer they wait in it, directly they fail. It waits until the
+// application has seen the drain (a request has waited a second, or one
+// has failed), 15s at most.
 func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) error {
 	fmt.Fprintf(out, "\n# meanwhile, shop-web's requests as the application counts them\n")
 	now := w.web.stats()
-	for began := time.Now(); w.pgb != nil && now.Oldest < time.Second && time.Since(began) < 15*time.Second; now = w.web.stats() {
+	for began := time.Now(); now.Oldest < time.Second && now.Failed == before.Failed && time.Since(began) < 15*time.Second; now = w.web.stats() {
 		pause(ctx, 20*time.Millisecond) // polling the counts
 		if ctx.Err() != nil {
 			return ctx.Err()
@@ -311,7 +313,7 @@ func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) 
 	}
 	fmt.Fprintf(out, "shop-web: %d requests waiting", now.Waiting)
 	if now.Waiting > 0 {
-		fmt.Fprintf(out, " (the oldest for %s)", now.Oldest.Round(100*time.Millisecond))
+		fmt.Fprintf(out, " (the oldest for %s)", round(now.Oldest))
 	}
 	fmt.Fprintf(out, ", %s since the drain began\n", failed(now, before))
 	return nil
@@ -322,11 +324,20 @@ func afterStep(out io.Writer, w *workload, before webStats) error {
 	now := w.web.stats()
 	fmt.Fprintf(out, "\n# shop-web's requests through the drain, as the application counts them\n")
 	fmt.Fprintf(out, "shop-web: %d requests done, the longest in %s; %s during the drain\n",
-		now.OK-before.OK, now.Longest.Round(100*time.Millisecond), failed(now, before))
+		now.OK-before.OK, round(now.Longest), failed(now, before))
 	if w.pgb == nil {
 		fmt.Fprintf(out, "(without a pooler the application sees the drain; through PgBouncer its requests would wait instead)\n")
 	}
 	return nil
+}
+
+// round rounds d for people: to the millisecond under a second, else to
+// a tenth of a second.
+func round(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(100 * time.Millisecond)
 }
 
 // failed says how many of shop-web's requests failed since before, and

@@ -4,8 +4,10 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"maps"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"time"
 
@@ -72,6 +74,21 @@ func (r *requests) begin(loop int) time.Time {
 	return now
 }
 
+// failure names a request's failure: the server's SQLSTATE, or
+// "connection lost" (a connection the server ended, found dead when the
+// request was written on it).
+func failure(err error) string {
+	var pgErr *pgconn.PgError
+	var netErr *net.OpError
+	switch {
+	case errors.As(err, &pgErr):
+		return pgErr.Code
+	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection lost"
+	}
+	return "other"
+}
+
 func (r *requests) end(loop int, began time.Time, err error) {
 	took := time.Since(began)
 	r.mu.Lock()
@@ -79,15 +96,10 @@ func (r *requests) end(loop int, began time.Time, err error) {
 	delete(r.inFlight, loop)
 	if err != nil {
 		r.failed++
-		code := "other"
-		var pgErr *pgconn.PgError
-		if errors.As(err, &pgErr) {
-			code = pgErr.Code
-		}
 		if r.codes == nil {
 			r.codes = map[string]int{}
 		}
-		r.codes[code]++
+		r.codes[failure(err)]++
 		return
 	}
 	r.ok++
