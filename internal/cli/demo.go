@@ -44,14 +44,26 @@ queries on database shop, a runaway report (a parallel query), a
 transaction left open that holds a lock with checkouts queued behind it,
 and another one idle in transaction.
 
+Where PgBouncer is installed (pgbouncer on PATH, or in /usr/sbin), the
+shop's web application (its pool and the checkouts) connects through a
+PgBouncer the demo starts in front of the cluster (transaction mode, in a
+temporary directory named pgreap-demo-pgbouncer-*), and every command of
+the tour sees it (PGREAP_PGBOUNCER names its admin console): ls shows the
+client each server connection serves, kick ends the pooled clients too, and
+during the drain the pool's requests wait in PgBouncer instead of failing.
+Without it (or with --no-pgbouncer) the pool connects directly; the demo
+says how to install PgBouncer (Debian/Ubuntu: apt-get install pgbouncer).
+
 Without --script, print what to paste in a second terminal and the
 commands to try, and wait for Ctrl-C. With --script, run the tour
 unattended: ls, unblock, cancel, terminate with a plan and apply, kick
-(and ls: the shop's pool connects again), drain (first --dry-run) and
-undrain, and watch with one rule, each command printed before its output;
-then stop.
+(and ls: the shop's pool connects again), drain (first --dry-run), the
+pool's requests while it holds (waiting, failed: as the application counts
+them) and undrain, and watch with one rule, each command printed before
+its output; then stop.
 
-The cluster and its directory are removed on every exit, Ctrl-C included.
+The cluster, its PgBouncer and their directories are removed on every
+exit, Ctrl-C included.
 It needs PostgreSQL's server binaries (initdb, pg_ctl, postgres): from
 --pg-bin, $PGREAP_PGBIN, initdb on PATH, pg_config --bindir, where
 packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew),
@@ -61,7 +73,8 @@ ${XDG_CACHE_HOME:-~/.cache}/pgreap/pg), newest major first;
 'make demo' in a clone of pgreap fetches them there when none is found.`,
 		Example: `  pgreap demo
   pgreap demo --script
-  pgreap demo --pg-bin /usr/lib/postgresql/17/bin`,
+  pgreap demo --pg-bin /usr/lib/postgresql/17/bin
+  pgreap demo --script --no-pgbouncer    # the pool directly: the drain fails its requests`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runF != nil {

@@ -197,8 +197,8 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 		}
 		return direct
 	}
-	fmt.Fprintf(opt.Out, "\nThe shop is in trouble: a runaway report, a forgotten transaction with %d checkouts queued behind it, another one idle in transaction, and a pool of %d sessions%s.\n",
-		queued, poolSize, say("", ": the pool and the checkouts connect through PgBouncer, and PGREAP_PGBOUNCER names its admin console to pgreap"))
+	fmt.Fprintf(opt.Out, "\nThe shop is in trouble: a runaway report, a forgotten transaction with %d checkouts queued behind it, another one idle in transaction, and a pool of %d sessions.\n%s",
+		queued, poolSize, say("", "The pool and the checkouts connect through PgBouncer; PGREAP_PGBOUNCER names its admin console to pgreap.\n"))
 	dsn := c.DSN("postgres", cluster.Superuser)
 	// run runs pgreap with the demo's server (-d) and checks its exit.
 	run := func(out io.Writer, want int, args ...string) error {
@@ -267,7 +267,7 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 			before = w.web.stats()
 			w.web.mark()
 			return step(say("maintenance: keep shop empty (new connections refused), until undrain",
-				"maintenance: PgBouncer pauses shop (the pool's requests wait in it), then shop is kept empty until undrain"),
+				"maintenance: PgBouncer pauses shop (it closes its server connections, the pool's requests wait in it), then shop is kept empty until undrain"),
 				0, "drain", "shop", "--timeout", "20s")
 		},
 		func() error {
@@ -323,7 +323,7 @@ func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) 
 func afterStep(out io.Writer, w *workload, before webStats) error {
 	now := w.web.stats()
 	fmt.Fprintf(out, "\n# shop-web's requests through the drain, as the application counts them\n")
-	fmt.Fprintf(out, "shop-web: %d requests done, the longest in %s; %s during the drain\n",
+	fmt.Fprintf(out, "shop-web: %d requests done, the longest took %s; %s during the drain\n",
 		now.OK-before.OK, round(now.Longest), failed(now, before))
 	if w.pgb == nil {
 		fmt.Fprintf(out, "(without a pooler the application sees the drain; through PgBouncer its requests would wait instead)\n")
