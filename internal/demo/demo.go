@@ -143,10 +143,11 @@ func setenv(name, value string) (restore func()) {
 }
 
 // adminURL names pgb's admin console as PGREAP_PGBOUNCER takes it: one
-// word (the variable is a list separated by spaces), as the admin user,
-// who needs no password (auth_type trust).
+// word (the variable is a list separated by spaces) that a shell pastes
+// as it is (no ?: zsh globs it), as the admin user, who needs no password
+// (auth_type trust).
 func adminURL(pgb *cluster.PgBouncer) string {
-	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/pgbouncer?sslmode=disable", cluster.AdminUser, pgb.Port)
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/pgbouncer", cluster.AdminUser, pgb.Port)
 }
 
 func printGuide(out io.Writer, c *cluster.Cluster, pgb *cluster.PgBouncer, state string) {
