@@ -95,7 +95,7 @@ func Run(ctx context.Context, opt Options) (err error) {
 			Binary: opt.PgBouncer, Prefix: "pgreap-demo-pgbouncer-", PoolMode: "transaction",
 		})
 		if err != nil {
-			return fmt.Errorf("demo PgBouncer: %w", err)
+			return fmt.Errorf("demo PgBouncer (--no-pgbouncer runs the demo without it): %w", err)
 		}
 		defer func() {
 			fmt.Fprintf(opt.Out, "stopping PgBouncer and removing %s\n", pgb.Dir)
