@@ -68,7 +68,7 @@ func TestDemoScript(t *testing.T) {
 		// new ones (as many as requests ran at once lately).
 		poolBack(t, out, 1)
 		// While the drain holds, the pool's requests wait.
-		if m := regexp.MustCompile(`\nshop-web: (\d+) requests waiting \(the oldest for [0-9.]+m?s\), (\d+) failed`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+		if m := regexp.MustCompile(`\nshop-web: (\d+) requests? waiting \(the oldest for [0-9.]+m?s\), (\d+) failed`).FindStringSubmatch(out); m == nil || m[1] == "0" {
 			t.Fatalf("no request of the pool waited while the drain held:\n%s", out)
 		}
 	})
@@ -86,7 +86,7 @@ func TestDemoScript(t *testing.T) {
 		}
 		poolBack(t, out, 5)
 		// Directly, the application sees the drain: the count says so.
-		if m := regexp.MustCompile(`\nshop-web: \d+ requests done, the longest took [0-9.]+m?s; (\d+) failed \([0-9A-Za-z, ]+\) during the drain\n`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+		if m := regexp.MustCompile(`\nshop-web: \d+ requests? done, the longest took [0-9.]+m?s; (\d+) failed \([0-9A-Za-z, ]+\) during the drain\n`).FindStringSubmatch(out); m == nil || m[1] == "0" {
 			t.Fatalf("no failed request counted during the drain:\n%s", out)
 		}
 	})

@@ -312,7 +312,7 @@ func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) 
 			return ctx.Err()
 		}
 	}
-	fmt.Fprintf(out, "shop-web: %d requests waiting", now.Waiting)
+	fmt.Fprintf(out, "shop-web: %s waiting", requestCount(now.Waiting))
 	if now.Waiting > 0 {
 		fmt.Fprintf(out, " (the oldest for %s)", round(now.Oldest))
 	}
@@ -324,12 +324,20 @@ func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) 
 func afterStep(out io.Writer, w *workload, before webStats) error {
 	now := w.web.stats()
 	fmt.Fprintf(out, "\n# shop-web's requests through the drain, as the application counts them\n")
-	fmt.Fprintf(out, "shop-web: %d requests done, the longest took %s; %s during the drain\n",
-		now.OK-before.OK, round(now.Longest), failed(now, before))
+	fmt.Fprintf(out, "shop-web: %s done, the longest took %s; %s during the drain\n",
+		requestCount(now.OK-before.OK), round(now.Longest), failed(now, before))
 	if w.pgb == nil {
 		fmt.Fprintf(out, "(without a pooler the application sees the drain; through PgBouncer its requests would wait instead)\n")
 	}
 	return nil
+}
+
+// requestCount is "1 request", "2 requests".
+func requestCount(n int) string {
+	if n == 1 {
+		return "1 request"
+	}
+	return fmt.Sprintf("%d requests", n)
 }
 
 // round rounds d for people: to the millisecond under a second, else to
