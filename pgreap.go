@@ -32,6 +32,7 @@ import (
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -119,6 +120,41 @@ func Sessions(ctx context.Context, c *pgx.Conn, sel *Selection) ([]Session, erro
 		}
 	}
 	snap, err := s.Take(ctx, c)
+	if err != nil {
+		return nil, err
+	}
+	return snap.Sessions, nil
+}
+
+// SessionsBehind is Sessions behind PgBouncers: pgbouncer are the
+// connection strings of their admin consoles (as --pgbouncer; a stats_users
+// role suffices). A backend that is a server connection of one has Pooler
+// set: the client it serves now (or none: idle in the pool), and the
+// selection's User, App and Client match that client. A backend whose state
+// changed after the poolers were asked may serve another client by now: its
+// Pooler says so (Unknown), and no selection by client keeps it.
+func SessionsBehind(ctx context.Context, c *pgx.Conn, sel *Selection, pgbouncer []string) ([]Session, error) {
+	s := &selector.Selector{}
+	if sel != nil {
+		var err error
+		if s, err = selector.Parse(*sel); err != nil {
+			return nil, err
+		}
+	}
+	poolers, err := pooler.ParseAll(pgbouncer)
+	if err != nil {
+		return nil, err
+	}
+	admins, err := pooler.ConnectAll(ctx, poolers)
+	if err != nil {
+		return nil, err
+	}
+	defer pooler.CloseAll(admins)
+	pooled, err := activity.TakePooled(ctx, c, admins)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := s.WithPooled(pooled).Take(ctx, c)
 	if err != nil {
 		return nil, err
 	}

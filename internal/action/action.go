@@ -6,7 +6,6 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
-	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -248,6 +247,10 @@ type Plan struct {
 	sel *selector.Selector
 }
 
+// Pooled is what the poolers in front of the server said when the sessions
+// were chosen (selector.WithPooled); nil without poolers.
+func (p *Plan) Pooled() *activity.Pooled { return p.sel.Pooled() }
+
 // Count is how many results have the outcome.
 func (p *Plan) Count(o Outcome) int {
 	n := 0
@@ -267,7 +270,7 @@ var ErrNothingChosen = errors.New("name sessions by pid or choose them with sele
 // named is not a client session, to say why it is refused), and applies
 // the protections.
 func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
-	if len(req.PIDs) == 0 && (req.Selector == nil || reflect.ValueOf(*req.Selector).IsZero()) {
+	if len(req.PIDs) == 0 && (req.Selector == nil || req.Selector.Empty()) {
 		// An empty selection would be every session: never by default.
 		return nil, ErrNothingChosen
 	}
@@ -296,6 +299,7 @@ func Choose(ctx context.Context, conn *pgx.Conn, req Request) (*Plan, error) {
 	if err != nil {
 		return nil, err
 	}
+	sel.Pooled().Attach(snap)
 	plan := newPlan(conn, snap, req)
 	named := len(req.PIDs) > 0
 	seen := map[int32]bool{}
@@ -355,14 +359,17 @@ func newPlan(conn *pgx.Conn, snap *activity.Snapshot, req Request) *Plan {
 }
 
 // result is a session of the plan before it is judged. The query is pinned
-// for a cancel (it is the target), and whenever the selection depends on
-// what the session runs or how long.
+// for a cancel (it is the target), whenever the selection depends on what
+// the session runs or how long, and for a pooler's server connection chosen
+// by the client it serves: the pooler hands it to another client between
+// two transactions, and the new client's first statement changes its
+// state.
 func (p *Plan) result(s *activity.Session, req Request) Result {
 	sel := req.Selector
 	if sel == nil {
 		sel = &selector.Selector{}
 	}
-	pinQuery := req.Action == Cancel || sel.PinsQuery()
+	pinQuery := req.Action == Cancel || sel.PinsQuery() || (s.Pooler != nil && sel.ByPooledClient())
 	return Result{Session: *s, Action: req.Action, Guard: Guard{Query: pinQuery}, Named: len(req.PIDs) > 0}
 }
 
@@ -726,9 +733,14 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 		// longer matching) is otherwise reported as it was chosen: the
 		// daemon remembers what it acted on by that.
 		if v.present && v.code != "other_server" && (v.code == "ok" || r.described != nil) {
-			blockedBy, marks := r.BlockedBy, r.Marks
+			blockedBy, marks, pooled, port, start := r.BlockedBy, r.Marks, r.Pooler, r.ClientPort, r.BackendStart
 			r.Session = v.read
 			r.BlockedBy, r.Marks = blockedBy, marks
+			if start.Equal(v.read.BackendStart) {
+				// The same backend: its client port is its own for life,
+				// and its pooled client is the one it was chosen by.
+				r.Pooler, r.ClientPort = pooled, port
+			}
 		}
 		r.at = signalled{state: v.read.State, xactStart: v.read.XactStart, xid: deref(v.xid),
 			read: deref(v.readAt), sent: v.signalAt, returned: v.signalDone}

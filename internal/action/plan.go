@@ -50,7 +50,7 @@ func (p *Plan) Header() PlanHeader {
 		id := strconv.FormatUint(p.Server.SystemID, 10)
 		h.SystemIdentifier = &id
 	}
-	if p.sel != nil && !reflect.ValueOf(*p.sel).IsZero() {
+	if p.sel != nil && !p.sel.Empty() {
 		spec := p.sel.Spec()
 		h.Selection = &spec
 	}
@@ -201,7 +201,7 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 					if err != nil {
 						return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
 					}
-					if !reflect.ValueOf(*sel).IsZero() {
+					if !sel.Empty() {
 						plan.sel = sel
 					}
 				}

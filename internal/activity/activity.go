@@ -15,6 +15,8 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgtype"
+
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 //go:embed sql/*.sql
@@ -31,6 +33,7 @@ type Session struct {
 	Usename         string
 	ApplicationName string
 	ClientAddr      netip.Addr // invalid: a unix socket, or not visible to us
+	ClientPort      int32      // -1: a unix socket; 0: not visible to us
 	BackendType     string
 	State           string
 	BackendStart    time.Time
@@ -53,6 +56,11 @@ type Session struct {
 	// Marks are the values of a filter's Marks for this session, in
 	// order; nil without Marks.
 	Marks []bool
+	// Pooler is, for a server connection of a pooler in front of the
+	// server, what the pooler says of it: the client it serves now, or
+	// none (idle in the pool). Nil for a direct client, and without
+	// poolers (Pooled.Attach sets it).
+	Pooler *pooler.Link
 }
 
 // Waits reports whether the session waits for a backend or a prepared
@@ -119,6 +127,10 @@ type Snapshot struct {
 	// as usename, the prepared time as xact_start); PreparedBlockers
 	// fills it.
 	Prepared []Session
+	// Pooled is what the poolers in front of the server said just before
+	// the snapshot (nil: no poolers asked); its sessions' Pooler come
+	// from it.
+	Pooled *Pooled
 }
 
 // BackendTypePrepared is the backend_type of a prepared transaction's row:
@@ -271,9 +283,10 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql stri
 		addr                                            *netip.Prefix // NULL for most: no allocation
 		bs, xs, qs, sc                                  pgtype.Timestamptz
 		qid                                             pgtype.Int8
+		port                                            pgtype.Int4
 	)
 	var s Session
-	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &btype, &state,
+	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &port, &btype, &state,
 		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &snap.Taken, &snap.ServerStarted}
 	if marks {
 		dest = append(dest, &s.Marks)
@@ -283,7 +296,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql stri
 		if err := rows.Scan(dest...); err != nil {
 			return nil, fmt.Errorf("snapshot: %w", err)
 		}
-		s.LeaderPID, s.QueryID = leader.Int32, qid.Int64
+		s.LeaderPID, s.QueryID, s.ClientPort = leader.Int32, qid.Int64, port.Int32
 		s.Datname, s.Usename, s.ApplicationName = datname.String, usename.String, app.String
 		s.BackendType, s.State = btype.String, state.String
 		s.WaitEventType, s.WaitEvent, s.Query = wet.String, we.String, q.String
@@ -390,6 +403,9 @@ var (
 	rowLocksSQL = mustSQL("rowlocks.sql")
 	holdersSQL  = mustSQL("holders.sql")
 	setLocalSQL = mustSQL("set_local.sql")
+
+	pooledAskedSQL = mustSQL("pooled_asked.sql")
+	pooledSQL      = mustSQL("pooled.sql")
 
 	serverVersionSQL = mustSQL("server_version.sql")
 )

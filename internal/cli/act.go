@@ -16,6 +16,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -40,6 +41,10 @@ type ActOptions struct {
 	// Kick: every session of the databases (--db or --all-databases).
 	Kick         bool
 	AllDatabases bool
+	// Poolers are the PgBouncers in front of the server (--pgbouncer):
+	// cancel and terminate judge their server connections by the client
+	// each serves.
+	Poolers []*pooler.Pooler
 	// show, when set, turns the results into the rows printed (unblock
 	// adds the waiters behind each root); the exit status comes from the
 	// results alone.
@@ -71,6 +76,11 @@ func newActCmd(f *Factory, kind action.Kind, cmd *cobra.Command, runF func(conte
 		}
 		if opts.Wait < 0 || opts.Grace < 0 {
 			return usageError(errors.New("--wait and --grace must not be negative"))
+		}
+		if !opts.Kick {
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 		}
 		opts.Color = f.Color()
 		opts.Connect = f.Connect
@@ -134,7 +144,14 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	return actOn(ctx, opts, conn, sel, bySelector)
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	if pooled != nil && sel == nil {
+		sel = &selector.Selector{} // named by pid: shown with their pooled clients
+	}
+	return actOn(ctx, opts, conn, sel.WithPooled(pooled), bySelector)
 }
 
 // actOn chooses, confirms, acts and reports: the pipeline of cancel,
@@ -297,6 +314,7 @@ func writeResults(io *IOStreams, format output.Format, color bool, plan *action.
 		Color:    color,
 		Width:    io.Width,
 		Terminal: io.OutTTY,
+		Pooler:   plan.Pooled() != nil,
 	})
 }
 

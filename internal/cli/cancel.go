@@ -28,12 +28,17 @@ Chosen by selectors, the sessions are listed and confirmed on a terminal;
 without one, --yes is needed. Then pgreap waits (--wait) until each query
 has ended: cancelled, or survived.
 
+With --pgbouncer, --user, --app and --client judge a pooler's server
+connection by the client it serves now (ls --help), and its query is
+pinned: one handed to another client before the signal is left alone.
+
 Outcomes: cancelled, gone, changed, denied, protected, survived, planned.
 Exit status: 0 all cancelled, 1 nothing matched, 2 usage or connection
 error or not confirmed, 3 some denied, survived, changed, or protected by pid.`,
 		Example: `  pgreap cancel 4242
   pgreap cancel --app 'report*' --longer-than 5m --dry-run
   pgreap cancel --db shop --query '(?i)^select .* from orders' --yes
-  pgreap cancel --user batch --limit 10 --yes -o json`,
+  pgreap cancel --user batch --limit 10 --yes -o json
+  pgreap cancel --app 'report*' --pgbouncer 'host=pgb1 port=6432 user=stats' --yes`,
 	}, runF)
 }

@@ -11,6 +11,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -23,6 +24,8 @@ type LsOptions struct {
 	Format    output.Format
 	Color     bool
 	Selectors *selector.Flags
+	// Poolers are the PgBouncers in front of the server (--pgbouncer).
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdLs builds `pgreap ls`; runF replaces the run in tests.
@@ -39,12 +42,21 @@ non-client backends (checkpointer, walwriter, ...) are not listed.
 Selectors narrow the list on the server; globs use *. --query is an RE2
 regular expression on the query text.
 
+With --pgbouncer (the admin console of each PgBouncer in front of the
+server), a backend that is a pooler's server connection shows the client
+using it now (CLIENT "ADDR via POOLER", its user and application; JSON
+"pooler"), or "pooled, idle"; --user, --app and --client match that
+client. A backend whose state changed after the poolers were asked shows
+"? via POOLER": the pooler may have handed it to another client, and no
+selection by client chooses it.
+
 Exit status: 0 listed, 1 nothing matched, 2 usage or connection error.`,
 		Example: `  pgreap ls
   pgreap ls --state active --longer-than 5m
   pgreap ls --db 'shop*' --exclude-user replicator --waiting
   pgreap ls --app 'report*' --query '(?i)^select' -o json
-  pgreap ls --client 10.0.0.0/8 -o csv > sessions.csv`,
+  pgreap ls --client 10.0.0.0/8 -o csv > sessions.csv
+  pgreap ls --pgbouncer 'host=pgb1 port=6432 user=stats' --app 'report*'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -52,6 +64,9 @@ Exit status: 0 listed, 1 nothing matched, 2 usage or connection error.`,
 				return err
 			}
 			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
 			}
 			opts.Color = f.Color()
@@ -77,7 +92,11 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
-	snap, err := sel.Take(ctx, conn)
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	snap, err := sel.WithPooled(pooled).Take(ctx, conn)
 	if err != nil {
 		return err
 	}
@@ -100,6 +119,7 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		Width:   opts.IO.Width,
 		// A terminal shows CSV too: nothing in it may drive the terminal.
 		Terminal: opts.IO.OutTTY,
+		Pooler:   pooled != nil,
 	})
 	if err != nil {
 		return err

@@ -35,6 +35,10 @@ waits (--wait) until each is gone: terminated, or survived.
 
 --dry-run -o json prints a plan for 'pgreap apply'.
 
+With --pgbouncer, --user, --app and --client judge a pooler's server
+connection by the client it serves now (ls --help), and its query is
+pinned: one handed to another client before the signal is left alone.
+
 Outcomes: terminated, cancelled (--grace), gone, changed, denied, protected,
 survived, planned. Exit status: 0 all terminated, 1 nothing matched, 2 usage
 or connection error or not confirmed, 3 some denied, survived, changed, or
@@ -42,6 +46,7 @@ protected by pid.`,
 		Example: `  pgreap terminate 4242 4243
   pgreap terminate --state 'idle in transaction' --longer-than 10m --yes
   pgreap terminate --app 'report*' --grace 30s --yes
-  pgreap terminate --db shop --dry-run -o json > plan.json && pgreap apply plan.json`,
+  pgreap terminate --db shop --dry-run -o json > plan.json && pgreap apply plan.json
+  pgreap terminate --client 10.1.2.3 --pgbouncer 'host=pgb1 port=6432 user=stats' --yes`,
 	}, runF)
 }

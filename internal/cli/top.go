@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 	"github.com/pgreap/pgreap/internal/tui"
 )
@@ -28,6 +29,8 @@ type TopOptions struct {
 	Interval  time.Duration
 	ReadOnly  bool
 	Selectors *selector.Flags
+	// Poolers are the PgBouncers in front of the server (--pgbouncer).
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdTop builds `pgreap top`; runF replaces the run in tests.
@@ -54,10 +57,13 @@ re-checks the identity seen on the screen, and every session's outcome
 --read-only turns c and t off.
 
 The selectors of ls narrow what top shows (and so what it can act on).
-top needs a terminal; for a script, use ls.`,
+top needs a terminal; for a script, use ls. With --pgbouncer, rows show
+the pooled client of each pooler's server connection, and the header how
+many clients wait in the poolers for one.`,
 		Example: `  pgreap top
   pgreap top --db shop --interval 2s
   pgreap top --read-only --exclude-user replicator
+  pgreap top --pgbouncer 'host=pgb1 port=6432 user=stats'
   PGHOST=db1 PGUSER=reaper pgreap top --state active --state 'idle in transaction'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -65,6 +71,10 @@ top needs a terminal; for a script, use ls.`,
 				return usageError(fmt.Errorf("--interval %s: shorter than 100ms", opts.Interval))
 			}
 			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			var err error
+			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
 			}
 			opts.Color = f.Color()
@@ -100,8 +110,13 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 	if err != nil {
 		return err
 	}
+	if _, err := lookPooled(ctx, conn, opts.Poolers); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		return err // a pooler that cannot be asked: one line too
+	}
 	ctx, cancel := context.WithCancel(ctx)
 	src := tui.NewDB(conn, opts.Connect, sel)
+	src.SetPoolers(opts.Poolers)
 	defer src.Close(context.WithoutCancel(ctx))
 	defer cancel() // first: a statement in flight ends, then Close
 	// The program brings colours down to what the terminal shows; a

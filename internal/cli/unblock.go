@@ -113,6 +113,9 @@ wait still there at the timeout.`,
 			if opts.Cancel {
 				opts.Action = action.Cancel
 			}
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			opts.Color, opts.Connect, opts.ConnectDB, opts.Logger = f.Color(), f.Connect, f.ConnectDB, f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
@@ -152,6 +155,18 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	}
 	if opts.Selectors.Given() {
 		mopts.Selector = sel
+	}
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	if pooled != nil {
+		// Roots behind a pooler are named by their pooled clients, and
+		// chosen by them.
+		if mopts.Selector == nil {
+			mopts.Selector = &selector.Selector{}
+		}
+		mopts.Selector = mopts.Selector.WithPooled(pooled)
 	}
 	if !opts.Yes {
 		mopts.Confirm = func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
@@ -211,8 +226,12 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 		if s.BackendType != "client backend" && s.BackendType != "" {
 			state = strings.TrimSpace(s.BackendType + " " + state)
 		}
-		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(s.Usename),
-			output.Clean(s.ApplicationName), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+		user, app, client := output.Who(s)
+		if s.Pooler != nil {
+			state = client + "  " + state // behind a pooler: whose transaction it is
+		}
+		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
+			output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
 	}
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))

@@ -293,6 +293,13 @@ func (u *unblocker) round(ctx context.Context, pids []int32, limit int, sel *sel
 	if results == nil {
 		return nil, nil, err
 	}
+	for i := range results {
+		// Behind a pooler the backend is not the culprit's own: say
+		// whose transaction it holds.
+		if r := &results[i]; r.Pooler != nil {
+			r.Detail = strings.TrimPrefix(r.Detail+"; "+r.Pooler.Describe(), "; ")
+		}
+	}
 	return plan, results, err
 }
 
@@ -442,6 +449,7 @@ func lookUnblock(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions) (*Lo
 	if err != nil {
 		return nil, err
 	}
+	opts.Selector.Pooled().Attach(snap) // the tree names pooled clients
 	if err := activity.RowLockHolders(ctx, conn, snap); err != nil {
 		return nil, err
 	}

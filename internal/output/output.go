@@ -54,6 +54,9 @@ type Options struct {
 	// overrides) replaced, so a query text cannot drive the terminal.
 	// Tables are always clean; JSON escapes them.
 	Terminal bool
+	// Pooler: poolers were asked (--pgbouncer): rows have client_port and
+	// the pooled client of each pooler's server connection (pooler).
+	Pooler bool
 }
 
 // Row is a session and, in an action's output, what was done to it.
@@ -180,6 +183,11 @@ func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 		field{"usename", nullStr(s.Usename)},
 		field{"application_name", str(s.ApplicationName)},
 		field{"client_addr", nullAddr(s)},
+	)
+	if opt.Pooler {
+		f = append(f, field{"client_port", nullInt(int64(s.ClientPort))})
+	}
+	f = append(f,
 		field{"backend_type", nullStr(s.BackendType)},
 		field{"state", nullStr(s.State)},
 		field{"backend_start", nullTime(s.BackendStart)},
@@ -195,6 +203,9 @@ func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 	}
 	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}},
 		field{"blocked_by_prepared", value{kind: kindStrs, strs: s.BlockedByPrepared}})
+	if opt.Pooler {
+		f = pooledFields(f, s, extra)
+	}
 	if results {
 		f = append(f, field{"gid", nullStr(s.GID)}, field{"action", nullStr(r.Action)}, field{"outcome", nullStr(r.Outcome)}, field{"detail", nullStr(r.Detail)})
 	}
@@ -288,7 +299,7 @@ func appendJSON(b []byte, v value) ([]byte, error) {
 	if err := enc.Encode(v.any); err != nil {
 		return b, err
 	}
-	return append(b, bytes.TrimSuffix(out.Bytes(), []byte("\n"))...), nil
+	return append(b, EscapeJSON(bytes.TrimSuffix(out.Bytes(), []byte("\n")))...), nil
 }
 
 const hexDigits = "0123456789abcdef"

@@ -203,10 +203,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	case s.LeaderPID != 0 && s.LeaderPID != s.PID:
 		pid = "└ " + pid
 	}
-	client := ""
-	if s.ClientAddr.IsValid() {
-		client = s.ClientAddr.String()
-	}
+	user, app, client := Who(s)
+	client = clean(client)
 	wait := s.WaitEventType
 	if s.WaitEvent != "" {
 		wait += ":" + s.WaitEvent
@@ -232,8 +230,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		return []string{
 			pid,
 			clean(s.Datname),
-			clean(s.Usename),
-			clean(s.ApplicationName),
+			clean(user),
+			clean(app),
 			client,
 			state,
 			Age(s.StateAge(now)),
@@ -246,8 +244,8 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	return []string{
 		pid,
 		clean(s.Datname),
-		clean(s.Usename),
-		clean(s.ApplicationName),
+		clean(user),
+		clean(app),
 		client,
 		state,
 		Age(s.StateAge(now)),

@@ -23,6 +23,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -88,6 +89,10 @@ type Target struct {
 	// DSN is as for -d: a URL or keyword/value string; PG* environment
 	// variables fill the rest.
 	DSN string
+	// PgBouncer are the admin consoles of the PgBouncers in front of the
+	// server (as --pgbouncer): rules judge their server connections by the
+	// client each serves.
+	PgBouncer []string
 }
 
 // Protect lists sessions no rule ever touches, by role and by
@@ -151,15 +156,17 @@ type haEntry struct {
 }
 
 type targetEntry struct {
-	Name    string `yaml:"name"`
-	DSN     string `yaml:"dsn"`
-	Include string `yaml:"include"`
+	Name      string   `yaml:"name"`
+	DSN       string   `yaml:"dsn"`
+	PgBouncer []string `yaml:"pgbouncer"`
+	Include   string   `yaml:"include"`
 }
 
 // includeEntry is a target in a file a policy includes.
 type includeEntry struct {
-	Name string `yaml:"name"`
-	DSN  string `yaml:"dsn"`
+	Name      string   `yaml:"name"`
+	DSN       string   `yaml:"dsn"`
+	PgBouncer []string `yaml:"pgbouncer"`
 }
 
 type auditEntry struct {
@@ -239,7 +246,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 	for i, t := range f.Targets {
 		n := targetsNode.Content[i]
 		if t.Include != "" {
-			if t.Name != "" || t.DSN != "" {
+			if t.Name != "" || t.DSN != "" || t.PgBouncer != nil {
 				return nil, at(n, "a target is either name and dsn, or include")
 			}
 			more, err := include(path, t.Include, n.Line)
@@ -339,7 +346,12 @@ func checkTarget(path string, n *yaml.Node, t targetEntry) (Target, error) {
 	if _, err := conn.Config(conn.Params{DSN: t.DSN}); err != nil {
 		return Target{}, &Error{File: path, Line: lineOf(n, "dsn"), Reason: fmt.Sprintf("target %q: dsn: %v", t.Name, conn.Redact(oneLine(err), t.DSN))}
 	}
-	return Target{Name: t.Name, DSN: t.DSN}, nil
+	for _, d := range t.PgBouncer {
+		if _, err := pooler.Parse(d); err != nil {
+			return Target{}, &Error{File: path, Line: lineOf(n, "pgbouncer"), Reason: fmt.Sprintf("target %q: pgbouncer: %s", t.Name, strings.TrimPrefix(strings.TrimPrefix(oneLine(err), "--pgbouncer: "), "--pgbouncer "))}
+		}
+	}
+	return Target{Name: t.Name, DSN: t.DSN, PgBouncer: t.PgBouncer}, nil
 }
 
 var validName = regexp.MustCompile(`^[A-Za-z0-9][A-Za-z0-9._-]{0,127}$`)
@@ -434,7 +446,7 @@ func include(policyPath, glob string, line int) ([]Target, error) {
 			return nil, err
 		}
 		for i, e := range entries {
-			t, err := checkTarget(name, root.Content[i], targetEntry{Name: e.Name, DSN: e.DSN})
+			t, err := checkTarget(name, root.Content[i], targetEntry{Name: e.Name, DSN: e.DSN, PgBouncer: e.PgBouncer})
 			if err != nil {
 				return nil, err
 			}

@@ -54,6 +54,13 @@ func TestParseGood(t *testing.T) {
 	if st := p.Rules[0].Selector.State; len(st) != 1 || st[0] != "active" || len(p.Rules[1].Selector.State) != 1 {
 		t.Fatalf("states %v, %v", st, p.Rules[1].Selector.State)
 	}
+	if p.Targets[0].PgBouncer != nil {
+		t.Fatalf("pgbouncer %v, want none", p.Targets[0].PgBouncer)
+	}
+	pooled, err := policy.Parse("p.yaml", []byte(strings.Replace(good, "dbname=postgres\"", "dbname=postgres\"\n    pgbouncer: [\"host=pgb1 port=6432 user=stats\"]", 1)))
+	if err != nil || len(pooled.Targets[0].PgBouncer) != 1 {
+		t.Fatalf("target with a pgbouncer: %v %+v", err, pooled)
+	}
 	g := p.Rules[0].Guarded(p.Protect)
 	if len(g.ExcludeUser) != 1 || g.ExcludeUser[0] != "replicator" || len(g.ExcludeApp) != 1 || len(p.Rules[0].Selector.ExcludeApp) != 0 {
 		t.Fatalf("guarded %+v", g)
@@ -87,6 +94,7 @@ func TestParseBad(t *testing.T) {
 		{"no targets", strings.Replace(good, "targets:\n  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "", 1), "p.yaml:1: no targets"},
 		{"no rules", good[:strings.Index(good, "rules:")], "p.yaml:1: no rules"},
 		{"bad dsn", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp port=notaport"`, 1), "p.yaml:3: target \"main\": dsn:"},
+		{"bad pgbouncer", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, "dsn: \"host=/tmp dbname=postgres\"\n    pgbouncer: [\"host=pgb1 port=6432\", \"host=pgb2 password=secret port=x\"]", 1), "p.yaml:4: target \"main\": pgbouncer: "},
 		{"bad audit query", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit:\n  query: redacted\n", 1), "p.yaml:7: audit query \"redacted\": not full or none"},
 		{"unknown audit key", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit: {queries: none}\n", 1), "p.yaml:6: unknown key \"queries\""},
 		{"dsn the daemon refuses", strings.Replace(good, `dsn: "host=/tmp dbname=postgres"`, `dsn: "host=/tmp password=secret connect_timeout=soon"`, 1), "p.yaml:3: target \"main\": dsn: "},
@@ -98,7 +106,7 @@ func TestParseBad(t *testing.T) {
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
 			_, err := policy.Parse("p.yaml", []byte(tt.yaml))
-			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") {
+			if err == nil || !strings.HasPrefix(err.Error(), tt.want) || strings.Contains(err.Error(), "\n") || strings.Contains(err.Error(), "secret") {
 				t.Fatalf("err = %v\nwant one line starting %q", err, tt.want)
 			}
 		})
@@ -148,7 +156,7 @@ func TestInclude(t *testing.T) {
 	}
 	bad := write("fleet2/c.yaml", "- name: db9\n  dns: host=db9\n")
 	pol2 := write("policy2.yaml", strings.Replace(good, "  - name: main\n", "  - include: fleet2/*.yaml\n  - name: main\n", 1))
-	if _, err := policy.Load(pol2); err == nil || err.Error() != bad+":2: unknown key \"dns\" (known here: name, dsn)" {
+	if _, err := policy.Load(pol2); err == nil || err.Error() != bad+":2: unknown key \"dns\" (known here: name, dsn, pgbouncer)" {
 		t.Fatalf("err = %v", err)
 	}
 	pol3 := write("policy3.yaml", strings.Replace(good, "  - name: main\n", "  - include: nothing/*.yaml\n  - name: main\n", 1))

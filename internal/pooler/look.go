@@ -2,6 +2,9 @@ package pooler
 
 import (
 	"context"
+	"fmt"
+	"net"
+	"strconv"
 	"sync"
 	"time"
 )
@@ -30,6 +33,29 @@ type Link struct {
 	LocalPort   int
 	ConnectTime time.Time
 	State       string // the server connection's state in the pooler: active, idle, used, ...
+
+	// Unknown: the backend's state changed after the pooler was asked, so
+	// the client it serves now may be another than the one the pooler
+	// named; the client fields are then empty. Set by the snapshot that
+	// attaches the link to its backend (activity.Pooled), never by Take.
+	Unknown bool
+}
+
+// Describe names the client for people: "pooled client 10.1.2.3:51234
+// (app report, user alice) via pgb1:6432", "idle in the pool of
+// pgb1:6432", or, when it is Unknown, only the pooler.
+func (k *Link) Describe() string {
+	switch {
+	case k.Unknown:
+		return "a server connection of " + k.Pooler + " (its client changed since the pooler was asked)"
+	case !k.Served:
+		return "idle in the pool of " + k.Pooler
+	}
+	addr := "local socket"
+	if k.ClientAddr != "" {
+		addr = net.JoinHostPort(k.ClientAddr, strconv.Itoa(k.ClientPort))
+	}
+	return fmt.Sprintf("pooled client %s (app %q, user %s) via %s", addr, k.ApplicationName, k.User, k.Pooler)
 }
 
 // Look is what every pooler said at one moment: their server connections,
@@ -170,6 +196,18 @@ func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname s
 		}
 	}
 	return nil
+}
+
+// PIDs are the pids of every server connection the poolers named.
+func (l *Look) PIDs() []int32 {
+	if l == nil {
+		return nil
+	}
+	pids := make([]int32, 0, len(l.links))
+	for pid := range l.links {
+		pids = append(pids, pid)
+	}
+	return pids
 }
 
 // Waiting is how many clients wait in the poolers for a server connection

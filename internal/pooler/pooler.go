@@ -91,6 +91,28 @@ func (p *Pooler) Connect(ctx context.Context) (*Admin, error) {
 	return &Admin{Pooler: p, c: c}, nil
 }
 
+// ConnectAll connects to each pooler's admin console; on an error, the
+// connections opened are closed and the error names the pooler.
+func ConnectAll(ctx context.Context, poolers []*Pooler) ([]*Admin, error) {
+	admins := make([]*Admin, 0, len(poolers))
+	for _, p := range poolers {
+		a, err := p.Connect(ctx)
+		if err != nil {
+			CloseAll(admins)
+			return nil, err
+		}
+		admins = append(admins, a)
+	}
+	return admins, nil
+}
+
+// CloseAll closes every connection.
+func CloseAll(admins []*Admin) {
+	for _, a := range admins {
+		a.Close()
+	}
+}
+
 // Close closes the connection.
 func (a *Admin) Close() {
 	ctx, cancel := context.WithTimeout(context.Background(), time.Second)

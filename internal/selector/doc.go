@@ -14,4 +14,10 @@
 // action's guard must pin (PinsQuery) and re-read (Moves), when the daemon
 // should act on a session (Due, Untimed, Thresholds), and its summary
 // (Spec.Summary).
+//
+// Behind poolers (WithPooled), user, app and client judge a pooler's
+// server connection by the client the pooler named, passed as bound arrays
+// keyed by (pid, backend_start) into the snapshot and the re-check alike;
+// never a backend whose state changed after the poolers were asked, and
+// the guard pins the query of each session so chosen (ByPooledClient).
 package selector

@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"net/netip"
+	"reflect"
 	"regexp"
 	"slices"
 	"strconv"
@@ -58,6 +59,53 @@ type Selector struct {
 	// BlockingOf: blocks one of these backends (by pid) directly. For
 	// unblock's later rounds; not part of a Spec, never in a plan.
 	BlockingOf []int32
+
+	// pooled: the poolers in front of the server, asked just before the
+	// snapshot (WithPooled); user, app and client then judge a pooler's
+	// server connection by the client it serves.
+	pooled *activity.Pooled
+}
+
+// WithPooled is the selection judging the server connections of poolers by
+// the client each serves, as the poolers said (p): --user, --app, --client
+// and their exclusions match the pooled client's user, application_name
+// and address where there is one, the backend's own values otherwise (a
+// direct client, a server connection idle in the pool). A server
+// connection whose state changed after the poolers were asked may serve
+// another client by now: such a selection does not choose it. Nil p: the
+// selection itself.
+func (s *Selector) WithPooled(p *activity.Pooled) *Selector {
+	if p == nil {
+		return s
+	}
+	n := *s
+	n.pooled = p
+	return &n
+}
+
+// Pooled is what WithPooled gave; nil without poolers.
+func (s *Selector) Pooled() *activity.Pooled {
+	if s == nil {
+		return nil
+	}
+	return s.pooled
+}
+
+// Empty reports whether the selection chooses by nothing: it would keep
+// every session.
+func (s *Selector) Empty() bool {
+	n := *s
+	n.pooled = nil
+	return reflect.ValueOf(n).IsZero()
+}
+
+// ByPooledClient reports whether the selection judges a pooler's server
+// connections by the client each serves (WithPooled, and a selection on
+// user, app or client). That client changes between transactions while
+// the backend stays: an action's guard must pin the query of a session so
+// chosen, and the signalling statement read it afresh.
+func (s *Selector) ByPooledClient() bool {
+	return s.pooled != nil && len(s.User)+len(s.App)+len(s.Client)+len(s.ExcludeUser)+len(s.ExcludeApp) > 0
 }
 
 // Error is a selection that cannot be used. Field is the policy key
@@ -294,6 +342,7 @@ func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot
 	if err != nil {
 		return nil, err
 	}
+	s.pooled.Attach(snap)
 	if s.Query != nil {
 		kept := snap.Sessions[:0]
 		for i := range snap.Sessions {
@@ -321,7 +370,7 @@ func (s *Selector) PinsQuery() bool {
 // afresh at its own signal; a selection on database, user, client or
 // backend type holds for a backend's whole life.
 func (s *Selector) Moves() bool {
-	return s.PinsQuery() || len(s.App) > 0 || len(s.ExcludeApp) > 0
+	return s.PinsQuery() || len(s.App) > 0 || len(s.ExcludeApp) > 0 || s.ByPooledClient()
 }
 
 // Compile turns the selection into one SQL boolean expression over the
@@ -344,6 +393,9 @@ func (s *Selector) CompileEach(alias string, first int) (string, []any) {
 
 func (s *Selector) compile(c compiler) (string, []any) {
 	alias := c.alias
+	if s.pooled != nil {
+		c.facts = s.pooled.Facts()
+	}
 	c.anyLike("datname", s.DB, false)
 	c.anyLike("usename", s.User, false)
 	c.anyLike("application_name", s.App, false)
@@ -357,7 +409,8 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		for i, p := range s.Client {
 			cidrs[i] = p.String()
 		}
-		c.add(fmt.Sprintf("%s.client_addr <<= ANY (%s::inet[])", alias, c.arg(cidrs)))
+		arg := c.arg(cidrs)
+		c.add(c.client("client_addr", func(col string) string { return fmt.Sprintf("%s <<= ANY (%s::inet[])", col, arg) }))
 	}
 	for i := range timedSelectors {
 		if d := *timedSelectors[i].dur(s); d > 0 {
@@ -450,6 +503,48 @@ type compiler struct {
 	each  bool // one session at a time (CompileEach)
 	terms []string
 	args  []any
+
+	// facts: the poolers' server connections and the clients they serve
+	// (WithPooled), bound once as arrays (links) when a term needs them.
+	facts activity.Facts
+	links string
+	asked string
+}
+
+// pooledColumns are the columns of the pooled facts' rows, named as
+// pg_stat_activity's.
+var pooledColumns = map[string]bool{"usename": true, "application_name": true, "client_addr": true}
+
+// client is the term over one of the client's facts (column): term(expr)
+// is the boolean over an expression of it. Without poolers, the backend's
+// column. With them, a server connection of a pooler is judged by the
+// client it serves (its row in the bound arrays), or by its own column if
+// it serves none; and a backend whose state changed after the poolers were
+// asked is not known to serve that client: the term is false for it,
+// whether it includes or excludes, so that no one is chosen, nor let
+// through an exclusion, by another client's facts.
+func (c *compiler) client(column string, term func(col string) string) string {
+	own := term(c.alias + "." + column)
+	if c.facts.Empty() || !pooledColumns[column] {
+		return own
+	}
+	if c.links == "" {
+		f := c.facts
+		c.links = fmt.Sprintf(`ROWS FROM (pg_catalog.unnest(%s::integer[]), pg_catalog.unnest(%s::timestamptz[]),
+                       pg_catalog.unnest(%s::boolean[]), pg_catalog.unnest(%s::inet[]),
+                       pg_catalog.unnest(%s::text[]), pg_catalog.unnest(%s::text[]))
+             AS p(pid, backend_start, served, client_addr, application_name, usename)`,
+			c.arg(f.PIDs), c.arg(f.Starts), c.arg(f.Served), c.arg(f.Addrs), c.arg(f.Apps), c.arg(f.Users))
+		c.asked = c.arg(f.Asked)
+	}
+	return fmt.Sprintf(`coalesce((SELECT CASE -- a state begun after the poolers were asked: maybe another client's
+                        WHEN NOT coalesce(%[1]s.state_change <= %[2]s::timestamptz, false) THEN false
+                        WHEN p.served THEN coalesce(%[3]s, false)
+                        ELSE coalesce(%[4]s, false) END
+             FROM %[5]s
+            -- pids are reused: (pid, backend_start) names the backend the pooler named
+            WHERE p.pid = %[1]s.pid AND p.backend_start = %[1]s.backend_start), %[4]s)`,
+		c.alias, c.asked, term("p."+column), own, c.links)
 }
 
 func (c *compiler) arg(v any) string {
@@ -468,12 +563,15 @@ func (c *compiler) anyLike(column string, globs []string, exclude bool) {
 	for i, g := range globs {
 		patterns[i] = likePattern(g)
 	}
-	term := fmt.Sprintf("%s.%s LIKE ANY (%s::text[])", c.alias, column, c.arg(patterns))
-	if exclude {
-		// A NULL column (a row we may not see) is not excluded by a name.
-		term = "(" + term + ") IS NOT TRUE"
-	}
-	c.add(term)
+	arg := c.arg(patterns)
+	c.add(c.client(column, func(col string) string {
+		term := fmt.Sprintf("%s LIKE ANY (%s::text[])", col, arg)
+		if exclude {
+			// A NULL column (a row we may not see) is not excluded by a name.
+			term = "(" + term + ") IS NOT TRUE"
+		}
+		return term
+	}))
 }
 
 // likePattern turns a glob, where only * is special, into a LIKE pattern

@@ -119,12 +119,9 @@ func (r *row) matches(needle string) bool {
 		return true
 	}
 	if r.text == "" {
-		client := ""
-		if r.s.ClientAddr.IsValid() {
-			client = r.s.ClientAddr.String()
-		}
+		user, app, client := output.Who(r.s)
 		r.text = strings.ToLower(strings.Join([]string{
-			strconv.Itoa(int(r.s.PID)), r.s.Datname, r.s.Usename, r.s.ApplicationName, client, r.s.Query,
+			strconv.Itoa(int(r.s.PID)), r.s.Datname, user, app, client, r.s.Query,
 		}, "\x00"))
 	}
 	return strings.Contains(r.text, needle)

@@ -15,6 +15,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -26,6 +27,11 @@ type Frame struct {
 	Waits map[int32]time.Duration
 	// Server names the server for the header: host:port and version.
 	Server string
+	// Poolers: the poolers in front of the server were asked;
+	// PoolerWaiting is how many clients wait in them for a server
+	// connection.
+	Poolers       bool
+	PoolerWaiting int
 }
 
 // Source is where the model gets its frames and sends its actions. Calls
@@ -50,8 +56,12 @@ type DB struct {
 
 	mu   sync.Mutex // one statement at a time on conn
 	conn *pgx.Conn
-	last *Frame // the last snapshot, and the server as it was before it
-	was  quiet
+	// poolers are the PgBouncers in front of the server, asked at each
+	// frame on their admin connections (opened again when lost).
+	poolers []*pooler.Pooler
+	admins  []*pooler.Admin
+	last    *Frame // the last snapshot, and the server as it was before it
+	was     quiet
 }
 
 //go:embed sql/quiet.sql
@@ -97,6 +107,11 @@ func NewDB(conn *pgx.Conn, connect func(context.Context) (*pgx.Conn, error), sel
 	return &DB{conn: conn, connect: connect, sel: sel}
 }
 
+// SetPoolers names the PgBouncers in front of the server: each frame then
+// shows the clients their server connections serve, and the clients that
+// wait in them.
+func (d *DB) SetPoolers(ps []*pooler.Pooler) { d.poolers = ps }
+
 // Close closes the connection, after the statement running on it (its
 // context should be cancelled first).
 func (d *DB) Close(ctx context.Context) {
@@ -106,6 +121,32 @@ func (d *DB) Close(ctx context.Context) {
 		_ = d.conn.Close(ctx)
 		d.conn = nil
 	}
+	d.closeAdmins()
+}
+
+func (d *DB) closeAdmins() {
+	pooler.CloseAll(d.admins)
+	d.admins = nil
+}
+
+// lookPooled asks the poolers, on their admin connections, opened again
+// when one failed. Called with mu held.
+func (d *DB) lookPooled(ctx context.Context, conn *pgx.Conn) (*activity.Pooled, error) {
+	if len(d.poolers) == 0 {
+		return nil, nil
+	}
+	if d.admins == nil {
+		admins, err := pooler.ConnectAll(ctx, d.poolers)
+		if err != nil {
+			return nil, err
+		}
+		d.admins = admins
+	}
+	pooled, err := activity.TakePooled(ctx, conn, d.admins)
+	if err != nil {
+		d.closeAdmins()
+	}
+	return pooled, err
 }
 
 // session returns the connection, opened again if it was lost. Called
@@ -135,7 +176,9 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	// ages move on, nothing else does. Selectors whose match moves with
 	// time or queries (Moves) take a snapshot every time.
 	var was quiet
-	if !d.sel.Moves() {
+	// Behind poolers a server connection changes clients without a word
+	// from the server, and clients wait in the poolers: look every time.
+	if !d.sel.Moves() && len(d.poolers) == 0 {
 		if was, err = d.look(ctx, conn); err != nil {
 			return nil, err
 		}
@@ -148,7 +191,11 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 			return &f, nil
 		}
 	}
-	snap, err := d.sel.Take(ctx, conn)
+	pooled, err := d.lookPooled(ctx, conn)
+	if err != nil {
+		return nil, err
+	}
+	snap, err := d.sel.WithPooled(pooled).Take(ctx, conn)
 	if err != nil {
 		return nil, err
 	}
@@ -157,6 +204,9 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	}
 	waiting := slices.ContainsFunc(snap.Sessions, func(s activity.Session) bool { return s.Waits() })
 	f := &Frame{Snap: snap, Server: serverName(conn)}
+	if pooled != nil {
+		f.Poolers, f.PoolerWaiting = true, pooled.Look.Waiting("")
+	}
 	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
 		return nil, err
 	}
@@ -191,7 +241,8 @@ func (d *DB) Act(ctx context.Context, kind action.Kind, snap *activity.Snapshot,
 	// The selectors top was started with are re-checked too, as cancel
 	// and terminate re-check theirs: a session that no longer matches
 	// them by the y is reported changed.
-	plan := action.NewPlan(d.conn, snap, sessions, action.Request{Action: kind, PIDs: pids, Selector: d.sel})
+	// Behind poolers, judged by the clients the poolers named then.
+	plan := action.NewPlan(d.conn, snap, sessions, action.Request{Action: kind, PIDs: pids, Selector: d.sel.WithPooled(snap.Pooled)})
 	return action.Execute(ctx, d.conn, plan, action.Options{Wait: actWait})
 }
 

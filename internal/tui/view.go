@@ -2,6 +2,7 @@ package tui
 
 import (
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -250,6 +251,14 @@ func (m *Model) summarize() {
 	}
 	if waiting > 0 {
 		parts = append(parts, m.st.paint(m.st.red, fmt.Sprintf("%d waiting on locks", waiting)))
+	}
+	if m.frame.Poolers {
+		// Clients a pooler holds get no backend: no row shows them.
+		w := fmt.Sprintf("%d client%s waiting in poolers", m.frame.PoolerWaiting, plural(m.frame.PoolerWaiting))
+		if m.frame.PoolerWaiting > 0 {
+			w = m.st.paint(m.st.red, w)
+		}
+		parts = append(parts, w)
 	}
 	if prepared > 0 {
 		hint := " (b shows them)"
@@ -532,6 +541,17 @@ func (m *Model) detailLines(r *row) []string {
 		{"wait_event", wait},
 		{"blocked_by", joinPIDs(s.BlockedBy)},
 	}
+	if s.Pooler != nil {
+		_, _, who := output.Who(s)
+		if k := s.Pooler; k.Served && !k.Unknown {
+			addr := "local"
+			if k.ClientAddr != "" {
+				addr = net.JoinHostPort(k.ClientAddr, strconv.Itoa(k.ClientPort))
+			}
+			who = fmt.Sprintf("%s via %s · user %s · app %s · %s mode", addr, k.Pooler, k.User, k.ApplicationName, k.PoolMode)
+		}
+		fields = append(fields, [2]string{"pooler", who})
+	}
 	if len(s.BlockedByPrepared) > 0 {
 		fields = append(fields, [2]string{"prepared blockers", strings.Join(s.BlockedByPrepared, ", ")})
 	}
@@ -593,4 +613,11 @@ func joinPIDs(pids []int32) string {
 		s[i] = strconv.Itoa(int(p))
 	}
 	return strings.Join(s, ", ")
+}
+
+func plural(n int) string {
+	if n == 1 {
+		return ""
+	}
+	return "s"
 }

@@ -32,6 +32,9 @@ type Entry struct {
 	Action          string     `json:"action"`
 	Outcome         string     `json:"outcome"`
 	Detail          string     `json:"detail"`
+	// Pooler is the pooled client of a pooler's server connection (only
+	// with poolers: the policy's pgbouncer).
+	Pooler *output.PooledClient `json:"pooler,omitempty"`
 }
 
 func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {
@@ -41,6 +44,7 @@ func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry
 		PID: r.PID, BackendStart: r.BackendStart, Datname: r.Datname, Usename: r.Usename,
 		ApplicationName: r.ApplicationName, Query: &q,
 		Action: string(r.Action), Outcome: string(r.Outcome), Detail: r.Detail,
+		Pooler: output.Pooled(r.Pooler),
 	}
 	if !r.QueryStart.IsZero() {
 		qs := r.QueryStart

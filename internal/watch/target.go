@@ -18,6 +18,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/policy"
+	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -115,8 +116,11 @@ type inflight struct {
 
 // target watches one server.
 type target struct {
-	name    string
-	cfg     *pgx.ConnConfig
+	name string
+	cfg  *pgx.ConnConfig
+	// poolers are the PgBouncers in front of the server: each snapshot
+	// judges their server connections by the client each serves.
+	poolers []*pooler.Pooler
 	log     *slog.Logger
 	metrics *Metrics
 	audit   *Audit
@@ -177,6 +181,7 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 			err = s.loop(ctx)
 		}
 		pol = s.pol
+		s.closeAdmins()
 		if own != nil {
 			t.stale = append(t.stale, *own)
 			if len(t.stale) > 8 {
@@ -276,6 +281,9 @@ type session struct {
 	snap   *activity.Snapshot
 	armed  []armed
 	flying []*inflight
+	// admins are the connections to the poolers' admin consoles, opened
+	// when first needed and again after a failure.
+	admins []*pooler.Admin
 }
 
 func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) *session {
@@ -289,14 +297,48 @@ func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) *session {
 // setPolicy compiles the rules: each one's untimed predicate (what it
 // matches but for its durations) becomes a mark of the snapshot.
 func (s *session) setPolicy(pol *policy.Policy) {
-	s.pol, s.rules, s.marks, s.args, s.armed = pol, nil, nil, nil, nil
+	s.pol, s.rules, s.armed = pol, nil, nil
 	for _, r := range pol.Rules {
-		g := r.Guarded(pol.Protect)
-		where, args := g.Untimed().Compile("a", len(s.args)+1)
-		s.marks = append(s.marks, where)
-		s.args = append(s.args, args...)
-		s.rules = append(s.rules, rule{Rule: r, guarded: g})
+		s.rules = append(s.rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
 	}
+	s.marks, s.args = s.compile(nil)
+}
+
+// compile makes the rules' marks: each one's untimed predicate, judging the
+// poolers' server connections by the clients pooled named (nil: none).
+func (s *session) compile(pooled *activity.Pooled) (marks []string, args []any) {
+	for _, r := range s.rules {
+		where, a := r.guarded.WithPooled(pooled).Untimed().Compile("a", len(args)+1)
+		marks = append(marks, where)
+		args = append(args, a...)
+	}
+	return marks, args
+}
+
+// lookPooled asks the poolers which client each server connection serves,
+// on admin connections kept from one snapshot to the next; nil without
+// poolers.
+func (s *session) lookPooled(ctx context.Context) (*activity.Pooled, error) {
+	if len(s.t.poolers) == 0 {
+		return nil, nil
+	}
+	if s.admins == nil {
+		admins, err := pooler.ConnectAll(ctx, s.t.poolers)
+		if err != nil {
+			return nil, err
+		}
+		s.admins = admins
+	}
+	pooled, err := activity.TakePooled(ctx, s.cn, s.admins)
+	if err != nil {
+		s.closeAdmins()
+	}
+	return pooled, err
+}
+
+func (s *session) closeAdmins() {
+	pooler.CloseAll(s.admins)
+	s.admins = nil
 }
 
 // loop is the target's event loop on one connection: it returns when the
@@ -498,10 +540,31 @@ func (s *session) tick(ctx context.Context) error {
 		t.log.Info("leading: this replica acts on the target")
 	}
 	start := t.now()
-	snap, err := activity.Take(ctx, s.cn, activity.Filter{Marks: s.marks, Args: s.args})
+	marks, args := s.marks, s.args
+	var pooled *activity.Pooled
+	if len(t.poolers) > 0 {
+		var err error
+		pooled, err = s.lookPooled(ctx)
+		if err != nil {
+			var pe *pooler.Error
+			if errors.As(err, &pe) {
+				// No snapshot without the poolers: their clients would
+				// be judged by the pooler's address. What is armed stays
+				// armed: its signalling statement judges each session by
+				// the clients named at the last look, and leaves alone one
+				// whose state changed since.
+				t.log.Error("cannot ask a pooler: no snapshot this interval", "err", oneLine(err))
+				return nil
+			}
+			return err
+		}
+		marks, args = s.compile(pooled)
+	}
+	snap, err := activity.Take(ctx, s.cn, activity.Filter{Marks: marks, Args: args})
 	if err != nil {
 		return err
 	}
+	pooled.Attach(snap)
 	t.metrics.Snapshot.WithLabelValues(t.name).Observe(t.now().Sub(start).Seconds())
 	states := map[string]int{}
 	for i := range snap.Sessions {
@@ -717,7 +780,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	// The sessions of pgreap's role named as this daemon's connections are
 	// a watch's (its other targets on this server, its replicas): never
 	// acted on, whatever the rules choose.
-	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded,
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded.WithPooled(s.snap.Pooled),
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
 	dry := s.dry(&r)
 	now := s.t.now()

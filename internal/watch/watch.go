@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/policy"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // AppName is the application_name of the daemon's connections, unless a
@@ -283,7 +284,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		want[t.Name] = t
 	}
 	for name, r := range d.targets {
-		if t, ok := want[name]; !ok || t.DSN != r.dsn {
+		if t, ok := want[name]; !ok || targetKey(t) != r.dsn {
 			r.cancel()
 			delete(d.targets, name)
 			d.stopping[name] = r
@@ -298,14 +299,15 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 			r.t.policies <- pol
 			continue
 		}
-		cfg, _ := targetConfig(t) // checked before
+		cfg, _ := targetConfig(t)                  // checked before
+		poolers, _ := pooler.ParseAll(t.PgBouncer) // checked before
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
-			name: t.Name, cfg: cfg, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
+			name: t.Name, cfg: cfg, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
 			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
-		r := &running{t: tg, dsn: t.DSN, cancel: cancel, done: make(chan struct{})}
+		r := &running{t: tg, dsn: targetKey(t), cancel: cancel, done: make(chan struct{})}
 		d.targets[t.Name] = r
 		prev := d.stopping[t.Name]
 		d.wg.Add(1)
@@ -405,6 +407,12 @@ func (d *Daemon) shutdown() {
 	}
 	d.audit.Close()
 	d.log.Info("stopped")
+}
+
+// targetKey is what names a target's connections: a target whose key
+// changes is replaced.
+func targetKey(t policy.Target) string {
+	return t.DSN + "\x00" + strings.Join(t.PgBouncer, "\x00")
 }
 
 // targetConfig is the connection of a target: its DSN as for -d, PG*

@@ -1,0 +1,105 @@
+package watch_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/cluster"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// Behind a pooler, a rule on app matches the client a server connection
+// serves, not the application_name the backend kept from its last client
+// (PgBouncer does not reset it for a client that set none): B's long query
+// on A's old server connection is left alone, A's is cancelled at the
+// threshold, and the audit line names the pooled client.
+func TestRulesMatchPooledClients(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
+		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
+	db := pgtest.NewDB(t)
+	appA := "A-" + pgtest.Tag(t)
+	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
+	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
+	bc := pgtest.Connect(t, client)
+	var pid int32
+	if err := a.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	run := func(cn *pgx.Conn, sql string) <-chan error {
+		done := make(chan error, 1)
+		go func() { _, err := cn.Exec(ctx, sql); done <- err }()
+		return done
+	}
+	hold := pgtest.Connect(t, pgtest.Shared(t).DSN(db, cluster.Superuser))
+	if _, err := hold.Exec(ctx, "SELECT pg_catalog.pg_advisory_lock(19)"); err != nil {
+		t.Fatal(err)
+	}
+	bDone := run(bc, "SELECT pg_catalog.pg_advisory_lock(19) /* B */")
+
+	text := strings.ReplaceAll(`
+targets: [{name: TAG, dsn: "DSN", pgbouncer: ["PGB"]}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: ["A-*"], state: [active], longer_than: 1s}
+    action: cancel
+`, "PGB", b.AdminDSN(b.StatsUser))
+	d := startDaemon(t, dsn(t), text)
+
+	// B's query has run past the threshold, and the daemon has looked
+	// twice since.
+	var seen uint64
+	pgtest.Eventually(t, "B's query past the threshold, looked at twice", func() (bool, error) {
+		select {
+		case err := <-bDone:
+			t.Fatalf("B's query ended while it waited: %v (SQLSTATE %s)", err, pgtest.SQLState(err))
+		default:
+		}
+		var over bool
+		err := pgtest.Admin(t).QueryRow(ctx, `SELECT query LIKE '%/* B */%' AND pg_catalog.now() - query_start > interval '1.2s'
+		   FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND state = 'active'`, pid).Scan(&over)
+		if err == pgx.ErrNoRows {
+			return false, nil
+		}
+		if err != nil || !over {
+			return false, err
+		}
+		if seen == 0 {
+			seen = snapshots(t, d)
+		}
+		return snapshots(t, d) >= seen+2, nil
+	})
+	var own string
+	if err := pgtest.Admin(t).QueryRow(ctx, "SELECT application_name FROM pg_catalog.pg_stat_activity WHERE pid = $1", pid).Scan(&own); err != nil {
+		t.Fatal(err)
+	}
+	t.Logf("the backend's own application_name while it serves B: %q", own)
+	if _, err := hold.Exec(ctx, "SELECT pg_catalog.pg_advisory_unlock(19)"); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-bDone; err != nil {
+		t.Fatalf("B's query: %v (SQLSTATE %s), want it done", err, pgtest.SQLState(err))
+	}
+
+	start := time.Now()
+	if err := <-run(a, "SELECT pg_catalog.pg_sleep(60) /* A */"); pgtest.SQLState(err) != "57014" {
+		t.Fatalf("A's query: %v, want cancelled (57014)", err)
+	}
+	t.Logf("A's query cancelled after %s", time.Since(start).Round(time.Millisecond))
+	got := d.waitEntries(t, 1)
+	if len(got) != 1 {
+		t.Fatalf("audit: %+v, want A's cancel only", got)
+	}
+	e := got[0]
+	if e.PID != pid || e.Outcome != "cancelled" || e.Pooler == nil || e.Pooler.ApplicationName == nil ||
+		*e.Pooler.ApplicationName != appA || e.Pooler.Serving != "client" || e.Pooler.ClientPort == nil {
+		t.Fatalf("audit line: %+v pooler %+v", e, e.Pooler)
+	}
+}

@@ -1,0 +1,54 @@
+package pgreap_test
+
+import (
+	"strings"
+	"testing"
+
+	"github.com/pgreap/pgreap"
+	"github.com/pgreap/pgreap/internal/cluster"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// SessionsBehind judges a pooler's server connection by the client it
+// serves: B, with no application_name, holds the server connection A used
+// before, whose own application_name still says A (Sessions alone would
+// call it A's).
+func TestSessionsBehindAPooler(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
+		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
+	db := pgtest.NewDB(t)
+	appA := "A-" + pgtest.Tag(t)
+	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
+	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
+	if _, err := a.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bc := pgtest.Connect(t, client)
+	if _, err := bc.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	conn := pgtest.Pgreap(t, pgtest.Superuser)
+	admin := []string{b.AdminDSN(b.StatsUser)}
+
+	byA, err := pgreap.SessionsBehind(ctx, conn, &pgreap.Selection{DB: []string{db}, App: []string{appA}}, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(byA) != 0 {
+		t.Fatalf("sessions of %s: %+v, want none (B holds the server connection)", appA, byA)
+	}
+	all, err := pgreap.SessionsBehind(ctx, conn, &pgreap.Selection{DB: []string{db}}, admin)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(all) != 1 || all[0].Pooler == nil || !all[0].Pooler.Served || all[0].Pooler.ApplicationName != "" ||
+		all[0].Pooler.User != cluster.Superuser || all[0].ApplicationName != appA {
+		t.Fatalf("sessions: %+v", all)
+	}
+	if _, err := pgreap.SessionsBehind(ctx, conn, nil, []string{"host=127.0.0.1 port=1 user=x"}); err == nil ||
+		!strings.Contains(err.Error(), "pgbouncer 127.0.0.1:1") {
+		t.Fatalf("a pooler that does not answer: %v", err)
+	}
+}
