@@ -67,6 +67,7 @@ type planRow struct {
 	Usename         *string         `json:"usename"`
 	ApplicationName *string         `json:"application_name"`
 	ClientAddr      *string         `json:"client_addr"`
+	ClientPort      *int32          `json:"client_port"`
 	BackendType     *string         `json:"backend_type"`
 	State           *string         `json:"state"`
 	BackendStart    *time.Time      `json:"backend_start"`
@@ -85,12 +86,17 @@ type planRow struct {
 	Detail          *string         `json:"detail"`
 	Guard           []string        `json:"guard"`
 	Plan            json.RawMessage `json:"plan"`
+	Pooler          *struct{}       `json:"pooler"`
 }
 
 var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected, Survived, Planned}
 
-// optionalKeys may be missing from a row: query_id exists on 14+ only.
-var optionalKeys = []string{"query_id"}
+// optionalKeys may be missing from a row: query_id exists on 14+ only;
+// client_port and pooler are written behind a pooler (--pgbouncer) only.
+// Those two describe the client at the time of the plan and are not
+// checked again: the guard names the session (and pins the query of one
+// chosen by its pooled client).
+var optionalKeys = []string{"query_id", "client_port", "pooler"}
 
 // The names a row, its header and its selection have, as written.
 var (

@@ -4,6 +4,8 @@ import (
 	"encoding/csv"
 	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"testing"
@@ -317,6 +319,41 @@ func TestPoolerThatCannotBeAskedIsOneLine(t *testing.T) {
 		if !strings.Contains(r.errOut, "pgbouncer") || strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 ||
 			strings.Contains(r.errOut, "s3cret") || r.out != "" {
 			t.Errorf("%v: stdout %q stderr %q", args, r.out, r.errOut)
+		}
+	}
+}
+
+// A plan made behind a pooler (its rows carry client_port and the pooler
+// object) is carried out by apply: a session of its own and a pooler's
+// server connection serving a client of the plan's application.
+func TestApplyPlanMadeBehindPooler(t *testing.T) {
+	t.Parallel()
+	b := pgtest.PgBouncer(t, "transaction")
+	ctx := pgtest.Context(t)
+	db := pgtest.NewDB(t)
+	admin := b.AdminDSN(b.StatsUser)
+	direct := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	cn, _ := pooledClient(t, b, db, pgtest.Tag(t))
+	if _, err := cn.Exec(ctx, "BEGIN"); err != nil { // holds its server connection
+		t.Fatal(err)
+	}
+	pooled := backendPID(t, cn)
+
+	r := run(t, false, "terminate", "--db", db, "--app", pgtest.Tag(t), "--pgbouncer", admin, "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	rows := jsonRows(t, r.out)
+	if _, ok := rowOf(t, rows, pooled)["pooler"].(map[string]any); !ok || len(rows) != 2 {
+		t.Fatalf("plan:\n%s", r.out)
+	}
+	file := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(file, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", file, "--pgbouncer", admin, "-o", "json")
+	r.wantCode(t, 0)
+	for _, pid := range []int32{direct.PID, pooled} {
+		if got := rowOf(t, jsonRows(t, r.out), pid)["outcome"]; got != "terminated" {
+			t.Errorf("pid %d: %v\n%s", pid, got, r.out)
 		}
 	}
 }
