@@ -57,8 +57,10 @@ make them again.
 
 Everything printed of a session is what the signalling statement read on
 the server, never what the file says. The file is read strictly: unknown,
-missing or repeated fields are errors. A plan names its sessions one by
-one, so apply does not ask.
+missing or repeated fields are errors (client_port and pooler, written
+behind a pooler with --pgbouncer, describe the client as the plan saw it
+and are not checked again). A plan names its sessions one by one, so apply
+does not ask.
 
 Exit status: 0 all reached the planned action's outcome, 1 nothing planned,
 2 bad plan, another server, usage or connection error, 3 some denied,
