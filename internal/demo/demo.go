@@ -369,7 +369,7 @@ func failed(now, before webStats) string {
 const policyText = `# pgreap watch: cancel any report query that runs longer than 2s
 targets:
   - name: demo
-    dsn: %q
+    dsn: %q%s
 interval: 500ms
 metrics_addr: "off"
 rules:
@@ -381,7 +381,11 @@ rules:
 // watchStep runs the daemon with one rule until it has cancelled a new
 // runaway report (20s at most), its audit lines on the output.
 func watchStep(ctx context.Context, opt Options, c *cluster.Cluster, w *workload, policy string, run func(io.Writer, int, ...string) error) error {
-	text := fmt.Sprintf(policyText, c.DSN("postgres", cluster.Superuser))
+	pgbouncer := "" // the rules match a pooled client's facts, not the server connection's
+	if w.pgb != nil {
+		pgbouncer = fmt.Sprintf("\n    pgbouncer: [%q]", adminURL(w.pgb))
+	}
+	text := fmt.Sprintf(policyText, c.DSN("postgres", cluster.Superuser), pgbouncer)
 	if err := os.WriteFile(policy, []byte(text), 0o600); err != nil {
 		return err
 	}
