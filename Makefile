@@ -123,7 +123,8 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench Ls -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench Terminate -benchtime 1x
 	$(GO) test ./bench -run '^$$' -bench Kick -benchtime 1x
-	$(GO) test ./bench -run '^$$' -bench Drain -benchtime 3x
+	$(GO) test ./bench -run '^$$' -bench 'Drain$$' -benchtime 3x
+	$(GO) test ./bench -run '^$$' -bench DrainPgBouncer -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench Apply -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench WatchOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench 'Top$$' -benchtime 20x

@@ -229,13 +229,48 @@ type Settings struct {
 	ConnectionLimit  int32
 }
 
-// DrainOptions say how Drain empties a database: Timeout is how long it
-// goes on ending sessions (0: 60s); Escalate cancels running queries
-// first, and terminates what still runs after Grace (0: 10s, as the
-// command's --grace); IncludeReplication and IncludeAutovacuum end
-// walsenders and autovacuum workers of the database too; Progress, when
-// set, is told at each look how many sessions are left.
-type DrainOptions = maintenance.DrainOptions
+// DrainOptions say how Drain empties a database.
+type DrainOptions struct {
+	// Timeout is how long it goes on ending sessions (0: 60s), and with
+	// PgBouncer, how long the poolers get to pause.
+	Timeout time.Duration
+	// Escalate cancels running queries first, and terminates what still
+	// runs after Grace (0: 10s, as the command's --grace); with PgBouncer,
+	// Grace is also how long the transactions that hold PAUSE up get.
+	Escalate bool
+	Grace    time.Duration
+	// IncludeReplication and IncludeAutovacuum end walsenders and
+	// autovacuum workers of the database too.
+	IncludeReplication bool
+	IncludeAutovacuum  bool
+	// Now is the clock (nil: time.Now).
+	Now func() time.Time
+	// Progress, when set, is told at each look how many sessions are
+	// left.
+	Progress func(left int, elapsed time.Duration)
+	// PgBouncer are connection strings to the admin consoles of the
+	// PgBouncers in front of the server. Drain pauses the database on
+	// each first (PAUSE), so that their clients wait instead of failing:
+	// the transactions in flight get Grace, then the backends that still
+	// hold PAUSE up are terminated through the guard; a pooler not paused
+	// by Timeout has every pause rolled back (ErrNotPaused), and nothing
+	// is blocked. ResumePoolers undoes the pauses (Drained.Pauses).
+	PgBouncer []string
+	// RecordPauses, when set, is called with the pauses before each PAUSE
+	// is sent, and at each change: keep them durably, as the command's
+	// record does, so that ResumePoolers can resume a pooler even after
+	// the process died while PAUSE waited. An error stops Drain.
+	RecordPauses func([]PoolerPause) error
+}
+
+// PoolerPause is one of a pooler's names of the drained database and what
+// Drain did to it (its State); ResumePoolers resumes those that are
+// Drain's own (Ours), never a pause that was there before.
+type PoolerPause = maintenance.PoolerPause
+
+// ErrNotPaused: a pooler was not paused by the timeout; every pause was
+// rolled back (RESUME) and the database was not blocked.
+var ErrNotPaused = maintenance.ErrPauseTimeout
 
 // Drained is what Drain did.
 type Drained struct {
@@ -252,6 +287,12 @@ type Drained struct {
 	// left alone (IncludeAutovacuum ends them): blocking connections does
 	// not keep autovacuum out.
 	Autovacuum []int32
+	// Pauses are the poolers' pauses (DrainOptions.PgBouncer), as Drain
+	// left them: give them to ResumePoolers after Undrain.
+	Pauses []PoolerPause
+	// PausedOut are the backends Drain terminated because they held a
+	// PAUSE up after Grace.
+	PausedOut []Result
 	// Prepared are the prepared transactions in the database: they have
 	// no session, so Drain neither counts nor ends them, yet they keep
 	// their locks, and DROP DATABASE refuses while one is there (ROLLBACK
@@ -275,6 +316,10 @@ var ErrMayNotAlter = errors.New("blocking new connections needs the database's o
 // an error or ErrNotDrained; the Drained returned then says what was
 // done. It is nil only with an error from before the block (nothing
 // done).
+//
+// With opt.PgBouncer the poolers are paused first; an error after that
+// leaves them paused (Drained.Pauses), except ErrNotPaused, which rolled
+// them back: ResumePoolers resumes them.
 func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drained, error) {
 	if c.Config().Database == db {
 		// pgreap's own session is never ended: the database would never
@@ -289,16 +334,22 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 		return nil, fmt.Errorf("database %q: %w", db, ErrMayNotAlter)
 	}
 	d := &Drained{Before: Settings{AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit}}
-	if err := maintenance.Block(ctx, c, db); err != nil {
-		return d, err
-	}
 	if opt.Timeout == 0 {
 		opt.Timeout = 60 * time.Second
 	}
 	if opt.Grace == 0 {
 		opt.Grace = 10 * time.Second
 	}
-	done, err := maintenance.Drain(ctx, c, db, opt)
+	if len(opt.PgBouncer) > 0 {
+		if err := pause(ctx, c, db, opt, d); err != nil {
+			return d, err
+		}
+	}
+	if err := maintenance.Block(ctx, c, db); err != nil {
+		return d, err
+	}
+	done, err := maintenance.Drain(ctx, c, db, maintenance.DrainOptions{Timeout: opt.Timeout, Escalate: opt.Escalate, Grace: opt.Grace,
+		IncludeReplication: opt.IncludeReplication, IncludeAutovacuum: opt.IncludeAutovacuum, Now: opt.Now, Progress: opt.Progress})
 	d.Ended, d.Autovacuum = done.Ended, done.Autovacuum
 	if err != nil {
 		return d, fmt.Errorf("drain %q: %w", db, err)
@@ -315,6 +366,54 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 		return d, fmt.Errorf("drain %q: %d %w", db, done.Left, ErrNotDrained)
 	}
 	return d, nil
+}
+
+// pause is Drain's first step with poolers: every pooler paused, or every
+// pause rolled back.
+func pause(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions, d *Drained) error {
+	poolers, err := pooler.ParseAll(opt.PgBouncer)
+	if err != nil {
+		return err
+	}
+	admins, err := pooler.ConnectAll(ctx, poolers)
+	if err != nil {
+		return err
+	}
+	defer pooler.CloseAll(admins)
+	if d.Pauses, err = maintenance.PlanPause(ctx, admins, db, nil); err != nil {
+		return err
+	}
+	p, err := maintenance.Pause(ctx, c, admins, db, d.Pauses, maintenance.PauseOptions{Timeout: opt.Timeout, Grace: opt.Grace, Now: opt.Now,
+		Record: func(ps []PoolerPause) error {
+			d.Pauses = ps
+			if opt.RecordPauses == nil {
+				return nil
+			}
+			return opt.RecordPauses(ps)
+		}})
+	d.Pauses = p.Pauses
+	for _, h := range p.Ended {
+		d.PausedOut = append(d.PausedOut, h.Result)
+	}
+	if err != nil {
+		return fmt.Errorf("drain %q: pause the poolers: %w", db, err)
+	}
+	return nil
+}
+
+// ResumePoolers resumes the pauses that are Drain's own (Drained.Pauses,
+// or what RecordPauses kept), after Undrain: each pooler reached by its
+// connection string in pgbouncer (matched by host and port), else without
+// a password as the pause records it (PGPASSWORD, ~/.pgpass). A database
+// the pooler says is not paused counts as resumed. It returns the pauses
+// in their new states; a pooler it could not reach stays paused and is in
+// the error.
+func ResumePoolers(ctx context.Context, pauses []PoolerPause, pgbouncer []string) ([]PoolerPause, error) {
+	given, err := pooler.ParseAll(pgbouncer)
+	if err != nil {
+		return pauses, err
+	}
+	return maintenance.ResumeRecorded(ctx, pauses, given, time.Now().UTC(), nil)
 }
 
 // Undrain restores the connection settings Drain found (Drained.Before).

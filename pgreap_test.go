@@ -9,6 +9,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap"
+	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -79,5 +80,51 @@ func TestDrainNamesPreparedTransactions(t *testing.T) {
 	t.Cleanup(func() { _ = pgreap.Undrain(context.Background(), conn, db, d.Before) })
 	if len(d.Prepared) != 1 || d.Prepared[0].GID != gid {
 		t.Fatalf("prepared %+v, want %s", d.Prepared, gid)
+	}
+}
+
+// Drain with PgBouncer pauses the pooler first and returns the pauses;
+// ResumePoolers resumes exactly those, and the pooled client, which waited
+// through the hold, gets its answer.
+func TestDrainPausesPgBouncer(t *testing.T) {
+	t.Parallel()
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{})
+	db := pgtest.NewDB(t)
+	ctx := pgtest.Context(t)
+	dsn := b.DSN(db, pgtest.Superuser) + " default_query_exec_mode=exec"
+	client := pgtest.Connect(t, dsn)
+	if _, err := client.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	conn := pgtest.Pgreap(t, pgtest.Superuser)
+	var recorded []pgreap.PoolerPause
+	d, err := pgreap.Drain(ctx, conn, db, pgreap.DrainOptions{Timeout: time.Minute, PgBouncer: []string{b.AdminDSN(cluster.AdminUser)},
+		RecordPauses: func(ps []pgreap.PoolerPause) error { recorded = ps; return nil }})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = pgreap.Undrain(context.Background(), conn, db, d.Before) })
+	if len(d.Pauses) != 1 || d.Pauses[0].State != "paused" || len(recorded) != 1 {
+		t.Fatalf("pauses %+v (recorded %+v), want one, paused", d.Pauses, recorded)
+	}
+	answer := make(chan error, 1)
+	go func() { _, err := client.Exec(ctx, "SELECT 1"); answer <- err }()
+	pgtest.Eventually(t, "the pooled client waits", func() (bool, error) {
+		for _, row := range pgtest.Show(t, b, "POOLS") {
+			if row["database"] == db && row["cl_waiting"] != "0" {
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	if err := pgreap.Undrain(ctx, conn, db, d.Before); err != nil {
+		t.Fatal(err)
+	}
+	ps, err := pgreap.ResumePoolers(ctx, d.Pauses, nil) // reached as recorded
+	if err != nil || ps[0].Ours() {
+		t.Fatalf("ResumePoolers: %+v, %v", ps, err)
+	}
+	if err := <-answer; err != nil {
+		t.Fatalf("the pooled client after ResumePoolers: %v", err)
 	}
 }

@@ -43,7 +43,7 @@ type ActOptions struct {
 	AllDatabases bool
 	// Poolers are the PgBouncers in front of the server (--pgbouncer):
 	// cancel and terminate judge their server connections by the client
-	// each serves.
+	// each serves; kick ends their clients of the databases too.
 	Poolers []*pooler.Pooler
 	// show, when set, turns the results into the rows printed (unblock
 	// adds the waiters behind each root); the exit status comes from the
@@ -77,10 +77,8 @@ func newActCmd(f *Factory, kind action.Kind, cmd *cobra.Command, runF func(conte
 		if opts.Wait < 0 || opts.Grace < 0 {
 			return usageError(errors.New("--wait and --grace must not be negative"))
 		}
-		if !opts.Kick {
-			if opts.Poolers, err = f.Poolers(); err != nil {
-				return err
-			}
+		if opts.Poolers, err = f.Poolers(); err != nil {
+			return err
 		}
 		opts.Color = f.Color()
 		opts.Connect = f.Connect
@@ -144,6 +142,9 @@ func actRun(ctx context.Context, opts *ActOptions) error {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	if opts.Kick && len(opts.Poolers) > 0 {
+		return kickPoolers(ctx, opts, conn, sel)
+	}
 	pooled, err := lookPooled(ctx, conn, opts.Poolers)
 	if err != nil {
 		return err

@@ -20,6 +20,7 @@ import (
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/ownfile"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // DrainOptions are the inputs of `pgreap drain`.
@@ -39,6 +40,9 @@ type DrainOptions struct {
 	DryRun             bool
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// Poolers are the PgBouncers in front of the server (--pgbouncer):
+	// paused first.
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdDrain builds `pgreap drain`; runF replaces the run in tests.
@@ -60,6 +64,29 @@ func NewCmdDrain(f *Factory, runF func(context.Context, *DrainOptions) error) *c
     after --grace);
  4. hold it: the database stays blocked until 'pgreap undrain NAME'.
 
+With --pgbouncer (the admin console of each PgBouncer in front of the
+server; repeatable, or PGREAP_PGBOUNCER), the poolers come first, so that
+pooled clients wait instead of failing:
+
+ 0. PAUSE NAME on every pooler (each name under which it serves NAME, or
+    NAME itself for a * entry), all at once, each on a connection of its
+    own, each recorded before it is sent. A pause is done when the pooler
+    holds no server connection of NAME any more. The transactions in
+    flight get --grace; then the backends of the server connections that
+    still hold PAUSE up are terminated, through the guard. A pooler not
+    paused by --timeout has every pause of this drain rolled back (RESUME):
+    drain names who held it up and exits 3, nothing blocked, nothing held.
+    A database the pooler had paused already (someone else's pause) is
+    left as it is, and undrain does not resume it.
+
+Then steps 1 to 4 end what is left (direct clients, the idle server
+connections of other poolers). While held, pooled clients wait in the
+pooler for as long as its query_wait_timeout allows (default 120s; 0 waits
+forever): set it above the window before the drain (docs/maintenance.md).
+In session mode a client keeps its server connection until it leaves, so
+every connected client holds PAUSE up and, after --grace, sees its
+connection end; the clients that come after wait.
+
 ALLOW_CONNECTIONS false keeps every client out, not autovacuum: its
 workers still start in the database when a table needs it. drain leaves
 them alone (they are not clients) and says so; --include-autovacuum ends
@@ -68,14 +95,17 @@ those present at each round.
 While it works, drain shows how many sessions are left on one line of
 standard error, when that is a terminal. After --timeout (default 60s)
 with sessions still connected, drain lists them and exits 3: the database
-stays blocked. pgreap never connects to the database it drains.
+stays blocked (and paused on the poolers). pgreap never connects to the
+database it drains.
 
 --dry-run changes nothing: it says on standard error what drain would
 record (the record's path, datallowconn and datconnlimit) and set
 (ALLOW_CONNECTIONS false), and lists the sessions its first round would
 end, judged as that round would judge them: planned, or protected or
 denied with the reason; with --escalate, the running queries it would
-cancel first. It writes no record, alters nothing, asks nothing. On a
+cancel first; with --pgbouncer, the PAUSE each pooler would get and the
+pooled transactions that would hold it up now. It writes no record, alters
+nothing, pauses nothing, asks nothing. On a
 database drained already, it says the record drain would keep. Its -o
 json rows are no plan for 'pgreap apply' (which would end the sessions
 and block nothing): 'pgreap kick --db NAME --dry-run -o json' is. It exits
@@ -92,11 +122,14 @@ symbolic link, or a directory inside one others may write (a sticky one
 such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
-usage or connection error or no privilege (nothing done), 3 sessions left
-at the timeout or interrupted (the database stays blocked).`,
+usage or connection error or no privilege (nothing done; a pooler that
+fails mid-way has the pauses rolled back), 3 sessions left at the timeout
+or interrupted (the database stays blocked), or a pooler not paused by
+--timeout (rolled back).`,
 		Example: `  pgreap drain shop --dry-run
   pgreap drain shop
   pgreap drain shop --timeout 5m --escalate --grace 30s
+  pgreap drain shop --pgbouncer 'host=pgb1 port=6432 user=pgbouncer' --grace 5s
   pgreap undrain shop`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
@@ -113,6 +146,9 @@ at the timeout or interrupted (the database stays blocked).`,
 			if _, err := f.ConnConfig(); err != nil {
 				return err
 			}
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			if opts.Timeout <= 0 || opts.Grace < 0 {
 				return usageError(errors.New("--timeout must be more than zero and --grace not negative"))
 			}
@@ -124,9 +160,9 @@ at the timeout or interrupted (the database stays blocked).`,
 		},
 	}
 	fs := cmd.Flags()
-	fs.DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after `D`, leaving the database blocked")
+	fs.DurationVar(&opts.Timeout, "timeout", 60*time.Second, "give up after `D`, leaving the database blocked (with --pgbouncer: the poolers not paused by then are rolled back)")
 	fs.BoolVar(&opts.Escalate, "escalate", false, "cancel running queries first, terminate what is left after --grace")
-	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "with --escalate: how long queries get to end after the cancel (`D`)")
+	fs.DurationVar(&opts.Grace, "grace", 10*time.Second, "how long queries get to end after the cancel with --escalate, and the transactions that hold PAUSE up with --pgbouncer (`D`)")
 	fs.BoolVar(&opts.IncludeReplication, "include-replication", false, "end walsenders of the database too")
 	fs.BoolVar(&opts.IncludeAutovacuum, "include-autovacuum", false, "end autovacuum workers of the database too")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "change nothing: say what drain would record and block, and list the sessions it would end")
@@ -187,8 +223,22 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if err != nil {
 		return err
 	}
+	var admins []*pooler.Admin
+	if len(opts.Poolers) > 0 {
+		if admins, err = pooler.ConnectAll(ctx, opts.Poolers); err != nil {
+			return err
+		}
+		defer pooler.CloseAll(admins)
+		var earlier []maintenance.PoolerPause
+		if kept {
+			earlier = rec.Poolers
+		}
+		if rec.Poolers, err = maintenance.PlanPause(ctx, admins, opts.Database, earlier); err != nil {
+			return err
+		}
+	}
 	if opts.DryRun {
-		return drainDryRun(ctx, opts, conn, path, settings, rec, kept)
+		return drainDryRun(ctx, opts, conn, admins, path, settings, rec, kept)
 	}
 	// The record first: whatever happens next, undrain can restore.
 	if kept {
@@ -197,12 +247,32 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	} else if err := maintenance.WriteRecord(path, rec); err != nil {
 		return usageError(fmt.Errorf("cannot record %s's settings: %w; nothing done", name, err))
 	}
+	var ended []action.Result
+	if len(admins) > 0 {
+		// The poolers first: once paused, their clients wait instead of
+		// failing on a blocked database.
+		if ended, err = drainPause(ctx, opts, conn, admins, path, rec, kept); err != nil {
+			if len(ended) > 0 {
+				if werr := writeResults(opts.IO, opts.Format, opts.Color, &action.Plan{Taken: opts.Now()}, ended, false); werr != nil {
+					return werr
+				}
+			}
+			return err
+		}
+	}
 	held := fmt.Sprintf("%s stays blocked: %s reopens it", name, undrainHint(opts.Database))
+	if slices.ContainsFunc(rec.Poolers, func(p maintenance.PoolerPause) bool { return p.Ours() }) {
+		held = fmt.Sprintf("%s stays blocked and paused on its poolers: %s reopens it and resumes them", name, undrainHint(opts.Database))
+	}
 	if err := maintenance.Block(ctx, conn, opts.Database); err != nil {
 		if !pgconn.SafeToRetry(err) && blockedNow(ctx, opts) {
 			// Cut off (an interrupt) after the ALTER DATABASE had
 			// committed: the database is blocked, whatever the error.
 			return drainStopped(opts, err, held)
+		}
+		if !kept {
+			// Nothing is held: the pauses are lifted again.
+			return fmt.Errorf("%w%s", err, drainResume(ctx, opts, admins, path, rec))
 		}
 		return err
 	}
@@ -230,14 +300,14 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		}
 		return incomplete(fmt.Errorf("%s: %d session%s still connected after %s; %s", name, n, plural(n), opts.Timeout, held))
 	}
-	rows := d.Ended
+	rows := append(ended, d.Ended...)
 	if len(rows) > 0 || opts.Format != output.Table {
 		if err := writeResults(opts.IO, opts.Format, opts.Color, d.Last, rows, false); err != nil {
 			return err
 		}
 	}
-	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s\n",
-		name, len(rows), plural(len(rows)), undrainHint(opts.Database), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
+	fmt.Fprintf(opts.IO.ErrOut, "pgreap: %s is drained (%d session%s ended) and held: %s reopens it%s%s%s\n",
+		name, len(rows), plural(len(rows)), undrainHint(opts.Database), pausedNote(ctx, opts, admins, rec), autovacuumNote(opts, d.Autovacuum), preparedNote(ctx, opts, conn))
 	return nil
 }
 
@@ -357,7 +427,7 @@ func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings
 // and prints the sessions its first round would end, judged by the
 // signalling statement as the real round is, without a signal. It writes
 // nothing and alters nothing; its reads take no lock that holds anyone up.
-func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
+func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, settings *maintenance.Settings, rec *maintenance.Record, kept bool) error {
 	name, w := output.Clean(opts.Database), opts.IO.ErrOut
 	recorded := fmt.Sprintf("datallowconn %t, datconnlimit %d", rec.AllowConnections, rec.ConnectionLimit)
 	if kept {
@@ -369,6 +439,9 @@ func drainDryRun(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, path s
 			note = "; it refuses connections now, so undrain would leave it so"
 		}
 		fmt.Fprintf(w, "pgreap: dry run: drain would first record %s's settings in %s: %s%s\n", name, path, recorded, note)
+	}
+	if err := dryRunPauses(ctx, opts, conn, admins, rec); err != nil {
+		return err
 	}
 	now := ""
 	if !settings.AllowConnections {

@@ -12,6 +12,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // UndrainOptions are the inputs of `pgreap undrain`.
@@ -26,6 +27,9 @@ type UndrainOptions struct {
 	Explicit         bool
 	AllowConnections bool
 	ConnectionLimit  int32
+	// Poolers named with --pgbouncer: their passwords, for the poolers on
+	// record (which are reached without one otherwise).
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdUndrain builds `pgreap undrain`; runF replaces the run in tests.
@@ -36,8 +40,14 @@ func NewCmdUndrain(f *Factory, runF func(context.Context, *UndrainOptions) error
 		Short: "Restore the connection settings a drain recorded",
 		Long: `Restore exactly the connection settings (ALLOW_CONNECTIONS, CONNECTION
 LIMIT) that 'pgreap drain NAME' recorded before it changed anything, and
-print them. It works after a drain that was killed at any moment, and a
-second undrain does nothing. The record is read from $PGREAP_STATE_DIR,
+print them; then RESUME each pooler the drain paused (--pgbouncer), exactly
+those its record names as its own, never a database a pooler had paused
+already when the drain came. It works after a drain that was killed at any
+moment (a drain killed while PAUSE waited leaves the pooler paused: its
+record says so), and a second undrain does nothing. The poolers are reached
+as the record says (host, port, user; no password is recorded): name them
+again with --pgbouncer when they need a password from the command line
+rather than PGPASSWORD or ~/.pgpass. The record is read from $PGREAP_STATE_DIR,
 else $XDG_STATE_HOME/pgreap/drain, else ~/.local/state/pgreap/drain, for
 the same host and port as the drain connected to; as drain, undrain refuses
 (exit 2) a record or directory that is not its user's own, that others may
@@ -47,7 +57,8 @@ Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
 
 Exit status: 0 restored (or nothing to do), 2 no record, usage or
-connection error.`,
+connection error (a pooler that cannot be reached stays paused: undrain
+again resumes it).`,
 		Example: `  pgreap undrain shop
   pgreap undrain shop --allow-connections=true --connection-limit=-1`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -67,6 +78,10 @@ connection error.`,
 				return usageError(fmt.Errorf("--connection-limit %d: -1 (no limit) or more", opts.ConnectionLimit))
 			}
 			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			var err error
+			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
 			}
 			opts.Connect, opts.ConnConfig, opts.Now = f.Connect, f.ConnConfig, time.Now
@@ -100,9 +115,15 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		return usageError(fmt.Errorf("%w; nothing done", err))
 	}
 	if opts.Explicit {
+		var pauses []maintenance.PoolerPause
+		if rec != nil {
+			// The values are the user's; the pauses on record still
+			// need their RESUME.
+			pauses = rec.Poolers
+		}
 		cfg, _ := opts.ConnConfig()
 		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
-			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC()}
+			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC(), Poolers: pauses}
 	}
 	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
 	if err != nil {
@@ -114,7 +135,8 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		// Undone already: do not override what was changed since.
 		fmt.Fprintf(opts.IO.Out, "%s: already restored at %s (%s); now ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d\n",
 			name, rec.RestoredAt.Format(time.RFC3339), values, settings.AllowConnections, settings.ConnectionLimit)
-		return nil
+		// A pooler an earlier undrain could not reach is still paused.
+		return undrainResume(ctx, opts, path, rec)
 	}
 	if !settings.MayAlter {
 		return usageError(fmt.Errorf("database %q: restoring its settings needs its owner or a superuser (ALTER DATABASE)", opts.Database))
@@ -128,5 +150,32 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		return fmt.Errorf("%s restored (%s), but the record could not be marked: %w", name, values, err)
 	}
 	fmt.Fprintf(opts.IO.Out, "%s: restored %s (recorded at %s)\n", name, values, rec.RecordedAt.Format(time.RFC3339))
+	// The database first: the clients the poolers let go find it open.
+	return undrainResume(ctx, opts, path, rec)
+}
+
+// undrainResume sends RESUME for exactly the pauses the drain recorded as
+// its own, each marked in the record once done; a pause that was someone
+// else's is left, and said so.
+func undrainResume(ctx context.Context, opts *UndrainOptions, path string, rec *maintenance.Record) error {
+	name := output.Clean(opts.Database)
+	for _, p := range rec.Poolers {
+		if p.State == maintenance.PauseOthers {
+			fmt.Fprintf(opts.IO.Out, "%s: left paused on %s: it was paused before the drain, by someone else\n", name, pauseName(p, opts.Database))
+		}
+	}
+	before := rec.Poolers
+	ps, err := maintenance.ResumeRecorded(ctx, rec.Poolers, opts.Poolers, opts.Now().UTC(), func(ps []maintenance.PoolerPause) error {
+		rec.Poolers = ps
+		return maintenance.WriteRecord(path, rec)
+	})
+	for i, p := range ps {
+		if p.State != before[i].State {
+			fmt.Fprintf(opts.IO.Out, "%s: resumed on %s\n", name, pauseName(p, opts.Database))
+		}
+	}
+	if err != nil {
+		return fmt.Errorf("%w; %s is still paused there: %s again resumes it", err, name, undrainHint(opts.Database))
+	}
 	return nil
 }

@@ -27,6 +27,10 @@ type Record struct {
 	AllowConnections bool      `json:"datallowconn"`
 	ConnectionLimit  int32     `json:"datconnlimit"`
 	RecordedAt       time.Time `json:"recorded_at"`
+	// Poolers are the drain's pauses of the database on PgBouncers, each
+	// recorded before its PAUSE is sent: undrain resumes exactly those
+	// that are its own (PoolerPause.Ours).
+	Poolers []PoolerPause `json:"poolers,omitempty"`
 	// RestoredAt is set by undrain once the settings are back; the
 	// record stays, so a second undrain knows there is nothing to do.
 	RestoredAt *time.Time `json:"restored_at,omitempty"`

@@ -188,14 +188,27 @@ func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname s
 		if k.LocalPort != 0 && clientPort > 0 && k.LocalPort == clientPort {
 			return k
 		}
-		if !k.ConnectTime.IsZero() && !backendStart.IsZero() {
-			d := backendStart.Sub(k.ConnectTime)
-			if d > -2*time.Second && d < linkWindow {
-				return k
-			}
+		if !k.ConnectTime.IsZero() && !backendStart.IsZero() && opened(k.ConnectTime, backendStart) {
+			return k
 		}
 	}
 	return nil
+}
+
+// opened reports whether a pooler that stamped a connection connect (whole
+// seconds) opened the backend that started at start. A stamp in a zone
+// pgreap does not know (the pooler's host is in another) is off by that
+// zone's offset, a whole number of quarter hours (at most a day): it is
+// compared modulo a quarter hour.
+func opened(connect, start time.Time) bool {
+	d := start.Sub(connect)
+	if !zoneKnown(connect) {
+		if d < -26*time.Hour || d > 26*time.Hour {
+			return false
+		}
+		d = ((d+2*time.Second)%(15*time.Minute)+15*time.Minute)%(15*time.Minute) - 2*time.Second
+	}
+	return d > -2*time.Second && d < linkWindow
 }
 
 // PIDs are the pids of every server connection the poolers named.

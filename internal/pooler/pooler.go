@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net"
 	"strconv"
 	"strings"
 	"time"
@@ -57,6 +58,21 @@ func Parse(dsn string) (*Pooler, error) {
 	return p, nil
 }
 
+// Reach is a connection string to the same console without its password,
+// for a record that outlives the process: undrain reconnects with it,
+// taking the password from PGPASSWORD or ~/.pgpass as libpq would, when
+// the pooler is not named again with --pgbouncer.
+func (p *Pooler) Reach() string {
+	quote := func(v string) string {
+		return "'" + strings.NewReplacer(`\`, `\\`, `'`, `\'`).Replace(v) + "'"
+	}
+	s := fmt.Sprintf("host=%s port=%d dbname=%s", quote(p.cfg.Host), p.cfg.Port, AdminDB)
+	if p.cfg.User != "" {
+		s += " user=" + quote(p.cfg.User)
+	}
+	return s
+}
+
 // ParseAll parses each of dsns; a name given twice is one pooler.
 func ParseAll(dsns []string) ([]*Pooler, error) {
 	var out []*Pooler
@@ -84,7 +100,24 @@ type Admin struct {
 // Connect opens a connection to the admin console. Its error is one line
 // that names the pooler and never holds a password.
 func (p *Pooler) Connect(ctx context.Context) (*Admin, error) {
-	c, err := pgconn.ConnectConfig(ctx, p.cfg)
+	// pgconn sends a CancelRequest when a command is interrupted, and on
+	// the console (1.18's admin_handle_cancel) a cancel RESUMEs every
+	// database if anyone paused the whole pooler: a pause that is not
+	// pgreap's to lift. This connection dials once; the cancel's dial
+	// fails and pgconn just closes the socket.
+	cfg := p.cfg.Copy()
+	dial, dialed := cfg.DialFunc, false
+	cfg.DialFunc = func(ctx context.Context, network, addr string) (net.Conn, error) {
+		if dialed {
+			return nil, errNoCancel
+		}
+		return dial(ctx, network, addr)
+	}
+	cfg.AfterConnect = func(context.Context, *pgconn.PgConn) error {
+		dialed = true
+		return nil
+	}
+	c, err := pgconn.ConnectConfig(ctx, cfg)
 	if err != nil {
 		return nil, &Error{Pooler: p.Name, Err: &conn.Error{User: p.cfg.User, Err: err}, password: p.cfg.Password}
 	}
@@ -112,6 +145,8 @@ func CloseAll(admins []*Admin) {
 		a.Close()
 	}
 }
+
+var errNoCancel = errors.New("pgreap sends no cancel request to a pooler's console")
 
 // Close closes the connection.
 func (a *Admin) Close() {
@@ -159,12 +194,23 @@ func (r row) int(col string) int {
 }
 
 // time reads PgBouncer's timestamps ("2026-12-01 22:41:36 UTC").
+//
+// PgBouncer prints them in its host's time zone, by abbreviation. Read in
+// pgreap's own zone, the abbreviation of that zone (and UTC) gives the
+// offset; another abbreviation gets offset 0 from the time package, and
+// the instant is then known only up to the zone's offset: see sameInstant.
 func (r row) time(col string) time.Time {
-	t, err := time.Parse("2006-01-02 15:04:05 MST", r[col])
+	t, err := time.ParseInLocation("2006-01-02 15:04:05 MST", r[col], time.Local)
 	if err != nil {
 		return time.Time{}
 	}
 	return t
+}
+
+// zoneKnown reports whether t, read by row.time, has a known offset.
+func zoneKnown(t time.Time) bool {
+	name, offset := t.Zone()
+	return offset != 0 || name == "UTC" || name == "GMT" || t.Location() == time.UTC
 }
 
 // command runs one console command and returns its rows. The simple query
@@ -319,6 +365,22 @@ func (a *Admin) Databases(ctx context.Context) ([]Database, error) {
 		})
 	}
 	return out, nil
+}
+
+// Setting is one setting of SHOW CONFIG, as the pooler prints it
+// (query_wait_timeout in seconds, "0" for none), "" when it has no such
+// key.
+func (a *Admin) Setting(ctx context.Context, key string) (string, error) {
+	rows, err := a.command(ctx, "SHOW CONFIG")
+	if err != nil {
+		return "", err
+	}
+	for _, r := range rows {
+		if r["key"] == key {
+			return r["value"], nil
+		}
+	}
+	return "", nil
 }
 
 // ErrNotPaused is RESUME of a database that is not paused.
