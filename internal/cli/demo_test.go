@@ -74,9 +74,23 @@ func TestDemoScript(t *testing.T) {
 		// After kick the pool is back: PgBouncer's server connections are
 		// new ones (as many as requests ran at once lately).
 		poolBack(t, out, 1)
-		// While the drain holds, the pool's requests wait.
-		if m := regexp.MustCompile(`\nshop-web: (\d+) requests? waiting \(the oldest for [0-9.]+m?s\), (\d+) failed`).FindStringSubmatch(out); m == nil || m[1] == "0" {
-			t.Fatalf("no request of the pool waited while the drain held:\n%s", out)
+		// kick ends the pooled clients, and PgBouncer serves new ones.
+		if !regexp.MustCompile(`\npgreap: pgbouncer ` + regexp.QuoteMeta(name) + `: KILL shop ended \d+ clients?, then RESUME`).MatchString(out) {
+			t.Fatalf("kick did not end the pooled clients:\n%s", out)
+		}
+		// drain pauses PgBouncer first; while it holds, the pool's
+		// requests wait, none fails; undrain resumes it and the requests
+		// that waited go on, none failed.
+		for _, want := range []string{"\npgreap: shop: paused on pgbouncer " + name + "\n", "\nshop: resumed on pgbouncer " + name + "\n"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("no %q in the tour:\n%s", want, out)
+			}
+		}
+		if m := regexp.MustCompile(`\nshop-web: (\d+) requests? waiting \(the oldest for [0-9.]+m?s\), 0 failed since the drain began\n`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Fatalf("while the drain held, no request of the pool waited, or some failed:\n%s", out)
+		}
+		if !regexp.MustCompile(`\nshop-web: \d+ requests? done, the longest took [0-9.]+m?s; 0 failed during the drain\n`).MatchString(out) {
+			t.Fatalf("requests of the pool failed during the drain:\n%s", out)
 		}
 	})
 	t.Run("direct", func(t *testing.T) {
