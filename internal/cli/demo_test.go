@@ -68,7 +68,7 @@ func TestDemoScript(t *testing.T) {
 		// hold their server connections.
 		name := "127.0.0.1:" + m[1]
 		first := tourSection(t, out, "$ pgreap ls --db shop\n")
-		if n := len(regexp.MustCompile(`\n\d+ +shop +postgres +checkout +127\.0\.0\.1 via ` + regexp.QuoteMeta(name) + ` +active `).FindAllString(first, -1)); n != 2 {
+		if n := len(regexp.MustCompile(`\n\d+ +shop +postgres +checkout +127\.0\.0\.1 via `+regexp.QuoteMeta(name)+` +active `).FindAllString(first, -1)); n != 2 {
 			t.Fatalf("ls names %d of the 2 checkouts as clients via %s:\n%s", n, name, out)
 		}
 		// After kick the pool is back: PgBouncer's server connections are
