@@ -222,7 +222,7 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 	steps := []func() error{
 		func() error {
 			return step(say("every session of database shop",
-				"every session of database shop; PgBouncer's show the client each serves now (ADDR via PGBOUNCER), or pooled, idle"),
+				"every session of database shop; PgBouncer's show the client each serves (ADDR via PGBOUNCER), pooled, idle, or ? when it ran again since PgBouncer was asked"),
 				0, "ls", "--db", "shop")
 		},
 		func() error {
