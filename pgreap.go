@@ -70,6 +70,11 @@ const (
 type Target struct {
 	PIDs   []int32
 	Select *Selection
+	// PgBouncer are the admin consoles of the PgBouncers in front of the
+	// server (as --pgbouncer): the selection's User, App and Client then
+	// judge a pooler's server connection by the client it serves, as
+	// SessionsBehind does, here and again at the signal.
+	PgBouncer []string
 }
 
 // Options say how an action is carried out.
@@ -141,16 +146,7 @@ func SessionsBehind(ctx context.Context, c *pgx.Conn, sel *Selection, pgbouncer 
 			return nil, err
 		}
 	}
-	poolers, err := pooler.ParseAll(pgbouncer)
-	if err != nil {
-		return nil, err
-	}
-	admins, err := pooler.ConnectAll(ctx, poolers)
-	if err != nil {
-		return nil, err
-	}
-	defer pooler.CloseAll(admins)
-	pooled, err := activity.TakePooled(ctx, c, admins)
+	pooled, err := lookPooled(ctx, c, pgbouncer)
 	if err != nil {
 		return nil, err
 	}
@@ -159,6 +155,21 @@ func SessionsBehind(ctx context.Context, c *pgx.Conn, sel *Selection, pgbouncer 
 		return nil, err
 	}
 	return snap.Sessions, nil
+}
+
+// lookPooled asks the poolers (their consoles' connection strings) which
+// client each server connection serves; nil without poolers.
+func lookPooled(ctx context.Context, c *pgx.Conn, pgbouncer []string) (*activity.Pooled, error) {
+	poolers, err := pooler.ParseAll(pgbouncer)
+	if err != nil || len(poolers) == 0 {
+		return nil, err
+	}
+	admins, err := pooler.ConnectAll(ctx, poolers)
+	if err != nil {
+		return nil, err
+	}
+	defer pooler.CloseAll(admins)
+	return activity.TakePooled(ctx, c, admins)
 }
 
 // Cancel cancels the running query of each chosen session. Chosen by a
@@ -180,6 +191,16 @@ func act(ctx context.Context, c *pgx.Conn, kind action.Kind, t Target, opt Optio
 			return nil, err
 		}
 		req.Selector = s
+	}
+	pooled, err := lookPooled(ctx, c, t.PgBouncer)
+	if err != nil {
+		return nil, err
+	}
+	if pooled != nil {
+		if req.Selector == nil {
+			req.Selector = &selector.Selector{} // named by pid: judged with their pooled clients
+		}
+		req.Selector = req.Selector.WithPooled(pooled)
 	}
 	plan, err := action.Choose(ctx, c, req)
 	if err != nil {

@@ -52,3 +52,39 @@ func TestSessionsBehindAPooler(t *testing.T) {
 		t.Fatalf("a pooler that does not answer: %v", err)
 	}
 }
+
+// Terminate with the poolers judges a server connection by the client it
+// serves, at the choice and again at the signal: B holds the backend whose
+// own application_name is still A's, and a terminate of A's sessions
+// leaves B alone (without the poolers, B's connection is the one ended).
+func TestTerminateBehindAPooler(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
+		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
+	db := pgtest.NewDB(t)
+	appA := "A-" + pgtest.Tag(t)
+	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
+	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
+	if _, err := a.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	bc := pgtest.Connect(t, client)
+	if _, err := bc.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	conn := pgtest.Pgreap(t, pgtest.Superuser)
+	res, err := pgreap.Terminate(ctx, conn, pgreap.Target{Select: &pgreap.Selection{DB: []string{db}, App: []string{appA}},
+		PgBouncer: []string{b.AdminDSN(cluster.AdminUser)}}, pgreap.Options{})
+	if err != nil {
+		t.Logf("terminate: %v", err)
+	}
+	for _, r := range res {
+		if r.Outcome == pgreap.Terminated {
+			t.Errorf("terminated %d (%s): B's server connection, chosen by A's name", r.PID, r.ApplicationName)
+		}
+	}
+	if _, err := bc.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatalf("B's transaction after the terminate of A's sessions: %v", err)
+	}
+}

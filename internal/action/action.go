@@ -241,6 +241,11 @@ type Plan struct {
 	IncludeAutovacuum  bool
 	// WatchApp: see Request.
 	WatchApp string
+	// BehindPoolers: a plan read from a file that was made behind poolers
+	// (its rows have a pooler); ByPooledClient: its selection then judged
+	// sessions by their pooled clients, which only the poolers can tell
+	// again (WithPooled).
+	BehindPoolers bool
 
 	// sel is re-checked by the signalling statement; nil for a plan read
 	// from a file, which pins identities only.
@@ -250,6 +255,20 @@ type Plan struct {
 // Pooled is what the poolers in front of the server said when the sessions
 // were chosen (selector.WithPooled); nil without poolers.
 func (p *Plan) Pooled() *activity.Pooled { return p.sel.Pooled() }
+
+// ByPooledClient reports whether the plan's selection judges sessions by
+// the pooled client each serves, when poolers are known.
+func (p *Plan) ByPooledClient() bool {
+	return p.sel != nil && p.sel.WithPooled(&activity.Pooled{}).ByPooledClient()
+}
+
+// WithPooled has the plan's selection judge sessions by their pooled
+// clients as the poolers said now (apply --pgbouncer).
+func (p *Plan) WithPooled(pooled *activity.Pooled) {
+	if p.sel != nil {
+		p.sel = p.sel.WithPooled(pooled)
+	}
+}
 
 // Count is how many results have the outcome.
 func (p *Plan) Count(o Outcome) int {

@@ -67,7 +67,6 @@ type planRow struct {
 	Usename         *string         `json:"usename"`
 	ApplicationName *string         `json:"application_name"`
 	ClientAddr      *string         `json:"client_addr"`
-	ClientPort      *int32          `json:"client_port"`
 	BackendType     *string         `json:"backend_type"`
 	State           *string         `json:"state"`
 	BackendStart    *time.Time      `json:"backend_start"`
@@ -86,16 +85,17 @@ type planRow struct {
 	Detail          *string         `json:"detail"`
 	Guard           []string        `json:"guard"`
 	Plan            json.RawMessage `json:"plan"`
-	Pooler          *struct{}       `json:"pooler"`
+	// Behind poolers (--pgbouncer): the backend's client_port, and the
+	// pooled client it served when the plan was made. Never acted on:
+	// apply asks the poolers again.
+	ClientPort *int32          `json:"client_port"`
+	Pooler     json.RawMessage `json:"pooler"`
 }
 
 var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected, Survived, Planned}
 
 // optionalKeys may be missing from a row: query_id exists on 14+ only;
-// client_port and pooler are written behind a pooler (--pgbouncer) only.
-// Those two describe the client at the time of the plan and are not
-// checked again: the guard names the session (and pins the query of one
-// chosen by its pooled client).
+// client_port and pooler are written only behind poolers.
 var optionalKeys = []string{"query_id", "client_port", "pooler"}
 
 // The names a row, its header and its selection have, as written.
@@ -228,6 +228,9 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 		}
 		if plan.sel != nil && plan.sel.PinsQuery() && !res.Guard.Query {
 			return nil, fmt.Errorf("%s: the selection depends on what the session runs, so its guard must pin its query (query_start, state_change)", where)
+		}
+		if len(row.Pooler) > 0 && !bytes.Equal(row.Pooler, []byte("null")) {
+			plan.BehindPoolers = true
 		}
 		if res.Outcome == Planned {
 			if plan.Server.SystemID == 0 {

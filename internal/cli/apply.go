@@ -14,6 +14,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // ApplyOptions are the inputs of `pgreap apply`.
@@ -29,6 +30,9 @@ type ApplyOptions struct {
 	Grace              time.Duration
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// Poolers (--pgbouncer): a plan made behind them is judged again by
+	// the clients their server connections serve now.
+	Poolers []*pooler.Pooler
 }
 
 // NewCmdApply builds `pgreap apply`; runF replaces the run in tests.
@@ -57,10 +61,13 @@ make them again.
 
 Everything printed of a session is what the signalling statement read on
 the server, never what the file says. The file is read strictly: unknown,
-missing or repeated fields are errors (client_port and pooler, written
-behind a pooler with --pgbouncer, describe the client as the plan saw it
-and are not checked again). A plan names its sessions one by one, so apply
-does not ask.
+missing or repeated fields are errors. A plan names its sessions one by
+one, so apply does not ask.
+
+A plan made behind PgBouncer (--pgbouncer) is applied with the poolers:
+apply asks them again and judges each planned session by the client it
+serves now. A plan whose selection is by user, application or client is
+refused without them.
 
 Exit status: 0 all reached the planned action's outcome, 1 nothing planned,
 2 bad plan, another server, usage or connection error, 3 some denied,
@@ -68,7 +75,8 @@ survived, changed or protected.`,
 		Example: `  pgreap terminate --db shop --dry-run -o json > plan.json
   less plan.json
   pgreap apply plan.json
-  pgreap cancel --app 'report*' --dry-run -o json | pgreap apply -`,
+  pgreap cancel --app 'report*' --dry-run -o json | pgreap apply -
+  pgreap apply plan.json --pgbouncer 'host=pgb1 port=6432 user=stats'`,
 		Args: func(cmd *cobra.Command, args []string) error {
 			if len(args) != 1 {
 				return usageError(errors.New("apply takes one plan file (or - for standard input)"))
@@ -89,6 +97,9 @@ survived, changed or protected.`,
 			}
 			opts.Color = f.Color()
 			opts.Connect = f.Connect
+			if opts.Poolers, err = f.Poolers(); err != nil {
+				return err
+			}
 			opts.Logger = f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
@@ -112,12 +123,20 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	if len(plan.Results) == 0 {
 		return fmt.Errorf("%w: the plan has no planned session", ErrNoMatch)
 	}
+	if plan.BehindPoolers && plan.ByPooledClient() && len(opts.Poolers) == 0 {
+		return usageError(fmt.Errorf("%s: made behind PgBouncer with a selection by user, application or client: give the poolers (--pgbouncer) so that each session is judged again by the client it serves", opts.File))
+	}
 	plan.IncludeReplication, plan.IncludeAutovacuum = opts.IncludeReplication, opts.IncludeAutovacuum
 	conn, err := opts.Connect(ctx)
 	if err != nil {
 		return err
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
+	pooled, err := lookPooled(ctx, conn, opts.Poolers)
+	if err != nil {
+		return err
+	}
+	plan.WithPooled(pooled)
 	// The server version (which columns the statement reads) is Execute's
 	// to learn, and an error reading it stops the command there.
 	plan.Taken = time.Now()

@@ -12,8 +12,11 @@ import (
 
 	"github.com/jackc/pgx/v5"
 
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
+	"github.com/pgreap/pgreap/internal/pooler"
+	"github.com/pgreap/pgreap/internal/selector"
 )
 
 // pooledClient connects to db through the pooler over 127.0.0.1 as the
@@ -323,37 +326,105 @@ func TestPoolerThatCannotBeAskedIsOneLine(t *testing.T) {
 	}
 }
 
-// A plan made behind a pooler (its rows carry client_port and the pooler
-// object) is carried out by apply: a session of its own and a pooler's
-// server connection serving a client of the plan's application.
-func TestApplyPlanMadeBehindPooler(t *testing.T) {
+// A plan made behind a pooler with a selection by the pooled client is
+// applied only with the poolers (apply --pgbouncer), which judge each
+// session again by the client it serves now; without them apply refuses
+// it whole, one line, exit 2, nothing done. The plan's pooler fields are
+// read (a plan is written with them) and never acted on.
+func TestApplyPlanMadeBehindAPooler(t *testing.T) {
 	t.Parallel()
-	b := pgtest.PgBouncer(t, "transaction")
+	b := pgtest.PgBouncer(t, "session")
+	db := pgtest.NewDB(t)
+	admin := b.AdminDSN(cluster.AdminUser)
+	app := "A-" + pgtest.Tag(t)
+	a, _ := pooledClient(t, b, db, app)
+	pid := backendPID(t, a)
+	aDone := query(t, a, "SELECT pg_catalog.pg_sleep(600) /* A */")
+	waitQuery(t, pid, "/* A */")
+
+	r := run(t, false, "terminate", "--db", db, "--app", app, "--pgbouncer", admin, "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r = run(t, false, "apply", plan)
+	r.wantCode(t, 2)
+	if lines := strings.Split(strings.TrimSpace(r.errOut), "\n"); len(lines) != 1 || !strings.Contains(r.errOut, "--pgbouncer") {
+		t.Fatalf("apply without the poolers: %q", r.errOut)
+	}
+	select {
+	case err := <-aDone:
+		t.Fatalf("A's query ended: %v", err)
+	default:
+	}
+	r = run(t, false, "apply", plan, "--pgbouncer", admin, "-o", "json")
+	r.wantCode(t, 0)
+	if err := <-aDone; pgtest.SQLState(err) != "57P01" {
+		t.Fatalf("A's query: %v, want terminated (57P01)", err)
+	}
+	if rows := jsonRows(t, r.out); len(rows) != 1 || rows[0]["outcome"] != "terminated" || rows[0]["pid"] != float64(pid) {
+		t.Fatalf("rows: %v", rows)
+	}
+}
+
+// A server connection the pooler opens after pgreap asked it is no direct
+// client: the pooler did not name it, and its client is unknown to us. A
+// selection by client chooses it neither by the pooler's facts nor by its
+// own (the pooler's address), nor lets it through an exclusion.
+func TestNewServerConnectionIsNotJudgedAsDirect(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Shared(t)
 	ctx := pgtest.Context(t)
 	db := pgtest.NewDB(t)
-	admin := b.AdminDSN(b.StatsUser)
-	direct := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
-	cn, _ := pooledClient(t, b, db, pgtest.Tag(t))
-	if _, err := cn.Exec(ctx, "BEGIN"); err != nil { // holds its server connection
+	conn := pgtest.PgreapDSN(t, c.DSN(db, cluster.Superuser))
+	b := pgtest.PgBouncer(t, "transaction")
+	p, err := pooler.Parse(b.AdminDSN(cluster.AdminUser))
+	if err != nil {
 		t.Fatal(err)
 	}
-	pooled := backendPID(t, cn)
-
-	r := run(t, false, "terminate", "--db", db, "--app", pgtest.Tag(t), "--pgbouncer", admin, "--dry-run", "-o", "json")
-	r.wantCode(t, 0)
-	rows := jsonRows(t, r.out)
-	if _, ok := rowOf(t, rows, pooled)["pooler"].(map[string]any); !ok || len(rows) != 2 {
-		t.Fatalf("plan:\n%s", r.out)
-	}
-	file := filepath.Join(t.TempDir(), "plan.json")
-	if err := os.WriteFile(file, []byte(r.out), 0o600); err != nil {
+	admins, err := pooler.ConnectAll(ctx, []*pooler.Pooler{p})
+	if err != nil {
 		t.Fatal(err)
 	}
-	r = run(t, false, "apply", file, "--pgbouncer", admin, "-o", "json")
-	r.wantCode(t, 0)
-	for _, pid := range []int32{direct.PID, pooled} {
-		if got := rowOf(t, jsonRows(t, r.out), pid)["outcome"]; got != "terminated" {
-			t.Errorf("pid %d: %v\n%s", pid, got, r.out)
+	defer pooler.CloseAll(admins)
+	pooled, err := activity.TakePooled(ctx, conn, admins)
+	if err != nil {
+		t.Fatal(err)
+	}
+	// Now a client comes, and the pooler opens a server connection for it.
+	app := "A-" + pgtest.Tag(t)
+	a, _ := pooledClient(t, b, db, app)
+	pid := backendPID(t, a)
+	for _, spec := range []selector.Spec{{DB: []string{db}, ExcludeApp: []string{app}}, {DB: []string{db}, App: []string{app}}, {DB: []string{db}, Client: []string{"127.0.0.1"}}} {
+		sel, err := selector.Parse(spec)
+		if err != nil {
+			t.Fatal(err)
 		}
+		snap, err := sel.WithPooled(pooled).Take(ctx, conn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for _, s := range snap.Sessions {
+			if s.PID == pid {
+				t.Errorf("%+v chose the server connection %d opened after the poolers were asked", spec, pid)
+			}
+		}
+	}
+}
+
+// watch names its poolers per target, in the policy: --pgbouncer on its
+// command line would be ignored, and its rules would judge pooled clients
+// by the pooler's address; it is refused, one line, exit 2.
+func TestWatchRefusesThePgbouncerFlag(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	if err := os.WriteFile(path, []byte("targets: [{name: a, dsn: \"host=/nonexistent\"}]\nrules: []\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "watch", "-c", path, "--check", "--pgbouncer", "host=127.0.0.1 port=1")
+	r.wantCode(t, 2)
+	if lines := strings.Split(strings.TrimSpace(r.errOut), "\n"); len(lines) != 1 || !strings.Contains(r.errOut, "pgbouncer:") {
+		t.Fatalf("stderr: %q", r.errOut)
 	}
 }

@@ -7,7 +7,6 @@ import (
 	"io"
 	"log/slog"
 	"os"
-	"strings"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
@@ -69,7 +68,7 @@ func (f *Factory) ConnConfig() (*pgx.ConnConfig, error) {
 func (f *Factory) Poolers() ([]*pooler.Pooler, error) {
 	dsns := f.pgbouncer
 	if len(dsns) == 0 {
-		dsns = strings.Fields(os.Getenv("PGREAP_PGBOUNCER"))
+		dsns = pooler.SplitList(os.Getenv("PGREAP_PGBOUNCER"))
 	}
 	ps, err := pooler.ParseAll(dsns)
 	if err != nil {

@@ -78,6 +78,9 @@ policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 			if opts.Config == "" {
 				return usageError(errors.New("watch needs a policy: -c FILE (see --help)"))
 			}
+			if len(f.pgbouncer) > 0 {
+				return usageError(errors.New("watch: poolers are named per target in the policy (pgbouncer: [DSN, ...]), not with --pgbouncer"))
+			}
 			switch opts.LogFormat {
 			case "":
 				opts.LogFormat = "json"

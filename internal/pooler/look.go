@@ -173,9 +173,11 @@ const linkWindow = 10 * time.Second
 // Find is the pooler's server connection that is the backend (pid,
 // clientPort, backendStart) of database datname, or nil. A pid alone could
 // be another server's backend (a pooler may serve several) or an earlier
-// backend with the same pid: the pooler's end of the connection must be the
-// backend's client_port, or, over a socket (or through a NAT that changes
-// ports), the pooler must have opened it when the backend started.
+// backend with the same pid: over TCP the pooler's end of the connection
+// must be the backend's client_port; over a socket (or when the server
+// hides the port from us) the pooler must have opened it when the backend
+// started. A NAT between pooler and server that rewrites ports hides the
+// link: such a backend is judged by its own values.
 func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname string) *Link {
 	if l == nil {
 		return nil
@@ -185,10 +187,17 @@ func (l *Look) Find(pid int32, clientPort int, backendStart time.Time, datname s
 		if k.Datname != datname {
 			continue
 		}
-		if k.LocalPort != 0 && clientPort > 0 && k.LocalPort == clientPort {
-			return k
-		}
-		if !k.ConnectTime.IsZero() && !backendStart.IsZero() && opened(k.ConnectTime, backendStart) {
+		switch {
+		case k.LocalPort != 0 && clientPort > 0:
+			// Both ends over TCP: the pooler's port is the backend's.
+			if k.LocalPort == clientPort {
+				return k
+			}
+		case (k.LocalPort == 0) != (clientPort == -1) && clientPort != 0:
+			// One over a socket, the other over TCP: not one connection.
+		case !k.ConnectTime.IsZero() && !backendStart.IsZero() && opened(k.ConnectTime, backendStart):
+			// Both over a socket (or the port hidden from us): by when
+			// the pooler opened it.
 			return k
 		}
 	}

@@ -17,6 +17,7 @@ import (
 	"strconv"
 	"strings"
 	"time"
+	"unicode"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
@@ -71,6 +72,70 @@ func (p *Pooler) Reach() string {
 		s += " user=" + quote(p.cfg.User)
 	}
 	return s
+}
+
+// SplitList splits a list of connection strings separated by white space
+// (PGREAP_PGBOUNCER): each URL is one; keyword/value pairs run on into one
+// string until a keyword comes again (host=a port=1 host=b port=2 is two).
+// A quoted value may hold spaces (password='a b').
+func SplitList(list string) []string {
+	var out []string
+	var cur []string
+	seen := map[string]bool{}
+	flush := func() {
+		if len(cur) > 0 {
+			out = append(out, strings.Join(cur, " "))
+		}
+		cur, seen = nil, map[string]bool{}
+	}
+	for _, tok := range fields(list) {
+		key, _, isKV := strings.Cut(tok, "=")
+		switch {
+		case strings.Contains(tok, "://") || !isKV:
+			flush()
+			out = append(out, tok)
+		default:
+			key = strings.TrimSpace(key)
+			if seen[key] {
+				flush()
+			}
+			seen[key] = true
+			cur = append(cur, tok)
+		}
+	}
+	flush()
+	return out
+}
+
+// fields splits at white space outside single quotes (libpq's quoting:
+// 'a b', with \' and \\ inside).
+func fields(s string) []string {
+	var out []string
+	var b strings.Builder
+	quoted, escaped, any := false, false, false
+	for _, r := range s {
+		switch {
+		case escaped:
+			escaped = false
+		case r == '\\' && quoted:
+			escaped = true
+		case r == '\'':
+			quoted = !quoted
+		case unicode.IsSpace(r) && !quoted:
+			if any {
+				out = append(out, b.String())
+				b.Reset()
+				any = false
+			}
+			continue
+		}
+		b.WriteRune(r)
+		any = true
+	}
+	if any {
+		out = append(out, b.String())
+	}
+	return out
 }
 
 // ParseAll parses each of dsns; a name given twice is one pooler.
@@ -167,6 +232,18 @@ func (e *Error) Error() string {
 	if e.password != "" {
 		msg = strings.ReplaceAll(msg, e.password, "********")
 	}
+	var pgErr *pgconn.PgError
+	if errors.As(e.Err, &pgErr) && pgErr.Code == "42704" { // undefined_object: SHOW of a PgBouncer name
+		msg += " (is it a PgBouncer admin console? a PostgreSQL server answers so)"
+	}
+	// The pooler's text goes to a terminal: no control character of it
+	// gets there (an escape sequence would be the pooler's, not ours).
+	msg = strings.Map(func(r rune) rune {
+		if unicode.IsControl(r) {
+			return '?'
+		}
+		return r
+	}, msg)
 	return "pgbouncer " + e.Pooler + ": " + msg
 }
 
@@ -188,9 +265,13 @@ func (a *Admin) fail(err error) error {
 // knows, by name.
 type row map[string]string
 
+// A count or port the pooler cannot mean (negative, past int32) is 0.
 func (r row) int(col string) int {
-	n, _ := strconv.Atoi(r[col])
-	return n
+	n, err := strconv.ParseInt(r[col], 10, 32)
+	if err != nil || n < 0 {
+		return 0
+	}
+	return int(n)
 }
 
 // time reads PgBouncer's timestamps ("2026-12-01 22:41:36 UTC").

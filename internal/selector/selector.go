@@ -522,10 +522,12 @@ var pooledColumns = map[string]bool{"usename": true, "application_name": true, "
 // it serves none; and a backend whose state changed after the poolers were
 // asked is not known to serve that client: the term is false for it,
 // whether it includes or excludes, so that no one is chosen, nor let
-// through an exclusion, by another client's facts.
+// through an exclusion, by another client's facts. Nor is a backend that
+// started after they were asked and that they did not name: a pooler may
+// have opened it since, for a client we know nothing of.
 func (c *compiler) client(column string, term func(col string) string) string {
 	own := term(c.alias + "." + column)
-	if c.facts.Empty() || !pooledColumns[column] {
+	if c.facts.Asked.IsZero() || !pooledColumns[column] {
 		return own
 	}
 	if c.links == "" {
@@ -543,7 +545,10 @@ func (c *compiler) client(column string, term func(col string) string) string {
                         ELSE coalesce(%[4]s, false) END
              FROM %[5]s
             -- pids are reused: (pid, backend_start) names the backend the pooler named
-            WHERE p.pid = %[1]s.pid AND p.backend_start = %[1]s.backend_start), %[4]s)`,
+            WHERE p.pid = %[1]s.pid AND p.backend_start = %[1]s.backend_start),
+           -- not a server connection the poolers named: a direct client, or one
+           -- a pooler opened after it was asked, serving a client unknown to us
+           CASE WHEN %[1]s.backend_start > %[2]s::timestamptz THEN false ELSE %[4]s END)`,
 		c.alias, c.asked, term("p."+column), own, c.links)
 }
 

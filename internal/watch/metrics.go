@@ -18,6 +18,7 @@ type Metrics struct {
 	TargetUp       *prometheus.GaugeVec
 	Leader         *prometheus.GaugeVec
 	LeaderConflict *prometheus.GaugeVec
+	PoolersUp      *prometheus.GaugeVec
 	ReloadSuccess  prometheus.Gauge
 	ReloadLastTime prometheus.Gauge
 }
@@ -46,6 +47,9 @@ func NewMetrics() *Metrics {
 		LeaderConflict: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgreap_leader_conflict", Help: "1 while the target's election lock is held by a session that is not a pgreap watch (an impostor keeps every replica standing by).",
 		}, []string{"target"}),
+		PoolersUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgreap_poolers_up", Help: "1 while every PgBouncer of the target (pgbouncer:) answered the last look; 0 when one did not, and no snapshot was taken.",
+		}, []string{"target"}),
 		ReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgreap_config_reload_success", Help: "1 if the last policy (re)load succeeded.",
 		}),
@@ -53,7 +57,7 @@ func NewMetrics() *Metrics {
 			Name: "pgreap_config_reload_success_timestamp_seconds", Help: "When the policy was last loaded successfully.",
 		}),
 	}
-	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.ReloadSuccess, m.ReloadLastTime,
+	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.PoolersUp, m.ReloadSuccess, m.ReloadLastTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -68,6 +72,7 @@ func (m *Metrics) forget(target string) {
 	m.TargetUp.DeletePartialMatch(l)
 	m.Leader.DeletePartialMatch(l)
 	m.LeaderConflict.DeletePartialMatch(l)
+	m.PoolersUp.DeletePartialMatch(l)
 }
 
 // Handler serves /metrics.

@@ -1,6 +1,7 @@
 package watch_test
 
 import (
+	"net/http"
 	"strings"
 	"testing"
 	"time"
@@ -9,6 +10,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
+	"github.com/pgreap/pgreap/internal/watch"
 )
 
 // Behind a pooler, a rule on app matches the client a server connection
@@ -102,4 +104,43 @@ rules:
 		*e.Pooler.ApplicationName != appA || e.Pooler.Serving != "client" || e.Pooler.ClientPort == nil {
 		t.Fatalf("audit line: %+v pooler %+v", e, e.Pooler)
 	}
+}
+
+// A pooler of a target that stops answering stops the snapshots (its
+// clients would be judged by its address): the daemon then says so, on
+// /healthz (503, "pooler down") and in pgreap_poolers_up, and recovers
+// when the pooler answers again.
+func TestPoolerDownIsUnhealthy(t *testing.T) {
+	t.Parallel()
+	tag := pgtest.Tag(t)
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{})
+	text := strings.ReplaceAll(`
+targets: [{name: TAG, dsn: "DSN", pgbouncer: ["PGB"]}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: 127.0.0.1:0
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 1h}
+    action: cancel
+`, "PGB", b.AdminDSN(b.StatsUser))
+	d := startDaemon(t, dsn(t), text)
+	waitHealth(t, d, http.StatusOK, map[string]watch.State{tag: watch.Leading})
+	if err := b.Stop(); err != nil {
+		t.Fatal(err)
+	}
+	waitHealth(t, d, http.StatusServiceUnavailable, map[string]watch.State{tag: watch.PoolerDown})
+	if _, body := fetch(t, "http://"+d.Addr()+"/metrics"); !strings.Contains(body, `pgreap_poolers_up{target="`+tag+`"} 0`) {
+		t.Errorf("metrics while the pooler is down:\n%s", grepLines(body, "pgreap_poolers_up"))
+	}
+}
+
+func grepLines(text, s string) string {
+	var out []string
+	for _, l := range strings.Split(text, "\n") {
+		if strings.Contains(l, s) {
+			out = append(out, l)
+		}
+	}
+	return strings.Join(out, "\n")
 }

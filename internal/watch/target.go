@@ -553,10 +553,19 @@ func (s *session) tick(ctx context.Context) error {
 				// armed: its signalling statement judges each session by
 				// the clients named at the last look, and leaves alone one
 				// whose state changed since.
-				t.log.Error("cannot ask a pooler: no snapshot this interval", "err", oneLine(err))
+				if t.state.Swap(PoolerDown) != PoolerDown {
+					t.log.Error("cannot ask a pooler: no snapshot until it answers (/healthz says \"pooler down\")", "err", oneLine(err))
+				} else {
+					t.log.Debug("cannot ask a pooler: no snapshot this interval", "err", oneLine(err))
+				}
+				t.metrics.PoolersUp.WithLabelValues(t.name).Set(0)
 				return nil
 			}
 			return err
+		}
+		t.metrics.PoolersUp.WithLabelValues(t.name).Set(1)
+		if t.state.CompareAndSwap(PoolerDown, Leading) {
+			t.log.Info("the poolers answer again: snapshots resume")
 		}
 		marks, args = s.compile(pooled)
 	}

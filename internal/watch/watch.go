@@ -133,6 +133,10 @@ const (
 	// that is not a pgreap watch (any role may take an advisory lock):
 	// no replica acts on the target.
 	Conflict State = "conflict"
+	// PoolerDown: leading, but a PgBouncer of the target (pgbouncer:)
+	// cannot be asked: no snapshot is taken, so no new session is
+	// judged (the rules would judge the pooler's clients by its address).
+	PoolerDown State = "pooler down"
 )
 
 // Health is the body of /healthz.
