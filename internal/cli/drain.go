@@ -189,6 +189,18 @@ func drainTarget(name string, connConfig func() (*pgx.ConnConfig, error)) (strin
 	return maintenance.RecordPath(dir, cfg.Host, cfg.Port, name), nil
 }
 
+// lockRecord holds the database's drain record for this drain or undrain.
+func lockRecord(path, name string) (func(), error) {
+	unlock, err := maintenance.LockRecord(path)
+	if errors.Is(err, maintenance.ErrBusy) {
+		return nil, usageError(fmt.Errorf("%s: %w; nothing done", name, err))
+	}
+	if err != nil {
+		return nil, usageError(fmt.Errorf("%w; nothing done", err))
+	}
+	return unlock, nil
+}
+
 // undrainHint is the command that reopens a database, to paste: the name
 // shell-quoted when it needs it (a plain one stays as it is, in quotes
 // that frame the command), and after -- when it looks like a flag.
@@ -218,6 +230,13 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	if !settings.MayAlter {
 		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", opts.Database))
+	}
+	if !opts.DryRun {
+		unlock, err := lockRecord(path, name)
+		if err != nil {
+			return err
+		}
+		defer unlock()
 	}
 	rec, kept, err := drainRecord(opts, path, settings)
 	if err != nil {

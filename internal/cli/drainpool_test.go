@@ -639,3 +639,42 @@ func TestDrainPgBouncerUnseenHolderIsNamed(t *testing.T) {
 		t.Fatal("still paused after the rollback")
 	}
 }
+
+// One drain or undrain of a database at a time on a host: a second drain
+// while the first one's PAUSE waits is refused (one line, exit 2), and so
+// is an undrain; neither lifts the first one's pause. Before, the second
+// took the first one's pause for its own and rolled it back.
+func TestDrainPgBouncerOneAtATime(t *testing.T) {
+	t.Parallel()
+	b := ownPgBouncer(t, "transaction")
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	holder, _ := inTransaction(t, b, db)
+	admin := b.AdminDSN(cluster.AdminUser)
+
+	d := startPgreap(t, nil, "drain", db, "--pgbouncer", admin, "--grace", "10m", "--timeout", "10m")
+	pgtest.Eventually(t, "the drain's PAUSE waits", func() (bool, error) { return paused(t, b, db), nil })
+	for _, args := range [][]string{
+		{"drain", db, "--pgbouncer", admin, "--grace", "20s", "--timeout", "1s"},
+		{"undrain", db, "--pgbouncer", admin},
+	} {
+		r := run(t, false, args...)
+		r.wantCode(t, 2)
+		if lines := strings.Split(strings.TrimSpace(r.errOut), "\n"); len(lines) != 1 || !strings.Contains(r.errOut, "is running") {
+			t.Fatalf("%v while a drain runs: %q", args, r.errOut)
+		}
+		if !paused(t, b, db) {
+			t.Fatalf("%v lifted the running drain's pause", args)
+		}
+	}
+	_ = d.cmd.Process.Kill() // our own child, by its pid
+	d.wait(t)
+	if _, err := holder.Exec(pgtest.Context(t), "COMMIT"); err != nil {
+		t.Fatalf("the holder: %v", err)
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
+	if paused(t, b, db) {
+		t.Fatal("still paused after undrain")
+	}
+}

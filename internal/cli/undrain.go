@@ -105,6 +105,11 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	if err != nil {
 		return err
 	}
+	unlock, err := lockRecord(path, name)
+	if err != nil {
+		return err
+	}
+	defer unlock()
 	rec, err := maintenance.ReadRecord(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist) && !opts.Explicit:

@@ -10,6 +10,8 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
+	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -60,6 +62,36 @@ func Records() (string, error) {
 func RecordPath(dir, host string, port uint16, db string) string {
 	name := url.PathEscape(host) + "_" + strconv.Itoa(int(port)) + "_" + url.PathEscape(db) + ".json"
 	return filepath.Join(dir, name)
+}
+
+// ErrBusy: another drain or undrain of the database runs on this host.
+var ErrBusy = errors.New("another pgreap drain or undrain of it is running on this host")
+
+// LockRecord takes the record's lock, held until unlock (or the process's
+// end, however it ends: the kernel drops a dead process's locks). One
+// drain or undrain of a database at a time: a second drain would take
+// the first one's pauses, still waiting, for its own, and roll them back
+// (and the first would then end a transaction for a pause already lifted).
+// It is ErrBusy when another process holds it.
+func LockRecord(path string) (unlock func(), err error) {
+	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+		return nil, err
+	}
+	if err := ownfile.Dir(filepath.Dir(path)); err != nil {
+		return nil, fmt.Errorf("drain records' directory %w", err)
+	}
+	f, err := ownfile.OpenAppend(strings.TrimSuffix(path, ".json") + ".lock")
+	if err != nil {
+		return nil, fmt.Errorf("drain record's lock %w", err)
+	}
+	if err := syscall.Flock(int(f.Fd()), syscall.LOCK_EX|syscall.LOCK_NB); err != nil {
+		f.Close()
+		if errors.Is(err, syscall.EWOULDBLOCK) {
+			return nil, ErrBusy
+		}
+		return nil, fmt.Errorf("drain record's lock: %w", err)
+	}
+	return func() { f.Close() }, nil
 }
 
 // ReadRecord reads a record; an error wrapping os.ErrNotExist when there

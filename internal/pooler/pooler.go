@@ -13,6 +13,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"net/url"
 	"net"
 	"strconv"
 	"strings"
@@ -45,7 +46,7 @@ func Parse(dsn string) (*Pooler, error) {
 	if strings.TrimSpace(dsn) == "" {
 		return nil, errors.New("--pgbouncer: empty connection string")
 	}
-	cfg, err := pgconn.ParseConfig(dsn)
+	cfg, err := pgconn.ParseConfig(adminDB(dsn))
 	if err != nil {
 		return nil, fmt.Errorf("--pgbouncer %s", conn.Redact(strings.Join(strings.Fields(err.Error()), " "), dsn))
 	}
@@ -136,6 +137,20 @@ func fields(s string) []string {
 		out = append(out, b.String())
 	}
 	return out
+}
+
+// adminDB names the console's database in dsn unless it names one: the
+// password file (~/.pgpass) is searched with the database the string
+// names, and a line for database pgbouncer must be found. PGDATABASE,
+// which names the server's, must not be used.
+func adminDB(dsn string) string {
+	if u, err := url.Parse(dsn); err == nil && (u.Scheme == "postgres" || u.Scheme == "postgresql") {
+		if strings.Trim(u.Path, "/") == "" {
+			u.Path = "/" + AdminDB
+		}
+		return u.String()
+	}
+	return "dbname=" + AdminDB + " " + dsn
 }
 
 // ParseAll parses each of dsns; a name given twice is one pooler.

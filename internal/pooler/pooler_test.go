@@ -3,7 +3,10 @@ package pooler_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
+	"os"
+	"path/filepath"
 	"strings"
 	"testing"
 	"time"
@@ -215,5 +218,32 @@ func TestErrorNamesThePooler(t *testing.T) {
 	}
 	if _, err := pooler.Parse("host=127.0.0.1 port=notaport"); err == nil || strings.Contains(err.Error(), "\n") {
 		t.Fatalf("bad DSN: %v", err)
+	}
+}
+
+// The password of a console comes from ~/.pgpass (PGPASSFILE) by its
+// database, pgbouncer, as psql finds it; PGDATABASE is the server's.
+func TestPasswordFromPassfile(t *testing.T) {
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{AuthType: "md5", Users: map[string]string{"alice": "x"}})
+	pass := filepath.Join(t.TempDir(), "pgpass")
+	line := fmt.Sprintf("127.0.0.1:%d:pgbouncer:%s:%s\n", b.Port, cluster.AdminUser, b.Password(cluster.AdminUser))
+	if err := os.WriteFile(pass, []byte(line), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	t.Setenv("PGPASSFILE", pass)
+	t.Setenv("PGDATABASE", "postgres")
+	for _, dsn := range []string{
+		fmt.Sprintf("host=127.0.0.1 port=%d user=%s sslmode=disable", b.Port, cluster.AdminUser),
+		fmt.Sprintf("postgres://%s@127.0.0.1:%d?sslmode=disable", cluster.AdminUser, b.Port),
+	} {
+		p, err := pooler.Parse(dsn)
+		if err != nil {
+			t.Fatal(err)
+		}
+		a, err := p.Connect(pgtest.Context(t))
+		if err != nil {
+			t.Fatalf("%s: %v", dsn, err)
+		}
+		a.Close()
 	}
 }
