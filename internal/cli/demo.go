@@ -23,9 +23,12 @@ type DemoOptions struct {
 	Getenv func(string) string
 	Globs  []string
 	Cache  string
+	// FindPgBouncer finds the pgbouncer binary (cluster.FindPgBouncer).
+	FindPgBouncer func() (string, error)
 
-	Script bool
-	PGBin  string
+	Script      bool
+	PGBin       string
+	NoPgBouncer bool
 }
 
 // NewCmdDemo builds `pgreap demo`; runF replaces the run in tests.
@@ -41,14 +44,26 @@ queries on database shop, a runaway report (a parallel query), a
 transaction left open that holds a lock with checkouts queued behind it,
 and another one idle in transaction.
 
+Where PgBouncer is installed (pgbouncer on PATH, or in /usr/sbin), the
+shop's web application (its pool and the checkouts) connects through a
+PgBouncer the demo starts in front of the cluster (transaction mode, in a
+temporary directory named pgreap-demo-pgbouncer-*), and every command of
+the tour sees it (PGREAP_PGBOUNCER names its admin console): ls shows the
+client each server connection serves, kick ends the pooled clients too, and
+during the drain the pool's requests wait in PgBouncer instead of failing.
+Without it (or with --no-pgbouncer) the pool connects directly; the demo
+says how to install PgBouncer (Debian/Ubuntu: apt-get install pgbouncer).
+
 Without --script, print what to paste in a second terminal and the
 commands to try, and wait for Ctrl-C. With --script, run the tour
 unattended: ls, unblock, cancel, terminate with a plan and apply, kick
-(and ls: the shop's pool connects again), drain (first --dry-run) and
-undrain, and watch with one rule, each command printed before its output;
-then stop.
+(and ls: the shop's pool connects again), drain (first --dry-run), the
+pool's requests while it holds (waiting, failed: as the application counts
+them) and undrain, and watch with one rule, each command printed before
+its output; then stop.
 
-The cluster and its directory are removed on every exit, Ctrl-C included.
+The cluster, its PgBouncer and their directories are removed on every
+exit, Ctrl-C included.
 It needs PostgreSQL's server binaries (initdb, pg_ctl, postgres): from
 --pg-bin, $PGREAP_PGBIN, initdb on PATH, pg_config --bindir, where
 packages put them (/usr/lib/postgresql/*/bin, /usr/pgsql-*/bin, Homebrew),
@@ -58,7 +73,8 @@ ${XDG_CACHE_HOME:-~/.cache}/pgreap/pg), newest major first;
 'make demo' in a clone of pgreap fetches them there when none is found.`,
 		Example: `  pgreap demo
   pgreap demo --script
-  pgreap demo --pg-bin /usr/lib/postgresql/17/bin`,
+  pgreap demo --pg-bin /usr/lib/postgresql/17/bin
+  pgreap demo --script --no-pgbouncer    # the pool directly: the drain fails its requests`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if runF != nil {
@@ -69,11 +85,12 @@ ${XDG_CACHE_HOME:-~/.cache}/pgreap/pg), newest major first;
 	}
 	cmd.Flags().BoolVar(&opts.Script, "script", false, "run the tour unattended, then stop")
 	cmd.Flags().StringVar(&opts.PGBin, "pg-bin", "", "the directory of PostgreSQL's server binaries")
+	cmd.Flags().BoolVar(&opts.NoPgBouncer, "no-pgbouncer", false, "connect the shop's pool directly, even where PgBouncer is installed")
 	return cmd
 }
 
 func newDemoOptions(io *IOStreams) *DemoOptions {
-	return &DemoOptions{IO: io, Getenv: os.Getenv, Globs: cluster.SystemGlobs, Cache: cluster.CacheDir()}
+	return &DemoOptions{IO: io, Getenv: os.Getenv, Globs: cluster.SystemGlobs, Cache: cluster.CacheDir(), FindPgBouncer: cluster.FindPgBouncer}
 }
 
 // binDir finds the server binaries the demo runs.
@@ -113,10 +130,17 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 	// SIGQUIT must stop the demo's server too, not leave it running.
 	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP, syscall.SIGQUIT)
 	defer stop()
+	var pgbouncer string
+	if !opts.NoPgBouncer {
+		// None found: the demo runs without it and says how to get it.
+		pgbouncer, _ = opts.FindPgBouncer()
+	}
 	err = demo.Run(ctx, demo.Options{
-		Out:    opts.IO.Out,
-		BinDir: bin,
-		Script: opts.Script,
+		Out:             opts.IO.Out,
+		BinDir:          bin,
+		Script:          opts.Script,
+		PgBouncer:       pgbouncer,
+		NoPgBouncerHint: pgbouncer == "" && !opts.NoPgBouncer,
 		Pgreap: func(ctx context.Context, args []string, out io.Writer) int {
 			// The commands print as they would in a pipe: no questions
 			// (the tour says --yes), no colour, the terminal's width.

@@ -37,7 +37,35 @@ func noBinaries(t *testing.T) *DemoOptions {
 	t.Helper()
 	t.Setenv("PATH", t.TempDir()) // no initdb, no pg_config
 	streams, _, _ := Test()
-	return &DemoOptions{IO: streams, Getenv: func(string) string { return "" }, Globs: []string{t.TempDir() + "/*/bin"}, Cache: t.TempDir()}
+	return &DemoOptions{IO: streams, Getenv: func(string) string { return "" }, Globs: []string{t.TempDir() + "/*/bin"}, Cache: t.TempDir(),
+		FindPgBouncer: func() (string, error) { return "", cluster.ErrNoPgBouncer }}
+}
+
+// Without PgBouncer on the machine the demo runs without it and says, on
+// one line, how to get it; with --no-pgbouncer it says nothing of it.
+func TestDemoWithoutPgBouncer(t *testing.T) {
+	for _, tc := range []struct {
+		name string
+		no   bool
+		want string
+	}{
+		{name: "none found", want: "no PgBouncer on this machine: the shop's pool connects directly (to see pgreap with a pooler, install it: sudo apt-get install pgbouncer; dnf or brew install pgbouncer)\n"},
+		{name: "--no-pgbouncer", no: true},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			opts := noBinaries(t)
+			opts.PGBin = fakeBin(t, t.TempDir())
+			opts.NoPgBouncer = tc.no
+			out := opts.IO.Out.(*bytes.Buffer)
+			// The fake binaries do not start: the demo ends there.
+			if err := demoRun(context.Background(), opts); err == nil {
+				t.Fatal("the demo ran on fake binaries")
+			}
+			if want := tc.want + "starting a throwaway PostgreSQL from " + opts.PGBin + " ...\n"; !strings.HasPrefix(out.String(), want) {
+				t.Fatalf("output:\n%s\nwant it to begin with:\n%s", out, want)
+			}
+		})
+	}
 }
 
 // The cache scripts/pg-fetch fills (what make demo fetches on a bare

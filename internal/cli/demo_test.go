@@ -10,6 +10,7 @@ import (
 	"syscall"
 	"testing"
 
+	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -46,32 +47,84 @@ func leftovers(t *testing.T, tmp string) []string {
 }
 
 // The tour runs unattended to its end, every step as it should, and the
-// cluster is gone afterwards.
+// cluster (and its PgBouncer) are gone afterwards: with the shop's web
+// application through PgBouncer when it is installed, and directly.
 func TestDemoScript(t *testing.T) {
 	t.Parallel()
+	t.Run("pgbouncer", func(t *testing.T) {
+		t.Parallel()
+		if _, err := cluster.FindPgBouncer(); err != nil {
+			t.Skip(err)
+		}
+		out := demoScript(t)
+		m := regexp.MustCompile(`\nPgBouncer [0-9.]+ \(transaction mode\) on 127\.0\.0\.1:(\d+), in `).FindStringSubmatch(out)
+		if m == nil {
+			t.Fatalf("no PgBouncer started:\n%s", out)
+		}
+		if !regexp.MustCompile(`\nstopping PgBouncer and removing .*\nstopping the cluster and removing `).MatchString(out) {
+			t.Fatalf("PgBouncer not stopped before the cluster:\n%s", out)
+		}
+		// ls names the pooled clients: the checkouts, queued on the lock,
+		// hold their server connections.
+		name := "127.0.0.1:" + m[1]
+		first := tourSection(t, out, "$ pgreap ls --db shop\n")
+		if n := len(regexp.MustCompile(`\n\d+ +shop +postgres +checkout +127\.0\.0\.1 via `+regexp.QuoteMeta(name)+` +active `).FindAllString(first, -1)); n != 2 {
+			t.Fatalf("ls names %d of the 2 checkouts as clients via %s:\n%s", n, name, out)
+		}
+		// After kick the pool is back: PgBouncer's server connections are
+		// new ones (as many as requests ran at once lately).
+		poolBack(t, out, 1)
+		// kick ends the pooled clients, and PgBouncer serves new ones.
+		if !regexp.MustCompile(`\npgreap: pgbouncer ` + regexp.QuoteMeta(name) + `: KILL shop ended \d+ clients?, then RESUME`).MatchString(out) {
+			t.Fatalf("kick did not end the pooled clients:\n%s", out)
+		}
+		// drain pauses PgBouncer first; while it holds, the pool's
+		// requests wait, none fails; undrain resumes it and the requests
+		// that waited go on, none failed.
+		for _, want := range []string{"\npgreap: shop: paused on pgbouncer " + name + "\n", "\nshop: resumed on pgbouncer " + name + "\n"} {
+			if !strings.Contains(out, want) {
+				t.Fatalf("no %q in the tour:\n%s", want, out)
+			}
+		}
+		if m := regexp.MustCompile(`\nshop-web: (\d+) requests? waiting \(the oldest for [0-9.]+m?s\), 0 failed since the drain began\n`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Fatalf("while the drain held, no request of the pool waited, or some failed:\n%s", out)
+		}
+		if !regexp.MustCompile(`\nshop-web: \d+ requests? done, the longest took [0-9.]+m?s; 0 failed during the drain\n`).MatchString(out) {
+			t.Fatalf("requests of the pool failed during the drain:\n%s", out)
+		}
+	})
+	t.Run("direct", func(t *testing.T) {
+		t.Parallel()
+		out := demoScript(t, "--no-pgbouncer")
+		if strings.Contains(out, "PgBouncer 1.") || strings.Contains(out, "no PgBouncer on this machine") {
+			t.Fatalf("--no-pgbouncer: a PgBouncer, or the hint to get one:\n%s", out)
+		}
+		// What the tour says after kick holds: the shop's pool connects
+		// again (new sessions, ones kick did not end), and the drain ends
+		// them.
+		if m := regexp.MustCompile(`shop is drained \((\d+) sessions? ended\)`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Fatalf("the drain ended none of the pool's sessions:\n%s", out)
+		}
+		poolBack(t, out, 5)
+		// Directly, the application sees the drain: the count says so.
+		if m := regexp.MustCompile(`\nshop-web: \d+ requests? done, the longest took [0-9.]+m?s; (\d+) failed \([0-9A-Za-z, ]+\) during the drain\n`).FindStringSubmatch(out); m == nil || m[1] == "0" {
+			t.Fatalf("no failed request counted during the drain:\n%s", out)
+		}
+	})
+}
+
+// demoScript runs the tour, checks what it prints in every mode, and
+// returns its output.
+func demoScript(t *testing.T, args ...string) string {
+	t.Helper()
 	tmp := demoTmp(t)
 	home := t.TempDir() // the user's state directory must stay empty
 	p := startPgreap(t, []string{"TMPDIR=" + tmp, "PGREAP_PGBIN=" + pgtest.Shared(t).BinDir,
-		"HOME=" + home, "XDG_STATE_HOME=" + home, "PGREAP_STATE_DIR="}, "demo", "--script")
+		"HOME=" + home, "XDG_STATE_HOME=" + home, "PGREAP_STATE_DIR="}, append([]string{"demo", "--script"}, args...)...)
 	p.wait(t)
 	out := p.out.String()
 	if p.code() != 0 {
 		t.Fatalf("exit %d\n%s\nstderr:\n%s", p.code(), out, p.errOut.String())
-	}
-	// What the tour says after kick holds: the shop's pool connects again
-	// (new sessions, ones kick did not end), and the drain ends them.
-	if m := regexp.MustCompile(`shop is drained \((\d+) sessions? ended\)`).FindStringSubmatch(out); m == nil || m[1] == "0" {
-		t.Fatalf("the drain ended none of the pool's sessions:\n%s", out)
-	}
-	kicked := tourSection(t, out, "$ pgreap kick --db shop --yes\n")
-	back := tourSection(t, out, "$ pgreap ls --db shop\n", "# the pool is back")
-	if n := strings.Count(back, " shop-web "); n != 5 {
-		t.Fatalf("the pool is not back after kick (%d of 5 sessions):\n%s", n, out)
-	}
-	for _, line := range strings.Split(back, "\n") {
-		if pid, _, ok := strings.Cut(line, " "); ok && strings.Contains(line, " shop-web ") && strings.Contains(kicked, "\n"+pid+" ") {
-			t.Fatalf("pid %s, ended by kick, is listed as back:\n%s", pid, out)
-		}
 	}
 	for _, want := range []string{
 		"$ pgreap ls --db shop\n",
@@ -101,6 +154,23 @@ func TestDemoScript(t *testing.T) {
 		t.Fatalf("the tour wrote into the user's home: %v", state)
 	}
 	noServerIn(t, tmp)
+	return out
+}
+
+// poolBack checks the tour's ls after kick: at least n of the pool's
+// sessions, none of them one that kick ended.
+func poolBack(t *testing.T, out string, n int) {
+	t.Helper()
+	kicked := tourSection(t, out, "$ pgreap kick --db shop --yes\n")
+	back := tourSection(t, out, "$ pgreap ls --db shop\n", "# the pool is back")
+	if got := strings.Count(back, " shop-web "); got < n {
+		t.Fatalf("the pool is not back after kick (%d sessions, want %d):\n%s", got, n, out)
+	}
+	for _, line := range strings.Split(back, "\n") {
+		if pid, _, ok := strings.Cut(line, " "); ok && strings.Contains(line, " shop-web ") && strings.Contains(kicked, "\n"+pid+" ") {
+			t.Fatalf("pid %s, ended by kick, is listed as back:\n%s", pid, out)
+		}
+	}
 }
 
 // tourSection is the output of the tour's step whose command line is cmd
@@ -194,8 +264,14 @@ func TestDemoInterrupted(t *testing.T) {
 			tmp := demoTmp(t)
 			p := startDemo(t, tmp)
 			p.waitFor(t, "the demo's guide", func() bool { return strings.Contains(p.out.String(), "Ctrl-C here stops everything") })
-			if out := p.out.String(); !strings.Contains(out, "export PGHOST="+tmp+"/pgreap-demo-") || len(leftovers(t, tmp)) != 2 { // the cluster's, the drain records'
-				t.Fatalf("guide:\n%s", out)
+			// The cluster's directory, the drain records', PgBouncer's;
+			// the commands in the other terminal see the pooler, or none.
+			dirs, pooler := 3, "PGREAP_PGBOUNCER=postgres://postgres@127.0.0.1:"
+			if _, err := cluster.FindPgBouncer(); err != nil {
+				dirs, pooler = 2, "PGREAP_PGBOUNCER= "
+			}
+			if out := p.out.String(); !strings.Contains(out, "export PGHOST="+tmp+"/pgreap-demo-") || !strings.Contains(out, pooler) || len(leftovers(t, tmp)) != dirs {
+				t.Fatalf("guide (%d directories, want %d):\n%s", len(leftovers(t, tmp)), dirs, out)
 			}
 			stopDemo(t, p, tmp, sig)
 		})

@@ -14,6 +14,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -32,11 +33,23 @@ type Options struct {
 	// Pgreap runs one pgreap command in this process, its output (and
 	// its diagnostics) on out, and returns its exit code.
 	Pgreap func(ctx context.Context, args []string, out io.Writer) int
+	// PgBouncer is the pgbouncer binary the shop's web application
+	// (shop-web's pool, the checkouts) connects through; "": directly.
+	PgBouncer string
+	// NoPgBouncerHint: PgBouncer is "" because none was found, and Run
+	// says how to get it.
+	NoPgBouncerHint bool
 }
+
+// noPgBouncer is the line a demo without PgBouncer prints.
+const noPgBouncer = "no PgBouncer on this machine: the shop's pool connects directly (to see pgreap with a pooler, install it: sudo apt-get install pgbouncer; dnf or brew install pgbouncer)"
 
 // Run starts the cluster and the workload, then the tour or the wait;
 // everything is stopped and removed before it returns.
 func Run(ctx context.Context, opt Options) (err error) {
+	if opt.NoPgBouncerHint {
+		fmt.Fprintln(opt.Out, noPgBouncer)
+	}
 	fmt.Fprintf(opt.Out, "starting a throwaway PostgreSQL from %s ...\n", opt.BinDir)
 	c, err := cluster.Start(ctx, cluster.Options{
 		BinDir: opt.BinDir,
@@ -68,24 +81,42 @@ func Run(ctx context.Context, opt Options) (err error) {
 	}
 	defer os.RemoveAll(state)
 	if opt.Script {
-		old, had := os.LookupEnv("PGREAP_STATE_DIR")
-		os.Setenv("PGREAP_STATE_DIR", state)
-		defer func() {
-			if had {
-				os.Setenv("PGREAP_STATE_DIR", old)
-			} else {
-				os.Unsetenv("PGREAP_STATE_DIR")
-			}
-		}()
+		defer setenv("PGREAP_STATE_DIR", state)()
 	}
 
-	w, err := startWorkload(ctx, c)
+	// PGREAP_PGBOUNCER as the user may have it must not reach the tour's
+	// commands: they get the demo's pooler, or none.
+	pooled := ""
+	var pgb *cluster.PgBouncer
+	if opt.PgBouncer != "" {
+		// Stopped before the cluster (deferred after it), after the
+		// workload's sessions (deferred before them).
+		pgb, err = cluster.StartPgBouncer(ctx, c, cluster.PgBouncerOptions{
+			Binary: opt.PgBouncer, Prefix: "pgreap-demo-pgbouncer-", PoolMode: "transaction",
+		})
+		if err != nil {
+			return fmt.Errorf("demo PgBouncer (--no-pgbouncer runs the demo without it): %w", err)
+		}
+		defer func() {
+			fmt.Fprintf(opt.Out, "stopping PgBouncer and removing %s\n", pgb.Dir)
+			if stopErr := pgb.Stop(); stopErr != nil && err == nil {
+				err = fmt.Errorf("stopping the demo's PgBouncer: %w", stopErr)
+			}
+		}()
+		pooled = adminURL(pgb)
+		fmt.Fprintf(opt.Out, "%s (transaction mode) on 127.0.0.1:%d, in %s\n", pgb.Version, pgb.Port, pgb.Dir)
+	}
+	if opt.Script {
+		defer setenv("PGREAP_PGBOUNCER", pooled)()
+	}
+
+	w, err := startWorkload(ctx, c, pgb)
 	defer w.stop()
 	if err != nil {
 		return err
 	}
 	if !opt.Script {
-		printGuide(opt.Out, c, state)
+		printGuide(opt.Out, c, pgb, state)
 		<-ctx.Done()
 		fmt.Fprintln(opt.Out)
 		return nil
@@ -93,14 +124,52 @@ func Run(ctx context.Context, opt Options) (err error) {
 	return tour(ctx, opt, c, w)
 }
 
-func printGuide(out io.Writer, c *cluster.Cluster, state string) {
+// setenv sets the environment variable name to value ("": unsets it) and
+// returns what puts it back.
+func setenv(name, value string) (restore func()) {
+	old, had := os.LookupEnv(name)
+	if value == "" {
+		os.Unsetenv(name)
+	} else {
+		os.Setenv(name, value)
+	}
+	return func() {
+		if had {
+			os.Setenv(name, old)
+		} else {
+			os.Unsetenv(name)
+		}
+	}
+}
+
+// adminURL names pgb's admin console as PGREAP_PGBOUNCER takes it: one
+// word (the variable is a list separated by spaces) that a shell pastes
+// as it is (no ?: zsh globs it), as the admin user, who needs no password
+// (auth_type trust).
+func adminURL(pgb *cluster.PgBouncer) string {
+	return fmt.Sprintf("postgres://%s@127.0.0.1:%d/pgbouncer", cluster.AdminUser, pgb.Port)
+}
+
+func printGuide(out io.Writer, c *cluster.Cluster, pgb *cluster.PgBouncer, state string) {
+	env := append(c.Env(), "PGREAP_STATE_DIR="+state)
+	pool, drain, dirs := "", "keep shop empty, then reopen it", c.Dir+" and "+state
+	if pgb != nil {
+		// The commands typed in the other terminal see the pooler too.
+		env = append(env, "PGREAP_PGBOUNCER="+adminURL(pgb))
+		pool = fmt.Sprintf("\nshop-web and the checkouts connect through PgBouncer on 127.0.0.1:%d (transaction mode).\n", pgb.Port)
+		drain = "PgBouncer holds shop-web's requests meanwhile"
+		dirs = c.Dir + ", " + pgb.Dir + " and " + state
+	} else {
+		// Nor a pooler of the user's own, named in their environment.
+		env = append(env, "PGREAP_PGBOUNCER=")
+	}
 	fmt.Fprintf(out, `
 The shop is busy, and in trouble:
   shop-web   a pool of %d sessions running short queries on database shop
   report     a runaway report (a parallel query, with its workers)
   batch      a transaction left open, holding a row lock; %d checkouts queue behind it
   etl        another transaction left open (idle in transaction)
-
+%s
 In another terminal, paste:
 
   export %s
@@ -113,15 +182,24 @@ and try:
   pgreap cancel --app report                cancel the runaway report (asks first)
   pgreap terminate --app etl --dry-run -o json > plan.json && pgreap apply plan.json
   pgreap kick --db shop                     end every session of shop (the pool comes back)
-  pgreap drain shop; pgreap undrain shop    keep shop empty, then reopen it
+  pgreap drain shop; pgreap undrain shop    %s
 
-Ctrl-C here stops everything and removes %s and %s.
-`, poolSize, queued, strings.Join(append(c.Env(), "PGREAP_STATE_DIR="+state), " "), c.Dir, state)
+Ctrl-C here stops everything and removes %s.
+`, poolSize, queued, pool, strings.Join(env, " "), drain, dirs)
 }
 
 // tour runs the commands of the tour, each printed before its output.
 func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) error {
-	fmt.Fprintf(opt.Out, "\nThe shop is in trouble: a runaway report, a forgotten transaction with %d checkouts queued behind it, another one idle in transaction, and a pool of %d sessions.\n", queued, poolSize)
+	pooled := w.pgb != nil
+	// say is the tour's text for a step, directly or with the pooler.
+	say := func(direct, withPgBouncer string) string {
+		if pooled {
+			return withPgBouncer
+		}
+		return direct
+	}
+	fmt.Fprintf(opt.Out, "\nThe shop is in trouble: a runaway report, a forgotten transaction with %d checkouts queued behind it, another one idle in transaction, and a pool of %d sessions.\n%s",
+		queued, poolSize, say("", "The pool and the checkouts connect through PgBouncer; PGREAP_PGBOUNCER names its admin console to pgreap.\n"))
 	dsn := c.DSN("postgres", cluster.Superuser)
 	// run runs pgreap with the demo's server (-d) and checks its exit.
 	run := func(out io.Writer, want int, args ...string) error {
@@ -138,10 +216,15 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 		fmt.Fprintf(opt.Out, "\n# %s\n$ pgreap %s\n", say, shellJoin(args))
 		return run(opt.Out, want, args...)
 	}
+	var before webStats // shop-web's requests when the drain began
 	plan := filepath.Join(c.Dir, "plan.json")
 	policy := filepath.Join(c.Dir, "policy.yaml")
 	steps := []func() error{
-		func() error { return step("every session of database shop", 0, "ls", "--db", "shop") },
+		func() error {
+			return step(say("every session of database shop",
+				"every session of database shop; PgBouncer's show the client each serves (ADDR via PGBOUNCER), pooled, idle, or ? when it ran again since PgBouncer was asked"),
+				0, "ls", "--db", "shop")
+		},
 		func() error {
 			return step("the lock pile-up: who blocks whom, and what unblock would end", 0, "unblock", "--longer-than", "1s", "--dry-run")
 		},
@@ -167,30 +250,43 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 			return run(opt.Out, 0, "apply", plan)
 		},
 		func() error {
-			return step("end every session of shop (its pool connects again)", 0, "kick", "--db", "shop", "--yes")
+			return step(say("end every session of shop (its pool connects again)",
+				"end every session of shop, and its clients in PgBouncer (KILL, then RESUME): the pool connects again"),
+				0, "kick", "--db", "shop", "--yes")
 		},
 		func() error {
 			if err := w.waitPool(ctx); err != nil {
 				return err
 			}
-			return step("the pool is back: new connections, new pids", 0, "ls", "--db", "shop")
+			return step(say("the pool is back: new connections, new pids",
+				"the pool is back: PgBouncer's new server connections, new pids"), 0, "ls", "--db", "shop")
 		},
 		func() error {
 			return step("what a drain would record, block and end; nothing is changed", 0, "drain", "shop", "--dry-run")
 		},
 		func() error {
-			return step("maintenance: keep shop empty (new connections refused), until undrain", 0, "drain", "shop", "--timeout", "20s")
+			before = w.web.stats()
+			w.web.mark()
+			return step(say("maintenance: keep shop empty (new connections refused), until undrain",
+				"maintenance: PgBouncer pauses shop (it closes its server connections, the pool's requests wait in it), then shop is kept empty until undrain"),
+				0, "drain", "shop", "--timeout", "20s")
 		},
 		func() error {
-			return step("nobody in shop now: the pool's new connections are refused", 1, "ls", "--db", "shop")
+			return step(say("nobody in shop now: the pool's new connections are refused",
+				"nobody in shop now: PgBouncer holds the pool's requests"), 1, "ls", "--db", "shop")
 		},
+		func() error { return heldStep(ctx, opt.Out, w, before) },
 		func() error {
-			if err := step("let them back: the settings shop had, restored", 0, "undrain", "shop"); err != nil {
+			if err := step(say("let them back: the settings shop had, restored",
+				"let them back: the settings shop had, restored, and PgBouncer resumed"), 0, "undrain", "shop"); err != nil {
 				return err
 			}
 			// What "let them back" says: the pool is back before the tour
 			// goes on.
-			return w.waitPool(ctx)
+			if err := w.waitPool(ctx); err != nil {
+				return err
+			}
+			return afterStep(opt.Out, w, before)
 		},
 		func() error { return watchStep(ctx, opt, c, w, policy, run) },
 	}
@@ -203,10 +299,77 @@ func tour(ctx context.Context, opt Options, c *cluster.Cluster, w *workload) err
 	return nil
 }
 
+// heldStep says what shop-web's requests see while shop is drained: with
+// PgBouncer they wait in it, directly they fail. It waits until the
+// application has seen the drain (a request has waited a second, or one
+// has failed), 15s at most.
+func heldStep(ctx context.Context, out io.Writer, w *workload, before webStats) error {
+	fmt.Fprintf(out, "\n# meanwhile, shop-web's requests as the application counts them\n")
+	now := w.web.stats()
+	for began := time.Now(); now.Oldest < time.Second && now.Failed == before.Failed && time.Since(began) < 15*time.Second; now = w.web.stats() {
+		pause(ctx, 20*time.Millisecond) // polling the counts
+		if ctx.Err() != nil {
+			return ctx.Err()
+		}
+	}
+	fmt.Fprintf(out, "shop-web: %s waiting", requestCount(now.Waiting))
+	if now.Waiting > 0 {
+		fmt.Fprintf(out, " (the oldest for %s)", round(now.Oldest))
+	}
+	fmt.Fprintf(out, ", %s since the drain began\n", failed(now, before))
+	return nil
+}
+
+// afterStep says how shop-web's requests came through the drain.
+func afterStep(out io.Writer, w *workload, before webStats) error {
+	now := w.web.stats()
+	fmt.Fprintf(out, "\n# shop-web's requests through the drain, as the application counts them\n")
+	fmt.Fprintf(out, "shop-web: %s done, the longest took %s; %s during the drain\n",
+		requestCount(now.OK-before.OK), round(now.Longest), failed(now, before))
+	if w.pgb == nil {
+		fmt.Fprintf(out, "(without a pooler the application sees the drain; through PgBouncer its requests would wait instead)\n")
+	}
+	return nil
+}
+
+// requestCount is "1 request", "2 requests".
+func requestCount(n int) string {
+	if n == 1 {
+		return "1 request"
+	}
+	return fmt.Sprintf("%d requests", n)
+}
+
+// round rounds d for people: to the millisecond under a second, else to
+// a tenth of a second.
+func round(d time.Duration) time.Duration {
+	if d < time.Second {
+		return d.Round(time.Millisecond)
+	}
+	return d.Round(100 * time.Millisecond)
+}
+
+// failed says how many of shop-web's requests failed since before, and
+// with which SQLSTATEs.
+func failed(now, before webStats) string {
+	n := now.Failed - before.Failed
+	if n == 0 {
+		return "0 failed"
+	}
+	var codes []string
+	for code, k := range now.Codes {
+		if k > before.Codes[code] {
+			codes = append(codes, code)
+		}
+	}
+	sort.Strings(codes)
+	return fmt.Sprintf("%d failed (%s)", n, strings.Join(codes, ", "))
+}
+
 const policyText = `# pgreap watch: cancel any report query that runs longer than 2s
 targets:
   - name: demo
-    dsn: %q
+    dsn: %q%s
 interval: 500ms
 metrics_addr: "off"
 rules:
@@ -218,7 +381,11 @@ rules:
 // watchStep runs the daemon with one rule until it has cancelled a new
 // runaway report (20s at most), its audit lines on the output.
 func watchStep(ctx context.Context, opt Options, c *cluster.Cluster, w *workload, policy string, run func(io.Writer, int, ...string) error) error {
-	text := fmt.Sprintf(policyText, c.DSN("postgres", cluster.Superuser))
+	pgbouncer := "" // the rules match a pooled client's facts, not the server connection's
+	if w.pgb != nil {
+		pgbouncer = fmt.Sprintf("\n    pgbouncer: [%q]", adminURL(w.pgb))
+	}
+	text := fmt.Sprintf(policyText, c.DSN("postgres", cluster.Superuser), pgbouncer)
 	if err := os.WriteFile(policy, []byte(text), 0o600); err != nil {
 		return err
 	}

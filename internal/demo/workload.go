@@ -2,12 +2,17 @@ package demo
 
 import (
 	"context"
+	"errors"
 	"fmt"
+	"io"
+	"maps"
 	"math/rand/v2"
+	"net"
 	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgxpool"
 
 	"github.com/pgreap/pgreap/internal/cluster"
@@ -22,19 +27,128 @@ const (
 
 // workload is the shop's sessions: each runs in a goroutine of its own
 // until stop. Its connections are plain pgx connections, and shop-web's a
-// pgxpool, as an application's would be.
+// pgxpool, as an application's would be. With a PgBouncer, the web
+// application's (shop-web's pool and the checkouts) go through it.
 type workload struct {
 	c      *cluster.Cluster
+	pgb    *cluster.PgBouncer // nil: everyone connects to the server
 	ctx    context.Context
 	cancel context.CancelFunc
 	wg     sync.WaitGroup
 	mu     sync.Mutex
 	conns  []*pgx.Conn
 	pool   *pgxpool.Pool
+	web    requests
+}
+
+// requests counts shop-web's requests as the application sees them:
+// done, failed, and in flight (waiting for a connection of the pool or
+// for the server).
+type requests struct {
+	mu       sync.Mutex
+	ok       int
+	failed   int
+	codes    map[string]int    // failures by SQLSTATE
+	inFlight map[int]time.Time // by request loop: when its request began
+	lastOK   time.Time         // when the latest request that succeeded began
+	longest  time.Duration     // the longest request that succeeded, since mark
+}
+
+// webStats is what the tour says about shop-web's requests.
+type webStats struct {
+	OK, Failed int
+	Codes      map[string]int // failures by SQLSTATE
+	Waiting    int            // requests in flight now
+	Oldest     time.Duration  // how long the oldest of them has waited
+	Longest    time.Duration  // the longest that succeeded since mark
+}
+
+func (r *requests) begin(loop int) time.Time {
+	now := time.Now()
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	if r.inFlight == nil {
+		r.inFlight = map[int]time.Time{}
+	}
+	r.inFlight[loop] = now
+	return now
+}
+
+// failure names a request's failure: the server's SQLSTATE, or
+// "connection lost" (a connection the server ended, found dead when the
+// request was written on it).
+func failure(err error) string {
+	var pgErr *pgconn.PgError
+	var netErr *net.OpError
+	switch {
+	case errors.As(err, &pgErr):
+		return pgErr.Code
+	case errors.As(err, &netErr), errors.Is(err, io.EOF), errors.Is(err, io.ErrUnexpectedEOF):
+		return "connection lost"
+	}
+	return "other"
+}
+
+func (r *requests) end(loop int, began time.Time, err error) {
+	took := time.Since(began)
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	delete(r.inFlight, loop)
+	if err != nil {
+		r.failed++
+		if r.codes == nil {
+			r.codes = map[string]int{}
+		}
+		r.codes[failure(err)]++
+		return
+	}
+	r.ok++
+	r.longest = max(r.longest, took)
+	if began.After(r.lastOK) {
+		r.lastOK = began
+	}
+}
+
+// mark starts the count of the longest request anew.
+func (r *requests) mark() {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	r.longest = 0
+}
+
+func (r *requests) stats() webStats {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	s := webStats{OK: r.ok, Failed: r.failed, Codes: maps.Clone(r.codes), Waiting: len(r.inFlight), Longest: r.longest}
+	for _, began := range r.inFlight {
+		s.Oldest = max(s.Oldest, time.Since(began))
+	}
+	return s
+}
+
+// okSince says whether a request that began after t has succeeded.
+func (r *requests) okSince(t time.Time) bool {
+	r.mu.Lock()
+	defer r.mu.Unlock()
+	return r.lastOK.After(t)
+}
+
+// webDSN is the connection string of the web application's sessions:
+// through the PgBouncer if there is one. pgx must not prepare named
+// statements through it (transaction mode: the next transaction may run on
+// another server connection).
+func (w *workload) webDSN(app string) string {
+	if w.pgb == nil {
+		return w.c.DSN("shop", cluster.Superuser) + " application_name=" + app
+	}
+	return w.pgb.DSN("shop", cluster.Superuser) + " application_name=" + app + " default_query_exec_mode=exec"
 }
 
 func (w *workload) connect(ctx context.Context, db, app string, settings ...string) (*pgx.Conn, error) {
-	dsn := w.c.DSN(db, cluster.Superuser) + " application_name=" + app
+	return w.connectDSN(ctx, w.c.DSN(db, cluster.Superuser)+" application_name="+app, settings...)
+}
+
+func (w *workload) connectDSN(ctx context.Context, dsn string, settings ...string) (*pgx.Conn, error) {
 	for _, s := range settings {
 		dsn += " " + s
 	}
@@ -81,9 +195,9 @@ func (w *workload) stop() {
 
 // startWorkload creates the shop and starts its sessions, and returns once
 // they are all in place (the lock queue, the report's workers).
-func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
+func startWorkload(ctx context.Context, c *cluster.Cluster, pgb *cluster.PgBouncer) (*workload, error) {
 	wctx, cancel := context.WithCancel(ctx)
-	w := &workload{c: c, ctx: wctx, cancel: cancel}
+	w := &workload{c: c, pgb: pgb, ctx: wctx, cancel: cancel}
 	// Not one of the shop's sessions: closed once the shop is in place.
 	admin, err := pgx.Connect(ctx, c.DSN("postgres", cluster.Superuser)+" application_name=demo-setup")
 	if err != nil {
@@ -121,7 +235,7 @@ func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
 		return w, err
 	}
 	for i := 0; i < queued; i++ {
-		cn, err := w.connect(ctx, "shop", "checkout")
+		cn, err := w.connectDSN(ctx, w.webDSN("checkout"))
 		if err != nil {
 			return w, err
 		}
@@ -141,7 +255,10 @@ func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
 	// Ready when everyone is in place and the checkouts have waited 1s
 	// (unblock --longer-than 1s). The report's workers may not come
 	// (max_worker_processes used up): the demo goes on without them.
-	deadline := time.Now().Add(30 * time.Second)
+	// Through a PgBouncer in transaction mode the pool has as many server
+	// connections as requests ran at once: ready when one has succeeded.
+	began := time.Now()
+	deadline := began.Add(30 * time.Second)
 	for {
 		var pool, waiting, workers int
 		err := admin.QueryRow(ctx, `SELECT count(*) FILTER (WHERE application_name = 'shop-web'),
@@ -150,6 +267,9 @@ func startWorkload(ctx context.Context, c *cluster.Cluster) (*workload, error) {
 			  FROM pg_catalog.pg_stat_activity WHERE datname = 'shop'`).Scan(&pool, &waiting, &workers)
 		if err != nil {
 			return w, err
+		}
+		if w.pgb != nil && w.web.okSince(began) {
+			pool = poolSize
 		}
 		if pool >= poolSize && waiting >= queued && (workers > 0 || time.Now().After(deadline.Add(-25*time.Second))) {
 			return w, nil
@@ -182,7 +302,7 @@ func (w *workload) startReport(ctx context.Context) error {
 
 // startPool opens shop-web's pool and starts its clients.
 func (w *workload) startPool(ctx context.Context) error {
-	cfg, err := pgxpool.ParseConfig(w.c.DSN("shop", cluster.Superuser) + " application_name=shop-web")
+	cfg, err := pgxpool.ParseConfig(w.webDSN("shop-web"))
 	if err != nil {
 		return err
 	}
@@ -198,7 +318,7 @@ func (w *workload) startPool(ctx context.Context) error {
 		return err
 	}
 	for i := 0; i < clients; i++ {
-		w.goRun(w.webClient)
+		w.goRun(func() { w.webClient(i) })
 	}
 	return nil
 }
@@ -206,18 +326,39 @@ func (w *workload) startPool(ctx context.Context) error {
 // webClient is one of the application's request loops: a short query on
 // a connection from the pool, then the time to the next request. A
 // request that fails (its connection ended, the database refusing
-// connections) is not retried: the next one comes as it would.
-func (w *workload) webClient() {
+// connections) is not retried, only counted: the next one comes as it
+// would.
+func (w *workload) webClient(loop int) {
 	for w.ctx.Err() == nil {
 		var stock int
-		_ = w.pool.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock)
+		began := w.web.begin(loop)
+		err := w.pool.QueryRow(w.ctx, "SELECT stock FROM products WHERE id = $1", 2+rand.IntN(999)).Scan(&stock)
+		if w.ctx.Err() != nil {
+			return // the demo ends: not the application's failure
+		}
+		w.web.end(loop, began, err)
 		pause(w.ctx, time.Duration(50+rand.IntN(250))*time.Millisecond)
 	}
 }
 
-// waitPool waits until the pool has all its connections open again,
-// after they were ended.
+// waitPool waits until the pool is back after its connections were ended:
+// directly, all its connections open again; through a PgBouncer (whose
+// server connections come and go with the requests), a request that
+// began after now has succeeded.
 func (w *workload) waitPool(ctx context.Context) error {
+	if w.pgb != nil {
+		began := time.Now()
+		for !w.web.okSince(began) {
+			if time.Since(began) > 20*time.Second {
+				return fmt.Errorf("demo workload: no request of the pool has succeeded through PgBouncer for 20s (%d failed in all)", w.web.stats().Failed)
+			}
+			pause(ctx, 20*time.Millisecond) // polling the counts
+			if ctx.Err() != nil {
+				return ctx.Err()
+			}
+		}
+		return nil
+	}
 	cn, err := pgx.Connect(ctx, w.c.DSN("postgres", cluster.Superuser)+" application_name=demo-setup")
 	if err != nil {
 		return err
