@@ -12,6 +12,7 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/pooler"
@@ -84,6 +85,13 @@ func kickPoolers(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *sel
 	if err != nil {
 		return err
 	}
+	// The server's sessions are shown with the clients the poolers say
+	// they serve (a selection by database only: nothing is judged by them).
+	look, err := activity.TakePooled(ctx, conn, admins)
+	if err != nil {
+		return err
+	}
+	sel = sel.WithPooled(look)
 	pooled := 0
 	for _, k := range kills {
 		pooled += len(k.Clients)
