@@ -17,6 +17,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // The exit codes of shared/PRODUCT.md. They are decided in this file
@@ -131,6 +132,8 @@ func Message(err error) string {
 		case errors.Is(err, context.DeadlineExceeded):
 			msg += fmt.Sprintf(" (hint: no answer from the server within its statement_timeout plus %s: "+
 				"the network or the server stalled, and pgreap closed its connection)", conn.DeadlineMargin)
+		case lostConnection(err) && errors.As(err, new(*pooler.Error)):
+			msg += " (hint: the connection to the pooler's console was lost: a restart or a crash of PgBouncer, or the network)"
 		case lostConnection(err):
 			msg += " (hint: the connection to the server was lost: a restart, a crash, the network, or pg_terminate_backend)"
 		}
