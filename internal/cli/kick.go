@@ -100,7 +100,8 @@ func kickPoolers(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *sel
 	if err != nil {
 		return err
 	}
-	if len(plan.Results) == 0 && len(kills) == 0 {
+	if len(plan.Results) == 0 && pooled == 0 {
+		// Nothing to end, here or in the poolers (as kick without them).
 		return ErrNoMatch
 	}
 	planned := plan.Count(action.Planned)
