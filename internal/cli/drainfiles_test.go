@@ -159,11 +159,13 @@ func TestDrainRecordIsPrivate(t *testing.T) {
 	if p.code() != 0 {
 		t.Fatalf("drain: exit %d, stderr %q", p.code(), p.errOut.String())
 	}
+	// The record, and the lock that keeps a second drain or undrain of
+	// the database out while one runs.
 	files, err := filepath.Glob(filepath.Join(state, "*"))
-	if err != nil || len(files) != 1 {
+	if err != nil || len(files) != 2 || !strings.HasSuffix(files[0], ".json") || !strings.HasSuffix(files[1], ".lock") {
 		t.Fatalf("records %v (%v)", files, err)
 	}
-	for path, want := range map[string]os.FileMode{state: 0o700 | os.ModeDir, files[0]: 0o600} {
+	for path, want := range map[string]os.FileMode{state: 0o700 | os.ModeDir, files[0]: 0o600, files[1]: 0o600} {
 		if fi, err := os.Lstat(path); err != nil || fi.Mode() != want {
 			t.Errorf("%s: mode %v (%v), want %v", path, fi.Mode(), err, want)
 		}

@@ -690,6 +690,8 @@ func TestUndrainRefusesAnEditedPoolerRecord(t *testing.T) {
 	db := pgtest.NewDB(t)
 	reopen(t, db)
 	resumeAtEnd(t, b, db)
+	p := startPool(t, b, db, 1) // keeps the pooler's entry of db listed
+	defer p.stop()
 	admin := b.AdminDSN(cluster.AdminUser)
 	run(t, false, "drain", db, "--pgbouncer", admin).wantCode(t, 0)
 	if !paused(t, b, db) {
