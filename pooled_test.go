@@ -16,16 +16,13 @@ import (
 func TestSessionsBehindAPooler(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
-		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
-	db := pgtest.NewDB(t)
+	b, db, connect := pgtest.OneServerConnection(t)
 	appA := "A-" + pgtest.Tag(t)
-	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
-	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
+	a := connect(appA)
 	if _, err := a.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	bc := pgtest.Connect(t, client)
+	bc := connect("")
 	if _, err := bc.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}
@@ -60,16 +57,13 @@ func TestSessionsBehindAPooler(t *testing.T) {
 func TestTerminateBehindAPooler(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
-		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
-	db := pgtest.NewDB(t)
+	b, db, connect := pgtest.OneServerConnection(t)
 	appA := "A-" + pgtest.Tag(t)
-	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
-	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
+	a := connect(appA)
 	if _, err := a.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatal(err)
 	}
-	bc := pgtest.Connect(t, client)
+	bc := connect("")
 	if _, err := bc.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}

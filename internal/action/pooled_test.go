@@ -23,20 +23,10 @@ import (
 func TestPooledSessionHandedOverIsLeftAlone(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
-		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
-	db := pgtest.NewDB(t)
+	b, db, connect := pgtest.OneServerConnection(t)
 	appA := "A-" + pgtest.Tag(t)
-	dsn := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
-	a := pgtest.Connect(t, dsn+" application_name="+cluster.Quote(appA))
-	bc := pgtest.Connect(t, dsn)
-	pidOf := func(cn *pgx.Conn) int32 {
-		var pid int32
-		if err := cn.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
-			t.Fatal(err)
-		}
-		return pid
-	}
+	a, bc := connect(appA), connect("")
+	pidOf := func(cn *pgx.Conn) int32 { return pgtest.BackendPID(t, cn) }
 	if _, err := a.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}

@@ -9,6 +9,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/cluster"
@@ -137,4 +138,33 @@ func show(ctx context.Context, dsn, what string) ([]map[string]string, error) {
 		out = append(out, row)
 	}
 	return out, nil
+}
+
+// OneServerConnection is a PgBouncer of the test's own in transaction mode
+// with a pool of one server connection, in front of a new database: its
+// clients take turns on one backend, the case where a backend's own
+// facts are another client's. Connect opens a client of it, as the
+// superuser, with application_name app ("": none).
+func OneServerConnection(t testing.TB) (b *cluster.PgBouncer, db string, connect func(app string) *pgx.Conn) {
+	t.Helper()
+	b = OwnPgBouncer(t, Shared(t), PgBouncerOptions{PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
+	db = NewDB(t)
+	dsn := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
+	return b, db, func(app string) *pgx.Conn {
+		t.Helper()
+		if app != "" {
+			return Connect(t, dsn+" application_name="+cluster.Quote(app))
+		}
+		return Connect(t, dsn)
+	}
+}
+
+// BackendPID is the pid of the backend that serves cn now.
+func BackendPID(t testing.TB, cn *pgx.Conn) int32 {
+	t.Helper()
+	var pid int32
+	if err := cn.QueryRow(Context(t), "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
 }

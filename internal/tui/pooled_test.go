@@ -5,7 +5,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -17,19 +16,12 @@ import (
 func TestTopShowsPooledClientsAndThoseWaiting(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
-		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
-	db := pgtest.NewDB(t)
-	dsn := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec application_name="
-	holder := pgtest.Connect(t, dsn+"holder")
-	waiter := pgtest.Connect(t, dsn+"waiter")
+	b, db, connect := pgtest.OneServerConnection(t)
+	holder, waiter := connect("holder"), connect("waiter")
 	if _, err := holder.Exec(ctx, "BEGIN"); err != nil {
 		t.Fatal(err)
 	}
-	var pid int32
-	if err := holder.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	pid := pgtest.BackendPID(t, holder)
 	done := make(chan error, 1)
 	go func() { _, err := waiter.Exec(ctx, "SELECT 1"); done <- err }()
 	t.Cleanup(func() {

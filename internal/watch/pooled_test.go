@@ -21,17 +21,10 @@ import (
 func TestRulesMatchPooledClients(t *testing.T) {
 	t.Parallel()
 	ctx := pgtest.Context(t)
-	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{
-		PoolMode: "transaction", Settings: map[string]string{"default_pool_size": "1"}})
-	db := pgtest.NewDB(t)
+	b, db, connect := pgtest.OneServerConnection(t)
 	appA := "A-" + pgtest.Tag(t)
-	client := b.DSN(db, cluster.Superuser) + " default_query_exec_mode=exec"
-	a := pgtest.Connect(t, client+" application_name="+cluster.Quote(appA))
-	bc := pgtest.Connect(t, client)
-	var pid int32
-	if err := a.QueryRow(ctx, "SELECT pg_catalog.pg_backend_pid()").Scan(&pid); err != nil {
-		t.Fatal(err)
-	}
+	a, bc := connect(appA), connect("")
+	pid := pgtest.BackendPID(t, a)
 	run := func(cn *pgx.Conn, sql string) <-chan error {
 		done := make(chan error, 1)
 		go func() { _, err := cn.Exec(ctx, sql); done <- err }()
