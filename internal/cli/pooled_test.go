@@ -388,14 +388,20 @@ func TestNewServerConnectionIsNotJudgedAsDirect(t *testing.T) {
 		t.Fatal(err)
 	}
 	defer pooler.CloseAll(admins)
+	app0 := "A-" + pgtest.Tag(t)
+	unnamed := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: app0, TCP: true})
 	pooled, err := activity.TakePooled(ctx, conn, admins)
 	if err != nil {
 		t.Fatal(err)
 	}
-	// Now a client comes, and the pooler opens a server connection for it.
+	// Now a client comes, and the pooler opens a server connection for it;
+	// and a backend the poolers did not name (a server connection still
+	// logging in when they were asked looks so) runs a statement.
 	app := "A-" + pgtest.Tag(t)
 	a, _ := pooledClient(t, b, db, app)
 	pid := backendPID(t, a)
+	unnamed.Exec("SELECT 1")
+
 	for _, spec := range []selector.Spec{{DB: []string{db}, ExcludeApp: []string{app}}, {DB: []string{db}, App: []string{app}}, {DB: []string{db}, Client: []string{"127.0.0.1"}}} {
 		sel, err := selector.Parse(spec)
 		if err != nil {
@@ -408,6 +414,9 @@ func TestNewServerConnectionIsNotJudgedAsDirect(t *testing.T) {
 		for _, s := range snap.Sessions {
 			if s.PID == pid {
 				t.Errorf("%+v chose the server connection %d opened after the poolers were asked", spec, pid)
+			}
+			if s.PID == unnamed.PID {
+				t.Errorf("%+v chose the backend %d the poolers did not name, whose state began after they were asked", spec, s.PID)
 			}
 		}
 	}

@@ -522,9 +522,10 @@ var pooledColumns = map[string]bool{"usename": true, "application_name": true, "
 // it serves none; and a backend whose state changed after the poolers were
 // asked is not known to serve that client: the term is false for it,
 // whether it includes or excludes, so that no one is chosen, nor let
-// through an exclusion, by another client's facts. Nor is a backend that
-// started after they were asked and that they did not name: a pooler may
-// have opened it since, for a client we know nothing of.
+// through an exclusion, by another client's facts. Nor is a backend they
+// did not name whose state began after they were asked: a pooler may have
+// opened it since (or it was still logging in when they were asked), for
+// a client we know nothing of.
 func (c *compiler) client(column string, term func(col string) string) string {
 	own := term(c.alias + "." + column)
 	if c.facts.Asked.IsZero() || !pooledColumns[column] {
@@ -547,8 +548,11 @@ func (c *compiler) client(column string, term func(col string) string) string {
             -- pids are reused: (pid, backend_start) names the backend the pooler named
             WHERE p.pid = %[1]s.pid AND p.backend_start = %[1]s.backend_start),
            -- not a server connection the poolers named: a direct client, or one
-           -- a pooler opened after it was asked, serving a client unknown to us
-           CASE WHEN %[1]s.backend_start > %[2]s::timestamptz THEN false ELSE %[4]s END)`,
+           -- a pooler opened after it was asked (or was still logging in then),
+           -- serving a client unknown to us: only one whose state began before
+           -- the poolers were asked is judged by its own facts
+           CASE WHEN NOT coalesce(%[1]s.state_change <= %[2]s::timestamptz AND %[1]s.backend_start <= %[2]s::timestamptz, false)
+                THEN false ELSE %[4]s END)`,
 		c.alias, c.asked, term("p."+column), own, c.links)
 }
 
