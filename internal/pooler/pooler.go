@@ -153,6 +153,15 @@ func adminDB(dsn string) string {
 	return "dbname=" + AdminDB + " " + dsn
 }
 
+// commandTimeout bounds a console command's answer: the connection's
+// connect_timeout (10s unless the string says).
+func (p *Pooler) commandTimeout() time.Duration {
+	if p.cfg.ConnectTimeout > 0 {
+		return p.cfg.ConnectTimeout
+	}
+	return conn.DefaultConnectTimeout
+}
+
 // ParseAll parses each of dsns; a name given twice is one pooler.
 func ParseAll(dsns []string) ([]*Pooler, error) {
 	var out []*Pooler
@@ -312,6 +321,15 @@ func zoneKnown(t time.Time) bool {
 // command runs one console command and returns its rows. The simple query
 // protocol is the console's only one.
 func (a *Admin) command(ctx context.Context, sql string) ([]row, error) {
+	if !strings.HasPrefix(sql, "PAUSE ") {
+		// Every command but PAUSE answers at once: a console that does
+		// not (a pooler stopped, the network) fails the command, and its
+		// connection, instead of holding pgreap (a watch that would look
+		// healthy while it takes no snapshot).
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, a.Pooler.commandTimeout())
+		defer cancel()
+	}
 	results, err := a.c.Exec(ctx, sql).ReadAll()
 	if err != nil {
 		return nil, a.fail(err)

@@ -8,6 +8,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 
@@ -283,5 +284,34 @@ func TestCheckAdmin(t *testing.T) {
 	}
 	if err := a.Resume(ctx, "somedb"); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// A console that stops answering (the pooler stopped, here by SIGSTOP)
+// fails a command after the connect timeout instead of holding pgreap.
+func TestCommandDoesNotWaitForever(t *testing.T) {
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{})
+	p, err := pooler.Parse(b.AdminDSN(cluster.AdminUser) + " connect_timeout=1")
+	if err != nil {
+		t.Fatal(err)
+	}
+	a, err := p.Connect(pgtest.Context(t))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer a.Close()
+	if err := syscall.Kill(b.Pid(), syscall.SIGSTOP); err != nil { // our own child, by its pid
+		t.Fatal(err)
+	}
+	defer syscall.Kill(b.Pid(), syscall.SIGCONT)
+	done := make(chan error, 1)
+	go func() { _, err := a.Servers(pgtest.Context(t)); done <- err }()
+	select {
+	case err := <-done:
+		if err == nil || !strings.Contains(err.Error(), "pgbouncer 127.0.0.1:") {
+			t.Fatalf("SHOW SERVERS of a stopped pooler: %v", err)
+		}
+	case <-time.After(30 * time.Second):
+		t.Fatal("SHOW SERVERS of a stopped pooler still waits after 30s")
 	}
 }
