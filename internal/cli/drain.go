@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -190,8 +191,13 @@ func drainTarget(name string, connConfig func() (*pgx.ConnConfig, error)) (strin
 }
 
 // lockRecord holds the database's drain record for this drain or undrain.
-func lockRecord(path, name string) (func(), error) {
-	unlock, err := maintenance.LockRecord(path)
+func lockRecord(path string, cfg func() (*pgx.ConnConfig, error), db string) (func(), error) {
+	name := output.Clean(db)
+	c, err := cfg()
+	if err != nil {
+		return nil, err
+	}
+	unlock, err := maintenance.LockRecord(filepath.Dir(path), c.Port, db)
 	if errors.Is(err, maintenance.ErrBusy) {
 		return nil, usageError(fmt.Errorf("%s: %w; nothing done", name, err))
 	}
@@ -232,7 +238,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		return usageError(fmt.Errorf("database %q: blocking new connections needs its owner or a superuser (ALTER DATABASE); nothing done", opts.Database))
 	}
 	if !opts.DryRun {
-		unlock, err := lockRecord(path, name)
+		unlock, err := lockRecord(path, opts.ConnConfig, opts.Database)
 		if err != nil {
 			return err
 		}

@@ -657,6 +657,8 @@ func TestDrainPgBouncerOneAtATime(t *testing.T) {
 	pgtest.Eventually(t, "the drain's PAUSE waits", func() (bool, error) { return paused(t, b, db), nil })
 	for _, args := range [][]string{
 		{"drain", db, "--pgbouncer", admin, "--grace", "20s", "--timeout", "1s"},
+		// the same server under another name: a record of its own
+		{"-h", "127.0.0.1", "drain", db, "--pgbouncer", admin, "--grace", "20s", "--timeout", "1s"},
 		{"undrain", db, "--pgbouncer", admin},
 	} {
 		r := run(t, false, args...)

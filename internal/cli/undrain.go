@@ -105,7 +105,7 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	if err != nil {
 		return err
 	}
-	unlock, err := lockRecord(path, name)
+	unlock, err := lockRecord(path, opts.ConnConfig, opts.Database)
 	if err != nil {
 		return err
 	}

@@ -10,7 +10,6 @@ import (
 	"os"
 	"path/filepath"
 	"strconv"
-	"strings"
 	"syscall"
 	"time"
 
@@ -73,14 +72,21 @@ var ErrBusy = errors.New("another pgreap drain or undrain of it is running on th
 // the first one's pauses, still waiting, for its own, and roll them back
 // (and the first would then end a transaction for a pause already lifted).
 // It is ErrBusy when another process holds it.
-func LockRecord(path string) (unlock func(), err error) {
-	if err := os.MkdirAll(filepath.Dir(path), 0o700); err != nil {
+//
+// The lock names the database by port and name only, not by host: one
+// server is reached under several names (127.0.0.1, localhost, its socket
+// directory), and each has a record of its own; two servers on one port
+// and host are not. Two servers on different hosts with the same port and
+// database name drained from one host at once wait for each other: the
+// safe side.
+func LockRecord(dir string, port uint16, db string) (unlock func(), err error) {
+	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
 	}
-	if err := ownfile.Dir(filepath.Dir(path)); err != nil {
+	if err := ownfile.Dir(dir); err != nil {
 		return nil, fmt.Errorf("drain records' directory %w", err)
 	}
-	f, err := ownfile.OpenAppend(strings.TrimSuffix(path, ".json") + ".lock")
+	f, err := ownfile.OpenAppend(filepath.Join(dir, strconv.Itoa(int(port))+"_"+url.PathEscape(db)+".lock"))
 	if err != nil {
 		return nil, fmt.Errorf("drain record's lock %w", err)
 	}
