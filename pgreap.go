@@ -401,7 +401,11 @@ func pause(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions, d *Dra
 		return err
 	}
 	defer pooler.CloseAll(admins)
-	if d.Pauses, err = maintenance.PlanPause(ctx, admins, db, nil); err != nil {
+	here, err := maintenance.LookHere(ctx, c, admins)
+	if err != nil {
+		return err
+	}
+	if d.Pauses, err = maintenance.PlanPause(ctx, admins, db, nil, here); err != nil {
 		return err
 	}
 	p, err := maintenance.Pause(ctx, c, admins, db, d.Pauses, maintenance.PauseOptions{Timeout: opt.Timeout, Grace: opt.Grace, Now: opt.Now,

@@ -31,6 +31,15 @@ type Pooled struct {
 	// Look is what the poolers said (clients waiting, databases).
 	Look  *pooler.Look
 	links map[backend]*pooler.Link
+	// seen: the poolers' server connections' pids found on this server
+	// with their database, whether or not pgreap's role may see more of
+	// them (backend_start, client_port) to tell the link.
+	seen map[seenKey]bool
+}
+
+type seenKey struct {
+	pid     int32
+	datname string
 }
 
 // backend names one backend: pids are reused.
@@ -46,7 +55,7 @@ func TakePooled(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin) (*P
 	if len(admins) == 0 {
 		return nil, nil
 	}
-	p := &Pooled{links: map[backend]*pooler.Link{}}
+	p := &Pooled{links: map[backend]*pooler.Link{}, seen: map[seenKey]bool{}}
 	if err := conn.QueryRow(ctx, pooledAskedSQL).Scan(&p.Asked); err != nil {
 		return nil, fmt.Errorf("poolers: %w", err)
 	}
@@ -66,6 +75,7 @@ func TakePooled(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin) (*P
 		datname string
 	)
 	_, err = pgx.ForEachRow(rows, []any{&pid, &start, &port, &datname}, func() error {
+		p.seen[seenKey{pid, datname}] = true
 		if k := look.Find(pid, int(port.Int32), start.Time, datname); k != nil && start.Valid {
 			p.links[backend{pid, start.Time}] = k
 		}
@@ -75,6 +85,22 @@ func TakePooled(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin) (*P
 		return nil, fmt.Errorf("poolers: %w", err)
 	}
 	return p, nil
+}
+
+// Serves says how many server connections the pooler named pooler has to
+// its database alias, and how many of them may be backends of this
+// server: a backend of that pid and database is here (pgreap's role may
+// not see enough of it to tell the link, but another server's is not).
+func (p *Pooled) Serves(pooler, alias string) (servers, here int) {
+	if p == nil {
+		return 0, 0
+	}
+	for _, k := range p.Look.Links(pooler, alias) {
+		if p.seen[seenKey{k.PID, k.Datname}] {
+			here++
+		}
+	}
+	return p.Look.Servers(pooler, alias), here
 }
 
 // Link is the pooler's link of a session seen after the poolers were

@@ -263,7 +263,11 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		if kept {
 			earlier = rec.Poolers
 		}
-		if rec.Poolers, err = maintenance.PlanPause(ctx, admins, opts.Database, earlier); err != nil {
+		here, err := maintenance.LookHere(ctx, conn, admins)
+		if err != nil {
+			return err
+		}
+		if rec.Poolers, err = maintenance.PlanPause(ctx, admins, opts.Database, earlier, here); err != nil {
 			return err
 		}
 	}

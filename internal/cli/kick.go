@@ -12,7 +12,6 @@ import (
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
-	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/pooler"
@@ -81,17 +80,17 @@ func kickPoolers(ctx context.Context, opts *ActOptions, conn *pgx.Conn, sel *sel
 	if err != nil {
 		return err
 	}
-	kills, err := maintenance.PlanKill(ctx, admins, dbs)
+	here, err := maintenance.LookHere(ctx, conn, admins)
+	if err != nil {
+		return err
+	}
+	kills, err := maintenance.PlanKill(ctx, admins, dbs, here)
 	if err != nil {
 		return err
 	}
 	// The server's sessions are shown with the clients the poolers say
 	// they serve (a selection by database only: nothing is judged by them).
-	look, err := activity.TakePooled(ctx, conn, admins)
-	if err != nil {
-		return err
-	}
-	sel = sel.WithPooled(look)
+	sel = sel.WithPooled(here.Pooled)
 	pooled := 0
 	for _, k := range kills {
 		pooled += len(k.Clients)

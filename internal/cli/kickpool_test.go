@@ -163,3 +163,39 @@ func TestKickPgBouncerStatsUserRefusedFirst(t *testing.T) {
 		t.Fatalf("the pooled client: %v", err)
 	}
 }
+
+// A pooler named with --pgbouncer that serves a database of the same name
+// from another server is refused, one line, exit 2, nothing done: its KILL
+// would end that server's clients (and a drain's PAUSE hold them up).
+func TestKickPgBouncerOfAnotherServerRefused(t *testing.T) {
+	t.Parallel()
+	other := pgtest.Own(t, pgtest.Options{BinDir: pgtest.Shared(t).BinDir})
+	db := pgtest.NewDB(t)
+	c, err := pgx.Connect(pgtest.Context(t), other.DSN("postgres", pgtest.Superuser))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close(pgtest.Context(t))
+	if _, err := c.Exec(pgtest.Context(t), "CREATE DATABASE "+pgx.Identifier{db}.Sanitize()); err != nil {
+		t.Fatal(err)
+	}
+	b := pgtest.OwnPgBouncer(t, other, pgtest.PgBouncerOptions{})
+	cns, _ := pooledClients(t, b, db, 1) // a client of the other server's db
+	direct := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	for _, args := range [][]string{
+		{"kick", "--db", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--yes"},
+		{"drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser)},
+	} {
+		r := run(t, false, args...)
+		r.wantCode(t, 2)
+		if strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 || !strings.Contains(r.errOut, "another server") {
+			t.Fatalf("%v: %q", args[0], r.errOut)
+		}
+		if !direct.Alive() {
+			t.Fatalf("%v ended this server's session", args[0])
+		}
+		if _, err := cns[0].Exec(pgtest.Context(t), "SELECT 1"); err != nil {
+			t.Fatalf("%v: the other server's pooled client: %v", args[0], err)
+		}
+	}
+}

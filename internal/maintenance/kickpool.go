@@ -55,7 +55,7 @@ type PoolerKill struct {
 // PlanKill is what a kick of the server databases dbs does on each
 // pooler: every name under which the pooler serves one of them, with its
 // clients now.
-func PlanKill(ctx context.Context, admins []*pooler.Admin, dbs []string) ([]PoolerKill, error) {
+func PlanKill(ctx context.Context, admins []*pooler.Admin, dbs []string, here *Here) ([]PoolerKill, error) {
 	var out []PoolerKill
 	for _, a := range admins {
 		list, err := a.Databases(ctx)
@@ -68,7 +68,7 @@ func PlanKill(ctx context.Context, admins []*pooler.Admin, dbs []string) ([]Pool
 		}
 		var served []pooler.Database
 		for _, db := range dbs {
-			s, err := servedBy(a, list, db)
+			s, err := servedBy(a, list, db, here)
 			if err != nil {
 				return nil, err
 			}

@@ -14,6 +14,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -96,11 +97,59 @@ func (p *PoolerPause) Ours() bool { return p.State == PauseSent || p.State == Pa
 // another server, which pgreap cannot tell from this one.
 var ErrManyServers = errors.New("serves a database of that name from more than one server")
 
+// ErrOtherServer: a pooler serves the database from another server than
+// the one pgreap is connected to.
+var ErrOtherServer = errors.New("serves that database from another server than this one")
+
+// Here is what tells this server from another behind a pooler: its port,
+// and which of the poolers' server connections are its backends.
+type Here struct {
+	Port   int
+	Pooled *activity.Pooled
+}
+
+// LookHere asks the server its port and the poolers which client each
+// server connection serves (activity.TakePooled).
+func LookHere(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin) (*Here, error) {
+	h := &Here{}
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.current_setting('port')::integer").Scan(&h.Port); err != nil {
+		return nil, fmt.Errorf("this server's port: %w", err)
+	}
+	var err error
+	if h.Pooled, err = activity.TakePooled(ctx, conn, admins); err != nil {
+		return nil, err
+	}
+	return h, nil
+}
+
+// check refuses a pooler's entry that points at another server: it has
+// server connections and none is a backend of this one, or it has none
+// and its port is not this server's. (Without server connections, an
+// entry on this server's port on another host is not told apart: the
+// poolers named must be those in front of this server.)
+func (h *Here) check(a *pooler.Admin, d pooler.Database, db string) error {
+	if h == nil {
+		return nil
+	}
+	servers, here := h.Pooled.Serves(a.Pooler.Name, d.Name)
+	var why string
+	switch {
+	case servers > 0 && here == 0:
+		why = fmt.Sprintf("none of its %d server connections to %s:%d is a backend of this server", servers, d.Host, d.Port)
+	case servers == 0 && d.Port != 0 && d.Port != h.Port:
+		why = fmt.Sprintf("it points at %s:%d, and this server listens on port %d", d.Host, d.Port, h.Port)
+	default:
+		return nil
+	}
+	return &pooler.Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w (%s as %q: %s): name only poolers in front of this server", ErrOtherServer, db, d.Name, why)}
+}
+
 // servedBy are the pooler's entries (SHOW DATABASES) that serve server
 // database db. Entries that point at different servers make it
-// ErrManyServers: a PAUSE or a KILL of the other server's would hold up or
+// ErrManyServers, and entries that point at another server than here
+// ErrOtherServer: a PAUSE or a KILL of the other server's would hold up or
 // end clients of a database that is not the one drained or kicked.
-func servedBy(a *pooler.Admin, dbs []pooler.Database, db string) ([]pooler.Database, error) {
+func servedBy(a *pooler.Admin, dbs []pooler.Database, db string, here *Here) ([]pooler.Database, error) {
 	var out []pooler.Database
 	servers := map[string]bool{}
 	for _, d := range dbs {
@@ -119,6 +168,11 @@ func servedBy(a *pooler.Admin, dbs []pooler.Database, db string) ([]pooler.Datab
 		}
 		return nil, &pooler.Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w (%s): name only poolers that serve it from this server", ErrManyServers, strings.Join(list, ", "))}
 	}
+	for _, d := range out {
+		if err := here.check(a, d, db); err != nil {
+			return nil, err
+		}
+	}
 	return out, nil
 }
 
@@ -128,14 +182,14 @@ func servedBy(a *pooler.Admin, dbs []pooler.Database, db string) ([]pooler.Datab
 // pauses it, so that clients who come later wait too). A name that is
 // paused already is someone else's pause, left alone (PauseOthers), unless
 // kept, the record of a drain not yet undone, says it is ours.
-func PlanPause(ctx context.Context, admins []*pooler.Admin, db string, kept []PoolerPause) ([]PoolerPause, error) {
+func PlanPause(ctx context.Context, admins []*pooler.Admin, db string, kept []PoolerPause, here *Here) ([]PoolerPause, error) {
 	var out []PoolerPause
 	for _, a := range admins {
 		dbs, err := a.Databases(ctx)
 		if err != nil {
 			return nil, err
 		}
-		served, err := servedBy(a, dbs, db)
+		served, err := servedBy(a, dbs, db, here)
 		if err != nil {
 			return nil, err
 		}

@@ -30,6 +30,7 @@ type Link struct {
 	// socket) and when the pooler opened it.
 	PID         int32
 	Datname     string
+	Alias       string // the pooler's name of the database
 	LocalPort   int
 	ConnectTime time.Time
 	State       string // the server connection's state in the pooler: active, idle, used, ...
@@ -62,6 +63,9 @@ func (k *Link) Describe() string {
 // each with the client it serves, and the clients that wait.
 type Look struct {
 	links map[int32][]Link
+	// servers counts each pooler's server connections (logged in) by the
+	// pooler's name of their database.
+	servers map[[2]string]int
 	// Clients are every pooler's clients of each server database, by
 	// pooler name.
 	Clients map[string][]Client
@@ -102,7 +106,7 @@ func Take(ctx context.Context, admins []*Admin) (*Look, error) {
 		}()
 	}
 	wg.Wait()
-	l := &Look{links: map[int32][]Link{}, Clients: map[string][]Client{}, waiting: map[string]int{}, Databases: map[string][]Database{}}
+	l := &Look{links: map[int32][]Link{}, servers: map[[2]string]int{}, Clients: map[string][]Client{}, waiting: map[string]int{}, Databases: map[string][]Database{}}
 	for i, a := range admins {
 		an := answers[i]
 		if an.err != nil {
@@ -143,9 +147,10 @@ func Take(ctx context.Context, admins []*Admin) (*Look, error) {
 			if s.RemotePID == 0 {
 				continue // still logging in
 			}
+			l.servers[[2]string{name, s.Database}]++
 			k := Link{
 				Pooler: name, User: s.User, PoolMode: mode[[2]string{s.Database, s.User}],
-				PID: s.RemotePID, Datname: real(s.Database), ConnectTime: s.ConnectTime, State: s.State,
+				PID: s.RemotePID, Datname: real(s.Database), Alias: s.Database, ConnectTime: s.ConnectTime, State: s.State,
 			}
 			if s.LocalAddr != "unix" {
 				k.LocalPort = s.LocalPort
@@ -230,6 +235,31 @@ func (l *Look) PIDs() []int32 {
 		pids = append(pids, pid)
 	}
 	return pids
+}
+
+// Links are the pooler's server connections to its database alias.
+func (l *Look) Links(pooler, alias string) []Link {
+	if l == nil {
+		return nil
+	}
+	var out []Link
+	for _, ks := range l.links {
+		for _, k := range ks {
+			if k.Pooler == pooler && k.Alias == alias {
+				out = append(out, k)
+			}
+		}
+	}
+	return out
+}
+
+// Servers is how many server connections the pooler named pooler has to
+// its database alias (its name of it), logged in.
+func (l *Look) Servers(pooler, alias string) int {
+	if l == nil {
+		return 0
+	}
+	return l.servers[[2]string{pooler, alias}]
 }
 
 // Waiting is how many clients wait in the poolers for a server connection
