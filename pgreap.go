@@ -70,11 +70,6 @@ const (
 type Target struct {
 	PIDs   []int32
 	Select *Selection
-	// PgBouncer are the admin consoles of the PgBouncers in front of the
-	// server (as --pgbouncer): the selection's User, App and Client then
-	// judge a pooler's server connection by the client it serves, as
-	// SessionsBehind does, here and again at the signal.
-	PgBouncer []string
 }
 
 // Options say how an action is carried out.
@@ -93,7 +88,18 @@ type Options struct {
 	// autovacuum workers, refused otherwise.
 	IncludeReplication bool
 	IncludeAutovacuum  bool
+	// PgBouncer are the admin consoles of the PgBouncers in front of the
+	// server (as --pgbouncer): a selection's User, App and Client then
+	// judge a pooler's server connection by the client it serves, as
+	// SessionsBehind does, at the choice and again at the signal; Apply
+	// judges a plan made behind them again (ErrNeedsPoolers without them).
+	PgBouncer []string
 }
+
+// ErrNeedsPoolers: Apply was given a plan made behind PgBouncer whose
+// selection is by user, application or client, without Options.PgBouncer;
+// nothing was done.
+var ErrNeedsPoolers = action.ErrNeedsPoolers
 
 // ErrLimit: more sessions were chosen than Options.Limit allows; nothing
 // was done.
@@ -192,7 +198,7 @@ func act(ctx context.Context, c *pgx.Conn, kind action.Kind, t Target, opt Optio
 		}
 		req.Selector = s
 	}
-	pooled, err := lookPooled(ctx, c, t.PgBouncer)
+	pooled, err := lookPooled(ctx, c, opt.PgBouncer)
 	if err != nil {
 		return nil, err
 	}
@@ -238,6 +244,14 @@ func Apply(ctx context.Context, c *pgx.Conn, plan io.Reader, opt Options) ([]Res
 	if opt.Limit > 0 && len(p.Results) > opt.Limit {
 		return nil, fmt.Errorf("%w (%d planned, limit %d)", ErrLimit, len(p.Results), opt.Limit)
 	}
+	if err := p.NeedsPoolers(len(opt.PgBouncer) > 0); err != nil {
+		return nil, err
+	}
+	pooled, err := lookPooled(ctx, c, opt.PgBouncer)
+	if err != nil {
+		return nil, err
+	}
+	p.WithPooled(pooled)
 	p.IncludeReplication, p.IncludeAutovacuum = opt.IncludeReplication, opt.IncludeAutovacuum
 	return action.Execute(ctx, c, p, executeOptions(opt))
 }

@@ -1,10 +1,12 @@
 package pgreap_test
 
 import (
+	"errors"
 	"strings"
 	"testing"
 
 	"github.com/pgreap/pgreap"
+	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/cluster"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
@@ -68,8 +70,8 @@ func TestTerminateBehindAPooler(t *testing.T) {
 		t.Fatal(err)
 	}
 	conn := pgtest.Pgreap(t, pgtest.Superuser)
-	res, err := pgreap.Terminate(ctx, conn, pgreap.Target{Select: &pgreap.Selection{DB: []string{db}, App: []string{appA}},
-		PgBouncer: []string{b.AdminDSN(cluster.AdminUser)}}, pgreap.Options{})
+	res, err := pgreap.Terminate(ctx, conn, pgreap.Target{Select: &pgreap.Selection{DB: []string{db}, App: []string{appA}}},
+		pgreap.Options{PgBouncer: []string{b.AdminDSN(cluster.AdminUser)}})
 	if err != nil {
 		t.Logf("terminate: %v", err)
 	}
@@ -80,5 +82,37 @@ func TestTerminateBehindAPooler(t *testing.T) {
 	}
 	if _, err := bc.Exec(ctx, "SELECT 1"); err != nil {
 		t.Fatalf("B's transaction after the terminate of A's sessions: %v", err)
+	}
+}
+
+// Apply judges a plan made behind a pooler again with the poolers
+// (Options.PgBouncer), and refuses one whose selection is by client
+// without them (ErrNeedsPoolers), nothing done.
+func TestApplyBehindAPooler(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	b, db, connect := pgtest.OneServerConnection(t)
+	appA := "A-" + pgtest.Tag(t)
+	a := connect(appA)
+	pid := pgtest.BackendPID(t, a)
+	if _, err := a.Exec(ctx, "BEGIN"); err != nil {
+		t.Fatal(err)
+	}
+	admin := b.AdminDSN(cluster.AdminUser)
+	streams, out, errOut := cli.Test()
+	if code := cli.Run(ctx, []string{"terminate", "--db", db, "--app", appA, "--pgbouncer", admin, "--dry-run", "-o", "json"}, streams); code != 0 {
+		t.Fatalf("the plan: exit %d: %s", code, errOut)
+	}
+	plan := out.String()
+	conn := pgtest.Pgreap(t, pgtest.Superuser)
+	if _, err := pgreap.Apply(ctx, conn, strings.NewReader(plan), pgreap.Options{}); !errors.Is(err, pgreap.ErrNeedsPoolers) {
+		t.Fatalf("Apply without the poolers: %v, want ErrNeedsPoolers", err)
+	}
+	res, err := pgreap.Apply(ctx, conn, strings.NewReader(plan), pgreap.Options{PgBouncer: []string{admin}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(res) != 1 || res[0].PID != pid || res[0].Outcome != pgreap.Terminated || res[0].Pooler == nil || res[0].Pooler.ApplicationName != appA {
+		t.Fatalf("Apply: %+v", res)
 	}
 }

@@ -256,17 +256,32 @@ type Plan struct {
 // were chosen (selector.WithPooled); nil without poolers.
 func (p *Plan) Pooled() *activity.Pooled { return p.sel.Pooled() }
 
-// ByPooledClient reports whether the plan's selection judges sessions by
-// the pooled client each serves, when poolers are known.
-func (p *Plan) ByPooledClient() bool {
-	return p.sel != nil && p.sel.WithPooled(&activity.Pooled{}).ByPooledClient()
+// ErrNeedsPoolers: a plan made behind poolers with a selection by user,
+// application or client, applied without them: only they can say which
+// client each session serves now.
+var ErrNeedsPoolers = errors.New("made behind PgBouncer with a selection by user, application or client: give the poolers (--pgbouncer) so that each session is judged again by the client it serves")
+
+// NeedsPoolers is ErrNeedsPoolers for a plan read from a file that needs
+// the poolers, and withPoolers says they are not given.
+func (p *Plan) NeedsPoolers(withPoolers bool) error {
+	if p.BehindPoolers && !withPoolers && p.sel != nil && p.sel.WithPooled(&activity.Pooled{}).ByPooledClient() {
+		return ErrNeedsPoolers
+	}
+	return nil
 }
 
-// WithPooled has the plan's selection judge sessions by their pooled
-// clients as the poolers said now (apply --pgbouncer).
+// WithPooled has the plan judge its sessions by their pooled clients as
+// the poolers said now (apply --pgbouncer), and show them so.
 func (p *Plan) WithPooled(pooled *activity.Pooled) {
-	if p.sel != nil {
-		p.sel = p.sel.WithPooled(pooled)
+	if pooled == nil {
+		return
+	}
+	if p.sel == nil {
+		p.sel = &selector.Selector{} // identities only: shown with their pooled clients
+	}
+	p.sel = p.sel.WithPooled(pooled)
+	for i := range p.Results {
+		p.Results[i].Pooler = pooled.Link(&p.Results[i].Session)
 	}
 }
 

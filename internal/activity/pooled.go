@@ -45,7 +45,7 @@ type seenKey struct {
 // backend names one backend: pids are reused.
 type backend struct {
 	pid   int32
-	start time.Time
+	start int64 // backend_start in microseconds: a time.Time key would compare its zone too
 }
 
 // TakePooled asks each pooler which client each of its server connections
@@ -77,7 +77,7 @@ func TakePooled(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin) (*P
 	_, err = pgx.ForEachRow(rows, []any{&pid, &start, &port, &datname}, func() error {
 		p.seen[seenKey{pid, datname}] = true
 		if k := look.Find(pid, int(port.Int32), start.Time, datname); k != nil && start.Valid {
-			p.links[backend{pid, start.Time}] = k
+			p.links[backend{pid, start.Time.UnixMicro()}] = k
 		}
 		return nil
 	})
@@ -110,7 +110,7 @@ func (p *Pooled) Link(s *Session) *pooler.Link {
 	if p == nil || s.IsPrepared() {
 		return nil
 	}
-	k := p.links[backend{s.PID, s.BackendStart}]
+	k := p.links[backend{s.PID, s.BackendStart.UnixMicro()}]
 	if k == nil {
 		return nil
 	}
@@ -162,7 +162,7 @@ func (p *Pooled) Facts() Facts {
 	f := Facts{Asked: p.Asked}
 	for b, k := range p.links {
 		f.PIDs = append(f.PIDs, b.pid)
-		f.Starts = append(f.Starts, b.start)
+		f.Starts = append(f.Starts, time.UnixMicro(b.start).UTC())
 		f.Served = append(f.Served, k.Served)
 		var addr, app, user *string
 		if k.Served {

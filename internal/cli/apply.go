@@ -123,8 +123,8 @@ func applyRun(ctx context.Context, opts *ApplyOptions) error {
 	if len(plan.Results) == 0 {
 		return fmt.Errorf("%w: the plan has no planned session", ErrNoMatch)
 	}
-	if plan.BehindPoolers && plan.ByPooledClient() && len(opts.Poolers) == 0 {
-		return usageError(fmt.Errorf("%s: made behind PgBouncer with a selection by user, application or client: give the poolers (--pgbouncer) so that each session is judged again by the client it serves", opts.File))
+	if err := plan.NeedsPoolers(len(opts.Poolers) > 0); err != nil {
+		return usageError(fmt.Errorf("%s: %w", opts.File, err))
 	}
 	plan.IncludeReplication, plan.IncludeAutovacuum = opts.IncludeReplication, opts.IncludeAutovacuum
 	conn, err := opts.Connect(ctx)

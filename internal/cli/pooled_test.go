@@ -363,8 +363,12 @@ func TestApplyPlanMadeBehindAPooler(t *testing.T) {
 	if err := <-aDone; pgtest.SQLState(err) != "57P01" {
 		t.Fatalf("A's query: %v, want terminated (57P01)", err)
 	}
-	if rows := jsonRows(t, r.out); len(rows) != 1 || rows[0]["outcome"] != "terminated" || rows[0]["pid"] != float64(pid) {
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["outcome"] != "terminated" || rows[0]["pid"] != float64(pid) {
 		t.Fatalf("rows: %v", rows)
+	}
+	if p, _ := rows[0]["pooler"].(map[string]any); p == nil || p["application_name"] != app {
+		t.Fatalf("apply shows the session without its pooled client: %v", rows[0]["pooler"])
 	}
 }
 
