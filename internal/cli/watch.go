@@ -81,6 +81,9 @@ policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 			if len(f.pgbouncer) > 0 {
 				return usageError(errors.New("watch: poolers are named per target in the policy (pgbouncer: [DSN, ...]), not with --pgbouncer"))
 			}
+			if os.Getenv("PGREAP_PGBOUNCER") != "" {
+				f.Logger().Warn("PGREAP_PGBOUNCER is not read by watch: name the poolers per target in the policy (pgbouncer: [DSN, ...])")
+			}
 			switch opts.LogFormat {
 			case "":
 				opts.LogFormat = "json"

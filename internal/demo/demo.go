@@ -397,7 +397,10 @@ func watchStep(ctx context.Context, opt Options, c *cluster.Cluster, w *workload
 	wctx, stop := context.WithTimeout(ctx, 20*time.Second)
 	defer stop()
 	out := &watchOutput{w: opt.Out, acted: stop}
+	// watch reads its poolers from the policy only (pgbouncer: above).
+	restore := setenv("PGREAP_PGBOUNCER", "")
 	code := opt.Pgreap(wctx, []string{"watch", "-c", policy, "--log-format", "text"}, out)
+	restore()
 	if !out.sawCancel() {
 		return fmt.Errorf("pgreap watch (exit %d) did not cancel the report within 20s", code)
 	}

@@ -89,7 +89,7 @@ func SplitList(list string) []string {
 		}
 		cur, seen = nil, map[string]bool{}
 	}
-	for _, tok := range fields(list) {
+	for _, tok := range joinEquals(fields(list)) {
 		key, _, isKV := strings.Cut(tok, "=")
 		switch {
 		case strings.Contains(tok, "://") || !isKV:
@@ -105,6 +105,21 @@ func SplitList(list string) []string {
 		}
 	}
 	flush()
+	return out
+}
+
+// joinEquals puts back together what white space around = split (host =
+// a, host= a, host =a: libpq allows it).
+func joinEquals(toks []string) []string {
+	var out []string
+	for _, t := range toks {
+		if n := len(out); n > 0 && (strings.HasPrefix(t, "=") || strings.HasSuffix(out[n-1], "=")) &&
+			!strings.Contains(out[n-1], "://") && !strings.Contains(t, "://") {
+			out[n-1] += t
+			continue
+		}
+		out = append(out, t)
+	}
 	return out
 }
 

@@ -88,6 +88,7 @@ func TestSplitList(t *testing.T) {
 		`host=a password='x y' user=u host=b`: {`host=a password='x y' user=u`, "host=b"},
 		`host=a password='it\'s here' host=b`: {`host=a password='it\'s here'`, "host=b"},
 		"":                                    nil,
+		"host = a port =1 host= b port= 2":    {"host=a port=1", "host=b port=2"},
 	} {
 		if got := SplitList(in); !slices.Equal(got, want) {
 			t.Errorf("SplitList(%q) = %q, want %q", in, got, want)
