@@ -97,6 +97,18 @@ func paused(t *testing.T, b *cluster.PgBouncer, db string) bool {
 	return r["paused"] == "1"
 }
 
+// pausableDB is a database to drain behind a PgBouncer of the test's own
+// in pool mode mode: reopened and resumed when the test ends, whatever it
+// left.
+func pausableDB(t *testing.T, mode string) (*cluster.PgBouncer, string) {
+	t.Helper()
+	b := ownPgBouncer(t, mode)
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	return b, db
+}
+
 // ownPgBouncer is a PgBouncer of the test's own: PgBouncer 1.18 answers a
 // PAUSE only once every paused database of the pooler is quiet, so tests
 // that pause do not share one.
@@ -171,10 +183,7 @@ func drainRecordOf(t *testing.T, db string) *maintenance.Record {
 // complete.
 func TestDrainPgBouncerClientsWait(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	p := startPool(t, b, db, 6)
 	admin := b.AdminDSN(cluster.AdminUser)
 
@@ -225,10 +234,7 @@ func TestDrainPgBouncerClientsWait(t *testing.T) {
 // terminated (through the guard), PAUSE completes and the drain with it.
 func TestDrainPgBouncerGraceEndsHolder(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	p := startPool(t, b, db, 2)
 	_, pid := inTransaction(t, b, db)
 	admin := b.AdminDSN(cluster.AdminUser)
@@ -260,10 +266,7 @@ func TestDrainPgBouncerGraceEndsHolder(t *testing.T) {
 // database not blocked, exit 3 naming what held it up.
 func TestDrainPgBouncerTimeoutRollsBack(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	p := startPool(t, b, db, 2)
 	cn, pid := inTransaction(t, b, db)
 	admin := b.AdminDSN(cluster.AdminUser)
@@ -303,10 +306,7 @@ func TestDrainPgBouncerTimeoutRollsBack(t *testing.T) {
 // by pgreap: neither by undrain nor by a rollback.
 func TestDrainPgBouncerLeavesOthersPause(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	startPool(t, b, db, 1)
 	if err := console(t, b, "PAUSE "+pgx.Identifier{db}.Sanitize()); err != nil {
 		t.Fatal(err)
@@ -331,10 +331,7 @@ func TestDrainPgBouncerLeavesOthersPause(t *testing.T) {
 // nothing: no pause, no block, no record.
 func TestDrainPgBouncerDryRun(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	_, pid := inTransaction(t, b, db)
 	r := run(t, false, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--dry-run")
 	r.wantCode(t, 0)
@@ -360,10 +357,7 @@ func TestDrainPgBouncerDryRun(t *testing.T) {
 // record to find the pooler.
 func TestDrainPgBouncerKilledWhilePausing(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	p := startPool(t, b, db, 2)
 	holder, _ := inTransaction(t, b, db)
 	admin := b.AdminDSN(cluster.AdminUser)
@@ -402,10 +396,7 @@ func TestDrainPgBouncerKilledWhilePausing(t *testing.T) {
 // until undrain.
 func TestDrainPgBouncerSessionMode(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "session")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "session")
 	dsn := b.DSN(db, pgtest.Superuser) + " default_query_exec_mode=exec application_name=" + cluster.Quote(pgtest.Tag(t))
 	old := pgtest.Connect(t, dsn)
 	var pid int32
@@ -476,10 +467,7 @@ func pausedWhole(t *testing.T, b *cluster.PgBouncer) bool {
 // PgBouncer 1.18 a cancel on the console RESUMEs a whole-pooler pause).
 func TestDrainPgBouncerRollbackKeepsWholePause(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	startPool(t, b, db, 1)
 	inTransaction(t, b, db)
 	admin := b.AdminDSN(cluster.AdminUser)
@@ -511,10 +499,7 @@ func TestDrainPgBouncerRollbackKeepsWholePause(t *testing.T) {
 // blocked or left to undo.
 func TestDrainPgBouncerStatsUserRefused(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	startPool(t, b, db, 1)
 	r := run(t, false, "drain", db, "--pgbouncer", b.AdminDSN(b.StatsUser))
 	r.wantCode(t, 2)
@@ -537,10 +522,7 @@ func TestDrainPgBouncerStatsUserRefused(t *testing.T) {
 // before it exits: nothing paused, nothing blocked.
 func TestDrainPgBouncerInterruptedWhilePausing(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	startPool(t, b, db, 1)
 	inTransaction(t, b, db)
 	d := startPgreap(t, nil, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--grace", "10m", "--timeout", "10m")
@@ -567,10 +549,7 @@ func TestDrainPgBouncerInterruptedWhilePausing(t *testing.T) {
 // an error.
 func TestDrainPgBouncerKilledAtRandomMoments(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	p := startPool(t, b, db, 3)
 	admin := b.AdminDSN(cluster.AdminUser)
 	seed := time.Now().UnixNano()
@@ -580,7 +559,15 @@ func TestDrainPgBouncerKilledAtRandomMoments(t *testing.T) {
 	for i := 0; i < 6; i++ {
 		holder, _ := inTransaction(t, b, db) // holds PAUSE up until --grace
 		d := startPgreap(t, nil, "drain", db, "--pgbouncer", admin, "--grace", "200ms", "--timeout", "20s")
-		delay := time.Duration(rng.IntN(500)) * time.Millisecond // the moment to kill, not a wait
+		// The moment to kill, not a wait: every other one within --grace,
+		// while PAUSE surely waits (the holder's transaction is open), so
+		// that some drains are killed before they are done, whatever the
+		// draw.
+		limit := 500
+		if i%2 == 0 {
+			limit = 200
+		}
+		delay := time.Duration(rng.IntN(limit)) * time.Millisecond
 		kill := time.AfterFunc(delay, func() { _ = d.cmd.Process.Kill() })
 		d.wait(t)
 		kill.Stop()
@@ -616,10 +603,7 @@ func TestDrainPgBouncerKilledAtRandomMoments(t *testing.T) {
 // by the pooler's word (its backend pid) and rolls back.
 func TestDrainPgBouncerUnseenHolderIsNamed(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	owner := pgtest.NewRole(t, "NOSUPERUSER", "pg_signal_backend")
 	pgtest.Exec(t, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" OWNER TO "+pgx.Identifier{owner}.Sanitize())
 	t.Cleanup(func() {
@@ -646,10 +630,7 @@ func TestDrainPgBouncerUnseenHolderIsNamed(t *testing.T) {
 // took the first one's pause for its own and rolled it back.
 func TestDrainPgBouncerOneAtATime(t *testing.T) {
 	t.Parallel()
-	b := ownPgBouncer(t, "transaction")
-	db := pgtest.NewDB(t)
-	reopen(t, db)
-	resumeAtEnd(t, b, db)
+	b, db := pausableDB(t, "transaction")
 	holder, _ := inTransaction(t, b, db)
 	admin := b.AdminDSN(cluster.AdminUser)
 
