@@ -422,7 +422,7 @@ func pause(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions, d *Dra
 	if d.Pauses, err = maintenance.PlanPause(ctx, admins, db, nil, here); err != nil {
 		return err
 	}
-	p, err := maintenance.Pause(ctx, c, admins, db, d.Pauses, maintenance.PauseOptions{Timeout: opt.Timeout, Grace: opt.Grace, Now: opt.Now,
+	p, err := maintenance.Pause(ctx, c, admins, db, d.Pauses, maintenance.PauseOptions{Timeout: opt.Timeout, Grace: opt.Grace, Now: opt.Now, Here: here,
 		Record: func(ps []PoolerPause) error {
 			d.Pauses = ps
 			if opt.RecordPauses == nil {

@@ -249,6 +249,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		return err
 	}
 	var admins []*pooler.Admin
+	var here *maintenance.Here
 	if len(opts.Poolers) > 0 {
 		if admins, err = pooler.ConnectAll(ctx, opts.Poolers); err != nil {
 			return err
@@ -263,8 +264,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 		if kept {
 			earlier = rec.Poolers
 		}
-		here, err := maintenance.LookHere(ctx, conn, admins)
-		if err != nil {
+		if here, err = maintenance.LookHere(ctx, conn, admins); err != nil {
 			return err
 		}
 		if rec.Poolers, err = maintenance.PlanPause(ctx, admins, opts.Database, earlier, here); err != nil {
@@ -285,7 +285,7 @@ func drainRun(ctx context.Context, opts *DrainOptions) error {
 	if len(admins) > 0 {
 		// The poolers first: once paused, their clients wait instead of
 		// failing on a blocked database.
-		if ended, err = drainPause(ctx, opts, conn, admins, path, rec, kept); err != nil {
+		if ended, err = drainPause(ctx, opts, conn, admins, here, path, rec, kept); err != nil {
 			if len(ended) > 0 {
 				if werr := writeResults(opts.IO, opts.Format, opts.Color, &action.Plan{Taken: opts.Now()}, ended, false); werr != nil {
 					return werr

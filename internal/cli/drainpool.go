@@ -64,7 +64,7 @@ func holderText(h maintenance.Holder, now time.Time) string {
 // drainPause is the first step of a drain with poolers: PAUSE on each,
 // every step recorded before it happens. It returns nil once every pause is
 // done; an error once it gave up, with the pauses rolled back.
-func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, path string, rec *maintenance.Record, kept bool) ([]action.Result, error) {
+func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins []*pooler.Admin, here *maintenance.Here, path string, rec *maintenance.Record, kept bool) ([]action.Result, error) {
 	// A new record holds the pauses already; a kept one not yet.
 	written := !kept
 	name, w := output.Clean(opts.Database), opts.IO.ErrOut
@@ -81,7 +81,7 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 		fmt.Fprintf(w, "pgreap: %s: PAUSE on %s (recorded in %s): pooled clients wait; the transactions in flight get --grace %s\n",
 			name, strings.Join(sent, ", "), path, opts.Grace)
 	}
-	popt := maintenance.PauseOptions{Timeout: opts.Timeout, Grace: opts.Grace, Now: opts.Now,
+	popt := maintenance.PauseOptions{Timeout: opts.Timeout, Grace: opts.Grace, Now: opts.Now, Here: here,
 		Record: func(ps []maintenance.PoolerPause) error {
 			if written && slices.Equal(ps, rec.Poolers) {
 				return nil // drainRun wrote these already, with the settings

@@ -720,3 +720,26 @@ func TestUndrainRefusesAnEditedPoolerRecord(t *testing.T) {
 		t.Fatal("still paused after the undrain of the record as written")
 	}
 }
+
+// A pooler whose `*` entry serves any name from another server: the PAUSE
+// of the drained database's name creates an entry that points at that
+// server. It is rolled back at once, the database is not blocked, and
+// drain says why.
+func TestDrainPgBouncerWildcardOfAnotherServer(t *testing.T) {
+	t.Parallel()
+	other := pgtest.Own(t, pgtest.Options{BinDir: pgtest.Shared(t).BinDir})
+	b := pgtest.OwnPgBouncer(t, other, pgtest.PgBouncerOptions{})
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	resumeAtEnd(t, b, db)
+	r := run(t, false, "drain", db, "--pgbouncer", b.AdminDSN(cluster.AdminUser), "--timeout", "20s")
+	if r.code == 0 || !strings.Contains(r.errOut, "another server") {
+		t.Fatalf("drain through another server's pooler: exit %d\n%s", r.code, r.errOut)
+	}
+	if row := poolerDB(t, b, db); row != nil && row["paused"] == "1" {
+		t.Fatalf("the other server's pooler is left paused: %v", row)
+	}
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("the database was blocked")
+	}
+}

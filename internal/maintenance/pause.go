@@ -243,6 +243,10 @@ type PauseOptions struct {
 	Step func(PoolerPause)
 	// Ending, when set, is told of the holders about to be terminated.
 	Ending func([]Holder)
+	// Here tells this server from another: a name a PAUSE created (a `*`
+	// entry serves any name) that points at another server is rolled
+	// back (ErrOtherServer).
+	Here *Here
 }
 
 // Holder is a server connection that holds a PAUSE up: the backend as the
@@ -414,7 +418,7 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 			}
 		case <-tick.C:
 		}
-		done, err := p.settle(ctx, byName, pending, answered)
+		done, err := p.settle(ctx, byName, pending, answered, opt.Here, db)
 		if err != nil {
 			failed = err
 			continue
@@ -506,7 +510,7 @@ func Pause(ctx context.Context, conn *pgx.Conn, admins []*pooler.Admin, db strin
 // Whether PAUSE has answered does not tell (see Pause), except for an
 // auto-database (a `*` entry's) that went idle: SHOW DATABASES leaves it
 // out.
-func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pending, answered map[int]bool) ([]int, error) {
+func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pending, answered map[int]bool, here *Here, db string) ([]int, error) {
 	type state struct {
 		dbs     []pooler.Database
 		servers []pooler.Server
@@ -532,6 +536,13 @@ func (p *Paused) settle(ctx context.Context, byName map[string]*pooler.Admin, pe
 			continue
 		}
 		k := slices.IndexFunc(st.dbs, func(d pooler.Database) bool { return d.Name == s.Database })
+		if k >= 0 {
+			// A name only a `*` entry served was checked by no one
+			// before its PAUSE created it: its server is known now.
+			if err := here.check(a, st.dbs[k], db); err != nil {
+				return nil, err
+			}
+		}
 		switch {
 		case k >= 0 && st.dbs[k].Paused:
 		case k >= 0:
