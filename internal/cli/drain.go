@@ -448,6 +448,12 @@ func drainRecord(opts *DrainOptions, path string, settings *maintenance.Settings
 		return rec, true, nil
 	case err == nil || errors.Is(err, os.ErrNotExist):
 		cfg, _ := opts.ConnConfig()
+		if other := maintenance.Elsewhere(path, cfg.Port, opts.Database); other != nil {
+			// Recording the blocked database as its settings would have
+			// undrain keep it blocked.
+			return nil, false, usageError(fmt.Errorf("%s is drained already, recorded for host %s (port %d) at %s: drain and undrain it with -h %s; nothing done",
+				output.Clean(opts.Database), output.Clean(other.Host), other.Port, other.RecordedAt.Format(time.RFC3339), output.ShellQuote(other.Host)))
+		}
 		return &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
 			AllowConnections: settings.AllowConnections, ConnectionLimit: settings.ConnectionLimit, RecordedAt: opts.Now().UTC()}, false, nil
 	}

@@ -179,3 +179,26 @@ func TestDrainRecordIsPrivate(t *testing.T) {
 		t.Fatalf("after undrain ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", allow, limit)
 	}
 }
+
+// One server under two host names (its socket, 127.0.0.1) has a record
+// per name: a drain under the other name while the first holds would
+// record the blocked database as its settings, and its undrain keep it
+// blocked. It is refused, and so is an undrain under the other name, each
+// naming the host the drain was recorded for.
+func TestDrainUnderAnotherHostName(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	reopen(t, db)
+	run(t, false, "drain", db).wantCode(t, 0)
+	for _, args := range [][]string{{"-h", "127.0.0.1", "drain", db}, {"-h", "127.0.0.1", "undrain", db}} {
+		r := run(t, false, args...)
+		r.wantCode(t, 2)
+		if strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 || !strings.Contains(r.errOut, "-h "+pgtest.Shared(t).SocketDir()) {
+			t.Fatalf("%v: %q", args, r.errOut)
+		}
+	}
+	run(t, false, "undrain", db).wantCode(t, 0)
+	if allow, _ := dbSettings(t, db); !allow {
+		t.Fatal("still blocked after undrain")
+	}
+}

@@ -113,6 +113,11 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	rec, err := maintenance.ReadRecord(path)
 	switch {
 	case errors.Is(err, os.ErrNotExist) && !opts.Explicit:
+		cfg, _ := opts.ConnConfig()
+		if other := maintenance.Elsewhere(path, cfg.Port, opts.Database); other != nil {
+			return usageError(fmt.Errorf("no drain record for %s under this host name; it was drained as host %s (port %d): undrain it with -h %s",
+				name, output.Clean(other.Host), other.Port, output.ShellQuote(other.Host)))
+		}
 		return usageError(fmt.Errorf("no drain record for %s at %s: pgreap does not guess; give the values (--allow-connections=true --connection-limit=-1)", name, path))
 	case errors.Is(err, os.ErrNotExist):
 		rec = nil

@@ -75,10 +75,10 @@ var ErrBusy = errors.New("another pgreap drain or undrain of it is running on th
 //
 // The lock names the database by port and name only, not by host: one
 // server is reached under several names (127.0.0.1, localhost, its socket
-// directory), and each has a record of its own; two servers on one port
-// and host are not. Two servers on different hosts with the same port and
-// database name drained from one host at once wait for each other: the
-// safe side.
+// directory), and each has a record of its own (Elsewhere finds the
+// others). Two servers on different hosts with the same port and database
+// name cannot be drained from one host at once: the second is ErrBusy,
+// nothing done, the safe side.
 func LockRecord(dir string, port uint16, db string) (unlock func(), err error) {
 	if err := os.MkdirAll(dir, 0o700); err != nil {
 		return nil, err
@@ -98,6 +98,22 @@ func LockRecord(dir string, port uint16, db string) (unlock func(), err error) {
 		return nil, fmt.Errorf("drain record's lock: %w", err)
 	}
 	return func() { f.Close() }, nil
+}
+
+// Elsewhere is a drain of database db on port not undone yet, recorded
+// under another host name than path's (the same server reached as
+// 127.0.0.1, localhost or its socket has a record per name), or nil.
+func Elsewhere(path string, port uint16, db string) *Record {
+	others, _ := filepath.Glob(filepath.Join(filepath.Dir(path), "*_"+strconv.Itoa(int(port))+"_"+url.PathEscape(db)+".json"))
+	for _, o := range others {
+		if o == path {
+			continue
+		}
+		if r, err := ReadRecord(o); err == nil && r.RestoredAt == nil && r.Database == db && r.Port == port {
+			return r
+		}
+	}
+	return nil
 }
 
 // ReadRecord reads a record; an error wrapping os.ErrNotExist when there

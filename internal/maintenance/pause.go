@@ -144,6 +144,21 @@ func (h *Here) check(a *pooler.Admin, d pooler.Database, db string) error {
 	return &pooler.Error{Pooler: a.Pooler.Name, Err: fmt.Errorf("%w (%s as %q: %s): name only poolers in front of this server", ErrOtherServer, db, d.Name, why)}
 }
 
+// allHere reports whether each of the entries is proven to point at this
+// server: it has server connections, and they are backends here (one
+// server under two host names: its socket and localhost).
+func (h *Here) allHere(a *pooler.Admin, entries []pooler.Database) bool {
+	if h == nil {
+		return false
+	}
+	for _, d := range entries {
+		if servers, here := h.Pooled.Serves(a.Pooler.Name, d.Name); servers == 0 || here == 0 {
+			return false
+		}
+	}
+	return true
+}
+
 // servedBy are the pooler's entries (SHOW DATABASES) that serve server
 // database db. Entries that point at different servers make it
 // ErrManyServers, and entries that point at another server than here
@@ -161,7 +176,7 @@ func servedBy(a *pooler.Admin, dbs []pooler.Database, db string, here *Here) ([]
 			servers[fmt.Sprintf("%s:%d", d.Host, d.Port)] = true
 		}
 	}
-	if len(servers) > 1 {
+	if len(servers) > 1 && !here.allHere(a, out) {
 		var list []string
 		for _, d := range out {
 			list = append(list, fmt.Sprintf("%s as %q on %s:%d", db, d.Name, d.Host, d.Port))
