@@ -156,7 +156,7 @@ func drainPause(ctx context.Context, opts *DrainOptions, conn *pgx.Conn, admins 
 			texts = append(texts, holderText(h, opts.Now()))
 		}
 		for _, u := range pd.Unmatched {
-			texts = append(texts, fmt.Sprintf("pgbouncer %s's server connection to backend pid %d (%s in the pooler; no session of %s matched it, so it was left alone)",
+			texts = append(texts, fmt.Sprintf("pgbouncer %s's server connection to backend pid %d (%s in the pooler; pgreap could not pin it to a session of %s, so it was left alone: a backend of another role shows its start only to pg_read_all_stats)",
 				u.Pooler, u.RemotePID, output.Clean(u.State), name))
 		}
 		if len(texts) > 0 {

@@ -129,6 +129,8 @@ func Message(err error) string {
 	}
 	if !errors.As(err, &ce) {
 		switch {
+		case errors.Is(err, context.DeadlineExceeded) && errors.As(err, new(*pooler.Error)):
+			msg += " (hint: the pooler's console did not answer within the connection's connect_timeout: PgBouncer stalled, or the network)"
 		case errors.Is(err, context.DeadlineExceeded):
 			msg += fmt.Sprintf(" (hint: no answer from the server within its statement_timeout plus %s: "+
 				"the network or the server stalled, and pgreap closed its connection)", conn.DeadlineMargin)
