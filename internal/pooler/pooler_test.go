@@ -97,7 +97,7 @@ func TestLookFindsTheClient(t *testing.T) {
 			want := pooler.Link{Pooler: a.Pooler.Name, Served: true, ClientAddr: "127.0.0.1", ClientPort: port,
 				ApplicationName: pgtest.Tag(t), User: role, PoolMode: "transaction"}
 			got := *k
-			got.PID, got.Datname, got.LocalPort, got.ConnectTime, got.State = 0, "", 0, time.Time{}, ""
+			got.PID, got.Datname, got.Alias, got.LocalPort, got.ConnectTime, got.State = 0, "", "", 0, time.Time{}, ""
 			if got != want {
 				t.Fatalf("link of backend %d:\n got %+v\nwant %+v", pid, got, want)
 			}
