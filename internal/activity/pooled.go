@@ -177,5 +177,3 @@ func (p *Pooled) Facts() Facts {
 	return f
 }
 
-// Empty reports whether no backend is a server connection of a pooler.
-func (f Facts) Empty() bool { return len(f.PIDs) == 0 }
