@@ -176,4 +176,3 @@ func (p *Pooled) Facts() Facts {
 	}
 	return f
 }
-
