@@ -53,6 +53,15 @@ func (c *Cluster) StartStandby(ctx context.Context, opt StandbyOptions) (*Cluste
 			_ = s.dropSlot()
 		}
 	}()
+	conninfo := fmt.Sprintf("host=%s port=%d user=%s application_name=%s", Quote(c.Dir), c.Port, Superuser, s.slot)
+	// The walreceiver's connection, tried first: a standby that cannot
+	// stream never reaches a consistent state (its WAL is on the primary)
+	// and pg_ctl start would wait out its timeout.
+	rc, err := pgconn.Connect(ctx, conninfo+" replication=true")
+	if err != nil {
+		return nil, fmt.Errorf("standby: a replication connection to the primary: %w", err)
+	}
+	rc.Close(context.Background())
 	pc, err := pgconn.Connect(ctx, c.DSN("postgres", Superuser)+" application_name=pgreap-standby-backup")
 	if err != nil {
 		return nil, fmt.Errorf("standby: primary: %w", err)
@@ -76,9 +85,8 @@ func (c *Cluster) StartStandby(ctx context.Context, opt StandbyOptions) (*Cluste
 		}
 	}
 	settings := map[string]string{
-		"hot_standby": "on",
-		"primary_conninfo": "'" + strings.ReplaceAll(fmt.Sprintf("host=%s port=%d user=%s application_name=%s",
-			Quote(c.Dir), c.Port, Superuser, s.slot), "'", "''") + "'",
+		"hot_standby":       "on",
+		"primary_conninfo":  "'" + strings.ReplaceAll(conninfo, "'", "''") + "'",
 		"primary_slot_name": "'" + s.slot + "'",
 	}
 	for k, v := range opt.Settings {
