@@ -56,6 +56,9 @@ type Cluster struct {
 	Port int
 
 	cred *syscall.Credential
+	// A standby's primary and its replication slot there (StartStandby).
+	primary *Cluster
+	slot    string
 }
 
 // SocketDir is the directory of the server's unix socket (libpq's host).
@@ -109,28 +112,23 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if prefix == "" {
 		prefix = "pgreap-cluster-"
 	}
-	dir, err := os.MkdirTemp("", prefix+"*")
+	var cred *syscall.Credential
+	if os.Geteuid() == 0 {
+		if cred, err = unprivileged(); err != nil {
+			return nil, err
+		}
+	}
+	dir, err := newDir(prefix, cred)
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, BinDir: bin, Major: major}
+	c := &Cluster{Dir: dir, BinDir: bin, Major: major, cred: cred}
 	ok := false
 	defer func() {
 		if !ok {
 			c.abandon()
 		}
 	}()
-	if os.Geteuid() == 0 {
-		if c.cred, err = unprivileged(); err != nil {
-			return nil, err
-		}
-		if err := os.Chown(dir, int(c.cred.Uid), int(c.cred.Gid)); err != nil {
-			return nil, err
-		}
-	}
-	if err := os.Chmod(dir, 0o755); err != nil {
-		return nil, err
-	}
 	if out, err := c.run(ctx, "initdb", "-D", c.DataDir(), "-U", Superuser, "-A", "trust",
 		"-E", "UTF8", "--locale=C", "-N"); err != nil {
 		return nil, fmt.Errorf("initdb: %w\n%s", err, out)
@@ -138,25 +136,53 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if err := c.configure(opt); err != nil {
 		return nil, err
 	}
-	// A free port can be taken by someone else between our probe and the
-	// server's bind: try a few.
+	if err := c.start(ctx); err != nil {
+		return nil, err
+	}
+	ok = true
+	return c, nil
+}
+
+// newDir makes the cluster's temporary directory, owned by the server's
+// user (cred, nil for ours).
+func newDir(prefix string, cred *syscall.Credential) (string, error) {
+	dir, err := os.MkdirTemp("", prefix+"*")
+	if err != nil {
+		return "", err
+	}
+	if cred != nil {
+		if err := os.Chown(dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			os.RemoveAll(dir)
+			return "", err
+		}
+	}
+	if err := os.Chmod(dir, 0o755); err != nil {
+		os.RemoveAll(dir)
+		return "", err
+	}
+	return dir, nil
+}
+
+// start starts the server of a data directory that is ready, on a free
+// port. A free port can be taken by someone else between our probe and
+// the server's bind: it tries a few.
+func (c *Cluster) start(ctx context.Context) error {
 	for attempt := 0; ; attempt++ {
+		var err error
 		if c.Port, err = freePort(); err != nil {
-			return nil, err
+			return err
 		}
 		out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60",
 			"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.Port, c.Dir), "start")
 		if err == nil {
-			break
+			return nil
 		}
 		logText, _ := os.ReadFile(c.LogFile())
 		if attempt < 3 && strings.Contains(string(logText), "could not bind") {
 			continue
 		}
-		return nil, fmt.Errorf("pg_ctl start: %w\n%s\n%s", err, out, logText)
+		return fmt.Errorf("pg_ctl start: %w\n%s\n%s", err, out, logText)
 	}
-	ok = true
-	return c, nil
 }
 
 func (c *Cluster) configure(opt Options) error {
@@ -181,23 +207,31 @@ func (c *Cluster) configure(opt Options) error {
 	for k, v := range opt.Settings {
 		settings[k] = v
 	}
-	keys := make([]string, 0, len(settings))
-	for k := range settings {
-		keys = append(keys, k)
-	}
-	sort.Strings(keys)
 	var conf strings.Builder
 	conf.WriteString("\n# pgreap\n")
-	for _, k := range keys {
+	for _, k := range sortedKeys(settings) {
 		fmt.Fprintf(&conf, "%s = %s\n", k, settings[k])
 	}
 	if err := appendFile(filepath.Join(c.DataDir(), "postgresql.conf"), conf.String()); err != nil {
 		return err
 	}
+	// "all" does not match replication connections: the replication
+	// lines let StartStandby (pg_basebackup, the walreceiver) in.
 	hba := strings.Join(opt.HBA, "\n") + "\n" +
 		"local all all trust\n" +
-		"host all all 127.0.0.1/32 trust\n"
+		"host all all 127.0.0.1/32 trust\n" +
+		"local replication all trust\n" +
+		"host replication all 127.0.0.1/32 trust\n"
 	return os.WriteFile(filepath.Join(c.DataDir(), "pg_hba.conf"), []byte(hba), 0o600)
+}
+
+func sortedKeys(m map[string]string) []string {
+	keys := make([]string, 0, len(m))
+	for k := range m {
+		keys = append(keys, k)
+	}
+	sort.Strings(keys)
+	return keys
 }
 
 func appendFile(name, text string) error {
@@ -228,7 +262,10 @@ func (c *Cluster) Stop() error {
 			return fmt.Errorf("the server in %s did not stop (%w): pg_ctl -D %s stop -m immediate, then remove it", c.Dir, err, c.DataDir())
 		}
 	}
-	return os.RemoveAll(c.Dir)
+	if err := os.RemoveAll(c.Dir); err != nil {
+		return err
+	}
+	return c.dropSlot()
 }
 
 // Crash stops the server as a crash would (pg_ctl stop -m immediate: no

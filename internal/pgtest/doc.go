@@ -16,4 +16,9 @@
 // missing, and fail when CI=true: CI (.ci/run) installs it. Their config,
 // log and socket live in a temporary directory; they listen on a free port
 // of 127.0.0.1, never on 6432, and run as the server's unprivileged user.
+//
+// Standby is a hot standby of the package's cluster, streaming from it,
+// started by the first test that asks and stopped before the cluster;
+// OwnStandby starts one of any cluster for a single test. WaitReplay
+// waits until a standby has replayed what its primary has written.
 package pgtest

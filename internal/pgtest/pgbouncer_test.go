@@ -197,13 +197,20 @@ next:
 	return found[0]
 }
 
-// processesIn lists the processes whose command line names dir.
+// processesIn lists the processes whose command line names dir or that
+// work in it (a postmaster's children have their own command line).
 func processesIn(dir string) []string {
 	var out []string
-	files, _ := filepath.Glob("/proc/[0-9]*/cmdline")
-	for _, f := range files {
-		if b, err := os.ReadFile(f); err == nil && strings.Contains(string(b), dir) {
-			out = append(out, f+": "+strings.ReplaceAll(string(b), "\x00", " "))
+	procs, _ := filepath.Glob("/proc/[0-9]*")
+	for _, p := range procs {
+		b, err := os.ReadFile(filepath.Join(p, "cmdline"))
+		if err != nil {
+			continue
+		}
+		cwd, _ := os.Readlink(filepath.Join(p, "cwd"))
+		cwd = strings.TrimSuffix(cwd, " (deleted)")
+		if strings.Contains(string(b), dir) || cwd == dir || strings.HasPrefix(cwd, dir+"/") {
+			out = append(out, p+": "+strings.ReplaceAll(string(b), "\x00", " "))
 		}
 	}
 	return out

@@ -61,6 +61,7 @@ func Run(m interface{ Run() int }, opt Options) int {
 	os.Unsetenv("PGOPTIONS")
 	code := m.Run()
 	stopPgBouncers(code != 0)
+	stopStandby(code != 0)
 	if adminPool != nil {
 		adminPool.Close()
 	}
