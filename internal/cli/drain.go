@@ -399,19 +399,43 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 	return incomplete(fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held))
 }
 
-// openSettings connects and reads the database's connection settings; a
-// database that does not exist is bad input.
-func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), name string) (*pgx.Conn, *maintenance.Settings, error) {
+// connectPrimary connects for drain or undrain (verb) and refuses a
+// standby, before anything is locked, recorded or changed.
+func connectPrimary(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), verb string) (*pgx.Conn, error) {
 	conn, err := connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := maintenance.Primary(ctx, conn, verb); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		if errors.Is(err, maintenance.ErrStandby) {
+			err = usageError(err)
+		}
+		return nil, err
+	}
+	return conn, nil
+}
+
+// readSettings reads the database's connection settings; a database that
+// does not exist is bad input.
+func readSettings(ctx context.Context, conn *pgx.Conn, name string) (*maintenance.Settings, error) {
+	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	if errors.Is(err, maintenance.ErrNoDatabase) {
+		err = usageError(err)
+	}
+	return settings, err
+}
+
+// openSettings connects to the primary and reads the database's
+// connection settings.
+func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), name string) (*pgx.Conn, *maintenance.Settings, error) {
+	conn, err := connectPrimary(ctx, connect, "drain")
 	if err != nil {
 		return nil, nil, err
 	}
-	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	settings, err := readSettings(ctx, conn, name)
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		if errors.Is(err, maintenance.ErrNoDatabase) {
-			err = usageError(err)
-		}
 		return nil, nil, err
 	}
 	return conn, settings, nil

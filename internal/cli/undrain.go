@@ -105,6 +105,12 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	if err != nil {
 		return err
 	}
+	// Before the lock and the record: a standby has nothing to restore.
+	conn, err := connectPrimary(ctx, opts.Connect, "undrain")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	unlock, err := lockRecord(path, opts.ConnConfig, opts.Database)
 	if err != nil {
 		return err
@@ -135,11 +141,10 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
 			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC(), Poolers: pauses}
 	}
-	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
+	settings, err := readSettings(ctx, conn, opts.Database)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
 	values := fmt.Sprintf("ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", rec.AllowConnections, rec.ConnectionLimit)
 	if rec.RestoredAt != nil && !opts.Explicit {
 		// Undone already: do not override what was changed since.
