@@ -4,6 +4,7 @@ import (
 	"context"
 	"os"
 	"path/filepath"
+	"regexp"
 	"strings"
 	"testing"
 
@@ -166,5 +167,49 @@ func TestDrainPrimaryKickStandby(t *testing.T) {
 	pgtest.WaitReplay(t, s, primary)
 	if err := connectToStandby(t, db); err != nil {
 		t.Fatalf("a new connection on the standby after undrain: %v", err)
+	}
+}
+
+// A standby has its primary's system_identifier and a postmaster of its
+// own: a plan made on the primary is refused whole on the standby (and
+// the other way round), one line, exit 2, nothing signalled; a plan made
+// on the standby applies there.
+func TestApplyOnStandby(t *testing.T) {
+	t.Parallel()
+	onPrimary := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v := standbyVictim(t, "postgres")
+	r := run(t, false, "terminate", "--app", pgtest.Tag(t), "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	fromPrimary := writePlan(t, "primary.json", r.out)
+	// The same plan edited to name the standby's session.
+	edited := writePlan(t, "edited.json", retarget(r.out, v))
+	r = onStandby(t, "terminate", "--app", pgtest.Tag(t), "--dry-run", "-o", "json")
+	r.wantCode(t, 0)
+	fromStandby := writePlan(t, "standby.json", r.out)
+
+	refused := regexp.MustCompile(`^pgreap: the plan was made on another server of this cluster \(a primary or standby of it\) or before a restart \(postmaster started [^ ]+, this server's [^ ]+\): nothing done\n$`)
+	for _, tc := range []struct {
+		name string
+		r    func() result
+	}{
+		{"primary's plan on the standby", func() result { return onStandby(t, "apply", fromPrimary) }},
+		{"primary's plan naming the standby's session", func() result { return onStandby(t, "apply", edited) }},
+		{"standby's plan on the primary", func() result { return run(t, false, "apply", fromStandby) }},
+	} {
+		r := tc.r()
+		if r.code != 2 || r.out != "" || !refused.MatchString(r.errOut) {
+			t.Fatalf("%s: exit %d, stdout %q, stderr %q", tc.name, r.code, r.out, r.errOut)
+		}
+	}
+	if !onPrimary.Alive() || !v.Alive() {
+		t.Fatal("a refused plan ended a session")
+	}
+	r = onStandby(t, "apply", fromStandby, "-o", "json")
+	r.wantCode(t, 0)
+	if rows := jsonRows(t, r.out); len(rows) != 1 || rows[0]["pid"] != float64(v.PID) || rows[0]["outcome"] != "terminated" {
+		t.Fatalf("rows %s", r.out)
+	}
+	if v.Alive() || !onPrimary.Alive() {
+		t.Fatal("the standby's plan must end the standby's session only")
 	}
 }
