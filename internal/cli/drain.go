@@ -99,6 +99,13 @@ with sessions still connected, drain lists them and exits 3: the database
 stays blocked (and paused on the poolers). pgreap never connects to the
 database it drains.
 
+On a hot standby drain refuses at once (exit 2), before anything is
+recorded or changed, --dry-run too: a standby replays the primary's
+pg_database, so drain on the primary; the block reaches every standby by
+replication. It does not end the sessions already on a standby: once the
+standby has replayed the block, 'pgreap kick --db NAME' there ends them
+(docs/maintenance.md, "A primary and its standbys").
+
 --dry-run changes nothing: it says on standard error what drain would
 record (the record's path, datallowconn and datconnlimit) and set
 (ALLOW_CONNECTIONS false), and lists the sessions its first round would
@@ -123,8 +130,8 @@ symbolic link, or a directory inside one others may write (a sticky one
 such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
-usage or connection error or no privilege (nothing done; a pooler that
-fails mid-way has the pauses rolled back), 3 sessions left at the timeout
+usage or connection error, no privilege or a standby (nothing done; a
+pooler that fails mid-way has the pauses rolled back), 3 sessions left at the timeout
 or interrupted (the database stays blocked), or a pooler not paused by
 --timeout (rolled back).`,
 		Example: `  pgreap drain shop --dry-run

@@ -56,9 +56,13 @@ write, or that is a symbolic link.
 Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
 
-Exit status: 0 restored (or nothing to do), 2 no record, usage or
-connection error (a pooler that cannot be reached stays paused: undrain
-again resumes it).`,
+On a hot standby undrain refuses at once (exit 2), nothing read, locked
+or changed: undrain on the primary; the restored settings reach every
+standby by replication.
+
+Exit status: 0 restored (or nothing to do), 2 no record, a standby,
+usage or connection error (a pooler that cannot be reached stays
+paused: undrain again resumes it).`,
 		Example: `  pgreap undrain shop
   pgreap undrain shop --allow-connections=true --connection-limit=-1`,
 		Args: func(cmd *cobra.Command, args []string) error {
