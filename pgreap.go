@@ -343,6 +343,12 @@ var ErrNotDrained = errors.New("sessions still connected at the timeout")
 // superuser (ALTER DATABASE); nothing was done.
 var ErrMayNotAlter = errors.New("blocking new connections needs the database's owner or a superuser")
 
+// ErrStandby: Drain or Undrain was called on a hot standby, where
+// pg_database is the primary's, replicated: drain on the primary, the
+// block reaches every standby by replication (then end the standby's
+// sessions with Terminate). Nothing was done. Match it with errors.Is.
+var ErrStandby = maintenance.ErrStandby
+
 // Drain blocks new connections to database db, superusers' too
 // (ALLOW_CONNECTIONS false), and ends its sessions until none is left,
 // as `pgreap drain` does, except for the record of the settings: keep
@@ -360,6 +366,10 @@ func Drain(ctx context.Context, c *pgx.Conn, db string, opt DrainOptions) (*Drai
 		// pgreap's own session is never ended: the database would never
 		// be empty.
 		return nil, fmt.Errorf("connected to %q itself: connect to another database", db)
+	}
+	// Before the poolers are paused: a standby has nothing to block.
+	if err := maintenance.Primary(ctx, c, "drain"); err != nil {
+		return nil, err
 	}
 	settings, err := maintenance.ReadSettings(ctx, c, db)
 	if err != nil {
@@ -455,7 +465,8 @@ func ResumePoolers(ctx context.Context, pauses []PoolerPause, pgbouncer []string
 	return maintenance.ResumeRecorded(ctx, pauses, given, time.Now().UTC(), nil)
 }
 
-// Undrain restores the connection settings Drain found (Drained.Before).
+// Undrain restores the connection settings Drain found (Drained.Before);
+// on a standby it is ErrStandby, nothing done.
 // The zero Settings are those of a blocked database (no connections,
 // limit 0): pass what Drain returned.
 func Undrain(ctx context.Context, c *pgx.Conn, db string, before Settings) error {

@@ -83,6 +83,31 @@ func TestDrainNamesPreparedTransactions(t *testing.T) {
 	}
 }
 
+// Drain and Undrain on a standby are ErrStandby, nothing done: the
+// standby's session is left, and the primary still lets everyone in.
+func TestDrainOnStandbyIsErrStandby(t *testing.T) {
+	t.Parallel()
+	s := pgtest.Standby(t)
+	db := pgtest.NewDB(t)
+	pgtest.WaitReplay(t, s, pgtest.Shared(t))
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{Cluster: s, DB: db})
+	conn := pgtest.PgreapDSN(t, s.DSN("postgres", pgtest.Superuser))
+	d, err := pgreap.Drain(pgtest.Context(t), conn, db, pgreap.DrainOptions{Timeout: time.Minute})
+	if !errors.Is(err, pgreap.ErrStandby) || d != nil {
+		t.Fatalf("Drain: %v, %+v; want ErrStandby and nothing done", err, d)
+	}
+	if err := pgreap.Undrain(pgtest.Context(t), conn, db, pgreap.Settings{AllowConnections: false}); !errors.Is(err, pgreap.ErrStandby) {
+		t.Fatalf("Undrain: %v, want ErrStandby", err)
+	}
+	var allow bool
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT datallowconn FROM pg_catalog.pg_database WHERE datname = $1", db).Scan(&allow); err != nil || !allow {
+		t.Fatalf("datallowconn %v (%v), want true", allow, err)
+	}
+	if !v.Alive() {
+		t.Fatal("Drain ended the standby's session")
+	}
+}
+
 // Drain with PgBouncer pauses the pooler first and returns the pauses;
 // ResumePoolers resumes exactly those, and the pooled client, which waited
 // through the hold, gets its answer.

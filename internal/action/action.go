@@ -733,7 +733,10 @@ func (s Server) differs(id uint64, started time.Time) string {
 	case s.SystemID != 0 && s.SystemID != id:
 		return fmt.Sprintf("on another server (system_identifier %d, this server's %d)", s.SystemID, id)
 	case !s.Started.IsZero() && !s.Started.Equal(started):
-		return fmt.Sprintf("before the server restarted (postmaster started %s, now %s)",
+		// A primary and its standbys share the system_identifier; each
+		// postmaster has its own start: the time cannot tell a restart
+		// from another server of the cluster.
+		return fmt.Sprintf("on another server of this cluster (a primary or standby of it) or before a restart (postmaster started %s, this server's %s)",
 			s.Started.Format(time.RFC3339Nano), started.Format(time.RFC3339Nano))
 	}
 	return ""

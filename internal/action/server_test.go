@@ -49,7 +49,7 @@ func TestStatementRefusesAnotherServer(t *testing.T) {
 	}{
 		{"another system_identifier", "the plan was made on another server (system_identifier 42, this server's " + strconv.FormatUint(uint64(id), 10) + "): left alone",
 			func(p *action.Plan) { p.Server.SystemID = 42 }},
-		{"restarted since", "the plan was made before the server restarted (postmaster started ",
+		{"restarted since", "the plan was made on another server of this cluster (a primary or standby of it) or before a restart (postmaster started ",
 			func(p *action.Plan) { p.Server.Started = p.Server.Started.Add(-time.Second) }},
 	}
 	for _, tt := range tests {

@@ -205,7 +205,7 @@ func TestApplyRefusesBadPlans(t *testing.T) {
 		{"twice", strings.Replace(good, "\n]", ",\n"+strings.Trim(good, "[]\n")+"\n]", 1), "planned twice"},
 		{"bad outcome", strings.Replace(good, `"outcome":"planned"`, `"outcome":"done"`, 1), `"outcome" must be one of the outcomes`},
 		{"bad action", strings.Replace(good, `"action":"terminate"`, `"action":"drop"`, 1), `"action" must be cancel or terminate`},
-		{"restarted since", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "the plan was made before the server restarted (postmaster started 19"},
+		{"restarted since", strings.Replace(good, `"postmaster_start_time":"20`, `"postmaster_start_time":"19`, 1), "the plan was made on another server of this cluster (a primary or standby of it) or before a restart (postmaster started 19"},
 		{"another system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":"42"`), "the plan was made on another server (system_identifier 42, this server's "},
 		{"no system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":null`), "system_identifier is null: the plan does not name its server"},
 		{"not a system_identifier", regexp.MustCompile(`"system_identifier":"[0-9]+"`).ReplaceAllString(good, `"system_identifier":"-1"`), `system_identifier "-1" is not a system identifier`},

@@ -56,7 +56,9 @@ and left alone.
 A plan names its server by system_identifier and pg_postmaster_start_time():
 a plan made on another server, or before the server restarted (a failover
 among them), is refused as a whole, nothing done; the statement checks it
-again in every row. Plans of an older pgreap (plan version 2) are refused:
+again in every row. A standby has its primary's system_identifier but a
+postmaster of its own: a plan made on the primary is refused on its
+standbys, and the other way round; make the plan on the server it is for. Plans of an older pgreap (plan version 2) are refused:
 make them again.
 
 Everything printed of a session is what the signalling statement read on

@@ -99,6 +99,13 @@ with sessions still connected, drain lists them and exits 3: the database
 stays blocked (and paused on the poolers). pgreap never connects to the
 database it drains.
 
+On a hot standby drain refuses at once (exit 2), before anything is
+recorded or changed, --dry-run too: a standby replays the primary's
+pg_database, so drain on the primary; the block reaches every standby by
+replication. It does not end the sessions already on a standby: once the
+standby has replayed the block, 'pgreap kick --db NAME' there ends them
+(docs/maintenance.md, "A primary and its standbys").
+
 --dry-run changes nothing: it says on standard error what drain would
 record (the record's path, datallowconn and datconnlimit) and set
 (ALLOW_CONNECTIONS false), and lists the sessions its first round would
@@ -123,8 +130,8 @@ symbolic link, or a directory inside one others may write (a sticky one
 such as /tmp excepted), is refused with exit 2, nothing done.
 
 Exit status: 0 drained and held (with --dry-run: drain would be), 2
-usage or connection error or no privilege (nothing done; a pooler that
-fails mid-way has the pauses rolled back), 3 sessions left at the timeout
+usage or connection error, no privilege or a standby (nothing done; a
+pooler that fails mid-way has the pauses rolled back), 3 sessions left at the timeout
 or interrupted (the database stays blocked), or a pooler not paused by
 --timeout (rolled back).`,
 		Example: `  pgreap drain shop --dry-run
@@ -399,19 +406,43 @@ func drainStopped(opts *DrainOptions, err error, held string) error {
 	return incomplete(fmt.Errorf("%s: %w; %s", output.Clean(opts.Database), err, held))
 }
 
-// openSettings connects and reads the database's connection settings; a
-// database that does not exist is bad input.
-func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), name string) (*pgx.Conn, *maintenance.Settings, error) {
+// connectPrimary connects for drain or undrain (verb) and refuses a
+// standby, before anything is locked, recorded or changed.
+func connectPrimary(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), verb string) (*pgx.Conn, error) {
 	conn, err := connect(ctx)
+	if err != nil {
+		return nil, err
+	}
+	if err := maintenance.Primary(ctx, conn, verb); err != nil {
+		conn.Close(context.WithoutCancel(ctx))
+		if errors.Is(err, maintenance.ErrStandby) {
+			err = usageError(err)
+		}
+		return nil, err
+	}
+	return conn, nil
+}
+
+// readSettings reads the database's connection settings; a database that
+// does not exist is bad input.
+func readSettings(ctx context.Context, conn *pgx.Conn, name string) (*maintenance.Settings, error) {
+	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	if errors.Is(err, maintenance.ErrNoDatabase) {
+		err = usageError(err)
+	}
+	return settings, err
+}
+
+// openSettings connects to the primary and reads the database's
+// connection settings.
+func openSettings(ctx context.Context, connect func(context.Context) (*pgx.Conn, error), name string) (*pgx.Conn, *maintenance.Settings, error) {
+	conn, err := connectPrimary(ctx, connect, "drain")
 	if err != nil {
 		return nil, nil, err
 	}
-	settings, err := maintenance.ReadSettings(ctx, conn, name)
+	settings, err := readSettings(ctx, conn, name)
 	if err != nil {
 		conn.Close(context.WithoutCancel(ctx))
-		if errors.Is(err, maintenance.ErrNoDatabase) {
-			err = usageError(err)
-		}
 		return nil, nil, err
 	}
 	return conn, settings, nil

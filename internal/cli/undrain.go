@@ -56,9 +56,13 @@ write, or that is a symbolic link.
 Without a record pgreap does not guess: give the values with
 --allow-connections and --connection-limit.
 
-Exit status: 0 restored (or nothing to do), 2 no record, usage or
-connection error (a pooler that cannot be reached stays paused: undrain
-again resumes it).`,
+On a hot standby undrain refuses at once (exit 2), nothing read, locked
+or changed: undrain on the primary; the restored settings reach every
+standby by replication.
+
+Exit status: 0 restored (or nothing to do), 2 no record, a standby,
+usage or connection error (a pooler that cannot be reached stays
+paused: undrain again resumes it).`,
 		Example: `  pgreap undrain shop
   pgreap undrain shop --allow-connections=true --connection-limit=-1`,
 		Args: func(cmd *cobra.Command, args []string) error {
@@ -105,6 +109,12 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 	if err != nil {
 		return err
 	}
+	// Before the lock and the record: a standby has nothing to restore.
+	conn, err := connectPrimary(ctx, opts.Connect, "undrain")
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.WithoutCancel(ctx))
 	unlock, err := lockRecord(path, opts.ConnConfig, opts.Database)
 	if err != nil {
 		return err
@@ -135,11 +145,10 @@ func undrainRun(ctx context.Context, opts *UndrainOptions) error {
 		rec = &maintenance.Record{Host: cfg.Host, Port: cfg.Port, Database: opts.Database,
 			AllowConnections: opts.AllowConnections, ConnectionLimit: opts.ConnectionLimit, RecordedAt: opts.Now().UTC(), Poolers: pauses}
 	}
-	conn, settings, err := openSettings(ctx, opts.Connect, opts.Database)
+	settings, err := readSettings(ctx, conn, opts.Database)
 	if err != nil {
 		return err
 	}
-	defer conn.Close(context.WithoutCancel(ctx))
 	values := fmt.Sprintf("ALLOW_CONNECTIONS %t, CONNECTION LIMIT %d", rec.AllowConnections, rec.ConnectionLimit)
 	if rec.RestoredAt != nil && !opts.Explicit {
 		// Undone already: do not override what was changed since.

@@ -207,9 +207,37 @@ func ReadSettings(ctx context.Context, conn *pgx.Conn, db string) (*Settings, er
 	return &s, nil
 }
 
+// ErrStandby: the server is a hot standby, where drain and undrain have
+// nothing to change: pg_database is the primary's, replicated (a standby
+// refuses ALTER DATABASE), so a block set on the primary reaches every
+// standby by replication, and is lifted on them the same way.
+var ErrStandby = errors.New("standby")
+
+// Primary is ErrStandby, wrapped with what to do instead of verb ("drain"
+// or "undrain"), when conn's server is in recovery. Drain and undrain ask
+// it before they record, lock or change anything.
+func Primary(ctx context.Context, conn *pgx.Conn, verb string) error {
+	var standby bool
+	if err := conn.QueryRow(ctx, "SELECT pg_catalog.pg_is_in_recovery()").Scan(&standby); err != nil {
+		return fmt.Errorf("is the server a standby: %w", err)
+	}
+	if !standby {
+		return nil
+	}
+	what := "the block reaches"
+	if verb == "undrain" {
+		what = "the restored settings reach"
+	}
+	return fmt.Errorf("%w: %s on the primary; %s every standby by replication", ErrStandby, verb, what)
+}
+
 // Block refuses new connections to the database, superusers' included
 // (ALLOW_CONNECTIONS false; CONNECTION LIMIT 0 would let superusers in).
+// On a standby it is ErrStandby, nothing sent.
 func Block(ctx context.Context, conn *pgx.Conn, db string) error {
+	if err := Primary(ctx, conn, "drain"); err != nil {
+		return err
+	}
 	_, err := conn.Exec(ctx, "ALTER DATABASE "+pgx.Identifier{db}.Sanitize()+" WITH ALLOW_CONNECTIONS false")
 	if err != nil {
 		return fmt.Errorf("block connections to %q: %w", db, err)
@@ -218,7 +246,11 @@ func Block(ctx context.Context, conn *pgx.Conn, db string) error {
 }
 
 // Restore sets the database's connection settings to the recorded ones.
+// On a standby it is ErrStandby, nothing sent.
 func Restore(ctx context.Context, conn *pgx.Conn, db string, allow bool, limit int32) error {
+	if err := Primary(ctx, conn, "undrain"); err != nil {
+		return err
+	}
 	// Both are literals pgreap formats itself (a boolean and an integer):
 	// ALTER DATABASE takes no parameters.
 	sql := fmt.Sprintf("ALTER DATABASE %s WITH ALLOW_CONNECTIONS %t CONNECTION LIMIT %d", pgx.Identifier{db}.Sanitize(), allow, limit)

@@ -26,6 +26,8 @@ type VictimOptions struct {
 	// TCP connects over 127.0.0.1 instead of the unix socket, so the
 	// session has a client_addr.
 	TCP bool
+	// Cluster is the server (default: Shared), e.g. a Standby.
+	Cluster *Cluster
 }
 
 // Victim is a client session a test opened, named by its identity.
@@ -36,6 +38,8 @@ type Victim struct {
 	App          string
 
 	t       testing.TB
+	c       *Cluster
+	watcher *pgx.Conn // to c, when it is not Shared
 	running chan error
 	cancel  context.CancelFunc
 }
@@ -43,7 +47,10 @@ type Victim struct {
 // NewVictim opens a tagged client session, closed when the test ends.
 func NewVictim(t testing.TB, opt VictimOptions) *Victim {
 	t.Helper()
-	c := Shared(t)
+	c := opt.Cluster
+	if c == nil {
+		c = Shared(t)
+	}
 	if opt.DB == "" {
 		opt.DB = "postgres"
 	}
@@ -59,7 +66,7 @@ func NewVictim(t testing.TB, opt VictimOptions) *Victim {
 	}
 	dsn += " application_name=" + cluster.Quote(opt.App)
 	conn := Connect(t, dsn)
-	v := &Victim{Conn: conn, App: opt.App, t: t}
+	v := &Victim{Conn: conn, App: opt.App, t: t, c: c}
 	err := conn.QueryRow(Context(t), `SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()`).
 		Scan(&v.PID, &v.BackendStart)
 	if err != nil {
@@ -120,13 +127,26 @@ func (v *Victim) stop() {
 	}
 }
 
+// admin is a superuser's connection to the victim's server.
+func (v *Victim) admin() interface {
+	QueryRow(context.Context, string, ...any) pgx.Row
+} {
+	if v.c == Shared(v.t) {
+		return Admin(v.t)
+	}
+	if v.watcher == nil {
+		v.watcher = Connect(v.t, v.c.DSN("postgres", Superuser)+" application_name=pgtest-admin")
+	}
+	return v.watcher
+}
+
 // WaitState polls pg_stat_activity (as the superuser) until the victim's
 // state and wait_event_type are as given ("" matches any wait).
 func (v *Victim) WaitState(state, waitEventType string) {
 	v.t.Helper()
 	Eventually(v.t, "victim "+v.App+" in state "+state, func() (bool, error) {
 		var s, w *string
-		err := Admin(v.t).QueryRow(Context(v.t),
+		err := v.admin().QueryRow(Context(v.t),
 			`SELECT state, wait_event_type FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2`,
 			v.PID, v.BackendStart).Scan(&s, &w)
 		if errors.Is(err, pgx.ErrNoRows) {
@@ -144,7 +164,7 @@ func (v *Victim) WaitState(state, waitEventType string) {
 func (v *Victim) Alive() bool {
 	v.t.Helper()
 	var n int
-	err := Admin(v.t).QueryRow(Context(v.t),
+	err := v.admin().QueryRow(Context(v.t),
 		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
 	if err != nil {
 		v.t.Fatal(err)
