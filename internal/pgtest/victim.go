@@ -26,6 +26,9 @@ type VictimOptions struct {
 	// TCP connects over 127.0.0.1 instead of the unix socket, so the
 	// session has a client_addr.
 	TCP bool
+	// Cluster is the server (default: the shared cluster), e.g. a
+	// standby.
+	Cluster *Cluster
 }
 
 // Victim is a client session a test opened, named by its identity.
@@ -43,7 +46,10 @@ type Victim struct {
 // NewVictim opens a tagged client session, closed when the test ends.
 func NewVictim(t testing.TB, opt VictimOptions) *Victim {
 	t.Helper()
-	c := Shared(t)
+	c := opt.Cluster
+	if c == nil {
+		c = Shared(t)
+	}
 	if opt.DB == "" {
 		opt.DB = "postgres"
 	}
