@@ -399,7 +399,7 @@ func Lookup(ctx context.Context, conn *pgx.Conn, pids []int32) (*Snapshot, error
 		return nil, err
 	}
 	// The same columns as a snapshot, without its exclusions.
-	where := strings.Index(sql, "\n WHERE ")
+	where := strings.LastIndex(sql, "\n WHERE ") // the statement's own, after its CTEs
 	if where < 0 {
 		return nil, fmt.Errorf("lookup: snapshot statement has no WHERE clause")
 	}
