@@ -24,6 +24,10 @@ type UnblockOptions struct {
 
 	LongerThan time.Duration
 	Cancel     bool
+	// Replay ends the sessions that hold up WAL replay on a hot standby;
+	// Terminate terminates them instead of cancelling their queries.
+	Replay    bool
+	Terminate bool
 	// Timeout bounds how long unblock goes on ending the sessions that
 	// still hold up the waits it set out to release.
 	Timeout time.Duration
@@ -110,8 +114,25 @@ wait still there at the timeout.`,
 			if opts.LongerThan < 0 || opts.Wait < 0 || opts.Limit < 0 || opts.Timeout < 0 {
 				return usageError(errors.New("--longer-than, --wait, --timeout and --limit must not be negative"))
 			}
+			if opts.Cancel && opts.Terminate {
+				return usageError(errors.New("--cancel and --terminate: give one of them"))
+			}
+			if opts.Replay {
+				if opts.RollbackPrepared {
+					return usageError(errors.New("--replay and --rollback-prepared: WAL replay waits for sessions, never for a prepared transaction"))
+				}
+				if !cmd.Flags().Changed("longer-than") {
+					opts.LongerThan = 0 // replay waits already: act now
+				}
+				// A cancel ends a read-only query and its snapshot and
+				// locks; the run says so when a transaction holds on.
+				opts.Action = action.Cancel
+			}
 			if opts.Cancel {
 				opts.Action = action.Cancel
+			}
+			if opts.Terminate {
+				opts.Action = action.Terminate
 			}
 			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
@@ -127,6 +148,8 @@ wait still there at the timeout.`,
 	opts.Selectors = selector.AddFlags(fs, "longer-than")
 	fs.DurationVar(&opts.LongerThan, "longer-than", 10*time.Second, "lock waits longer than `D`")
 	fs.BoolVar(&opts.Cancel, "cancel", false, "cancel the roots' queries instead of terminating them")
+	fs.BoolVar(&opts.Replay, "replay", false, "on a hot standby, end the sessions that hold up WAL replay (cancel by default)")
+	fs.BoolVar(&opts.Terminate, "terminate", false, "terminate instead of cancelling (the default without --replay)")
 	fs.DurationVar(&opts.Timeout, "timeout", 10*time.Second, "how long to go on ending what still holds up those waits (`D`)")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: show the tree and the plan")
 	fs.BoolVarP(&opts.Yes, "yes", "y", false, "do not ask: needed without a terminal")
@@ -156,6 +179,15 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	if opts.Selectors.Given() {
 		mopts.Selector = sel
 	}
+	if opts.Replay && opts.LongerThan > 0 {
+		version, err := activity.ServerVersion(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if version < 140000 {
+			return usageError(fmt.Errorf("--longer-than %s with --replay needs PostgreSQL 14 or later: before 14 the server does not say when replay began to wait (pg_locks.waitstart); leave it out to act now", opts.LongerThan))
+		}
+	}
 	pooled, err := lookPooled(ctx, conn, opts.Poolers)
 	if err != nil {
 		return err
@@ -172,6 +204,9 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		mopts.Confirm = func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
 			return confirm(ctx, &opts.ActOptions, plan, rows, what)
 		}
+	}
+	if opts.Replay {
+		return unblockReplay(ctx, opts, conn, mopts)
 	}
 	if opts.Format == output.Table {
 		mopts.Show = func(round int, snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
@@ -217,27 +252,80 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 			return fmt.Sprintf("%s  %s  %s  %s, prepared %s ago", output.Cut(output.PreparedName(n.GID), 80), output.Clean(p.Datname),
 				output.Clean(p.Usename), activity.BackendTypePrepared, output.Age(snap.Taken.Sub(p.XactStart)))
 		}
-		pid := n.PID
-		s := byPID[pid]
-		if s == nil {
-			return strconv.Itoa(int(pid))
-		}
-		state := s.State
-		if s.BackendType != "client backend" && s.BackendType != "" {
-			state = strings.TrimSpace(s.BackendType + " " + state)
-		}
-		user, app, client := output.Who(s)
-		if s.Pooler != nil {
-			state = client + "  " + state // behind a pooler: whose transaction it is
-		}
-		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
-			output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+		return describeSession(n.PID, byPID[n.PID])
 	}
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))
 		for _, w := range tree.Waiters[root] {
 			fmt.Fprintf(io.Out, "  └ waits %s: %s\n", output.Age(waits[w]), describe(maintenance.Node{PID: w}))
 		}
+	}
+	fmt.Fprintln(io.Out)
+}
+
+// describeSession is a session's line in a tree of unblock: pid,
+// database, user, application, state and query; the pid alone when it is
+// not in the snapshot.
+func describeSession(pid int32, s *activity.Session) string {
+	if s == nil {
+		return strconv.Itoa(int(pid))
+	}
+	state := s.State
+	if s.BackendType != "client backend" && s.BackendType != "" {
+		state = strings.TrimSpace(s.BackendType + " " + state)
+	}
+	user, app, client := output.Who(s)
+	if s.Pooler != nil {
+		state = client + "  " + state // behind a pooler: whose transaction it is
+	}
+	return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
+		output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+}
+
+// unblockReplay is `unblock --replay`: the replay, its blockers under it,
+// then their outcomes.
+func unblockReplay(ctx context.Context, opts *UnblockOptions, conn *pgx.Conn, mopts maintenance.UnblockOptions) error {
+	if opts.Format == output.Table {
+		mopts.ShowReplay = func(snap *activity.Snapshot) { writeReplayTree(opts.IO, snap) }
+	}
+	u, err := maintenance.UnblockReplay(ctx, conn, mopts)
+	if errors.Is(err, maintenance.ErrReplayBlockersUnknown) {
+		return incomplete(err)
+	}
+	if u.Plan == nil {
+		return err
+	}
+	ferr := finish(opts.IO, opts.Format, opts.Color, opts.Action, u.Plan, u.Results, u.Shown, err, opts.DryRun)
+	if err != nil || u.Still == "" {
+		return ferr
+	}
+	// Never a success while replay is still held up: say by whom.
+	return incomplete(fmt.Errorf("still waiting%s: %s", u.After, u.Still))
+}
+
+// writeReplayTree prints the replay (how long it has waited, on what, how
+// far behind it is) and, under it, the sessions that hold it up.
+func writeReplayTree(io *IOStreams, snap *activity.Snapshot) {
+	r := snap.Replay
+	waits := "waits"
+	if d := r.WaitAge(snap.Taken); d > 0 {
+		waits += " " + output.Age(d)
+	}
+	fmt.Fprintf(io.Out, "%d  WAL replay  %s on %s:%s  %s\n", r.Startup.PID, waits,
+		output.Clean(r.Startup.WaitEventType), output.Clean(r.Startup.WaitEvent), output.ReplaySummary(r, snap.Taken))
+	byPID := map[int32]*activity.Session{}
+	for i := range snap.Sessions {
+		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	if r.BlockersUnknown() {
+		fmt.Fprintln(io.Out, "  └ held up by: ? (the server does not say whom)")
+	}
+	for _, pid := range r.Startup.BlockedBy {
+		line := describeSession(pid, byPID[pid])
+		if byPID[pid] == nil {
+			line += " (not in the selection)"
+		}
+		fmt.Fprintf(io.Out, "  └ held up by: %s\n", line)
 	}
 	fmt.Fprintln(io.Out)
 }
