@@ -300,7 +300,7 @@ func unblockReplay(ctx context.Context, opts *UnblockOptions, conn *pgx.Conn, mo
 		return ferr
 	}
 	// Never a success while replay is still held up: say by whom.
-	return incomplete(fmt.Errorf("still waiting%s: %s", u.After, u.Still))
+	return incomplete(errors.New(u.Still))
 }
 
 // writeReplayTree prints the replay (how long it has waited, on what, how

@@ -124,11 +124,10 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 		}
 		late := !time.Now().Before(deadline)
 		if late || (!ours && len(r.Startup.BlockedBy) > 0) {
-			after = ""
 			if late {
 				after = " after " + opts.Timeout.String()
 			}
-			return replayHeldBy(r, byPID, opts.Action), after, nil
+			return replayHeldBy(r, byPID, opts.Action, after), after, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -139,12 +138,12 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 	}
 }
 
-// replayHeldBy says who holds up replay: "WAL replay waits for 1234 (idle
-// in transaction)", and, after a cancel, that a cancel does not end a
-// transaction.
-func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, kind action.Kind) string {
+// replayHeldBy says who holds up replay: "WAL replay still waits for 1234
+// (idle in transaction)", and, after a cancel, that a cancel does not end
+// a transaction.
+func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, kind action.Kind, after string) string {
 	if len(r.Startup.BlockedBy) == 0 {
-		return fmt.Sprintf("WAL replay waits on %s:%s, for a session the server does not name", r.Startup.WaitEventType, r.Startup.WaitEvent)
+		return fmt.Sprintf("WAL replay still waits%s on %s:%s, for a session the server does not name", after, r.Startup.WaitEventType, r.Startup.WaitEvent)
 	}
 	var who []string
 	inXact := false
@@ -157,7 +156,7 @@ func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, kind ac
 		who = append(who, fmt.Sprintf("%d (%s)", pid, output.Clean(s.State)))
 		inXact = inXact || !s.XactStart.IsZero()
 	}
-	msg := "WAL replay waits for " + strings.Join(who, ", ")
+	msg := "WAL replay still waits" + after + " for " + strings.Join(who, ", ")
 	if kind == action.Cancel && inXact {
 		msg += ": a cancel ends a query, not the transaction that holds the lock; use --terminate"
 	}
