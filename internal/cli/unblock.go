@@ -41,7 +41,7 @@ type UnblockOptions struct {
 func NewCmdUnblock(f *Factory, runF func(context.Context, *UnblockOptions) error) *cobra.Command {
 	opts := &UnblockOptions{ActOptions: ActOptions{IO: f.IO, Action: action.Terminate}}
 	cmd := &cobra.Command{
-		Use:   "unblock [--longer-than D] [SELECTORS]",
+		Use:   "unblock [--longer-than D] [--replay] [SELECTORS]",
 		Short: "End the sessions at the root of lock waits",
 		Long: `Find the sessions that have waited on a lock longer than --longer-than
 (default 10s; since pg_locks.waitstart on 14+, the statement's age before),
@@ -93,6 +93,26 @@ set and no action or outcome. A --dry-run -o json plan can be given to
 'pgreap apply', which acts on the roots and skips the waiters (and never
 rolls back a prepared transaction: it refuses a plan that would).
 
+On a hot standby, --replay ends the sessions that hold up WAL replay
+instead: the startup process waits for a lock (replaying DROP TABLE,
+TRUNCATE or a vacuum's truncation) that read-only queries hold, until
+max_standby_streaming_delay cancels them, or forever with -1. Selectors
+narrow which blockers may be ended (e.g. --db, --app); each is signalled
+only if it still blocks replay at that instant. They are cancelled by
+default (a cancel ends a read-only query and releases its snapshot and
+locks); --terminate terminates them. A cancel does not end a transaction:
+a blocker idle in its transaction keeps its lock. So unblock looks again,
+for up to --timeout: while replay is still held up, it says by whom (use
+--terminate) and exits 3. --longer-than is then how long replay has
+waited (default 0: now), which the server says on 14+ only
+(pg_locks.waitstart): on 12 and 13 a --longer-than with --replay is
+refused. The table shows the replay (its wait, lag and WAL to replay)
+with its blockers under it, then their outcomes; JSON and CSV have the
+blockers' rows, and a --dry-run -o json plan records blocking_replay,
+which 'pgreap apply' checks again. Not a standby, or replay not waiting:
+exit 1. Replay waiting for a buffer pin (the server does not say whose):
+nothing ended, exit 3.
+
 The roots are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status: 0 all roots ended and their waiters released, 1 no
 lock wait that long, 2 usage or connection error, 3 some root denied,
@@ -101,7 +121,9 @@ wait still there at the timeout.`,
 		Example: `  pgreap unblock
   pgreap unblock --longer-than 1m --db shop --yes
   pgreap unblock --cancel --dry-run
-  pgreap unblock --rollback-prepared --db shop`,
+  pgreap unblock --rollback-prepared --db shop
+  pgreap unblock --replay --dry-run            # on a standby: what holds up WAL replay
+  pgreap unblock --replay --terminate --yes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
