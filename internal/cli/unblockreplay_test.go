@@ -240,3 +240,41 @@ func TestUnblockReplayUsage(t *testing.T) {
 		}
 	}
 }
+
+// Replay waiting for a buffer pin (a cursor holds the page a vacuum
+// record must clean): the server does not say whose pin, so unblock
+// --replay ends nothing and exits 3.
+func TestUnblockReplayBufferPin(t *testing.T) {
+	t.Parallel()
+	sc := newReplayScene(t)
+	ctx := pgtest.Context(t)
+	// Rows dead before the cursor's snapshot: the vacuum's record
+	// conflicts with no snapshot, only with the cursor's pin.
+	if _, err := sc.p.Exec(ctx, `CREATE TABLE pinned (x int) WITH (autovacuum_enabled = off);
+		INSERT INTO pinned SELECT pg_catalog.generate_series(1, 100); DELETE FROM pinned WHERE x > 50`); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.WaitReplay(t, sc.standby, sc.primary)
+	cursor := sc.victim(t)
+	cursor.Exec("BEGIN")
+	cursor.Exec("DECLARE c CURSOR FOR SELECT * FROM pinned")
+	cursor.Exec("FETCH 1 FROM c")
+	if _, err := sc.p.Exec(ctx, "VACUUM pinned"); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Eventually(t, "replay waits for a buffer pin", func() (bool, error) {
+		var n int
+		err := sc.s.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup' AND wait_event_type = 'BufferPin'").Scan(&n)
+		return n == 1, err
+	})
+	r := run(t, false, "unblock", "--replay", "--yes", "-d", sc.dsn)
+	r.wantCode(t, 3)
+	if !strings.Contains(r.errOut, "buffer pin") || strings.Count(r.errOut, "\n") != 1 || !strings.Contains(r.out, "WAL replay") {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", r.out, r.errOut)
+	}
+	if !sc.alive(t, cursor) {
+		t.Fatal("the cursor's session was ended")
+	}
+	cursor.Exec("COMMIT")
+	pgtest.WaitReplay(t, sc.standby, sc.primary)
+}
