@@ -168,7 +168,7 @@ wait still there at the timeout.`,
 	}
 	fs := cmd.Flags()
 	opts.Selectors = selector.AddFlags(fs, "longer-than")
-	fs.DurationVar(&opts.LongerThan, "longer-than", 10*time.Second, "lock waits longer than `D`")
+	fs.DurationVar(&opts.LongerThan, "longer-than", 10*time.Second, "lock waits longer than `D` (with --replay: replay's wait, default 0)")
 	fs.BoolVar(&opts.Cancel, "cancel", false, "cancel the roots' queries instead of terminating them")
 	fs.BoolVar(&opts.Replay, "replay", false, "on a hot standby, end the sessions that hold up WAL replay (cancel by default)")
 	fs.BoolVar(&opts.Terminate, "terminate", false, "terminate instead of cancelling (the default without --replay)")
