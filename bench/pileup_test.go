@@ -11,6 +11,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/activity"
 )
 
 // pileupIdle is how many idle sessions the server holds besides the pile-up.
@@ -74,7 +76,10 @@ func BenchmarkLsPileup(b *testing.B) {
 	case version < 140000:
 		file = "snapshot.v13.sql"
 	}
-	newSQL := readSQL(b, filepath.Join(sourceRoot(b), "internal", "activity", "sql", file))
+	newSQL, err := activity.Statement(version)
+	if err != nil {
+		b.Fatal(err)
+	}
 	oldSQL := readSQL(b, filepath.Join(sourceRoot(b), "bench", "testdata", "snapshot-ebdb774", file))
 	if _, err := conn.Exec(ctx, "CREATE TABLE pileup_t (i int)"); err != nil {
 		b.Fatal(err)

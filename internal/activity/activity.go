@@ -3,6 +3,7 @@ package activity
 import (
 	"context"
 	"embed"
+	"encoding/json"
 	"errors"
 	"fmt"
 	"net/netip"
@@ -50,6 +51,9 @@ type Session struct {
 	// BlockedByPrepared names, by GID, the prepared transactions that
 	// block this one: no backend holds their locks.
 	BlockedByPrepared []string
+	// BlockingReplay: on a hot standby, the session holds a lock that WAL
+	// replay waits for (Replay).
+	BlockingReplay bool
 	// GID is set only on a row that stands for a prepared transaction
 	// (Snapshot.Prepared): it has no backend, and PID is 0.
 	GID string
@@ -131,6 +135,142 @@ type Snapshot struct {
 	// the snapshot (nil: no poolers asked); its sessions' Pooler come
 	// from it.
 	Pooled *Pooled
+	// Replay is the WAL replay of a hot standby, whatever the filter;
+	// nil on a primary.
+	Replay *Replay
+}
+
+// Replay is the WAL replay of a hot standby: its startup process, which is
+// no client (it is never among a snapshot's sessions, and no action takes
+// it), and what the server says of the replay.
+type Replay struct {
+	// Startup is the startup process's row. Its BlockedBy names the
+	// backends that hold up replay: pg_blocking_pids of the startup
+	// process is empty, so they are found in pg_locks
+	// (sql/replay_blockers.sql).
+	Startup Session
+	// ReplayTimestamp is pg_last_xact_replay_timestamp(): when the last
+	// transaction replayed committed on the primary; zero before any.
+	ReplayTimestamp time.Time
+	// ReceiveLSN and ReplayLSN are the WAL received from the primary and
+	// replayed; ReceiveLSN is empty when the standby does not stream
+	// (WAL from an archive).
+	ReceiveLSN string
+	ReplayLSN  string
+	// LagBytes is the WAL received but not yet replayed; nil when not
+	// streaming.
+	LagBytes *int64
+	// WaitingSince is when replay began to wait for a lock
+	// (pg_locks.waitstart, 14+); zero when it does not wait or the server
+	// does not say.
+	WaitingSince time.Time
+	// Conflicts are pg_stat_database_conflicts summed over the databases:
+	// the queries the server has cancelled itself so that replay could go
+	// on, by cause, since the statistics were reset.
+	Conflicts Conflicts
+}
+
+// Conflicts count the queries a hot standby cancelled for replay, by cause
+// (pg_stat_database_conflicts' confl_* columns).
+type Conflicts struct {
+	Tablespace int64 `json:"tablespace"`
+	Lock       int64 `json:"lock"`
+	Snapshot   int64 `json:"snapshot"`
+	BufferPin  int64 `json:"bufferpin"`
+	Deadlock   int64 `json:"deadlock"`
+}
+
+// Total is the number of queries cancelled, whatever the cause.
+func (c Conflicts) Total() int64 {
+	return c.Tablespace + c.Lock + c.Snapshot + c.BufferPin + c.Deadlock
+}
+
+// Lag is how far replay is behind at now: the time since the last
+// transaction replayed committed on the primary (now() -
+// pg_last_xact_replay_timestamp()). On a primary that commits nothing it
+// grows though nothing is left to replay; LagBytes tells. -1: nothing
+// replayed yet.
+func (r *Replay) Lag(now time.Time) time.Duration {
+	if r.ReplayTimestamp.IsZero() {
+		return -1
+	}
+	if now.Before(r.ReplayTimestamp) {
+		return 0
+	}
+	return now.Sub(r.ReplayTimestamp)
+}
+
+// Waits reports whether replay is held up by sessions: it waits for a lock
+// they hold (Startup.BlockedBy names them) or for a buffer pin (the server
+// does not say whose).
+func (r *Replay) Waits() bool {
+	return r.Startup.WaitEventType == "Lock" || r.Startup.WaitEventType == "BufferPin"
+}
+
+// BlockersUnknown reports whether replay waits for sessions the server
+// does not name: a buffer pin, or a lock whose holders ended or are hidden.
+func (r *Replay) BlockersUnknown() bool {
+	return r.Waits() && len(r.Startup.BlockedBy) == 0
+}
+
+// WaitAge is how long replay has waited for a lock at now; 0 when it does
+// not wait or the server does not say (before 14).
+func (r *Replay) WaitAge(now time.Time) time.Duration {
+	if r.WaitingSince.IsZero() || !r.Waits() || now.Before(r.WaitingSince) {
+		return 0
+	}
+	return now.Sub(r.WaitingSince)
+}
+
+// replayFacts is the snapshot's replay column of the startup row.
+type replayFacts struct {
+	ReplayTimestamp *time.Time `json:"replay_timestamp"`
+	ReceiveLSN      *string    `json:"receive_lsn"`
+	ReplayLSN       *string    `json:"replay_lsn"`
+	LagBytes        *float64   `json:"lag_bytes"`
+	WaitingSince    *time.Time `json:"waiting_since"`
+	Blockers        []int32    `json:"blockers"`
+	Conflicts       *struct {
+		Tablespace, Lock, Snapshot, BufferPin, Deadlock *int64
+	} `json:"conflicts"`
+}
+
+// parseReplay reads the replay column of the startup process's row s.
+func parseReplay(s Session, b []byte) (*Replay, error) {
+	var f replayFacts
+	if err := json.Unmarshal(b, &f); err != nil {
+		return nil, fmt.Errorf("snapshot: replay: %w", err)
+	}
+	r := &Replay{Startup: s}
+	r.Startup.BlockedBy = f.Blockers
+	if f.ReplayTimestamp != nil {
+		r.ReplayTimestamp = *f.ReplayTimestamp
+	}
+	if f.ReceiveLSN != nil {
+		r.ReceiveLSN = *f.ReceiveLSN
+	}
+	if f.ReplayLSN != nil {
+		r.ReplayLSN = *f.ReplayLSN
+	}
+	if f.LagBytes != nil {
+		n := int64(*f.LagBytes)
+		r.LagBytes = &n
+	}
+	if f.WaitingSince != nil {
+		r.WaitingSince = *f.WaitingSince
+	}
+	if c := f.Conflicts; c != nil {
+		for _, v := range []struct {
+			to   *int64
+			from *int64
+		}{{&r.Conflicts.Tablespace, c.Tablespace}, {&r.Conflicts.Lock, c.Lock}, {&r.Conflicts.Snapshot, c.Snapshot},
+			{&r.Conflicts.BufferPin, c.BufferPin}, {&r.Conflicts.Deadlock, c.Deadlock}} {
+			if v.from != nil {
+				*v.to = *v.from
+			}
+		}
+	}
+	return r, nil
 }
 
 // BackendTypePrepared is the backend_type of a prepared transaction's row:
@@ -196,8 +336,8 @@ func parseServerVersion(s string) (int, bool) {
 	return major*10000 + minor, true
 }
 
-// statement returns the snapshot statement for a server version.
-func statement(version int) (string, error) {
+// Statement returns the snapshot statement for a server version.
+func Statement(version int) (string, error) {
 	if version < MinVersion {
 		return "", fmt.Errorf("PostgreSQL %d is not supported (12 or later is)", version/10000)
 	}
@@ -212,7 +352,7 @@ func statement(version int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return string(b), nil
+	return strings.Replace(string(b), "/*replay_blockers*/", ReplayBlockersSQL, 1), nil
 }
 
 // statementFor returns the server's version and its snapshot statement.
@@ -221,7 +361,7 @@ func statementFor(ctx context.Context, conn *pgx.Conn) (int, string, error) {
 	if err != nil {
 		return 0, "", err
 	}
-	sql, err := statement(version)
+	sql, err := Statement(version)
 	return version, sql, err
 }
 
@@ -233,7 +373,8 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		return nil, err
 	}
 	if f.Where != "" {
-		sql += "   AND (" + f.Where + ")\n"
+		// The startup process stays: it is the replay, not a session.
+		sql += "   AND (a.backend_type = 'startup' OR (" + f.Where + "))\n"
 	}
 	if len(f.Marks) > 0 {
 		from := strings.Index(sql, fromActivity)
@@ -246,7 +387,7 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		}
 		sql = sql[:from] + ",\n       ARRAY[" + strings.Join(terms, ",\n             ") + "] AS marks" + sql[from:]
 	}
-	return take(ctx, conn, version, len(f.Marks) > 0, sql+" ORDER BY a.pid", f.Args...)
+	return take(ctx, conn, version, len(f.Marks) > 0, true, sql+" ORDER BY a.pid", f.Args...)
 }
 
 // Lookup takes the backends with these pids as they are, pgreap's own and
@@ -258,17 +399,19 @@ func Lookup(ctx context.Context, conn *pgx.Conn, pids []int32) (*Snapshot, error
 		return nil, err
 	}
 	// The same columns as a snapshot, without its exclusions.
-	where := strings.Index(sql, "\n WHERE ")
+	where := strings.LastIndex(sql, "\n WHERE ") // the statement's own, after its CTEs
 	if where < 0 {
 		return nil, fmt.Errorf("lookup: snapshot statement has no WHERE clause")
 	}
-	return take(ctx, conn, version, false, sql[:where]+"\n WHERE a.pid = ANY ($1::integer[])\n ORDER BY a.pid", pids)
+	return take(ctx, conn, version, false, false, sql[:where]+"\n WHERE a.pid = ANY ($1::integer[])\n ORDER BY a.pid", pids)
 }
 
 // fromActivity ends the snapshot statements' column lists.
 const fromActivity = "\n  FROM pg_catalog.pg_stat_activity AS a"
 
-func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql string, args ...any) (*Snapshot, error) {
+// take runs a snapshot statement. With replay, the startup process's row
+// is the snapshot's Replay, not a session.
+func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, sql string, args ...any) (*Snapshot, error) {
 	rows, err := conn.Query(ctx, sql, args...)
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
@@ -284,10 +427,12 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql stri
 		bs, xs, qs, sc                                  pgtype.Timestamptz
 		qid                                             pgtype.Int8
 		port                                            pgtype.Int4
+		replayCol                                       []byte
 	)
 	var s Session
 	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &port, &btype, &state,
-		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &snap.Taken, &snap.ServerStarted}
+		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &s.BlockingReplay, &replayCol,
+		&snap.Taken, &snap.ServerStarted}
 	if marks {
 		dest = append(dest, &s.Marks)
 	}
@@ -304,6 +449,14 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks bool, sql stri
 		if addr != nil {
 			s.ClientAddr = addr.Addr()
 			addr = nil
+		}
+		if replay && replayCol != nil {
+			r, err := parseReplay(s, replayCol)
+			if err != nil {
+				return nil, err
+			}
+			snap.Replay = r
+			continue
 		}
 		snap.Sessions = append(snap.Sessions, s)
 	}
@@ -403,6 +556,11 @@ var (
 	rowLocksSQL = mustSQL("rowlocks.sql")
 	holdersSQL  = mustSQL("holders.sql")
 	setLocalSQL = mustSQL("set_local.sql")
+
+	// ReplayBlockersSQL is a statement whose rows are the pids of the
+	// backends that hold up WAL replay on a hot standby (none on a
+	// primary): the snapshot's blocking_replay, and the selector's.
+	ReplayBlockersSQL = mustSQL("replay_blockers.sql")
 
 	pooledAskedSQL = mustSQL("pooled_asked.sql")
 	pooledSQL      = mustSQL("pooled.sql")

@@ -112,7 +112,16 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 	if len(sessions) == 0 && opts.Format == output.Table {
 		return ErrNoMatch
 	}
-	err = output.Write(opts.IO.Out, opts.Format, sessions, output.Options{
+	rows := make([]output.Row, 0, len(sessions)+1)
+	if snap.Replay != nil {
+		// A standby: its replay comes first, what holds it up in its
+		// BLOCKED BY.
+		rows = append(rows, output.ReplayRow(snap.Replay, snap.Taken))
+	}
+	for i := range sessions {
+		rows = append(rows, output.Row{Session: sessions[i]})
+	}
+	err = output.WriteRows(opts.IO.Out, opts.Format, rows, output.Options{
 		Now:     snap.Taken,
 		QueryID: snap.HasQueryID(),
 		Color:   opts.Color,
@@ -120,6 +129,7 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 		// A terminal shows CSV too: nothing in it may drive the terminal.
 		Terminal: opts.IO.OutTTY,
 		Pooler:   pooled != nil,
+		Standby:  snap.Replay != nil,
 	})
 	if err != nil {
 		return err

@@ -24,6 +24,10 @@ type UnblockOptions struct {
 
 	LongerThan time.Duration
 	Cancel     bool
+	// Replay ends the sessions that hold up WAL replay on a hot standby;
+	// Terminate terminates them instead of cancelling their queries.
+	Replay    bool
+	Terminate bool
 	// Timeout bounds how long unblock goes on ending the sessions that
 	// still hold up the waits it set out to release.
 	Timeout time.Duration
@@ -37,7 +41,7 @@ type UnblockOptions struct {
 func NewCmdUnblock(f *Factory, runF func(context.Context, *UnblockOptions) error) *cobra.Command {
 	opts := &UnblockOptions{ActOptions: ActOptions{IO: f.IO, Action: action.Terminate}}
 	cmd := &cobra.Command{
-		Use:   "unblock [--longer-than D] [SELECTORS]",
+		Use:   "unblock [--longer-than D] [--replay] [SELECTORS]",
 		Short: "End the sessions at the root of lock waits",
 		Long: `Find the sessions that have waited on a lock longer than --longer-than
 (default 10s; since pg_locks.waitstart on 14+, the statement's age before),
@@ -89,6 +93,26 @@ set and no action or outcome. A --dry-run -o json plan can be given to
 'pgreap apply', which acts on the roots and skips the waiters (and never
 rolls back a prepared transaction: it refuses a plan that would).
 
+On a hot standby, --replay ends the sessions that hold up WAL replay
+instead: the startup process waits for a lock (replaying DROP TABLE,
+TRUNCATE or a vacuum's truncation) that read-only queries hold, until
+max_standby_streaming_delay cancels them, or forever with -1. Selectors
+narrow which blockers may be ended (e.g. --db, --app); each is signalled
+only if it still blocks replay at that instant. They are cancelled by
+default (a cancel ends a read-only query and releases its snapshot and
+locks); --terminate terminates them. A cancel does not end a transaction:
+a blocker idle in its transaction keeps its lock. So unblock looks again,
+for up to --timeout: while replay is still held up, it says by whom (use
+--terminate) and exits 3. --longer-than is then how long replay has
+waited (default 0: now), which the server says on 14+ only
+(pg_locks.waitstart): on 12 and 13 a --longer-than with --replay is
+refused. The table shows the replay (its wait, lag and WAL to replay)
+with its blockers under it, then their outcomes; JSON and CSV have the
+blockers' rows, and a --dry-run -o json plan records blocking_replay,
+which 'pgreap apply' checks again. Not a standby, or replay not waiting:
+exit 1. Replay waiting for a buffer pin (the server does not say whose):
+nothing ended, exit 3.
+
 The roots are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status: 0 all roots ended and their waiters released, 1 no
 lock wait that long, 2 usage or connection error, 3 some root denied,
@@ -97,7 +121,9 @@ wait still there at the timeout.`,
 		Example: `  pgreap unblock
   pgreap unblock --longer-than 1m --db shop --yes
   pgreap unblock --cancel --dry-run
-  pgreap unblock --rollback-prepared --db shop`,
+  pgreap unblock --rollback-prepared --db shop
+  pgreap unblock --replay --dry-run            # on a standby: what holds up WAL replay
+  pgreap unblock --replay --terminate --yes`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -110,8 +136,25 @@ wait still there at the timeout.`,
 			if opts.LongerThan < 0 || opts.Wait < 0 || opts.Limit < 0 || opts.Timeout < 0 {
 				return usageError(errors.New("--longer-than, --wait, --timeout and --limit must not be negative"))
 			}
+			if opts.Cancel && opts.Terminate {
+				return usageError(errors.New("--cancel and --terminate: give one of them"))
+			}
+			if opts.Replay {
+				if opts.RollbackPrepared {
+					return usageError(errors.New("--replay and --rollback-prepared: WAL replay waits for sessions, never for a prepared transaction"))
+				}
+				if !cmd.Flags().Changed("longer-than") {
+					opts.LongerThan = 0 // replay waits already: act now
+				}
+				// A cancel ends a read-only query and its snapshot and
+				// locks; the run says so when a transaction holds on.
+				opts.Action = action.Cancel
+			}
 			if opts.Cancel {
 				opts.Action = action.Cancel
+			}
+			if opts.Terminate {
+				opts.Action = action.Terminate
 			}
 			if opts.Poolers, err = f.Poolers(); err != nil {
 				return err
@@ -125,8 +168,10 @@ wait still there at the timeout.`,
 	}
 	fs := cmd.Flags()
 	opts.Selectors = selector.AddFlags(fs, "longer-than")
-	fs.DurationVar(&opts.LongerThan, "longer-than", 10*time.Second, "lock waits longer than `D`")
+	fs.DurationVar(&opts.LongerThan, "longer-than", 10*time.Second, "lock waits longer than `D` (with --replay: replay's wait, default 0)")
 	fs.BoolVar(&opts.Cancel, "cancel", false, "cancel the roots' queries instead of terminating them")
+	fs.BoolVar(&opts.Replay, "replay", false, "on a hot standby, end the sessions that hold up WAL replay (cancel by default)")
+	fs.BoolVar(&opts.Terminate, "terminate", false, "terminate instead of cancelling (the default without --replay)")
 	fs.DurationVar(&opts.Timeout, "timeout", 10*time.Second, "how long to go on ending what still holds up those waits (`D`)")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: show the tree and the plan")
 	fs.BoolVarP(&opts.Yes, "yes", "y", false, "do not ask: needed without a terminal")
@@ -156,6 +201,15 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 	if opts.Selectors.Given() {
 		mopts.Selector = sel
 	}
+	if opts.Replay && opts.LongerThan > 0 {
+		version, err := activity.ServerVersion(ctx, conn)
+		if err != nil {
+			return err
+		}
+		if version < 140000 {
+			return usageError(fmt.Errorf("--longer-than %s with --replay needs PostgreSQL 14 or later: before 14 the server does not say when replay began to wait (pg_locks.waitstart); leave it out to act now", opts.LongerThan))
+		}
+	}
 	pooled, err := lookPooled(ctx, conn, opts.Poolers)
 	if err != nil {
 		return err
@@ -172,6 +226,9 @@ func unblockRun(ctx context.Context, opts *UnblockOptions) error {
 		mopts.Confirm = func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
 			return confirm(ctx, &opts.ActOptions, plan, rows, what)
 		}
+	}
+	if opts.Replay {
+		return unblockReplay(ctx, opts, conn, mopts)
 	}
 	if opts.Format == output.Table {
 		mopts.Show = func(round int, snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
@@ -217,27 +274,80 @@ func writeTree(io *IOStreams, snap *activity.Snapshot, tree *maintenance.Tree, w
 			return fmt.Sprintf("%s  %s  %s  %s, prepared %s ago", output.Cut(output.PreparedName(n.GID), 80), output.Clean(p.Datname),
 				output.Clean(p.Usename), activity.BackendTypePrepared, output.Age(snap.Taken.Sub(p.XactStart)))
 		}
-		pid := n.PID
-		s := byPID[pid]
-		if s == nil {
-			return strconv.Itoa(int(pid))
-		}
-		state := s.State
-		if s.BackendType != "client backend" && s.BackendType != "" {
-			state = strings.TrimSpace(s.BackendType + " " + state)
-		}
-		user, app, client := output.Who(s)
-		if s.Pooler != nil {
-			state = client + "  " + state // behind a pooler: whose transaction it is
-		}
-		return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
-			output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+		return describeSession(n.PID, byPID[n.PID])
 	}
 	for _, root := range tree.Roots {
 		fmt.Fprintf(io.Out, "%s\n", describe(root))
 		for _, w := range tree.Waiters[root] {
 			fmt.Fprintf(io.Out, "  └ waits %s: %s\n", output.Age(waits[w]), describe(maintenance.Node{PID: w}))
 		}
+	}
+	fmt.Fprintln(io.Out)
+}
+
+// describeSession is a session's line in a tree of unblock: pid,
+// database, user, application, state and query; the pid alone when it is
+// not in the snapshot.
+func describeSession(pid int32, s *activity.Session) string {
+	if s == nil {
+		return strconv.Itoa(int(pid))
+	}
+	state := s.State
+	if s.BackendType != "client backend" && s.BackendType != "" {
+		state = strings.TrimSpace(s.BackendType + " " + state)
+	}
+	user, app, client := output.Who(s)
+	if s.Pooler != nil {
+		state = client + "  " + state // behind a pooler: whose transaction it is
+	}
+	return fmt.Sprintf("%d  %s  %s  %s  %s  %s", pid, output.Clean(s.Datname), output.Clean(user),
+		output.Clean(app), output.Clean(state), output.Cut(output.Clean(s.Query), 80))
+}
+
+// unblockReplay is `unblock --replay`: the replay, its blockers under it,
+// then their outcomes.
+func unblockReplay(ctx context.Context, opts *UnblockOptions, conn *pgx.Conn, mopts maintenance.UnblockOptions) error {
+	if opts.Format == output.Table {
+		mopts.ShowReplay = func(snap *activity.Snapshot) { writeReplayTree(opts.IO, snap) }
+	}
+	u, err := maintenance.UnblockReplay(ctx, conn, mopts)
+	if errors.Is(err, maintenance.ErrReplayBlockersUnknown) {
+		return incomplete(err)
+	}
+	if u.Plan == nil {
+		return err
+	}
+	ferr := finish(opts.IO, opts.Format, opts.Color, opts.Action, u.Plan, u.Results, u.Shown, err, opts.DryRun)
+	if err != nil || u.Still == "" {
+		return ferr
+	}
+	// Never a success while replay is still held up: say by whom.
+	return incomplete(errors.New(u.Still))
+}
+
+// writeReplayTree prints the replay (how long it has waited, on what, how
+// far behind it is) and, under it, the sessions that hold it up.
+func writeReplayTree(io *IOStreams, snap *activity.Snapshot) {
+	r := snap.Replay
+	waits := "waits"
+	if d := r.WaitAge(snap.Taken); d > 0 {
+		waits += " " + output.Age(d)
+	}
+	fmt.Fprintf(io.Out, "%d  WAL replay  %s on %s:%s  %s\n", r.Startup.PID, waits,
+		output.Clean(r.Startup.WaitEventType), output.Clean(r.Startup.WaitEvent), output.ReplaySummary(r, snap.Taken))
+	byPID := map[int32]*activity.Session{}
+	for i := range snap.Sessions {
+		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	if r.BlockersUnknown() {
+		fmt.Fprintln(io.Out, "  └ held up by: ? (the server does not say whom)")
+	}
+	for _, pid := range r.Startup.BlockedBy {
+		line := describeSession(pid, byPID[pid])
+		if byPID[pid] == nil {
+			line += " (not in the selection)"
+		}
+		fmt.Fprintf(io.Out, "  └ held up by: %s\n", line)
 	}
 	fmt.Fprintln(io.Out)
 }

@@ -53,6 +53,9 @@ type UnblockOptions struct {
 	Confirm func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error
 	// Show, when set, is given each round's tree before it acts.
 	Show func(round int, snap *activity.Snapshot, tree *Tree, waits map[int32]time.Duration)
+	// ShowReplay, when set, is given UnblockReplay's look before it acts:
+	// the replay, and in its sessions the blockers the selectors keep.
+	ShowReplay func(snap *activity.Snapshot)
 	// Logger (nil: none) gets each round's choice at debug level.
 	Logger *slog.Logger
 }

@@ -57,6 +57,8 @@ type Options struct {
 	// Pooler: poolers were asked (--pgbouncer): rows have client_port and
 	// the pooled client of each pooler's server connection (pooler).
 	Pooler bool
+	// Standby: the server is a hot standby: rows have blocking_replay.
+	Standby bool
 }
 
 // Row is a session and, in an action's output, what was done to it.
@@ -70,6 +72,47 @@ type Row struct {
 	Detail string
 	// Extra fields follow in JSON only (a plan's guard and server).
 	Extra []Field
+	// Replay is set on the row of a standby's startup process: it stands
+	// for WAL replay, and says how far behind it is and who holds it up.
+	Replay *activity.Replay
+}
+
+// ReplayRow is the row that shows a hot standby's WAL replay (its startup
+// process, which is no client): in JSON with a "replay" object.
+func ReplayRow(r *activity.Replay, now time.Time) Row {
+	return Row{Session: r.Startup, Replay: r, Extra: []Field{{"replay", replayJSON(r, now)}}}
+}
+
+// replayObject is the "replay" object of the startup process's row.
+type replayObject struct {
+	// Lag is now() - pg_last_xact_replay_timestamp() in seconds; null
+	// before anything was replayed.
+	Lag             *float64           `json:"lag_seconds"`
+	LagBytes        *int64             `json:"lag_bytes"`
+	ReplayTimestamp *time.Time         `json:"replay_timestamp"`
+	ReceiveLSN      *string            `json:"receive_lsn"`
+	ReplayLSN       *string            `json:"replay_lsn"`
+	WaitingSince    *time.Time         `json:"waiting_since"`
+	Conflicts       activity.Conflicts `json:"conflicts"`
+}
+
+func replayJSON(r *activity.Replay, now time.Time) replayObject {
+	o := replayObject{LagBytes: r.LagBytes, Conflicts: r.Conflicts}
+	if lag := r.Lag(now); lag >= 0 {
+		sec := lag.Seconds()
+		o.Lag = &sec
+		o.ReplayTimestamp = &r.ReplayTimestamp
+	}
+	if r.ReceiveLSN != "" {
+		o.ReceiveLSN = &r.ReceiveLSN
+	}
+	if r.ReplayLSN != "" {
+		o.ReplayLSN = &r.ReplayLSN
+	}
+	if !r.WaitingSince.IsZero() {
+		o.WaitingSince = &r.WaitingSince
+	}
+	return o
 }
 
 // Field is an extra named JSON value of a row.
@@ -84,6 +127,12 @@ func Write(w io.Writer, f Format, sessions []activity.Session, opt Options) erro
 	for i := range sessions {
 		rows[i].Session = sessions[i]
 	}
+	return write(w, f, rows, opt, false)
+}
+
+// WriteRows renders a listing's rows: sessions, and the row of a standby's
+// replay (ReplayRow).
+func WriteRows(w io.Writer, f Format, rows []Row, opt Options) error {
 	return write(w, f, rows, opt, false)
 }
 
@@ -120,6 +169,7 @@ const (
 	kindInts
 	kindStrs
 	kindTime
+	kindBool
 	kindAny
 )
 
@@ -136,6 +186,14 @@ type value struct {
 }
 
 func str(s string) value { return value{kind: kindString, s: s} }
+
+func boolValue(b bool) value {
+	v := value{kind: kindBool}
+	if b {
+		v.n = 1
+	}
+	return v
+}
 
 func nullStr(s string) value {
 	if s == "" {
@@ -203,6 +261,9 @@ func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 	}
 	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}},
 		field{"blocked_by_prepared", value{kind: kindStrs, strs: s.BlockedByPrepared}})
+	if opt.Standby {
+		f = append(f, field{"blocking_replay", boolValue(s.BlockingReplay)})
+	}
 	if opt.Pooler {
 		f = pooledFields(f, s, extra)
 	}
@@ -270,6 +331,8 @@ func appendJSON(b []byte, v value) ([]byte, error) {
 		return appendJSONString(b, v.s), nil
 	case kindInt:
 		return strconv.AppendInt(b, v.n, 10), nil
+	case kindBool:
+		return strconv.AppendBool(b, v.n != 0), nil
 	case kindTime:
 		b = append(b, '"')
 		b = v.t.AppendFormat(b, time.RFC3339Nano)
@@ -470,6 +533,8 @@ func csvText(v value) string {
 		return v.s
 	case kindInt:
 		return strconv.FormatInt(v.n, 10)
+	case kindBool:
+		return strconv.FormatBool(v.n != 0)
 	case kindTime:
 		return v.t.Format(time.RFC3339Nano)
 	case kindInts:

@@ -226,6 +226,17 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		// (An extension names its background workers' type.)
 		state = strings.TrimSpace(clean(s.BackendType) + " " + state)
 	}
+	age := Age(s.StateAge(now))
+	query := clean(s.Query)
+	if r.Replay != nil {
+		state, age, query = "WAL replay", "", ReplaySummary(r.Replay, now)
+		if d := r.Replay.WaitAge(now); d > 0 {
+			age = Age(d)
+		}
+		if r.Replay.BlockersUnknown() {
+			blocked = append(blocked, "?")
+		}
+	}
 	if results {
 		return []string{
 			pid,
@@ -234,11 +245,11 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 			clean(app),
 			client,
 			state,
-			Age(s.StateAge(now)),
+			age,
 			r.Action,
 			r.Outcome,
 			clean(r.Detail),
-			clean(s.Query),
+			query,
 		}
 	}
 	return []string{
@@ -248,10 +259,10 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 		clean(app),
 		client,
 		state,
-		Age(s.StateAge(now)),
+		age,
 		clean(wait),
 		strings.Join(blocked, ","),
-		clean(s.Query),
+		query,
 	}
 }
 
@@ -377,4 +388,59 @@ func Age(d time.Duration) string {
 		return fmt.Sprintf("%dh%02dm", int(d.Hours()), int(d.Minutes())%60)
 	}
 	return fmt.Sprintf("%dd%02dh", int(d.Hours())/24, int(d.Hours())%24)
+}
+
+// ReplaySummary says in a few words how a hot standby's replay stands: its
+// lag, the WAL received and not yet replayed, and the queries the server
+// cancelled for it ("lag 3.2s, 16 kB to replay; 2 queries cancelled for
+// replay: 1 lock, 1 snapshot").
+func ReplaySummary(r *activity.Replay, now time.Time) string {
+	var b strings.Builder
+	if lag := r.Lag(now); lag >= 0 {
+		fmt.Fprintf(&b, "lag %s", Age(lag))
+	} else {
+		b.WriteString("nothing replayed yet")
+	}
+	if r.LagBytes != nil {
+		fmt.Fprintf(&b, ", %s to replay", Bytes(*r.LagBytes))
+	}
+	if n := r.Conflicts.Total(); n > 0 {
+		fmt.Fprintf(&b, "; %d %s cancelled for replay:", n, plural(n, "query", "queries"))
+		c := r.Conflicts
+		for _, k := range []struct {
+			n    int64
+			what string
+		}{{c.Lock, "lock"}, {c.Snapshot, "snapshot"}, {c.BufferPin, "buffer pin"}, {c.Tablespace, "tablespace"}, {c.Deadlock, "deadlock"}} {
+			if k.n > 0 {
+				fmt.Fprintf(&b, " %d %s,", k.n, k.what)
+			}
+		}
+		return strings.TrimSuffix(b.String(), ",")
+	}
+	return b.String()
+}
+
+// Bytes is a byte count for people: 512 B, 16 kB, 3.2 MB, 1.5 GB.
+func Bytes(n int64) string {
+	const unit = 1000
+	if n < unit {
+		return fmt.Sprintf("%d B", n)
+	}
+	f, suffix := float64(n), []string{"kB", "MB", "GB", "TB", "PB"}
+	i := -1
+	for f >= unit && i < len(suffix)-1 {
+		f /= unit
+		i++
+	}
+	if f < 10 {
+		return fmt.Sprintf("%.1f %s", f, suffix[i])
+	}
+	return fmt.Sprintf("%.0f %s", f, suffix[i])
+}
+
+func plural(n int64, one, many string) string {
+	if n == 1 {
+		return one
+	}
+	return many
 }

@@ -44,6 +44,7 @@ func addFlags(fs *pflag.FlagSet) *Flags {
 	fs.StringVar(&s.XactLongerThan, "xact-longer-than", "", "transaction open longer than `D`")
 	fs.BoolVar(&s.Waiting, "waiting", false, "waits on a lock")
 	fs.BoolVar(&s.Blocking, "blocking", false, "blocks another session")
+	fs.BoolVar(&s.BlockingReplay, "blocking-replay", false, "on a hot standby, holds a lock WAL replay waits for")
 	return f
 }
 

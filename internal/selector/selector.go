@@ -35,6 +35,7 @@ type Spec struct {
 	XactLongerThan string   `yaml:"xact_longer_than" json:"xact_longer_than,omitempty"`
 	Waiting        bool     `yaml:"waiting" json:"waiting,omitempty"`
 	Blocking       bool     `yaml:"blocking" json:"blocking,omitempty"`
+	BlockingReplay bool     `yaml:"blocking_replay" json:"blocking_replay,omitempty"`
 	// BlockingLongerThan is unblock's choice of roots, recorded in its
 	// plans: the session blocks, directly or through others, a session
 	// that has waited on a lock longer than this.
@@ -52,6 +53,8 @@ type Selector struct {
 	Query                              *regexp.Regexp
 	LongerThan, XactLongerThan         time.Duration
 	Waiting, Blocking                  bool
+	// BlockingReplay: on a hot standby, holds a lock WAL replay waits for.
+	BlockingReplay bool
 	// BlockingLongerThan: blocks, directly or through others, a session
 	// waiting on a lock longer than this (pg_locks.waitstart on 14+, the
 	// waiter's statement's age before).
@@ -159,8 +162,9 @@ func (s *Selector) OnlyRunning() (*Selector, bool) {
 // Parse checks a Spec and turns it into a Selector.
 func Parse(spec Spec) (*Selector, error) {
 	s := &Selector{
-		Waiting:  spec.Waiting,
-		Blocking: spec.Blocking,
+		Waiting:        spec.Waiting,
+		Blocking:       spec.Blocking,
+		BlockingReplay: spec.BlockingReplay,
 	}
 	var err error
 	lists := []struct {
@@ -235,7 +239,7 @@ func (s *Selector) Spec() Spec {
 		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
 		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
 		BlockingLongerThan: duration(s.BlockingLongerThan),
-		Waiting:            s.Waiting, Blocking: s.Blocking,
+		Waiting:            s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
 	}
 	for i := range timedSelectors {
 		*timedSelectors[i].spec(&sp) = duration(*timedSelectors[i].dur(s))
@@ -317,7 +321,7 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 // of its own; a selection on any of those leaves it out.
 func (s *Selector) KeepPrepared(p *activity.Session) bool {
 	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
-		s.isTimed() || s.Waiting || s.Blocking ||
+		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay ||
 		s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0 {
 		return false
 	}
@@ -361,7 +365,7 @@ func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot
 // left alone.
 func (s *Selector) PinsQuery() bool {
 	return s.Query != nil || len(s.State) > 0 || s.isTimed() ||
-		s.Waiting || s.Blocking || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
+		s.Waiting || s.Blocking || s.BlockingReplay || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
 }
 
 // Moves reports whether the selection depends on facts that change during
@@ -438,6 +442,12 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		// Uncorrelated, so the server computes the set of blockers once
 		// for the statement, not once per row.
 		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) FROM pg_catalog.pg_locks AS l WHERE NOT l.granted)", alias))
+	}
+	if s.BlockingReplay {
+		// Uncorrelated: the startup process's wait and its blockers,
+		// found once for the statement (pg_locks is read once for a
+		// statement in any case).
+		c.add(fmt.Sprintf("%s.pid IN (%s)", alias, activity.ReplayBlockersSQL))
 	}
 	switch {
 	case len(s.BlockingOf) > 0 && c.each:

@@ -37,5 +37,8 @@ func (s Spec) Summary() string {
 	if s.Blocking {
 		parts = append(parts, "blocking others")
 	}
+	if s.BlockingReplay {
+		parts = append(parts, "blocking WAL replay")
+	}
 	return strings.Join(parts, ", ")
 }
