@@ -109,13 +109,14 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 	if workers && !snap.HasLeaderPID() {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: PostgreSQL 12 does not say which leader a parallel worker serves (leader_pid is 13+); workers are listed on their own")
 	}
-	if len(sessions) == 0 && opts.Format == output.Table {
+	if len(sessions) == 0 && opts.Format == output.Table && snap.Replay == nil {
 		return ErrNoMatch
 	}
 	rows := make([]output.Row, 0, len(sessions)+1)
 	if snap.Replay != nil {
 		// A standby: its replay comes first, what holds it up in its
-		// BLOCKED BY.
+		// BLOCKED BY; shown even when no session matched, since how far
+		// behind the standby is matters whatever the selectors.
 		rows = append(rows, output.ReplayRow(snap.Replay, snap.Taken))
 	}
 	for i := range sessions {
