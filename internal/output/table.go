@@ -192,6 +192,13 @@ func ListCells(s *activity.Session, now time.Time) []string {
 	return tableRow(&Row{Session: *s}, now, false)
 }
 
+// ReplayCells are the cells of a hot standby's replay row (ReplayRow) in
+// the table of `ls`.
+func ReplayCells(r *activity.Replay, now time.Time) []string {
+	row := ReplayRow(r, now)
+	return tableRow(&row, now, false)
+}
+
 func tableRow(r *Row, now time.Time, results bool) []string {
 	s := &r.Session
 	pid := strconv.Itoa(int(s.PID))
@@ -395,6 +402,16 @@ func Age(d time.Duration) string {
 // cancelled for it ("lag 3s, 16 kB to replay; 2 queries cancelled for
 // replay: 1 lock, 1 snapshot").
 func ReplaySummary(r *activity.Replay, now time.Time) string {
+	s := ReplayLag(r, now)
+	if c := ConflictsSummary(r.Conflicts); c != "" {
+		s += "; " + c
+	}
+	return s
+}
+
+// ReplayLag says how far behind a hot standby's replay is: "lag 3s, 16 kB
+// to replay" (the bytes only when the standby streams).
+func ReplayLag(r *activity.Replay, now time.Time) string {
 	var b strings.Builder
 	switch lag := r.Lag(now); {
 	case lag < 0:
@@ -406,9 +423,6 @@ func ReplaySummary(r *activity.Replay, now time.Time) string {
 	}
 	if r.LagBytes != nil {
 		fmt.Fprintf(&b, ", %s to replay", Bytes(*r.LagBytes))
-	}
-	if s := ConflictsSummary(r.Conflicts); s != "" {
-		b.WriteString("; " + s)
 	}
 	return b.String()
 }

@@ -39,6 +39,7 @@ type Victim struct {
 	App          string
 
 	t       testing.TB
+	cluster *Cluster // nil: the shared cluster
 	running chan error
 	cancel  context.CancelFunc
 }
@@ -65,7 +66,7 @@ func NewVictim(t testing.TB, opt VictimOptions) *Victim {
 	}
 	dsn += " application_name=" + cluster.Quote(opt.App)
 	conn := Connect(t, dsn)
-	v := &Victim{Conn: conn, App: opt.App, t: t}
+	v := &Victim{Conn: conn, App: opt.App, t: t, cluster: opt.Cluster}
 	err := conn.QueryRow(Context(t), `SELECT pid, backend_start FROM pg_catalog.pg_stat_activity WHERE pid = pg_catalog.pg_backend_pid()`).
 		Scan(&v.PID, &v.BackendStart)
 	if err != nil {
@@ -126,15 +127,28 @@ func (v *Victim) stop() {
 	}
 }
 
+// queryRow runs a statement as the superuser on the victim's server.
+func (v *Victim) queryRow(sql string, args []any, dest ...any) error {
+	if v.cluster == nil {
+		return Admin(v.t).QueryRow(Context(v.t), sql, args...).Scan(dest...)
+	}
+	conn, err := pgx.Connect(Context(v.t), v.cluster.DSN("postgres", Superuser))
+	if err != nil {
+		return err
+	}
+	defer conn.Close(context.Background())
+	return conn.QueryRow(Context(v.t), sql, args...).Scan(dest...)
+}
+
 // WaitState polls pg_stat_activity (as the superuser) until the victim's
 // state and wait_event_type are as given ("" matches any wait).
 func (v *Victim) WaitState(state, waitEventType string) {
 	v.t.Helper()
 	Eventually(v.t, "victim "+v.App+" in state "+state, func() (bool, error) {
 		var s, w *string
-		err := Admin(v.t).QueryRow(Context(v.t),
+		err := v.queryRow(
 			`SELECT state, wait_event_type FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2`,
-			v.PID, v.BackendStart).Scan(&s, &w)
+			[]any{v.PID, v.BackendStart}, &s, &w)
 		if errors.Is(err, pgx.ErrNoRows) {
 			return false, errors.New("victim is gone")
 		}
@@ -150,8 +164,8 @@ func (v *Victim) WaitState(state, waitEventType string) {
 func (v *Victim) Alive() bool {
 	v.t.Helper()
 	var n int
-	err := Admin(v.t).QueryRow(Context(v.t),
-		"SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2", v.PID, v.BackendStart).Scan(&n)
+	err := v.queryRow("SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND backend_start = $2",
+		[]any{v.PID, v.BackendStart}, &n)
 	if err != nil {
 		v.t.Fatal(err)
 	}
