@@ -3,6 +3,7 @@ package cli_test
 import (
 	"encoding/csv"
 	"encoding/json"
+	"path/filepath"
 	"slices"
 	"strconv"
 	"strings"
@@ -203,5 +204,19 @@ func TestLsStandbyConflicts(t *testing.T) {
 	r.wantCode(t, 0)
 	if !strings.Contains(r.out, "cancelled for replay: 1 lock") {
 		t.Errorf("table does not count the cancel:\n%s", r.out)
+	}
+}
+
+// TestWatchCheckBlockingReplay: a policy's rule may choose the sessions
+// that block WAL replay.
+func TestWatchCheckBlockingReplay(t *testing.T) {
+	t.Parallel()
+	path := filepath.Join(t.TempDir(), "policy.yaml")
+	writePolicy(t, path, strings.Replace(watchPolicy, "match: {app: [\"TAG-a*\"], state: [active]}",
+		"match: {app: [\"TAG-a*\"], blocking_replay: true, longer_than: 30s}", 1))
+	r := run(t, false, "watch", "-c", path, "--check")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, "blocking WAL replay") {
+		t.Errorf("--check does not say the rule's choice:\n%s", r.out)
 	}
 }

@@ -10,8 +10,8 @@ type HeldReplay struct {
 	// Blocker runs a long query in a transaction that read the table the
 	// primary dropped: replay of the drop waits for its lock.
 	Blocker *Victim
-	// Other is idle in a transaction that read another table: it blocks
-	// nothing.
+	// Other runs a long query in a transaction that read another table:
+	// it blocks nothing.
 	Other *Victim
 }
 
@@ -19,9 +19,9 @@ type HeldReplay struct {
 // for replay (max_standby_streaming_delay=-1), and holds replay up there:
 // the primary drops a table a standby session has read in its open
 // transaction. It returns once the startup process waits for the lock.
-// Blocker's query runs (SELECT pg_sleep(600)), so a cancel ends its
-// transaction's locks; Other is idle in transaction. Both have the test's
-// tag.
+// Both run SELECT pg_sleep(600) in their transaction (so a cancel ends
+// the blocker's locks, and a selector that chose both would be seen),
+// with the test's tag.
 func HoldReplay(t testing.TB) *HeldReplay {
 	t.Helper()
 	h := &HeldReplay{Primary: Own(t, Options{})}
@@ -38,6 +38,7 @@ func HoldReplay(t testing.TB) *HeldReplay {
 	h.Other = NewVictim(t, VictimOptions{Cluster: h.Standby})
 	h.Other.Exec("BEGIN")
 	h.Other.Exec("SELECT * FROM kept")
+	h.Other.Start("SELECT pg_catalog.pg_sleep(600)")
 	if _, err := p.Exec(Context(t), "DROP TABLE dropped"); err != nil {
 		t.Fatal(err)
 	}
