@@ -4,6 +4,8 @@ import (
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus/testutil"
+
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -41,11 +43,34 @@ rules:
 		t.Errorf("cancelled %s before the threshold", early)
 	}
 	pgtest.WaitReplay(t, h.Standby, h.Primary)
+	if lag := testutil.ToFloat64(d.Metrics().ReplayLag.WithLabelValues(pgtest.Tag(t))); lag <= 0 {
+		t.Errorf("pgreap_replay_lag_seconds %v, want the lag of a standby whose replay waited", lag)
+	}
 	if n := len(d.entries(t)); n != 1 {
 		t.Errorf("%d audit lines, want 1: %+v", n, d.entries(t))
 	}
 	var state string
 	if err := s.QueryRow(pgtest.Context(t), "SELECT state FROM pg_catalog.pg_stat_activity WHERE pid = $1", h.Other.PID).Scan(&state); err != nil || state != "active" {
 		t.Errorf("session %d, which blocks nothing: %q (%v), want its query running", h.Other.PID, state, err)
+	}
+}
+
+// TestPrimaryHasNoReplayLag: pgreap_replay_lag_seconds has no series for
+// a primary.
+func TestPrimaryHasNoReplayLag(t *testing.T) {
+	t.Parallel()
+	d := startDaemon(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 100ms
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: none
+    match: {app: [TAG], longer_than: 1h}
+    action: cancel
+`)
+	pgtest.Eventually(t, "two snapshots", func() (bool, error) { return snapshots(t, d) >= 2, nil })
+	if n := testutil.CollectAndCount(d.Metrics().ReplayLag); n != 0 {
+		t.Errorf("%d pgreap_replay_lag_seconds series for a primary", n)
 	}
 }
