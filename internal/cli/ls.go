@@ -50,13 +50,22 @@ client. A backend whose state changed after the poolers were asked shows
 "? via POOLER": the pooler may have handed it to another client, and no
 selection by client chooses it.
 
+On a hot standby the first row is WAL replay (the startup process), shown
+whatever the selectors: STATE "WAL replay", AGE how long it has waited for
+a lock (14+), BLOCKED BY the sessions it waits for ("?" for a buffer pin),
+QUERY its lag, the WAL left to replay and the queries the server cancelled
+for replay (JSON: backend_type "startup" and a "replay" object). Every row
+then has blocking_replay (JSON, CSV); --blocking-replay lists the sessions
+that hold replay up.
+
 Exit status: 0 listed, 1 nothing matched, 2 usage or connection error.`,
 		Example: `  pgreap ls
   pgreap ls --state active --longer-than 5m
   pgreap ls --db 'shop*' --exclude-user replicator --waiting
   pgreap ls --app 'report*' --query '(?i)^select' -o json
   pgreap ls --client 10.0.0.0/8 -o csv > sessions.csv
-  pgreap ls --pgbouncer 'host=pgb1 port=6432 user=stats' --app 'report*'`,
+  pgreap ls --pgbouncer 'host=pgb1 port=6432 user=stats' --app 'report*'
+  pgreap ls -h standby1 --blocking-replay`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
@@ -109,13 +118,14 @@ func lsRun(ctx context.Context, opts *LsOptions) error {
 	if workers && !snap.HasLeaderPID() {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: PostgreSQL 12 does not say which leader a parallel worker serves (leader_pid is 13+); workers are listed on their own")
 	}
-	if len(sessions) == 0 && opts.Format == output.Table {
+	if len(sessions) == 0 && opts.Format == output.Table && snap.Replay == nil {
 		return ErrNoMatch
 	}
 	rows := make([]output.Row, 0, len(sessions)+1)
 	if snap.Replay != nil {
 		// A standby: its replay comes first, what holds it up in its
-		// BLOCKED BY.
+		// BLOCKED BY; shown even when no session matched, since how far
+		// behind the standby is matters whatever the selectors.
 		rows = append(rows, output.ReplayRow(snap.Replay, snap.Taken))
 	}
 	for i := range sessions {

@@ -59,11 +59,18 @@ re-checks the identity seen on the screen, and every session's outcome
 The selectors of ls narrow what top shows (and so what it can act on).
 top needs a terminal; for a script, use ls. With --pgbouncer, rows show
 the pooled client of each pooler's server connection, and the header how
-many clients wait in the poolers for one.`,
+many clients wait in the poolers for one.
+
+On a hot standby the header says standby, the replay lag and the WAL left
+to replay, on whom replay waits and for how long (blockers unknown for a
+buffer pin), and the queries the server cancelled for replay. The replay
+row (the startup process) comes first; c and t refuse it (it is no
+session: act on the sessions that block it), and b shows it under them.`,
 		Example: `  pgreap top
   pgreap top --db shop --interval 2s
   pgreap top --read-only --exclude-user replicator
   pgreap top --pgbouncer 'host=pgb1 port=6432 user=stats'
+  pgreap top -h standby1 --blocking-replay
   PGHOST=db1 PGUSER=reaper pgreap top --state active --state 'idle in transaction'`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {

@@ -192,6 +192,13 @@ func ListCells(s *activity.Session, now time.Time) []string {
 	return tableRow(&Row{Session: *s}, now, false)
 }
 
+// ReplayCells are the cells of a hot standby's replay row (ReplayRow) in
+// the table of `ls`.
+func ReplayCells(r *activity.Replay, now time.Time) []string {
+	row := ReplayRow(r, now)
+	return tableRow(&row, now, false)
+}
+
 func tableRow(r *Row, now time.Time, results bool) []string {
 	s := &r.Session
 	pid := strconv.Itoa(int(s.PID))
@@ -392,37 +399,58 @@ func Age(d time.Duration) string {
 
 // ReplaySummary says in a few words how a hot standby's replay stands: its
 // lag, the WAL received and not yet replayed, and the queries the server
-// cancelled for it ("lag 3.2s, 16 kB to replay; 2 queries cancelled for
+// cancelled for it ("lag 3s, 16 kB to replay; 2 queries cancelled for
 // replay: 1 lock, 1 snapshot").
 func ReplaySummary(r *activity.Replay, now time.Time) string {
+	s := ReplayLag(r, now)
+	if c := ConflictsSummary(r.Conflicts); c != "" {
+		s += "; " + c
+	}
+	return s
+}
+
+// ReplayLag says how far behind a hot standby's replay is: "lag 3s, 16 kB
+// to replay" (the bytes only when the standby streams).
+func ReplayLag(r *activity.Replay, now time.Time) string {
 	var b strings.Builder
-	if lag := r.Lag(now); lag >= 0 {
-		fmt.Fprintf(&b, "lag %s", Age(lag))
-	} else {
+	switch lag := r.Lag(now); {
+	case lag < 0:
 		b.WriteString("nothing replayed yet")
+	case lag < time.Millisecond:
+		b.WriteString("lag 0s") // Age writes nothing for no time
+	default:
+		fmt.Fprintf(&b, "lag %s", Age(lag))
 	}
 	if r.LagBytes != nil {
 		fmt.Fprintf(&b, ", %s to replay", Bytes(*r.LagBytes))
 	}
-	if n := r.Conflicts.Total(); n > 0 {
-		fmt.Fprintf(&b, "; %d %s cancelled for replay:", n, plural(n, "query", "queries"))
-		c := r.Conflicts
-		for _, k := range []struct {
-			n    int64
-			what string
-		}{{c.Lock, "lock"}, {c.Snapshot, "snapshot"}, {c.BufferPin, "buffer pin"}, {c.Tablespace, "tablespace"}, {c.Deadlock, "deadlock"}} {
-			if k.n > 0 {
-				fmt.Fprintf(&b, " %d %s,", k.n, k.what)
-			}
-		}
-		return strings.TrimSuffix(b.String(), ",")
-	}
 	return b.String()
 }
 
-// Bytes is a byte count for people: 512 B, 16 kB, 3.2 MB, 1.5 GB.
+// ConflictsSummary says how many queries a standby cancelled for replay,
+// by cause ("2 queries cancelled for replay: 1 lock, 1 snapshot"); "" when
+// none.
+func ConflictsSummary(c activity.Conflicts) string {
+	n := c.Total()
+	if n == 0 {
+		return ""
+	}
+	var causes []string
+	for _, k := range []struct {
+		n    int64
+		what string
+	}{{c.Lock, "lock"}, {c.Snapshot, "snapshot"}, {c.BufferPin, "buffer pin"}, {c.Tablespace, "tablespace"}, {c.Deadlock, "deadlock"}} {
+		if k.n > 0 {
+			causes = append(causes, fmt.Sprintf("%d %s", k.n, k.what))
+		}
+	}
+	return fmt.Sprintf("%d %s cancelled for replay: %s", n, plural(n, "query", "queries"), strings.Join(causes, ", "))
+}
+
+// Bytes is a byte count for people, in PostgreSQL's units
+// (pg_size_pretty: 1 kB is 1024 bytes): 512 B, 16 kB, 3.2 MB, 1.5 GB.
 func Bytes(n int64) string {
-	const unit = 1000
+	const unit = 1024
 	if n < unit {
 		return fmt.Sprintf("%d B", n)
 	}
@@ -432,7 +460,7 @@ func Bytes(n int64) string {
 		f /= unit
 		i++
 	}
-	if f < 10 {
+	if f < 9.95 {
 		return fmt.Sprintf("%.1f %s", f, suffix[i])
 	}
 	return fmt.Sprintf("%.0f %s", f, suffix[i])

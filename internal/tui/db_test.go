@@ -23,7 +23,13 @@ func TestMain(m *testing.M) { pgtest.Main(m, pgtest.Options{}) }
 // narrowed by sel.
 func newDB(t *testing.T, sel *selector.Selector) *DB {
 	t.Helper()
-	cfg, err := conn.Config(conn.Params{DSN: pgtest.Shared(t).DSN("postgres", pgtest.Superuser)})
+	return newDBAt(t, pgtest.Shared(t).DSN("postgres", pgtest.Superuser), sel)
+}
+
+// newDBAt is newDB on the server of dsn.
+func newDBAt(t *testing.T, dsn string, sel *selector.Selector) *DB {
+	t.Helper()
+	cfg, err := conn.Config(conn.Params{DSN: dsn})
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -274,6 +274,8 @@ func (m *Model) key(k tea.KeyPressMsg) (tea.Model, tea.Cmd) {
 	case key.Matches(k, km.mark.Binding):
 		if r := m.selected(); r != nil && r.s.IsPrepared() {
 			m.status, m.bad = preparedNote(r.s), true
+		} else if r != nil && r.replay != nil {
+			m.status, m.bad = replayNote, true
 		} else if r != nil {
 			if m.marks[r.id] {
 				delete(m.marks, r.id)
@@ -331,6 +333,9 @@ func preparedNote(p *activity.Session) string {
 	return "prepared transaction " + output.Clean(p.GID) + ": no backend to signal; ROLLBACK PREPARED ends it (pgreap unblock --rollback-prepared)"
 }
 
+// replayNote says why top does not act on the row of WAL replay.
+const replayNote = "WAL replay (the startup process) is no session and is never signalled: act on the sessions that block it (b shows them)"
+
 // propose asks before acting on the marked sessions, or the selected one.
 func (m *Model) propose(kind action.Kind) {
 	switch {
@@ -358,6 +363,9 @@ func (m *Model) propose(kind action.Kind) {
 			return
 		case r.s.IsPrepared():
 			m.status, m.bad = preparedNote(r.s), true
+			return
+		case r.replay != nil:
+			m.status, m.bad = replayNote, true
 			return
 		}
 		sessions = append(sessions, *r.s)
@@ -538,6 +546,9 @@ func (m *Model) age(rows []row, ages map[time.Duration]string, cells bool) bool 
 		r := &rows[i]
 		r.age = r.s.StateAge(m.frame.Snap.Taken)
 		switch w := m.frame.Waits[r.s.PID]; {
+		case r.replay != nil:
+			// Its cells are the replay's lag and wait, not a state's age.
+			r.cells, ok = nil, false
 		case w != r.wait || r.s.IsPrepared():
 			r.wait, r.cells, ok = w, nil, false
 		case cells && r.cells != nil:
@@ -559,9 +570,17 @@ func (m *Model) age(rows []row, ages map[time.Duration]string, cells bool) bool 
 // sameSessions reports whether two snapshots hold the very same sessions
 // (Source.Frame's answer on a quiet server).
 func sameSessions(a, b *activity.Snapshot) bool {
-	return len(a.Sessions) == len(b.Sessions) && len(a.Prepared) == len(b.Prepared) &&
+	return len(a.Sessions) == len(b.Sessions) && len(a.Prepared) == len(b.Prepared) && a.Replay == b.Replay &&
 		(len(a.Sessions) == 0 || &a.Sessions[0] == &b.Sessions[0]) &&
 		(len(a.Prepared) == 0 || &a.Prepared[0] == &b.Prepared[0])
+}
+
+// replayRow is the row of the standby's WAL replay; nil on a primary.
+func (m *Model) replayRow() *row {
+	if len(m.all) > 0 && m.all[0].replay != nil {
+		return &m.all[0]
+	}
+	return nil
 }
 
 // rebuild makes the view from all rows: the filter, then the sort or the
@@ -580,7 +599,12 @@ func (m *Model) rebuild() {
 		// The tree of every row, then the filter keeps whole trees: a
 		// waiter found by the filter comes with the session at its root.
 		tree := blockingTree(m.all)
-		rows = make([]row, 0, len(tree))
+		rows = make([]row, 0, len(tree)+1)
+		if r := m.replayRow(); r != nil && r.replay.BlockersUnknown() {
+			// A buffer pin: the server does not say whose, no tree
+			// shows it, and it matters.
+			rows = append(rows, *r)
+		}
 		for start := 0; start < len(tree); {
 			end := start + 1
 			for end < len(tree) && tree[end].depth > 0 {
@@ -594,12 +618,17 @@ func (m *Model) rebuild() {
 	} else {
 		rows = make([]row, 0, len(m.all))
 		for i := range m.all {
-			if !m.all[i].s.IsPrepared() && m.all[i].matches(m.filter) {
+			if !m.all[i].s.IsPrepared() && m.all[i].replay == nil && m.all[i].matches(m.filter) {
 				m.all[i].render(now) // once per snapshot, whatever the view
 				rows = append(rows, m.all[i])
 			}
 		}
 		sortRows(rows, m.sortBy)
+		if r := m.replayRow(); r != nil {
+			// A standby's replay comes first, whatever the sort and the
+			// filter, as in ls.
+			rows = slices.Insert(rows, 0, *r)
+		}
 	}
 	for i := range rows {
 		rows[i].render(now) // the tree's rows: their pid cell is indented

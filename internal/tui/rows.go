@@ -36,8 +36,11 @@ type row struct {
 	age     time.Duration // of the current state
 	wait    time.Duration // on a lock, when the server says
 	depth   int           // in the blocking tree
-	cells   []string      // the columns of ls (output.ListTitles)
-	text    string        // what / searches, lower case; made when first needed
+	// replay is set on the row of a standby's WAL replay (its startup
+	// process): no session, never marked or signalled.
+	replay *activity.Replay
+	cells  []string // the columns of ls (output.ListTitles)
+	text   string   // what / searches, lower case; made when first needed
 }
 
 // The columns (output.ListTitles) that top changes or colours.
@@ -62,10 +65,13 @@ const (
 // shows them as roots, the list of sessions does not.
 func rowsOf(f *Frame) []row {
 	sessions := f.Snap.Sessions
-	rows := make([]row, 0, len(sessions)+len(f.Snap.Prepared))
+	rows := make([]row, 0, len(sessions)+len(f.Snap.Prepared)+1)
+	if r := f.Snap.Replay; r != nil {
+		rows = append(rows, row{s: &r.Startup, replay: r, id: identOf(&r.Startup), age: r.WaitAge(f.Snap.Taken)})
+	}
 	for i := range sessions {
 		s := &sessions[i]
-		if n := len(rows); n > 0 && s.LeaderPID != 0 && s.LeaderPID != s.PID && rows[n-1].s.PID == s.LeaderPID {
+		if n := len(rows); n > 0 && rows[n-1].replay == nil && s.LeaderPID != 0 && s.LeaderPID != s.PID && rows[n-1].s.PID == s.LeaderPID {
 			rows[n-1].workers = append(rows[n-1].workers, s)
 			continue
 		}
@@ -95,7 +101,11 @@ func (r *row) render(now time.Time) {
 		short.Query = strings.ToValidUTF8(s.Query[:maxQueryCell], "")
 		s = &short
 	}
-	r.cells = output.ListCells(s, now)
+	if r.replay != nil {
+		r.cells = output.ReplayCells(r.replay, now)
+	} else {
+		r.cells = output.ListCells(s, now)
+	}
 	pid := strconv.Itoa(int(r.s.PID))
 	if r.s.IsPrepared() {
 		pid = r.cells[colPID]

@@ -178,7 +178,10 @@ func (d *DB) Frame(ctx context.Context) (*Frame, error) {
 	var was quiet
 	// Behind poolers a server connection changes clients without a word
 	// from the server, and clients wait in the poolers: look every time.
-	if !d.sel.Moves() && len(d.poolers) == 0 {
+	// On a standby, replay moves (its lag, its wait) while no session
+	// does: look every time too.
+	standby := d.last != nil && d.last.Snap.Replay != nil
+	if !d.sel.Moves() && len(d.poolers) == 0 && !standby {
 		if was, err = d.look(ctx, conn); err != nil {
 			return nil, err
 		}

@@ -196,7 +196,11 @@ func (m *Model) headerLine() string {
 	case m.frame == nil && m.stale == nil:
 		return h + " · connecting…"
 	case m.frame != nil:
-		h += " · " + clean(m.frame.Server) + " · " + m.frame.Snap.Taken.Format("15:04:05") + " every " + m.opt.Interval.String()
+		h += " · " + clean(m.frame.Server)
+		if m.frame.Snap.Replay != nil {
+			h += " · standby"
+		}
+		h += " · " + m.frame.Snap.Taken.Format("15:04:05") + " every " + m.opt.Interval.String()
 	}
 	if m.opt.ReadOnly {
 		h += " · read-only"
@@ -229,8 +233,13 @@ func (m *Model) summarize() {
 	workers, waiting, prepared := 0, 0, 0
 	var longest time.Duration
 	var longestPID int32
+	replay := 0
 	for i := range m.all {
 		s := m.all[i].s
+		if m.all[i].replay != nil {
+			replay++
+			continue
+		}
 		if s.IsPrepared() {
 			prepared++
 			continue
@@ -244,7 +253,7 @@ func (m *Model) summarize() {
 			longest, longestPID = m.frame.Snap.Taken.Sub(s.XactStart), s.PID
 		}
 	}
-	parts := []string{fmt.Sprintf("%s: %d active, %d idle", sessionCount(len(m.all)-prepared), states["active"], states["idle"])}
+	parts := []string{fmt.Sprintf("%s: %d active, %d idle", sessionCount(len(m.all)-prepared-replay), states["active"], states["idle"])}
 	iit := states["idle in transaction"] + states["idle in transaction (aborted)"]
 	if iit > 0 {
 		parts[0] += m.st.paint(m.st.yellow, fmt.Sprintf(", %d idle in transaction", iit))
@@ -273,7 +282,40 @@ func (m *Model) summarize() {
 	if longest > 0 {
 		parts = append(parts, fmt.Sprintf("longest transaction %s (pid %d)", output.Age(longest), longestPID))
 	}
+	if r := m.frame.Snap.Replay; r != nil {
+		// First: on a standby, how far behind it is matters most.
+		parts = append(m.replayParts(r), parts...)
+	}
 	m.summary = strings.Join(parts, " · ")
+}
+
+// replayParts say how a standby's replay stands: its lag; when it waits,
+// for how long and on whom; the queries the server cancelled for it.
+func (m *Model) replayParts(r *activity.Replay) []string {
+	now := m.frame.Snap.Taken
+	parts := []string{"replay " + output.ReplayLag(r, now)}
+	if r.Waits() {
+		w := "replay waits"
+		if d := r.WaitAge(now); d > 0 {
+			w += " " + output.Age(d)
+		}
+		switch {
+		case r.Startup.WaitEventType == "BufferPin":
+			w += " on a buffer pin: blockers unknown"
+		case r.BlockersUnknown():
+			w += " on a lock: blockers unknown"
+		default:
+			w += " on pid " + joinPIDs(r.Startup.BlockedBy)
+			if !m.blockers {
+				w += " (b shows them)"
+			}
+		}
+		parts = append(parts, m.st.paint(m.st.red, w))
+	}
+	if c := output.ConflictsSummary(r.Conflicts); c != "" {
+		parts = append(parts, m.st.paint(m.st.yellow, c))
+	}
+	return parts
 }
 
 // line lays out cells in the columns; the query takes what is left.

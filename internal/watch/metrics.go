@@ -19,6 +19,7 @@ type Metrics struct {
 	Leader         *prometheus.GaugeVec
 	LeaderConflict *prometheus.GaugeVec
 	PoolersUp      *prometheus.GaugeVec
+	ReplayLag      *prometheus.GaugeVec
 	ReloadSuccess  prometheus.Gauge
 	ReloadLastTime prometheus.Gauge
 }
@@ -50,6 +51,9 @@ func NewMetrics() *Metrics {
 		PoolersUp: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgreap_poolers_up", Help: "1 while every PgBouncer of the target (pgbouncer:) answered the last look; 0 when one did not, and no snapshot was taken.",
 		}, []string{"target"}),
+		ReplayLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "pgreap_replay_lag_seconds", Help: "On a hot standby, now() - pg_last_xact_replay_timestamp() at the last snapshot (it grows too while the primary commits nothing); no series on a primary.",
+		}, []string{"target"}),
 		ReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgreap_config_reload_success", Help: "1 if the last policy (re)load succeeded.",
 		}),
@@ -57,7 +61,7 @@ func NewMetrics() *Metrics {
 			Name: "pgreap_config_reload_success_timestamp_seconds", Help: "When the policy was last loaded successfully.",
 		}),
 	}
-	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.PoolersUp, m.ReloadSuccess, m.ReloadLastTime,
+	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.PoolersUp, m.ReplayLag, m.ReloadSuccess, m.ReloadLastTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -73,6 +77,7 @@ func (m *Metrics) forget(target string) {
 	m.Leader.DeletePartialMatch(l)
 	m.LeaderConflict.DeletePartialMatch(l)
 	m.PoolersUp.DeletePartialMatch(l)
+	m.ReplayLag.DeletePartialMatch(l)
 }
 
 // Handler serves /metrics.

@@ -585,6 +585,11 @@ func (s *session) tick(ctx context.Context) error {
 	for st, n := range states {
 		t.metrics.Sessions.WithLabelValues(t.name, st).Set(float64(n))
 	}
+	if lag := replayLag(snap); lag >= 0 {
+		t.metrics.ReplayLag.WithLabelValues(t.name).Set(lag.Seconds())
+	} else {
+		t.metrics.ReplayLag.DeleteLabelValues(t.name)
+	}
 	s.snap = snap
 	// The server's clock minus ours, as of when the statement was sent:
 	// a deadline by the server's clock, minus this, is when to send the
@@ -914,4 +919,13 @@ func (s *session) abandon(err error) {
 		s.record(f)
 	}
 	s.flying = nil
+}
+
+// replayLag is a standby's replay lag at the snapshot; -1 on a primary, or
+// before the standby replayed anything.
+func replayLag(snap *activity.Snapshot) time.Duration {
+	if snap.Replay == nil {
+		return -1
+	}
+	return snap.Replay.Lag(snap.Taken)
 }
