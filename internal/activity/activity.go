@@ -168,6 +168,12 @@ type Replay struct {
 	// the queries the server has cancelled itself so that replay could go
 	// on, by cause, since the statistics were reset.
 	Conflicts Conflicts
+	// LockWait: replay waits for a lock (pg_locks says so to every role).
+	LockWait bool
+	// Hidden: this role cannot see the startup process's row
+	// (pg_read_all_stats): its wait events are unknown, and its pid too
+	// unless it waits for a lock.
+	Hidden bool
 }
 
 // Conflicts count the queries a hot standby cancelled for replay, by cause
@@ -200,15 +206,52 @@ func (r *Replay) Lag(now time.Time) time.Duration {
 	return now.Sub(r.ReplayTimestamp)
 }
 
-// Waits reports whether replay is held up by sessions: it waits for a lock
-// they hold (Startup.BlockedBy names them) or for a buffer pin (the server
-// does not say whose).
-func (r *Replay) Waits() bool {
-	return r.Startup.WaitEventType == "Lock" || r.Startup.WaitEventType == "BufferPin"
+// Waits reports whether replay is held up by sessions (WaitKind).
+func (r *Replay) Waits() bool { return r.WaitKind() != "" }
+
+// WaitKind says for what replay waits on sessions: "lock" (Startup.
+// BlockedBy names who holds it), "buffer pin" (a query reading a page
+// replay must change), "snapshot conflict" (queries whose snapshot still
+// sees rows a vacuum on the primary removed), "tablespace conflict"
+// (queries using a tablespace the primary drops); "" when it waits for
+// none of them. The server names the sessions only for a lock; it shows
+// conflict waits from 14 on, and the startup process's waits only to a
+// role that may see it (not Hidden).
+func (r *Replay) WaitKind() string {
+	switch {
+	case r.LockWait || r.Startup.WaitEventType == "Lock":
+		return "lock"
+	case r.Startup.WaitEventType == "BufferPin":
+		return "buffer pin"
+	case r.Startup.WaitEvent == "RecoveryConflictSnapshot":
+		return "snapshot conflict"
+	case r.Startup.WaitEvent == "RecoveryConflictTablespace":
+		return "tablespace conflict"
+	}
+	return ""
+}
+
+// Paused reports whether replay is paused (pg_wal_replay_pause()), as far
+// as this role may see the startup process.
+func (r *Replay) Paused() bool { return r.Startup.WaitEvent == "RecoveryPause" }
+
+// UnknownWhy says why replay's blockers are not named (BlockersUnknown):
+// what it waits for, and where to look.
+func (r *Replay) UnknownWhy() string {
+	switch r.WaitKind() {
+	case "buffer pin":
+		return "a buffer pin (a session reading a page replay must change: a running query, or an open cursor)"
+	case "snapshot conflict":
+		return "queries whose snapshot still sees rows a vacuum on the primary removed (look for the oldest backend_xmin, often an old transaction)"
+	case "tablespace conflict":
+		return "queries using a tablespace the primary dropped"
+	}
+	return "a lock that no session holds any more, or whose holder this role cannot see"
 }
 
 // BlockersUnknown reports whether replay waits for sessions the server
-// does not name: a buffer pin, or a lock whose holders ended or are hidden.
+// does not name: a buffer pin, a conflict, or a lock whose holders ended
+// or are hidden.
 func (r *Replay) BlockersUnknown() bool {
 	return r.Waits() && len(r.Startup.BlockedBy) == 0
 }
@@ -229,10 +272,26 @@ type replayFacts struct {
 	ReplayLSN       *string    `json:"replay_lsn"`
 	LagBytes        *float64   `json:"lag_bytes"`
 	WaitingSince    *time.Time `json:"waiting_since"`
+	LockWait        bool       `json:"lock_wait"`
 	Blockers        []int32    `json:"blockers"`
 	Conflicts       *struct {
 		Tablespace, Lock, Snapshot, BufferPin, Deadlock *int64
 	} `json:"conflicts"`
+}
+
+// hiddenReplay is the replay of a standby whose startup process the
+// snapshot did not show (Replay.Hidden); nil on a primary.
+func hiddenReplay(ctx context.Context, conn *pgx.Conn, version int) (*Replay, error) {
+	sql := strings.NewReplacer("/*replay_ctes*/", replayCTEs, "/*replay_facts*/", replayFactsExpr(version)).Replace(replaySQL)
+	var b []byte
+	err := conn.QueryRow(ctx, sql).Scan(&b)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("snapshot: replay: %w", err)
+	}
+	return parseReplay(Session{}, b)
 }
 
 // parseReplay reads the replay column of the startup process's row s.
@@ -241,8 +300,13 @@ func parseReplay(s Session, b []byte) (*Replay, error) {
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("snapshot: replay: %w", err)
 	}
-	r := &Replay{Startup: s}
+	r := &Replay{Startup: s, LockWait: f.LockWait}
 	r.Startup.BlockedBy = f.Blockers
+	if r.Startup.BackendType == "" {
+		// Its row, known by the lock it waits for, or none: this role may
+		// not see what it is (pg_read_all_stats).
+		r.Startup.BackendType, r.Hidden = "startup", true
+	}
 	if f.ReplayTimestamp != nil {
 		r.ReplayTimestamp = *f.ReplayTimestamp
 	}
@@ -352,7 +416,23 @@ func Statement(version int) (string, error) {
 	if err != nil {
 		return "", err
 	}
-	return strings.Replace(string(b), "/*replay_blockers*/", ReplayBlockersSQL, 1), nil
+	return strings.NewReplacer("/*replay_ctes*/", replayCTEs, "/*replay_facts*/", replayFactsExpr(version)).Replace(string(b)), nil
+}
+
+// replayCTEs are the common table expressions of the statements that look
+// at replay: replay_waiter (the lock replay waits for) and replay_blockers
+// (who holds it), which reads the waiter's row from the first.
+var replayCTEs = "replay_waiter AS MATERIALIZED (\n" + replayWaiterSQL + "),\n     replay_blockers AS MATERIALIZED (\n" +
+	strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_waiter*/", "SELECT * FROM replay_waiter", 1) + ")"
+
+// replayFactsExpr is the JSON object that says how replay stands, over
+// replayCTEs (pg_locks.waitstart is 14+).
+func replayFactsExpr(version int) string {
+	waitstart := "w.waitstart"
+	if version < 140000 {
+		waitstart = "NULL::timestamptz"
+	}
+	return strings.TrimSpace(strings.Replace(replayFactsSQL, "/*waitstart*/", waitstart, 1))
 }
 
 // statementFor returns the server's version and its snapshot statement.
@@ -428,11 +508,12 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 		qid                                             pgtype.Int8
 		port                                            pgtype.Int4
 		replayCol                                       []byte
+		inRecovery                                      bool
 	)
 	var s Session
 	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &port, &btype, &state,
 		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &s.BlockingReplay, &replayCol,
-		&snap.Taken, &snap.ServerStarted}
+		&inRecovery, &snap.Taken, &snap.ServerStarted}
 	if marks {
 		dest = append(dest, &s.Marks)
 	}
@@ -462,6 +543,13 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 	}
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
+	}
+	if replay && snap.Replay == nil && (inRecovery || len(snap.Sessions) == 0) {
+		// A standby whose startup process this role cannot tell from the
+		// other background processes, or no row that says: ask.
+		if snap.Replay, err = hiddenReplay(ctx, conn, version); err != nil {
+			return nil, err
+		}
 	}
 	if snap.Taken.IsZero() {
 		snap.Taken = time.Now()
@@ -557,10 +645,14 @@ var (
 	holdersSQL  = mustSQL("holders.sql")
 	setLocalSQL = mustSQL("set_local.sql")
 
+	replayWaiterSQL = mustSQL("replay_waiter.sql")
+	replayFactsSQL  = mustSQL("replay_facts.sql")
+	replaySQL       = mustSQL("replay.sql")
+
 	// ReplayBlockersSQL is a statement whose rows are the pids of the
 	// backends that hold up WAL replay on a hot standby (none on a
-	// primary): the snapshot's blocking_replay, and the selector's.
-	ReplayBlockersSQL = mustSQL("replay_blockers.sql")
+	// primary): the selector's blocking_replay, as the snapshot's.
+	ReplayBlockersSQL = strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_waiter*/", replayWaiterSQL, 1)
 
 	pooledAskedSQL = mustSQL("pooled_asked.sql")
 	pooledSQL      = mustSQL("pooled.sql")

@@ -212,7 +212,7 @@ func TestLsStandbyConflicts(t *testing.T) {
 func TestWatchCheckBlockingReplay(t *testing.T) {
 	t.Parallel()
 	path := filepath.Join(t.TempDir(), "policy.yaml")
-	writePolicy(t, path, strings.Replace(watchPolicy, "match: {app: [\"TAG-a*\"], state: [active]}",
+	writePolicy(t, path, strings.Replace(watchPolicy, "match: {app: [\"TAG-a*\"], state: [active], query: \"pg_sleep\"}",
 		"match: {app: [\"TAG-a*\"], blocking_replay: true, longer_than: 30s}", 1))
 	r := run(t, false, "watch", "-c", path, "--check")
 	r.wantCode(t, 0)

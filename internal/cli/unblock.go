@@ -103,15 +103,19 @@ default (a cancel ends a read-only query and releases its snapshot and
 locks); --terminate terminates them. A cancel does not end a transaction:
 a blocker idle in its transaction keeps its lock. So unblock looks again,
 for up to --timeout: while replay is still held up, it says by whom (use
---terminate) and exits 3. --longer-than is then how long replay has
+--terminate) and exits 3; also when replay went past that record and
+waits again for another (DROP TABLE a, then DROP TABLE b: run it again). --longer-than is then how long replay has
 waited (default 0: now), which the server says on 14+ only
 (pg_locks.waitstart): on 12 and 13 a --longer-than with --replay is
 refused. The table shows the replay (its wait, lag and WAL to replay)
 with its blockers under it, then their outcomes; JSON and CSV have the
 blockers' rows, and a --dry-run -o json plan records blocking_replay,
 which 'pgreap apply' checks again. Not a standby, or replay not waiting:
-exit 1. Replay waiting for a buffer pin (the server does not say whose):
-nothing ended, exit 3.
+exit 1. Replay waiting for a buffer pin, or for queries whose snapshot
+or tablespace conflicts with it (shown from 14 on), names no one:
+nothing ended, exit 3. A role without pg_read_all_stats cannot see the
+startup process: it still sees a lock wait and its holders (pg_locks),
+not the other waits.
 
 The roots are listed and confirmed on a terminal; without one, --yes is
 needed. Exit status: 0 all roots ended and their waiters released, 1 no
@@ -333,14 +337,20 @@ func writeReplayTree(io *IOStreams, snap *activity.Snapshot) {
 	if d := r.WaitAge(snap.Taken); d > 0 {
 		waits += " " + output.Age(d)
 	}
-	fmt.Fprintf(io.Out, "%d  WAL replay  %s on %s:%s  %s\n", r.Startup.PID, waits,
-		output.Clean(r.Startup.WaitEventType), output.Clean(r.Startup.WaitEvent), output.ReplaySummary(r, snap.Taken))
+	pid, on := "?", r.WaitKind() // hidden from this role (pg_read_all_stats)
+	if r.Startup.PID != 0 {
+		pid = strconv.Itoa(int(r.Startup.PID))
+	}
+	if r.Startup.WaitEventType != "" {
+		on = output.Clean(r.Startup.WaitEventType) + ":" + output.Clean(r.Startup.WaitEvent)
+	}
+	fmt.Fprintf(io.Out, "%s  WAL replay  %s on %s  %s\n", pid, waits, on, output.ReplaySummary(r, snap.Taken))
 	byPID := map[int32]*activity.Session{}
 	for i := range snap.Sessions {
 		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
 	}
 	if r.BlockersUnknown() {
-		fmt.Fprintln(io.Out, "  └ held up by: ? (the server does not say whom)")
+		fmt.Fprintf(io.Out, "  └ held up by: ? (%s)\n", r.UnknownWhy())
 	}
 	for _, pid := range r.Startup.BlockedBy {
 		line := describeSession(pid, byPID[pid])

@@ -148,7 +148,7 @@ func TestUnblockReplayCancelsTheBlocker(t *testing.T) {
 
 	r = run(t, false, "unblock", "--replay", "--yes", "-d", sc.dsn)
 	r.wantCode(t, 1)
-	if !strings.Contains(r.errOut, "WAL replay does not wait for a lock") {
+	if !strings.Contains(r.errOut, "WAL replay waits for no session") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
 	r = run(t, false, "unblock", "--replay", "--yes", "-d", sc.primary.DSN("postgres", pgtest.Superuser))

@@ -115,8 +115,9 @@ func writePolicy(t *testing.T, path, text string) {
 	}
 }
 
-// cancelled starts a query on a new session named app and waits for the
-// daemon to cancel it.
+// cancelled runs a long query in a new session named app and checks that
+// watch cancels it. The policy chooses pg_sleep only: the victim's own
+// first statement is active too, and must not be cancelled in its stead.
 func cancelled(t *testing.T, app string) {
 	t.Helper()
 	v := pgtest.NewVictim(t, pgtest.VictimOptions{App: app})
@@ -132,7 +133,7 @@ audit_log: AUDIT
 metrics_addr: "off"
 rules:
   - name: cancel-a
-    match: {app: ["TAG-a*"], state: [active]}
+    match: {app: ["TAG-a*"], state: [active], query: "pg_sleep"}
     action: cancel
 `
 

@@ -45,8 +45,11 @@ func UnblockReplay(ctx context.Context, conn *pgx.Conn, opts UnblockOptions) (*U
 	switch {
 	case r == nil:
 		return &Unblocked{}, fmt.Errorf("%w: the server is not a standby (pg_is_in_recovery() is false): nothing blocks WAL replay", ErrNoMatch)
+	case !r.Waits() && r.Hidden:
+		return &Unblocked{}, fmt.Errorf("%w: WAL replay does not wait for a lock (%s); whether it waits for anything else this role cannot see (pg_read_all_stats shows the startup process)",
+			ErrNoMatch, output.ReplaySummary(r, snap.Taken))
 	case !r.Waits():
-		return &Unblocked{}, fmt.Errorf("%w: WAL replay does not wait for a lock (%s)", ErrNoMatch, output.ReplaySummary(r, snap.Taken))
+		return &Unblocked{}, fmt.Errorf("%w: WAL replay waits for no session (%s)", ErrNoMatch, output.ReplaySummary(r, snap.Taken))
 	case opts.LongerThan > 0 && r.WaitAge(snap.Taken) <= opts.LongerThan:
 		return &Unblocked{}, fmt.Errorf("%w: WAL replay has waited %s, not longer than %s", ErrNoMatch, output.Age(r.WaitAge(snap.Taken)), opts.LongerThan)
 	}
@@ -54,12 +57,8 @@ func UnblockReplay(ctx context.Context, conn *pgx.Conn, opts UnblockOptions) (*U
 		opts.ShowReplay(snap)
 	}
 	if r.BlockersUnknown() {
-		if r.Startup.WaitEventType == "BufferPin" {
-			return &Unblocked{}, fmt.Errorf("%w: it waits for a buffer pin (a query reading a page replay must change), and the server does not say whose; nothing was ended (max_standby_streaming_delay cancels it, or end the query reading that table)",
-				ErrReplayBlockersUnknown)
-		}
-		return &Unblocked{}, fmt.Errorf("%w: it waits on %s:%s, and no session holds that lock any more, or this role cannot see which; nothing was ended",
-			ErrReplayBlockersUnknown, r.Startup.WaitEventType, r.Startup.WaitEvent)
+		return &Unblocked{}, fmt.Errorf("%w: it waits for %s, and the server does not say which session; nothing was ended (max_standby_streaming_delay cancels them, unless it is -1)",
+			ErrReplayBlockersUnknown, r.UnknownWhy())
 	}
 	if len(snap.Sessions) == 0 {
 		return &Unblocked{}, fmt.Errorf("%w: WAL replay waits for %s, none of them in the selection", ErrNoMatch, pidList(r.Startup.BlockedBy))
@@ -91,10 +90,13 @@ func UnblockReplay(ctx context.Context, conn *pgx.Conn, opts UnblockOptions) (*U
 // on.
 func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, first *activity.Replay, results []action.Result) (still, after string, err error) {
 	signalled := map[sessionID]bool{}
+	denied := map[int32]bool{}
 	for i := range results {
 		switch results[i].Outcome {
 		case action.Cancelled, action.Terminated, action.Survived:
 			signalled[idOf(&results[i].Session)] = true
+		case action.Denied:
+			denied[results[i].PID] = true
 		}
 	}
 	deadline := time.Now().Add(opts.Timeout)
@@ -105,9 +107,13 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 			return "", "", err
 		}
 		r := snap.Replay
-		if r == nil || !r.Waits() || r.ReplayLSN != first.ReplayLSN {
-			return "", "", nil // promoted, or replay went on
+		if r == nil || !r.Waits() {
+			return "", "", nil // promoted, or replay goes on
 		}
+		// Replay may have gone past the record it waited on and wait again
+		// on the next (DROP TABLE a, then DROP TABLE b): it is held up all
+		// the same, and said so.
+		again := r.ReplayLSN != first.ReplayLSN
 		byPID := map[int32]*activity.Session{}
 		for i := range snap.Sessions {
 			byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
@@ -127,7 +133,7 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 			if late {
 				after = " after " + opts.Timeout.String()
 			}
-			return replayHeldBy(r, byPID, opts.Action, after), after, nil
+			return replayHeldBy(r, byPID, denied, opts.Action, after, again), after, nil
 		}
 		select {
 		case <-ctx.Done():
@@ -139,25 +145,39 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 }
 
 // replayHeldBy says who holds up replay: "WAL replay still waits for 1234
-// (idle in transaction)", and, after a cancel, that a cancel does not end
-// a transaction.
-func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, kind action.Kind, after string) string {
+// (idle in transaction)", and why what was done did not free it: a
+// signal denied, or a cancel, which does not end a transaction. again:
+// replay went past the record it waited on, and waits on another.
+func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, denied map[int32]bool, kind action.Kind, after string, again bool) string {
+	still := "WAL replay still waits" + after
+	if again {
+		still = "WAL replay went on, then waits again" + after
+	}
 	if len(r.Startup.BlockedBy) == 0 {
-		return fmt.Sprintf("WAL replay still waits%s on %s:%s, for a session the server does not name", after, r.Startup.WaitEventType, r.Startup.WaitEvent)
+		return fmt.Sprintf("%s, for %s; the server does not say which session", still, r.UnknownWhy())
 	}
 	var who []string
-	inXact := false
+	inXact, refused := false, false
 	for _, pid := range r.Startup.BlockedBy {
 		s := byPID[pid]
-		if s == nil {
+		switch {
+		case s == nil:
 			who = append(who, strconv.Itoa(int(pid)))
-			continue
+		case s.IsParallelWorker() && byPID[s.LeaderPID] != nil:
+			continue // its leader is named
+		default:
+			who = append(who, fmt.Sprintf("%d (%s)", pid, output.Clean(s.State)))
+			inXact = inXact || strings.HasPrefix(s.State, "idle in transaction")
 		}
-		who = append(who, fmt.Sprintf("%d (%s)", pid, output.Clean(s.State)))
-		inXact = inXact || !s.XactStart.IsZero()
+		refused = refused || denied[pid]
 	}
-	msg := "WAL replay still waits" + after + " for " + strings.Join(who, ", ")
-	if kind == action.Cancel && inXact {
+	msg := still + " for " + strings.Join(who, ", ")
+	switch {
+	case refused:
+		msg += ": the signal was denied (this role needs pg_signal_backend, or to be the session's role; a superuser's session only a superuser may end)"
+	case again:
+		msg += ": run unblock --replay again to end those"
+	case kind == action.Cancel && inXact:
 		msg += ": a cancel ends a query, not the transaction that holds the lock; use --terminate"
 	}
 	return msg

@@ -225,7 +225,7 @@ func nullTime(t time.Time) value {
 
 // pidValue is the session's pid; a prepared transaction has none.
 func pidValue(s *activity.Session) value {
-	if s.IsPrepared() {
+	if s.IsPrepared() || s.PID == 0 {
 		return value{}
 	}
 	return value{kind: kindInt, n: int64(s.PID)}

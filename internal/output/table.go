@@ -237,6 +237,9 @@ func tableRow(r *Row, now time.Time, results bool) []string {
 	query := clean(s.Query)
 	if r.Replay != nil {
 		state, age, query = "WAL replay", "", ReplaySummary(r.Replay, now)
+		if s.PID == 0 {
+			pid = "?" // hidden from this role, and waiting for no lock
+		}
 		if d := r.Replay.WaitAge(now); d > 0 {
 			age = Age(d)
 		}
@@ -403,6 +406,12 @@ func Age(d time.Duration) string {
 // replay: 1 lock, 1 snapshot").
 func ReplaySummary(r *activity.Replay, now time.Time) string {
 	s := ReplayLag(r, now)
+	if r.Paused() {
+		s += "; paused (pg_wal_replay_resume() resumes it)"
+	}
+	if r.Hidden {
+		s += "; this role cannot see the startup process (pg_read_all_stats)"
+	}
 	if c := ConflictsSummary(r.Conflicts); c != "" {
 		s += "; " + c
 	}

@@ -300,10 +300,8 @@ func (m *Model) replayParts(r *activity.Replay) []string {
 			w += " " + output.Age(d)
 		}
 		switch {
-		case r.Startup.WaitEventType == "BufferPin":
-			w += " on a buffer pin: blockers unknown"
 		case r.BlockersUnknown():
-			w += " on a lock: blockers unknown"
+			w += " on a " + r.WaitKind() + ": blockers unknown"
 		default:
 			w += " on pid " + joinPIDs(r.Startup.BlockedBy)
 			if !m.blockers {

@@ -1,14 +1,12 @@
--- pgreap: the backends that hold up WAL replay on a hot standby. The
--- startup process replays the ACCESS EXCLUSIVE locks the primary took
--- (DROP TABLE, TRUNCATE, a vacuum truncating a table) and waits for
--- read-only queries that hold a lock on the same object, until
--- max_standby_streaming_delay (or forever, with -1). pg_blocking_pids of
--- the startup process is empty (measured on 12 to 18): its blockers are
--- found as the server finds them, a granted lock on the object it waits
--- for in a mode its wait conflicts with (bit n: mode n, lock.c's
--- LockConflicts). On a primary the one-time filter reads nothing.
+-- pgreap: the backends that hold up WAL replay on a hot standby: the
+-- startup process waits for read-only queries holding a lock on the object
+-- whose ACCESS EXCLUSIVE lock it replays, until max_standby_streaming_delay
+-- (or forever, with -1). pg_blocking_pids of the startup process is empty
+-- (measured on 12 to 18): its blockers are found as the server finds them,
+-- a granted lock on the same object (ACCESS EXCLUSIVE conflicts with every
+-- mode). pg_locks is readable by every role.
 SELECT DISTINCT h.pid
-  FROM pg_catalog.pg_locks AS w
+  FROM (/*replay_waiter*/) AS w
   JOIN pg_catalog.pg_locks AS h
     ON h.locktype = w.locktype
    AND h.database IS NOT DISTINCT FROM w.database
@@ -22,14 +20,3 @@ SELECT DISTINCT h.pid
    AND h.objsubid IS NOT DISTINCT FROM w.objsubid
    AND h.granted
    AND h.pid <> w.pid
- WHERE (SELECT pg_catalog.pg_is_in_recovery())
-   AND NOT w.granted
-   AND (SELECT s.backend_type FROM pg_catalog.pg_stat_get_activity(w.pid) AS s) = 'startup'
-   AND (ARRAY[256, 384, 480, 496, 472, 504, 508, 510])[pg_catalog.array_position(
-          ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
-                'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'],
-          w.mode)]
-       & (1 << pg_catalog.array_position(
-          ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
-                'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'],
-          h.mode)) <> 0

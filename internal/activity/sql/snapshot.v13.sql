@@ -4,7 +4,9 @@
 -- the autovacuum launcher, physical walsenders, ...). One is kept: the
 -- startup process of a hot standby, whatever the filter (the caller adds it
 -- as "AND (a.backend_type = 'startup' OR (filter))"), which is the replay and
--- is shown as such, never as a session.
+-- is shown as such, never as a session; to a role without pg_read_all_stats
+-- its backend_type is NULL, and it is known by the lock it waits for, if any
+-- (sql/replay_waiter.sql; sql/replay.sql otherwise).
 -- blocked_by is computed only for sessions waiting on a heavyweight lock:
 -- pg_blocking_pids takes the lock manager's partition locks, so it is costly.
 -- Waiting is a lock not granted in pg_locks, not wait_event_type = 'Lock':
@@ -49,10 +51,10 @@ WITH waiting AS MATERIALIZED (
                   h.mode)) <> 0
            AND EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts)
          GROUP BY w.pid),
-     replay_blockers AS MATERIALIZED (
-        -- On a hot standby, the backends that hold up WAL replay
-        -- (sql/replay_blockers.sql, put here when the statement is read).
-/*replay_blockers*/)
+     -- On a hot standby, the lock WAL replay waits for and the backends
+     -- that hold it up (sql/replay_waiter.sql, sql/replay_blockers.sql,
+     -- put here when the statement is read).
+     /*replay_ctes*/
 SELECT a.pid,
        a.leader_pid,
        a.datname::text,
@@ -83,22 +85,12 @@ SELECT a.pid,
        -- replay: its row carries what pgreap shows of it. Not
        -- pg_is_wal_replay_paused(): it raises an error once recovery ends,
        -- which a standby being promoted may do under this statement.
-       CASE WHEN a.backend_type = 'startup' THEN pg_catalog.json_build_object(
-            'replay_timestamp', pg_catalog.pg_last_xact_replay_timestamp(),
-            'receive_lsn', pg_catalog.pg_last_wal_receive_lsn(),
-            'replay_lsn', pg_catalog.pg_last_wal_replay_lsn(),
-            'lag_bytes', pg_catalog.pg_wal_lsn_diff(pg_catalog.pg_last_wal_receive_lsn(), pg_catalog.pg_last_wal_replay_lsn()),
-            -- waitstart is 14+.
-            'waiting_since', NULL,
-            'blockers', (SELECT pg_catalog.array_agg(b.pid ORDER BY b.pid) FROM replay_blockers AS b),
-            'conflicts', (SELECT pg_catalog.json_build_object(
-                    'tablespace', pg_catalog.sum(c.confl_tablespace), 'lock', pg_catalog.sum(c.confl_lock),
-                    'snapshot', pg_catalog.sum(c.confl_snapshot), 'bufferpin', pg_catalog.sum(c.confl_bufferpin),
-                    'deadlock', pg_catalog.sum(c.confl_deadlock))
-                  FROM pg_catalog.pg_stat_database_conflicts AS c)) END AS replay,
+       CASE WHEN a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_waiter AS w)
+            THEN /*replay_facts*/ END AS replay,
+       (SELECT pg_catalog.pg_is_in_recovery()) AS in_recovery,
        pg_catalog.statement_timestamp() AS now,
        pg_catalog.pg_postmaster_start_time() AS server_started
   FROM pg_catalog.pg_stat_activity AS a
   LEFT JOIN prepared_blockers AS pb ON pb.pid = a.pid
  WHERE a.pid <> pg_catalog.pg_backend_pid()
-   AND (a.datname IS NOT NULL OR a.backend_type = 'startup')
+   AND (a.datname IS NOT NULL OR a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_waiter AS w))
