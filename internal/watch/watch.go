@@ -456,3 +456,6 @@ func oneLine(err error) string {
 	}
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
+
+// NotifyMetrics are the series of the notifications (tests read them).
+func (d *Daemon) NotifyMetrics() *notify.Metrics { return d.notify.Metrics() }
