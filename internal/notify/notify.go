@@ -46,7 +46,7 @@ type Options struct {
 	// honoured up to MaxBackoff.
 	MinBackoff, MaxBackoff time.Duration
 	// Flush bounds how long Close (SIGTERM) and a reload that drops a
-	// sink let it send what is queued (5s).
+	// sink let it send what is queued (1s: a stop stays prompt).
 	Flush time.Duration
 }
 
@@ -66,7 +66,7 @@ func (o Options) orDefault() Options {
 	o.Timeout = pick(o.Timeout, 10*time.Second)
 	o.MinBackoff = pick(o.MinBackoff, time.Second)
 	o.MaxBackoff = pick(o.MaxBackoff, 30*time.Second)
-	o.Flush = pick(o.Flush, 5*time.Second)
+	o.Flush = pick(o.Flush, time.Second)
 	return o
 }
 
