@@ -58,7 +58,11 @@ metrics_addr: /metrics; /healthz, 200 only while every target is connected
 and led (by this replica or another), else 503 with each target's state in
 JSON (leading, standby, connecting, down), for readiness and alerts; /livez,
 200 while the process answers, for liveness (a database that is down is no
-reason to restart the daemon). A lost server is reconnected with backoff.
+reason to restart the daemon). The policy's notify: webhooks are told of each
+action, change of leader and error (JSON, or Slack's text), from a bounded
+queue per webhook that never delays an action (a full queue drops, counted
+in pgreap_notify_dropped_total); their URLs and header values are never
+printed. A lost server is reconnected with backoff.
 Replicas running the same policy elect, per target, the one that acts with a
 PostgreSQL advisory lock; the others stand by.
 

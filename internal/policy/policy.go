@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +25,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -60,6 +63,9 @@ type Policy struct {
 	Protect     Protect
 	Rules       []Rule
 	HA          HA
+	// Notify are the webhooks told of events (their URLs and header
+	// values are secrets: never printed).
+	Notify []notify.Sink
 }
 
 // HA says what a standby does when the election lock of a target is held
@@ -149,6 +155,16 @@ type file struct {
 	Protect     protectEntry  `yaml:"protect"`
 	Rules       []ruleEntry   `yaml:"rules"`
 	HA          haEntry       `yaml:"ha"`
+	Notify      []notifyEntry `yaml:"notify"`
+}
+
+type notifyEntry struct {
+	Name        string            `yaml:"name"`
+	Webhook     string            `yaml:"webhook"`
+	Headers     map[string]string `yaml:"headers"`
+	HeadersFile string            `yaml:"headers_file"`
+	On          []string          `yaml:"on"`
+	Format      string            `yaml:"format"`
 }
 
 type haEntry struct {
@@ -313,6 +329,21 @@ func Parse(path string, data []byte) (*Policy, error) {
 	p.Protect = Protect{Users: f.Protect.Users, Apps: f.Protect.Apps}
 	p.HA = HA{EvictImpostor: f.HA.EvictImpostor}
 
+	notifyNode := valueOf(root, "notify")
+	sinks := map[string]int{}
+	for i, e := range f.Notify {
+		n := notifyNode.Content[i]
+		sink, err := checkSink(path, n, e)
+		if err != nil {
+			return nil, err
+		}
+		if line, dup := sinks[sink.Name]; dup {
+			return nil, at(n, "notify: two webhooks named %s (first at line %d): give each a name", sink.Name, line)
+		}
+		sinks[sink.Name] = n.Line
+		p.Notify = append(p.Notify, sink)
+	}
+
 	// Rules.
 	rulesNode := valueOf(root, "rules")
 	if len(f.Rules) == 0 {
@@ -414,6 +445,86 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 		rule.Grace = DefaultGrace
 	}
 	return rule, nil
+}
+
+// checkSink checks a webhook of notify:. Its errors name the key and
+// never hold the URL nor a header's value.
+func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
+	errAt := func(node *yaml.Node, reason string, args ...any) error {
+		line := n.Line
+		if node != nil {
+			line = node.Line
+		}
+		return &Error{File: path, Line: line, Reason: "notify: " + fmt.Sprintf(reason, args...)}
+	}
+	if strings.TrimSpace(e.Webhook) == "" {
+		return notify.Sink{}, errAt(nil, "a webhook needs its URL (webhook: https://...)")
+	}
+	host, err := notify.ParseURL(e.Webhook)
+	if err != nil {
+		return notify.Sink{}, errAt(valueOf(n, "webhook"), "webhook: %v", err)
+	}
+	s := notify.Sink{Name: host, URL: strings.TrimSpace(e.Webhook), Header: http.Header{}, Format: notify.JSON, On: notify.Kinds}
+	if e.Name != "" {
+		if !validName.MatchString(e.Name) {
+			return notify.Sink{}, errAt(valueOf(n, "name"), "name %q: use letters, digits, and . _ - (it is a metrics label)", e.Name)
+		}
+		s.Name = e.Name
+	}
+	if e.HeadersFile != "" {
+		file := e.HeadersFile
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(filepath.Dir(path), file)
+		}
+		if err := notify.ReadHeaders(s.Header, file); err != nil {
+			return notify.Sink{}, errAt(valueOf(n, "headers_file"), "%s", oneLine(err))
+		}
+	}
+	headers := valueOf(n, "headers")
+	names := make([]string, 0, len(e.Headers))
+	for k := range e.Headers {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	for _, k := range names {
+		if err := notify.SetHeader(s.Header, k, e.Headers[k]); err != nil {
+			return notify.Sink{}, errAt(keyNode(headers, k), "%v", err)
+		}
+	}
+	if on := valueOf(n, "on"); on != nil {
+		s.On = nil
+		for i, o := range e.On {
+			k := notify.Kind(strings.TrimSpace(o))
+			if !slices.Contains(notify.Kinds, k) {
+				return notify.Sink{}, errAt(on.Content[i], "on %q: not one of acted, suppressed, leader, error", o)
+			}
+			s.On = append(s.On, k)
+		}
+		if len(s.On) == 0 {
+			return notify.Sink{}, errAt(on, "on is empty: the webhook would be told nothing")
+		}
+	}
+	if e.Format != "" {
+		switch f := notify.Format(strings.TrimSpace(e.Format)); f {
+		case notify.JSON, notify.Slack:
+			s.Format = f
+		default:
+			return notify.Sink{}, errAt(valueOf(n, "format"), "format %q: not json or slack", e.Format)
+		}
+	}
+	return s, nil
+}
+
+// keyNode is the key node of key in mapping n (a header's line), else n.
+func keyNode(n *yaml.Node, key string) *yaml.Node {
+	if n != nil && n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				return n.Content[i]
+			}
+		}
+	}
+	return n
 }
 
 // include reads the targets of the files a glob names: each a YAML list of

@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 )
 
@@ -46,6 +47,19 @@ func (p *Policy) Summary(w io.Writer) {
 			what += ", dry run"
 		}
 		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, r.Spec.Summary())
+	}
+	for _, s := range p.Notify {
+		// Header names only: their values, like the URL, are secrets.
+		names := make([]string, 0, len(s.Header))
+		for k := range s.Header {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		on := make([]string, len(s.On))
+		for i, k := range s.On {
+			on[i] = string(k)
+		}
+		fmt.Fprintf(w, "notify %s: %s on %s, headers %s\n", s.Name, s.Format, strings.Join(on, " "), list(names))
 	}
 	for _, n := range p.Notes() {
 		fmt.Fprintf(w, "note: %s\n", n)

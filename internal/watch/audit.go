@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/ownfile"
 	"github.com/pgreap/pgreap/internal/policy"
@@ -76,6 +77,8 @@ type Audit struct {
 	// noQuery leaves the query out of every line (audit.query none): a
 	// text can carry a secret as a literal (ALTER ROLE ... PASSWORD).
 	noQuery bool
+	// events are told of every line written (nil: no one).
+	events *notify.Notifier
 }
 
 // OpenAudit opens the audit log at path, creating it (0600) if needed;
@@ -148,8 +151,9 @@ func (a *Audit) Write(e Entry) error {
 	// A query text must not drive the terminal of whoever tails the log.
 	b = append(output.EscapeJSON(b), '\n')
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	_, err = a.out.Write(b)
+	a.mu.Unlock()
+	notifyEntry(a.events, &e, b[:len(b)-1])
 	return err
 }
 

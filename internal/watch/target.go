@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -124,6 +125,7 @@ type target struct {
 	log     *slog.Logger
 	metrics *Metrics
 	audit   *Audit
+	notify  *notify.Notifier
 	dryRun  bool
 	// clock is the daemon's time (its timers); now is clock.Now.
 	clock Clock
@@ -163,7 +165,9 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 				return
 			}
 			t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
-			t.state.Store(Down)
+			if t.state.Swap(Down) != Down {
+				t.event(notify.Error, "cannot connect: "+oneLine(err))
+			}
 			wait := backoff(attempt)
 			attempt++
 			t.log.Warn("cannot connect", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
@@ -195,8 +199,15 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 		t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
 		t.state.Store(Down)
 		if ctx.Err() != nil {
+			if s.leader {
+				t.event(notify.Leader, "no longer leading: this replica stops")
+			}
 			return
 		}
+		if s.leader {
+			t.event(notify.Leader, "no longer leading: connection lost")
+		}
+		t.event(notify.Error, "connection lost: "+oneLine(err))
 		wait := backoff(0)
 		t.log.Warn("connection lost", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
 		if pol = t.sleep(ctx, wait, pol); ctx.Err() != nil {
@@ -462,6 +473,7 @@ func (s *session) standBy(ctx context.Context) error {
 		case h.sameRole:
 			why = "the election lock is held by a session of the daemon's role with another application_name (a replica configured otherwise?): no replica acts on the target; never evicted"
 		}
+		t.event(notify.Error, why)
 		t.log.Error(why, "pid", h.pid.Int32, "gid", h.gid.String, "usename", h.usename.String, "application_name", h.app.String,
 			"client_addr", h.client.String, "evict_impostor", s.pol.HA.EvictImpostor)
 	}
@@ -538,6 +550,7 @@ func (s *session) tick(ctx context.Context) error {
 		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
 		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
+		t.event(notify.Leader, "leading: this replica acts on the target")
 	}
 	start := t.now()
 	marks, args := s.marks, s.args
@@ -554,6 +567,7 @@ func (s *session) tick(ctx context.Context) error {
 				// the clients named at the last look, and leaves alone one
 				// whose state changed since.
 				if t.state.Swap(PoolerDown) != PoolerDown {
+					t.event(notify.Error, "cannot ask a pooler: no snapshot until it answers: "+oneLine(err))
 					t.log.Error("cannot ask a pooler: no snapshot until it answers (/healthz says \"pooler down\")", "err", oneLine(err))
 				} else {
 					t.log.Debug("cannot ask a pooler: no snapshot this interval", "err", oneLine(err))

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/pooler"
 )
@@ -40,6 +41,9 @@ type Options struct {
 	// Clock is the daemon's time (nil: RealClock); tests move a fake
 	// one to prove the schedule without waiting.
 	Clock Clock
+	// Notify tunes the delivery to the policy's webhooks (zero: the
+	// defaults; tests shorten them).
+	Notify notify.Options
 }
 
 // ServerLimits bound what a peer of the metrics port holds: a connection
@@ -92,6 +96,7 @@ type Daemon struct {
 	log     *slog.Logger
 	metrics *Metrics
 	audit   *Audit
+	notify  *notify.Notifier
 	pol     *policy.Policy
 	server  *http.Server
 	ln      net.Listener
@@ -160,6 +165,8 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 	}
 	d.audit = audit
 	audit.SetQuery(pol.AuditQuery)
+	d.notify = notify.New(opt.Logger, d.metrics.Registry, opt.Notify)
+	audit.events = d.notify
 	if pol.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", pol.MetricsAddr)
 		if err != nil {
@@ -186,6 +193,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	d.notify.Set(pol.Notify)
 	d.reloaded()
 	return d, nil
 }
@@ -254,8 +262,7 @@ func (d *Daemon) Reload(ctx context.Context) {
 		}
 	}
 	if err != nil {
-		d.metrics.ReloadSuccess.Set(0)
-		d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+		d.rejected(err)
 		if rerr := d.audit.Reopen(); rerr != nil {
 			d.log.Error("cannot reopen the audit log", "err", rerr.Error())
 		}
@@ -264,18 +271,25 @@ func (d *Daemon) Reload(ctx context.Context) {
 	// The audit log reopened, or switched to the file the policy names
 	// now: on error, the policy is rejected and the file in use stays.
 	if err := d.audit.Switch(pol.AuditLog); err != nil {
-		d.metrics.ReloadSuccess.Set(0)
-		d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+		d.rejected(err)
 		return
 	}
 	if pol.MetricsAddr != d.pol.MetricsAddr {
 		d.log.Warn("metrics_addr changed: it takes effect at the next start", "in_force", d.pol.MetricsAddr)
 	}
 	d.audit.SetQuery(pol.AuditQuery)
+	d.notify.Set(pol.Notify)
 	d.pol = pol
 	d.apply(ctx, pol)
 	d.reloaded()
 	d.log.Info("policy reloaded", "targets", len(pol.Targets), "rules", len(pol.Rules))
+}
+
+// rejected: a reloaded policy cannot be used; the one in force stays.
+func (d *Daemon) rejected(err error) {
+	d.metrics.ReloadSuccess.Set(0)
+	d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+	d.notify.Send(notify.Event{Kind: notify.Error, Time: d.opt.Clock.Now(), Text: "policy rejected, keeping the one in force: " + oneLine(err)})
 }
 
 // apply starts the targets new to the policy, stops those gone from it (or
@@ -307,7 +321,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 		poolers, _ := pooler.ParseAll(t.PgBouncer) // checked before
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
-			name: t.Name, cfg: cfg, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
+			name: t.Name, cfg: cfg, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit, notify: d.notify,
 			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
@@ -409,6 +423,8 @@ func (d *Daemon) shutdown() {
 		defer cancel()
 		_ = d.server.Shutdown(ctx)
 	}
+	// After the targets: their last events (the lead given up) are queued.
+	d.notify.Close()
 	d.audit.Close()
 	d.log.Info("stopped")
 }
@@ -440,3 +456,6 @@ func oneLine(err error) string {
 	}
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
+
+// NotifyMetrics are the series of the notifications (tests read them).
+func (d *Daemon) NotifyMetrics() *notify.Metrics { return d.notify.Metrics() }
