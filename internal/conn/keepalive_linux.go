@@ -4,11 +4,9 @@ import (
 	"strings"
 	"syscall"
 	"time"
-)
 
-// tcpUserTimeout is Linux's TCP_USER_TIMEOUT (include/uapi/linux/tcp.h),
-// which package syscall does not name.
-const tcpUserTimeout = 0x12
+	"golang.org/x/sys/unix"
+)
 
 // userTimeoutControl sets TCP_USER_TIMEOUT on a TCP socket: unacknowledged
 // data (and, with keepalives, unanswered probes) give the connection up
@@ -23,7 +21,7 @@ func userTimeoutControl(d time.Duration) func(network, address string, c syscall
 		}
 		var serr error
 		err := c.Control(func(fd uintptr) {
-			serr = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, tcpUserTimeout, int(d.Milliseconds()))
+			serr = unix.SetsockoptInt(int(fd), unix.IPPROTO_TCP, unix.TCP_USER_TIMEOUT, int(d.Milliseconds()))
 		})
 		if err != nil {
 			return err
