@@ -60,7 +60,8 @@ JSON (leading, standby, connecting, down), for readiness and alerts; /livez,
 200 while the process answers, for liveness (a database that is down is no
 reason to restart the daemon). A lost server is reconnected with backoff.
 Replicas running the same policy elect, per target, the one that acts with a
-PostgreSQL advisory lock; the others stand by.
+PostgreSQL advisory lock; the others stand by, and one takes over within 3
+intervals + 15 s when the leader's network is cut (keepalives, docs/watch.md).
 
 Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
 and the old one kept) and reopens the audit log; a target whose DSN changed

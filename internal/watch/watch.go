@@ -421,10 +421,10 @@ func targetKey(t policy.Target) string {
 // targetConfig is the connection of a target: its DSN as for -d, PG*
 // variables filling the rest, pgreap's session settings, the daemon's
 // application_name, and keepalives that bound, by the policy's interval,
-// how long the server keeps a leader the network lost (Lease).
+// how long the server keeps a leader the network lost (lease).
 func targetConfig(t policy.Target, interval time.Duration) (*pgx.ConnConfig, error) {
 	dsn := t.DSN
-	cfg, err := conn.Config(conn.Params{DSN: dsn, Lease: Lease(interval)})
+	cfg, err := conn.Config(conn.Params{DSN: dsn, Lease: lease(interval)})
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", t.Name, err)
 	}
@@ -434,14 +434,15 @@ func targetConfig(t policy.Target, interval time.Duration) (*pgx.ConnConfig, err
 	return cfg, nil
 }
 
-// Lease is how long, by the policy's interval, the server keeps the
+// lease is how long, by the policy's interval, the server keeps the
 // backend of a daemon the network lost (a partition: no close reaches the
 // server), and with it the election lock: the interval, at least 5 s (a
 // shorter one would end a leader on a blip), at most 15 s. A standby then
-// leads within Lease + Lease/5 (the keepalives' last probe) + one interval,
-// at most 3 intervals + 15 s. The daemon's own side gives the connection
-// up sooner (3/5 of it): the cut-off leader stops before a standby leads.
-func Lease(interval time.Duration) time.Duration {
+// leads within the lease, a fifth of it more (the keepalives' last probe)
+// and one interval (its next try): at most 3 intervals + 15 s. The
+// daemon's own side gives the connection up sooner (at 3/5 of the lease),
+// so the cut-off leader stops before a standby leads.
+func lease(interval time.Duration) time.Duration {
 	return min(max(interval, 5*time.Second), 15*time.Second)
 }
 
