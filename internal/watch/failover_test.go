@@ -43,6 +43,7 @@ rules:
 // session is acted on twice (audit of both replicas; and client-side, a
 // victim's next query is never cancelled).
 func TestLeaderNetworkCut(t *testing.T) {
+	t.Parallel()
 	link := pgtest.NewLink(t)
 	c := pgtest.Own(t, pgtest.Options{Listen: link.AddrA, Exec: link.Exec(link.A),
 		HBA: []string{"host all all " + link.AddrB + "/32 trust"}})
