@@ -83,7 +83,7 @@ func (ka keepAlive) withLease(lease time.Duration) keepAlive {
 // dialer dials with these keepalives (for a TCP connection; a unix socket
 // has none).
 func (ka keepAlive) dialer() *net.Dialer {
-	d := &net.Dialer{}
+	d := &net.Dialer{Control: userTimeoutControl(ka.userTimeout)}
 	if ka.off {
 		d.KeepAlive = -1
 		return d
@@ -98,6 +98,5 @@ func (ka keepAlive) dialer() *net.Dialer {
 	if ka.count == 0 {
 		d.KeepAliveConfig.Count = -1
 	}
-	d.Control = userTimeoutControl(ka.userTimeout)
 	return d
 }

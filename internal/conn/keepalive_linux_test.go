@@ -1,6 +1,7 @@
 package conn_test
 
 import (
+	"errors"
 	"net"
 	"testing"
 	"time"
@@ -20,11 +21,11 @@ func TestLeaseKeepAlives(t *testing.T) {
 	c := pgtest.Shared(t)
 	tcp := c.TCPDSN("postgres", pgtest.Superuser)
 	for _, tc := range []struct {
-		name  string
-		p     conn.Params
-		guc   [4]string // tcp_keepalives_idle, _interval, _count, tcp_user_timeout
-		sock  [4]int    // TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT (ms)
-		unset bool      // no lease: the system's (no user timeout)
+		name string
+		p    conn.Params
+		guc  [4]string // tcp_keepalives_idle, _interval, _count, tcp_user_timeout
+		sock [4]int    // TCP_KEEPIDLE, TCP_KEEPINTVL, TCP_KEEPCNT, TCP_USER_TIMEOUT (ms)
+		off  bool      // no keepalives (SO_KEEPALIVE 0): only the user timeout is compared
 	}{
 		{name: "lease 5s", p: conn.Params{DSN: tcp, Lease: 5 * time.Second},
 			guc: [4]string{"1", "1", "4", "5000"}, sock: [4]int{1, 1, 4, 3000}},
@@ -33,6 +34,8 @@ func TestLeaseKeepAlives(t *testing.T) {
 		{name: "the user's win", p: conn.Params{Lease: 5 * time.Second,
 			DSN: tcp + " keepalives_idle=7 keepalives_count=2 tcp_user_timeout=1500 options='-c tcp_keepalives_idle=9 -c tcp_user_timeout=2500'"},
 			guc: [4]string{"9", "1", "4", "2500"}, sock: [4]int{7, 1, 2, 1500}},
+		{name: "keepalives off, a user timeout", p: conn.Params{DSN: tcp + " keepalives=0", Lease: 5 * time.Second},
+			guc: [4]string{"1", "1", "4", "5000"}, sock: [4]int{0, 0, 0, 3000}, off: true},
 		{name: "libpq's keywords without a lease", p: conn.Params{DSN: tcp + " keepalives_idle=6 keepalives_interval=2 keepalives_count=3 tcp_user_timeout=4000"},
 			guc: [4]string{"0", "0", "0", "0"}, sock: [4]int{6, 2, 3, 4000}},
 	} {
@@ -53,18 +56,22 @@ func TestLeaseKeepAlives(t *testing.T) {
 				t.Fatal(err)
 			}
 			var sock [4]int
+			var keepalive int
 			var serr error
 			if err := raw.Control(func(fd uintptr) {
+				keepalive, serr = unix.GetsockoptInt(int(fd), unix.SOL_SOCKET, unix.SO_KEEPALIVE)
 				for i, opt := range []int{unix.TCP_KEEPIDLE, unix.TCP_KEEPINTVL, unix.TCP_KEEPCNT, unix.TCP_USER_TIMEOUT} {
-					if sock[i], err = unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, opt); err != nil {
-						serr = err
-					}
+					v, err := unix.GetsockoptInt(int(fd), unix.IPPROTO_TCP, opt)
+					sock[i], serr = v, errors.Join(serr, err)
 				}
 			}); err != nil || serr != nil {
 				t.Fatal(err, serr)
 			}
-			if sock != tc.sock {
-				t.Errorf("socket: %v, want %v", sock, tc.sock)
+			if tc.off {
+				sock[0], sock[1], sock[2] = 0, 0, 0
+			}
+			if sock != tc.sock || (keepalive == 0) != tc.off {
+				t.Errorf("socket: %v, SO_KEEPALIVE %d; want %v, off %v", sock, keepalive, tc.sock, tc.off)
 			}
 		})
 	}
