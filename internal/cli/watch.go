@@ -64,7 +64,8 @@ queue per webhook that never delays an action (a full queue drops, counted
 in pgreap_notify_dropped_total); their URLs and header values are never
 printed. A lost server is reconnected with backoff.
 Replicas running the same policy elect, per target, the one that acts with a
-PostgreSQL advisory lock; the others stand by.
+PostgreSQL advisory lock; the others stand by, and one takes over within 3
+intervals + 15 s when the leader's network is cut (keepalives, docs/watch.md).
 
 Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
 and the old one kept) and reopens the audit log; a target whose DSN changed

@@ -118,7 +118,7 @@ type inflight struct {
 // target watches one server.
 type target struct {
 	name string
-	cfg  *pgx.ConnConfig
+	spec policy.Target
 	// poolers are the PgBouncers in front of the server: each snapshot
 	// judges their server connections by the client each serves.
 	poolers []*pooler.Pooler
@@ -159,7 +159,10 @@ type backend struct {
 func (t *target) run(ctx context.Context, pol *policy.Policy) {
 	attempt := 0
 	for {
-		cn, err := pgx.ConnectConfig(ctx, t.cfg)
+		// Built at each connection: its keepalives follow the interval in
+		// force (a reload), and the DSN was checked before.
+		cfg, _ := targetConfig(t.spec, pol.Interval)
+		cn, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return

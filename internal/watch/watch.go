@@ -185,7 +185,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 		}
 	}
 	for _, t := range pol.Targets {
-		if _, err := targetConfig(t); err != nil {
+		if _, err := targetConfig(t, pol.Interval); err != nil {
 			audit.Close()
 			if d.ln != nil {
 				d.ln.Close()
@@ -256,7 +256,7 @@ func (d *Daemon) Reload(ctx context.Context) {
 	pol, err := policy.Load(d.opt.Path)
 	if err == nil {
 		for _, t := range pol.Targets {
-			if _, err = targetConfig(t); err != nil {
+			if _, err = targetConfig(t, pol.Interval); err != nil {
 				break
 			}
 		}
@@ -317,11 +317,10 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 			r.t.policies <- pol
 			continue
 		}
-		cfg, _ := targetConfig(t)                  // checked before
 		poolers, _ := pooler.ParseAll(t.PgBouncer) // checked before
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
-			name: t.Name, cfg: cfg, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit, notify: d.notify,
+			name: t.Name, spec: t, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit, notify: d.notify,
 			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
@@ -436,11 +435,12 @@ func targetKey(t policy.Target) string {
 }
 
 // targetConfig is the connection of a target: its DSN as for -d, PG*
-// variables filling the rest, pgreap's session settings, and the daemon's
-// application_name.
-func targetConfig(t policy.Target) (*pgx.ConnConfig, error) {
+// variables filling the rest, pgreap's session settings, the daemon's
+// application_name, and keepalives that bound, by the policy's interval,
+// how long the server keeps a leader the network lost (lease).
+func targetConfig(t policy.Target, interval time.Duration) (*pgx.ConnConfig, error) {
 	dsn := t.DSN
-	cfg, err := conn.Config(conn.Params{DSN: dsn})
+	cfg, err := conn.Config(conn.Params{DSN: dsn, Lease: lease(interval)})
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", t.Name, err)
 	}
@@ -448,6 +448,18 @@ func targetConfig(t policy.Target) (*pgx.ConnConfig, error) {
 		cfg.RuntimeParams["application_name"] = AppName
 	}
 	return cfg, nil
+}
+
+// lease is how long, by the policy's interval, the server keeps the
+// backend of a daemon the network lost (a partition: no close reaches the
+// server), and with it the election lock: the interval, at least 5 s (a
+// shorter one would end a leader on a blip), at most 15 s. A standby then
+// leads within the lease, a fifth of it more (the keepalives' last probe)
+// and one interval (its next try): at most 3 intervals + 15 s. The
+// daemon's own side gives the connection up sooner (at 3/5 of the lease),
+// so the cut-off leader stops before a standby leads.
+func lease(interval time.Duration) time.Duration {
+	return min(max(interval, 5*time.Second), 15*time.Second)
 }
 
 func oneLine(err error) string {
