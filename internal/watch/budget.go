@@ -166,8 +166,8 @@ func (s *session) charge(r *rule, p *action.Plan, now time.Time) {
 		}
 	}
 	for _, b := range []*budget{s.t.budgets.rules[r.Name], s.t.budgets.all} {
-		for range n {
-			if b != nil {
+		if b != nil {
+			for range n {
 				b.acts = append(b.acts, now)
 			}
 		}

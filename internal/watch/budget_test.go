@@ -200,9 +200,9 @@ rules:
     match: {app: [TAG-b], state: [active], query: "pg_sleep"}
     action: cancel
 `)
-	got := d.waitEntries(t, 6)
+	d.waitEntries(t, 6)
 	waitSnapshots(t, d, 3)
-	got = d.entries(t)
+	got := d.entries(t)
 	cancelled, suppressed := byOutcome(got, "cancelled"), byOutcome(got, "suppressed")
 	if len(got) != 6 || len(cancelled) != 4 || len(suppressed) != 2 {
 		t.Fatalf("audit %+v, want 4 cancelled, 2 suppressed", got)
@@ -248,9 +248,10 @@ rules:
     match: {app: [TAG-r], state: [active], query: "pg_sleep"}
     action: cancel
 `)
-	got := d.waitEntries(t, 3)
+	d.waitEntries(t, 3)
 	waitSnapshots(t, d, 2)
-	if got = d.entries(t); len(got) != 3 || len(byOutcome(got, "planned")) != 3 {
+	got := d.entries(t)
+	if len(got) != 3 || len(byOutcome(got, "planned")) != 3 {
 		t.Fatalf("audit %+v, want 3 planned", got)
 	}
 	first := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-r"})
