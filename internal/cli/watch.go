@@ -50,6 +50,10 @@ rule audits planned once and takes the session from no other rule. A cancel
 rule chooses only sessions that run a query; cancel-then-terminate cancels a
 running query, terminates it if it still runs after the grace, and
 terminates at once a session that runs none (idle in transaction).
+A rule's max_actions {count, per} (at the top of the policy: all rules on
+each target) caps the sessions it signals in any window of per; past it,
+what it would act on is audited suppressed and counted
+(pgreap_rule_suppressed_total), not signalled, until the window has room.
 
 Every attempt, dry or real, is one JSON line in the audit log, created 0600
 and refused (exit 2) when it is a symbolic link or a hard link, owned by

@@ -66,7 +66,20 @@ type Policy struct {
 	// Notify are the webhooks told of events (their URLs and header
 	// values are secrets: never printed).
 	Notify []notify.Sink
+	// MaxActions caps the actions of all the real rules together, on each
+	// target apart (nil: no cap but the rules' own).
+	MaxActions *Budget
 }
+
+// Budget caps how many sessions a rule (or all the rules, on one target)
+// signals: at most Count in any window of Per (a sliding window).
+type Budget struct {
+	Count int
+	Per   time.Duration
+}
+
+// String is the budget as --check and the logs say it.
+func (b Budget) String() string { return fmt.Sprintf("at most %d per %s", b.Count, b.Per) }
 
 // HA says what a standby does when the election lock of a target is held
 // by something that is not a pgreap watch (any role may take an advisory
@@ -119,6 +132,9 @@ type Rule struct {
 	Action   Action
 	Grace    time.Duration // for cancel-then-terminate
 	DryRun   bool
+	// MaxActions caps the rule's actions (nil: no cap); a dry run is never
+	// capped.
+	MaxActions *Budget
 }
 
 // Guarded is the rule's selector with the protections added as
@@ -156,6 +172,7 @@ type file struct {
 	Rules       []ruleEntry   `yaml:"rules"`
 	HA          haEntry       `yaml:"ha"`
 	Notify      []notifyEntry `yaml:"notify"`
+	MaxActions  *budgetEntry  `yaml:"max_actions"`
 }
 
 type notifyEntry struct {
@@ -165,6 +182,11 @@ type notifyEntry struct {
 	HeadersFile string            `yaml:"headers_file"`
 	On          []string          `yaml:"on"`
 	Format      string            `yaml:"format"`
+}
+
+type budgetEntry struct {
+	Count *int    `yaml:"count"`
+	Per   *string `yaml:"per"`
 }
 
 type haEntry struct {
@@ -200,6 +222,9 @@ type ruleEntry struct {
 	Action string        `yaml:"action"`
 	Grace  *string       `yaml:"grace"`
 	DryRun bool          `yaml:"dry_run"`
+	// MaxActions is a pointer: an empty mapping is refused, not taken for
+	// no budget.
+	MaxActions *budgetEntry `yaml:"max_actions"`
 }
 
 // maxSize bounds what Load reads: a policy is a few kilobytes.
@@ -328,6 +353,13 @@ func Parse(path string, data []byte) (*Policy, error) {
 	}
 	p.Protect = Protect{Users: f.Protect.Users, Apps: f.Protect.Apps}
 	p.HA = HA{EvictImpostor: f.HA.EvictImpostor}
+	if f.MaxActions != nil {
+		b, err := checkBudget(path, valueOf(root, "max_actions"), "max_actions", *f.MaxActions)
+		if err != nil {
+			return nil, err
+		}
+		p.MaxActions = b
+	}
 
 	notifyNode := valueOf(root, "notify")
 	sinks := map[string]int{}
@@ -444,6 +476,13 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 	} else if rule.Action == CancelThenTerminate {
 		rule.Grace = DefaultGrace
 	}
+	if r.MaxActions != nil {
+		b, err := checkBudget(path, valueOf(n, "max_actions"), fmt.Sprintf("rule %q: max_actions", r.Name), *r.MaxActions)
+		if err != nil {
+			return Rule{}, err
+		}
+		rule.MaxActions = b
+	}
 	return rule, nil
 }
 
@@ -525,6 +564,28 @@ func keyNode(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return n
+}
+
+// checkBudget checks max_actions (at n, named what in errors): both count
+// and per, a count of at least one, a positive duration.
+func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget, error) {
+	errAt := func(key, reason string, args ...any) error {
+		return &Error{File: path, Line: lineOf(n, key), Reason: what + ": " + fmt.Sprintf(reason, args...)}
+	}
+	if e.Count == nil || e.Per == nil {
+		return nil, errAt("", "say both count and per ({count: 20, per: 10m}: at most 20 sessions signalled in any 10 minutes)")
+	}
+	if *e.Count < 1 {
+		return nil, errAt("count", "count %d: at least 1 (a rule that must never act is a dry run)", *e.Count)
+	}
+	d, err := duration(*e.Per)
+	if err != nil || d <= 0 {
+		if err == nil {
+			err = errors.New("must be more than zero")
+		}
+		return nil, errAt("per", "per %q: %v", *e.Per, err)
+	}
+	return &Budget{Count: *e.Count, Per: d}, nil
 }
 
 // include reads the targets of the files a glob names: each a YAML list of

@@ -86,7 +86,7 @@ func TestParseBad(t *testing.T) {
 		{"empty match", strings.Replace(good, "    match:\n      app: [\"report*\"]\n      state: [active]\n      longer_than: 5m\n", "    match: {}\n", 1), "p.yaml:11: rule \"runaway-reports\": match chooses nothing"},
 		{"wrong type", strings.Replace(good, "dry_run: true", "dry_run: sometimes", 1), "p.yaml:21: cannot unmarshal str `sometimes` into bool"},
 		{"blank dry_run", strings.Replace(good, "dry_run: true", "dry_run:", 1), "p.yaml:21: no value: say true or false"},
-		{"a blank bool through a merge key", strings.Replace(good, "  - name: stuck\n", "  - <<: {dry_run: }\n    name: stuck\n", 1), "p.yaml:16: unknown key \"<<\" (known here: name, match, action, grace, dry_run)"},
+		{"a blank bool through a merge key", strings.Replace(good, "  - name: stuck\n", "  - <<: {dry_run: }\n    name: stuck\n", 1), "p.yaml:16: unknown key \"<<\" (known here: name, match, action, grace, dry_run, max_actions)"},
 		{"a merge key", strings.Replace(good, "    match:\n      app: [\"report*\"]\n", "    match:\n      <<: {app: [\"report*\"]}\n", 1), "p.yaml:12: unknown key \"<<\""},
 		{"a string for a mapping", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit: full\n", 1), "p.yaml:6: expected a mapping of query, found \"full\""},
 		{"a key named -", strings.Replace(good, "      state: [active]\n", "      state: [active]\n      \"-\": 1s\n", 1), "p.yaml:14: unknown key \"-\""},
@@ -102,6 +102,15 @@ func TestParseBad(t *testing.T) {
 		{"not yaml", "targets: [", "p.yaml:1: did not find expected node content"},
 		{"a list", "- a\n- b\n", "p.yaml:1: expected a mapping of targets"},
 		{"empty", "", "p.yaml: empty"},
+		{"budget without per", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 3}\n", 1), "p.yaml:16: rule \"runaway-reports\": max_actions: say both count and per"},
+		{"budget of zero", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 0, per: 1m}\n", 1), "p.yaml:16: rule \"runaway-reports\": max_actions: count 0: at least 1"},
+		{"budget per zero", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions:\n      count: 3\n      per: 0s\n", 1), "p.yaml:18: rule \"runaway-reports\": max_actions: per \"0s\": must be more than zero"},
+		{"budget per not a duration", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 3, per: hourly}\n", 1), "p.yaml:16: rule \"runaway-reports\": max_actions: per \"hourly\": not a duration"},
+		{"budget count not a number", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: many, per: 1m}\n", 1), "p.yaml:16: cannot unmarshal str `many` into int"},
+		{"budget unknown key", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 3, every: 1m}\n", 1), "p.yaml:16: unknown key \"every\" (known here: count, per)"},
+		{"budget not a mapping", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: 3\n", 1), "p.yaml:16: expected a mapping of count, per, found \"3\""},
+		{"global budget negative", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions: {count: -1, per: 1h}", 1), "p.yaml:5: max_actions: count -1: at least 1"},
+		{"global budget empty", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions: {}", 1), "p.yaml:5: max_actions: say both count and per"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -184,6 +193,36 @@ func TestNotes(t *testing.T) {
 	}
 	if q, _ := policy.Parse("p.yaml", []byte(good)); len(q.Notes()) != 0 {
 		t.Fatalf("notes %q", q.Notes())
+	}
+}
+
+// max_actions caps a rule, and all the rules of each target; --check says
+// both.
+func TestBudget(t *testing.T) {
+	text := strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 20, per: 10m}\n", 1)
+	text = strings.Replace(text, "interval: 2s", "interval: 2s\nmax_actions:\n  count: 50\n  per: 1h", 1)
+	p, err := policy.Parse("p.yaml", []byte(text))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b := p.Rules[0].MaxActions; b == nil || *b != (policy.Budget{Count: 20, Per: 10 * time.Minute}) || p.Rules[1].MaxActions != nil {
+		t.Fatalf("rule budgets %+v, %+v", p.Rules[0].MaxActions, p.Rules[1].MaxActions)
+	}
+	if b := p.MaxActions; b == nil || *b != (policy.Budget{Count: 50, Per: time.Hour}) {
+		t.Fatalf("global budget %+v", b)
+	}
+	var b strings.Builder
+	p.Summary(&b)
+	for _, want := range []string{
+		"\nmax_actions: at most 50 per 1h0m0s on each target, all real rules together",
+		"1. runaway-reports: cancel, at most 20 per 10m0s when ",
+	} {
+		if !strings.Contains(b.String(), want) {
+			t.Errorf("summary lacks %q:\n%s", want, b.String())
+		}
+	}
+	if q, _ := policy.Parse("p.yaml", []byte(good)); q.MaxActions != nil || q.Rules[0].MaxActions != nil {
+		t.Fatalf("budgets without max_actions: %+v", q)
 	}
 }
 

@@ -37,6 +37,9 @@ func (p *Policy) Summary(w io.Writer) {
 	if len(p.Protect.Users)+len(p.Protect.Apps) > 0 {
 		fmt.Fprintf(w, "protected: users %s, apps %s\n", list(p.Protect.Users), list(p.Protect.Apps))
 	}
+	if p.MaxActions != nil {
+		fmt.Fprintf(w, "max_actions: %s on each target, all real rules together (past it: audited suppressed, nothing signalled)\n", p.MaxActions)
+	}
 	fmt.Fprintf(w, "rules (%d; the first to match a session acts, the first listed at the same instant):\n", len(p.Rules))
 	for i, r := range p.Rules {
 		what := string(r.Action)
@@ -45,6 +48,12 @@ func (p *Policy) Summary(w io.Writer) {
 		}
 		if r.DryRun {
 			what += ", dry run"
+		}
+		if r.MaxActions != nil {
+			what += ", " + r.MaxActions.String()
+			if r.DryRun {
+				what += " (not applied to a dry run)"
+			}
 		}
 		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, r.Spec.Summary())
 	}

@@ -7,11 +7,6 @@ import (
 	"github.com/pgreap/pgreap/internal/notify"
 )
 
-// Suppressed is the audit outcome of a session a rule past its budget
-// would have acted on: its audit line is sent as a notify.Suppressed
-// event, every other line as notify.Acted.
-const Suppressed = "suppressed"
-
 // notifyEntry sends an audit line (line: its JSON, as written) to the
 // sinks; the notifier never blocks.
 func notifyEntry(n *notify.Notifier, e *Entry, line []byte) {
@@ -19,7 +14,7 @@ func notifyEntry(n *notify.Notifier, e *Entry, line []byte) {
 		return
 	}
 	kind := notify.Acted
-	if e.Outcome == Suppressed {
+	if e.Outcome == string(Suppressed) { // budget.go: audited, never signalled
 		kind = notify.Suppressed
 	}
 	n.Send(notify.Event{Kind: kind, Time: e.Time, Target: e.Target, Fields: line, Text: entryLine(e)})

@@ -294,3 +294,53 @@ notify:
 		t.Fatal("an event counted failed")
 	}
 }
+
+// A session a rule past its max_actions would have acted on is audited
+// suppressed (budget.go), and that audit line reaches the sinks as a
+// suppressed event, not an acted one.
+func TestNotifySuppressed(t *testing.T) {
+	t.Parallel()
+	h := newHook(t)
+	tag := pgtest.Tag(t)
+	vs := sleepers(t, tag, 2)
+	for _, v := range vs {
+		olderThan(t, v, time.Second)
+	}
+	d, clk := startFake(t, dsn(t), strings.ReplaceAll(`
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1h
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], query: "pg_sleep", longer_than: 1s}
+    action: cancel
+    max_actions: {count: 1, per: 10m}
+notify:
+  - {name: j, webhook: "HOOK/json", on: [suppressed]}
+`, "HOOK", h.URL))
+	clk.Step(t)
+	clk.Waiting(t)
+	var line watch.Entry
+	for _, e := range d.entries(t) {
+		if e.Outcome == "suppressed" {
+			line = e
+		}
+	}
+	if line.PID == 0 {
+		t.Fatalf("no suppressed audit line: %+v", d.entries(t))
+	}
+	got := h.wait(t, "/json", `"event":"suppressed"`)
+	var sent map[string]any
+	if err := json.Unmarshal(got.body, &sent); err != nil {
+		t.Fatalf("%s: %v", got.body, err)
+	}
+	if sent["outcome"] != "suppressed" || sent["rule"] != "slow" || sent["pid"] != float64(line.PID) {
+		t.Fatalf("suppressed event %s, want the audit line of pid %d", got.body, line.PID)
+	}
+	for _, p := range h.posts("/json") {
+		if bytes.Contains(p.body, []byte(`"event":"acted"`)) {
+			t.Fatalf("an acted event reached a sink with on: [suppressed]: %s", p.body)
+		}
+	}
+}

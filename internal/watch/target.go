@@ -139,6 +139,8 @@ type target struct {
 	// session (or query); it forgets a session once the snapshot shows it
 	// gone or on another query.
 	done map[key]bool
+	// budgets are the max_actions in force and what they counted.
+	budgets *budgets
 	// state is what /healthz says of the target.
 	state atomic.Value // State
 	// stale are the backends of connections the daemon abandoned: when
@@ -312,6 +314,10 @@ func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) *session {
 // matches but for its durations) becomes a mark of the snapshot.
 func (s *session) setPolicy(pol *policy.Policy) {
 	s.pol, s.rules, s.armed = pol, nil, nil
+	if s.t.budgets == nil {
+		s.t.budgets = &budgets{}
+	}
+	s.t.budgets.set(pol)
 	for _, r := range pol.Rules {
 		s.rules = append(s.rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
 	}
@@ -798,6 +804,17 @@ func (s *session) fire(ctx context.Context, due []armed) error {
 
 func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	r := s.rules[k]
+	dry := s.dry(&r)
+	now := s.t.now()
+	if !dry {
+		var held []armed
+		due, held = s.t.budgets.split(&r, due, now)
+		// Once what is sent is charged: it decides when there is room.
+		defer s.suppress(&r, k, held, now)
+		if len(due) == 0 {
+			return nil
+		}
+	}
 	kind := action.Terminate
 	if r.Action == policy.Cancel {
 		kind = action.Cancel
@@ -813,14 +830,13 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	// acted on, whatever the rules choose.
 	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded.WithPooled(s.snap.Pooled),
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
-	dry := s.dry(&r)
-	now := s.t.now()
 	f := &inflight{plan: plan, rule: r, sent: now}
 	var err error
 	if dry {
 		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
 	} else {
 		err = action.Send(ctx, s.cn, plan, r.Action == policy.CancelThenTerminate)
+		s.charge(&r, plan, now)
 	}
 	// Not yet past the threshold by the server's clock: try again shortly,
 	// without a line in the audit log (nothing was done).

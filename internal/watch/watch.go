@@ -337,7 +337,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 				// stand by behind it), and its last report (down) would
 				// overwrite the new one's.
 				<-prev.done
-				tg.done, tg.stale = prev.t.done, prev.t.stale
+				tg.done, tg.stale, tg.budgets = prev.t.done, prev.t.stale, prev.t.budgets
 			}
 			if tctx.Err() != nil {
 				d.stopped(r)
