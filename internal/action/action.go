@@ -1024,6 +1024,47 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
+// protectedDetail says why act.sql's guard protects a session (its code).
+func protectedDetail(code, backendType string) string {
+	switch code {
+	case "own":
+		return "pgreap's own session"
+	case "watch":
+		return "a pgreap watch session of pgreap's own role (this daemon's or a replica's)"
+	case "parallel_worker":
+		return "parallel worker: act on its leader"
+	case "walsender":
+		return "walsender (replication): --include-replication to allow"
+	case "autovacuum":
+		return "autovacuum worker: --include-autovacuum to allow"
+	}
+	return fmt.Sprintf("not a client backend (%s)", backendType)
+}
+
+// Protects is act.sql's guard on a session of a snapshot read back (watch
+// --test): why the signalling statement would refuse it, in its words, or
+// "". Its role is not in the snapshot: a session named watchApp is taken
+// for a pgreap watch of pgreap's own role. Replication and autovacuum are
+// never included (a policy cannot include them).
+func Protects(s *activity.Session, watchApp string) string {
+	code := ""
+	switch {
+	case watchApp != "" && s.ApplicationName == watchApp:
+		code = "watch"
+	case s.BackendType == "parallel worker":
+		code = "parallel_worker"
+	case s.BackendType == "walsender":
+		code = "walsender"
+	case s.BackendType == "autovacuum worker":
+		code = "autovacuum"
+	case s.BackendType != "" && s.BackendType != "client backend": // NULL: NOT IN is not true
+		code = "not_client"
+	default:
+		return ""
+	}
+	return protectedDetail(code, s.BackendType)
+}
+
 // outcome turns the statement's verdict on a session into its outcome.
 func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 	maybe := ""
@@ -1043,18 +1084,8 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 		return Denied, "the server refused: " + v.err.Error()
 	case "gone":
 		return Gone, "ended before we acted" + maybe
-	case "own":
-		return Protected, "pgreap's own session"
-	case "watch":
-		return Protected, "a pgreap watch session of pgreap's own role (this daemon's or a replica's)"
-	case "parallel_worker":
-		return Protected, "parallel worker: act on its leader"
-	case "walsender":
-		return Protected, "walsender (replication): --include-replication to allow"
-	case "autovacuum":
-		return Protected, "autovacuum worker: --include-autovacuum to allow"
-	case "not_client":
-		return Protected, fmt.Sprintf("not a client backend (%s)", v.read.BackendType)
+	case "own", "watch", "parallel_worker", "walsender", "autovacuum", "not_client":
+		return Protected, protectedDetail(v.code, v.read.BackendType)
 	case "invisible":
 		return Denied, invisibleDetail(v.read.Usename)
 	case "reused":

@@ -21,10 +21,14 @@ import (
 
 // WatchOptions are the inputs of `pgreap watch`.
 type WatchOptions struct {
-	IO        *IOStreams
-	Config    string
-	Check     bool
-	DryRun    bool
+	IO     *IOStreams
+	Config string
+	Check  bool
+	DryRun bool
+	// Test: evaluate the policy offline on the snapshots named by Files
+	// (`ls -o json` outputs), no server.
+	Test      bool
+	Files     []string
 	LogFormat string
 	Verbose   bool
 	// Reload delivers SIGHUP; nil: the command listens for it itself.
@@ -82,11 +86,19 @@ policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 		Example: `  pgreap watch -c /etc/pgreap/policy.yaml --check
   pgreap watch -c policy.yaml --dry-run --log-format text
   pgreap watch -c /etc/pgreap/policy.yaml`,
-		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.Config == "" {
 				return usageError(errors.New("watch needs a policy: -c FILE (see --help)"))
 			}
+			switch {
+			case opts.Test && len(args) == 0:
+				return usageError(errors.New("watch --test needs snapshots: --test SNAPSHOT.json... (each an ls -o json output)"))
+			case !opts.Test && len(args) > 0:
+				return usageError(fmt.Errorf("watch takes no arguments (%q): did you mean --test %s?", args[0], args[0]))
+			case opts.Test && opts.Check:
+				return usageError(errors.New("watch: --test or --check, not both"))
+			}
+			opts.Files = args
 			if len(f.pgbouncer) > 0 {
 				return usageError(errors.New("watch: poolers are named per target in the policy (pgbouncer: [DSN, ...]), not with --pgbouncer"))
 			}
@@ -113,6 +125,7 @@ policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 	fs := cmd.Flags()
 	fs.StringVarP(&opts.Config, "config", "c", "", "the policy `FILE` (YAML)")
 	fs.BoolVar(&opts.Check, "check", false, "check the policy, print what it will do, and exit")
+	fs.BoolVar(&opts.Test, "test", false, "evaluate the policy offline on the SNAPSHOT.json files named (ls -o json outputs): print what each rule would do, and exit")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: every rule is a dry run (audited as planned)")
 	fs.StringVar(&opts.LogFormat, "log-format", "", "log on standard error as `json` or text (default: text on a terminal, else json)")
 	return cmd
@@ -128,6 +141,9 @@ func watchRun(ctx context.Context, opts *WatchOptions) error {
 	pol, err := policy.Load(opts.Config)
 	if err != nil {
 		return usageError(err)
+	}
+	if opts.Test {
+		return watchTest(opts, pol)
 	}
 	if opts.Check {
 		// The audit log as the daemon will open it: its own, no link.

@@ -318,10 +318,17 @@ func (s *session) setPolicy(pol *policy.Policy) {
 		s.t.budgets = &budgets{}
 	}
 	s.t.budgets.set(pol)
-	for _, r := range pol.Rules {
-		s.rules = append(s.rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
-	}
+	s.rules = rulesOf(pol)
 	s.marks, s.args = s.compile(nil)
+}
+
+// rulesOf are the policy's rules, each with its protections.
+func rulesOf(pol *policy.Policy) []rule {
+	var rules []rule
+	for _, r := range pol.Rules {
+		rules = append(rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
+	}
+	return rules
 }
 
 // compile makes the rules' marks: each one's untimed predicate, judging the
@@ -629,44 +636,15 @@ func stateLabel(st string) string {
 }
 
 // arm computes, for every session, the instant each rule that matches it
-// (or will once a duration passes) should act, and keeps them sorted:
-//   - of the real rules, the first to match acts (ties: the first in the
-//     file), unless it already acted on the session (or query), or another
-//     rule's signal to the session is still being verified;
-//   - every dry-run rule audits it planned, once: it takes the session from
-//     no other rule.
+// (or will once a duration passes) should act (choose), and keeps them
+// sorted.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
 	busy := s.busy()
 	for i := range snap.Sessions {
 		sess := &snap.Sessions[i]
-		if sess.Marks == nil || sess.IsParallelWorker() {
-			continue // workers die with their leader: the leader is acted on
-		}
-		best := -1
-		var bestDue time.Time
-		for k := range s.rules {
-			r := &s.rules[k]
-			if !sess.Marks[k] || !r.guarded.Keep(sess) {
-				continue
-			}
-			due, ok := r.guarded.Due(sess)
-			if !ok {
-				continue
-			}
-			acted, seen := s.t.done[r.keyOf(sess)]
-			switch {
-			case s.dry(r):
-				if !seen {
-					s.armAt(snap, sess, k, due, offset)
-				}
-			case acted || busy[sessionOf(sess)]:
-			case best < 0 || due.Before(bestDue):
-				best, bestDue = k, due
-			}
-		}
-		if best >= 0 {
-			s.armAt(snap, sess, best, bestDue, offset)
+		for _, c := range choose(s.rules, sess, s.dry, s.t.done, busy[sessionOf(sess)]) {
+			s.armAt(snap, sess, c.rule, c.due, offset)
 		}
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
