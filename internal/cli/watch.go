@@ -82,8 +82,15 @@ what is in flight is finished, and the exit status is 0.
 
 The policy schema is in docs/watch.md (every key); --check validates a
 policy and prints what it will do (exit 0), or prints FILE:LINE: reason
-(exit 2).`,
+(exit 2). --test SNAPSHOT.json... connects to no server: on each snapshot
+(an ls -o json output, or {"taken_at": TIME, "sessions": [...]}; a plain
+array is taken at the file's modification time) it prints, per session,
+the rule that would act, its action and when (now, or the instant its
+thresholds are crossed), dry runs, budgets' suppressed and protected
+sessions with the reason, decided by the daemon's own code (exit 0, or 2
+for a bad policy or file): keep a policy's expected --test output in CI.`,
 		Example: `  pgreap watch -c /etc/pgreap/policy.yaml --check
+  pgreap watch -c policy.yaml --test snapshots/incident.json
   pgreap watch -c policy.yaml --dry-run --log-format text
   pgreap watch -c /etc/pgreap/policy.yaml`,
 		RunE: func(cmd *cobra.Command, args []string) error {

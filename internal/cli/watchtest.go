@@ -56,6 +56,9 @@ func watchTest(opts *WatchOptions, pol *policy.Policy) error {
 			rule, act, when := "-", "-", "-"
 			if v.Rule != "" {
 				rule, act, when = v.Rule, v.Action, "now"
+				if v.Grace > 0 {
+					act += fmt.Sprintf(" (grace %s)", v.Grace)
+				}
 				if d := v.Due.Sub(f.taken); d > 0 {
 					when = fmt.Sprintf("%s (+%s)", v.Due.UTC().Format(time.RFC3339Nano), d)
 				}
@@ -65,7 +68,7 @@ func watchTest(opts *WatchOptions, pol *policy.Policy) error {
 			case v.Rule == "" && outcome == "":
 				outcome = "no rule"
 			case outcome == "":
-				outcome = "signalled"
+				outcome = "acts"
 			case v.DryRun:
 				outcome += " (dry run)"
 			}

@@ -17,6 +17,8 @@ type Verdict struct {
 	// planned) and its action; empty when none does.
 	Rule, Action string
 	DryRun       bool
+	// Grace is a cancel-then-terminate's grace.
+	Grace time.Duration
 	// Due is when, by the server's clock, the rule acts: not before the
 	// snapshot's time (then it acts at once).
 	Due time.Time
@@ -65,6 +67,9 @@ func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 				due = snap.Taken
 			}
 			v := Verdict{Session: sess, Rule: r.Name, Action: string(r.Action), DryRun: dry(r), Due: due}
+			if r.Action == policy.CancelThenTerminate {
+				v.Grace = r.Grace
+			}
 			switch {
 			case v.DryRun:
 				v.Outcome = string(action.Planned)
