@@ -2,6 +2,7 @@ package watch
 
 import (
 	"bytes"
+	"context"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -15,6 +16,7 @@ import (
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/pgtest"
 	"github.com/pgreap/pgreap/internal/policy"
+	"github.com/pgreap/pgreap/internal/pooler"
 )
 
 // decision is what the daemon armed, or --test says, for one session.
@@ -62,6 +64,11 @@ func TestOfflineDecidesAsTheDaemon(t *testing.T) {
 	kept := open("kept", false)
 	kept.Exec("BEGIN")
 	kept.Exec("SELECT 2")
+	// Named as a watch's connection, of pgreap's role: the guard protects
+	// it; both arm it.
+	watcher := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: AppName})
+	watcher.Exec("BEGIN")
+	watcher.Exec("SELECT 4")
 	other := pgtest.NewVictim(t, pgtest.VictimOptions{App: tag + "-otherdb"}) // database postgres
 	other.Exec("BEGIN")
 	other.Exec("SELECT 3")
@@ -100,6 +107,9 @@ rules:
     match: {app: ["TAG-*"], exclude_db: [DB], user: ["` + pgtest.Superuser + `"], exclude_user: ["nobody*"], state: ["idle*"]}
     action: terminate
     dry_run: true
+  - name: watchers
+    match: {db: [DB], app: [pgreap-watch], xact_longer_than: 5h}
+    action: terminate
   - name: everyone
     match: {app: ["TAG-*"], longer_than: 4h}
     action: terminate
@@ -108,16 +118,57 @@ rules:
 	if err != nil {
 		t.Fatal(err)
 	}
+	ours := func(sess *activity.Session) bool {
+		return strings.HasPrefix(sess.ApplicationName, tag+"-") || sess.PID == watcher.PID
+	}
+	offline, verdicts := agree(t, pol, pgtest.Shared(t).DSN(db, pgtest.Superuser), nil, ours)
+	// And what they agree on is what the rules say.
+	got := map[int32][]string{}
+	for _, x := range offline {
+		got[x.pid] = append(got[x.pid], x.rule)
+	}
+	check := func(v *pgtest.Victim, rules ...string) {
+		t.Helper()
+		if !slices.Equal(got[v.PID], rules) {
+			t.Errorf("%s: rules %v, want %v", v.App, got[v.PID], rules)
+		}
+	}
+	// slow (query 1h) is due before from-net (xact 90m, same start) and
+	// everyone (4h); the waiter is only audited by the dry run (its query,
+	// a count, runs: slow wants pg_sleep).
+	check(sleeper, "slow")
+	check(idle, "forgotten")
+	check(holder, "roots")
+	check(waiter, "watch-waits", "everyone")
+	check(other, "other-db", "everyone")
+	check(kept)
+	check(watcher, "watchers")
+	if vs := verdicts[watcher.PID]; len(vs) != 1 || vs[0].Outcome != "protected" || !strings.Contains(vs[0].Detail, "a pgreap watch session") {
+		t.Errorf("the watch's session: %+v, want protected as a pgreap watch session", vs)
+	}
+	if vs := verdicts[kept.PID]; len(vs) != 1 || vs[0].Outcome != "protected" || !strings.Contains(vs[0].Detail, "protect: apps") {
+		t.Errorf("the protected session: %+v, want protected by protect: apps", vs)
+	}
+}
+
+// agree runs the daemon's session on the server (dsn, behind poolers if
+// any) until it has armed, writes its snapshot as ls -o json writes it,
+// reads it back and gives it to Test: both must decide the same rules,
+// sessions and instants for the sessions ours keeps. It returns --test's
+// decisions and verdicts.
+func agree(t *testing.T, pol *policy.Policy, dsn string, poolers []*pooler.Pooler, ours func(*activity.Session) bool) ([]decision, map[int32][]Verdict) {
+	t.Helper()
+	ctx := pgtest.Context(t)
 	// The daemon: its session leads, takes its snapshot, arms.
-	tg := &target{name: tag, log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: NewMetrics(),
-		clock: RealClock{}, now: time.Now, done: map[key]bool{}}
+	tg := &target{name: pgtest.Tag(t), log: slog.New(slog.NewTextHandler(io.Discard, nil)), metrics: NewMetrics(),
+		clock: RealClock{}, now: time.Now, done: map[key]bool{}, poolers: poolers}
 	tg.state.Store(Connecting)
-	s := tg.newSession(pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser)), pol)
+	s := tg.newSession(pgtest.Connect(t, dsn), pol)
+	t.Cleanup(s.closeAdmins)
 	if err := s.tick(ctx); err != nil {
 		t.Fatal(err)
 	}
 	s.arm(s.snap, 0) // again without the clocks' offset: dues by the server's clock
-	ours := func(sess *activity.Session) bool { return strings.HasPrefix(sess.ApplicationName, tag+"-") }
 	var daemon []decision
 	for _, a := range s.armed {
 		if ours(&a.session) {
@@ -131,7 +182,8 @@ rules:
 		rows[i] = output.Row{Session: s.snap.Sessions[i]}
 	}
 	var buf bytes.Buffer
-	if err := output.WriteRows(&buf, output.JSON, rows, output.Options{Now: s.snap.Taken, QueryID: s.snap.HasQueryID()}); err != nil {
+	opt := output.Options{Now: s.snap.Taken, QueryID: s.snap.HasQueryID(), Pooler: len(poolers) > 0}
+	if err := output.WriteRows(&buf, output.JSON, rows, opt); err != nil {
 		t.Fatal(err)
 	}
 	taken, _ := json.Marshal(s.snap.Taken)
@@ -162,30 +214,56 @@ rules:
 	if !slices.Equal(d, o) {
 		t.Fatalf("the daemon and --test disagree:\ndaemon:\n  %s\n--test:\n  %s", strings.Join(d, "\n  "), strings.Join(o, "\n  "))
 	}
-	// And what they agree on is what the rules say.
-	got := map[int32][]string{}
-	for _, x := range offline {
-		got[x.pid] = append(got[x.pid], x.rule)
-	}
-	check := func(v *pgtest.Victim, rules ...string) {
-		t.Helper()
-		if !slices.Equal(got[v.PID], rules) {
-			t.Errorf("%s: rules %v, want %v", v.App, got[v.PID], rules)
+	return offline, verdicts
+}
+
+// Behind a pooler, both judge a server connection by the client it
+// serves (the "pooler" object of ls -o json): a rule on the client's
+// address (127.0.0.1, to the pooler) matches the backend, whose own
+// client_addr is none (the pooler reaches the server on its socket); one
+// on a user the client is not does not.
+func TestOfflinePooledAsTheDaemon(t *testing.T) {
+	t.Parallel()
+	ctx := pgtest.Context(t)
+	b, db, connect := pgtest.OneServerConnection(t)
+	appA := "A-" + pgtest.Tag(t)
+	a := connect(appA)
+	pid := pgtest.BackendPID(t, a)
+	done := make(chan error, 1)
+	go func() { _, err := a.Exec(ctx, "SELECT pg_catalog.pg_sleep(600)"); done <- err }()
+	t.Cleanup(func() {
+		if _, err := pgtest.Admin(t).Exec(context.Background(), "SELECT pg_catalog.pg_cancel_backend($1)", pid); err == nil {
+			<-done
 		}
+	})
+	pgtest.Eventually(t, "A's query running", func() (bool, error) {
+		var n int
+		err := pgtest.Admin(t).QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE pid = $1 AND state = 'active' AND query LIKE '%pg_sleep%'", pid).Scan(&n)
+		return n == 1, err
+	})
+	poolers, err := pooler.ParseAll([]string{b.AdminDSN(b.StatsUser)})
+	if err != nil {
+		t.Fatal(err)
 	}
-	// slow (query 1h) is due before from-net (xact 90m, same start) and
-	// everyone (4h); the waiter is only audited by the dry run (its query,
-	// a count, runs: slow wants pg_sleep).
-	check(sleeper, "slow")
-	check(idle, "forgotten")
-	check(holder, "roots")
-	check(waiter, "watch-waits", "everyone")
-	check(other, "other-db", "everyone")
-	check(kept)
-	if vs := verdicts[kept.PID]; len(vs) != 1 || vs[0].Outcome != "protected" || !strings.Contains(vs[0].Detail, "protect: apps") {
-		t.Errorf("the protected session: %+v, want protected by protect: apps", vs)
+	pol, err := policy.Parse("policy.yaml", []byte(strings.NewReplacer("APP", appA, "DB", db).Replace(`
+targets: [{name: main, dsn: "host=/nonexistent"}]
+rules:
+  - name: by-client-addr
+    match: {db: [DB], client: [127.0.0.1], state: [active], longer_than: 30m}
+    action: cancel
+  - name: by-client
+    match: {db: [DB], app: [APP], state: [active], longer_than: 1h}
+    action: cancel
+  - name: by-client-user
+    match: {db: [DB], user: [nobody], longer_than: 1s}
+    action: cancel
+`)))
+	if err != nil {
+		t.Fatal(err)
 	}
-	if len(daemon) == 0 {
-		t.Fatal("the daemon armed nothing")
+	offline, verdicts := agree(t, pol, pgtest.Shared(t).DSN(db, pgtest.Superuser), poolers,
+		func(s *activity.Session) bool { return s.PID == pid })
+	if len(offline) != 1 || offline[0].rule != "by-client-addr" || verdicts[pid][0].Session.Pooler == nil {
+		t.Fatalf("--test: %v (%+v), want by-client-addr on the pooled client", offline, verdicts[pid])
 	}
 }
