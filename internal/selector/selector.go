@@ -36,10 +36,12 @@ type Spec struct {
 	Waiting        bool     `yaml:"waiting" json:"waiting,omitempty"`
 	Blocking       bool     `yaml:"blocking" json:"blocking,omitempty"`
 	BlockingReplay bool     `yaml:"blocking_replay" json:"blocking_replay,omitempty"`
-	// BlockingLongerThan is unblock's choice of roots, recorded in its
-	// plans: the session blocks, directly or through others, a session
-	// that has waited on a lock longer than this.
-	BlockingLongerThan string `yaml:"-" json:"blocking_longer_than,omitempty"`
+	// BlockingLongerThan: the session blocks, directly or through others,
+	// a session that has waited on a lock longer than this. Unblock's
+	// choice of roots, recorded in its plans; in a policy, the daemon acts
+	// on the roots only (maintenance.MarkRoots), at the instant the oldest
+	// wait behind one crosses it.
+	BlockingLongerThan string `yaml:"blocking_longer_than" json:"blocking_longer_than,omitempty"`
 }
 
 // Selector is a checked selection. Everything but Query is decided by the
@@ -224,9 +226,6 @@ func Parse(spec Spec) (*Selector, error) {
 			return nil, err
 		}
 	}
-	if s.BlockingLongerThan, err = parseDuration("blocking_longer_than", spec.BlockingLongerThan); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -238,8 +237,7 @@ func (s *Selector) Spec() Spec {
 		DB: slices.Clone(s.DB), User: slices.Clone(s.User), App: slices.Clone(s.App),
 		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
 		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
-		BlockingLongerThan: duration(s.BlockingLongerThan),
-		Waiting:            s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
+		Waiting: s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
 	}
 	for i := range timedSelectors {
 		*timedSelectors[i].spec(&sp) = duration(*timedSelectors[i].dur(s))
@@ -321,8 +319,7 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 // of its own; a selection on any of those leaves it out.
 func (s *Selector) KeepPrepared(p *activity.Session) bool {
 	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
-		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay ||
-		s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0 {
+		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0 {
 		return false
 	}
 	match := func(globs []string, v string) bool {
@@ -365,7 +362,7 @@ func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot
 // left alone.
 func (s *Selector) PinsQuery() bool {
 	return s.Query != nil || len(s.State) > 0 || s.isTimed() ||
-		s.Waiting || s.Blocking || s.BlockingReplay || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
+		s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0
 }
 
 // Moves reports whether the selection depends on facts that change during

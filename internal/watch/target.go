@@ -17,6 +17,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -112,6 +113,10 @@ type inflight struct {
 	nextPoll   time.Time
 	step       time.Duration
 	logged     []bool
+	// behind are, for a rule on lock pile-ups (blocking_longer_than), the
+	// sessions that waited behind each root signalled, by its pid: its
+	// audit line names those it released.
+	behind map[int32][]*activity.Session
 }
 
 // target watches one server.
@@ -279,6 +284,9 @@ type session struct {
 	// standing by (nil: no one yet): said once, not at every interval.
 	holder *holderID
 	snap   *activity.Snapshot
+	// behind are the sessions waiting behind each root of the snapshot's
+	// lock waits, by the root's pid (maintenance.MarkRoots).
+	behind map[int32][]*activity.Session
 	armed  []armed
 	flying []*inflight
 	// admins are the connections to the poolers' admin consoles, opened
@@ -416,6 +424,8 @@ var (
 	endStaleSQL string
 	//go:embed sql/try_lock.sql
 	tryLockSQL string
+	//go:embed sql/released.sql
+	releasedSQL string
 )
 
 // standBy looks at who holds the election lock. A pgreap watch (a session
@@ -611,9 +621,13 @@ func stateLabel(st string) string {
 //     file), unless it already acted on the session (or query), or another
 //     rule's signal to the session is still being verified;
 //   - every dry-run rule audits it planned, once: it takes the session from
-//     no other rule.
+//     no other rule;
+//   - a rule on lock pile-ups (blocking_longer_than) matches only the roots
+//     of lock waits, as unblock finds them (maintenance.MarkRoots), from the
+//     instant the oldest wait behind one is that old.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
+	s.behind = maintenance.MarkRoots(snap)
 	busy := s.busy()
 	for i := range snap.Sessions {
 		sess := &snap.Sessions[i]
@@ -739,7 +753,7 @@ func (s *session) work(ctx context.Context) error {
 			f.step = min(f.step*3/2, maxPoll)
 			f.nextPoll = now.Add(f.step)
 		}
-		s.record(f)
+		s.record(vctx, f)
 		if err != nil {
 			return err
 		}
@@ -799,6 +813,12 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	dry := s.dry(&r)
 	now := s.t.now()
 	f := &inflight{plan: plan, rule: r, sent: now}
+	if r.guarded.BlockingLongerThan > 0 {
+		f.behind = map[int32][]*activity.Session{}
+		for _, a := range due {
+			f.behind[a.session.PID] = s.behind[a.session.PID]
+		}
+	}
 	var err error
 	if dry {
 		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
@@ -841,7 +861,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		s.t.done[k] = s.t.done[k] || !dry
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	s.record(f)
+	s.record(ctx, f)
 	if err != nil {
 		return err
 	}
@@ -860,8 +880,9 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 // record writes the audit line and counts the metric of each result that
 // reached its outcome since the last call. A session that moved on or
 // ended before its deadline (changed, gone) was not acted on: it is
-// counted, and logged at debug level, but not audited.
-func (s *session) record(f *inflight) {
+// counted, and logged at debug level, but not audited. The line of a root
+// of lock waits, once its end is verified, names the waiters it released.
+func (s *session) record(ctx context.Context, f *inflight) {
 	t := s.t
 	dry := s.dry(&f.rule)
 	for i := range f.plan.Results {
@@ -875,10 +896,18 @@ func (s *session) record(f *inflight) {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
-		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
+		e := entry(t.now(), t.name, f.rule.Name, dry, r)
+		if waiters := f.behind[r.PID]; len(waiters) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
+			var err error
+			if e.Released, err = s.released(ctx, r.PID, waiters); err != nil {
+				t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pid", r.PID, "err", oneLine(err))
+			}
+		}
+		if err := t.audit.Write(e); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
-		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
+		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry,
+			"released", len(e.Released))
 	}
 }
 
@@ -907,7 +936,7 @@ func (s *session) stop() {
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
 			action.Expire(f.plan, s.t.now().Sub(f.sent))
 		}
-		s.record(f)
+		s.record(ctx, f)
 	}
 	s.flying = nil
 }
@@ -916,7 +945,7 @@ func (s *session) stop() {
 func (s *session) abandon(err error) {
 	for _, f := range s.flying {
 		action.Abandon(f.plan, err)
-		s.record(f)
+		s.record(context.Background(), f) // unverified: no released waiters to look for
 	}
 	s.flying = nil
 }
@@ -928,4 +957,37 @@ func replayLag(snap *activity.Snapshot) time.Duration {
 		return -1
 	}
 	return snap.Replay.Lag(snap.Taken)
+}
+
+// released are, of the sessions that waited behind root, those its end
+// (or its cancelled query) released: the same backends, no longer waiting
+// on it, directly or through others; each with how long it had waited, up
+// to this look.
+func (s *session) released(ctx context.Context, root int32, waiters []*activity.Session) ([]Released, error) {
+	pids := make([]int32, len(waiters))
+	starts := make([]time.Time, len(waiters))
+	since := make(map[int32]time.Time, len(waiters))
+	for i, w := range waiters {
+		pids[i], starts[i], since[w.PID] = w.PID, w.BackendStart, w.WaitStart
+	}
+	rows, err := s.cn.Query(ctx, releasedSQL, root, pids, starts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Released
+	for rows.Next() {
+		var pid int32
+		var now time.Time
+		if err := rows.Scan(&pid, &now); err != nil {
+			return nil, err
+		}
+		r := Released{PID: pid}
+		if from := since[pid]; !from.IsZero() && now.After(from) {
+			waited := now.Sub(from).Round(time.Millisecond).Seconds()
+			r.WaitedSeconds = &waited
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }
