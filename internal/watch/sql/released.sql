@@ -18,7 +18,7 @@ WITH RECURSIVE up(waiter, pid) AS (
      WHERE up.pid <> 0
 )
 SELECT w.pid, pg_catalog.statement_timestamp()
-  FROM pg_catalog.unnest($2::integer[], $3::timestamptz[]) AS w(pid, backend_start)
+  FROM ROWS FROM (pg_catalog.unnest($2::integer[]), pg_catalog.unnest($3::timestamptz[])) AS w(pid, backend_start)
   JOIN pg_catalog.pg_stat_activity AS a ON a.pid = w.pid AND a.backend_start = w.backend_start
  WHERE w.pid NOT IN (SELECT up.waiter FROM up WHERE up.pid = $1::integer)
  ORDER BY w.pid
