@@ -460,23 +460,26 @@ func (s *Selector) compile(c compiler) (string, []any) {
 	const since = "coalesce((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz, w.query_start)"
 	switch {
 	case s.BlockingLongerThan > 0 && c.each:
-		// Down the wait graph from this session, to the waits it holds up
-		// directly or through others, with whom each waits for read at
-		// this session's signal (the waiters as pg_locks showed them when
-		// the statement began).
-		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE edges AS (
-                 SELECT l.pid AS waiter, b.blocker, %[3]s AS since
+		// Up the wait graph from every wait older than D (as pg_locks
+		// showed them when the statement began), with whom each waits for
+		// read at this session's signal: does it hold one up, directly or
+		// through others? Only the old waits and those above them are
+		// asked (pg_blocking_pids reads the whole lock table at each
+		// call): one signal in a pile-up of hundreds costs a few calls,
+		// not one per waiter.
+		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE long AS (
+                 SELECT l.pid
                    FROM pg_catalog.pg_locks AS l
                    LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
-                  CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) AS b(blocker)
                   WHERE NOT l.granted
+                    AND %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
                     AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
-               ), down(pid, since) AS (
-                 SELECT e.waiter, e.since FROM edges AS e WHERE e.blocker = %[1]s.pid
+               ), up(pid) AS (
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(long.pid)) FROM long
                  UNION
-                 SELECT e.waiter, e.since FROM down JOIN edges AS e ON e.blocker = down.pid
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(up.pid)) FROM up WHERE up.pid <> %[1]s.pid
                )
-               SELECT FROM down WHERE down.since < pg_catalog.statement_timestamp() - %[2]s::interval)`,
+               SELECT FROM up WHERE up.pid = %[1]s.pid)`,
 			alias, c.arg(interval(s.BlockingLongerThan)), since))
 	case s.BlockingLongerThan > 0:
 		// Up the wait graph from every wait older than D: the sessions
