@@ -64,6 +64,13 @@ type Selector struct {
 	// BlockingOf: blocks one of these backends (by pid) directly. For
 	// unblock's later rounds; not part of a Spec, never in a plan.
 	BlockingOf []int32
+	// BlockingWaiters narrows BlockingLongerThan's check in a signalling
+	// statement (CompileEach) to the waits of these backends: those a
+	// snapshot saw behind the sessions signalled. pg_blocking_pids reads
+	// the whole lock table at each call; without it, the check asks it of
+	// every wait older than D in the server, hundreds in a big pile-up,
+	// for every session signalled. Not part of a Spec, never in a plan.
+	BlockingWaiters []int32
 
 	// pooled: the poolers in front of the server, asked just before the
 	// snapshot (WithPooled); user, app and client then judge a pooler's
@@ -467,11 +474,15 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		// asked (pg_blocking_pids reads the whole lock table at each
 		// call): one signal in a pile-up of hundreds costs a few calls,
 		// not one per waiter.
+		waiters := "true"
+		if len(s.BlockingWaiters) > 0 {
+			waiters = fmt.Sprintf("l.pid = ANY (%s::integer[])", c.arg(s.BlockingWaiters))
+		}
 		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE long AS (
                  SELECT l.pid
                    FROM pg_catalog.pg_locks AS l
                    LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
-                  WHERE NOT l.granted
+                  WHERE NOT l.granted AND %[4]s
                     AND %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
                     AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
                ), up(pid) AS (
@@ -480,7 +491,7 @@ func (s *Selector) compile(c compiler) (string, []any) {
                  SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(up.pid)) FROM up WHERE up.pid <> %[1]s.pid
                )
                SELECT FROM up WHERE up.pid = %[1]s.pid)`,
-			alias, c.arg(interval(s.BlockingLongerThan)), since))
+			alias, c.arg(interval(s.BlockingLongerThan)), since, waiters))
 	case s.BlockingLongerThan > 0:
 		// Up the wait graph from every wait older than D: the sessions
 		// that hold it up, directly or through others.

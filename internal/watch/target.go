@@ -805,20 +805,30 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		sessions[i] = a.session
 		retries[a.session.PID] = a.retries
 	}
+	sel := r.guarded.WithPooled(s.snap.Pooled)
+	var behind map[int32][]*activity.Session
+	if sel.BlockingLongerThan > 0 {
+		// The waits the statement looks at again: those the snapshot saw
+		// behind these roots.
+		behind = map[int32][]*activity.Session{}
+		narrowed := *sel
+		narrowed.BlockingWaiters = nil
+		for _, a := range due {
+			behind[a.session.PID] = s.behind[a.session.PID]
+			for _, w := range s.behind[a.session.PID] {
+				narrowed.BlockingWaiters = append(narrowed.BlockingWaiters, w.PID)
+			}
+		}
+		sel = &narrowed
+	}
 	// The sessions of pgreap's role named as this daemon's connections are
 	// a watch's (its other targets on this server, its replicas): never
 	// acted on, whatever the rules choose.
-	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded.WithPooled(s.snap.Pooled),
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: sel,
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
 	dry := s.dry(&r)
 	now := s.t.now()
-	f := &inflight{plan: plan, rule: r, sent: now}
-	if r.guarded.BlockingLongerThan > 0 {
-		f.behind = map[int32][]*activity.Session{}
-		for _, a := range due {
-			f.behind[a.session.PID] = s.behind[a.session.PID]
-		}
-	}
+	f := &inflight{plan: plan, rule: r, sent: now, behind: behind}
 	var err error
 	if dry {
 		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
