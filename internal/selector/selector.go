@@ -470,10 +470,9 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		// Up the wait graph from every wait older than D (as pg_locks
 		// showed them when the statement began), with whom each waits for
 		// read at this session's signal: does it hold one up, directly or
-		// through others? Only the old waits and those above them are
-		// asked (pg_blocking_pids reads the whole lock table at each
-		// call): one signal in a pile-up of hundreds costs a few calls,
-		// not one per waiter.
+		// through others? Only the old waits (of BlockingWaiters, when
+		// given) and those above them are asked: pg_blocking_pids reads
+		// the whole lock table at each call.
 		waiters := "true"
 		if len(s.BlockingWaiters) > 0 {
 			waiters = fmt.Sprintf("l.pid = ANY (%s::integer[])", c.arg(s.BlockingWaiters))

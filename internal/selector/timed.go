@@ -46,8 +46,8 @@ var timedSelectors = []timed{
 		dur:  func(s *Selector) *time.Duration { return &s.BlockingLongerThan },
 		// Since the oldest wait the session holds up began, if it is a
 		// root (maintenance.MarkRoots): a waiter, or a session that blocks
-		// no one, never becomes due. The server's term looks down the wait
-		// graph from the session (Compile).
+		// no one, never becomes due. The server's term looks up the wait
+		// graph from the waits older than D (Compile).
 		since: func(s *activity.Session) time.Time { return s.BlockingSince },
 	},
 }
