@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -910,6 +911,9 @@ func (s *session) record(ctx context.Context, f *inflight) {
 		if waiters := f.behind[r.PID]; len(waiters) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
 			var err error
 			if e.Released, err = s.released(ctx, r.PID, waiters); err != nil {
+				// No "released" then, which would also say none: the
+				// detail tells that it is not known.
+				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(err), "; ")
 				t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pid", r.PID, "err", oneLine(err))
 			}
 		}
