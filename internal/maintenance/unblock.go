@@ -251,3 +251,52 @@ func (t *Tree) SortRoots() {
 		return cmp.Compare(a.PID, b.PID)
 	})
 }
+
+// MarkRoots finds, as unblock does, the roots of the snapshot's lock
+// waits: the backends at the top of each wait (they block, and wait on no
+// lock themselves). It sets each root's Session.BlockingSince to when the
+// oldest wait it holds up began (the waiters' Session.WaitStart; a wait of
+// unknown start counts for no root), and returns, by root pid, the
+// sessions waiting behind it, directly or through others. A prepared
+// transaction at the top of a wait is no backend: that wait makes no
+// session a root (the sessions waiting in between wait themselves). A
+// parallel worker at a top stands for its leader, the session one acts on.
+func MarkRoots(snap *activity.Snapshot) map[int32][]*activity.Session {
+	g := GraphOf(snap)
+	byPID := make(map[int32]*activity.Session, len(snap.Sessions))
+	for i := range snap.Sessions {
+		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	behind := map[int32][]*activity.Session{}
+	for i := range snap.Sessions {
+		w := &snap.Sessions[i]
+		w.BlockingSince = time.Time{}
+		if !w.Waits() {
+			continue
+		}
+		for _, top := range g.Tops(NodeOf(w), nil) {
+			root := byPID[top.PID]
+			if top.GID != "" || root == nil {
+				continue // a prepared transaction, or a backend not in the snapshot
+			}
+			if root.IsParallelWorker() && byPID[root.LeaderPID] != nil {
+				root = byPID[root.LeaderPID]
+			}
+			if root.Waits() || root == w {
+				continue
+			}
+			if !slices.Contains(behind[root.PID], w) {
+				behind[root.PID] = append(behind[root.PID], w)
+			}
+		}
+	}
+	for pid, waiters := range behind {
+		root := byPID[pid]
+		for _, w := range waiters {
+			if !w.WaitStart.IsZero() && (root.BlockingSince.IsZero() || w.WaitStart.Before(root.BlockingSince)) {
+				root.BlockingSince = w.WaitStart
+			}
+		}
+	}
+	return behind
+}

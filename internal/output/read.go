@@ -44,6 +44,7 @@ type savedRow struct {
 	QueryID           *int64        `json:"query_id"`
 	BlockedBy         []int32       `json:"blocked_by"`
 	BlockedByPrepared []string      `json:"blocked_by_prepared"`
+	WaitStart         *time.Time    `json:"wait_start"`
 	BlockingReplay    bool          `json:"blocking_replay"`
 	Pooler            *PooledClient `json:"pooler"`
 	Replay            *struct{}     `json:"replay"`
@@ -114,6 +115,7 @@ func (r *savedRow) session() (activity.Session, error) {
 		BackendStart: tm(r.BackendStart), XactStart: tm(r.XactStart), QueryStart: tm(r.QueryStart), StateChange: tm(r.StateChange),
 		WaitEventType: str(r.WaitEventType), WaitEvent: str(r.WaitEvent), Query: r.Query,
 		BlockedBy: r.BlockedBy, BlockedByPrepared: r.BlockedByPrepared, BlockingReplay: r.BlockingReplay,
+		WaitStart: tm(r.WaitStart),
 	}
 	if r.LeaderPID != nil {
 		s.LeaderPID = *r.LeaderPID

@@ -61,6 +61,10 @@ func TestParseGood(t *testing.T) {
 	if err != nil || len(pooled.Targets[0].PgBouncer) != 1 {
 		t.Fatalf("target with a pgbouncer: %v %+v", err, pooled)
 	}
+	blocking, err := policy.Parse("p.yaml", []byte(strings.Replace(good, "longer_than: 10m", "blocking_longer_than: 30s", 1)))
+	if err != nil || blocking.Rules[1].Selector.BlockingLongerThan != 30*time.Second {
+		t.Fatalf("blocking_longer_than: %v %+v", err, blocking)
+	}
 	g := p.Rules[0].Guarded(p.Protect)
 	if len(g.ExcludeUser) != 1 || g.ExcludeUser[0] != "replicator" || len(g.ExcludeApp) != 1 || len(p.Rules[0].Selector.ExcludeApp) != 0 {
 		t.Fatalf("guarded %+v", g)
@@ -75,6 +79,8 @@ func TestParseBad(t *testing.T) {
 		{"unknown rule key", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    actoin: terminate\n", 1), "p.yaml:16: unknown key \"actoin\""},
 		{"unknown match key", strings.Replace(good, "      app: [\"report*\"]", "      application: [\"report*\"]", 1), "p.yaml:12: unknown key \"application\""},
 		{"bad duration", strings.Replace(good, "longer_than: 5m", "longer_than: 5 minutes", 1), "p.yaml:14: rule \"runaway-reports\": longer_than \"5 minutes\""},
+		{"bad blocking_longer_than", strings.Replace(good, "longer_than: 10m", "blocking_longer_than: 10 minutes", 1), "p.yaml:19: rule \"stuck\": blocking_longer_than \"10 minutes\": not a duration"},
+		{"zero blocking_longer_than", strings.Replace(good, "longer_than: 10m", "blocking_longer_than: 0s", 1), "p.yaml:19: rule \"stuck\": blocking_longer_than \"0s\": must be more than zero"},
 		{"bad interval", strings.Replace(good, "interval: 2s", "interval: soon", 1), "p.yaml:4: interval \"soon\": not a duration"},
 		{"tiny interval", strings.Replace(good, "interval: 2s", "interval: 5ms", 1), "p.yaml:4: interval 5ms: at least 100ms"},
 		{"bad action", strings.Replace(good, "action: cancel\n", "action: kill\n", 1), "p.yaml:15: rule \"runaway-reports\": action \"kill\""},

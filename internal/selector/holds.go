@@ -3,7 +3,6 @@ package selector
 import (
 	"net/netip"
 	"slices"
-	"time"
 
 	"github.com/pgreap/pgreap/internal/activity"
 )
@@ -19,8 +18,10 @@ import (
 //
 // What a snapshot does not carry is read from what it does: a session
 // waits when it is blocked by someone (blocked_by, blocked_by_prepared),
-// blocks when another names it in blocked_by, and a lock wait's start is
-// the waiter's query_start (the server's own fallback before 14). A
+// blocks when another names it in blocked_by. blocking_longer_than is
+// timed: it is decided, as in the daemon, from the session's BlockingSince,
+// which maintenance.MarkRoots sets on the roots of the snapshot's lock
+// waits from the waiters' wait_start (the caller marks them first). A
 // pooler's server connection (a "pooler" object) is judged by the client
 // it serves, not at all by user, app or client when that client is unknown,
 // as the server's predicate does.
@@ -72,8 +73,6 @@ func (s *Selector) Holds(sess *activity.Session, snap *activity.Snapshot) bool {
 		return false
 	case len(s.BlockingOf) > 0 && !blocks(snap, sess.PID, func(w *activity.Session) bool { return slices.Contains(s.BlockingOf, w.PID) }):
 		return false
-	case s.BlockingLongerThan > 0 && !holdsUp(snap, sess.PID, at.Add(-s.BlockingLongerThan)):
-		return false
 	}
 	for i := range timedSelectors {
 		t := &timedSelectors[i]
@@ -95,39 +94,6 @@ func blocks(snap *activity.Snapshot, pid int32, which func(*activity.Session) bo
 		w := &snap.Sessions[i]
 		if slices.Contains(w.BlockedBy, pid) && (which == nil || which(w)) {
 			return true
-		}
-	}
-	return false
-}
-
-// holdsUp reports whether pid holds up, directly or through others, a
-// session waiting since before `before` (up the wait graph from the old
-// waits, as compile's term goes).
-func holdsUp(snap *activity.Snapshot, pid int32, before time.Time) bool {
-	by := map[int32]*activity.Session{}
-	for i := range snap.Sessions {
-		by[snap.Sessions[i].PID] = &snap.Sessions[i]
-	}
-	seen := map[int32]bool{}
-	var up []int32
-	for i := range snap.Sessions {
-		w := &snap.Sessions[i]
-		if w.Waits() && !w.QueryStart.IsZero() && w.QueryStart.Before(before) {
-			up = append(up, w.BlockedBy...)
-		}
-	}
-	for len(up) > 0 {
-		p := up[len(up)-1]
-		up = up[:len(up)-1]
-		if p == pid {
-			return true
-		}
-		if seen[p] {
-			continue
-		}
-		seen[p] = true
-		if b := by[p]; b != nil {
-			up = append(up, b.BlockedBy...)
 		}
 	}
 	return false

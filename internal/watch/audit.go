@@ -36,6 +36,19 @@ type Entry struct {
 	// Pooler is the pooled client of a pooler's server connection (only
 	// with poolers: the policy's pgbouncer).
 	Pooler *output.PooledClient `json:"pooler,omitempty"`
+	// Released are, for a rule on lock pile-ups (blocking_longer_than),
+	// the waiters the action released: those that waited behind the
+	// session at the snapshot and no longer wait on it once its end (or
+	// its query's) is verified. Absent when it released none.
+	Released []Released `json:"released,omitempty"`
+}
+
+// Released is a waiter an action released, and how long it had waited
+// (from its lock wait's start to the look that saw it released; null when
+// the server did not show its start).
+type Released struct {
+	PID           int32    `json:"pid"`
+	WaitedSeconds *float64 `json:"waited_seconds"`
 }
 
 func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {

@@ -4,6 +4,7 @@ import (
 	"time"
 
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/maintenance"
 )
 
 // choice is a rule that will act on a session (or audit it planned) at
@@ -11,6 +12,22 @@ import (
 type choice struct {
 	rule int
 	due  time.Time
+}
+
+// chooseAll is choose over every session of the snapshot, called by the
+// daemon (arm) and by --test (Test) alike. It first marks the roots of the
+// snapshot's lock waits (maintenance.MarkRoots): blocking_longer_than is due
+// from the start of the oldest wait behind a root, which no session tells
+// of itself. each gets every session with its choices (none: no rule takes
+// it). It returns, by root pid, the sessions waiting behind each root.
+func chooseAll(snap *activity.Snapshot, rules []rule, dry func(*rule) bool, done map[key]bool, busy map[[2]int64]bool,
+	each func(sess *activity.Session, choices []choice)) map[int32][]*activity.Session {
+	behind := maintenance.MarkRoots(snap)
+	for i := range snap.Sessions {
+		sess := &snap.Sessions[i]
+		each(sess, choose(rules, sess, dry, done, busy[sessionOf(sess)]))
+	}
+	return behind
 }
 
 // choose is the daemon's decision for one session, given which rules match
@@ -21,7 +38,10 @@ type choice struct {
 //     file), unless it already acted on the session (or query), or the
 //     session is busy;
 //   - every dry-run rule audits it planned, once: it takes the session from
-//     no other rule.
+//     no other rule;
+//   - a rule on lock pile-ups (blocking_longer_than) matches only the roots
+//     of lock waits, as unblock finds them (maintenance.MarkRoots, in
+//     chooseAll), from the instant the oldest wait behind one is that old.
 //
 // The dry-run choices come first, in the file's order, then the real one.
 // Budgets are not looked at here: they decide when a due rule fires

@@ -1,6 +1,7 @@
 package watch
 
 import (
+	"slices"
 	"sort"
 	"time"
 
@@ -36,11 +37,11 @@ type Verdict struct {
 // snapshot read back (`ls -o json`), had it just taken it, without a
 // server: which rule matches which session but for durations is decided
 // in Go (selector.Holds) where the daemon has the server mark the
-// snapshot; the rest is the daemon's own code: choose, the budgets'
-// split, the guard's protections (action.Protects). A snapshot alone
-// knows nothing of what rules did before: nothing is done yet, nothing in
-// flight, every budget empty, every action sent succeeds. dryRun is
-// --dry-run. One verdict per session, in the snapshot's order, and one
+// snapshot; the rest is the daemon's own code: chooseAll (the roots of
+// lock waits, choose), the budgets' split, the guard's protections
+// (action.Protects). A snapshot alone knows nothing of what rules did
+// before: nothing is done yet, nothing in flight, every budget empty,
+// every action sent succeeds. dryRun is --dry-run. One verdict per session, in the snapshot's order, and one
 // more per dry-run rule that audits a session.
 func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 	rules := rulesOf(pol)
@@ -49,24 +50,28 @@ func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 	// real are the verdicts whose rule acts for real: the budgets see
 	// them in the order they fall due.
 	var real []int
-	for i := range snap.Sessions {
-		sess := snap.Sessions[i]
+	// The snapshot is the caller's: the marks and roots are set on a copy.
+	own := *snap
+	own.Sessions = slices.Clone(snap.Sessions)
+	for i := range own.Sessions {
+		sess := &own.Sessions[i]
 		sess.Marks = make([]bool, len(rules))
 		for k := range rules {
-			sess.Marks[k] = rules[k].guarded.Untimed().Holds(&sess, snap)
+			sess.Marks[k] = rules[k].guarded.Untimed().Holds(sess, &own)
 		}
-		choices := choose(rules, &sess, dry, map[key]bool{}, false)
+	}
+	chooseAll(&own, rules, dry, map[key]bool{}, nil, func(sess *activity.Session, choices []choice) {
 		if len(choices) == 0 {
-			out = append(out, unchosen(pol, rules, &sess, snap))
-			continue
+			out = append(out, unchosen(pol, rules, sess, &own))
+			return
 		}
 		for _, c := range choices {
 			r := &rules[c.rule]
 			due := c.due
-			if due.Before(snap.Taken) {
-				due = snap.Taken
+			if due.Before(own.Taken) {
+				due = own.Taken
 			}
-			v := Verdict{Session: sess, Rule: r.Name, Action: string(r.Action), DryRun: dry(r), Due: due}
+			v := Verdict{Session: *sess, Rule: r.Name, Action: string(r.Action), DryRun: dry(r), Due: due}
 			if r.Action == policy.CancelThenTerminate {
 				v.Grace = r.Grace
 			}
@@ -78,7 +83,7 @@ func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 			}
 			out = append(out, v)
 		}
-	}
+	})
 	sort.SliceStable(real, func(i, j int) bool { return out[real[i]].Due.Before(out[real[j]].Due) })
 	bs := &budgets{}
 	bs.set(pol)

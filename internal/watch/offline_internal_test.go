@@ -43,7 +43,8 @@ func TestOfflineDecidesAsTheDaemon(t *testing.T) {
 	ctx := pgtest.Context(t)
 	tbl := pgtest.Name(t, "t")
 	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
-	if _, err := admin.Exec(ctx, "CREATE TABLE "+tbl+" (x int)"); err != nil {
+	tbl2 := pgtest.Name(t, "u")
+	if _, err := admin.Exec(ctx, "CREATE TABLE "+tbl+" (x int); CREATE TABLE "+tbl2+" (x int)"); err != nil {
 		t.Fatal(err)
 	}
 	open := func(app string, tcp bool) *pgtest.Victim {
@@ -61,6 +62,17 @@ func TestOfflineDecidesAsTheDaemon(t *testing.T) {
 	waiter := open("waiter", false)
 	waiter.Start("SELECT count(*) FROM " + tbl)
 	waiter.WaitState("active", "Lock")
+	// A chain: mid holds tbl2 and waits behind holder, tail waits behind
+	// mid. mid blocks and waits: no root; holder is the root of all three
+	// waits, from the oldest one's wait_start.
+	mid := open("mid", false)
+	mid.Exec("BEGIN")
+	mid.Exec("LOCK TABLE " + tbl2 + " IN ACCESS EXCLUSIVE MODE")
+	mid.Start("LOCK TABLE " + tbl + " IN ACCESS SHARE MODE")
+	mid.WaitState("active", "Lock")
+	tail := open("tail", false)
+	tail.Start("SELECT count(*) FROM " + tbl2)
+	tail.WaitState("active", "Lock")
 	kept := open("kept", false)
 	kept.Exec("BEGIN")
 	kept.Exec("SELECT 2")
@@ -97,6 +109,9 @@ rules:
     match: {app: ["TAG-*"], waiting: true}
     action: cancel
     dry_run: true
+  - name: pileup
+    match: {app: ["TAG-*"], blocking_longer_than: 1h}
+    action: terminate
   - name: roots
     match: {app: ["TAG-*"], blocking: true, longer_than: 2h}
     action: terminate
@@ -138,8 +153,20 @@ rules:
 	// a count, runs: slow wants pg_sleep).
 	check(sleeper, "slow")
 	check(idle, "forgotten")
-	check(holder, "roots")
+	// The root of the pile-up is due from the oldest wait behind it
+	// (pileup, 1h) before roots (2h of its own state); mid blocks too, but
+	// waits: only roots takes it.
+	check(holder, "pileup")
 	check(waiter, "watch-waits", "everyone")
+	check(mid, "watch-waits", "roots")
+	check(tail, "watch-waits", "everyone")
+	var oldest time.Time
+	for _, x := range verdicts[waiter.PID][:1] {
+		oldest = x.Session.WaitStart
+	}
+	if vs := verdicts[holder.PID]; len(vs) != 1 || oldest.IsZero() || !vs[0].Due.Equal(oldest.Add(time.Hour)) {
+		t.Errorf("the root: %+v, want pileup due 1h after the oldest wait (%v)", vs, oldest)
+	}
 	check(other, "other-db", "everyone")
 	check(kept)
 	check(watcher, "watchers")

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -113,6 +114,10 @@ type inflight struct {
 	nextPoll   time.Time
 	step       time.Duration
 	logged     []bool
+	// behind are, for a rule on lock pile-ups (blocking_longer_than), the
+	// sessions that waited behind each root signalled, by its pid: its
+	// audit line names those it released.
+	behind map[int32][]*activity.Session
 }
 
 // target watches one server.
@@ -295,6 +300,9 @@ type session struct {
 	// standing by (nil: no one yet): said once, not at every interval.
 	holder *holderID
 	snap   *activity.Snapshot
+	// behind are the sessions waiting behind each root of the snapshot's
+	// lock waits, by the root's pid (maintenance.MarkRoots).
+	behind map[int32][]*activity.Session
 	armed  []armed
 	flying []*inflight
 	// admins are the connections to the poolers' admin consoles, opened
@@ -443,6 +451,8 @@ var (
 	endStaleSQL string
 	//go:embed sql/try_lock.sql
 	tryLockSQL string
+	//go:embed sql/released.sql
+	releasedSQL string
 )
 
 // standBy looks at who holds the election lock. A pgreap watch (a session
@@ -636,17 +646,15 @@ func stateLabel(st string) string {
 }
 
 // arm computes, for every session, the instant each rule that matches it
-// (or will once a duration passes) should act (choose), and keeps them
+// (or will once a duration passes) should act (chooseAll), and keeps them
 // sorted.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
-	busy := s.busy()
-	for i := range snap.Sessions {
-		sess := &snap.Sessions[i]
-		for _, c := range choose(s.rules, sess, s.dry, s.t.done, busy[sessionOf(sess)]) {
+	s.behind = chooseAll(snap, s.rules, s.dry, s.t.done, s.busy(), func(sess *activity.Session, choices []choice) {
+		for _, c := range choices {
 			s.armAt(snap, sess, c.rule, c.due, offset)
 		}
-	}
+	})
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
 	s.prune(snap)
 }
@@ -740,7 +748,7 @@ func (s *session) work(ctx context.Context) error {
 			f.step = min(f.step*3/2, maxPoll)
 			f.nextPoll = now.Add(f.step)
 		}
-		s.record(f)
+		s.record(vctx, f)
 		if err != nil {
 			return err
 		}
@@ -803,12 +811,28 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		sessions[i] = a.session
 		retries[a.session.PID] = a.retries
 	}
+	sel := r.guarded.WithPooled(s.snap.Pooled)
+	var behind map[int32][]*activity.Session
+	if sel.BlockingLongerThan > 0 {
+		// The waits the statement looks at again: those the snapshot saw
+		// behind these roots.
+		behind = map[int32][]*activity.Session{}
+		narrowed := *sel
+		narrowed.BlockingWaiters = nil
+		for _, a := range due {
+			behind[a.session.PID] = s.behind[a.session.PID]
+			for _, w := range s.behind[a.session.PID] {
+				narrowed.BlockingWaiters = append(narrowed.BlockingWaiters, w.PID)
+			}
+		}
+		sel = &narrowed
+	}
 	// The sessions of pgreap's role named as this daemon's connections are
 	// a watch's (its other targets on this server, its replicas): never
 	// acted on, whatever the rules choose.
-	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded.WithPooled(s.snap.Pooled),
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: sel,
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
-	f := &inflight{plan: plan, rule: r, sent: now}
+	f := &inflight{plan: plan, rule: r, sent: now, behind: behind}
 	var err error
 	if dry {
 		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
@@ -852,7 +876,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		s.t.done[k] = s.t.done[k] || !dry
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	s.record(f)
+	s.record(ctx, f)
 	if err != nil {
 		return err
 	}
@@ -871,8 +895,9 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 // record writes the audit line and counts the metric of each result that
 // reached its outcome since the last call. A session that moved on or
 // ended before its deadline (changed, gone) was not acted on: it is
-// counted, and logged at debug level, but not audited.
-func (s *session) record(f *inflight) {
+// counted, and logged at debug level, but not audited. The line of a root
+// of lock waits, once its end is verified, names the waiters it released.
+func (s *session) record(ctx context.Context, f *inflight) {
 	t := s.t
 	dry := s.dry(&f.rule)
 	for i := range f.plan.Results {
@@ -886,10 +911,21 @@ func (s *session) record(f *inflight) {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
-		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
+		e := entry(t.now(), t.name, f.rule.Name, dry, r)
+		if waiters := f.behind[r.PID]; len(waiters) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
+			var err error
+			if e.Released, err = s.released(ctx, r.PID, waiters); err != nil {
+				// No "released" then, which would also say none: the
+				// detail tells that it is not known.
+				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(err), "; ")
+				t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pid", r.PID, "err", oneLine(err))
+			}
+		}
+		if err := t.audit.Write(e); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
-		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
+		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry,
+			"released", len(e.Released))
 	}
 }
 
@@ -918,7 +954,7 @@ func (s *session) stop() {
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
 			action.Expire(f.plan, s.t.now().Sub(f.sent))
 		}
-		s.record(f)
+		s.record(ctx, f)
 	}
 	s.flying = nil
 }
@@ -927,7 +963,7 @@ func (s *session) stop() {
 func (s *session) abandon(err error) {
 	for _, f := range s.flying {
 		action.Abandon(f.plan, err)
-		s.record(f)
+		s.record(context.Background(), f) // unverified: no released waiters to look for
 	}
 	s.flying = nil
 }
@@ -939,4 +975,37 @@ func replayLag(snap *activity.Snapshot) time.Duration {
 		return -1
 	}
 	return snap.Replay.Lag(snap.Taken)
+}
+
+// released are, of the sessions that waited behind root, those its end
+// (or its cancelled query) released: the same backends, no longer waiting
+// on it, directly or through others; each with how long it had waited, up
+// to this look.
+func (s *session) released(ctx context.Context, root int32, waiters []*activity.Session) ([]Released, error) {
+	pids := make([]int32, len(waiters))
+	starts := make([]time.Time, len(waiters))
+	since := make(map[int32]time.Time, len(waiters))
+	for i, w := range waiters {
+		pids[i], starts[i], since[w.PID] = w.PID, w.BackendStart, w.WaitStart
+	}
+	rows, err := s.cn.Query(ctx, releasedSQL, root, pids, starts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	var out []Released
+	for rows.Next() {
+		var pid int32
+		var now time.Time
+		if err := rows.Scan(&pid, &now); err != nil {
+			return nil, err
+		}
+		r := Released{PID: pid}
+		if from := since[pid]; !from.IsZero() && now.After(from) {
+			waited := now.Sub(from).Round(time.Millisecond).Seconds()
+			r.WaitedSeconds = &waited
+		}
+		out = append(out, r)
+	}
+	return out, rows.Err()
 }
