@@ -254,9 +254,9 @@ func TestWatchBadInput(t *testing.T) {
 	good := filepath.Join(dir, "good.yaml")
 	writePolicy(t, good, strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1))
 	badBlocking := filepath.Join(dir, "bad-blocking.yaml")
-	writePolicy(t, badBlocking, strings.Replace(watchPolicy, "state: [active]}", "state: [active],\n            blocking_longer_than: 1 minute}", 1))
+	writePolicy(t, badBlocking, strings.Replace(watchPolicy, `query: "pg_sleep"}`, `query: "pg_sleep",`+"\n            blocking_longer_than: 1 minute}", 1))
 	blocking := filepath.Join(dir, "blocking.yaml")
-	writePolicy(t, blocking, strings.Replace(strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1), "state: [active]}", "blocking_longer_than: 30s}", 1))
+	writePolicy(t, blocking, strings.Replace(strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1), `state: [active], query: "pg_sleep"}`, "blocking_longer_than: 30s}", 1))
 	busy := filepath.Join(dir, "busy.yaml")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
