@@ -121,7 +121,10 @@ func spentDetail(bs *budgets, r *rule, now time.Time) string {
 }
 
 // unchosen is the verdict on a session no rule takes: protected when a
-// parallel worker, or when a rule would take it but for protect:.
+// parallel worker, or when a rule would take it but for protect: (a rule
+// its guarded selection matches takes no session only when it can never
+// be due, as blocking_longer_than on a session that is no root: that is
+// no protection).
 func unchosen(pol *policy.Policy, rules []rule, sess *activity.Session, snap *activity.Snapshot) Verdict {
 	v := Verdict{Session: *sess}
 	if sess.IsParallelWorker() {
@@ -130,7 +133,7 @@ func unchosen(pol *policy.Policy, rules []rule, sess *activity.Session, snap *ac
 	}
 	for k := range rules {
 		r := &rules[k]
-		if r.Selector.Untimed().Holds(sess, snap) && r.Selector.Keep(sess) {
+		if _, due := r.Selector.Due(sess); !sess.Marks[k] && due && r.Selector.Untimed().Holds(sess, snap) && r.Selector.Keep(sess) {
 			v.Outcome = string(action.Protected)
 			switch {
 			case (&selector.Selector{User: pol.Protect.Users}).Holds(sess, snap) && len(pol.Protect.Users) > 0:

@@ -5,6 +5,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -98,5 +99,54 @@ rules:
 	if len(daemonActs) != 2 || !slices.Equal(daemonActs, offActs) || !slices.Equal(daemonSuppressed, offSuppressed) {
 		t.Fatalf("the daemon cancelled %v and suppressed %v; --test says acts %v, suppressed %v",
 			daemonActs, daemonSuppressed, offActs, offSuppressed)
+	}
+}
+
+// --test on a lock pile-up: the rule takes the root only, at the oldest
+// wait behind it (wait_start) plus D; the waiters and a bystander its
+// match holds but for the duration are taken by no rule, and not said
+// protected (they would never be due: they are no roots).
+func TestOfflinePileUp(t *testing.T) {
+	t.Parallel()
+	const file = `{"taken_at": "2026-12-02T10:00:00Z", "sessions": [
+{"pid": 10, "datname": "shop", "application_name": "app", "backend_type": "client backend", "state": "idle in transaction",
+ "backend_start": "2026-12-02T09:00:00Z", "xact_start": "2026-12-02T09:58:00Z", "query_start": "2026-12-02T09:58:00Z", "state_change": "2026-12-02T09:58:00Z",
+ "query": "UPDATE t SET x = 1", "blocked_by": [], "blocked_by_prepared": [], "wait_start": null},
+{"pid": 11, "datname": "shop", "application_name": "app", "backend_type": "client backend", "state": "active",
+ "backend_start": "2026-12-02T09:00:00Z", "query_start": "2026-12-02T09:58:30Z", "state_change": "2026-12-02T09:58:30Z",
+ "query": "LOCK TABLE t", "blocked_by": [10], "blocked_by_prepared": [], "wait_start": "2026-12-02T09:59:00Z"},
+{"pid": 12, "datname": "shop", "application_name": "app", "backend_type": "client backend", "state": "active",
+ "backend_start": "2026-12-02T09:00:00Z", "query_start": "2026-12-02T09:59:40Z", "state_change": "2026-12-02T09:59:40Z",
+ "query": "SELECT * FROM t", "blocked_by": [11], "blocked_by_prepared": [], "wait_start": "2026-12-02T09:59:40Z"},
+{"pid": 13, "datname": "shop", "application_name": "app", "backend_type": "client backend", "state": "idle",
+ "backend_start": "2026-12-02T09:00:00Z", "query_start": "2026-12-02T09:50:00Z", "state_change": "2026-12-02T09:50:00Z",
+ "query": "SELECT 1", "blocked_by": [], "blocked_by_prepared": []}
+]}`
+	snap, err := output.ReadSnapshot([]byte(file), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("policy.yaml", []byte(`
+targets: [{name: main, dsn: "host=/nonexistent"}]
+rules:
+  - name: pileup
+    match: {db: [shop], blocking_longer_than: 2m}
+    action: terminate
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range watch.Test(pol, snap, false) {
+		got = append(got, fmt.Sprintf("%d %q %s %q", v.Session.PID, v.Rule, v.Due.Format(time.TimeOnly), v.Outcome))
+	}
+	want := []string{
+		`10 "pileup" 10:01:00 ""`, // pid 11's wait, the oldest behind it, began at 09:59
+		`11 "" 00:00:00 ""`,       // waits (and blocks 12): no root
+		`12 "" 00:00:00 ""`,
+		`13 "" 00:00:00 ""`, // blocks no one
+	}
+	if !slices.Equal(got, want) {
+		t.Errorf("verdicts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
