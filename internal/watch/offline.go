@@ -41,8 +41,9 @@ type Verdict struct {
 // lock waits, choose), the budgets' split, the guard's protections
 // (action.Protects). A snapshot alone knows nothing of what rules did
 // before: nothing is done yet, nothing in flight, every budget empty,
-// every action sent succeeds. dryRun is --dry-run. One verdict per session, in the snapshot's order, and one
-// more per dry-run rule that audits a session.
+// every action sent succeeds. dryRun is --dry-run. One verdict per
+// session, in the snapshot's order, and one more per dry-run rule that
+// audits a session.
 func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 	rules := rulesOf(pol)
 	dry := func(r *rule) bool { return r.DryRun || dryRun }
