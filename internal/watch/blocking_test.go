@@ -241,3 +241,74 @@ rules:
 		t.Fatalf("a session was ended: waiter %v, reader %v, setup %v", waiter.Alive(), reader.Alive(), setup.Alive())
 	}
 }
+
+// A session in the middle of a pile-up (it holds a lock the reader waits
+// for and waits for the root's) becomes its root when the rule ends the
+// root above it. The reader has waited longer than the threshold, but
+// behind a session that was itself waiting: the new root is due the
+// threshold after the look that first sees it blocking without waiting,
+// not at once. The first root's audit line names the middle session
+// released, not the reader, which still waits.
+func TestBlockingLongerThanMiddleBecomesRoot(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	root.Exec("CREATE TABLE x (id int); CREATE TABLE y (id int)")
+	root.Exec("BEGIN")
+	root.Exec("LOCK TABLE y IN ACCESS EXCLUSIVE MODE")
+	middle := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	middle.Exec("BEGIN")
+	middle.Exec("LOCK TABLE x IN ACCESS EXCLUSIVE MODE")
+	middle.Start("LOCK TABLE y IN ACCESS EXCLUSIVE MODE")
+	middle.WaitState("active", "Lock")
+	reader := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	reader.Start("SELECT count(*) FROM x")
+	reader.WaitState("active", "Lock")
+	d, clk := startFake(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1h
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: pileup
+    match: {app: [TAG], blocking_longer_than: 2s}
+    action: terminate
+`)
+	due := clk.Waiting(t)
+	waitedLonger(t, reader.PID, 2*time.Second)
+	clk.Set(t, due)
+	pgtest.Eventually(t, "the root terminated", func() (bool, error) { return !root.Alive(), nil })
+	if err := middle.Wait(); err != nil {
+		t.Fatalf("the middle session's LOCK: %v", err)
+	}
+	clk.Step(t) // the first poll verifies the root's end
+	got := d.waitEntries(t, 1)
+	if e := got[0]; len(got) != 1 || e.PID != root.PID || e.Outcome != "terminated" {
+		t.Fatalf("audit %+v", got)
+	}
+	if pids := releasedPIDs(t, got[0], 0); !slices.Equal(pids, []int32{middle.PID}) {
+		t.Errorf("released %v, want only the middle session %d (the reader %d waits for it)", pids, middle.PID, reader.PID)
+	}
+
+	// The next look: the middle session is the root of the reader's wait,
+	// older than 2s, and has blocked it as a root only since this look.
+	look := clk.Step(t)
+	if look != epoch.Add(time.Hour) {
+		t.Fatalf("stepped to %s, want the next look at %s", look, epoch.Add(time.Hour))
+	}
+	next := clk.Waiting(t)
+	if next.Before(look.Add(2 * time.Second)) {
+		t.Fatalf("the middle session armed at %s, want 2s after the look that saw it a root (%s)", next, look)
+	}
+	if !middle.Alive() || len(d.entries(t)) != 1 {
+		t.Fatalf("before its threshold: middle alive %v, audit %+v", middle.Alive(), d.entries(t))
+	}
+	clk.Set(t, next)
+	pgtest.Eventually(t, "the middle session terminated", func() (bool, error) { return !middle.Alive(), nil })
+	if err := reader.Wait(); err != nil {
+		t.Fatalf("the reader: %v", err)
+	}
+	if !reader.Alive() {
+		t.Error("the reader was ended")
+	}
+}

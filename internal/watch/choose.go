@@ -20,9 +20,14 @@ type choice struct {
 // from the start of the oldest wait behind a root, which no session tells
 // of itself. each gets every session with its choices (none: no rule takes
 // it). It returns, by root pid, the sessions waiting behind each root.
+// waits is the daemon's memory of its earlier looks (nil: this is the
+// first, as in --test).
 func chooseAll(snap *activity.Snapshot, rules []rule, dry func(*rule) bool, done map[key]bool, busy map[[2]int64]bool,
-	each func(sess *activity.Session, choices []choice)) map[int32][]*activity.Session {
+	waits *waits, each func(sess *activity.Session, choices []choice)) map[int32][]*activity.Session {
 	behind := maintenance.MarkRoots(snap)
+	if waits != nil {
+		waits.see(snap)
+	}
 	for i := range snap.Sessions {
 		sess := &snap.Sessions[i]
 		each(sess, choose(rules, sess, dry, done, busy[sessionOf(sess)]))
@@ -77,4 +82,51 @@ func choose(rules []rule, sess *activity.Session, dry func(*rule) bool, done map
 		out = append(out, choice{best, bestDue})
 	}
 	return out
+}
+
+// waits remembers, from one look to the next, which sessions waited on a
+// lock. A session that waited in the middle of a pile-up (it holds a lock
+// others wait for, and waits itself) becomes its root when the lock it
+// waited for is released, often because a rule ended the root above it.
+// Its waiters' waits then began long ago, but it has blocked them, as a
+// root, only since: counted from their start, it would be due at once and
+// ended a moment after the root above it, for a wait it did not cause. So
+// a root once seen waiting blocks from the first look that saw it wait no
+// more. Between two looks, when it stopped waiting is not known: the later
+// instant is taken, so it is never acted on early (and at most one
+// interval late).
+type waits struct {
+	// waiting are the sessions that waited at the last look.
+	waiting map[[2]int64]bool
+	// since is, for a session seen waiting at some look and not at a
+	// later one, the first look that saw it not waiting.
+	since map[[2]int64]time.Time
+}
+
+// see moves the roots' BlockingSince (maintenance.MarkRoots) of a new look
+// to when each stopped waiting, if it was seen waiting, and remembers the
+// look. Sessions gone from the snapshot are forgotten.
+func (w *waits) see(snap *activity.Snapshot) {
+	waiting := map[[2]int64]bool{}
+	since := map[[2]int64]time.Time{}
+	for i := range snap.Sessions {
+		sess := &snap.Sessions[i]
+		id := sessionOf(sess)
+		if sess.Waits() {
+			waiting[id] = true
+			continue
+		}
+		from, ok := w.since[id]
+		if w.waiting[id] {
+			from, ok = snap.Taken, true
+		}
+		if !ok {
+			continue
+		}
+		since[id] = from
+		if !sess.BlockingSince.IsZero() && sess.BlockingSince.Before(from) {
+			sess.BlockingSince = from
+		}
+	}
+	w.waiting, w.since = waiting, since
 }

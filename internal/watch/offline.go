@@ -61,7 +61,7 @@ func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 			sess.Marks[k] = rules[k].guarded.Untimed().Holds(sess, &own)
 		}
 	}
-	chooseAll(&own, rules, dry, map[key]bool{}, nil, func(sess *activity.Session, choices []choice) {
+	chooseAll(&own, rules, dry, map[key]bool{}, nil, nil, func(sess *activity.Session, choices []choice) {
 		if len(choices) == 0 {
 			out = append(out, unchosen(pol, rules, sess, &own))
 			return

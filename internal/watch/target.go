@@ -144,6 +144,9 @@ type target struct {
 	// session (or query); it forgets a session once the snapshot shows it
 	// gone or on another query.
 	done map[key]bool
+	// waits are the lock waits of the last look: a session that waited
+	// and now blocks counts as blocking from when it stopped waiting.
+	waits waits
 	// budgets are the max_actions in force and what they counted.
 	budgets *budgets
 	// state is what /healthz says of the target.
@@ -650,7 +653,7 @@ func stateLabel(st string) string {
 // sorted.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
-	s.behind = chooseAll(snap, s.rules, s.dry, s.t.done, s.busy(), func(sess *activity.Session, choices []choice) {
+	s.behind = chooseAll(snap, s.rules, s.dry, s.t.done, s.busy(), &s.t.waits, func(sess *activity.Session, choices []choice) {
 		for _, c := range choices {
 			s.armAt(snap, sess, c.rule, c.due, offset)
 		}
@@ -979,8 +982,8 @@ func replayLag(snap *activity.Snapshot) time.Duration {
 
 // released are, of the sessions that waited behind root, those its end
 // (or its cancelled query) released: the same backends, no longer waiting
-// on it, directly or through others; each with how long it had waited, up
-// to this look.
+// on it or on another of them, directly or through others; each with how
+// long it had waited, up to this look.
 func (s *session) released(ctx context.Context, root int32, waiters []*activity.Session) ([]Released, error) {
 	pids := make([]int32, len(waiters))
 	starts := make([]time.Time, len(waiters))
