@@ -111,6 +111,9 @@ type Result struct {
 	// why is the reason of a Changed outcome that the code acts on (the
 	// Detail is for people).
 	why reason
+	// sent: the signal went out, or may have (a failed statement for the
+	// set, tried again alone): whatever the outcome, something was done.
+	sent bool
 	// described is what a plan file says of the session besides its
 	// identity; nil for a session chosen on the server.
 	described *described
@@ -129,6 +132,12 @@ type described struct {
 // reached by the server's clock, a lock wait the server does not name yet.
 // It may match later.
 func (r *Result) NoMatch() bool { return r.Outcome == Changed && r.why == whyNoMatch }
+
+// Signalled reports whether the session's signal went out, or may have:
+// then even an outcome that says it was left alone (changed: its query
+// completed, or the cancel ended it inside a savepoint its client rolled
+// back to; gone) follows a signal, and is reported as an action.
+func (r *Result) Signalled() bool { return r.sent }
 
 // unknown is the outcome of a result while its signal is in flight: sig
 // says how far it got, and the wait (or a failure) decides the outcome.
@@ -785,6 +794,7 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 			r.at.waitEvent = v.read.WaitEventType + ":" + v.read.WaitEvent
 		}
 		r.Outcome, r.Detail = v.outcome(p, r, signal)
+		r.sent = signal && ((v.sent != nil && *v.sent) || v.retried != "")
 		r.sig, r.why = 0, whyNone
 		if r.Outcome == unknown {
 			r.sig = sigSent

@@ -627,5 +627,5 @@ func globRegexp(glob string) *regexp.Regexp {
 	for i, p := range parts {
 		parts[i] = regexp.QuoteMeta(p)
 	}
-	return regexp.MustCompile("^" + strings.Join(parts, ".*") + "$")
+	return regexp.MustCompile(`(?s)^` + strings.Join(parts, ".*") + "$")
 }

@@ -159,7 +159,7 @@ func (s *session) charge(r *rule, p *action.Plan, now time.Time) {
 	n := 0
 	for i := range p.Results {
 		switch res := &p.Results[i]; {
-		case res.Pending():
+		case res.Pending(), res.Signalled():
 			n++
 		case res.Outcome == action.Cancelled, res.Outcome == action.Terminated, res.Outcome == action.Survived, res.Outcome == action.RolledBack:
 			n++

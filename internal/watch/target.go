@@ -869,7 +869,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			// reach the server under load): then it is still due.
 			continue
 		}
-		if res.Outcome == action.Changed || res.Outcome == action.Gone {
+		if (res.Outcome == action.Changed || res.Outcome == action.Gone) && !res.Signalled() {
 			// Not acted on: it ended, or moved on before its deadline. Kept
 			// as done, a terminate's key (the session) would stop the rule
 			// from acting when the session matches again later.
@@ -897,8 +897,10 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 
 // record writes the audit line and counts the metric of each result that
 // reached its outcome since the last call. A session that moved on or
-// ended before its deadline (changed, gone) was not acted on: it is
-// counted, and logged at debug level, but not audited. The line of a root
+// ended before its signal (changed, gone) was not acted on: it is
+// counted, and logged at debug level, but not audited. One signalled is
+// audited whatever its outcome: a cancel whose query's client rolled back
+// to a savepoint is changed, but it was sent. The line of a root
 // of lock waits, once its end is verified, names the waiters it released.
 func (s *session) record(ctx context.Context, f *inflight) {
 	t := s.t
@@ -910,7 +912,7 @@ func (s *session) record(ctx context.Context, f *inflight) {
 		}
 		f.logged[i] = true
 		t.metrics.Actions.WithLabelValues(t.name, f.rule.Name, string(r.Action), string(r.Outcome)).Inc()
-		if r.Outcome == action.Changed || r.Outcome == action.Gone {
+		if (r.Outcome == action.Changed || r.Outcome == action.Gone) && !r.Signalled() {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
@@ -942,14 +944,17 @@ func (s *session) stop() {
 	defer cancel()
 	for _, f := range s.flying {
 		if !f.escalateAt.IsZero() {
-			// The rule has not done what it says (terminate what still
-			// runs after the grace): not recorded as done, so the watch
-			// that takes this target over (a reload that changed its DSN)
-			// judges the session again, cancel and grace included.
-			s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated; a watch that takes over the target judges it again", "rule", f.rule.Name)
+			// The rule has not done what it says to a session cancelled
+			// whose query may still run (terminate it after the grace):
+			// not recorded as done, so the watch that takes this target
+			// over (a reload that changed its DSN) judges it again, cancel
+			// and grace included. A session terminated at once (idle in a
+			// transaction) has no grace left.
 			f.escalateAt = time.Time{}
 			for i := range f.plan.Results {
-				if r := &f.plan.Results[i]; r.Pending() {
+				if r := &f.plan.Results[i]; r.Pending() && r.Action == action.Cancel {
+					s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated; a watch that takes over the target judges it again",
+						"rule", f.rule.Name, "pid", r.PID)
 					delete(s.t.done, f.rule.keyOf(&r.Session))
 				}
 			}
