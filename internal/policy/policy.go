@@ -772,7 +772,18 @@ func kindName(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", n.Value)
+		// Not the value itself: a webhook's URL or a DSN written where a
+		// mapping belongs holds a secret, and this line is printed and
+		// logged (and, on a reload, sent to the error sinks).
+		switch n.ShortTag() {
+		case "!!int", "!!float":
+			return "a number"
+		case "!!bool":
+			return "true or false"
+		case "!!null":
+			return "nothing"
+		}
+		return "a string"
 	}
 	return "something else"
 }
