@@ -9,6 +9,7 @@ import (
 	"net/url"
 	"os"
 	"regexp"
+	"strconv"
 	"strings"
 
 	"github.com/pgreap/pgreap/internal/ownfile"
@@ -84,6 +85,11 @@ func ParseURL(raw string) (host string, err error) {
 	if u.Host == "" || u.Hostname() == "" {
 		return "", errors.New("no host")
 	}
+	if p := u.Port(); p != "" {
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return "", errors.New("the port is not 1 to 65535")
+		}
+	}
 	return u.Host, nil
 }
 
@@ -125,7 +131,7 @@ func SetHeader(h http.Header, name, value string) error {
 // Errors give the line number, never a line's text; values are taken as
 // they are (no ${NAME}).
 func ReadHeaders(h http.Header, path string) error {
-	data, err := ownfile.ReadFile(path)
+	data, err := ownfile.ReadSecret(path)
 	if err != nil {
 		var pe *os.PathError
 		if errors.As(err, &pe) {
@@ -145,8 +151,8 @@ func ReadHeaders(h http.Header, path string) error {
 		if !ok || !token.MatchString(name) {
 			return fmt.Errorf("headers_file %s: line %d: not Name: value", path, n)
 		}
-		if strings.ContainsRune(value, 0) {
-			return fmt.Errorf("headers_file %s: line %d: header %s: the value holds a NUL", path, n, name)
+		if strings.ContainsAny(value, "\x00\r\n") {
+			return fmt.Errorf("headers_file %s: line %d: header %s: the value holds a line break or NUL", path, n, name)
 		}
 		h.Set(name, strings.TrimSpace(value))
 	}

@@ -84,6 +84,24 @@ func TestNotifyBad(t *testing.T) {
 	if err := os.WriteFile(malformed, []byte("X-Ok: 1\nfile-secret\n"), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	grouped := filepath.Join(dir, "grouped")
+	if err := os.WriteFile(grouped, []byte("X-Api-Key: file-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(grouped, 0o640); err != nil {
+		t.Fatal(err)
+	}
+	linked := filepath.Join(dir, "linked")
+	if err := os.WriteFile(linked, []byte("X-Api-Key: file-secret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Link(linked, filepath.Join(dir, "linked2")); err != nil {
+		t.Fatal(err)
+	}
+	cr := filepath.Join(dir, "cr")
+	if err := os.WriteFile(cr, []byte("X-Evil: file\rsecret\n"), 0o600); err != nil {
+		t.Fatal(err)
+	}
 	base := strings.Replace(withNotify, "HEADERS", own, 1)
 	tests := []struct {
 		name, yaml, want string
@@ -100,6 +118,10 @@ func TestNotifyBad(t *testing.T) {
 		{"bad header name", strings.Replace(base, "X-Static:", "\"X Static\":", 1), "p.yaml:30: notify: header \"X Static\": not a header name"},
 		{"headers_file missing", strings.Replace(base, own, filepath.Join(dir, "none"), 1), "p.yaml:31: notify: headers_file " + filepath.Join(dir, "none") + ": no such file or directory"},
 		{"headers_file writable by others", strings.Replace(base, own, shared, 1), "p.yaml:31: notify: headers_file: " + shared + " is writable by its group or others"},
+		{"headers_file readable by its group", strings.Replace(base, own, grouped, 1), "p.yaml:31: notify: headers_file: " + grouped + " is open to its group or others (mode 0640; chmod 600 it)"},
+		{"headers_file with two names", strings.Replace(base, own, linked, 1), "p.yaml:31: notify: headers_file: " + linked + " has 2 names (hard links)"},
+		{"headers_file with a CR", strings.Replace(base, own, cr, 1), "p.yaml:31: notify: headers_file " + cr + ": line 1: header X-Evil: the value holds a line break or NUL"},
+		{"port out of range", strings.Replace(base, "https://hooks.example/", "https://hooks.example:99999/", 1), "p.yaml:23: notify: webhook: the port is not 1 to 65535"},
 		{"headers_file a link", strings.Replace(base, own, link, 1), "p.yaml:31: notify: headers_file: " + link + " is a symbolic link"},
 		{"headers_file malformed", strings.Replace(base, own, malformed, 1), "p.yaml:31: notify: headers_file " + malformed + ": line 2: not Name: value"},
 		{"same name", strings.Replace(base, "name: pager", "name: hooks.example", 1), "p.yaml:26: notify: two webhooks named hooks.example (first at line 23)"},

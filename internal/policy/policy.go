@@ -249,6 +249,11 @@ func readFile(path string) ([]byte, error) {
 		return nil, &Error{File: path, Reason: err.Error()}
 	}
 	defer f.Close()
+	// Whoever may write the policy decides which sessions the daemon ends,
+	// and where its notifications go with which files' contents.
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o002 != 0 {
+		return nil, &Error{File: path, Reason: fmt.Sprintf("writable by anyone (mode %04o): chmod o-w it", fi.Mode().Perm())}
+	}
 	var b bytes.Buffer
 	if _, err := b.ReadFrom(io.LimitReader(f, maxSize+1)); err != nil {
 		return nil, &Error{File: path, Reason: err.Error()}

@@ -279,3 +279,22 @@ func TestCancelChoosesRunningQueries(t *testing.T) {
 		})
 	}
 }
+
+// A policy (or a file it includes) anyone may write is refused: whoever
+// writes it decides what the daemon ends and where its notifications go.
+func TestWorldWritablePolicy(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.yaml")
+	if err := os.WriteFile(path, []byte(good), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.Load(path); err != nil {
+		t.Fatalf("a policy of mode 0600: %v", err)
+	}
+	if err := os.Chmod(path, 0o666); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.Load(path); err == nil || err.Error() != path+": writable by anyone (mode 0666): chmod o-w it" {
+		t.Fatalf("a policy of mode 0666: %v", err)
+	}
+}
