@@ -446,6 +446,11 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 		}
 		return Rule{}, errAt("match", "rule %q: %v", r.Name, err)
 	}
+	if sel.BlockingLongerThan > 0 && sel.Waiting {
+		// Such a rule would load, pass --check and --test, and never act.
+		return Rule{}, &Error{File: path, Line: lineOf(valueOf(n, "match"), "waiting"), Reason: fmt.Sprintf(
+			"rule %q: blocking_longer_than chooses the roots of lock waits, which wait on no lock: with waiting: true it matches nothing", r.Name)}
+	}
 	rule.Selector = sel
 	switch rule.Action {
 	case Cancel, Terminate, CancelThenTerminate:

@@ -97,6 +97,7 @@ func TestParseBad(t *testing.T) {
 		{"a string for a mapping", strings.Replace(good, "audit_log: /tmp/audit.jsonl\n", "audit_log: /tmp/audit.jsonl\naudit: full\n", 1), "p.yaml:6: expected a mapping of query, found a string"},
 		{"a webhook URL for a notify item", good + "notify:\n  - https://hooks.example/services/T0/secret-token\n", "p.yaml:23: expected a mapping of name, webhook, headers, headers_file, on, format, found a string"},
 		{"a DSN for a target", strings.Replace(good, "  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "  - \"postgres://u:secret@h/db\"\n", 1), "p.yaml:2: expected a mapping of name, dsn"},
+		{"a root that waits", strings.Replace(good, "      state: [active]\n      longer_than: 5m\n", "      blocking_longer_than: 5m\n      waiting: true\n", 1), "p.yaml:14: rule \"runaway-reports\": blocking_longer_than chooses the roots of lock waits, which wait on no lock: with waiting: true it matches nothing"},
 		{"a key named -", strings.Replace(good, "      state: [active]\n", "      state: [active]\n      \"-\": 1s\n", 1), "p.yaml:14: unknown key \"-\""},
 		{"duplicate rule", strings.Replace(good, "name: stuck", "name: runaway-reports", 1), "p.yaml:16: rule \"runaway-reports\" is defined twice (first at line 10)"},
 		{"no targets", strings.Replace(good, "targets:\n  - name: main\n    dsn: \"host=/tmp dbname=postgres\"\n", "", 1), "p.yaml:1: no targets"},
