@@ -48,6 +48,8 @@ const (
 	// MinInterval keeps a typo (5ms for 5s) from turning the daemon into
 	// a load on the server it watches.
 	MinInterval = 100 * time.Millisecond
+	// MinBudgetPer is the shortest window of max_actions.
+	MinBudgetPer = time.Second
 )
 
 // Policy is a checked policy.
@@ -575,6 +577,11 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 	if e.Count == nil || e.Per == nil {
 		return nil, errAt("", "say both count and per ({count: 20, per: 10m}: at most 20 sessions signalled in any 10 minutes)")
 	}
+	// yaml.v3 truncates a float into an int: 2.5 would be a budget of 2
+	// without a word.
+	if c := valueOf(n, "count"); c != nil && resolve(c).Tag != "!!int" {
+		return nil, errAt("count", "count %s: a whole number of sessions", c.Value)
+	}
 	if *e.Count < 1 {
 		return nil, errAt("count", "count %d: at least 1 (a rule that must never act is a dry run)", *e.Count)
 	}
@@ -584,6 +591,11 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 			err = errors.New("must be more than zero")
 		}
 		return nil, errAt("per", "per %q: %v", *e.Per, err)
+	}
+	if d < MinBudgetPer {
+		// Such a window frees its room before a runaway rule's next
+		// snapshot: it would cap nothing, and is a typo (1ms for 1m).
+		return nil, errAt("per", "per %s: at least %s", d, MinBudgetPer)
 	}
 	return &Budget{Count: *e.Count, Per: d}, nil
 }
@@ -810,6 +822,14 @@ func valueOf(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
+}
+
+// resolve is n, or the node an alias names.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 // lineOf is the line of key in mapping n, else of n itself.
