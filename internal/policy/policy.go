@@ -241,6 +241,18 @@ func Load(path string) (*Policy, error) {
 	return Parse(path, data)
 }
 
+// LoadOffline is Load for `watch --test`, which sends no notification: the
+// secrets of notify's webhooks are not resolved (no ${NAME} is looked up,
+// no headers_file read), so a CI job tests a policy without them. Its
+// sinks carry no headers: never start a daemon with it.
+func LoadOffline(path string) (*Policy, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parse(path, data, true)
+}
+
 func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -262,7 +274,10 @@ func readFile(path string) ([]byte, error) {
 }
 
 // Parse checks a policy read from path.
-func Parse(path string, data []byte) (*Policy, error) {
+func Parse(path string, data []byte) (*Policy, error) { return parse(path, data, false) }
+
+// parse is Parse; offline: LoadOffline's.
+func parse(path string, data []byte, offline bool) (*Policy, error) {
 	root, err := document(path, data)
 	if err != nil {
 		return nil, err
@@ -367,7 +382,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 	sinks := map[string]int{}
 	for i, e := range f.Notify {
 		n := notifyNode.Content[i]
-		sink, err := checkSink(path, n, e)
+		sink, err := checkSink(path, n, e, offline)
 		if err != nil {
 			return nil, err
 		}
@@ -489,8 +504,9 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 }
 
 // checkSink checks a webhook of notify:. Its errors name the key and
-// never hold the URL nor a header's value.
-func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
+// never hold the URL nor a header's value. Offline, the headers' names
+// are checked, and their values neither resolved nor kept.
+func checkSink(path string, n *yaml.Node, e notifyEntry, offline bool) (notify.Sink, error) {
 	errAt := func(node *yaml.Node, reason string, args ...any) error {
 		line := n.Line
 		if node != nil {
@@ -512,7 +528,7 @@ func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
 		}
 		s.Name = e.Name
 	}
-	if e.HeadersFile != "" {
+	if e.HeadersFile != "" && !offline {
 		file := e.HeadersFile
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(filepath.Dir(path), file)
@@ -527,8 +543,12 @@ func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
 		names = append(names, k)
 	}
 	sort.Strings(names)
+	h, lookup := s.Header, os.LookupEnv
+	if offline {
+		h, lookup = http.Header{}, func(string) (string, bool) { return "", true }
+	}
 	for _, k := range names {
-		if err := notify.SetHeader(s.Header, k, e.Headers[k]); err != nil {
+		if err := notify.SetHeader(h, k, e.Headers[k], lookup); err != nil {
 			return notify.Sink{}, errAt(keyNode(headers, k), "%v", err)
 		}
 	}
