@@ -82,7 +82,8 @@ what is in flight is finished, and the exit status is 0.
 
 The policy schema is in docs/watch.md (every key); --check validates a
 policy and prints what it will do (exit 0), or prints FILE:LINE: reason
-(exit 2). --test SNAPSHOT.json... connects to no server: on each snapshot
+(exit 2). --test SNAPSHOT.json... connects to no server and reads no
+webhook secret (no ${NAME}, no headers_file): on each snapshot
 (an ls -o json output, or {"taken_at": TIME, "sessions": [...]}; a plain
 array is taken at the file's modification time) it prints, per session,
 the rule that would act, its action and when (now, or the instant its
