@@ -600,7 +600,7 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 	// yaml.v3 truncates a float into an int: 2.5 would be a budget of 2
 	// without a word.
 	if c := valueOf(n, "count"); c != nil && resolve(c).Tag != "!!int" {
-		return nil, errAt("count", "count %s: a whole number of sessions", c.Value)
+		return nil, errAt("count", "count %s: a whole number of sessions", resolve(c).Value)
 	}
 	if *e.Count < 1 {
 		return nil, errAt("count", "count %d: at least 1 (a rule that must never act is a dry run)", *e.Count)
@@ -613,8 +613,8 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 		return nil, errAt("per", "per %q: %v", *e.Per, err)
 	}
 	if d < MinBudgetPer {
-		// Such a window frees its room before a runaway rule's next
-		// snapshot: it would cap nothing, and is a typo (1ms for 1m).
+		// A runaway rule signals many sessions a second: a shorter
+		// window caps next to nothing, and is a typo (1ms for 1m).
 		return nil, errAt("per", "per %s: at least %s", d, MinBudgetPer)
 	}
 	return &Budget{Count: *e.Count, Per: d}, nil
