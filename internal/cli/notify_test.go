@@ -49,3 +49,30 @@ func TestWatchCheckNotify(t *testing.T) {
 		}
 	}
 }
+
+// watch --test tells no webhook, so it needs none of their secrets: a
+// header from an unset variable and a headers_file that is not there
+// (a CI job has neither) do not stop it; --check still refuses them.
+func TestWatchTestWithoutSecrets(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	text := strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1) + `notify:
+  - webhook: https://hooks.example/T0
+    headers: {Authorization: "Bearer ${PGREAP_TEST_NOTIFY_UNSET}"}
+    headers_file: ` + filepath.Join(dir, "none.headers") + "\n"
+	pol := filepath.Join(dir, "policy.yaml")
+	writePolicy(t, pol, text)
+	snap := filepath.Join(dir, "snap.json")
+	if err := os.WriteFile(snap, []byte(`{"taken_at": "2026-01-01T00:10:00Z", "sessions": [{"pid": 7, "application_name": "x", "backend_type": "client backend", "state": "active", "backend_start": "2026-01-01T00:00:00Z", "query_start": "2026-01-01T00:00:00Z", "query": "SELECT pg_sleep(1)"}]}`), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "watch", "-c", pol, "--test", snap)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, "PID  APP  RULE  ACTION  WHEN  OUTCOME\n7    x    -     -       -     no rule\n") || r.errOut != "" {
+		t.Fatalf("--test: stdout\n%s\nstderr\n%s", r.out, r.errOut)
+	}
+	r = run(t, false, "watch", "-c", pol, "--check")
+	if r.code != 2 || !strings.Contains(r.errOut, pol+":11: notify: headers_file "+filepath.Join(dir, "none.headers")+": no such file or directory") {
+		t.Fatalf("--check: exit %d, stderr %q", r.code, r.errOut)
+	}
+}

@@ -134,6 +134,11 @@ rules:
 	good := write("ls.json", `[
 {"pid":7,"leader_pid":null,"datname":"app","usename":"alice","application_name":"x","client_addr":null,"backend_type":"client backend","state":"active","backend_start":"2026-01-01T00:00:00Z","xact_start":null,"query_start":"2026-01-01T00:00:00Z","state_change":"2026-01-01T00:00:00Z","wait_event_type":null,"wait_event":null,"query":"SELECT 1","blocked_by":[],"blocked_by_prepared":[]}
 ]`)
+	// Sparse: a size past the limit costs no disk.
+	huge := write("huge.json", "[")
+	if err := os.Truncate(huge, 256<<20+1); err != nil {
+		t.Fatal(err)
+	}
 	mtime := time.Date(2026, 1, 1, 0, 10, 0, 0, time.UTC)
 	if err := os.Chtimes(good, mtime, mtime); err != nil {
 		t.Fatal(err)
@@ -146,7 +151,14 @@ rules:
 		{"not JSON", []string{"--test", write("bad.json", "[{")}, "pgreap: --test: " + dir + "/bad.json: not an ls -o json output: unexpected end of JSON input (at byte 2)"},
 		{"an object without sessions", []string{"--test", write("obj.json", `{"taken_at": "2026-01-01T00:00:00Z"}`)}, `pgreap: --test: ` + dir + `/obj.json: no "sessions": want {"taken_at": ..., "sessions": [ls -o json rows]}`},
 		{"no backend_start", []string{"--test", write("nostart.json", `[{"pid": 3}]`)}, "pgreap: --test: " + dir + "/nostart.json: session 1 (pid 3): no backend_start: a session is named by pid and backend_start"},
-		{"missing", []string{"--test", filepath.Join(dir, "none.json")}, "pgreap: --test: open " + dir + "/none.json: no such file or directory"},
+		{"missing", []string{"--test", filepath.Join(dir, "none.json")}, "pgreap: --test: " + dir + "/none.json: no such file or directory"},
+		{"a device", []string{"--test", "/dev/zero"}, "pgreap: --test: /dev/zero: not a regular file (a snapshot is an ls -o json output saved to a file)"},
+		{"a good file, then a device", []string{"--test", good, "/dev/zero"}, "pgreap: --test: /dev/zero: not a regular file (a snapshot is an ls -o json output saved to a file)"},
+		{"a directory", []string{"--test", dir}, "pgreap: --test: " + dir + ": not a regular file (a snapshot is an ls -o json output saved to a file)"},
+		{"too large", []string{"--test", huge}, "pgreap: --test: " + huge + ": more than 256 MiB: not a snapshot"},
+		{"pid 0", []string{"--test", write("pid0.json", `[{"pid": 0, "backend_start": "2026-01-01T00:00:00Z"}]`)}, "pgreap: --test: " + dir + "/pid0.json: session 1: pid 0: not a backend's (a pid is positive)"},
+		{"a negative pid", []string{"--test", write("neg.json", `[{"pid": 5, "backend_start": "2026-01-01T00:00:00Z"}, {"pid": -5, "backend_start": "2026-01-01T00:00:00Z"}]`)}, "pgreap: --test: " + dir + "/neg.json: session 2: pid -5: not a backend's (a pid is positive)"},
+		{"a pid twice", []string{"--test", write("twice.json", `{"taken_at": "2026-01-01T00:00:00Z", "sessions": [{"pid": 5, "backend_start": "2026-01-01T00:00:00Z"}, {"pid": 6, "backend_start": "2026-01-01T00:00:00Z"}, {"pid": 5, "backend_start": "2026-01-01T00:00:01Z"}]}`)}, "pgreap: --test: " + dir + "/twice.json: session 3: pid 5 is listed twice (first as session 1)"},
 		{"no file", []string{"--test"}, "pgreap: watch --test needs snapshots: --test SNAPSHOT.json... (each an ls -o json output)"},
 		{"files without --test", []string{good}, `pgreap: watch takes no arguments ("` + good + `"): did you mean --test ` + good + `?`},
 	} {

@@ -82,7 +82,8 @@ what is in flight is finished, and the exit status is 0.
 
 The policy schema is in docs/watch.md (every key); --check validates a
 policy and prints what it will do (exit 0), or prints FILE:LINE: reason
-(exit 2). --test SNAPSHOT.json... connects to no server: on each snapshot
+(exit 2). --test SNAPSHOT.json... connects to no server and reads no
+webhook secret (no ${NAME}, no headers_file): on each snapshot
 (an ls -o json output, or {"taken_at": TIME, "sessions": [...]}; a plain
 array is taken at the file's modification time) it prints, per session,
 the rule that would act, its action and when (now, or the instant its
@@ -145,12 +146,17 @@ func watchRun(ctx context.Context, opts *WatchOptions) error {
 		// targets: 67 MB resident instead of 141, bench/watch_test.go).
 		debug.SetGCPercent(100)
 	}
+	if opts.Test {
+		// Offline: no webhook is told, so none of their secrets is read.
+		pol, err := policy.LoadOffline(opts.Config)
+		if err != nil {
+			return usageError(err)
+		}
+		return watchTest(opts, pol)
+	}
 	pol, err := policy.Load(opts.Config)
 	if err != nil {
 		return usageError(err)
-	}
-	if opts.Test {
-		return watchTest(opts, pol)
 	}
 	if opts.Check {
 		// The audit log as the daemon will open it: its own, no link.

@@ -2,7 +2,6 @@ package cli
 
 import (
 	"fmt"
-	"os"
 	"text/tabwriter"
 	"time"
 
@@ -23,21 +22,9 @@ func watchTest(opts *WatchOptions, pol *policy.Policy) error {
 	}
 	var files []file
 	for _, name := range opts.Files {
-		data, err := os.ReadFile(name)
-		if err != nil {
-			return usageError(fmt.Errorf("--test: %w", err))
-		}
-		st, err := os.Stat(name)
-		if err != nil {
-			return usageError(fmt.Errorf("--test: %w", err))
-		}
-		snap, err := output.ReadSnapshot(data, time.Time{})
+		snap, mtime, err := output.ReadSnapshotFile(name)
 		if err != nil {
 			return usageError(fmt.Errorf("--test: %s: %v", name, err))
-		}
-		mtime := snap.Taken.IsZero()
-		if mtime {
-			snap.Taken = st.ModTime()
 		}
 		files = append(files, file{name, watch.Test(pol, snap, opts.DryRun), snap.Taken, mtime})
 	}

@@ -113,3 +113,43 @@ func TestMarkRoots(t *testing.T) {
 		t.Errorf("roots %v, want 10, 60 and 80", slices.Sorted(maps.Keys(behind)))
 	}
 }
+
+// MarkRoots on a chain of 2000 waits (each session waits for the one
+// before), and on one that ends in a deadlock: every waiter of the first
+// is behind its one root, since the oldest wait; the second has no root.
+func TestMarkRootsDeepChain(t *testing.T) {
+	const depth = 2000
+	t0 := time.Date(2026, 1, 2, 3, 4, 5, 0, time.UTC)
+	chain := func(first []int32) *activity.Snapshot {
+		snap := &activity.Snapshot{}
+		for pid := int32(1); pid <= depth; pid++ {
+			s := activity.Session{PID: pid, WaitStart: t0.Add(time.Duration(pid) * time.Second)}
+			switch {
+			case pid == 1:
+				s.BlockedBy, s.WaitStart = first, time.Time{}
+			default:
+				s.BlockedBy = []int32{pid - 1}
+			}
+			snap.Sessions = append(snap.Sessions, s)
+		}
+		return snap
+	}
+	snap := chain(nil)
+	behind := maintenance.MarkRoots(snap)
+	if len(behind) != 1 || len(behind[1]) != depth-1 {
+		t.Fatalf("%d roots, %d behind 1; want 1 root and %d behind it", len(behind), len(behind[1]), depth-1)
+	}
+	for i, w := range behind[1] {
+		if w.PID != int32(i+2) {
+			t.Fatalf("behind 1: #%d is %d, want %d (snapshot order)", i, w.PID, i+2)
+		}
+	}
+	if got := snap.Sessions[0].BlockingSince; !got.Equal(t0.Add(2 * time.Second)) {
+		t.Errorf("the root's BlockingSince %s, want the oldest wait %s", got, t0.Add(2*time.Second))
+	}
+	// 1 waits for the last: a cycle of 2000, no root.
+	snap = chain([]int32{depth})
+	if behind := maintenance.MarkRoots(snap); len(behind) != 0 {
+		t.Errorf("a deadlock has roots: %v", slices.Sorted(maps.Keys(behind)))
+	}
+}

@@ -84,7 +84,7 @@ func newMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "pgreap_notify_failed_total", Help: "Events given up after their last attempt, or refused by the webhook (a 4xx other than 429).",
 		}, []string{"sink"}),
 		Dropped: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "pgreap_notify_dropped_total", Help: "Events never sent: the sink's queue was full, or the daemon stopped before their turn.",
+			Name: "pgreap_notify_dropped_total", Help: "Events never delivered: the sink's queue was full, or the daemon stopped before their turn or while they were retried.",
 		}, []string{"sink"}),
 	}
 	reg.MustRegister(m.Sent, m.Failed, m.Dropped)
@@ -222,11 +222,9 @@ func (n *Notifier) work(s *sink) {
 	defer s.cancel()
 	lost := 0
 	for ev := range s.q {
-		if s.ctx.Err() != nil {
+		if s.ctx.Err() != nil || !n.deliver(s, ev) {
 			lost++
-			continue
 		}
-		n.deliver(s, ev)
 	}
 	if lost > 0 {
 		n.metrics.Dropped.WithLabelValues(s.Name).Add(float64(lost))
@@ -234,24 +232,31 @@ func (n *Notifier) work(s *sink) {
 	}
 }
 
-// deliver posts one event, retrying what may succeed later.
-func (n *Notifier) deliver(s *sink, ev Event) {
+// deliver posts one event, retrying what may succeed later. It is false
+// when the stop (the flush time up) ended it before the event was sent or
+// given up: the caller counts it dropped, as what is left in the queue.
+func (n *Notifier) deliver(s *sink, ev Event) bool {
 	body, err := Render(s.Format, ev)
 	if err != nil {
 		n.metrics.Failed.WithLabelValues(s.Name).Inc()
 		n.log.Error("notification not sent", "sink", s.Name, "event", string(ev.Kind), "err", err.Error())
-		return
+		return true
 	}
 	for attempt := 1; ; attempt++ {
 		retry, wait, err := n.post(s, body)
 		if err == nil {
 			n.metrics.Sent.WithLabelValues(s.Name).Inc()
-			return
+			return true
 		}
-		if !retry || attempt >= n.opt.Attempts || s.ctx.Err() != nil {
+		if retry && s.ctx.Err() != nil {
+			// Cut short by the stop, in its POST or its backoff: it would
+			// have been tried again, not failed.
+			return false
+		}
+		if !retry || attempt >= n.opt.Attempts {
 			n.metrics.Failed.WithLabelValues(s.Name).Inc()
 			n.log.Error("notification not delivered", "sink", s.Name, "event", string(ev.Kind), "attempts", attempt, "err", err.Error())
-			return
+			return true
 		}
 		if wait <= 0 {
 			d := min(n.opt.MinBackoff<<(attempt-1), n.opt.MaxBackoff)
@@ -262,6 +267,7 @@ func (n *Notifier) deliver(s *sink, ev Event) {
 		select {
 		case <-s.ctx.Done():
 			t.Stop()
+			return false
 		case <-t.C:
 		}
 	}

@@ -100,16 +100,17 @@ var token = regexp.MustCompile("^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 var envRef = regexp.MustCompile(`\$\{([A-Za-z_][A-Za-z0-9_]*)\}`)
 
 // SetHeader checks name and value and sets them in h. Each ${NAME} in the
-// value is replaced by the environment variable NAME, which must be set.
-// Errors name the header and the variable, never the value.
-func SetHeader(h http.Header, name, value string) error {
+// value is replaced by lookup(NAME) (os.LookupEnv: the environment
+// variable), which must be set. Errors name the header and the variable,
+// never the value.
+func SetHeader(h http.Header, name, value string, lookup func(string) (string, bool)) error {
 	if !token.MatchString(name) {
 		return fmt.Errorf("header %q: not a header name", name)
 	}
 	var missing []string
 	v := envRef.ReplaceAllStringFunc(value, func(ref string) string {
 		env := envRef.FindStringSubmatch(ref)[1]
-		got, ok := os.LookupEnv(env)
+		got, ok := lookup(env)
 		if !ok {
 			missing = append(missing, env)
 		}

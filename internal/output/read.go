@@ -5,7 +5,9 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"io"
 	"net/netip"
+	"os"
 	"time"
 
 	"github.com/pgreap/pgreap/internal/activity"
@@ -51,6 +53,72 @@ type savedRow struct {
 	GID               *string       `json:"gid"`
 }
 
+// MaxSnapshotSize bounds a snapshot file: an `ls -o json` of 10,000
+// sessions with long queries fits.
+const MaxSnapshotSize = 256 << 20
+
+// ReadSnapshotFile reads the snapshot file name (ReadSnapshot), taken at
+// the file's modification time when it does not say (mtime is then true).
+// A file that is not a regular one (a device, a FIFO, a directory) or is
+// larger than MaxSnapshotSize is refused before it is read: /dev/zero
+// would be read for ever. Its errors say what is wrong in one line,
+// without the file's name.
+func ReadSnapshotFile(name string) (snap *activity.Snapshot, mtime bool, err error) {
+	st, err := os.Stat(name)
+	if err != nil {
+		return nil, false, pathError(err)
+	}
+	if err := snapshotFile(st); err != nil {
+		return nil, false, err
+	}
+	f, err := os.Open(name)
+	if err != nil {
+		return nil, false, pathError(err)
+	}
+	defer f.Close()
+	// Again on what was opened: the name may have been replaced since.
+	if st, err = f.Stat(); err != nil {
+		return nil, false, pathError(err)
+	}
+	if err := snapshotFile(st); err != nil {
+		return nil, false, err
+	}
+	data, err := io.ReadAll(io.LimitReader(f, MaxSnapshotSize+1))
+	if err != nil {
+		return nil, false, pathError(err)
+	}
+	if len(data) > MaxSnapshotSize {
+		return nil, false, fmt.Errorf("more than %d MiB: not a snapshot", MaxSnapshotSize>>20)
+	}
+	snap, err = ReadSnapshot(data, time.Time{})
+	if err != nil {
+		return nil, false, err
+	}
+	if snap.Taken.IsZero() {
+		snap.Taken, mtime = st.ModTime(), true
+	}
+	return snap, mtime, nil
+}
+
+func snapshotFile(st os.FileInfo) error {
+	switch {
+	case !st.Mode().IsRegular():
+		return errors.New("not a regular file (a snapshot is an ls -o json output saved to a file)")
+	case st.Size() > MaxSnapshotSize:
+		return fmt.Errorf("more than %d MiB: not a snapshot", MaxSnapshotSize>>20)
+	}
+	return nil
+}
+
+// pathError is err without the file's name, which the caller gives.
+func pathError(err error) error {
+	var pe *os.PathError
+	if errors.As(err, &pe) {
+		return pe.Err
+	}
+	return err
+}
+
 // ReadSnapshot reads an `ls -o json` output (either form of
 // SavedSnapshot). taken is the snapshot's time when the file does not say
 // it. Its errors say what is wrong in one line, without the file's name.
@@ -78,6 +146,10 @@ func ReadSnapshot(data []byte, taken time.Time) (*activity.Snapshot, error) {
 		return nil, errors.New("not an ls -o json output (a JSON array of sessions)")
 	}
 	snap := &activity.Snapshot{Taken: taken}
+	// A pid names one backend of a snapshot: the daemon keys what it
+	// does by it, so a row with none, or one listed twice, is no
+	// server's.
+	first := map[int32]int{}
 	for i, raw := range saved.Sessions {
 		var r savedRow
 		dec := json.NewDecoder(bytes.NewReader(raw))
@@ -87,6 +159,13 @@ func ReadSnapshot(data []byte, taken time.Time) (*activity.Snapshot, error) {
 		if r.Replay != nil || r.GID != nil || r.PID == nil {
 			continue // the replay, a prepared transaction: no session
 		}
+		if *r.PID <= 0 {
+			return nil, fmt.Errorf("session %d: pid %d: not a backend's (a pid is positive)", i+1, *r.PID)
+		}
+		if at, dup := first[*r.PID]; dup {
+			return nil, fmt.Errorf("session %d: pid %d is listed twice (first as session %d)", i+1, *r.PID, at)
+		}
+		first[*r.PID] = i + 1
 		s, err := r.session()
 		if err != nil {
 			return nil, fmt.Errorf("session %d (pid %d): %v", i+1, *r.PID, err)

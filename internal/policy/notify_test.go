@@ -138,3 +138,31 @@ func TestNotifyBad(t *testing.T) {
 		})
 	}
 }
+
+// LoadOffline (watch --test) resolves no secret: an unset ${NAME} and a
+// headers_file that is not there are not errors, and no header value is
+// kept; what is not a secret is checked as Load checks it.
+func TestNotifyOffline(t *testing.T) {
+	dir := t.TempDir()
+	path := filepath.Join(dir, "p.yaml")
+	text := strings.Replace(strings.Replace(withNotify, "HEADERS", filepath.Join(dir, "none"), 1), "${PGREAP_TEST_TOKEN}", "${PGREAP_TEST_UNSET}", 1)
+	if err := os.WriteFile(path, []byte(text), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.Load(path); err == nil || !strings.Contains(err.Error(), "none: no such file or directory") {
+		t.Fatalf("Load: %v, want the missing headers_file refused", err)
+	}
+	p, err := policy.LoadOffline(path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(p.Notify) != 2 || p.Notify[1].Name != "pager" || len(p.Notify[1].Header) != 0 {
+		t.Fatalf("notify %+v", p.Notify)
+	}
+	if err := os.WriteFile(path, []byte(strings.Replace(text, "X-Static:", "\"X Static\":", 1)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := policy.LoadOffline(path); err == nil || !strings.HasSuffix(err.Error(), "p.yaml:30: notify: header \"X Static\": not a header name") {
+		t.Fatalf("LoadOffline of a bad header name: %v", err)
+	}
+}

@@ -48,6 +48,8 @@ const (
 	// MinInterval keeps a typo (5ms for 5s) from turning the daemon into
 	// a load on the server it watches.
 	MinInterval = 100 * time.Millisecond
+	// MinBudgetPer is the shortest window of max_actions.
+	MinBudgetPer = time.Second
 )
 
 // Policy is a checked policy.
@@ -239,6 +241,18 @@ func Load(path string) (*Policy, error) {
 	return Parse(path, data)
 }
 
+// LoadOffline is Load for `watch --test`, which sends no notification: the
+// secrets of notify's webhooks are not resolved (no ${NAME} is looked up,
+// no headers_file read), so a CI job tests a policy without them. Its
+// sinks carry no headers: never start a daemon with it.
+func LoadOffline(path string) (*Policy, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parse(path, data, true)
+}
+
 func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -265,7 +279,10 @@ func readFile(path string) ([]byte, error) {
 }
 
 // Parse checks a policy read from path.
-func Parse(path string, data []byte) (*Policy, error) {
+func Parse(path string, data []byte) (*Policy, error) { return parse(path, data, false) }
+
+// parse is Parse; offline: LoadOffline's.
+func parse(path string, data []byte, offline bool) (*Policy, error) {
 	root, err := document(path, data)
 	if err != nil {
 		return nil, err
@@ -370,7 +387,7 @@ func Parse(path string, data []byte) (*Policy, error) {
 	sinks := map[string]int{}
 	for i, e := range f.Notify {
 		n := notifyNode.Content[i]
-		sink, err := checkSink(path, n, e)
+		sink, err := checkSink(path, n, e, offline)
 		if err != nil {
 			return nil, err
 		}
@@ -497,8 +514,9 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 }
 
 // checkSink checks a webhook of notify:. Its errors name the key and
-// never hold the URL nor a header's value.
-func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
+// never hold the URL nor a header's value. Offline, the headers' names
+// are checked, and their values neither resolved nor kept.
+func checkSink(path string, n *yaml.Node, e notifyEntry, offline bool) (notify.Sink, error) {
 	errAt := func(node *yaml.Node, reason string, args ...any) error {
 		line := n.Line
 		if node != nil {
@@ -520,7 +538,7 @@ func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
 		}
 		s.Name = e.Name
 	}
-	if e.HeadersFile != "" {
+	if e.HeadersFile != "" && !offline {
 		file := e.HeadersFile
 		if !filepath.IsAbs(file) {
 			file = filepath.Join(filepath.Dir(path), file)
@@ -535,8 +553,12 @@ func checkSink(path string, n *yaml.Node, e notifyEntry) (notify.Sink, error) {
 		names = append(names, k)
 	}
 	sort.Strings(names)
+	h, lookup := s.Header, os.LookupEnv
+	if offline {
+		h, lookup = http.Header{}, func(string) (string, bool) { return "", true }
+	}
 	for _, k := range names {
-		if err := notify.SetHeader(s.Header, k, e.Headers[k]); err != nil {
+		if err := notify.SetHeader(h, k, e.Headers[k], lookup); err != nil {
 			return notify.Sink{}, errAt(keyNode(headers, k), "%v", err)
 		}
 	}
@@ -585,6 +607,11 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 	if e.Count == nil || e.Per == nil {
 		return nil, errAt("", "say both count and per ({count: 20, per: 10m}: at most 20 sessions signalled in any 10 minutes)")
 	}
+	// yaml.v3 truncates a float into an int: 2.5 would be a budget of 2
+	// without a word.
+	if c := valueOf(n, "count"); c != nil && resolve(c).Tag != "!!int" {
+		return nil, errAt("count", "count %s: a whole number of sessions", resolve(c).Value)
+	}
 	if *e.Count < 1 {
 		return nil, errAt("count", "count %d: at least 1 (a rule that must never act is a dry run)", *e.Count)
 	}
@@ -594,6 +621,11 @@ func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget
 			err = errors.New("must be more than zero")
 		}
 		return nil, errAt("per", "per %q: %v", *e.Per, err)
+	}
+	if d < MinBudgetPer {
+		// A runaway rule signals many sessions a second: a shorter
+		// window caps next to nothing, and is a typo (1ms for 1m).
+		return nil, errAt("per", "per %s: at least %s", d, MinBudgetPer)
 	}
 	return &Budget{Count: *e.Count, Per: d}, nil
 }
@@ -831,6 +863,14 @@ func valueOf(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
+}
+
+// resolve is n, or the node an alias names.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 // lineOf is the line of key in mapping n, else of n itself.

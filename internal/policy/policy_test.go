@@ -119,6 +119,11 @@ func TestParseBad(t *testing.T) {
 		{"budget unknown key", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 3, every: 1m}\n", 1), "p.yaml:16: unknown key \"every\" (known here: count, per)"},
 		{"budget not a mapping", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: 3\n", 1), "p.yaml:16: expected a mapping of count, per, found a number"},
 		{"global budget negative", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions: {count: -1, per: 1h}", 1), "p.yaml:5: max_actions: count -1: at least 1"},
+		{"budget count not whole", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 2.5, per: 1m}\n", 1), "p.yaml:16: rule \"runaway-reports\": max_actions: count 2.5: a whole number of sessions"},
+		{"budget count a float", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions:\n      count: 3.0\n      per: 1m\n", 1), "p.yaml:17: rule \"runaway-reports\": max_actions: count 3.0: a whole number of sessions"},
+		{"budget per below a second", strings.Replace(good, "    action: cancel\n", "    action: cancel\n    max_actions: {count: 3, per: 1ns}\n", 1), "p.yaml:16: rule \"runaway-reports\": max_actions: per 1ns: at least 1s"},
+		{"global budget count not whole", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions: {count: 1e3, per: 1h}", 1), "p.yaml:5: max_actions: count 1e3: a whole number of sessions"},
+		{"global budget per below a second", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions:\n  count: 5\n  per: 999ms", 1), "p.yaml:7: max_actions: per 999ms: at least 1s"},
 		{"global budget empty", strings.Replace(good, "interval: 2s", "interval: 2s\nmax_actions: {}", 1), "p.yaml:5: max_actions: say both count and per"},
 	}
 	for _, tt := range tests {

@@ -51,6 +51,18 @@ type Released struct {
 	WaitedSeconds *float64 `json:"waited_seconds"`
 }
 
+// waitedSeconds is the time from a wait's start (zero: not shown) to now,
+// in seconds to the millisecond; nil when not known. Whole milliseconds
+// divided by 1000 are the float nearest the decimal, which JSON writes as
+// it is (Duration.Seconds of 1.118s is 1.1179999999999999).
+func waitedSeconds(from, now time.Time) *float64 {
+	if from.IsZero() || !now.After(from) {
+		return nil
+	}
+	s := float64(now.Sub(from).Round(time.Millisecond).Milliseconds()) / 1000
+	return &s
+}
+
 func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {
 	q := r.Query
 	e := Entry{

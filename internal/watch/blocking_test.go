@@ -1,8 +1,10 @@
 package watch_test
 
 import (
+	"encoding/json"
 	"fmt"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -129,6 +131,27 @@ rules:
 	if !waiter.Alive() || !reader.Alive() {
 		t.Errorf("a waiter was ended: waiter alive %v, reader alive %v", waiter.Alive(), reader.Alive())
 	}
+	if n, ok := actedLog(t, d, root.PID)["released"]; !ok || n != 2.0 {
+		t.Errorf("the acted log line says released %v (%t), want 2", n, ok)
+	}
+}
+
+// actedLog is the daemon's "acted" log line of pid, once written (it
+// follows the audit line).
+func actedLog(t *testing.T, d *daemon, pid int32) map[string]any {
+	t.Helper()
+	var line map[string]any
+	pgtest.Eventually(t, fmt.Sprintf("the acted log line of %d", pid), func() (bool, error) {
+		for _, l := range strings.Split(d.logs.String(), "\n") {
+			var m map[string]any
+			if json.Unmarshal([]byte(l), &m) == nil && m["msg"] == "acted" && m["pid"] == float64(pid) {
+				line = m
+				return true, nil
+			}
+		}
+		return false, nil
+	})
+	return line
 }
 
 // A root whose waiters have waited less than the threshold is not acted

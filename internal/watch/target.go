@@ -917,6 +917,7 @@ func (s *session) record(ctx context.Context, f *inflight) {
 			continue
 		}
 		e := entry(t.now(), t.name, f.rule.Name, dry, r)
+		attrs := []any{"rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry}
 		if waiters := f.behind[r.PID]; len(waiters) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
 			var err error
 			if e.Released, err = s.released(ctx, r.PID, waiters); err != nil {
@@ -924,13 +925,16 @@ func (s *session) record(ctx context.Context, f *inflight) {
 				// detail tells that it is not known.
 				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(err), "; ")
 				t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pid", r.PID, "err", oneLine(err))
+			} else {
+				// Only where it was looked for: on any other line a
+				// count of 0 would say that a root released no one.
+				attrs = append(attrs, "released", len(e.Released))
 			}
 		}
 		if err := t.audit.Write(e); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
-		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry,
-			"released", len(e.Released))
+		t.log.Info("acted", attrs...)
 	}
 }
 
@@ -1008,12 +1012,7 @@ func (s *session) released(ctx context.Context, root int32, waiters []*activity.
 		if err := rows.Scan(&pid, &now); err != nil {
 			return nil, err
 		}
-		r := Released{PID: pid}
-		if from := since[pid]; !from.IsZero() && now.After(from) {
-			waited := now.Sub(from).Round(time.Millisecond).Seconds()
-			r.WaitedSeconds = &waited
-		}
-		out = append(out, r)
+		out = append(out, Released{PID: pid, WaitedSeconds: waitedSeconds(since[pid], now)})
 	}
 	return out, rows.Err()
 }
