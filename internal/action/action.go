@@ -452,6 +452,17 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 	return Planned, ""
 }
 
+// Unseen is why the guard would deny a session of a snapshot its role saw
+// without a backend_start (another role's, without pg_read_all_stats):
+// it cannot make sure the session it signals is the one it chose. "" when
+// it was seen.
+func Unseen(s *activity.Session) string {
+	if !s.BackendStart.IsZero() {
+		return ""
+	}
+	return invisibleDetail(s.Usename)
+}
+
 func invisibleDetail(usename string) string {
 	return fmt.Sprintf("cannot see the backend_start of role %s's session, so cannot make sure it is the same session: GRANT pg_read_all_stats (or %s) to pgreap's role", usename, usename)
 }

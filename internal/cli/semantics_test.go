@@ -150,7 +150,8 @@ rules:
 	}{
 		{"not JSON", []string{"--test", write("bad.json", "[{")}, "pgreap: --test: " + dir + "/bad.json: not an ls -o json output: unexpected end of JSON input (at byte 2)"},
 		{"an object without sessions", []string{"--test", write("obj.json", `{"taken_at": "2026-01-01T00:00:00Z"}`)}, `pgreap: --test: ` + dir + `/obj.json: no "sessions": want {"taken_at": ..., "sessions": [ls -o json rows]}`},
-		{"no backend_start", []string{"--test", write("nostart.json", `[{"pid": 3}]`)}, "pgreap: --test: " + dir + "/nostart.json: session 1 (pid 3): no backend_start: a session is named by pid and backend_start"},
+		{"two snapshots in one file", []string{"--test", write("two.json", `{"taken_at": "2026-01-01T00:00:00Z", "sessions": []} {"taken_at": "2026-01-01T00:00:00Z", "sessions": []}`)}, "pgreap: --test: " + dir + "/two.json: more after the snapshot (at byte 53): one snapshot per file"},
+		{"taken_at zero", []string{"--test", write("zero.json", `{"taken_at": "0001-01-01T00:00:00Z", "sessions": []}`)}, "pgreap: --test: " + dir + "/zero.json: taken_at 0001-01-01T00:00:00Z: no time a snapshot was taken"},
 		{"missing", []string{"--test", filepath.Join(dir, "none.json")}, "pgreap: --test: " + dir + "/none.json: no such file or directory"},
 		{"a device", []string{"--test", "/dev/zero"}, "pgreap: --test: /dev/zero: not a regular file (a snapshot is an ls -o json output saved to a file)"},
 		{"a good file, then a device", []string{"--test", good, "/dev/zero"}, "pgreap: --test: /dev/zero: not a regular file (a snapshot is an ls -o json output saved to a file)"},

@@ -136,10 +136,18 @@ func ReadSnapshot(data []byte, taken time.Time) (*activity.Snapshot, error) {
 		if err := dec.Decode(&saved); err != nil {
 			return nil, fmt.Errorf("not {\"taken_at\": ..., \"sessions\": [ls -o json rows]}: %s", jsonError(err))
 		}
+		if dec.More() {
+			// Two snapshots appended to one file (>>): the second would go
+			// untested.
+			return nil, fmt.Errorf("more after the snapshot (at byte %d): one snapshot per file", dec.InputOffset())
+		}
 		if saved.Sessions == nil {
 			return nil, errors.New(`no "sessions": want {"taken_at": ..., "sessions": [ls -o json rows]}`)
 		}
 		if saved.TakenAt != nil {
+			if saved.TakenAt.Year() < 2000 {
+				return nil, fmt.Errorf("taken_at %s: no time a snapshot was taken", saved.TakenAt.Format(time.RFC3339))
+			}
 			taken = *saved.TakenAt
 		}
 	default:
@@ -211,9 +219,6 @@ func (r *savedRow) session() (activity.Session, error) {
 			return s, fmt.Errorf("client_addr %q: not an address", *r.ClientAddr)
 		}
 		s.ClientAddr = a
-	}
-	if s.BackendStart.IsZero() {
-		return s, errors.New("no backend_start: a session is named by pid and backend_start")
 	}
 	if p := r.Pooler; p != nil {
 		k := &pooler.Link{Pooler: p.Pooler, PoolMode: str(p.PoolMode), ApplicationName: str(p.ApplicationName),

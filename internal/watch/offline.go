@@ -25,7 +25,9 @@ type Verdict struct {
 	Due time.Time
 	// Outcome is "" for an action sent at Due, or the audit outcome the
 	// daemon would write instead: planned (a dry run), suppressed (a
-	// budget is spent), protected (the guard refuses it). A session no
+	// budget is spent), protected (the guard refuses it), denied (the
+	// role that took the snapshot could not see the session's
+	// backend_start: the guard cannot make sure it signals that session). A session no
 	// rule takes because protect: (or its being a parallel worker) keeps
 	// it off is protected with no Rule.
 	Outcome string
@@ -101,6 +103,10 @@ func Test(pol *policy.Policy, snap *activity.Snapshot, dryRun bool) []Verdict {
 		}
 		if why := action.Protects(&v.Session, AppName); why != "" {
 			v.Outcome, v.Detail = string(action.Protected), why
+			continue
+		}
+		if why := action.Unseen(&v.Session); why != "" {
+			v.Outcome, v.Detail = string(action.Denied), why
 			continue
 		}
 		for _, b := range []*budget{bs.rules[r.Name], bs.all} {

@@ -150,3 +150,44 @@ rules:
 		t.Errorf("verdicts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
 	}
 }
+
+// A role without pg_read_all_stats sees another role's sessions without
+// backend_start (or state, or times): --test reads its ls -o json, and a
+// rule that takes such a session is denied, as the daemon's guard denies
+// it (it cannot make sure the session it would signal is the one chosen).
+func TestOfflineUnseen(t *testing.T) {
+	t.Parallel()
+	const file = `{"taken_at": "2026-12-02T10:00:00Z", "sessions": [
+{"pid": 20, "datname": "shop", "usename": "bob", "application_name": "batch", "backend_type": null, "state": null,
+ "backend_start": null, "xact_start": null, "query_start": null, "state_change": null, "query": "<insufficient privilege>",
+ "blocked_by": [], "blocked_by_prepared": []},
+{"pid": 21, "datname": "shop", "usename": "bob", "application_name": "batch", "backend_type": "client backend", "state": "idle",
+ "backend_start": "2026-12-02T09:00:00Z", "query_start": "2026-12-02T09:50:00Z", "state_change": "2026-12-02T09:50:00Z",
+ "query": "SELECT 1", "blocked_by": [], "blocked_by_prepared": []}
+]}`
+	snap, err := output.ReadSnapshot([]byte(file), time.Time{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	pol, err := policy.Parse("policy.yaml", []byte(`
+targets: [{name: main, dsn: "host=/nonexistent"}]
+rules:
+  - name: batch
+    match: {user: [bob]}
+    action: terminate
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	var got []string
+	for _, v := range watch.Test(pol, snap, false) {
+		got = append(got, fmt.Sprintf("%d %q %q", v.Session.PID, v.Rule, v.Outcome))
+		if v.Outcome == "denied" && !strings.Contains(v.Detail, "pg_read_all_stats") {
+			t.Errorf("denied %d: %q, want the privilege it lacks", v.Session.PID, v.Detail)
+		}
+	}
+	want := []string{`20 "batch" "denied"`, `21 "batch" ""`}
+	if !slices.Equal(got, want) {
+		t.Errorf("verdicts:\n%s\nwant:\n%s", strings.Join(got, "\n"), strings.Join(want, "\n"))
+	}
+}
