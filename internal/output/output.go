@@ -59,6 +59,9 @@ type Options struct {
 	Pooler bool
 	// Standby: the server is a hot standby: rows have blocking_replay.
 	Standby bool
+	// Attempts: rows of exec, among them Attempt rows: CSV has the
+	// columns attempt and waited_ms first.
+	Attempts bool
 }
 
 // Row is a session and, in an action's output, what was done to it.
@@ -75,6 +78,35 @@ type Row struct {
 	// Replay is set on the row of a standby's startup process: it stands
 	// for WAL replay, and says how far behind it is and who holds it up.
 	Replay *activity.Replay
+	// Attempt is set on a row of exec that stands for one run of its
+	// SQL, not a session (AttemptRow).
+	Attempt *Attempt
+}
+
+// Attempt is one run of exec's SQL: its number (from 1), how long it
+// ran, its outcome (committed, lock timeout, error), who blocked it.
+type Attempt struct {
+	N      int
+	Waited time.Duration
+}
+
+// AttemptRow is the row of an attempt: in JSON an object with attempt,
+// waited_ms, outcome, blocked_by, blocked_by_prepared and detail; in CSV
+// those columns of a row with no session.
+func AttemptRow(n int, waited time.Duration, outcome string, blockedBy []int32, blockedByPrepared []string, detail string) Row {
+	return Row{Session: activity.Session{BlockedBy: blockedBy, BlockedByPrepared: blockedByPrepared},
+		Outcome: outcome, Detail: detail, Attempt: &Attempt{N: n, Waited: waited}}
+}
+
+// attemptFields are an attempt row's JSON fields.
+func attemptFields(dst []field, r *Row) []field {
+	return append(dst,
+		field{"attempt", value{kind: kindInt, n: int64(r.Attempt.N)}},
+		field{"waited_ms", value{kind: kindInt, n: r.Attempt.Waited.Milliseconds()}},
+		field{"outcome", str(r.Outcome)},
+		field{"blocked_by", value{kind: kindInts, ints: r.BlockedBy}},
+		field{"blocked_by_prepared", value{kind: kindStrs, strs: r.BlockedByPrepared}},
+		field{"detail", nullStr(r.Detail)})
 }
 
 // ReplayRow is the row that shows a hot standby's WAL replay (its startup
@@ -234,6 +266,13 @@ func pidValue(s *activity.Session) value {
 // fields appends the row's fields to dst.
 func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 	s := &r.Session
+	if opt.Attempts {
+		n, waited := value{}, value{}
+		if a := r.Attempt; a != nil {
+			n, waited = value{kind: kindInt, n: int64(a.N)}, value{kind: kindInt, n: a.Waited.Milliseconds()}
+		}
+		dst = append(dst, field{"attempt", n}, field{"waited_ms", waited})
+	}
 	f := append(dst,
 		field{"pid", pidValue(s)},
 		field{"leader_pid", nullInt(int64(s.LeaderPID))},
@@ -293,7 +332,13 @@ func writeJSON(w io.Writer, rows []Row, opt Options, results bool) error {
 			buf = append(buf, ',')
 		}
 		buf = append(buf, "\n{"...)
-		fs = fields(fs[:0], &rows[i], opt, results, true)
+		if rows[i].Attempt != nil {
+			fs = attemptFields(fs[:0], &rows[i])
+		} else {
+			o := opt
+			o.Attempts = false // a session's object is as terminate's
+			fs = fields(fs[:0], &rows[i], o, results, true)
+		}
 		for j, f := range fs {
 			if j > 0 {
 				buf = append(buf, ',')

@@ -1,0 +1,285 @@
+package cli
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"os"
+	"regexp"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/spf13/cobra"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+// ExecOptions are the inputs of `pgreap exec`.
+type ExecOptions struct {
+	IO      *IOStreams
+	Connect func(context.Context) (*pgx.Conn, error)
+	Logger  *slog.Logger
+
+	Format      output.Format
+	Color       bool
+	SQL         string
+	File        string
+	LockTimeout time.Duration
+	Attempts    int
+	Between     time.Duration
+	Clear       string
+	Yes         bool
+}
+
+// clearKinds are --clear's values and what each does to a blocker.
+var clearKinds = map[string]action.Kind{"none": "", "cancel": action.Cancel, "terminate": action.Terminate}
+
+// minLockTimeout: a shorter wait ends before a look (every 20ms) can see
+// who holds it up.
+const minLockTimeout = 100 * time.Millisecond
+
+// NewCmdExec builds `pgreap exec`; runF replaces the run in tests.
+func NewCmdExec(f *Factory, runF func(context.Context, *ExecOptions) error) *cobra.Command {
+	opts := &ExecOptions{IO: f.IO}
+	cmd := &cobra.Command{
+		Use:   "exec (-c SQL | -f FILE) [--lock-timeout D] [--attempts N] [--between D] [--clear none|cancel|terminate]",
+		Short: "Run DDL without a lock queue, ending exactly what blocks it",
+		Long: `Run SQL (a migration's ALTER TABLE, say) in pgreap's own session with a short
+lock_timeout, so that it never holds a queue behind it: a statement that
+waits for a lock makes every later request for a conflicting lock on that
+table wait behind it, and the outage is that queue, not the DDL.
+
+While an attempt waits, a second session of pgreap's looks (every 20ms) at
+the lock it waits for and who holds it up (pg_blocking_pids of its
+backend). When --lock-timeout ends the attempt (SQLSTATE 55P03), exec
+ends those blockers per --clear, through the guard: each is pinned by its
+identity and its query as last seen, and signalled only if it still holds
+or awaits a lock on that object in a mode that conflicts with the one the
+attempt asked for; one that moved on is changed and left alone. Then it
+waits --between and tries again, up to --attempts times.
+
+--clear terminate (the default) terminates them: a cancel does not end a
+transaction, and a session idle in its transaction keeps its locks.
+--clear cancel only cancels their queries; --clear none is the retry loop
+alone. A prepared transaction among the blockers is shown and never
+touched (ROLLBACK PREPARED ends it): it blocks every attempt. pgreap's own
+sessions, parallel workers, walsenders and autovacuum workers are never
+ended (an autovacuum that blocks a lock request cancels itself after
+deadlock_timeout).
+
+-c runs one string as psql -c does: several statements run in one
+transaction. -f runs a file the same way, as one query: its statements
+commit together, or not at all, unless the file has its own BEGIN, COMMIT
+or ROLLBACK (then exec says so: a retry runs the file again from its start).
+A transaction the SQL leaves open is rolled back, and that is an error.
+The SQL runs under the session's statement_timeout (pgreap's 30s, unless
+the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
+Ending sessions asks first on a terminal; without one, --yes is needed
+(checked before the first attempt).
+
+Each attempt is printed (how long it ran, what it waited for, who blocked
+it), and after it the sessions ended, with their outcomes as terminate
+has them. JSON has one object per attempt (attempt, waited_ms, outcome:
+committed, lock timeout or error; blocked_by, blocked_by_prepared,
+detail), each followed by the result rows of the sessions ended after it,
+which have terminate's fields; CSV has the columns attempt and waited_ms
+first, set on attempt rows.
+
+Exit status: 0 the SQL committed, 2 usage or connection error, or an SQL
+error other than a lock timeout (as the server gave it; never tried
+again: a deadlock and a statement timeout are such errors), 3 gave up
+after --attempts (the message names who blocked the last attempt).`,
+		Example: `  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --yes
+  pgreap exec -f migrate.sql --lock-timeout 1s --attempts 5
+  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
+  pgreap exec -d 'dbname=shop' -c 'CREATE INDEX ON orders (customer_id)' --clear cancel -o json --yes`,
+		Args: cobra.NoArgs,
+		RunE: func(cmd *cobra.Command, args []string) error {
+			var err error
+			if opts.Format, err = f.Format(); err != nil {
+				return err
+			}
+			if _, err := f.ConnConfig(); err != nil {
+				return err
+			}
+			if err := opts.check(cmd.Flags().Changed("command")); err != nil {
+				return usageError(err)
+			}
+			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
+			if runF != nil {
+				return runF(cmd.Context(), opts)
+			}
+			return execRun(cmd.Context(), opts)
+		},
+	}
+	fs := cmd.Flags()
+	fs.StringVarP(&opts.SQL, "command", "c", "", "the SQL to run (one string; several statements run in one transaction)")
+	fs.StringVarP(&opts.File, "file", "f", "", "run the SQL in `FILE` (in one transaction unless it has its own)")
+	fs.DurationVar(&opts.LockTimeout, "lock-timeout", 2*time.Second, "lock_timeout of each attempt (`D`, at least 100ms)")
+	fs.IntVar(&opts.Attempts, "attempts", 10, "how many times to try (`N`)")
+	fs.DurationVar(&opts.Between, "between", time.Second, "how long to wait before the next attempt (`D`)")
+	fs.StringVar(&opts.Clear, "clear", "terminate", "what to do to the sessions that blocked an attempt: none, cancel or terminate")
+	fs.BoolVarP(&opts.Yes, "yes", "y", false, "do not ask before ending sessions: needed without a terminal")
+	return cmd
+}
+
+// check validates the flags and reads -f, before anything is done.
+func (opts *ExecOptions) check(command bool) error {
+	switch {
+	case command && opts.File != "":
+		return errors.New("-c and -f: give one of them")
+	case !command && opts.File == "":
+		return errors.New("exec needs the SQL: -c SQL or -f FILE")
+	case opts.LockTimeout < minLockTimeout:
+		return fmt.Errorf("--lock-timeout %s: must be at least %s (shorter waits end before pgreap can see who holds them up)", opts.LockTimeout, minLockTimeout)
+	case opts.Attempts < 1:
+		return fmt.Errorf("--attempts %d: must be 1 or more", opts.Attempts)
+	case opts.Between < 0:
+		return fmt.Errorf("--between %s: must not be negative", opts.Between)
+	}
+	if _, ok := clearKinds[opts.Clear]; !ok {
+		return fmt.Errorf("--clear %q: must be none, cancel or terminate", opts.Clear)
+	}
+	if opts.File != "" {
+		b, err := os.ReadFile(opts.File)
+		if err != nil {
+			return fmt.Errorf("-f: %w", err)
+		}
+		opts.SQL = string(b)
+	}
+	if strings.TrimSpace(opts.SQL) == "" {
+		return errors.New("the SQL is empty")
+	}
+	if opts.Clear != "none" && !opts.Yes && !opts.IO.InTTY {
+		return fmt.Errorf("refusing to %s the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none", opts.Clear)
+	}
+	return nil
+}
+
+// ownTransactions finds what looks like transaction control: exec then
+// says that the SQL runs as it is, not as one transaction. It may be
+// mistaken the safe way only (a BEGIN in a function's body).
+var ownTransactions = regexp.MustCompile(`(?i)\b(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION)\b`)
+
+func execRun(ctx context.Context, opts *ExecOptions) error {
+	if ownTransactions.MatchString(opts.SQL) {
+		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: the SQL has its own transaction control (BEGIN, COMMIT or ROLLBACK), or looks so: "+
+			"it runs as it is, and a retry runs it again from its start")
+	}
+	run, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer run.Close(context.WithoutCancel(ctx))
+	observe, err := opts.Connect(ctx)
+	if err != nil {
+		return err
+	}
+	defer observe.Close(context.WithoutCancel(ctx))
+	version, err := activity.ServerVersion(ctx, run)
+	if err != nil {
+		return err
+	}
+	mopts := maintenance.ExecOptions{
+		SQL: opts.SQL, LockTimeout: opts.LockTimeout, Attempts: opts.Attempts, Between: opts.Between,
+		Clear: clearKinds[opts.Clear], Wait: 5 * time.Second, Logger: opts.Logger,
+	}
+	if !opts.Yes {
+		act := &ActOptions{IO: opts.IO, Color: opts.Color}
+		mopts.Confirm = func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
+			return confirm(ctx, act, plan, rows, what)
+		}
+	}
+	if opts.Format == output.Table {
+		mopts.Attempted = func(a *maintenance.Attempt) { writeAttempt(opts, a) }
+	}
+	ex, err := maintenance.Exec(ctx, run, observe, mopts)
+	if opts.Format != output.Table {
+		if werr := writeAttempts(opts, ex, version); werr != nil && err == nil {
+			err = werr
+		}
+	}
+	var sqlErr *maintenance.SQLError
+	switch {
+	case errors.As(err, &sqlErr), errors.Is(err, maintenance.ErrOpenTransaction):
+		return usageError(err)
+	case err != nil:
+		return err
+	case ex.Committed():
+		return nil
+	}
+	last := &ex.Attempts[len(ex.Attempts)-1]
+	what := ""
+	if last.Lock != nil {
+		what = " waiting for " + last.Lock.String()
+	}
+	return incomplete(fmt.Errorf("gave up after %d attempt%s: the last timed out after %s%s, blocked by %s",
+		len(ex.Attempts), plural(len(ex.Attempts)), opts.LockTimeout, what, last.Describe()))
+}
+
+// attemptLine is an attempt as one line: its number, outcome, how long it
+// ran, what it waited for and who blocked it.
+func attemptLine(a *maintenance.Attempt) string {
+	line := fmt.Sprintf("attempt %d: %s after %s", a.N, a.Outcome, a.Waited.Round(time.Millisecond))
+	if a.Outcome != maintenance.LockTimeout {
+		if a.Err != nil {
+			line += ": " + output.Clean(a.Err.Error())
+		}
+		return line
+	}
+	if a.Lock != nil {
+		line += ", waiting for " + output.Clean(a.Lock.String())
+	}
+	return line + "; blocked by " + a.Describe()
+}
+
+// writeAttempt prints an attempt as a table does, when it is over: its
+// line, its blockers, and the outcomes of the sessions ended after it.
+func writeAttempt(opts *ExecOptions, a *maintenance.Attempt) {
+	fmt.Fprintln(opts.IO.Out, attemptLine(a))
+	if a.Outcome != maintenance.LockTimeout {
+		return
+	}
+	for i := range a.Blockers {
+		b := &a.Blockers[i]
+		if b.IsPrepared() {
+			fmt.Fprintf(opts.IO.Out, "  └ %s  %s  %s  %s\n", output.Cut(output.PreparedName(b.GID), 80), output.Clean(b.Datname),
+				output.Clean(b.Usename), activity.BackendTypePrepared)
+			continue
+		}
+		fmt.Fprintf(opts.IO.Out, "  └ %s\n", describeSession(b.PID, b))
+	}
+	if a.Plan != nil && len(a.Results) > 0 {
+		_ = writeResults(opts.IO, output.Table, opts.Color, a.Plan, a.Results, false)
+	}
+}
+
+// writeAttempts prints every attempt, each followed by the sessions ended
+// after it, as JSON or CSV.
+func writeAttempts(opts *ExecOptions, ex *maintenance.Executed, version int) error {
+	var rows []output.Row
+	var now time.Time
+	for i := range ex.Attempts {
+		a := &ex.Attempts[i]
+		detail := ""
+		switch {
+		case a.Err != nil:
+			detail = a.Err.Error()
+		case a.Lock != nil:
+			detail = "waited for " + a.Lock.String()
+		}
+		rows = append(rows, output.AttemptRow(a.N, a.Waited, string(a.Outcome), a.BlockedBy(), a.BlockedByPrepared(), detail))
+		if a.Plan != nil {
+			rows = append(rows, toRows(a.Plan, a.Results, false)...)
+			now = a.Plan.Taken
+		}
+	}
+	return output.WriteResults(opts.IO.Out, opts.Format, rows, output.Options{
+		Now: now, QueryID: version >= 140000, Terminal: opts.IO.OutTTY, Attempts: true,
+	})
+}

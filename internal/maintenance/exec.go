@@ -1,0 +1,445 @@
+package maintenance
+
+import (
+	"context"
+	_ "embed"
+	"errors"
+	"fmt"
+	"log/slog"
+	"slices"
+	"strconv"
+	"strings"
+	"sync"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
+)
+
+var (
+	//go:embed sql/exec_wait.sql
+	execWaitSQL string
+	//go:embed sql/set_lock_timeout.sql
+	setLockTimeoutSQL string
+)
+
+// AttemptOutcome is how one run of exec's SQL ended.
+type AttemptOutcome string
+
+// The outcomes of an attempt.
+const (
+	Committed   AttemptOutcome = "committed"
+	LockTimeout AttemptOutcome = "lock timeout"
+	SQLFailed   AttemptOutcome = "error"
+)
+
+// LockWait is a lock an attempt waited for: the object as pg_locks names
+// it, and the mode it asked for.
+type LockWait struct {
+	Object lockObject
+	Mode   string
+	// Relname names the relation of a relation lock in the connected
+	// database (regclass's text), "" otherwise.
+	Relname string
+}
+
+// String says what was waited for: "AccessExclusiveLock on t".
+func (w *LockWait) String() string {
+	o := &w.Object
+	on := o.LockType
+	switch {
+	case w.Relname != "":
+		on = w.Relname
+	case o.Relation != nil:
+		on = "relation " + strconv.FormatUint(uint64(*o.Relation), 10)
+	case o.TransactionID != nil:
+		on = "transaction " + strconv.FormatUint(uint64(*o.TransactionID), 10)
+	case o.VirtualXID != nil:
+		on = "virtual transaction " + *o.VirtualXID
+	}
+	return w.Mode + " on " + on
+}
+
+// Attempt is one run of exec's SQL and what was done after it.
+type Attempt struct {
+	N int
+	// Waited is how long the attempt ran, until it committed or failed.
+	Waited  time.Duration
+	Outcome AttemptOutcome
+	// Lock is the lock the attempt was last seen waiting for; nil when
+	// it was never seen waiting.
+	Lock *LockWait
+	// Blockers are who held up that wait at the last look: backends,
+	// then prepared transactions (rows with GID set).
+	Blockers []activity.Session
+	// Plan and Results are the ending of the blockers after the attempt
+	// (per Clear), prepared transactions shown protected; nil when
+	// nothing was chosen.
+	Plan    *action.Plan
+	Results []action.Result
+	// Err is the server's error of an attempt that failed otherwise than
+	// by its lock timeout.
+	Err error
+}
+
+// BlockedBy are the pids of the backends among the blockers.
+func (a *Attempt) BlockedBy() []int32 {
+	var pids []int32
+	for i := range a.Blockers {
+		if !a.Blockers[i].IsPrepared() {
+			pids = append(pids, a.Blockers[i].PID)
+		}
+	}
+	return pids
+}
+
+// BlockedByPrepared are the GIDs of the prepared transactions among the
+// blockers.
+func (a *Attempt) BlockedByPrepared() []string {
+	var gids []string
+	for i := range a.Blockers {
+		if a.Blockers[i].IsPrepared() {
+			gids = append(gids, a.Blockers[i].GID)
+		}
+	}
+	return gids
+}
+
+// ExecOptions say how Exec runs its SQL and what it ends.
+type ExecOptions struct {
+	// SQL is sent as one simple query: several statements run in one
+	// transaction unless they control their own.
+	SQL string
+	// LockTimeout is the session's lock_timeout during each attempt.
+	LockTimeout time.Duration
+	// Attempts is how many times the SQL is tried; Between, how long to
+	// wait after a lock timeout (and the ending of its blockers) before
+	// the next attempt.
+	Attempts int
+	Between  time.Duration
+	// Clear is what is done to the blockers of an attempt that timed out:
+	// "" nothing, action.Cancel or action.Terminate.
+	Clear action.Kind
+	// Wait is how long to wait for the blockers signalled to be gone.
+	Wait time.Duration
+	// Poll is how often the waiting attempt is looked at (0: 20ms).
+	Poll time.Duration
+
+	// Confirm, when set, is asked before the blockers of an attempt are
+	// ended; an error stops the run, nothing ended in that round.
+	Confirm func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error
+	// Attempted, when set, is given each attempt when it is over (and its
+	// blockers dealt with).
+	Attempted func(a *Attempt)
+	// Logger (nil: none) gets each look at a waiting attempt at debug
+	// level.
+	Logger *slog.Logger
+}
+
+// Executed is what Exec did: every attempt, the last one committed or not.
+type Executed struct {
+	Attempts []Attempt
+}
+
+// Committed reports whether the last attempt committed.
+func (e *Executed) Committed() bool {
+	return len(e.Attempts) > 0 && e.Attempts[len(e.Attempts)-1].Outcome == Committed
+}
+
+// SQLError is an attempt's SQL failing otherwise than by its lock
+// timeout: never tried again.
+type SQLError struct{ Err *pgconn.PgError }
+
+// Error is the error as the server gave it: message, SQLSTATE, position.
+func (e *SQLError) Error() string {
+	msg := fmt.Sprintf("the SQL failed: %s (SQLSTATE %s)", e.Err.Message, e.Err.Code)
+	if e.Err.Position > 0 {
+		msg += fmt.Sprintf(" at character %d", e.Err.Position)
+	}
+	if e.Err.Detail != "" {
+		msg += "; " + e.Err.Detail
+	}
+	return msg
+}
+
+func (e *SQLError) Unwrap() error { return e.Err }
+
+// ErrOpenTransaction: the SQL left a transaction open (BEGIN without
+// COMMIT); exec rolled it back.
+var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN without COMMIT): rolled back, nothing committed")
+
+// Exec runs opts.SQL on run, pgreap's own session, with lock_timeout set,
+// so that it never queues others behind it for longer than that. While an
+// attempt runs, observe (a second session of pgreap's) looks at what it
+// waits for and who holds it up; when the lock timeout ends the attempt,
+// those blockers are ended per opts.Clear through the guard, each pinned
+// by its identity and its query and signalled only while it still holds
+// or awaits a lock on that object in a mode that conflicts with the one
+// the attempt asked for (prepared transactions are shown, never touched),
+// and the SQL is tried again after opts.Between, up to opts.Attempts
+// times. Another error of the SQL ends the run (SQLError), as does a
+// failure of pgreap's own statements; what was done until then is in the
+// Executed returned with it.
+func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Executed, error) {
+	if opts.Logger == nil {
+		opts.Logger = slog.New(slog.DiscardHandler)
+	}
+	if opts.Poll <= 0 {
+		opts.Poll = 20 * time.Millisecond
+	}
+	ex := &Executed{}
+	timeout := strconv.FormatInt(max(opts.LockTimeout.Milliseconds(), 1), 10)
+	for n := 1; n <= opts.Attempts; n++ {
+		// Session-level, before each attempt: the SQL may have changed
+		// it.
+		if _, err := run.Exec(ctx, setLockTimeoutSQL, timeout); err != nil {
+			return ex, fmt.Errorf("set lock_timeout: %w", err)
+		}
+		ex.Attempts = append(ex.Attempts, Attempt{N: n})
+		a := &ex.Attempts[len(ex.Attempts)-1]
+		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.Logger)
+		start := time.Now()
+		err := runSQL(ctx, run, opts.SQL)
+		a.Waited = time.Since(start)
+		look, oerr := o.stop()
+		if err == nil && run.PgConn().TxStatus() != 'I' {
+			err = ErrOpenTransaction
+		}
+		if run.PgConn().TxStatus() != 'I' {
+			// A file's own BEGIN leaves the session in its transaction,
+			// or in its failed one: nothing of it may commit later.
+			if _, rerr := run.Exec(context.WithoutCancel(ctx), "ROLLBACK"); rerr != nil {
+				return ex, fmt.Errorf("roll back the SQL's transaction: %w", rerr)
+			}
+		}
+		var pgErr *pgconn.PgError
+		switch {
+		case err == nil:
+			a.Outcome = Committed
+		case errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil:
+			a.Outcome = LockTimeout
+		case ctx.Err() != nil:
+			a.Outcome, a.Err = SQLFailed, err
+			return ex, &Interrupted{ctx.Err()}
+		case errors.As(err, &pgErr):
+			a.Outcome, a.Err = SQLFailed, &SQLError{pgErr}
+		default:
+			a.Outcome, a.Err = SQLFailed, err
+		}
+		if oerr != nil && a.Outcome == LockTimeout {
+			return ex, fmt.Errorf("look at the waiting attempt: %w", oerr)
+		}
+		if look != nil {
+			a.Lock, a.Blockers = look.lock, look.blockers
+		}
+		if a.Outcome != LockTimeout {
+			if opts.Attempted != nil {
+				opts.Attempted(a)
+			}
+			return ex, a.Err
+		}
+		if n < opts.Attempts {
+			if err := clearBlockers(ctx, run, a, look, &opts); err != nil {
+				return ex, err
+			}
+		}
+		if opts.Attempted != nil {
+			opts.Attempted(a)
+		}
+		if n < opts.Attempts {
+			select {
+			case <-ctx.Done():
+				return ex, &Interrupted{ctx.Err()}
+			case <-time.After(opts.Between):
+			}
+		}
+	}
+	return ex, nil
+}
+
+// runSQL sends sql as one simple query. An interrupt cancels it on the
+// server (a closed connection would not stop a running statement, which
+// could then commit unseen): the attempt ends as the server says.
+func runSQL(ctx context.Context, run *pgx.Conn, sql string) error {
+	pc := run.PgConn()
+	done := make(chan struct{})
+	var wg sync.WaitGroup
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		select {
+		case <-ctx.Done():
+			cctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+			defer cancel()
+			_ = pc.CancelRequest(cctx)
+		case <-done:
+		}
+	}()
+	// Not pgx's Exec: its deadline (statement_timeout plus a margin) is
+	// for one statement, and the server times each of several statements
+	// of one query on its own (13+).
+	_, err := pc.Exec(context.WithoutCancel(ctx), sql).ReadAll()
+	close(done)
+	wg.Wait()
+	return err
+}
+
+// waitLook is one look at a waiting attempt.
+type waitLook struct {
+	lock     *LockWait
+	blockers []activity.Session
+	snap     *activity.Snapshot
+}
+
+// waiter looks at an attempt while it runs, on its own goroutine.
+type waiter struct {
+	done chan struct{}
+	out  chan waiterResult
+}
+
+type waiterResult struct {
+	look *waitLook
+	err  error
+}
+
+// watchWait looks every poll at what backend pid waits for and who holds
+// it up, until stop; it keeps the last look that saw it wait. Between
+// looks, holders only leave a wait (a new request that conflicts queues
+// behind it): the last look names those that held it up all along.
+func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll time.Duration, logger *slog.Logger) *waiter {
+	w := &waiter{done: make(chan struct{}), out: make(chan waiterResult, 1)}
+	go func() {
+		var res waiterResult
+		for {
+			look, err := lookWait(ctx, conn, pid)
+			if err != nil {
+				res.err = err
+				break
+			}
+			if look != nil {
+				res.look = look
+				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
+			}
+			select {
+			case <-w.done:
+			case <-time.After(poll):
+				continue
+			}
+			break
+		}
+		w.out <- res
+	}()
+	return w
+}
+
+// stop ends the looks (after the one under way, never cancelled: that
+// would close the connection) and returns the last that saw a wait.
+func (w *waiter) stop() (*waitLook, error) {
+	close(w.done)
+	r := <-w.out
+	return r.look, r.err
+}
+
+// lookWait is what backend pid waits for and who holds it up, with each
+// blocker as it is now (its identity, which the guard pins); nil when it
+// waits on no lock.
+func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error) {
+	var (
+		w        LockWait
+		relname  *string
+		pids     []int32
+		prepared []string
+	)
+	o := &w.Object
+	err := conn.QueryRow(ctx, execWaitSQL, int32(pid)).Scan(&o.LockType, &o.Database, &o.Relation, &o.Page, &o.Tuple,
+		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &prepared)
+	if errors.Is(err, pgx.ErrNoRows) {
+		return nil, nil
+	}
+	if err != nil {
+		return nil, fmt.Errorf("attempt's lock wait: %w", err)
+	}
+	if relname != nil {
+		w.Relname = *relname
+	}
+	look := &waitLook{lock: &w}
+	if len(pids) > 0 {
+		if look.snap, err = activity.Lookup(ctx, conn, pids); err != nil {
+			return nil, err
+		}
+		look.blockers = append(look.blockers, look.snap.Sessions...)
+	}
+	if len(prepared) > 0 {
+		snap := &activity.Snapshot{Sessions: []activity.Session{{BlockedByPrepared: prepared}}}
+		if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
+			return nil, err
+		}
+		look.blockers = append(look.blockers, snap.Prepared...)
+		if look.snap == nil {
+			look.snap = snap
+		}
+	}
+	return look, nil
+}
+
+// clearBlockers ends the blockers of the attempt a per opts.Clear: the
+// backends through the guard, pinned by their identity and query as the
+// last look saw them, and re-checked at their signal to still hold or
+// await a lock that conflicts with the attempt's on the object it waited
+// for; the prepared transactions are shown and left alone.
+func clearBlockers(ctx context.Context, run *pgx.Conn, a *Attempt, look *waitLook, opts *ExecOptions) error {
+	if opts.Clear == "" || look == nil || len(look.blockers) == 0 {
+		return nil
+	}
+	sel := conflictSelector(look.lock)
+	var sessions []activity.Session
+	var prepared []action.Result
+	for _, b := range look.blockers {
+		if b.IsPrepared() {
+			prepared = append(prepared, action.Result{Session: b, Action: action.Rollback, Named: true, Outcome: action.Protected,
+				Detail: fmt.Sprintf("a prepared transaction, never touched: it blocks every attempt until ROLLBACK PREPARED '%s' (or COMMIT PREPARED) ends it",
+					strings.ReplaceAll(b.GID, "'", "''"))})
+			continue
+		}
+		sessions = append(sessions, b)
+	}
+	plan := action.NewPlan(run, look.snap, sessions, action.Request{Action: opts.Clear, Selector: sel})
+	for i := range plan.Results {
+		// The blocker is the statement or transaction seen holding the
+		// wait up: one that moved on since is left alone (changed).
+		plan.Results[i].Guard.Query = true
+	}
+	a.Plan = plan
+	planned := plan.Count(action.Planned)
+	if opts.Confirm != nil && planned > 0 {
+		what := fmt.Sprintf("%s %d session%s blocking attempt %d", opts.Clear, planned, plural(planned), a.N)
+		if err := opts.Confirm(ctx, plan, append(slices.Clip(plan.Results), prepared...), what); err != nil {
+			return err
+		}
+	}
+	results, err := action.Execute(ctx, run, plan, action.Options{Wait: opts.Wait})
+	a.Results = append(slices.Clip(results), prepared...)
+	return err
+}
+
+// Describe says who blocked an attempt: "1234 (idle in transaction),
+// prepared:px"; "no one seen" when the look saw no wait.
+func (a *Attempt) Describe() string {
+	if len(a.Blockers) == 0 {
+		return "no one seen (the wait was shorter than a look)"
+	}
+	var parts []string
+	for i := range a.Blockers {
+		b := &a.Blockers[i]
+		if b.IsPrepared() {
+			parts = append(parts, output.PreparedName(b.GID))
+			continue
+		}
+		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, output.Clean(strings.TrimSpace(b.State))))
+	}
+	return strings.Join(parts, ", ")
+}
