@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 )
@@ -23,7 +24,11 @@ import (
 type ExecOptions struct {
 	IO      *IOStreams
 	Connect func(context.Context) (*pgx.Conn, error)
-	Logger  *slog.Logger
+	// ConnectSQL opens the session that runs the SQL: pgreap's, with the
+	// search_path the server, database and role give (psql's), not
+	// pgreap's own.
+	ConnectSQL func(context.Context) (*pgx.Conn, error)
+	Logger     *slog.Logger
 
 	Format      output.Format
 	Color       bool
@@ -111,6 +116,14 @@ after --attempts (the message names who blocked the last attempt).`,
 				return usageError(err)
 			}
 			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
+			opts.ConnectSQL = func(ctx context.Context) (*pgx.Conn, error) {
+				cfg, err := f.ConnConfig()
+				if err != nil {
+					return nil, err
+				}
+				delete(cfg.RuntimeParams, "search_path")
+				return conn.Connect(ctx, cfg)
+			}
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -171,7 +184,7 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: the SQL has its own transaction control (BEGIN, COMMIT or ROLLBACK), or looks so: "+
 			"it runs as it is, and a retry runs it again from its start")
 	}
-	run, err := opts.Connect(ctx)
+	run, err := opts.ConnectSQL(ctx)
 	if err != nil {
 		return err
 	}
@@ -181,7 +194,7 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 		return err
 	}
 	defer observe.Close(context.WithoutCancel(ctx))
-	version, err := activity.ServerVersion(ctx, run)
+	version, err := activity.ServerVersion(ctx, observe)
 	if err != nil {
 		return err
 	}

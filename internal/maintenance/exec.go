@@ -172,7 +172,9 @@ func (e *SQLError) Unwrap() error { return e.Err }
 // COMMIT); exec rolled it back.
 var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN without COMMIT): rolled back, nothing committed")
 
-// Exec runs opts.SQL on run, pgreap's own session, with lock_timeout set,
+// Exec runs opts.SQL on run, pgreap's own session (connected without
+// pgreap's search_path, so that the SQL's names mean what they mean to
+// psql), with lock_timeout set,
 // so that it never queues others behind it for longer than that. While an
 // attempt runs, observe (a second session of pgreap's) looks at what it
 // waits for and who holds it up; when the lock timeout ends the attempt,
@@ -183,7 +185,8 @@ var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN 
 // and the SQL is tried again after opts.Between, up to opts.Attempts
 // times. Another error of the SQL ends the run (SQLError), as does a
 // failure of pgreap's own statements; what was done until then is in the
-// Executed returned with it.
+// Executed returned with it. The blockers are ended on observe, whose
+// search_path is pgreap's.
 func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Executed, error) {
 	if opts.Logger == nil {
 		opts.Logger = slog.New(slog.DiscardHandler)
@@ -243,7 +246,7 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			return ex, a.Err
 		}
 		if n < opts.Attempts {
-			if err := clearBlockers(ctx, run, a, look, &opts); err != nil {
+			if err := clearBlockers(ctx, observe, a, look, &opts); err != nil {
 				return ex, err
 			}
 		}
@@ -391,7 +394,7 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 // last look saw them, and re-checked at their signal to still hold or
 // await a lock that conflicts with the attempt's on the object it waited
 // for; the prepared transactions are shown and left alone.
-func clearBlockers(ctx context.Context, run *pgx.Conn, a *Attempt, look *waitLook, opts *ExecOptions) error {
+func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLook, opts *ExecOptions) error {
 	if opts.Clear == "" || look == nil || len(look.blockers) == 0 {
 		return nil
 	}
@@ -407,7 +410,7 @@ func clearBlockers(ctx context.Context, run *pgx.Conn, a *Attempt, look *waitLoo
 		}
 		sessions = append(sessions, b)
 	}
-	plan := action.NewPlan(run, look.snap, sessions, action.Request{Action: opts.Clear, Selector: sel})
+	plan := action.NewPlan(conn, look.snap, sessions, action.Request{Action: opts.Clear, Selector: sel})
 	for i := range plan.Results {
 		// The blocker is the statement or transaction seen holding the
 		// wait up: one that moved on since is left alone (changed).
@@ -421,7 +424,7 @@ func clearBlockers(ctx context.Context, run *pgx.Conn, a *Attempt, look *waitLoo
 			return err
 		}
 	}
-	results, err := action.Execute(ctx, run, plan, action.Options{Wait: opts.Wait})
+	results, err := action.Execute(ctx, conn, plan, action.Options{Wait: opts.Wait})
 	a.Results = append(slices.Clip(results), prepared...)
 	return err
 }

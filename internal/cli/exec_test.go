@@ -1,0 +1,214 @@
+package cli_test
+
+import (
+	"context"
+	"encoding/csv"
+	"strconv"
+	"strings"
+	"sync"
+	"testing"
+	"time"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// execTable makes table t in db and a session that holds a lock on it,
+// idle in its transaction (a SELECT: ACCESS SHARE, which any ALTER TABLE
+// waits for).
+func execTable(t *testing.T, db string) *pgtest.Victim {
+	t.Helper()
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("INSERT INTO t SELECT pg_catalog.generate_series(1, 100)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	return holder
+}
+
+// clients keeps n sessions reading t, each timing its own statements,
+// until stop: the longest any of them waited, and their errors.
+type clients struct {
+	stop    chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	longest time.Duration
+	runs    int
+	errs    []error
+}
+
+func startClients(t *testing.T, db string, n int) *clients {
+	t.Helper()
+	c := &clients{stop: make(chan struct{})}
+	for i := 0; i < n; i++ {
+		cn := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser)+" application_name="+pgtest.Tag(t)+"-client")
+		c.wg.Add(1)
+		go func() {
+			defer c.wg.Done()
+			for {
+				select {
+				case <-c.stop:
+					return
+				default:
+				}
+				start := time.Now()
+				_, err := cn.Exec(context.Background(), "SELECT count(*) FROM t")
+				d := time.Since(start)
+				c.mu.Lock()
+				c.runs++
+				c.longest = max(c.longest, d)
+				if err != nil {
+					c.errs = append(c.errs, err)
+				}
+				c.mu.Unlock()
+			}
+		}()
+	}
+	t.Cleanup(c.end)
+	return c
+}
+
+func (c *clients) end() {
+	select {
+	case <-c.stop:
+	default:
+		close(c.stop)
+	}
+	c.wg.Wait()
+}
+
+func TestExecEndsTheBlockerAndCommits(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	// A session holding a lock on another table is no blocker.
+	other := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	other.Exec("CREATE TABLE u (id int)")
+	other.Exec("BEGIN")
+	other.Exec("SELECT count(*) FROM u")
+	cl := startClients(t, db, 3)
+
+	const lockTimeout = time.Second
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", lockTimeout.String(), "--between", "100ms", "--yes", "-o", "json")
+	cl.end()
+	r.wantCode(t, 0)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 3 {
+		t.Fatalf("%d rows:\n%s", len(rows), r.out)
+	}
+	first, ended, last := rows[0], rows[1], rows[2]
+	if first["attempt"] != float64(1) || first["outcome"] != "lock timeout" || first["pid"] != nil ||
+		!sameInts(first["blocked_by"], holder.PID) || !strings.Contains(first["detail"].(string), "AccessExclusiveLock on public.t") {
+		t.Fatalf("first attempt %v", first)
+	}
+	if ended["pid"] != float64(holder.PID) || ended["action"] != "terminate" || ended["outcome"] != "terminated" || ended["attempt"] != nil {
+		t.Fatalf("ended %v", ended)
+	}
+	if last["attempt"] != float64(2) || last["outcome"] != "committed" {
+		t.Fatalf("last attempt %v", last)
+	}
+	if holder.Alive() || !other.Alive() {
+		t.Fatal("the blocker is alive, or the session on another table was ended")
+	}
+	// Judged from the clients' side: none waited in a queue behind the
+	// ALTER longer than its lock timeout (and some slack for a busy
+	// machine); a plain ALTER would hold them until the holder ends.
+	if len(cl.errs) > 0 || cl.runs == 0 {
+		t.Fatalf("clients: %d statements, errors %v", cl.runs, cl.errs)
+	}
+	if slack := 2 * time.Second; cl.longest > lockTimeout+slack {
+		t.Fatalf("a client waited %s, more than the lock timeout %s plus %s", cl.longest, lockTimeout, slack)
+	}
+}
+
+func sameInts(v any, want ...int32) bool {
+	got, ok := v.([]any)
+	if !ok || len(got) != len(want) {
+		return false
+	}
+	for i := range want {
+		if got[i] != float64(want[i]) {
+			return false
+		}
+	}
+	return true
+}
+
+func TestExecClearNoneGivesUp(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", "200ms", "--attempts", "2", "--between", "0s", "--clear", "none")
+	r.wantCode(t, 3)
+	pid := strconv.Itoa(int(holder.PID))
+	if strings.Count(r.out, ": lock timeout after ") != 2 || !strings.Contains(r.out, "attempt 2: lock timeout") ||
+		!strings.Contains(r.out, "└ "+pid+"  "+db) || strings.Contains(r.out, "terminated") {
+		t.Fatalf("stdout:\n%s", r.out)
+	}
+	if !strings.HasPrefix(r.errOut, "pgreap: gave up after 2 attempts: the last timed out after 200ms waiting for AccessExclusiveLock on public.t, blocked by "+pid+" (idle in transaction)") {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("--clear none ended the blocker")
+	}
+
+	// CSV: the attempt columns first, set on attempt rows.
+	r = run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", "200ms", "--attempts", "1", "--clear", "none", "-o", "csv")
+	r.wantCode(t, 3)
+	recs, err := csv.NewReader(strings.NewReader(r.out)).ReadAll()
+	if err != nil || len(recs) != 2 || recs[0][0] != "attempt" || recs[0][1] != "waited_ms" || recs[1][0] != "1" || recs[1][2] != "" {
+		t.Fatalf("csv %v %v:\n%s", recs, err, r.out)
+	}
+}
+
+func TestExecSQLErrorIsNotRetried(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text; SELEC 1", "--yes")
+	r.wantCode(t, 2)
+	if r.errOut != "pgreap: the SQL failed: syntax error at or near \"SELEC\" (SQLSTATE 42601) at character 37\n" {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if !strings.HasPrefix(r.out, "attempt 1: error after ") || strings.Contains(r.out, "attempt 2") {
+		t.Fatalf("stdout:\n%s", r.out)
+	}
+	if !holder.Alive() {
+		t.Fatal("the holder was ended for an SQL error")
+	}
+}
+
+func TestExecBadInput(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	for _, tc := range []struct {
+		name string
+		args []string
+		want string
+	}{
+		{"no SQL", []string{"--yes"}, "pgreap: exec needs the SQL: -c SQL or -f FILE\n"},
+		{"both", []string{"-c", "SELECT 1", "-f", "x.sql", "--yes"}, "pgreap: -c and -f: give one of them\n"},
+		{"empty", []string{"-c", " ", "--yes"}, "pgreap: the SQL is empty\n"},
+		{"no file", []string{"-f", "/nonexistent/x.sql", "--yes"}, "pgreap: -f: open /nonexistent/x.sql: no such file or directory\n"},
+		{"short lock timeout", []string{"-c", "SELECT 1", "--lock-timeout", "10ms", "--yes"},
+			"pgreap: --lock-timeout 10ms: must be at least 100ms (shorter waits end before pgreap can see who holds them up)\n"},
+		{"no attempts", []string{"-c", "SELECT 1", "--attempts", "0", "--yes"}, "pgreap: --attempts 0: must be 1 or more\n"},
+		{"clear", []string{"-c", "SELECT 1", "--clear", "kill", "--yes"}, "pgreap: --clear \"kill\": must be none, cancel or terminate\n"},
+		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
+			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, false, append([]string{"exec", "-d", "dbname=" + db}, tc.args...)...)
+			r.wantCode(t, 2)
+			if r.errOut != tc.want || r.out != "" {
+				t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+			}
+		})
+	}
+	if !holder.Alive() {
+		t.Fatal("bad input ended a session")
+	}
+}

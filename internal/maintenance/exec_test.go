@@ -1,0 +1,155 @@
+package maintenance_test
+
+import (
+	"context"
+	"errors"
+	"slices"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// execConns are exec's two sessions in db, as the command opens them.
+func execConns(t *testing.T, db string) (run, observe *pgx.Conn) {
+	t.Helper()
+	dsn := pgtest.Shared(t).DSN(db, pgtest.Superuser)
+	cfg, err := conn.Config(conn.Params{DSN: dsn})
+	if err != nil {
+		t.Fatal(err)
+	}
+	delete(cfg.RuntimeParams, "search_path") // as the command does
+	run, err = conn.Connect(pgtest.Context(t), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { run.Close(context.Background()) })
+	return run, pgtest.PgreapDSN(t, dsn)
+}
+
+// hasColumn reports whether table t of db has the column.
+func hasColumn(t *testing.T, db, column string) bool {
+	t.Helper()
+	c := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	var n int
+	if err := c.QueryRow(pgtest.Context(t),
+		"SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = $1", column).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n == 1
+}
+
+// A blocker that moved on before its signal is changed and left alone; the
+// next attempt, no longer blocked, commits.
+func TestExecBlockerMovedOn(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	asked := 0
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "ALTER TABLE t ADD COLUMN note text", LockTimeout: 300 * time.Millisecond, Attempts: 3,
+		Clear: action.Terminate, Wait: 5 * time.Second,
+		Confirm: func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
+			asked++
+			holder.Exec("COMMIT") // moves on between the look and the signal
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 2 || ex.Attempts[0].Outcome != maintenance.LockTimeout || !ex.Committed() || asked != 1 {
+		t.Fatalf("attempts %+v, asked %d", ex.Attempts, asked)
+	}
+	a := &ex.Attempts[0]
+	if !slices.Equal(a.BlockedBy(), []int32{holder.PID}) || a.Lock == nil || a.Lock.Mode != "AccessExclusiveLock" || a.Lock.Relname != "public.t" {
+		t.Fatalf("first attempt blocked by %v waiting for %v", a.BlockedBy(), a.Lock)
+	}
+	if len(a.Results) != 1 || a.Results[0].Outcome != action.Changed || a.Results[0].PID != holder.PID {
+		t.Fatalf("results %+v", a.Results)
+	}
+	if !holder.Alive() || !hasColumn(t, db, "note") {
+		t.Fatal("the holder was ended, or the column not added")
+	}
+}
+
+// A prepared transaction among the blockers is shown, never touched; it
+// blocks every attempt.
+func TestExecPreparedBlocker(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	gid := pgtest.PrepareTransaction(t, db, "", "", "SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "ALTER TABLE t ADD COLUMN note text", LockTimeout: 200 * time.Millisecond, Attempts: 2,
+		Clear: action.Terminate, Wait: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if ex.Committed() || len(ex.Attempts) != 2 {
+		t.Fatalf("attempts %+v", ex.Attempts)
+	}
+	for _, a := range ex.Attempts {
+		if a.Outcome != maintenance.LockTimeout || !slices.Equal(a.BlockedByPrepared(), []string{gid}) || len(a.BlockedBy()) != 0 {
+			t.Fatalf("attempt %+v", a)
+		}
+	}
+	if r := ex.Attempts[0].Results; len(r) != 1 || r[0].Outcome != action.Protected || r[0].GID != gid {
+		t.Fatalf("results %+v", r)
+	}
+	if !pgtest.IsPrepared(t, gid) || hasColumn(t, db, "note") {
+		t.Fatal("the prepared transaction was touched, or the column added")
+	}
+}
+
+// An SQL error other than a lock timeout ends the run at once, as the
+// server gave it; a transaction left open is rolled back and an error.
+func TestExecSQLErrors(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	run, observe := execConns(t, db)
+	opts := maintenance.ExecOptions{LockTimeout: 200 * time.Millisecond, Attempts: 3, Clear: action.Terminate}
+
+	opts.SQL = "ALTER TABLE t ADD COLUMN a int; SELEC 1"
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	var sqlErr *maintenance.SQLError
+	if !errors.As(err, &sqlErr) || sqlErr.Err.Code != "42601" || len(ex.Attempts) != 1 || ex.Attempts[0].Outcome != maintenance.SQLFailed {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	if hasColumn(t, db, "a") {
+		t.Fatal("a statement before the error committed")
+	}
+
+	opts.SQL = "BEGIN; ALTER TABLE t ADD COLUMN b int"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	if !errors.Is(err, maintenance.ErrOpenTransaction) || len(ex.Attempts) != 1 || ex.Committed() {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	if hasColumn(t, db, "b") {
+		t.Fatal("an open transaction committed")
+	}
+
+	// The session is clean for the next run.
+	opts.SQL = "ALTER TABLE t ADD COLUMN c int"
+	if ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts); err != nil || !ex.Committed() || !hasColumn(t, db, "c") {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+}
