@@ -71,6 +71,9 @@ func (s *Selector) Holds(sess *activity.Session, snap *activity.Snapshot) bool {
 		return false
 	case s.BlockingReplay && !sess.BlockingReplay:
 		return false
+	case s.LockConflict != nil:
+		// A snapshot file has no locks: no session is known to hold one.
+		return false
 	case len(s.BlockingOf) > 0 && !blocks(snap, sess.PID, func(w *activity.Session) bool { return slices.Contains(s.BlockingOf, w.PID) }):
 		return false
 	}

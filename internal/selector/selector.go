@@ -42,6 +42,10 @@ type Spec struct {
 	// on the roots only (maintenance.MarkRoots), at the instant the oldest
 	// wait behind one crosses it.
 	BlockingLongerThan string `yaml:"blocking_longer_than" json:"blocking_longer_than,omitempty"`
+	// LockConflict: the session holds or awaits a lock that conflicts
+	// with a mode on given objects (clear, exec), recorded in their plans.
+	// Not a policy key.
+	LockConflict *LockConflict `yaml:"-" json:"lock_conflict,omitempty"`
 }
 
 // Selector is a checked selection. Everything but Query is decided by the
@@ -71,6 +75,9 @@ type Selector struct {
 	// every wait older than D in the server, hundreds in a big pile-up,
 	// for every session signalled. Not part of a Spec, never in a plan.
 	BlockingWaiters []int32
+	// LockConflict: holds or awaits a lock on one of its objects that
+	// conflicts with its mode.
+	LockConflict *LockConflict
 
 	// pooled: the poolers in front of the server, asked just before the
 	// snapshot (WithPooled); user, app and client then judge a pooler's
@@ -233,6 +240,12 @@ func Parse(spec Spec) (*Selector, error) {
 			return nil, err
 		}
 	}
+	if l := spec.LockConflict; l != nil {
+		if why := l.check(); why != "" {
+			return nil, &Error{"lock_conflict", l.Mode, why}
+		}
+		s.LockConflict = l.clone()
+	}
 	return s, nil
 }
 
@@ -245,6 +258,7 @@ func (s *Selector) Spec() Spec {
 		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
 		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
 		Waiting: s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
+		LockConflict: s.LockConflict.clone(),
 	}
 	for i := range timedSelectors {
 		*timedSelectors[i].spec(&sp) = duration(*timedSelectors[i].dur(s))
@@ -326,7 +340,8 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 // of its own; a selection on any of those leaves it out.
 func (s *Selector) KeepPrepared(p *activity.Session) bool {
 	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
-		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0 {
+		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0 ||
+		s.LockConflict != nil { // its locks are not in its row: the caller looks at them
 		return false
 	}
 	match := func(globs []string, v string) bool {
@@ -378,7 +393,7 @@ func (s *Selector) PinsQuery() bool {
 // afresh at its own signal; a selection on database, user, client or
 // backend type holds for a backend's whole life.
 func (s *Selector) Moves() bool {
-	return s.PinsQuery() || len(s.App) > 0 || len(s.ExcludeApp) > 0 || s.ByPooledClient()
+	return s.PinsQuery() || len(s.App) > 0 || len(s.ExcludeApp) > 0 || s.ByPooledClient() || s.LockConflict != nil
 }
 
 // Compile turns the selection into one SQL boolean expression over the
@@ -460,6 +475,9 @@ func (s *Selector) compile(c compiler) (string, []any) {
 	case len(s.BlockingOf) > 0:
 		c.add(fmt.Sprintf("%s.pid IN (SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(w.pid)) FROM pg_catalog.unnest(%s::integer[]) AS w(pid))",
 			alias, c.arg(s.BlockingOf)))
+	}
+	if s.LockConflict != nil {
+		c.lockConflict(s.LockConflict)
 	}
 	// How long a wait has lasted: pg_locks.waitstart (14+, read through
 	// to_jsonb so one statement fits every version); before 14, and for the

@@ -40,5 +40,8 @@ func (s Spec) Summary() string {
 	if s.BlockingReplay {
 		parts = append(parts, "blocking WAL replay")
 	}
+	if l := s.LockConflict; l != nil {
+		parts = append(parts, fmt.Sprintf("a lock conflicting with %s on %d object%s", LockModeWords(l.Mode), len(l.Objects), map[bool]string{true: "", false: "s"}[len(l.Objects) == 1]))
+	}
 	return strings.Join(parts, ", ")
 }
