@@ -18,6 +18,7 @@ import (
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/output"
+	"github.com/pgreap/pgreap/internal/selector"
 )
 
 var (
@@ -40,7 +41,7 @@ const (
 // LockWait is a lock an attempt waited for: the object as pg_locks names
 // it, and the mode it asked for.
 type LockWait struct {
-	Object lockObject
+	Object selector.LockObject
 	Mode   string
 	// Relname names the relation of a relation lock in the connected
 	// database (regclass's text), "" otherwise.
@@ -398,7 +399,9 @@ func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLo
 	if opts.Clear == "" || look == nil || len(look.blockers) == 0 {
 		return nil
 	}
-	sel := conflictSelector(look.lock)
+	// The signalling statement re-checks that each still holds or awaits
+	// a lock that conflicts with the attempt's on the object it waited for.
+	sel := &selector.Selector{LockConflict: &selector.LockConflict{Objects: []selector.LockObject{look.lock.Object}, Mode: look.lock.Mode}}
 	var sessions []activity.Session
 	var prepared []action.Result
 	for _, b := range look.blockers {
