@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io/fs"
 	"log/slog"
 	"os"
 	"regexp"
@@ -160,8 +161,12 @@ func (opts *ExecOptions) check(command bool) error {
 	}
 	if opts.File != "" {
 		b, err := os.ReadFile(opts.File)
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			return fmt.Errorf("%s: %w", pe.Path, pe.Err)
+		}
 		if err != nil {
-			return fmt.Errorf("-f: %w", err)
+			return err
 		}
 		opts.SQL = string(b)
 	}

@@ -3,6 +3,7 @@ package cli_test
 import (
 	"context"
 	"encoding/csv"
+	"os"
 	"strconv"
 	"strings"
 	"sync"
@@ -192,7 +193,7 @@ func TestExecBadInput(t *testing.T) {
 		{"no SQL", []string{"--yes"}, "pgreap: exec needs the SQL: -c SQL or -f FILE\n"},
 		{"both", []string{"-c", "SELECT 1", "-f", "x.sql", "--yes"}, "pgreap: -c and -f: give one of them\n"},
 		{"empty", []string{"-c", " ", "--yes"}, "pgreap: the SQL is empty\n"},
-		{"no file", []string{"-f", "/nonexistent/x.sql", "--yes"}, "pgreap: -f: open /nonexistent/x.sql: no such file or directory\n"},
+		{"no file", []string{"-f", "/nonexistent/x.sql", "--yes"}, "pgreap: /nonexistent/x.sql: no such file or directory\n"},
 		{"short lock timeout", []string{"-c", "SELECT 1", "--lock-timeout", "10ms", "--yes"},
 			"pgreap: --lock-timeout 10ms: must be at least 100ms (shorter waits end before pgreap can see who holds them up)\n"},
 		{"no attempts", []string{"-c", "SELECT 1", "--attempts", "0", "--yes"}, "pgreap: --attempts 0: must be 1 or more\n"},
@@ -210,5 +211,85 @@ func TestExecBadInput(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("bad input ended a session")
+	}
+}
+
+func TestExecAsksOnATerminal(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := runAsk(t, "n\n", "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text", "--lock-timeout", "200ms")
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "terminate 1 session blocking attempt 1? [y/N]") || !strings.Contains(r.errOut, "planned") ||
+		!strings.HasSuffix(r.errOut, "pgreap: not confirmed: nothing done\n") {
+		t.Fatalf("stderr:\n%s", r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("ended without a yes")
+	}
+}
+
+// --clear cancel ends a running query that holds the lock, and keeps its
+// connection.
+func TestExecClearCancel(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("INSERT INTO t VALUES (1)")
+	holder.Start("SELECT pg_catalog.pg_sleep(60) FROM t")
+	holder.WaitState("active", "Timeout")
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", "300ms", "--between", "0s", "--clear", "cancel", "--yes", "-o", "json")
+	r.wantCode(t, 0)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 3 || rows[1]["pid"] != float64(holder.PID) || rows[1]["outcome"] != "cancelled" || rows[2]["outcome"] != "committed" {
+		t.Fatalf("rows:\n%s", r.out)
+	}
+	if err := holder.Wait(); pgtest.SQLState(err) != "57014" || !holder.Alive() {
+		t.Fatalf("holder: %v, alive %v", err, holder.Alive())
+	}
+}
+
+// A file runs as one query: its statements commit together, or not at all.
+func TestExecFile(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	write := func(name, sql string) string {
+		p := dir + "/" + name
+		if err := os.WriteFile(p, []byte(sql), 0o600); err != nil {
+			t.Fatal(err)
+		}
+		return p
+	}
+	columns := func() int {
+		var n int
+		if err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	r := run(t, false, "exec", "-d", "dbname="+db, "--clear", "none", "-f",
+		write("bad.sql", "ALTER TABLE t ADD COLUMN a int;\nALTER TABLE t ADD COLUMN a int;\n"))
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, `column "a" of relation "t" already exists (SQLSTATE 42701)`) || columns() != 1 {
+		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
+	}
+	r = run(t, false, "exec", "-d", "dbname="+db, "--clear", "none", "-f",
+		write("good.sql", "ALTER TABLE t ADD COLUMN a int;\nALTER TABLE t ADD COLUMN b int;\n"))
+	r.wantCode(t, 0)
+	if columns() != 3 || r.errOut != "" {
+		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
+	}
+	r = run(t, false, "exec", "-d", "dbname="+db, "--clear", "none", "-f",
+		write("own.sql", "BEGIN;\nALTER TABLE t ADD COLUMN c int;\nCOMMIT;\n"))
+	r.wantCode(t, 0)
+	if !strings.Contains(r.errOut, "pgreap: note: the SQL has its own transaction control") || columns() != 4 {
+		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
 	}
 }
