@@ -8,6 +8,7 @@ import (
 	"log/slog"
 	"os"
 	"regexp"
+	"slices"
 	"strings"
 	"time"
 
@@ -236,8 +237,12 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 	if last.Lock != nil {
 		what = " waiting for " + last.Lock.String()
 	}
-	return incomplete(fmt.Errorf("gave up after %d attempt%s: the last timed out after %s%s, blocked by %s",
-		len(ex.Attempts), plural(len(ex.Attempts)), opts.LockTimeout, what, last.Describe()))
+	hint := ""
+	if opts.Clear == "cancel" && slices.ContainsFunc(last.Blockers, func(s activity.Session) bool { return strings.HasPrefix(s.State, "idle in transaction") }) {
+		hint = " (a cancel does not end a transaction: --clear terminate)"
+	}
+	return incomplete(fmt.Errorf("gave up after %d attempt%s: the last timed out after %s%s, blocked by %s%s",
+		len(ex.Attempts), plural(len(ex.Attempts)), opts.LockTimeout, what, last.Describe(), hint))
 }
 
 // attemptLine is an attempt as one line: its number, outcome, how long it

@@ -224,8 +224,17 @@ func TestExecAsksOnATerminal(t *testing.T) {
 		!strings.HasSuffix(r.errOut, "pgreap: not confirmed: nothing done\n") {
 		t.Fatalf("stderr:\n%s", r.errOut)
 	}
-	if !holder.Alive() {
-		t.Fatal("ended without a yes")
+	if !holder.Alive() || !strings.HasPrefix(r.out, "attempt 1: lock timeout after ") {
+		t.Fatalf("ended without a yes, or the attempt not shown:\n%s", r.out)
+	}
+
+	// A cancel leaves a transaction idle: said, with what ends it.
+	r = run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text", "--lock-timeout", "200ms",
+		"--attempts", "2", "--between", "0s", "--clear", "cancel", "--yes")
+	r.wantCode(t, 3)
+	if !strings.Contains(r.out, "no query running (idle in transaction): nothing to cancel") ||
+		!strings.HasSuffix(r.errOut, "(idle in transaction) (a cancel does not end a transaction: --clear terminate)\n") || !holder.Alive() {
+		t.Fatalf("stdout:\n%s\nstderr:\n%s", r.out, r.errOut)
 	}
 }
 

@@ -248,6 +248,9 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		}
 		if n < opts.Attempts {
 			if err := clearBlockers(ctx, observe, a, look, &opts); err != nil {
+				if opts.Attempted != nil {
+					opts.Attempted(a) // not confirmed: the attempt is shown still
+				}
 				return ex, err
 			}
 		}
