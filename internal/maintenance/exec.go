@@ -373,6 +373,8 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 	if relname != nil {
 		w.Relname = *relname
 	}
+	// Never one's own session, whatever the server says.
+	pids = slices.DeleteFunc(pids, func(p int32) bool { return p == int32(pid) })
 	look := &waitLook{lock: &w}
 	if len(pids) > 0 {
 		if look.snap, err = activity.Lookup(ctx, conn, pids); err != nil {
