@@ -180,7 +180,7 @@ var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN 
 // attempt runs, observe (a second session of pgreap's) looks at what it
 // waits for and who holds it up; when the lock timeout ends the attempt,
 // those blockers are ended per opts.Clear through the guard, each pinned
-// by its identity and its query and signalled only while it still holds
+// by its identity (and, for a cancel, its query) and signalled only while it still holds
 // or awaits a lock on that object in a mode that conflicts with the one
 // the attempt asked for (prepared transactions are shown, never touched),
 // and the SQL is tried again after opts.Between, up to opts.Attempts
@@ -396,8 +396,8 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 }
 
 // clearBlockers ends the blockers of the attempt a per opts.Clear: the
-// backends through the guard, pinned by their identity and query as the
-// last look saw them, and re-checked at their signal to still hold or
+// backends through the guard, pinned by their identity (and, for a
+// cancel, their query) as the last look saw them, and re-checked at their signal to still hold or
 // await a lock that conflicts with the attempt's on the object it waited
 // for; the prepared transactions are shown and left alone.
 func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLook, opts *ExecOptions) error {
@@ -419,10 +419,16 @@ func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLo
 		sessions = append(sessions, b)
 	}
 	plan := action.NewPlan(conn, look.snap, sessions, action.Request{Action: opts.Clear, Selector: sel})
-	for i := range plan.Results {
-		// The blocker is the statement or transaction seen holding the
-		// wait up: one that moved on since is left alone (changed).
-		plan.Results[i].Guard.Query = true
+	if opts.Clear == action.Cancel {
+		for i := range plan.Results {
+			// A cancel ends the statement seen holding the wait up: one
+			// that moved on since is left alone (changed). A terminate
+			// needs no such pin: the session still holding a conflicting
+			// lock is the blocker whatever it runs (a transaction that
+			// runs statement after statement would otherwise escape
+			// every attempt).
+			plan.Results[i].Guard.Query = true
+		}
 	}
 	a.Plan = plan
 	planned := plan.Count(action.Planned)

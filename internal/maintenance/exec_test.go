@@ -153,3 +153,38 @@ func TestExecSQLErrors(t *testing.T) {
 		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
 	}
 }
+
+// A transaction that runs another statement between the look and the
+// signal still holds the lock the attempt waited for: it is the blocker,
+// and --clear terminate ends it whatever it runs now (pinned by its
+// query, a transaction running statement after statement would escape
+// every attempt).
+func TestExecTerminatesATransactionThatMovedOn(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "ALTER TABLE t ADD COLUMN note text", LockTimeout: 300 * time.Millisecond, Attempts: 3,
+		Clear: action.Terminate, Wait: 5 * time.Second,
+		Confirm: func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error {
+			holder.Exec("SELECT 1") // its transaction goes on, its lock kept
+			return nil
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 2 || !ex.Committed() {
+		t.Fatalf("attempts %+v, want the second to commit", ex.Attempts)
+	}
+	if r := ex.Attempts[0].Results; len(r) != 1 || r[0].PID != holder.PID || r[0].Outcome != action.Terminated {
+		t.Fatalf("results %+v, want the holder terminated", r)
+	}
+	if holder.Alive() || !hasColumn(t, db, "note") {
+		t.Fatal("the holder is alive, or the column not added")
+	}
+}
