@@ -53,13 +53,15 @@ UPDATE EXCLUSIVE, SHARE, SHARE ROW EXCLUSIVE, EXCLUSIVE, ACCESS
 EXCLUSIVE; any case) or as pg_locks spells it (ShareRowExclusiveLock);
 which modes conflict is PostgreSQL's table ("Conflicting Lock Modes").
 
-By default a session running a statement is cancelled (its client gets an
-error and keeps its connection) and one idle in a transaction is
-terminated: a cancel does not release the locks a transaction holds. A
-session cancelled inside a transaction block is then idle in it (aborted),
-still holding its locks: clear looks again (for up to --timeout) and
-terminates it. --cancel only cancels, and exits 3 if a cancelled session
-still holds its locks (use --terminate); --terminate terminates every one.
+By default a session running a statement is cancelled (its client gets
+57014 and keeps its connection) and one idle in a transaction is
+terminated (only the end of its transaction releases its locks). A
+cancelled statement aborts its transaction, which releases its locks,
+except after a SAVEPOINT: then only the subtransaction aborts, and the
+session, idle in transaction (aborted), still holds the locks taken
+before it. clear looks again (for up to --timeout) and terminates such a
+session. --cancel only cancels, and exits 3 if a cancelled session still
+holds its locks (use --terminate); --terminate terminates every one.
 Each session is signalled only if it still holds or awaits such a lock at
 that instant (one that moved on is changed, left alone). Selectors narrow
 the sessions (e.g. --app 'report*'). Autovacuum workers, walsenders and

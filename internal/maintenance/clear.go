@@ -35,7 +35,8 @@ type ClearOptions struct {
 	Mode string
 	// Action is "" (cancel what runs a statement, terminate what is idle
 	// in a transaction, and terminate a cancelled one that still holds
-	// its locks in a transaction), Cancel (only that) or Terminate.
+	// its locks: after a SAVEPOINT the abort is the subtransaction's),
+	// Cancel (only cancel) or Terminate.
 	Action action.Kind
 	// Selector narrows the sessions (nil: any); the prepared transactions
 	// by database and owner.
@@ -140,9 +141,11 @@ func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selec
 // Clear ends the sessions that hold or await a lock on the tables that
 // conflicts with the mode, so that a statement that needs that lock gets
 // it without a queue: by default it cancels the ones running a statement
-// and terminates the ones idle in a transaction; a session cancelled inside
-// a transaction block keeps its locks, and is terminated when the next
-// look finds it still holding them (so with Action "" only). Each session
+// and terminates the ones idle in a transaction. A cancel aborts the
+// transaction, which releases its locks, but after a SAVEPOINT only the
+// subtransaction aborts and the locks taken before it stay: a cancelled
+// session the next look finds still holding one is terminated (with
+// Action "" only). Each session
 // is signalled only if it still holds or awaits such a lock at that
 // instant. Prepared transactions that hold one are reported (protected)
 // and never touched. Later looks act only on the sessions of the first
@@ -242,9 +245,10 @@ func clearWhat(plan *action.Plan, kind action.Kind) string {
 }
 
 // clearAgain looks again, until Timeout, at the sessions of the first
-// round that the signals did not end: one cancelled inside a transaction
-// block is idle in it (aborted) and keeps its locks: with Action "" it is
-// terminated; a cancel or terminate still taking effect is waited for.
+// round that the signals did not end: one cancelled after a SAVEPOINT is
+// idle in its transaction (aborted) and keeps the locks taken before it:
+// with Action "" it is terminated; a cancel or terminate still taking
+// effect is waited for.
 // What still holds a conflicting lock at the end is out.Still.
 func clearAgain(ctx context.Context, conn *pgx.Conn, opts *ClearOptions, sel *selector.Selector, out *Cleared) error {
 	chosen := map[sessionID]bool{}
