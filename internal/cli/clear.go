@@ -60,8 +60,10 @@ cancelled statement aborts its transaction, which releases its locks,
 except after a SAVEPOINT: then only the subtransaction aborts, and the
 session, idle in transaction (aborted), still holds the locks taken
 before it. clear looks again (for up to --timeout) and terminates such a
-session. --cancel only cancels, and exits 3 if a cancelled session still
-holds its locks (use --terminate); --terminate terminates every one.
+session. --cancel only cancels: a session idle in a transaction is shown,
+changed (nothing to cancel), and a cancelled one that still holds its
+locks is named, exit 3 (use --terminate); --terminate terminates every
+one.
 Each session is signalled only if it still holds or awaits such a lock at
 that instant (one that moved on is changed, left alone). Selectors narrow
 the sessions (e.g. --app 'report*'). Autovacuum workers, walsenders and

@@ -122,9 +122,12 @@ func TestClearTerminatesWhatACancelLeftHolding(t *testing.T) {
 	v.Exec("ROLLBACK")
 
 	v = start("only-cancel", true)
+	idle := in("idle") // with --cancel: shown, left, exit 3
+	idle.Exec("BEGIN")
+	idle.Exec("SELECT * FROM t")
 	r = run(t, false, "clear", "t", "--app", tag+"-*", "--cancel", "--yes", "-o", "json", "-d", dsn)
 	r.wantCode(t, 3)
-	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"))
+	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(idle.PID, "cancel", "changed"))
 	if !strings.Contains(r.errOut, "still holding a lock on t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
@@ -136,10 +139,13 @@ func TestClearTerminatesWhatACancelLeftHolding(t *testing.T) {
 	}
 	v.Exec("ROLLBACK")
 
+	if !idle.Alive() {
+		t.Fatal("--cancel terminated a session idle in its transaction")
+	}
 	v = start("default", true)
 	r = run(t, false, "clear", "t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
 	r.wantCode(t, 0)
-	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(v.PID, "terminate", "terminated"))
+	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(v.PID, "terminate", "terminated"), row(idle.PID, "terminate", "terminated"))
 	if v.Alive() {
 		t.Fatal("the cancelled transaction still holds its locks")
 	}

@@ -167,23 +167,24 @@ func Clear(ctx context.Context, conn *pgx.Conn, opts ClearOptions) (*Cleared, er
 	}
 	userSel := sel
 	sel.LockConflict = lc
-	kind := opts.Action
-	if kind == "" {
-		kind = action.Terminate
-	}
-	req := action.Request{Action: kind, Selector: &sel, IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum}
+	// Every holder is chosen, as for a terminate: with Cancel too, so
+	// that one idle in its transaction is shown, not left out unsaid.
+	req := action.Request{Action: action.Terminate, Selector: &sel, IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum}
 	plan, err := action.Choose(ctx, conn, req)
 	if err != nil {
 		return out, err
 	}
-	if opts.Action == "" {
+	for i := range plan.Results {
 		// What runs a statement is cancelled (its client gets an error
 		// and keeps its connection); what holds a transaction open and
 		// runs nothing has no statement to cancel.
-		for i := range plan.Results {
-			if r := &plan.Results[i]; r.Outcome == action.Planned && slices.Contains(selector.Running, r.State) {
-				r.Action, r.Guard.Query = action.Cancel, true
-			}
+		switch r := &plan.Results[i]; {
+		case r.Outcome != action.Planned || opts.Action == action.Terminate:
+		case slices.Contains(selector.Running, r.State):
+			r.Action, r.Guard.Query = action.Cancel, true
+		case opts.Action == action.Cancel:
+			r.Action, r.Outcome, r.Detail = action.Cancel, action.Changed,
+				fmt.Sprintf("no query running (%s): nothing to cancel; --terminate ends its transaction", r.State)
 		}
 	}
 	prepared, err := preparedHolding(ctx, conn, lc, &userSel)
