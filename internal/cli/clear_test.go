@@ -275,3 +275,32 @@ func TestClearBadInput(t *testing.T) {
 	r := run(t, false, "clear", "other", "--app", tag+"-*", "--yes", "-d", dsn)
 	r.wantCode(t, 1)
 }
+
+// TestClearAsks: on a terminal clear lists what it will do and asks; no is
+// nothing done, yes ends them. --limit refuses more sessions than N,
+// nothing done.
+func TestClearAsks(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	a, b := in("a"), in("b")
+	for _, v := range []*pgtest.Victim{a, b} {
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM t")
+	}
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--limit", "1", "--yes", "-d", dsn)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "more than --limit 1") || !a.Alive() || !b.Alive() {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = runAsk(t, "n\n", "clear", "t", "--app", tag+"-*", "-d", dsn)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "terminate 2 sessions? [y/N]") || !strings.Contains(r.errOut, "not confirmed: nothing done") || !a.Alive() || !b.Alive() {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = runAsk(t, "y\n", "clear", "t", "--app", tag+"-*", "-d", dsn)
+	r.wantCode(t, 0)
+	if a.Alive() || b.Alive() {
+		t.Fatal("confirmed, and a holder is still there")
+	}
+}
