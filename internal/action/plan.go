@@ -105,6 +105,8 @@ var (
 	rowKeys       = jsonFields(planRow{})
 	headerKeys    = jsonFields(PlanHeader{})
 	selectionKeys = jsonTags(reflect.TypeOf(selector.Spec{}))
+	lockKeys      = jsonTags(reflect.TypeOf(selector.LockConflict{}))
+	objectKeys    = jsonTags(reflect.TypeOf(selector.LockObject{}))
 )
 
 // maxPlanSize bounds what ReadPlan reads: a plan of every session of a
@@ -178,6 +180,12 @@ func ReadPlan(r io.Reader) (*Plan, error) {
 			}
 			if err := knownKeys(keys.selection, selectionKeys); err != nil {
 				return nil, fmt.Errorf("%s: \"selection\": %w", where, err)
+			}
+			if err := knownKeys(keys.lock, lockKeys); err != nil {
+				return nil, fmt.Errorf("%s: \"lock_conflict\": %w", where, err)
+			}
+			if err := knownKeys(keys.object, objectKeys); err != nil {
+				return nil, fmt.Errorf("%s: \"lock_conflict\": \"objects\": %w", where, err)
 			}
 		}
 		if row.Action == nil && row.Outcome == nil && row.Guard == nil {
@@ -310,6 +318,9 @@ func knownKeys(keys, names []string) error {
 // an object) and of the plan's "selection" (nil when not an object).
 type keysOf struct {
 	top, plan, selection []string
+	// lock and object: of the selection's lock_conflict and of each of
+	// its objects.
+	lock, object []string
 }
 
 // scanRow reads the names of a row of a plan and refuses an object, at
@@ -331,6 +342,10 @@ func scanRow(raw []byte) (keysOf, error) {
 			k.plan = append(k.plan, key)
 		case len(path) == 2 && path[0] == "plan" && path[1] == "selection":
 			k.selection = append(k.selection, key)
+		case slices.Equal(path, []string{"plan", "selection", "lock_conflict"}):
+			k.lock = append(k.lock, key)
+		case slices.Equal(path, []string{"plan", "selection", "lock_conflict", "objects", "[]"}):
+			k.object = append(k.object, key)
 		}
 	})
 	return k, err

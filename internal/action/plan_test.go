@@ -43,3 +43,26 @@ func FuzzReadPlan(f *testing.F) {
 		}
 	})
 }
+
+// TestReadPlanLockConflict: a plan's lock_conflict (clear's, exec's) is
+// read as written, and a name it does not have is refused, at any depth,
+// as anywhere in a plan.
+func TestReadPlanLockConflict(t *testing.T) {
+	const lock = `"selection":{"lock_conflict":{"objects":[{"locktype":"relation","database":5,"relation":16384,"page":null,"tuple":null,"virtualxid":null,"transactionid":null,"classid":null,"objid":null,"objsubid":null}],"mode":"AccessExclusiveLock"}}`
+	row := strings.Replace(planRow, `"blocked_by":[]`, `"blocked_by":[],"blocked_by_prepared":[],"gid":null`, 1)
+	good := "[" + strings.Replace(row, `"selection":null`, lock, 1) + "]"
+	if _, err := action.ReadPlan(strings.NewReader(good)); err != nil {
+		t.Fatalf("refused: %v", err)
+	}
+	for _, bad := range []struct{ from, to, msg string }{
+		{`"mode":"AccessExclusiveLock"`, `"mode":"AccessExclusiveLock","modes":"x"`, `"lock_conflict": unknown field "modes"`},
+		{`"objsubid":null`, `"objsubid":null,"pid":1`, `"objects": unknown field "pid"`},
+		{`"mode":"AccessExclusiveLock"`, `"mode":"SuperLock"`, `not a table lock mode`},
+		{`"locktype":"relation"`, `"locktype":"table"`, `not one of pg_locks'`},
+	} {
+		_, err := action.ReadPlan(strings.NewReader(strings.Replace(good, bad.from, bad.to, 1)))
+		if err == nil || !strings.Contains(err.Error(), bad.msg) {
+			t.Errorf("%s: got %v, want %q", bad.to, err, bad.msg)
+		}
+	}
+}

@@ -123,6 +123,35 @@ func (l *LockConflict) clone() *LockConflict {
 // subquery runs, and the subquery depends on the session's row, so it runs
 // again for each.
 func (c *compiler) lockConflict(l *LockConflict) {
+	locks := "pg_catalog.pg_locks AS l"
+	if c.each {
+		locks = fmt.Sprintf(`(SELECT (lx.s).* FROM (SELECT pg_catalog.pg_lock_status() AS s WHERE %s.pid IS NOT NULL OFFSET 0) AS lx) AS l`, c.alias)
+	}
+	c.add(fmt.Sprintf(`%[1]s.pid IN (
+           -- a parallel worker (leader_pid, 13+, read by name) for its leader
+           SELECT coalesce((pg_catalog.to_jsonb(lw) OPERATOR(pg_catalog.->>) 'leader_pid')::integer, l.pid)
+             %[2]s)`, c.alias, c.lockRows(l, locks+"\n             LEFT JOIN pg_catalog.pg_stat_activity AS lw ON lw.pid = l.pid")))
+}
+
+// PreparedSQL is a query, parameters numbered from $first, of the GIDs of
+// the prepared transactions that hold a lock on one of l's objects that
+// conflicts with its mode. Their locks have no pid in pg_locks: the
+// virtualtransaction of the lock on their transaction id names them.
+func (l *LockConflict) PreparedSQL(first int) (string, []any) {
+	c := compiler{next: first}
+	rows := c.lockRows(l, "pg_catalog.pg_locks AS l")
+	return fmt.Sprintf(`SELECT p.gid
+  FROM pg_catalog.pg_prepared_xacts AS p
+ WHERE EXISTS (SELECT %s
+                  AND l.pid IS NULL
+                  AND l.virtualtransaction IN (SELECT x.virtualtransaction FROM pg_catalog.pg_locks AS x
+                                                WHERE x.locktype = 'transactionid' AND x.transactionid = p.transaction))
+ ORDER BY p.gid`, rows), c.args
+}
+
+// lockRows is the FROM and WHERE over pg_locks' rows "l" (from locks)
+// on one of l's objects in a mode that conflicts with l's.
+func (c *compiler) lockRows(l *LockConflict, locks string) string {
 	text := func(f func(o *LockObject) *string) string {
 		v := make([]*string, len(l.Objects))
 		for i := range l.Objects {
@@ -167,17 +196,9 @@ func (c *compiler) lockConflict(l *LockConflict) {
 		text(func(o *LockObject) *string { return num(o.ObjID) }),
 		text(func(o *LockObject) *string { return num(o.ObjSubID) }))
 	mode := c.arg(l.Mode)
-	locks := "pg_catalog.pg_locks AS l"
-	if c.each {
-		locks = fmt.Sprintf(`(SELECT (lx.s).* FROM (SELECT pg_catalog.pg_lock_status() AS s WHERE %s.pid IS NOT NULL OFFSET 0) AS lx) AS l`, c.alias)
-	}
-	c.add(fmt.Sprintf(`%[1]s.pid IN (
-           -- a parallel worker (leader_pid, 13+, read by name) for its leader
-           SELECT coalesce((pg_catalog.to_jsonb(lw) OPERATOR(pg_catalog.->>) 'leader_pid')::integer, l.pid)
-             FROM %[2]s
-             JOIN (%[3]s) AS lc ON lc.mode = %[4]s::text AND l.mode = ANY (lc.conflicts)
-             LEFT JOIN pg_catalog.pg_stat_activity AS lw ON lw.pid = l.pid
-            WHERE EXISTS (SELECT FROM %[5]s
+	return fmt.Sprintf(`FROM %[1]s
+             JOIN (%[2]s) AS lc ON lc.mode = %[3]s::text AND l.mode = ANY (lc.conflicts)
+            WHERE EXISTS (SELECT FROM %[4]s
                            WHERE l.locktype = lo.locktype
                              AND l.database IS NOT DISTINCT FROM lo.database::pg_catalog.oid
                              AND l.relation IS NOT DISTINCT FROM lo.relation::pg_catalog.oid
@@ -187,6 +208,6 @@ func (c *compiler) lockConflict(l *LockConflict) {
                              AND l.transactionid::text IS NOT DISTINCT FROM lo.transactionid
                              AND l.classid IS NOT DISTINCT FROM lo.classid::pg_catalog.oid
                              AND l.objid IS NOT DISTINCT FROM lo.objid::pg_catalog.oid
-                             AND l.objsubid IS NOT DISTINCT FROM lo.objsubid::smallint))`,
-		c.alias, locks, strings.TrimSpace(lockConflictsSQL), mode, objects))
+                             AND l.objsubid IS NOT DISTINCT FROM lo.objsubid::smallint)`,
+		locks, strings.TrimSpace(lockConflictsSQL), mode, objects)
 }

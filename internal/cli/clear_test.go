@@ -1,0 +1,306 @@
+package cli_test
+
+import (
+	"fmt"
+	"os"
+	"path/filepath"
+	"slices"
+	"strings"
+	"testing"
+
+	"github.com/pgreap/pgreap/internal/pgtest"
+)
+
+// clearDB is a database with tables t and other (one row each), and a
+// way to open a session of the test in it, named tag-name.
+func clearDB(t *testing.T) (dsn string, in func(name string) *pgtest.Victim) {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	in = func(name string) *pgtest.Victim {
+		return pgtest.NewVictim(t, pgtest.VictimOptions{DB: db, App: pgtest.Tag(t) + "-" + name})
+	}
+	in("setup").Exec("CREATE TABLE t (id int); INSERT INTO t VALUES (1); CREATE TABLE other (id int); INSERT INTO other VALUES (1)")
+	return "dbname=" + db, in
+}
+
+// outcomes are the acted rows as "pid action outcome", sorted.
+func outcomes(t *testing.T, out string) []string {
+	t.Helper()
+	var got []string
+	for _, r := range jsonRows(t, out) {
+		if r["outcome"] != nil {
+			got = append(got, fmt.Sprintf("%v %v %v", r["pid"], r["action"], r["outcome"]))
+		}
+	}
+	slices.Sort(got)
+	return got
+}
+
+func row(pid int32, action, outcome string) string {
+	return fmt.Sprintf("%v %s %s", float64(pid), action, outcome)
+}
+
+func wantRows(t *testing.T, got []string, want ...string) {
+	t.Helper()
+	slices.Sort(want)
+	if !slices.Equal(got, want) {
+		t.Fatalf("rows %q, want %q", got, want)
+	}
+}
+
+// TestClear: a SELECT running on t is cancelled (its client gets 57014
+// and keeps its connection), a transaction idle after reading t is
+// terminated (its connection is gone), a session on another table is
+// untouched (its own query ends without an error), and the DDL then gets
+// its lock at once.
+func TestClear(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	reader := in("reader")
+	reader.Start("SELECT count(*) FROM t WHERE pg_catalog.pg_sleep(60) IS NOT NULL")
+	reader.WaitState("active", "")
+	idle := in("idle")
+	idle.Exec("BEGIN")
+	idle.Exec("SELECT * FROM t")
+	bystander := in("bystander")
+	bystander.Exec("BEGIN")
+	bystander.Exec("SELECT * FROM other")
+	busy := in("busy")
+	busy.Start("SELECT count(*) FROM other WHERE pg_catalog.pg_sleep(1) IS NOT NULL")
+	busy.WaitState("active", "")
+
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(reader.PID, "cancel", "cancelled"), row(idle.PID, "terminate", "terminated"))
+
+	if err := reader.Wait(); pgtest.SQLState(err) != "57014" {
+		t.Errorf("the reader's client got %v, want a cancel (57014)", err)
+	}
+	reader.Exec("SELECT 1") // a cancel keeps the connection
+	if _, err := idle.Conn.Exec(pgtest.Context(t), "SELECT 1"); err == nil {
+		t.Error("the idle holder's connection still works")
+	}
+	if err := busy.Wait(); err != nil {
+		t.Errorf("a query on another table got %v", err)
+	}
+	bystander.Exec("SELECT * FROM other")
+	bystander.Exec("COMMIT")
+	ddl := in("ddl")
+	ddl.Exec("SET lock_timeout = '5s'")
+	ddl.Exec("ALTER TABLE t ADD COLUMN x int")
+}
+
+// TestClearTerminatesWhatACancelLeftHolding: a statement cancelled inside
+// a subtransaction (after a SAVEPOINT, as drivers and ORMs set them) leaves
+// the transaction idle in it (aborted), still holding the locks taken
+// before the savepoint: clear terminates it; with --cancel it says so,
+// exit 3, and leaves it. Without a savepoint the abort releases every lock
+// of the transaction: the cancel is enough.
+func TestClearTerminatesWhatACancelLeftHolding(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	start := func(name string, savepoint bool) *pgtest.Victim {
+		v := in(name)
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM t")
+		if savepoint {
+			v.Exec("SAVEPOINT a")
+		}
+		v.Start("SELECT count(*) FROM t WHERE pg_catalog.pg_sleep(60) IS NOT NULL")
+		v.WaitState("active", "")
+		return v
+	}
+	v := start("no-savepoint", false)
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"))
+	if err := v.Wait(); pgtest.SQLState(err) != "57014" {
+		t.Fatalf("client got %v", err)
+	}
+	v.Exec("ROLLBACK")
+
+	v = start("only-cancel", true)
+	idle := in("idle") // with --cancel: shown, left, exit 3
+	idle.Exec("BEGIN")
+	idle.Exec("SELECT * FROM t")
+	r = run(t, false, "clear", "t", "--app", tag+"-*", "--cancel", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 3)
+	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(idle.PID, "cancel", "changed"))
+	if !strings.Contains(r.errOut, "still holding a lock on t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if err := v.Wait(); pgtest.SQLState(err) != "57014" {
+		t.Fatalf("client got %v", err)
+	}
+	if !v.Alive() {
+		t.Fatal("--cancel terminated")
+	}
+	v.Exec("ROLLBACK")
+
+	if !idle.Alive() {
+		t.Fatal("--cancel terminated a session idle in its transaction")
+	}
+	v = start("default", true)
+	r = run(t, false, "clear", "t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(v.PID, "terminate", "terminated"), row(idle.PID, "terminate", "terminated"))
+	if v.Alive() {
+		t.Fatal("the cancelled transaction still holds its locks")
+	}
+}
+
+// TestClearMode: --mode SHARE (CREATE INDEX) ends the writers of t and
+// leaves its readers; ACCESS EXCLUSIVE ends both.
+func TestClearMode(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	reader, writer := in("reader"), in("writer")
+	reader.Exec("BEGIN")
+	reader.Exec("SELECT * FROM t")
+	writer.Exec("BEGIN")
+	writer.Exec("INSERT INTO t VALUES (2)")
+	r := run(t, false, "clear", "t", "--mode", "share", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(writer.PID, "terminate", "terminated"))
+	if !reader.Alive() {
+		t.Fatal("--mode SHARE ended an ACCESS SHARE holder")
+	}
+	r = run(t, false, "clear", "public.t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(reader.PID, "terminate", "terminated"))
+}
+
+// TestClearPreparedTransaction: a prepared transaction holding a lock on
+// t is shown, protected, never touched: exit 3.
+func TestClearPreparedTransaction(t *testing.T) {
+	t.Parallel()
+	dsn, _ := clearDB(t)
+	db := strings.TrimPrefix(dsn, "dbname=")
+	gid := pgtest.PrepareTransaction(t, db, "", "", "LOCK TABLE t IN ACCESS SHARE MODE")
+	r := run(t, false, "clear", "t", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 3)
+	rows := jsonRows(t, r.out)
+	if len(rows) != 1 || rows[0]["gid"] != gid || rows[0]["outcome"] != "protected" ||
+		!strings.Contains(rows[0]["detail"].(string), "ROLLBACK PREPARED '"+gid+"'") {
+		t.Fatalf("rows %v", rows)
+	}
+	if !pgtest.IsPrepared(t, gid) {
+		t.Fatal("the prepared transaction was ended")
+	}
+}
+
+// TestClearDryRunAndApply: --dry-run ends nothing and shows the tree (the
+// holder, the DDL queued behind it); its plan records the lock, which
+// apply checks again: a holder that released it since is changed.
+func TestClearDryRunAndApply(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	ddl := in("ddl")
+	ddl.Start("ALTER TABLE t ADD COLUMN x int")
+	ddl.WaitState("active", "Lock")
+
+	r := run(t, true, "clear", "t", "--app", tag+"-holder", "--dry-run", "-d", dsn)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, fmt.Sprintf("%d  ", holder.PID)) || !strings.Contains(r.out, "└ waits") || !strings.Contains(r.out, "planned") {
+		t.Fatalf("stdout:\n%s", r.out)
+	}
+	r = run(t, false, "clear", "t", "--app", tag+"-holder", "--dry-run", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, `"lock_conflict":{"objects":[`) || !strings.Contains(r.out, `"mode":"AccessExclusiveLock"`) {
+		t.Fatalf("the plan does not record the lock:\n%s", r.out)
+	}
+	rows := jsonRows(t, r.out)
+	if len(rows) != 2 || rows[0]["pid"] != float64(holder.PID) || rows[0]["outcome"] != "planned" || rows[1]["pid"] != float64(ddl.PID) || rows[1]["outcome"] != nil {
+		t.Fatalf("rows %v", rows)
+	}
+	if !holder.Alive() || !ddl.Alive() {
+		t.Fatal("a dry run ended a session")
+	}
+	plan := filepath.Join(t.TempDir(), "plan.json")
+	if err := os.WriteFile(plan, []byte(r.out), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	ddl.Conn.PgConn().CancelRequest(pgtest.Context(t))
+	_ = ddl.Wait()
+	holder.Exec("SELECT 1") // moved on, same transaction: still holds the lock
+	holder.Exec("COMMIT")   // released
+	r = run(t, false, "apply", plan, "-o", "json")
+	r.wantCode(t, 3)
+	wantRows(t, outcomes(t, r.out), row(holder.PID, "terminate", "changed"))
+	if !holder.Alive() {
+		t.Fatal("apply ended a session that released its lock")
+	}
+}
+
+// TestClearBadInput: one line, exit 2, nothing done.
+func TestClearBadInput(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	for _, tt := range []struct {
+		name string
+		args []string
+		msg  string
+	}{
+		{"unknown table among known", []string{"t", "nosuch"}, `table "nosuch": no such relation in database`},
+		{"unknown OID", []string{"4000000000"}, `table "4000000000": no relation has this OID`},
+		{"not a name", []string{"a.b.c.d"}, `table "a.b.c.d": `},
+		{"another database's", []string{"otherdb.public.t"}, `table "otherdb.public.t": `},
+		{"bad mode", []string{"t", "--mode", "ROW"}, `--mode "ROW": not a lock mode`},
+		{"cancel and terminate", []string{"t", "--cancel", "--terminate"}, "--cancel and --terminate"},
+		{"no table", nil, "requires at least 1 arg"},
+		{"no terminal, no --yes", []string{"t"}, "refusing to terminate 1 session"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			r := run(t, false, append(append([]string{"clear"}, tt.args...), "--app", tag+"-*", "-d", dsn)...)
+			r.wantCode(t, 2)
+			if !strings.Contains(r.errOut, tt.msg) || strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 {
+				t.Fatalf("stderr %q, want one line with %q", r.errOut, tt.msg)
+			}
+			if !holder.Alive() {
+				t.Fatal("bad input ended a session")
+			}
+		})
+	}
+	r := run(t, false, "clear", "other", "--app", tag+"-*", "--yes", "-d", dsn)
+	r.wantCode(t, 1)
+}
+
+// TestClearAsks: on a terminal clear lists what it will do and asks; no is
+// nothing done, yes ends them. --limit refuses more sessions than N,
+// nothing done.
+func TestClearAsks(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	a, b := in("a"), in("b")
+	for _, v := range []*pgtest.Victim{a, b} {
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM t")
+	}
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--limit", "1", "--yes", "-d", dsn)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "more than --limit 1") || !a.Alive() || !b.Alive() {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = runAsk(t, "n\n", "clear", "t", "--app", tag+"-*", "-d", dsn)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "terminate 2 sessions? [y/N]") || !strings.Contains(r.errOut, "not confirmed: nothing done") || !a.Alive() || !b.Alive() {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = runAsk(t, "y\n", "clear", "t", "--app", tag+"-*", "-d", dsn)
+	r.wantCode(t, 0)
+	if a.Alive() || b.Alive() {
+		t.Fatal("confirmed, and a holder is still there")
+	}
+}
