@@ -215,7 +215,7 @@ func (r *Replay) Waits() bool { return r.WaitKind() != "" }
 // sees rows a vacuum on the primary removed), "tablespace conflict"
 // (queries using a tablespace the primary drops); "" when it waits for
 // none of them. The server names the sessions only for a lock; it shows
-// conflict waits from 14 on, and the startup process's waits only to a
+// conflict waits from 13 on, and the startup process's waits only to a
 // role that may see it (not Hidden).
 func (r *Replay) WaitKind() string {
 	switch {

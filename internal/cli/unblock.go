@@ -112,7 +112,7 @@ with its blockers under it, then their outcomes; JSON and CSV have the
 blockers' rows, and a --dry-run -o json plan records blocking_replay,
 which 'pgreap apply' checks again. Not a standby, or replay not waiting:
 exit 1. Replay waiting for a buffer pin, or for queries whose snapshot
-or tablespace conflicts with it (shown from 14 on), names no one:
+or tablespace conflicts with it (shown from 13 on), names no one:
 nothing ended, exit 3. A role without pg_read_all_stats cannot see the
 startup process: it still sees a lock wait and its holders (pg_locks),
 not the other waits.
