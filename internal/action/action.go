@@ -414,6 +414,20 @@ func (p *Plan) add(s *activity.Session, req Request) {
 	p.Results = append(p.Results, r)
 }
 
+// notClient says why a backend of this type is never acted on. The
+// startup process of a hot standby shows up as the root of lock waits: it
+// holds the ACCESS EXCLUSIVE locks of the primary's transactions it
+// replays, until replay reaches their end.
+func notClient(backendType string) string {
+	switch backendType {
+	case "startup":
+		return "not a client backend: WAL replay, holding a lock of a transaction of the primary until replay reaches its end (pgreap unblock --replay ends what holds replay up)"
+	case "":
+		return "not a client backend (its type is hidden from this role: pg_read_all_stats shows it)"
+	}
+	return fmt.Sprintf("not a client backend (%s)", backendType)
+}
+
 // judge applies the protections to a session seen in the snapshot (the
 // snapshot already leaves out pgreap's own session and non-client rows).
 func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
@@ -436,7 +450,7 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		// exits (a parallel worker at the end of its query among them).
 		return Protected, "not a client backend (a background worker starting or exiting)"
 	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
-		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+		return Protected, notClient(s.BackendType)
 	case action == Cancel && !slices.Contains(selector.Running, s.State):
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", s.State)
 	}
@@ -480,7 +494,7 @@ func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, 
 			r.Outcome, r.Detail = p.judge(s, req.Action)
 		case s.Datname == "":
 			r.Session = *s
-			r.Outcome, r.Detail = Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+			r.Outcome, r.Detail = Protected, notClient(s.BackendType)
 		default:
 			r.Session = *s
 			r.Outcome, r.Detail, r.why = Changed, "does not match the selection", whyNoMatch
@@ -1054,7 +1068,7 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 	case "autovacuum":
 		return Protected, "autovacuum worker: --include-autovacuum to allow"
 	case "not_client":
-		return Protected, fmt.Sprintf("not a client backend (%s)", v.read.BackendType)
+		return Protected, notClient(v.read.BackendType)
 	case "invisible":
 		return Denied, invisibleDetail(v.read.Usename)
 	case "reused":

@@ -215,7 +215,7 @@ func (r *Replay) Waits() bool { return r.WaitKind() != "" }
 // sees rows a vacuum on the primary removed), "tablespace conflict"
 // (queries using a tablespace the primary drops); "" when it waits for
 // none of them. The server names the sessions only for a lock; it shows
-// conflict waits from 14 on, and the startup process's waits only to a
+// conflict waits from 13 on, and the startup process's waits only to a
 // role that may see it (not Hidden).
 func (r *Replay) WaitKind() string {
 	switch {
@@ -279,6 +279,13 @@ type replayFacts struct {
 	} `json:"conflicts"`
 }
 
+// mayBeStandby reports whether the server may be in recovery, for a
+// snapshot without a row to say: from 14 the server reports
+// in_hot_standby when the connection starts and whenever it changes.
+func mayBeStandby(conn *pgx.Conn, version int) bool {
+	return version < 140000 || conn.PgConn().ParameterStatus("in_hot_standby") != "off"
+}
+
 // hiddenReplay is the replay of a standby whose startup process the
 // snapshot did not show (Replay.Hidden); nil on a primary.
 func hiddenReplay(ctx context.Context, conn *pgx.Conn, version int) (*Replay, error) {
@@ -304,8 +311,11 @@ func parseReplay(s Session, b []byte) (*Replay, error) {
 	r.Startup.BlockedBy = f.Blockers
 	if r.Startup.BackendType == "" {
 		// Its row, known by the lock it waits for, or none: this role may
-		// not see what it is (pg_read_all_stats).
+		// not see what it is (pg_read_all_stats). pg_locks says it waits.
 		r.Startup.BackendType, r.Hidden = "startup", true
+		if r.LockWait {
+			r.Startup.WaitEventType = "Lock"
+		}
 	}
 	if f.ReplayTimestamp != nil {
 		r.ReplayTimestamp = *f.ReplayTimestamp
@@ -453,8 +463,9 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		return nil, err
 	}
 	if f.Where != "" {
-		// The startup process stays: it is the replay, not a session.
-		sql += "   AND (a.backend_type = 'startup' OR (" + f.Where + "))\n"
+		// The startup process stays: it is the replay, not a session
+		// (known by the lock it waits for, to a role that may not see it).
+		sql += "   AND (a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_waiter AS w) OR (" + f.Where + "))\n"
 	}
 	if len(f.Marks) > 0 {
 		from := strings.Index(sql, fromActivity)
@@ -544,7 +555,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	if replay && snap.Replay == nil && (inRecovery || len(snap.Sessions) == 0) {
+	if replay && snap.Replay == nil && (inRecovery || len(snap.Sessions) == 0 && mayBeStandby(conn, version)) {
 		// A standby whose startup process this role cannot tell from the
 		// other background processes, or no row that says: ask.
 		if snap.Replay, err = hiddenReplay(ctx, conn, version); err != nil {

@@ -88,7 +88,7 @@ func TestUnblockReplayHiddenStartup(t *testing.T) {
 // A snapshot conflict: a vacuum on the primary removed rows an old
 // snapshot on the standby may still see, and replay waits for that
 // snapshot's transaction (max_standby_streaming_delay=-1). The server
-// names no one; from 14 it shows the wait. pgreap says replay is held up
+// names no one; from 13 it shows the wait. pgreap says replay is held up
 // and by what kind of wait, ends nothing, and exits 3.
 func TestUnblockReplaySnapshotConflict(t *testing.T) {
 	t.Parallel()
@@ -112,8 +112,8 @@ func TestUnblockReplaySnapshotConflict(t *testing.T) {
 	if err := sc.s.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
 		t.Fatal(err)
 	}
-	if version < 140000 {
-		// No wait event says so before 14: replay is behind, and pgreap
+	if version < 130000 {
+		// No wait event says so before 13: replay is behind, and pgreap
 		// can only show its lag and WAL to replay.
 		pgtest.Eventually(t, "replay stuck behind the vacuum", func() (bool, error) {
 			r := run(t, false, "ls", "-o", "json", "-d", sc.dsn)

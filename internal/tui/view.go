@@ -566,7 +566,7 @@ func (m *Model) detailLines(r *row) []string {
 		xact += " (" + output.Age(now.Sub(s.XactStart)) + ")"
 	}
 	fields := [][2]string{
-		{"pid", strconv.Itoa(int(s.PID))},
+		{"pid", pidOrEmpty(s.PID)}, // none for a prepared transaction or a hidden startup process
 		{"leader_pid", pidOrEmpty(s.LeaderPID)},
 		{"datname", s.Datname},
 		{"usename", s.Usename},
