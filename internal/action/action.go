@@ -421,7 +421,7 @@ func (p *Plan) add(s *activity.Session, req Request) {
 func notClient(backendType string) string {
 	switch backendType {
 	case "startup":
-		return "not a client backend: WAL replay, holding a lock of a transaction of the primary until replay reaches its end (pgreap unblock --replay ends what holds replay up)"
+		return "not a client backend: WAL replay (the startup process), which holds the primary's ACCESS EXCLUSIVE locks until it replays the end of their transactions; when replay itself waits for sessions (ls shows it first), pgreap unblock --replay ends them"
 	case "":
 		return "not a client backend (its type is hidden from this role: pg_read_all_stats shows it)"
 	}

@@ -104,7 +104,8 @@ locks); --terminate terminates them. A cancel does not end a transaction:
 a blocker idle in its transaction keeps its lock. So unblock looks again,
 for up to --timeout: while replay is still held up, it says by whom (use
 --terminate) and exits 3; also when replay went past that record and
-waits again for another (DROP TABLE a, then DROP TABLE b: run it again). --longer-than is then how long replay has
+waits again for another (DROP TABLE a, then DROP TABLE b: run it
+again). --longer-than is then how long replay has
 waited (default 0: now), which the server says on 14+ only
 (pg_locks.waitstart): on 12 and 13 a --longer-than with --replay is
 refused. The table shows the replay (its wait, lag and WAL to replay)

@@ -8,7 +8,7 @@
 -- primary from reading pg_locks for it (a join reads its first row before
 -- it finds the other side empty).
 SELECT DISTINCT h.pid
-  FROM (/*replay_waiter*/) AS w
+  FROM (/*replay_locks*/) AS w
   JOIN pg_catalog.pg_locks AS h
     ON h.locktype = w.locktype
    AND h.database IS NOT DISTINCT FROM w.database
@@ -23,3 +23,4 @@ SELECT DISTINCT h.pid
    AND h.granted
    AND h.pid <> w.pid
  WHERE (SELECT pg_catalog.pg_is_in_recovery())
+   AND NOT w.granted
