@@ -715,26 +715,29 @@ func (s *session) prune(snap *activity.Snapshot) {
 	}
 }
 
-// work acts on what is due: deadlines, polls, escalations, expiries.
+// work acts on what is due: deadlines, polls, escalations, expiries. The
+// deadlines come first, and again before each flight's statements: on the
+// one connection, a deadline that comes due while signals are verified
+// (and their released waiters looked up) is not queued behind the rest of
+// them.
 func (s *session) work(ctx context.Context) error {
-	now := s.t.now()
-	n := 0
-	for n < len(s.armed) && !s.armed[n].due.After(now) {
-		n++
-	}
-	if n > 0 {
-		due := append([]armed(nil), s.armed[:n]...)
-		s.armed = s.armed[n:]
-		if err := s.fire(ctx, due); err != nil {
-			return err
-		}
+	if err := s.fireDue(ctx); err != nil {
+		return err
 	}
 	// Verification statements are not cut short by a stop (SIGTERM): a
 	// signal that worked is reported so, not as unverified.
 	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	kept := make([]*inflight, 0, len(s.flying))
-	for _, f := range s.flying {
+	// fireDue adds its flights to s.flying: they are verified from the
+	// next call on.
+	flying := s.flying
+	s.flying = nil
+	kept := make([]*inflight, 0, len(flying))
+	for i, f := range flying {
+		if err := s.fireDue(ctx); err != nil {
+			s.flying = append(append(kept, flying[i:]...), s.flying...)
+			return err
+		}
 		now := s.t.now()
 		var err error
 		switch {
@@ -753,6 +756,7 @@ func (s *session) work(ctx context.Context) error {
 		}
 		s.record(vctx, f)
 		if err != nil {
+			s.flying = append(append(kept, flying[i:]...), s.flying...)
 			return err
 		}
 		if f.escalateAt.IsZero() && !pending(f.plan) {
@@ -760,8 +764,23 @@ func (s *session) work(ctx context.Context) error {
 		}
 		kept = append(kept, f)
 	}
-	s.flying = kept
+	s.flying = append(kept, s.flying...)
 	return nil
+}
+
+// fireDue sends the signalling statements of what is armed and due.
+func (s *session) fireDue(ctx context.Context) error {
+	now := s.t.now()
+	n := 0
+	for n < len(s.armed) && !s.armed[n].due.After(now) {
+		n++
+	}
+	if n == 0 {
+		return nil
+	}
+	due := append([]armed(nil), s.armed[:n]...)
+	s.armed = s.armed[n:]
+	return s.fire(ctx, due)
 }
 
 func pending(p *action.Plan) bool {
@@ -899,29 +918,46 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 // reached its outcome since the last call. A session that moved on or
 // ended before its deadline (changed, gone) was not acted on: it is
 // counted, and logged at debug level, but not audited. The line of a root
-// of lock waits, once its end is verified, names the waiters it released.
+// of lock waits, once its end is verified, names the waiters it released:
+// looked up in one statement for every root of the call.
 func (s *session) record(ctx context.Context, f *inflight) {
 	t := s.t
 	dry := s.dry(&f.rule)
+	var final []int
+	var roots []int32
 	for i := range f.plan.Results {
 		r := &f.plan.Results[i]
 		if f.logged[i] || r.Pending() {
 			continue
 		}
 		f.logged[i] = true
+		final = append(final, i)
+		if len(f.behind[r.PID]) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
+			roots = append(roots, r.PID)
+		}
+	}
+	var released map[int32][]Released
+	var lookErr error
+	if len(roots) > 0 {
+		if released, lookErr = s.released(ctx, roots, f.behind); lookErr != nil {
+			t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pids", roots, "err", oneLine(lookErr))
+		}
+	}
+	for _, i := range final {
+		r := &f.plan.Results[i]
 		t.metrics.Actions.WithLabelValues(t.name, f.rule.Name, string(r.Action), string(r.Outcome)).Inc()
 		if r.Outcome == action.Changed || r.Outcome == action.Gone {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
 		e := entry(t.now(), t.name, f.rule.Name, dry, r)
-		if waiters := f.behind[r.PID]; len(waiters) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
-			var err error
-			if e.Released, err = s.released(ctx, r.PID, waiters); err != nil {
+		if slices.Contains(roots, r.PID) {
+			if lookErr != nil {
 				// No "released" then, which would also say none: the
 				// detail tells that it is not known.
-				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(err), "; ")
-				t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pid", r.PID, "err", oneLine(err))
+				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(lookErr), "; ")
+			} else {
+				e.Released = released[r.PID]
 			}
 		}
 		if err := t.audit.Write(e); err != nil {
@@ -980,27 +1016,30 @@ func replayLag(snap *activity.Snapshot) time.Duration {
 	return snap.Replay.Lag(snap.Taken)
 }
 
-// released are, of the sessions that waited behind root, those its end
-// (or its cancelled query) released: the same backends, no longer waiting
-// on it or on another of them, directly or through others; each with how
-// long it had waited, up to this look.
-func (s *session) released(ctx context.Context, root int32, waiters []*activity.Session) ([]Released, error) {
-	pids := make([]int32, len(waiters))
-	starts := make([]time.Time, len(waiters))
-	since := make(map[int32]time.Time, len(waiters))
-	for i, w := range waiters {
-		pids[i], starts[i], since[w.PID] = w.PID, w.BackendStart, w.WaitStart
+// released are, by root, of the sessions that waited behind each root,
+// those its end (or its cancelled query) released: the same backends, no
+// longer waiting on it or on another of its waiters, directly or through
+// others; each with how long it had waited, up to this look.
+func (s *session) released(ctx context.Context, roots []int32, behind map[int32][]*activity.Session) (map[int32][]Released, error) {
+	var of, pids []int32
+	var starts []time.Time
+	since := map[int32]time.Time{}
+	for _, root := range roots {
+		for _, w := range behind[root] {
+			of, pids, starts = append(of, root), append(pids, w.PID), append(starts, w.BackendStart)
+			since[w.PID] = w.WaitStart
+		}
 	}
-	rows, err := s.cn.Query(ctx, releasedSQL, root, pids, starts)
+	rows, err := s.cn.Query(ctx, releasedSQL, of, pids, starts)
 	if err != nil {
 		return nil, err
 	}
 	defer rows.Close()
-	var out []Released
+	out := map[int32][]Released{}
 	for rows.Next() {
-		var pid int32
+		var root, pid int32
 		var now time.Time
-		if err := rows.Scan(&pid, &now); err != nil {
+		if err := rows.Scan(&root, &pid, &now); err != nil {
 			return nil, err
 		}
 		r := Released{PID: pid}
@@ -1008,7 +1047,7 @@ func (s *session) released(ctx context.Context, root int32, waiters []*activity.
 			waited := now.Sub(from).Round(time.Millisecond).Seconds()
 			r.WaitedSeconds = &waited
 		}
-		out = append(out, r)
+		out[root] = append(out[root], r)
 	}
 	return out, rows.Err()
 }
