@@ -840,11 +840,11 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		// behind these roots.
 		behind = map[int32][]*activity.Session{}
 		narrowed := *sel
-		narrowed.BlockingWaiters = nil
+		narrowed.BlockingWaiters = map[int32][]int32{}
 		for _, a := range due {
 			behind[a.session.PID] = s.behind[a.session.PID]
 			for _, w := range s.behind[a.session.PID] {
-				narrowed.BlockingWaiters = append(narrowed.BlockingWaiters, w.PID)
+				narrowed.BlockingWaiters[a.session.PID] = append(narrowed.BlockingWaiters[a.session.PID], w.PID)
 			}
 		}
 		sel = &narrowed
