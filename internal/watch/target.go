@@ -706,10 +706,10 @@ func (s *session) armAt(snap *activity.Snapshot, sess *activity.Session, k int, 
 
 // nextBatch splits what is armed (sorted by due) into what to send at now
 // and the rest. With a deadline armed behind them, at most maxBatch of the
-// sessions due go out in one statement, those that came due since the
-// snapshot (at seen) before its backlog: the backlog is late by up to an
-// interval already, a deadline is to be met to the millisecond. Else all
-// of them, in one statement (the cheapest).
+// sessions due go out in one statement, and those that came due since the
+// snapshot (at seen) go alone, before its backlog: the backlog is late by
+// up to an interval already, a deadline is to be met to the millisecond.
+// Else all of them, in one statement (the cheapest).
 func nextBatch(queue []armed, now, seen time.Time) (send, rest []armed) {
 	n := 0
 	for n < len(queue) && !queue[n].due.After(now) {
@@ -718,19 +718,21 @@ func nextBatch(queue []armed, now, seen time.Time) (send, rest []armed) {
 	if n <= maxBatch || n == len(queue) {
 		return append([]armed(nil), queue[:n]...), queue[n:]
 	}
-	order := make([]armed, 0, n)
+	var deadlines, backlog []armed
 	for _, a := range queue[:n] {
 		if a.due.After(seen) {
-			order = append(order, a)
+			deadlines = append(deadlines, a)
+		} else {
+			backlog = append(backlog, a)
 		}
 	}
-	for _, a := range queue[:n] {
-		if !a.due.After(seen) {
-			order = append(order, a)
-		}
+	k := min(len(deadlines), maxBatch)
+	if k == 0 {
+		k = maxBatch
 	}
+	order := append(deadlines, backlog...)
 	// What is left due stays first: the loop sends it at once.
-	return order[:maxBatch:maxBatch], append(order[maxBatch:], queue[n:]...)
+	return order[:k:k], append(order[k:], queue[n:]...)
 }
 
 // dry reports whether the rule only audits.
