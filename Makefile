@@ -127,6 +127,8 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench DrainPgBouncer -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench Apply -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench WatchOvershoot -benchtime 3x
+	$(GO) test ./bench -run '^$$' -bench WatchBlockingOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench 'Top$$' -benchtime 20x
 	$(GO) test ./bench -run '^$$' -bench WatchCost -benchtime 1x
+	$(GO) test ./bench -run '^$$' -bench WatchBlockingCost -benchtime 1x
 	$(GO) test ./bench -run '^$$' -bench TopCost -benchtime 1x

@@ -207,7 +207,11 @@ func BenchmarkWatchCost(b *testing.B) {
 			var cpu, rss, hwm, snaps float64
 			i := 0
 			for b.Loop() {
-				r := w.costRound(b, n)
+				r := w.costRound(b, n, watchRule{
+					Name:   "none",
+					Match:  map[string]any{"app": []string{"nomatch-*"}, "state": []string{"active"}, "longer_than": "1m"},
+					Action: "cancel",
+				})
 				b.Logf("iteration %d: %d targets, %.3f%% of a core over %s, VmRSS %.1f MiB (anonymous %.1f, files %.1f), VmHWM %.1f MiB, %.2f snapshots per target and interval",
 					i, n, r.cpu, watchCostWindow, r.rss, r.anon, r.file, r.hwm, r.snapshots)
 				cpu, rss, hwm, snaps = cpu+r.cpu, rss+r.rss, hwm+r.hwm, snaps+r.snapshots
@@ -309,14 +313,14 @@ type watchRule struct {
 }
 
 // policy writes a policy with the targets named, all with the cluster's
-// DSN, and the rule, into dir; it returns its path and the audit log's.
-func (w *watchBench) policy(b *testing.B, dir string, names []string, rule watchRule) (string, string) {
+// DSN, and the rules, into dir; it returns its path and the audit log's.
+func (w *watchBench) policy(b *testing.B, dir string, names []string, rules ...watchRule) (string, string) {
 	b.Helper()
 	p := watchPolicy{
 		Interval:    watchInterval.String(),
 		AuditLog:    filepath.Join(dir, "audit.jsonl"),
 		MetricsAddr: "off",
-		Rules:       []watchRule{rule},
+		Rules:       rules,
 	}
 	for _, n := range names {
 		p.Targets = append(p.Targets, watchTarget{Name: n, DSN: w.dsn})
@@ -817,18 +821,16 @@ type costResult struct {
 	snapshots  float64 // per target and interval
 }
 
-func (w *watchBench) costRound(b *testing.B, n int) costResult {
+// costRound runs one iteration of the cost benchmarks: n targets, the
+// rules given.
+func (w *watchBench) costRound(b *testing.B, n int, rules ...watchRule) costResult {
 	b.Helper()
 	dir := b.TempDir()
 	names := make([]string, n)
 	for i := range names {
 		names[i] = fmt.Sprintf("t%d", i+1)
 	}
-	policy, _ := w.policy(b, dir, names, watchRule{
-		Name:   "none",
-		Match:  map[string]any{"app": []string{"nomatch-*"}, "state": []string{"active"}, "longer_than": "1m"},
-		Action: "cancel",
-	})
+	policy, _ := w.policy(b, dir, names, rules...)
 	d := w.startDaemon(b, dir, policy, false)
 	d.waitLeading(b, n, 2*time.Minute)
 	pid := d.cmd.Process.Pid

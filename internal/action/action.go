@@ -111,6 +111,9 @@ type Result struct {
 	// why is the reason of a Changed outcome that the code acts on (the
 	// Detail is for people).
 	why reason
+	// sent: the signal went out, or may have (a failed statement for the
+	// set, tried again alone): whatever the outcome, something was done.
+	sent bool
 	// described is what a plan file says of the session besides its
 	// identity; nil for a session chosen on the server.
 	described *described
@@ -129,6 +132,12 @@ type described struct {
 // reached by the server's clock, a lock wait the server does not name yet.
 // It may match later.
 func (r *Result) NoMatch() bool { return r.Outcome == Changed && r.why == whyNoMatch }
+
+// Signalled reports whether the session's signal went out, or may have:
+// then even an outcome that says it was left alone (changed: its query
+// completed, or the cancel ended it inside a savepoint its client rolled
+// back to; gone) follows a signal, and is reported as an action.
+func (r *Result) Signalled() bool { return r.sent }
 
 // unknown is the outcome of a result while its signal is in flight: sig
 // says how far it got, and the wait (or a failure) decides the outcome.
@@ -455,6 +464,17 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", s.State)
 	}
 	return Planned, ""
+}
+
+// Unseen is why the guard would deny a session of a snapshot its role saw
+// without a backend_start (another role's, without pg_read_all_stats):
+// it cannot make sure the session it signals is the one it chose. "" when
+// it was seen.
+func Unseen(s *activity.Session) string {
+	if !s.BackendStart.IsZero() {
+		return ""
+	}
+	return invisibleDetail(s.Usename)
 }
 
 func invisibleDetail(usename string) string {
@@ -799,6 +819,7 @@ func (p *Plan) act(ctx context.Context, conn *pgx.Conn, idx []int, actions map[i
 			r.at.waitEvent = v.read.WaitEventType + ":" + v.read.WaitEvent
 		}
 		r.Outcome, r.Detail = v.outcome(p, r, signal)
+		r.sent = signal && ((v.sent != nil && *v.sent) || v.retried != "")
 		r.sig, r.why = 0, whyNone
 		if r.Outcome == unknown {
 			r.sig = sigSent
@@ -1038,6 +1059,47 @@ func timePtr(t time.Time) *time.Time {
 	return &t
 }
 
+// protectedDetail says why act.sql's guard protects a session (its code).
+func protectedDetail(code, backendType string) string {
+	switch code {
+	case "own":
+		return "pgreap's own session"
+	case "watch":
+		return "a pgreap watch session of pgreap's own role (this daemon's or a replica's)"
+	case "parallel_worker":
+		return "parallel worker: act on its leader"
+	case "walsender":
+		return "walsender (replication): --include-replication to allow"
+	case "autovacuum":
+		return "autovacuum worker: --include-autovacuum to allow"
+	}
+	return notClient(backendType)
+}
+
+// Protects is act.sql's guard on a session of a snapshot read back (watch
+// --test): why the signalling statement would refuse it, in its words, or
+// "". Its role is not in the snapshot: a session named watchApp is taken
+// for a pgreap watch of pgreap's own role. Replication and autovacuum are
+// never included (a policy cannot include them).
+func Protects(s *activity.Session, watchApp string) string {
+	code := ""
+	switch {
+	case watchApp != "" && s.ApplicationName == watchApp:
+		code = "watch"
+	case s.BackendType == "parallel worker":
+		code = "parallel_worker"
+	case s.BackendType == "walsender":
+		code = "walsender"
+	case s.BackendType == "autovacuum worker":
+		code = "autovacuum"
+	case s.BackendType != "" && s.BackendType != "client backend": // NULL: NOT IN is not true
+		code = "not_client"
+	default:
+		return ""
+	}
+	return protectedDetail(code, s.BackendType)
+}
+
 // outcome turns the statement's verdict on a session into its outcome.
 func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 	maybe := ""
@@ -1057,18 +1119,8 @@ func (v verdict) outcome(p *Plan, r *Result, signal bool) (Outcome, string) {
 		return Denied, "the server refused: " + v.err.Error()
 	case "gone":
 		return Gone, "ended before we acted" + maybe
-	case "own":
-		return Protected, "pgreap's own session"
-	case "watch":
-		return Protected, "a pgreap watch session of pgreap's own role (this daemon's or a replica's)"
-	case "parallel_worker":
-		return Protected, "parallel worker: act on its leader"
-	case "walsender":
-		return Protected, "walsender (replication): --include-replication to allow"
-	case "autovacuum":
-		return Protected, "autovacuum worker: --include-autovacuum to allow"
-	case "not_client":
-		return Protected, notClient(v.read.BackendType)
+	case "own", "watch", "parallel_worker", "walsender", "autovacuum", "not_client":
+		return Protected, protectedDetail(v.code, v.read.BackendType)
 	case "invisible":
 		return Denied, invisibleDetail(v.read.Usename)
 	case "reused":

@@ -79,6 +79,7 @@ type planRow struct {
 	QueryID         *int64          `json:"query_id"`
 	BlockedBy       []int32         `json:"blocked_by"`
 	BlockedByPrep   []string        `json:"blocked_by_prepared"`
+	WaitStart       *time.Time      `json:"wait_start"`
 	GID             *string         `json:"gid"`
 	Action          *string         `json:"action"`
 	Outcome         *string         `json:"outcome"`
@@ -95,8 +96,9 @@ type planRow struct {
 var outcomes = []Outcome{Cancelled, Terminated, Gone, Changed, Denied, Protected, Survived, Planned}
 
 // optionalKeys may be missing from a row: query_id exists on 14+ only;
-// client_port and pooler are written only behind poolers.
-var optionalKeys = []string{"query_id", "client_port", "pooler"}
+// client_port and pooler are written only behind poolers; wait_start is
+// not in the plans of versions before it.
+var optionalKeys = []string{"query_id", "client_port", "pooler", "wait_start"}
 
 // The names a row, its header and its selection have, as written.
 var (

@@ -54,6 +54,15 @@ type Session struct {
 	// BlockingReplay: on a hot standby, the session holds a lock that WAL
 	// replay waits for (Replay).
 	BlockingReplay bool
+	// WaitStart is when the session began to wait on a lock: on 14+
+	// pg_locks.waitstart, before 14 its statement's start (unblock measures
+	// a wait so); zero when it waits on none, or the server does not show it.
+	WaitStart time.Time
+	// BlockingSince is set only on a root of lock waits (a backend that
+	// blocks others and waits on no lock itself): when the oldest wait it
+	// holds up, directly or through others, began. maintenance.MarkRoots
+	// sets it.
+	BlockingSince time.Time
 	// GID is set only on a row that stands for a prepared transaction
 	// (Snapshot.Prepared): it has no backend, and PID is 0.
 	GID string
@@ -516,7 +525,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 		leader                                          pgtype.Int4
 		datname, usename, app, btype, state, wet, we, q pgtype.Text
 		addr                                            *netip.Prefix // NULL for most: no allocation
-		bs, xs, qs, sc                                  pgtype.Timestamptz
+		bs, xs, qs, sc, ws                              pgtype.Timestamptz
 		qid                                             pgtype.Int8
 		port                                            pgtype.Int4
 		replayCol                                       []byte
@@ -524,7 +533,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 	)
 	var s Session
 	dest := []any{&s.PID, &leader, &datname, &usename, &app, &addr, &port, &btype, &state,
-		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &s.BlockingReplay, &replayCol,
+		&bs, &xs, &qs, &sc, &wet, &we, &q, &qid, &s.BlockedBy, &s.BlockedByPrepared, &s.BlockingReplay, &ws, &replayCol,
 		&inRecovery, &snap.Taken, &snap.ServerStarted}
 	if marks {
 		dest = append(dest, &s.Marks)
@@ -539,6 +548,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 		s.BackendType, s.State = btype.String, state.String
 		s.WaitEventType, s.WaitEvent, s.Query = wet.String, we.String, q.String
 		s.BackendStart, s.XactStart, s.QueryStart, s.StateChange = bs.Time, xs.Time, qs.Time, sc.Time
+		s.WaitStart = ws.Time
 		if addr != nil {
 			s.ClientAddr = addr.Addr()
 			addr = nil

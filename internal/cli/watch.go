@@ -21,10 +21,14 @@ import (
 
 // WatchOptions are the inputs of `pgreap watch`.
 type WatchOptions struct {
-	IO        *IOStreams
-	Config    string
-	Check     bool
-	DryRun    bool
+	IO     *IOStreams
+	Config string
+	Check  bool
+	DryRun bool
+	// Test: evaluate the policy offline on the snapshots named by Files
+	// (`ls -o json` outputs), no server.
+	Test      bool
+	Files     []string
 	LogFormat string
 	Verbose   bool
 	// Reload delivers SIGHUP; nil: the command listens for it itself.
@@ -50,6 +54,10 @@ rule audits planned once and takes the session from no other rule. A cancel
 rule chooses only sessions that run a query; cancel-then-terminate cancels a
 running query, terminates it if it still runs after the grace, and
 terminates at once a session that runs none (idle in transaction).
+A rule's max_actions {count, per} (at the top of the policy: all rules on
+each target) caps the sessions it signals in any window of per; past it,
+what it would act on is audited suppressed and counted
+(pgreap_rule_suppressed_total), not signalled, until the window has room.
 
 Every attempt, dry or real, is one JSON line in the audit log, created 0600
 and refused (exit 2) when it is a symbolic link or a hard link, owned by
@@ -58,9 +66,14 @@ metrics_addr: /metrics; /healthz, 200 only while every target is connected
 and led (by this replica or another), else 503 with each target's state in
 JSON (leading, standby, connecting, down), for readiness and alerts; /livez,
 200 while the process answers, for liveness (a database that is down is no
-reason to restart the daemon). A lost server is reconnected with backoff.
+reason to restart the daemon). The policy's notify: webhooks are told of each
+action, change of leader and error (JSON, or Slack's text), from a bounded
+queue per webhook that never delays an action (a full queue drops, counted
+in pgreap_notify_dropped_total); their URLs and header values are never
+printed. A lost server is reconnected with backoff.
 Replicas running the same policy elect, per target, the one that acts with a
-PostgreSQL advisory lock; the others stand by.
+PostgreSQL advisory lock; the others stand by, and one takes over within 3
+intervals + 15 s when the leader's network is cut (keepalives, docs/watch.md).
 
 Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
 and the old one kept) and reopens the audit log; a target whose DSN changed
@@ -69,15 +82,31 @@ what is in flight is finished, and the exit status is 0.
 
 The policy schema is in docs/watch.md (every key); --check validates a
 policy and prints what it will do (exit 0), or prints FILE:LINE: reason
-(exit 2).`,
+(exit 2). --test SNAPSHOT.json... connects to no server and reads no
+webhook secret (no ${NAME}, no headers_file): on each snapshot
+(an ls -o json output, or {"taken_at": TIME, "sessions": [...]}; a plain
+array is taken at the file's modification time) it prints, per session,
+the rule that would act, its action and when (now, or the instant its
+thresholds are crossed), dry runs, budgets' suppressed and protected
+sessions with the reason, decided by the daemon's own code (exit 0, or 2
+for a bad policy or file): keep a policy's expected --test output in CI.`,
 		Example: `  pgreap watch -c /etc/pgreap/policy.yaml --check
+  pgreap watch -c policy.yaml --test snapshots/incident.json
   pgreap watch -c policy.yaml --dry-run --log-format text
   pgreap watch -c /etc/pgreap/policy.yaml`,
-		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			if opts.Config == "" {
 				return usageError(errors.New("watch needs a policy: -c FILE (see --help)"))
 			}
+			switch {
+			case opts.Test && len(args) == 0:
+				return usageError(errors.New("watch --test needs snapshots: --test SNAPSHOT.json... (each an ls -o json output)"))
+			case !opts.Test && len(args) > 0:
+				return usageError(fmt.Errorf("watch takes no arguments (%q): did you mean --test %s?", args[0], args[0]))
+			case opts.Test && opts.Check:
+				return usageError(errors.New("watch: --test or --check, not both"))
+			}
+			opts.Files = args
 			if len(f.pgbouncer) > 0 {
 				return usageError(errors.New("watch: poolers are named per target in the policy (pgbouncer: [DSN, ...]), not with --pgbouncer"))
 			}
@@ -104,6 +133,7 @@ policy and prints what it will do (exit 0), or prints FILE:LINE: reason
 	fs := cmd.Flags()
 	fs.StringVarP(&opts.Config, "config", "c", "", "the policy `FILE` (YAML)")
 	fs.BoolVar(&opts.Check, "check", false, "check the policy, print what it will do, and exit")
+	fs.BoolVar(&opts.Test, "test", false, "evaluate the policy offline on the SNAPSHOT.json files named (ls -o json outputs): print what each rule would do, and exit")
 	fs.BoolVar(&opts.DryRun, "dry-run", false, "act on nothing: every rule is a dry run (audited as planned)")
 	fs.StringVar(&opts.LogFormat, "log-format", "", "log on standard error as `json` or text (default: text on a terminal, else json)")
 	return cmd
@@ -115,6 +145,14 @@ func watchRun(ctx context.Context, opts *WatchOptions) error {
 		// daemon holding a snapshot per target keeps the default (at 100
 		// targets: 67 MB resident instead of 141, bench/watch_test.go).
 		debug.SetGCPercent(100)
+	}
+	if opts.Test {
+		// Offline: no webhook is told, so none of their secrets is read.
+		pol, err := policy.LoadOffline(opts.Config)
+		if err != nil {
+			return usageError(err)
+		}
+		return watchTest(opts, pol)
 	}
 	pol, err := policy.Load(opts.Config)
 	if err != nil {

@@ -253,6 +253,14 @@ func TestWatchBadInput(t *testing.T) {
 	writePolicy(t, bad, strings.Replace(watchPolicy, "action: cancel", "action: cancel\n    actoin: terminate", 1))
 	good := filepath.Join(dir, "good.yaml")
 	writePolicy(t, good, strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1))
+	badBlocking := filepath.Join(dir, "bad-blocking.yaml")
+	writePolicy(t, badBlocking, strings.Replace(watchPolicy, `query: "pg_sleep"}`, `query: "pg_sleep",`+"\n            blocking_longer_than: 1 minute}", 1))
+	blocking := filepath.Join(dir, "blocking.yaml")
+	writePolicy(t, blocking, strings.Replace(strings.Replace(watchPolicy, "audit_log: AUDIT\n", "", 1), `state: [active], query: "pg_sleep"}`, "blocking_longer_than: 30s}", 1))
+	badCount := filepath.Join(dir, "bad-count.yaml")
+	writePolicy(t, badCount, strings.Replace(watchPolicy, "action: cancel", "action: cancel\n    max_actions: {count: 2.5, per: 1m}", 1))
+	badPer := filepath.Join(dir, "bad-per.yaml")
+	writePolicy(t, badPer, strings.Replace(watchPolicy, `metrics_addr: "off"`, `metrics_addr: "off"`+"\nmax_actions: {count: 5, per: 1ns}", 1))
 	busy := filepath.Join(dir, "busy.yaml")
 	ln, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
@@ -267,6 +275,9 @@ func TestWatchBadInput(t *testing.T) {
 		{[]string{"watch"}, "watch needs a policy: -c FILE"},
 		{[]string{"watch", "-c", bad, "--check"}, bad + `:9: unknown key "actoin"`},
 		{[]string{"watch", "-c", bad}, bad + `:9: unknown key "actoin"`},
+		{[]string{"watch", "-c", badBlocking, "--check"}, badBlocking + `:8: rule "cancel-a": blocking_longer_than "1 minute": not a duration`},
+		{[]string{"watch", "-c", badCount, "--check"}, badCount + `:9: rule "cancel-a": max_actions: count 2.5: a whole number of sessions`},
+		{[]string{"watch", "-c", badPer, "--check"}, badPer + `:5: max_actions: per 1ns: at least 1s`},
 		{[]string{"watch", "-c", good, "--log-format", "xml"}, `--log-format "xml": json or text`},
 		{[]string{"watch", "-c", busy}, "metrics_addr " + ln.Addr().String() + ": bind: address already in use"},
 	}
@@ -279,6 +290,11 @@ func TestWatchBadInput(t *testing.T) {
 	r := run(t, false, "watch", "-c", good, "--check")
 	r.wantCode(t, 0)
 	if !strings.Contains(r.out, good+": ok\n") || !strings.Contains(r.out, "1. cancel-a: cancel when app "+pgtest.Tag(t)+"-a*, state active") {
+		t.Fatalf("--check:\n%s", r.out)
+	}
+	r = run(t, false, "watch", "-c", blocking, "--check")
+	r.wantCode(t, 0)
+	if !strings.Contains(r.out, "1. cancel-a: cancel when app "+pgtest.Tag(t)+"-a*, at the root of a lock wait longer than 30s") {
 		t.Fatalf("--check:\n%s", r.out)
 	}
 	// The example policy shipped in deploy/ is valid.

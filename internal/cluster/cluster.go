@@ -2,7 +2,8 @@
 // binaries installed on the machine: one temporary directory holds the
 // data directory, the unix socket and the log, and Stop removes it. Tests
 // (internal/pgtest) and `pgreap demo` use it. It never listens on an
-// address other than the socket and 127.0.0.1. StartPgBouncer puts a
+// address other than the socket and 127.0.0.1, but Options.Listen (a
+// test's own network namespace's). StartPgBouncer puts a
 // PgBouncer in front of such a server, the same way.
 package cluster
 
@@ -39,12 +40,18 @@ type Options struct {
 	Settings map[string]string
 	// HBA lines are put before the default "trust" lines of pg_hba.conf.
 	HBA []string
+	// Listen is an address the server listens on besides 127.0.0.1 (a
+	// test's own network namespace's, see Exec).
+	Listen string
+	// Exec runs the cluster's commands (default (*exec.Cmd).Run): a test
+	// starts the server in a network namespace of its own with it.
+	Exec func(*exec.Cmd) error
 }
 
 // Cluster is a throwaway PostgreSQL server: its data directory and unix
 // socket live in one temporary directory that Stop removes. It listens on
 // the socket and on 127.0.0.1 (for tests of client addresses), never on
-// another address.
+// another address but Options.Listen.
 type Cluster struct {
 	// Dir holds the data directory, the socket and the server log.
 	Dir string
@@ -55,7 +62,9 @@ type Cluster struct {
 	// Port is the TCP port on 127.0.0.1 and the socket's port number.
 	Port int
 
-	cred *syscall.Credential
+	cred   *syscall.Credential
+	listen string
+	exec   func(*exec.Cmd) error
 	// A standby's primary and its replication slot there (StartStandby).
 	primary *Cluster
 	slot    string
@@ -122,7 +131,7 @@ func Start(ctx context.Context, opt Options) (*Cluster, error) {
 	if err != nil {
 		return nil, err
 	}
-	c := &Cluster{Dir: dir, BinDir: bin, Major: major, cred: cred}
+	c := &Cluster{Dir: dir, BinDir: bin, Major: major, cred: cred, listen: opt.Listen, exec: opt.Exec}
 	ok := false
 	defer func() {
 		if !ok {
@@ -173,7 +182,7 @@ func (c *Cluster) start(ctx context.Context) error {
 			return err
 		}
 		out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60",
-			"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.Port, c.Dir), "start")
+			"-o", c.serverOptions(), "start")
 		if err == nil {
 			return nil
 		}
@@ -183,6 +192,15 @@ func (c *Cluster) start(ctx context.Context) error {
 		}
 		return fmt.Errorf("pg_ctl start: %w\n%s\n%s", err, out, logText)
 	}
+}
+
+// serverOptions are the postmaster's: its port, socket and addresses.
+func (c *Cluster) serverOptions() string {
+	listen := "127.0.0.1"
+	if c.listen != "" {
+		listen += "," + c.listen
+	}
+	return fmt.Sprintf("-p %d -k %s -c listen_addresses=%s", c.Port, c.Dir, listen)
 }
 
 func (c *Cluster) configure(opt Options) error {
@@ -427,7 +445,7 @@ func (c *Cluster) abandon() {
 // Restart stops and starts the server on the same port.
 func (c *Cluster) Restart(ctx context.Context) error {
 	out, err := c.run(ctx, "pg_ctl", "-D", c.DataDir(), "-l", c.LogFile(), "-w", "-t", "60", "-m", "fast",
-		"-o", fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1", c.Port, c.Dir), "restart")
+		"-o", c.serverOptions(), "restart")
 	if err != nil {
 		return fmt.Errorf("pg_ctl restart: %w\n%s", err, out)
 	}
@@ -451,7 +469,11 @@ func (c *Cluster) run(ctx context.Context, name string, args ...string) ([]byte,
 	defer os.Remove(out.Name())
 	defer out.Close()
 	cmd.Stdout, cmd.Stderr = out, out
-	err = cmd.Run()
+	if c.exec != nil {
+		err = c.exec(cmd)
+	} else {
+		err = cmd.Run()
+	}
 	text, _ := os.ReadFile(out.Name())
 	return text, err
 }

@@ -24,6 +24,14 @@ type Params struct {
 	Host string // -h
 	Port string // -p
 	User string // -U
+	// Lease, when set (the daemon's), bounds how long either side keeps a
+	// connection whose peer went silent (a partition: no close reaches
+	// it) to about Lease: the server's tcp_keepalives_* and
+	// tcp_user_timeout, and pgreap's socket's keepalives and TCP user
+	// timeout (shorter, so pgreap gives up first). What the connection
+	// string (libpq's keepalives* and tcp_user_timeout for pgreap's side),
+	// its options or PGOPTIONS (the server's settings) set wins.
+	Lease time.Duration
 }
 
 // Defaults for pgreap's own session. The user may set any of them in the
@@ -89,6 +97,10 @@ func config(p Params) (*pgx.ConnConfig, error) {
 		return nil, fmt.Errorf("connection string: %s", Redact(parseError(err), dsn))
 	}
 	rp := cfg.RuntimeParams
+	ka, err := libpqKeepAlive(rp)
+	if err != nil {
+		return nil, err
+	}
 	if rp["application_name"] == "" {
 		rp["application_name"] = "pgreap"
 	}
@@ -98,8 +110,22 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	// them, and a setting the string names win over them.
 	userOptions := rp["options"]
 	var defaults []string
-	for _, d := range [][2]string{{"statement_timeout", DefaultStatementTimeout}, {"lock_timeout", DefaultLockTimeout},
-		{"synchronous_commit", DefaultSynchronousCommit}, {"jit", DefaultJIT}} {
+	settings := [][2]string{{"statement_timeout", DefaultStatementTimeout}, {"lock_timeout", DefaultLockTimeout},
+		{"synchronous_commit", DefaultSynchronousCommit}, {"jit", DefaultJIT}}
+	if p.Lease > 0 {
+		// The server's side: it holds a silent client's backend, and its
+		// locks (the daemon's election), until these give up. They apply
+		// to TCP connections only (12+ has tcp_user_timeout).
+		idle, count, server, _ := leaseKeepAlive(p.Lease)
+		secs := strconv.Itoa(int(idle / time.Second))
+		settings = append(settings, [2]string{"tcp_keepalives_idle", secs}, [2]string{"tcp_keepalives_interval", secs},
+			[2]string{"tcp_keepalives_count", strconv.Itoa(count)}, [2]string{"tcp_user_timeout", strconv.FormatInt(server.Milliseconds(), 10)})
+		ka = ka.withLease(p.Lease)
+	}
+	if ka.used {
+		cfg.DialFunc = ka.dialer().DialContext
+	}
+	for _, d := range settings {
 		if _, set := rp[d[0]]; !set {
 			defaults = append(defaults, "-c "+d[0]+"="+d[1])
 		}

@@ -207,6 +207,99 @@ func (g *Graph) Tops(n Node, pass func(Node) bool) []Node {
 	return tops
 }
 
+// allTops is Tops(n, nil) for every node n, memoized: each strongly
+// connected part of the graph (one node, or a deadlock's cycle) is walked
+// once and takes the tops of the parts it waits for, so the tops of every
+// waiter of a chain of N waits cost O(N), where a Tops per waiter walks up
+// the chain each time (O(N²)). The tops are those of Tops, in another
+// order.
+type allTops struct {
+	g     *Graph
+	index map[Node]int // the order of visit, from 1
+	low   map[Node]int
+	on    map[Node]bool // on the stack: its part is not closed yet
+	stack []Node
+	tops  map[Node][]Node
+}
+
+func (g *Graph) allTops() *allTops {
+	return &allTops{g: g, index: map[Node]int{}, low: map[Node]int{}, on: map[Node]bool{}, tops: map[Node][]Node{}}
+}
+
+// of are the tops of n.
+func (a *allTops) of(n Node) []Node {
+	if a.index[n] == 0 {
+		a.visit(n)
+	}
+	return a.tops[n]
+}
+
+// visit is Tarjan's algorithm: what n waits for is visited first; when n
+// closes a part, the part's nodes are popped and given its tops: the
+// nodes they wait for outside it that wait for no one, and the tops of
+// those that do.
+func (a *allTops) visit(n Node) {
+	a.index[n] = len(a.index) + 1
+	a.low[n] = a.index[n]
+	a.stack = append(a.stack, n)
+	a.on[n] = true
+	for _, b := range a.g.blockers[n] {
+		switch {
+		case a.index[b] == 0:
+			a.visit(b)
+			a.low[n] = min(a.low[n], a.low[b])
+		case a.on[b]:
+			a.low[n] = min(a.low[n], a.index[b])
+		}
+	}
+	if a.low[n] != a.index[n] {
+		return
+	}
+	i := len(a.stack) - 1
+	for a.stack[i] != n {
+		i--
+	}
+	part := a.stack[i:]
+	a.stack = a.stack[:i]
+	for _, m := range part {
+		a.on[m] = false
+	}
+	var tops []Node
+	if len(part) == 1 && len(a.g.blockers[n]) == 1 && len(a.g.blockers[a.g.blockers[n][0]]) > 0 && a.g.blockers[n][0] != n {
+		// One way up, through a waiter: its tops, shared, not copied
+		// down a chain.
+		tops = a.tops[a.g.blockers[n][0]]
+	} else {
+		seen := map[Node]bool{}
+		add := func(t Node) {
+			if !seen[t] {
+				seen[t] = true
+				tops = append(tops, t)
+			}
+		}
+		in := make(map[Node]bool, len(part))
+		for _, m := range part {
+			in[m] = true
+		}
+		for _, m := range part {
+			for _, b := range a.g.blockers[m] {
+				switch {
+				case in[b]:
+				case len(a.g.blockers[b]) == 0:
+					add(b)
+				default:
+					for _, t := range a.tops[b] {
+						add(t)
+					}
+				}
+			}
+		}
+	}
+	for _, m := range part {
+		a.tops[m] = tops
+	}
+}
+
 // Tree is the tree of the waiters that have waited at least min: the
 // sessions and prepared transactions at the top of their waits, each with
 // the waiters behind it.
@@ -250,4 +343,54 @@ func (t *Tree) SortRoots() {
 		}
 		return cmp.Compare(a.PID, b.PID)
 	})
+}
+
+// MarkRoots finds, as unblock does, the roots of the snapshot's lock
+// waits: the backends at the top of each wait (they block, and wait on no
+// lock themselves). It sets each root's Session.BlockingSince to when the
+// oldest wait it holds up began (the waiters' Session.WaitStart; a wait of
+// unknown start counts for no root), and returns, by root pid, the
+// sessions waiting behind it, directly or through others. A prepared
+// transaction at the top of a wait is no backend: that wait makes no
+// session a root (the sessions waiting in between wait themselves). A
+// parallel worker at a top stands for its leader, the session one acts on.
+func MarkRoots(snap *activity.Snapshot) map[int32][]*activity.Session {
+	g := GraphOf(snap)
+	byPID := make(map[int32]*activity.Session, len(snap.Sessions))
+	for i := range snap.Sessions {
+		byPID[snap.Sessions[i].PID] = &snap.Sessions[i]
+	}
+	behind := map[int32][]*activity.Session{}
+	tops := g.allTops()
+	for i := range snap.Sessions {
+		w := &snap.Sessions[i]
+		w.BlockingSince = time.Time{}
+		if !w.Waits() {
+			continue
+		}
+		var roots []*activity.Session // w's, each once (a leader and its worker)
+		for _, top := range tops.of(NodeOf(w)) {
+			root := byPID[top.PID]
+			if top.GID != "" || root == nil {
+				continue // a prepared transaction, or a backend not in the snapshot
+			}
+			if root.IsParallelWorker() && byPID[root.LeaderPID] != nil {
+				root = byPID[root.LeaderPID]
+			}
+			if root.Waits() || root == w || slices.Contains(roots, root) {
+				continue
+			}
+			roots = append(roots, root)
+			behind[root.PID] = append(behind[root.PID], w)
+		}
+	}
+	for pid, waiters := range behind {
+		root := byPID[pid]
+		for _, w := range waiters {
+			if !w.WaitStart.IsZero() && (root.BlockingSince.IsZero() || w.WaitStart.Before(root.BlockingSince)) {
+				root.BlockingSince = w.WaitStart
+			}
+		}
+	}
+	return behind
 }

@@ -260,7 +260,8 @@ func fields(dst []field, r *Row, opt Options, results, extra bool) []field {
 		f = append(f, field{"query_id", nullInt(s.QueryID)})
 	}
 	f = append(f, field{"blocked_by", value{kind: kindInts, ints: s.BlockedBy}},
-		field{"blocked_by_prepared", value{kind: kindStrs, strs: s.BlockedByPrepared}})
+		field{"blocked_by_prepared", value{kind: kindStrs, strs: s.BlockedByPrepared}},
+		field{"wait_start", nullTime(s.WaitStart)})
 	if opt.Standby {
 		f = append(f, field{"blocking_replay", boolValue(s.BlockingReplay)})
 	}

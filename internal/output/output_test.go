@@ -47,7 +47,7 @@ func sessions() []activity.Session {
 			PID: 303, Datname: "shop", Usename: "web", ApplicationName: "",
 			ClientAddr: netip.MustParseAddr("2001:db8::5"), BackendType: "client backend", State: "active",
 			BackendStart: ago(time.Minute), XactStart: ago(2 * time.Second), QueryStart: ago(2 * time.Second),
-			StateChange: ago(2 * time.Second), WaitEventType: "Lock", WaitEvent: "relation",
+			StateChange: ago(2 * time.Second), WaitEventType: "Lock", WaitEvent: "relation", WaitStart: ago(1500 * time.Millisecond),
 			Query: "SELECT count(*) FROM stock", BlockedBy: []int32{202},
 			// A GID is any text its owner chose.
 			BlockedByPrepared: []string{"2pc-\x1b[2J7"},

@@ -123,6 +123,28 @@ func ReadFile(path string) ([]byte, error) {
 	return io.ReadAll(f)
 }
 
+// ReadSecret reads a file of secrets: pgreap's user's own, one name, and
+// neither readable nor writable by its group or others (as libpq asks of
+// a password file). A file of others' secrets pgreap's user may read (a
+// system file readable by a group) is not taken.
+func ReadSecret(path string) ([]byte, error) {
+	f, st, err := open(path, os.O_RDONLY, 0)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	if err := oneName(path, st); err != nil {
+		return nil, err
+	}
+	if mode(st)&0o077 != 0 {
+		return nil, refuse(path, "is open to its group or others (mode %04o; chmod 600 it)", mode(st))
+	}
+	return io.ReadAll(io.LimitReader(f, maxSecret))
+}
+
+// maxSecret bounds what ReadSecret reads: a few headers.
+const maxSecret = 1 << 20
+
 // CheckAppend says whether OpenAppend would take path, without creating
 // or writing it: a file not there yet is fine (it would be created 0600).
 // watch --check refuses what the daemon will.

@@ -21,4 +21,10 @@
 // started by the first test that asks and stopped before the cluster;
 // OwnStandby starts one of any cluster for a single test. WaitReplay
 // waits until a standby has replayed what its primary has written.
+//
+// NewLink (Linux) makes two network namespaces of the test's own joined by
+// a veth pair, removed when the test ends, for a network cut without a
+// close (Link.Cut); Own with Link.Exec starts a server in one of them. It
+// needs root and ip (iproute2): the test is skipped without them, and
+// fails when CI=true.
 package pgtest

@@ -11,10 +11,12 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"path/filepath"
 	"reflect"
 	"regexp"
+	"slices"
 	"sort"
 	"strconv"
 	"strings"
@@ -23,6 +25,7 @@ import (
 	"gopkg.in/yaml.v3"
 
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
 )
@@ -45,6 +48,8 @@ const (
 	// MinInterval keeps a typo (5ms for 5s) from turning the daemon into
 	// a load on the server it watches.
 	MinInterval = 100 * time.Millisecond
+	// MinBudgetPer is the shortest window of max_actions.
+	MinBudgetPer = time.Second
 )
 
 // Policy is a checked policy.
@@ -60,7 +65,23 @@ type Policy struct {
 	Protect     Protect
 	Rules       []Rule
 	HA          HA
+	// Notify are the webhooks told of events (their URLs and header
+	// values are secrets: never printed).
+	Notify []notify.Sink
+	// MaxActions caps the actions of all the real rules together, on each
+	// target apart (nil: no cap but the rules' own).
+	MaxActions *Budget
 }
+
+// Budget caps how many sessions a rule (or all the rules, on one target)
+// signals: at most Count in any window of Per (a sliding window).
+type Budget struct {
+	Count int
+	Per   time.Duration
+}
+
+// String is the budget as --check and the logs say it.
+func (b Budget) String() string { return fmt.Sprintf("at most %d per %s", b.Count, b.Per) }
 
 // HA says what a standby does when the election lock of a target is held
 // by something that is not a pgreap watch (any role may take an advisory
@@ -113,6 +134,9 @@ type Rule struct {
 	Action   Action
 	Grace    time.Duration // for cancel-then-terminate
 	DryRun   bool
+	// MaxActions caps the rule's actions (nil: no cap); a dry run is never
+	// capped.
+	MaxActions *Budget
 }
 
 // Guarded is the rule's selector with the protections added as
@@ -149,6 +173,22 @@ type file struct {
 	Protect     protectEntry  `yaml:"protect"`
 	Rules       []ruleEntry   `yaml:"rules"`
 	HA          haEntry       `yaml:"ha"`
+	Notify      []notifyEntry `yaml:"notify"`
+	MaxActions  *budgetEntry  `yaml:"max_actions"`
+}
+
+type notifyEntry struct {
+	Name        string            `yaml:"name"`
+	Webhook     string            `yaml:"webhook"`
+	Headers     map[string]string `yaml:"headers"`
+	HeadersFile string            `yaml:"headers_file"`
+	On          []string          `yaml:"on"`
+	Format      string            `yaml:"format"`
+}
+
+type budgetEntry struct {
+	Count *int    `yaml:"count"`
+	Per   *string `yaml:"per"`
 }
 
 type haEntry struct {
@@ -184,6 +224,9 @@ type ruleEntry struct {
 	Action string        `yaml:"action"`
 	Grace  *string       `yaml:"grace"`
 	DryRun bool          `yaml:"dry_run"`
+	// MaxActions is a pointer: an empty mapping is refused, not taken for
+	// no budget.
+	MaxActions *budgetEntry `yaml:"max_actions"`
 }
 
 // maxSize bounds what Load reads: a policy is a few kilobytes.
@@ -198,6 +241,18 @@ func Load(path string) (*Policy, error) {
 	return Parse(path, data)
 }
 
+// LoadOffline is Load for `watch --test`, which sends no notification: the
+// secrets of notify's webhooks are not resolved (no ${NAME} is looked up,
+// no headers_file read), so a CI job tests a policy without them. Its
+// sinks carry no headers: never start a daemon with it.
+func LoadOffline(path string) (*Policy, error) {
+	data, err := readFile(path)
+	if err != nil {
+		return nil, err
+	}
+	return parse(path, data, true)
+}
+
 func readFile(path string) ([]byte, error) {
 	f, err := os.Open(path)
 	if err != nil {
@@ -208,6 +263,11 @@ func readFile(path string) ([]byte, error) {
 		return nil, &Error{File: path, Reason: err.Error()}
 	}
 	defer f.Close()
+	// Whoever may write the policy decides which sessions the daemon ends,
+	// and where its notifications go with which files' contents.
+	if fi, err := f.Stat(); err == nil && fi.Mode().Perm()&0o002 != 0 {
+		return nil, &Error{File: path, Reason: fmt.Sprintf("writable by anyone (mode %04o): chmod o-w it", fi.Mode().Perm())}
+	}
 	var b bytes.Buffer
 	if _, err := b.ReadFrom(io.LimitReader(f, maxSize+1)); err != nil {
 		return nil, &Error{File: path, Reason: err.Error()}
@@ -219,7 +279,10 @@ func readFile(path string) ([]byte, error) {
 }
 
 // Parse checks a policy read from path.
-func Parse(path string, data []byte) (*Policy, error) {
+func Parse(path string, data []byte) (*Policy, error) { return parse(path, data, false) }
+
+// parse is Parse; offline: LoadOffline's.
+func parse(path string, data []byte, offline bool) (*Policy, error) {
 	root, err := document(path, data)
 	if err != nil {
 		return nil, err
@@ -312,6 +375,28 @@ func Parse(path string, data []byte) (*Policy, error) {
 	}
 	p.Protect = Protect{Users: f.Protect.Users, Apps: f.Protect.Apps}
 	p.HA = HA{EvictImpostor: f.HA.EvictImpostor}
+	if f.MaxActions != nil {
+		b, err := checkBudget(path, valueOf(root, "max_actions"), "max_actions", *f.MaxActions)
+		if err != nil {
+			return nil, err
+		}
+		p.MaxActions = b
+	}
+
+	notifyNode := valueOf(root, "notify")
+	sinks := map[string]int{}
+	for i, e := range f.Notify {
+		n := notifyNode.Content[i]
+		sink, err := checkSink(path, n, e, offline)
+		if err != nil {
+			return nil, err
+		}
+		if line, dup := sinks[sink.Name]; dup {
+			return nil, at(n, "notify: two webhooks named %s (first at line %d): give each a name", sink.Name, line)
+		}
+		sinks[sink.Name] = n.Line
+		p.Notify = append(p.Notify, sink)
+	}
 
 	// Rules.
 	rulesNode := valueOf(root, "rules")
@@ -378,6 +463,11 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 		}
 		return Rule{}, errAt("match", "rule %q: %v", r.Name, err)
 	}
+	if sel.BlockingLongerThan > 0 && sel.Waiting {
+		// Such a rule would load, pass --check and --test, and never act.
+		return Rule{}, &Error{File: path, Line: lineOf(valueOf(n, "match"), "waiting"), Reason: fmt.Sprintf(
+			"rule %q: blocking_longer_than chooses the roots of lock waits, which wait on no lock: with waiting: true it matches nothing", r.Name)}
+	}
 	rule.Selector = sel
 	switch rule.Action {
 	case Cancel, Terminate, CancelThenTerminate:
@@ -413,7 +503,131 @@ func checkRule(path string, n *yaml.Node, r ruleEntry) (Rule, error) {
 	} else if rule.Action == CancelThenTerminate {
 		rule.Grace = DefaultGrace
 	}
+	if r.MaxActions != nil {
+		b, err := checkBudget(path, valueOf(n, "max_actions"), fmt.Sprintf("rule %q: max_actions", r.Name), *r.MaxActions)
+		if err != nil {
+			return Rule{}, err
+		}
+		rule.MaxActions = b
+	}
 	return rule, nil
+}
+
+// checkSink checks a webhook of notify:. Its errors name the key and
+// never hold the URL nor a header's value. Offline, the headers' names
+// are checked, and their values neither resolved nor kept.
+func checkSink(path string, n *yaml.Node, e notifyEntry, offline bool) (notify.Sink, error) {
+	errAt := func(node *yaml.Node, reason string, args ...any) error {
+		line := n.Line
+		if node != nil {
+			line = node.Line
+		}
+		return &Error{File: path, Line: line, Reason: "notify: " + fmt.Sprintf(reason, args...)}
+	}
+	if strings.TrimSpace(e.Webhook) == "" {
+		return notify.Sink{}, errAt(nil, "a webhook needs its URL (webhook: https://...)")
+	}
+	host, err := notify.ParseURL(e.Webhook)
+	if err != nil {
+		return notify.Sink{}, errAt(valueOf(n, "webhook"), "webhook: %v", err)
+	}
+	s := notify.Sink{Name: host, URL: strings.TrimSpace(e.Webhook), Header: http.Header{}, Format: notify.JSON, On: notify.Kinds}
+	if e.Name != "" {
+		if !validName.MatchString(e.Name) {
+			return notify.Sink{}, errAt(valueOf(n, "name"), "name %q: use letters, digits, and . _ - (it is a metrics label)", e.Name)
+		}
+		s.Name = e.Name
+	}
+	if e.HeadersFile != "" && !offline {
+		file := e.HeadersFile
+		if !filepath.IsAbs(file) {
+			file = filepath.Join(filepath.Dir(path), file)
+		}
+		if err := notify.ReadHeaders(s.Header, file); err != nil {
+			return notify.Sink{}, errAt(valueOf(n, "headers_file"), "%s", oneLine(err))
+		}
+	}
+	headers := valueOf(n, "headers")
+	names := make([]string, 0, len(e.Headers))
+	for k := range e.Headers {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	h, lookup := s.Header, os.LookupEnv
+	if offline {
+		h, lookup = http.Header{}, func(string) (string, bool) { return "", true }
+	}
+	for _, k := range names {
+		if err := notify.SetHeader(h, k, e.Headers[k], lookup); err != nil {
+			return notify.Sink{}, errAt(keyNode(headers, k), "%v", err)
+		}
+	}
+	if on := valueOf(n, "on"); on != nil {
+		s.On = nil
+		for i, o := range e.On {
+			k := notify.Kind(strings.TrimSpace(o))
+			if !slices.Contains(notify.Kinds, k) {
+				return notify.Sink{}, errAt(on.Content[i], "on %q: not one of acted, suppressed, leader, error", o)
+			}
+			s.On = append(s.On, k)
+		}
+		if len(s.On) == 0 {
+			return notify.Sink{}, errAt(on, "on is empty: the webhook would be told nothing")
+		}
+	}
+	if e.Format != "" {
+		switch f := notify.Format(strings.TrimSpace(e.Format)); f {
+		case notify.JSON, notify.Slack:
+			s.Format = f
+		default:
+			return notify.Sink{}, errAt(valueOf(n, "format"), "format %q: not json or slack", e.Format)
+		}
+	}
+	return s, nil
+}
+
+// keyNode is the key node of key in mapping n (a header's line), else n.
+func keyNode(n *yaml.Node, key string) *yaml.Node {
+	if n != nil && n.Kind == yaml.MappingNode {
+		for i := 0; i+1 < len(n.Content); i += 2 {
+			if n.Content[i].Value == key {
+				return n.Content[i]
+			}
+		}
+	}
+	return n
+}
+
+// checkBudget checks max_actions (at n, named what in errors): both count
+// and per, a count of at least one, a positive duration.
+func checkBudget(path string, n *yaml.Node, what string, e budgetEntry) (*Budget, error) {
+	errAt := func(key, reason string, args ...any) error {
+		return &Error{File: path, Line: lineOf(n, key), Reason: what + ": " + fmt.Sprintf(reason, args...)}
+	}
+	if e.Count == nil || e.Per == nil {
+		return nil, errAt("", "say both count and per ({count: 20, per: 10m}: at most 20 sessions signalled in any 10 minutes)")
+	}
+	// yaml.v3 truncates a float into an int: 2.5 would be a budget of 2
+	// without a word.
+	if c := valueOf(n, "count"); c != nil && resolve(c).Tag != "!!int" {
+		return nil, errAt("count", "count %s: a whole number of sessions", resolve(c).Value)
+	}
+	if *e.Count < 1 {
+		return nil, errAt("count", "count %d: at least 1 (a rule that must never act is a dry run)", *e.Count)
+	}
+	d, err := duration(*e.Per)
+	if err != nil || d <= 0 {
+		if err == nil {
+			err = errors.New("must be more than zero")
+		}
+		return nil, errAt("per", "per %q: %v", *e.Per, err)
+	}
+	if d < MinBudgetPer {
+		// A runaway rule signals many sessions a second: a shorter
+		// window caps next to nothing, and is a typo (1ms for 1m).
+		return nil, errAt("per", "per %s: at least %s", d, MinBudgetPer)
+	}
+	return &Budget{Count: *e.Count, Per: d}, nil
 }
 
 // include reads the targets of the files a glob names: each a YAML list of
@@ -600,7 +814,18 @@ func kindName(n *yaml.Node) string {
 	case yaml.SequenceNode:
 		return "a list"
 	case yaml.ScalarNode:
-		return fmt.Sprintf("%q", n.Value)
+		// Not the value itself: a webhook's URL or a DSN written where a
+		// mapping belongs holds a secret, and this line is printed and
+		// logged (and, on a reload, sent to the error sinks).
+		switch n.ShortTag() {
+		case "!!int", "!!float":
+			return "a number"
+		case "!!bool":
+			return "true or false"
+		case "!!null":
+			return "nothing"
+		}
+		return "a string"
 	}
 	return "something else"
 }
@@ -638,6 +863,14 @@ func valueOf(n *yaml.Node, key string) *yaml.Node {
 		}
 	}
 	return nil
+}
+
+// resolve is n, or the node an alias names.
+func resolve(n *yaml.Node) *yaml.Node {
+	for n.Kind == yaml.AliasNode && n.Alias != nil {
+		n = n.Alias
+	}
+	return n
 }
 
 // lineOf is the line of key in mapping n, else of n itself.

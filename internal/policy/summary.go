@@ -3,6 +3,7 @@ package policy
 import (
 	"fmt"
 	"io"
+	"sort"
 	"strings"
 )
 
@@ -36,6 +37,9 @@ func (p *Policy) Summary(w io.Writer) {
 	if len(p.Protect.Users)+len(p.Protect.Apps) > 0 {
 		fmt.Fprintf(w, "protected: users %s, apps %s\n", list(p.Protect.Users), list(p.Protect.Apps))
 	}
+	if p.MaxActions != nil {
+		fmt.Fprintf(w, "max_actions: %s on each target, all real rules together (past it: audited suppressed, nothing signalled)\n", p.MaxActions)
+	}
 	fmt.Fprintf(w, "rules (%d; the first to match a session acts, the first listed at the same instant):\n", len(p.Rules))
 	for i, r := range p.Rules {
 		what := string(r.Action)
@@ -45,7 +49,26 @@ func (p *Policy) Summary(w io.Writer) {
 		if r.DryRun {
 			what += ", dry run"
 		}
+		if r.MaxActions != nil {
+			what += ", " + r.MaxActions.String()
+			if r.DryRun {
+				what += " (not applied to a dry run)"
+			}
+		}
 		fmt.Fprintf(w, "  %d. %s: %s when %s\n", i+1, r.Name, what, r.Spec.Summary())
+	}
+	for _, s := range p.Notify {
+		// Header names only: their values, like the URL, are secrets.
+		names := make([]string, 0, len(s.Header))
+		for k := range s.Header {
+			names = append(names, k)
+		}
+		sort.Strings(names)
+		on := make([]string, len(s.On))
+		for i, k := range s.On {
+			on[i] = string(k)
+		}
+		fmt.Fprintf(w, "notify %s: %s on %s, headers %s\n", s.Name, s.Format, strings.Join(on, " "), list(names))
 	}
 	for _, n := range p.Notes() {
 		fmt.Fprintf(w, "note: %s\n", n)

@@ -33,6 +33,12 @@ func TestDue(t *testing.T) {
 			activity.Session{State: "active", QueryStart: at(10), XactStart: at(0)}, at(3600), true},
 		{"the later of both, the other way", Selector{LongerThan: 2 * time.Hour, XactLongerThan: time.Hour},
 			activity.Session{State: "active", QueryStart: at(10), XactStart: at(0)}, at(7210), true},
+		{"a root: its oldest wait", Selector{BlockingLongerThan: time.Minute},
+			activity.Session{State: "idle in transaction", StateChange: at(0), BlockingSince: at(30)}, at(90), true},
+		{"no root", Selector{BlockingLongerThan: time.Minute},
+			activity.Session{State: "active", QueryStart: at(0), WaitStart: at(5)}, time.Time{}, false},
+		{"a root, and its query", Selector{LongerThan: 2 * time.Minute, BlockingLongerThan: time.Minute},
+			activity.Session{State: "active", QueryStart: at(0), BlockingSince: at(30)}, at(120), true},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
@@ -48,13 +54,12 @@ func TestDue(t *testing.T) {
 }
 
 // TestEveryDurationIsTimed: a duration of a Selector is a timed selector
-// (Due, Untimed, Thresholds, Compile know it), but unblock's, which no
-// policy sets and the daemon never schedules.
+// (Due, Untimed, Thresholds, Compile know it).
 func TestEveryDurationIsTimed(t *testing.T) {
 	typ := reflect.TypeOf(Selector{})
 	for i := range typ.NumField() {
 		f := typ.Field(i)
-		if f.Type != reflect.TypeOf(time.Duration(0)) || f.Name == "BlockingLongerThan" {
+		if f.Type != reflect.TypeOf(time.Duration(0)) {
 			continue
 		}
 		var s Selector

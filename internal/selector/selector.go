@@ -3,6 +3,7 @@ package selector
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"regexp"
@@ -36,10 +37,12 @@ type Spec struct {
 	Waiting        bool     `yaml:"waiting" json:"waiting,omitempty"`
 	Blocking       bool     `yaml:"blocking" json:"blocking,omitempty"`
 	BlockingReplay bool     `yaml:"blocking_replay" json:"blocking_replay,omitempty"`
-	// BlockingLongerThan is unblock's choice of roots, recorded in its
-	// plans: the session blocks, directly or through others, a session
-	// that has waited on a lock longer than this.
-	BlockingLongerThan string `yaml:"-" json:"blocking_longer_than,omitempty"`
+	// BlockingLongerThan: the session blocks, directly or through others,
+	// a session that has waited on a lock longer than this. Unblock's
+	// choice of roots, recorded in its plans; in a policy, the daemon acts
+	// on the roots only (maintenance.MarkRoots), at the instant the oldest
+	// wait behind one crosses it.
+	BlockingLongerThan string `yaml:"blocking_longer_than" json:"blocking_longer_than,omitempty"`
 }
 
 // Selector is a checked selection. Everything but Query is decided by the
@@ -62,6 +65,15 @@ type Selector struct {
 	// BlockingOf: blocks one of these backends (by pid) directly. For
 	// unblock's later rounds; not part of a Spec, never in a plan.
 	BlockingOf []int32
+	// BlockingWaiters narrows BlockingLongerThan's check in a signalling
+	// statement (CompileEach) to the waits a snapshot saw behind each
+	// session signalled: by its pid, the backends (pids) that waited
+	// behind it. pg_blocking_pids reads the whole lock table at each call;
+	// without it, the check asks it of every wait older than D in the
+	// server, hundreds in a big pile-up, for every session signalled, and
+	// with one list for all of them, of every waiter of the statement's
+	// sessions for each. Not part of a Spec, never in a plan.
+	BlockingWaiters map[int32][]int32
 
 	// pooled: the poolers in front of the server, asked just before the
 	// snapshot (WithPooled); user, app and client then judge a pooler's
@@ -224,9 +236,6 @@ func Parse(spec Spec) (*Selector, error) {
 			return nil, err
 		}
 	}
-	if s.BlockingLongerThan, err = parseDuration("blocking_longer_than", spec.BlockingLongerThan); err != nil {
-		return nil, err
-	}
 	return s, nil
 }
 
@@ -238,8 +247,7 @@ func (s *Selector) Spec() Spec {
 		DB: slices.Clone(s.DB), User: slices.Clone(s.User), App: slices.Clone(s.App),
 		State: slices.Clone(s.State), BackendType: slices.Clone(s.BackendType),
 		ExcludeDB: slices.Clone(s.ExcludeDB), ExcludeUser: slices.Clone(s.ExcludeUser), ExcludeApp: slices.Clone(s.ExcludeApp),
-		BlockingLongerThan: duration(s.BlockingLongerThan),
-		Waiting:            s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
+		Waiting: s.Waiting, Blocking: s.Blocking, BlockingReplay: s.BlockingReplay,
 	}
 	for i := range timedSelectors {
 		*timedSelectors[i].spec(&sp) = duration(*timedSelectors[i].dur(s))
@@ -321,8 +329,7 @@ func (s *Selector) Keep(sess *activity.Session) bool {
 // of its own; a selection on any of those leaves it out.
 func (s *Selector) KeepPrepared(p *activity.Session) bool {
 	if len(s.App) > 0 || len(s.State) > 0 || len(s.Client) > 0 || s.Query != nil ||
-		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay ||
-		s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0 {
+		s.isTimed() || s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0 {
 		return false
 	}
 	match := func(globs []string, v string) bool {
@@ -365,7 +372,7 @@ func (s *Selector) Take(ctx context.Context, conn *pgx.Conn) (*activity.Snapshot
 // left alone.
 func (s *Selector) PinsQuery() bool {
 	return s.Query != nil || len(s.State) > 0 || s.isTimed() ||
-		s.Waiting || s.Blocking || s.BlockingReplay || s.BlockingLongerThan > 0 || len(s.BlockingOf) > 0
+		s.Waiting || s.Blocking || s.BlockingReplay || len(s.BlockingOf) > 0
 }
 
 // Moves reports whether the selection depends on facts that change during
@@ -463,24 +470,42 @@ func (s *Selector) compile(c compiler) (string, []any) {
 	const since = "coalesce((pg_catalog.to_jsonb(l) ->> 'waitstart')::timestamptz, w.query_start)"
 	switch {
 	case s.BlockingLongerThan > 0 && c.each:
-		// Down the wait graph from this session, to the waits it holds up
-		// directly or through others, with whom each waits for read at
-		// this session's signal (the waiters as pg_locks showed them when
-		// the statement began).
-		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE edges AS (
-                 SELECT l.pid AS waiter, b.blocker, %[3]s AS since
-                   FROM pg_catalog.pg_locks AS l
-                   LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
-                  CROSS JOIN LATERAL pg_catalog.unnest(pg_catalog.pg_blocking_pids(l.pid)) AS b(blocker)
-                  WHERE NOT l.granted
-                    AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
-               ), down(pid, since) AS (
-                 SELECT e.waiter, e.since FROM edges AS e WHERE e.blocker = %[1]s.pid
+		// Up the wait graph from every wait older than D (as pg_locks
+		// showed them when the statement began), with whom each waits for
+		// read at this session's signal: does it hold one up, directly or
+		// through others? Only the old waits (those BlockingWaiters names
+		// behind this session, when given) and those above them are
+		// asked: pg_blocking_pids reads the whole lock table at each call.
+		waiters := "true"
+		if len(s.BlockingWaiters) > 0 {
+			var roots, pids []int32
+			for _, root := range slices.Sorted(maps.Keys(s.BlockingWaiters)) {
+				for _, pid := range s.BlockingWaiters[root] {
+					roots, pids = append(roots, root), append(pids, pid)
+				}
+			}
+			waiters = fmt.Sprintf(`EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest(%s::integer[]), pg_catalog.unnest(%s::integer[])) AS bw(root, pid)
+                                          WHERE bw.root = %s.pid AND bw.pid = l.pid)`, c.arg(roots), c.arg(pids), alias)
+		}
+		// The waits named are kept first (OFFSET 0: before the age of
+		// every wait in the server is read as JSON), and each is looked
+		// up alone in the backends' status, not joined with all of them.
+		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE long AS (
+                 SELECT l.pid
+                   FROM (SELECT l.*
+                           FROM pg_catalog.pg_locks AS l
+                          WHERE NOT l.granted AND l.pid IS NOT NULL AND %[4]s
+                            AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
+                         OFFSET 0) AS l
+                   LEFT JOIN LATERAL pg_catalog.pg_stat_get_activity(l.pid) AS w ON true
+                  WHERE %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
+               ), up(pid) AS (
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(long.pid)) FROM long
                  UNION
-                 SELECT e.waiter, e.since FROM down JOIN edges AS e ON e.blocker = down.pid
+                 SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(up.pid)) FROM up WHERE up.pid <> %[1]s.pid
                )
-               SELECT FROM down WHERE down.since < pg_catalog.statement_timestamp() - %[2]s::interval)`,
-			alias, c.arg(interval(s.BlockingLongerThan)), since))
+               SELECT FROM up WHERE up.pid = %[1]s.pid)`,
+			alias, c.arg(interval(s.BlockingLongerThan)), since, waiters))
 	case s.BlockingLongerThan > 0:
 		// Up the wait graph from every wait older than D: the sessions
 		// that hold it up, directly or through others.
@@ -617,5 +642,5 @@ func globRegexp(glob string) *regexp.Regexp {
 	for i, p := range parts {
 		parts[i] = regexp.QuoteMeta(p)
 	}
-	return regexp.MustCompile("^" + strings.Join(parts, ".*") + "$")
+	return regexp.MustCompile(`(?s)^` + strings.Join(parts, ".*") + "$")
 }

@@ -362,3 +362,46 @@ func TestParseRefusesTextTheServerCannotTake(t *testing.T) {
 		})
 	}
 }
+
+// blocking_longer_than in a signalling statement (CompileEach): true for
+// the holder of a wait older than D, not for the waiter, nor when D is
+// longer than the wait; BlockingWaiters narrows it to the waits named
+// behind the session judged, not behind another one.
+func TestBlockingLongerThanEach(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder, waiter := pgtest.LockWait(t, db)
+	cn := open(t)
+	ctx := pgtest.Context(t)
+	pgtest.Eventually(t, "the wait older than 300ms", func() (bool, error) {
+		var old bool
+		err := pgtest.Admin(t).QueryRow(ctx, `SELECT now() - query_start > interval '300ms' FROM pg_catalog.pg_stat_activity WHERE pid = $1`, waiter.PID).Scan(&old)
+		return old, err
+	})
+	eval := func(sel selector.Selector, pid int32) bool {
+		t.Helper()
+		where, args := sel.CompileEach("a", 2)
+		var ok bool
+		if err := cn.QueryRow(ctx, "SELECT "+where+" FROM pg_catalog.pg_stat_activity AS a WHERE a.pid = $1", append([]any{pid}, args...)...).Scan(&ok); err != nil {
+			t.Fatal(err)
+		}
+		return ok
+	}
+	for _, tt := range []struct {
+		name string
+		sel  selector.Selector
+		pid  int32
+		want bool
+	}{
+		{"the holder", selector.Selector{BlockingLongerThan: 300 * time.Millisecond}, holder.PID, true},
+		{"the waiter", selector.Selector{BlockingLongerThan: 300 * time.Millisecond}, waiter.PID, false},
+		{"a wait younger than D", selector.Selector{BlockingLongerThan: time.Hour}, holder.PID, false},
+		{"the waiter named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {waiter.PID}}}, holder.PID, true},
+		{"another backend named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {holder.PID}}}, holder.PID, false},
+		{"the waiter named behind another session", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {holder.PID}, waiter.PID: {waiter.PID}}}, holder.PID, false},
+	} {
+		if got := eval(tt.sel, tt.pid); got != tt.want {
+			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)
+		}
+	}
+}

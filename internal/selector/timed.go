@@ -17,7 +17,8 @@ type timed struct {
 	spec  func(*Spec) *string
 	dur   func(*Selector) *time.Duration
 	// since is the instant the duration runs from, sinceSQL the same over
-	// the pg_stat_activity row aliased alias.
+	// the pg_stat_activity row aliased alias (nil: Compile has a term of
+	// its own for it).
 	since    func(*activity.Session) time.Time
 	sinceSQL func(alias string) string
 }
@@ -39,10 +40,23 @@ var timedSelectors = []timed{
 		since:    func(s *activity.Session) time.Time { return s.XactStart },
 		sinceSQL: func(alias string) string { return alias + ".xact_start" },
 	},
+	{
+		field: "blocking_longer_than", words: "at the root of a lock wait longer than",
+		spec: func(s *Spec) *string { return &s.BlockingLongerThan },
+		dur:  func(s *Selector) *time.Duration { return &s.BlockingLongerThan },
+		// Since the oldest wait the session holds up began, if it is a
+		// root (maintenance.MarkRoots): a waiter, or a session that blocks
+		// no one, never becomes due. The server's term looks up the wait
+		// graph from the waits older than D (Compile).
+		since: func(s *activity.Session) time.Time { return s.BlockingSince },
+	},
 }
 
 // timed adds the term of a timed selector with its interval bound.
 func (c *compiler) timed(t *timed, d time.Duration) {
+	if t.sinceSQL == nil {
+		return
+	}
 	c.add(fmt.Sprintf("%s < pg_catalog.statement_timestamp() - %s::interval", t.sinceSQL(c.alias), c.arg(interval(d))))
 }
 

@@ -9,6 +9,7 @@ import (
 	"time"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/ownfile"
 	"github.com/pgreap/pgreap/internal/policy"
@@ -35,6 +36,31 @@ type Entry struct {
 	// Pooler is the pooled client of a pooler's server connection (only
 	// with poolers: the policy's pgbouncer).
 	Pooler *output.PooledClient `json:"pooler,omitempty"`
+	// Released are, for a rule on lock pile-ups (blocking_longer_than),
+	// the waiters the action released: those that waited behind the
+	// session at the snapshot and no longer wait on it once its end (or
+	// its query's) is verified. Absent when it released none.
+	Released []Released `json:"released,omitempty"`
+}
+
+// Released is a waiter an action released, and how long it had waited
+// (from its lock wait's start to the look that saw it released; null when
+// the server did not show its start).
+type Released struct {
+	PID           int32    `json:"pid"`
+	WaitedSeconds *float64 `json:"waited_seconds"`
+}
+
+// waitedSeconds is the time from a wait's start (zero: not shown) to now,
+// in seconds to the millisecond; nil when not known. Whole milliseconds
+// divided by 1000 are the float nearest the decimal, which JSON writes as
+// it is (Duration.Seconds of 1.118s is 1.1179999999999999).
+func waitedSeconds(from, now time.Time) *float64 {
+	if from.IsZero() || !now.After(from) {
+		return nil
+	}
+	s := float64(now.Sub(from).Round(time.Millisecond).Milliseconds()) / 1000
+	return &s
 }
 
 func entry(now time.Time, target, rule string, dry bool, r *action.Result) Entry {
@@ -76,6 +102,8 @@ type Audit struct {
 	// noQuery leaves the query out of every line (audit.query none): a
 	// text can carry a secret as a literal (ALTER ROLE ... PASSWORD).
 	noQuery bool
+	// events are told of every line written (nil: no one).
+	events *notify.Notifier
 }
 
 // OpenAudit opens the audit log at path, creating it (0600) if needed;
@@ -148,8 +176,9 @@ func (a *Audit) Write(e Entry) error {
 	// A query text must not drive the terminal of whoever tails the log.
 	b = append(output.EscapeJSON(b), '\n')
 	a.mu.Lock()
-	defer a.mu.Unlock()
 	_, err = a.out.Write(b)
+	a.mu.Unlock()
+	notifyEntry(a.events, &e, b[:len(b)-1])
 	return err
 }
 

@@ -428,3 +428,74 @@ rules:
 		t.Fatalf("the standby did not take the lead at its next interval:\n%s", b.logs.String())
 	}
 }
+
+// A cancel whose query's client rolls back to a savepoint (psql's
+// ON_ERROR_ROLLBACK, JDBC's autosave) and goes on in the same transaction
+// cannot be told from a query that completed: its outcome is changed. The
+// cancel was sent all the same: it is audited, with why.
+func TestCancelRolledBackToSavepointIsAudited(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("BEGIN")
+	v.Exec("SAVEPOINT s")
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	d, clk := startFake(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1h
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: slow
+    match: {app: [TAG], state: [active], longer_than: 1s}
+    action: cancel
+`)
+	due := clk.Waiting(t)
+	olderThan(t, v, time.Second)
+	clk.Set(t, due)
+	if code := pgtest.SQLState(v.Wait()); code != "57014" {
+		t.Fatalf("the query ended with SQLSTATE %q, want 57014 (cancelled)", code)
+	}
+	// The client rolls back to its savepoint and goes on.
+	v.Exec("ROLLBACK TO SAVEPOINT s")
+	v.Start("SELECT pg_catalog.pg_sleep(60)")
+	v.WaitState("active", "")
+	clk.Step(t) // the first poll: the transaction went on with another statement
+	got := d.waitEntries(t, 1)
+	if e := got[0]; len(got) != 1 || e.PID != v.PID || e.Action != "cancel" || e.Outcome != "changed" || !strings.Contains(e.Detail, "savepoint") {
+		t.Fatalf("audit %+v, want the cancel, changed, saying its client may have rolled back to a savepoint", got)
+	}
+}
+
+// cancel-then-terminate terminates a session idle in a transaction at
+// once (there is no query to cancel): a stop during what would have been
+// its grace says nothing of a cancelled query or a grace cut short.
+func TestStopAfterAnIdleSessionTerminatedAtOnce(t *testing.T) {
+	t.Parallel()
+	v := pgtest.NewVictim(t, pgtest.VictimOptions{})
+	v.Exec("BEGIN")
+	v.Exec("SELECT 1")
+	v.WaitState("idle in transaction", "")
+	d, clk := startFake(t, dsn(t), `
+targets: [{name: TAG, dsn: "DSN"}]
+interval: 1h
+audit_log: AUDIT
+metrics_addr: "off"
+rules:
+  - name: idle
+    match: {app: [TAG], state: [idle in transaction]}
+    action: cancel-then-terminate
+    grace: 1h
+`)
+	clk.Set(t, clk.Waiting(t))
+	pgtest.Eventually(t, "the session terminated", func() (bool, error) { return !v.Alive(), nil })
+	clk.Step(t) // the first poll verifies it
+	got := d.waitEntries(t, 1)
+	if e := got[0]; len(got) != 1 || e.PID != v.PID || e.Action != "terminate" || e.Outcome != "terminated" {
+		t.Fatalf("audit %+v", got)
+	}
+	d.stop()
+	if logs := d.logs.String(); strings.Contains(logs, "grace ended") || strings.Contains(logs, `"level":"WARN"`) {
+		t.Errorf("the stop warns of a grace cut short, though the session was terminated at once:\n%s", logs)
+	}
+}

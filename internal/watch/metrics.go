@@ -20,6 +20,7 @@ type Metrics struct {
 	LeaderConflict *prometheus.GaugeVec
 	PoolersUp      *prometheus.GaugeVec
 	ReplayLag      *prometheus.GaugeVec
+	Suppressed     *prometheus.CounterVec
 	ReloadSuccess  prometheus.Gauge
 	ReloadLastTime prometheus.Gauge
 }
@@ -54,6 +55,9 @@ func NewMetrics() *Metrics {
 		ReplayLag: prometheus.NewGaugeVec(prometheus.GaugeOpts{
 			Name: "pgreap_replay_lag_seconds", Help: "On a hot standby, now() - pg_last_xact_replay_timestamp() at the last snapshot (it grows too while the primary commits nothing); no series on a primary.",
 		}, []string{"target"}),
+		Suppressed: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "pgreap_rule_suppressed_total", Help: "Sessions a real rule would have signalled past its max_actions (or the policy's), audited suppressed: once per rule and session per window. Alert on it.",
+		}, []string{"target", "rule"}),
 		ReloadSuccess: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "pgreap_config_reload_success", Help: "1 if the last policy (re)load succeeded.",
 		}),
@@ -61,7 +65,7 @@ func NewMetrics() *Metrics {
 			Name: "pgreap_config_reload_success_timestamp_seconds", Help: "When the policy was last loaded successfully.",
 		}),
 	}
-	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.PoolersUp, m.ReplayLag, m.ReloadSuccess, m.ReloadLastTime,
+	m.Registry.MustRegister(m.Sessions, m.Actions, m.Snapshot, m.TargetUp, m.Leader, m.LeaderConflict, m.PoolersUp, m.ReplayLag, m.Suppressed, m.ReloadSuccess, m.ReloadLastTime,
 		collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	return m
 }
@@ -78,6 +82,7 @@ func (m *Metrics) forget(target string) {
 	m.LeaderConflict.DeletePartialMatch(l)
 	m.PoolersUp.DeletePartialMatch(l)
 	m.ReplayLag.DeletePartialMatch(l)
+	m.Suppressed.DeletePartialMatch(l)
 }
 
 // Handler serves /metrics.

@@ -9,6 +9,7 @@ import (
 	"math/rand/v2"
 	"slices"
 	"sort"
+	"strings"
 	"sync/atomic"
 	"time"
 
@@ -17,6 +18,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/pooler"
 	"github.com/pgreap/pgreap/internal/selector"
@@ -40,6 +42,16 @@ const (
 	// the next snapshot judges it again, up to an interval late.
 	retryNoMatch = 5 * time.Millisecond
 	maxRetries   = 6
+	// maxBatch: a signalling statement re-checks each session at its own
+	// signal, about 0.5 ms each for a pile-up rule (200 pile-ups on 2
+	// cores). The backlog a snapshot finds already past its threshold,
+	// 60 sessions there, went out in one statement of 35-70 ms, and a
+	// deadline due meanwhile waited for all of it: when a deadline is
+	// armed behind it, a backlog goes out maxBatch at a time.
+	maxBatch = 16
+	// offsetLooks is how many snapshots' measures of the clocks' offset
+	// the deadlines are computed from (offset).
+	offsetLooks = 8
 	// verifyFor is how long a signalled session gets to end before it is
 	// reported survived (after the grace, for cancel-then-terminate).
 	verifyFor = 5 * time.Second
@@ -112,18 +124,23 @@ type inflight struct {
 	nextPoll   time.Time
 	step       time.Duration
 	logged     []bool
+	// behind are, for a rule on lock pile-ups (blocking_longer_than), the
+	// sessions that waited behind each root signalled, by its pid: its
+	// audit line names those it released.
+	behind map[int32][]*activity.Session
 }
 
 // target watches one server.
 type target struct {
 	name string
-	cfg  *pgx.ConnConfig
+	spec policy.Target
 	// poolers are the PgBouncers in front of the server: each snapshot
 	// judges their server connections by the client each serves.
 	poolers []*pooler.Pooler
 	log     *slog.Logger
 	metrics *Metrics
 	audit   *Audit
+	notify  *notify.Notifier
 	dryRun  bool
 	// clock is the daemon's time (its timers); now is clock.Now.
 	clock Clock
@@ -137,6 +154,11 @@ type target struct {
 	// session (or query); it forgets a session once the snapshot shows it
 	// gone or on another query.
 	done map[key]bool
+	// waits are the lock waits of the last look: a session that waited
+	// and now blocks counts as blocking from when it stopped waiting.
+	waits waits
+	// budgets are the max_actions in force and what they counted.
+	budgets *budgets
 	// state is what /healthz says of the target.
 	state atomic.Value // State
 	// stale are the backends of connections the daemon abandoned: when
@@ -157,13 +179,18 @@ type backend struct {
 func (t *target) run(ctx context.Context, pol *policy.Policy) {
 	attempt := 0
 	for {
-		cn, err := pgx.ConnectConfig(ctx, t.cfg)
+		// Built at each connection: its keepalives follow the interval in
+		// force (a reload), and the DSN was checked before.
+		cfg, _ := targetConfig(t.spec, pol.Interval)
+		cn, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {
 			if ctx.Err() != nil {
 				return
 			}
 			t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
-			t.state.Store(Down)
+			if t.state.Swap(Down) != Down {
+				t.event(notify.Error, "cannot connect: "+oneLine(err))
+			}
 			wait := backoff(attempt)
 			attempt++
 			t.log.Warn("cannot connect", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
@@ -195,8 +222,15 @@ func (t *target) run(ctx context.Context, pol *policy.Policy) {
 		t.metrics.TargetUp.WithLabelValues(t.name).Set(0)
 		t.state.Store(Down)
 		if ctx.Err() != nil {
+			if s.leader {
+				t.event(notify.Leader, "no longer leading: this replica stops")
+			}
 			return
 		}
+		if s.leader {
+			t.event(notify.Leader, "no longer leading: connection lost")
+		}
+		t.event(notify.Error, "connection lost: "+oneLine(err))
 		wait := backoff(0)
 		t.log.Warn("connection lost", "err", oneLine(err), "retry_in", wait.Round(time.Millisecond).String())
 		if pol = t.sleep(ctx, wait, pol); ctx.Err() != nil {
@@ -279,8 +313,16 @@ type session struct {
 	// standing by (nil: no one yet): said once, not at every interval.
 	holder *holderID
 	snap   *activity.Snapshot
+	// behind are the sessions waiting behind each root of the snapshot's
+	// lock waits, by the root's pid (maintenance.MarkRoots).
+	behind map[int32][]*activity.Session
 	armed  []armed
-	flying []*inflight
+	// seen is the instant of the last snapshot on the daemon's clock: the
+	// due of the sessions it found already past their threshold.
+	seen time.Time
+	// offsets are the clocks' offsets the last snapshots measured (offset).
+	offsets []time.Duration
+	flying  []*inflight
 	// admins are the connections to the poolers' admin consoles, opened
 	// when first needed and again after a failure.
 	admins []*pooler.Admin
@@ -298,10 +340,21 @@ func (t *target) newSession(cn *pgx.Conn, pol *policy.Policy) *session {
 // matches but for its durations) becomes a mark of the snapshot.
 func (s *session) setPolicy(pol *policy.Policy) {
 	s.pol, s.rules, s.armed = pol, nil, nil
-	for _, r := range pol.Rules {
-		s.rules = append(s.rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
+	if s.t.budgets == nil {
+		s.t.budgets = &budgets{}
 	}
+	s.t.budgets.set(pol)
+	s.rules = rulesOf(pol)
 	s.marks, s.args = s.compile(nil)
+}
+
+// rulesOf are the policy's rules, each with its protections.
+func rulesOf(pol *policy.Policy) []rule {
+	var rules []rule
+	for _, r := range pol.Rules {
+		rules = append(rules, rule{Rule: r, guarded: r.Guarded(pol.Protect)})
+	}
+	return rules
 }
 
 // compile makes the rules' marks: each one's untimed predicate, judging the
@@ -416,6 +469,8 @@ var (
 	endStaleSQL string
 	//go:embed sql/try_lock.sql
 	tryLockSQL string
+	//go:embed sql/released.sql
+	releasedSQL string
 )
 
 // standBy looks at who holds the election lock. A pgreap watch (a session
@@ -462,6 +517,7 @@ func (s *session) standBy(ctx context.Context) error {
 		case h.sameRole:
 			why = "the election lock is held by a session of the daemon's role with another application_name (a replica configured otherwise?): no replica acts on the target; never evicted"
 		}
+		t.event(notify.Error, why)
 		t.log.Error(why, "pid", h.pid.Int32, "gid", h.gid.String, "usename", h.usename.String, "application_name", h.app.String,
 			"client_addr", h.client.String, "evict_impostor", s.pol.HA.EvictImpostor)
 	}
@@ -538,6 +594,7 @@ func (s *session) tick(ctx context.Context) error {
 		t.metrics.LeaderConflict.WithLabelValues(t.name).Set(0)
 		t.state.Store(Leading)
 		t.log.Info("leading: this replica acts on the target")
+		t.event(notify.Leader, "leading: this replica acts on the target")
 	}
 	start := t.now()
 	marks, args := s.marks, s.args
@@ -554,6 +611,7 @@ func (s *session) tick(ctx context.Context) error {
 				// the clients named at the last look, and leaves alone one
 				// whose state changed since.
 				if t.state.Swap(PoolerDown) != PoolerDown {
+					t.event(notify.Error, "cannot ask a pooler: no snapshot until it answers: "+oneLine(err))
 					t.log.Error("cannot ask a pooler: no snapshot until it answers (/healthz says \"pooler down\")", "err", oneLine(err))
 				} else {
 					t.log.Debug("cannot ask a pooler: no snapshot this interval", "err", oneLine(err))
@@ -591,11 +649,28 @@ func (s *session) tick(ctx context.Context) error {
 		t.metrics.ReplayLag.DeleteLabelValues(t.name)
 	}
 	s.snap = snap
-	// The server's clock minus ours, as of when the statement was sent:
-	// a deadline by the server's clock, minus this, is when to send the
-	// signalling statement so it reaches the server at the deadline.
-	s.arm(snap, snap.Taken.Sub(start))
+	s.arm(snap, s.offset(snap.Taken.Sub(start)))
 	return nil
+}
+
+// offset is the server's clock minus ours, as of when a statement is
+// sent: a deadline by the server's clock, minus this, is when to send the
+// signalling statement so it reaches the server at the deadline. Each
+// snapshot measures it, plus how long the snapshot took to reach the
+// server and start executing there, parsed and planned first: 3 to 8 ms
+// with 400 sessions on 2 cores, varying from one snapshot to the next. The signalling statement takes as long: measured by a slow
+// snapshot, the offset sent every deadline of the interval early, each
+// then tried again (retryNoMatch) with a round trip and a statement more.
+// So the least of the last offsetLooks measures is kept: a deadline errs
+// late by the variation, not early. A clock stepped back is followed at
+// once; one stepped forward after offsetLooks snapshots, acting that much
+// late until then, never early.
+func (s *session) offset(measured time.Duration) time.Duration {
+	s.offsets = append(s.offsets, measured)
+	if len(s.offsets) > offsetLooks {
+		s.offsets = s.offsets[1:]
+	}
+	return slices.Min(s.offsets)
 }
 
 func stateLabel(st string) string {
@@ -606,46 +681,16 @@ func stateLabel(st string) string {
 }
 
 // arm computes, for every session, the instant each rule that matches it
-// (or will once a duration passes) should act, and keeps them sorted:
-//   - of the real rules, the first to match acts (ties: the first in the
-//     file), unless it already acted on the session (or query), or another
-//     rule's signal to the session is still being verified;
-//   - every dry-run rule audits it planned, once: it takes the session from
-//     no other rule.
+// (or will once a duration passes) should act (chooseAll), and keeps them
+// sorted.
 func (s *session) arm(snap *activity.Snapshot, offset time.Duration) {
 	s.armed = s.armed[:0]
-	busy := s.busy()
-	for i := range snap.Sessions {
-		sess := &snap.Sessions[i]
-		if sess.Marks == nil || sess.IsParallelWorker() {
-			continue // workers die with their leader: the leader is acted on
+	s.seen = snap.Taken.Add(-offset + margin)
+	s.behind = chooseAll(snap, s.rules, s.dry, s.t.done, s.busy(), &s.t.waits, func(sess *activity.Session, choices []choice) {
+		for _, c := range choices {
+			s.armAt(snap, sess, c.rule, c.due, offset)
 		}
-		best := -1
-		var bestDue time.Time
-		for k := range s.rules {
-			r := &s.rules[k]
-			if !sess.Marks[k] || !r.guarded.Keep(sess) {
-				continue
-			}
-			due, ok := r.guarded.Due(sess)
-			if !ok {
-				continue
-			}
-			acted, seen := s.t.done[r.keyOf(sess)]
-			switch {
-			case s.dry(r):
-				if !seen {
-					s.armAt(snap, sess, k, due, offset)
-				}
-			case acted || busy[sessionOf(sess)]:
-			case best < 0 || due.Before(bestDue):
-				best, bestDue = k, due
-			}
-		}
-		if best >= 0 {
-			s.armAt(snap, sess, best, bestDue, offset)
-		}
-	}
+	})
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
 	s.prune(snap)
 }
@@ -657,6 +702,37 @@ func (s *session) armAt(snap *activity.Snapshot, sess *activity.Session, k int, 
 		due = snap.Taken
 	}
 	s.armed = append(s.armed, armed{session: *sess, rule: k, due: due.Add(-offset + margin)})
+}
+
+// nextBatch splits what is armed (sorted by due) into what to send at now
+// and the rest. With a deadline armed behind them, at most maxBatch of the
+// sessions due go out in one statement, and those that came due since the
+// snapshot (at seen) go alone, before its backlog: the backlog is late by
+// up to an interval already, a deadline is to be met to the millisecond.
+// Else all of them, in one statement (the cheapest).
+func nextBatch(queue []armed, now, seen time.Time) (send, rest []armed) {
+	n := 0
+	for n < len(queue) && !queue[n].due.After(now) {
+		n++
+	}
+	if n <= maxBatch || n == len(queue) {
+		return append([]armed(nil), queue[:n]...), queue[n:]
+	}
+	var deadlines, backlog []armed
+	for _, a := range queue[:n] {
+		if a.due.After(seen) {
+			deadlines = append(deadlines, a)
+		} else {
+			backlog = append(backlog, a)
+		}
+	}
+	k := min(len(deadlines), maxBatch)
+	if k == 0 {
+		k = maxBatch
+	}
+	order := append(deadlines, backlog...)
+	// What is left due stays first: the loop sends it at once.
+	return order[:k:k], append(order[k:], queue[n:]...)
 }
 
 // dry reports whether the rule only audits.
@@ -703,26 +779,29 @@ func (s *session) prune(snap *activity.Snapshot) {
 	}
 }
 
-// work acts on what is due: deadlines, polls, escalations, expiries.
+// work acts on what is due: deadlines, polls, escalations, expiries. The
+// deadlines come first, and again before each flight's statements: on the
+// one connection, a deadline that comes due while signals are verified
+// (and their released waiters looked up) is not queued behind the rest of
+// them.
 func (s *session) work(ctx context.Context) error {
-	now := s.t.now()
-	n := 0
-	for n < len(s.armed) && !s.armed[n].due.After(now) {
-		n++
-	}
-	if n > 0 {
-		due := append([]armed(nil), s.armed[:n]...)
-		s.armed = s.armed[n:]
-		if err := s.fire(ctx, due); err != nil {
-			return err
-		}
+	if err := s.fireDue(ctx); err != nil {
+		return err
 	}
 	// Verification statements are not cut short by a stop (SIGTERM): a
 	// signal that worked is reported so, not as unverified.
 	vctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 5*time.Second)
 	defer cancel()
-	kept := make([]*inflight, 0, len(s.flying))
-	for _, f := range s.flying {
+	// fireDue adds its flights to s.flying: they are verified from the
+	// next call on.
+	flying := s.flying
+	s.flying = nil
+	kept := make([]*inflight, 0, len(flying))
+	for i, f := range flying {
+		if err := s.fireDue(ctx); err != nil {
+			s.flying = append(append(kept, flying[i:]...), s.flying...)
+			return err
+		}
 		now := s.t.now()
 		var err error
 		switch {
@@ -739,8 +818,9 @@ func (s *session) work(ctx context.Context) error {
 			f.step = min(f.step*3/2, maxPoll)
 			f.nextPoll = now.Add(f.step)
 		}
-		s.record(f)
+		s.record(vctx, f)
 		if err != nil {
+			s.flying = append(append(kept, flying[i:]...), s.flying...)
 			return err
 		}
 		if f.escalateAt.IsZero() && !pending(f.plan) {
@@ -748,8 +828,19 @@ func (s *session) work(ctx context.Context) error {
 		}
 		kept = append(kept, f)
 	}
-	s.flying = kept
+	s.flying = append(kept, s.flying...)
 	return nil
+}
+
+// fireDue sends the signalling statements of what is armed and due
+// (nextBatch).
+func (s *session) fireDue(ctx context.Context) error {
+	due, rest := nextBatch(s.armed, s.t.now(), s.seen)
+	if len(due) == 0 {
+		return nil
+	}
+	s.armed = rest
+	return s.fire(ctx, due)
 }
 
 func pending(p *action.Plan) bool {
@@ -781,6 +872,17 @@ func (s *session) fire(ctx context.Context, due []armed) error {
 
 func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 	r := s.rules[k]
+	dry := s.dry(&r)
+	now := s.t.now()
+	if !dry {
+		var held []armed
+		due, held = s.t.budgets.split(&r, due, now)
+		// Once what is sent is charged: it decides when there is room.
+		defer s.suppress(&r, k, held, now)
+		if len(due) == 0 {
+			return nil
+		}
+	}
 	kind := action.Terminate
 	if r.Action == policy.Cancel {
 		kind = action.Cancel
@@ -791,19 +893,34 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		sessions[i] = a.session
 		retries[a.session.PID] = a.retries
 	}
+	sel := r.guarded.WithPooled(s.snap.Pooled)
+	var behind map[int32][]*activity.Session
+	if sel.BlockingLongerThan > 0 {
+		// The waits the statement looks at again: those the snapshot saw
+		// behind these roots.
+		behind = map[int32][]*activity.Session{}
+		narrowed := *sel
+		narrowed.BlockingWaiters = map[int32][]int32{}
+		for _, a := range due {
+			behind[a.session.PID] = s.behind[a.session.PID]
+			for _, w := range s.behind[a.session.PID] {
+				narrowed.BlockingWaiters[a.session.PID] = append(narrowed.BlockingWaiters[a.session.PID], w.PID)
+			}
+		}
+		sel = &narrowed
+	}
 	// The sessions of pgreap's role named as this daemon's connections are
 	// a watch's (its other targets on this server, its replicas): never
 	// acted on, whatever the rules choose.
-	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: r.guarded.WithPooled(s.snap.Pooled),
+	plan := action.NewPlan(s.cn, s.snap, sessions, action.Request{Action: kind, Selector: sel,
 		WatchApp: s.cn.Config().RuntimeParams["application_name"]})
-	dry := s.dry(&r)
-	now := s.t.now()
-	f := &inflight{plan: plan, rule: r, sent: now}
+	f := &inflight{plan: plan, rule: r, sent: now, behind: behind}
 	var err error
 	if dry {
 		_, err = action.Execute(ctx, s.cn, plan, action.Options{DryRun: true})
 	} else {
 		err = action.Send(ctx, s.cn, plan, r.Action == policy.CancelThenTerminate)
+		s.charge(&r, plan, now)
 	}
 	// Not yet past the threshold by the server's clock: try again shortly,
 	// without a line in the audit log (nothing was done).
@@ -831,7 +948,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 			// reach the server under load): then it is still due.
 			continue
 		}
-		if res.Outcome == action.Changed || res.Outcome == action.Gone {
+		if (res.Outcome == action.Changed || res.Outcome == action.Gone) && !res.Signalled() {
 			// Not acted on: it ended, or moved on before its deadline. Kept
 			// as done, a terminate's key (the session) would stop the rule
 			// from acting when the session matches again later.
@@ -841,7 +958,7 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 		s.t.done[k] = s.t.done[k] || !dry
 	}
 	sort.SliceStable(s.armed, func(i, j int) bool { return s.armed[i].due.Before(s.armed[j].due) })
-	s.record(f)
+	s.record(ctx, f)
 	if err != nil {
 		return err
 	}
@@ -859,26 +976,60 @@ func (s *session) fireRule(ctx context.Context, k int, due []armed) error {
 
 // record writes the audit line and counts the metric of each result that
 // reached its outcome since the last call. A session that moved on or
-// ended before its deadline (changed, gone) was not acted on: it is
-// counted, and logged at debug level, but not audited.
-func (s *session) record(f *inflight) {
+// ended before its signal (changed, gone) was not acted on: it is
+// counted, and logged at debug level, but not audited. One signalled is
+// audited whatever its outcome: a cancel whose query's client rolled back
+// to a savepoint is changed, but it was sent. The line of a root of lock
+// waits, once its end is verified, names the waiters it released: looked
+// up in one statement for every root of the call.
+func (s *session) record(ctx context.Context, f *inflight) {
 	t := s.t
 	dry := s.dry(&f.rule)
+	var final []int
+	var roots []int32
 	for i := range f.plan.Results {
 		r := &f.plan.Results[i]
 		if f.logged[i] || r.Pending() {
 			continue
 		}
 		f.logged[i] = true
+		final = append(final, i)
+		if len(f.behind[r.PID]) > 0 && (r.Outcome == action.Cancelled || r.Outcome == action.Terminated) {
+			roots = append(roots, r.PID)
+		}
+	}
+	var released map[int32][]Released
+	var lookErr error
+	if len(roots) > 0 {
+		if released, lookErr = s.released(ctx, roots, f.behind); lookErr != nil {
+			t.log.Warn("cannot tell which waiters were released", "rule", f.rule.Name, "pids", roots, "err", oneLine(lookErr))
+		}
+	}
+	for _, i := range final {
+		r := &f.plan.Results[i]
 		t.metrics.Actions.WithLabelValues(t.name, f.rule.Name, string(r.Action), string(r.Outcome)).Inc()
-		if r.Outcome == action.Changed || r.Outcome == action.Gone {
+		if (r.Outcome == action.Changed || r.Outcome == action.Gone) && !r.Signalled() {
 			t.log.Debug("left alone", "rule", f.rule.Name, "pid", r.PID, "outcome", string(r.Outcome), "detail", r.Detail)
 			continue
 		}
-		if err := t.audit.Write(entry(t.now(), t.name, f.rule.Name, dry, r)); err != nil {
+		e := entry(t.now(), t.name, f.rule.Name, dry, r)
+		attrs := []any{"rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry}
+		if slices.Contains(roots, r.PID) {
+			if lookErr != nil {
+				// No "released" then, which would also say none: the
+				// detail tells that it is not known.
+				e.Detail = strings.TrimPrefix(e.Detail+"; the waiters released are not known: "+oneLine(lookErr), "; ")
+			} else {
+				e.Released = released[r.PID]
+				// Only where it was looked for: on any other line a
+				// count of 0 would say that a root released no one.
+				attrs = append(attrs, "released", len(e.Released))
+			}
+		}
+		if err := t.audit.Write(e); err != nil {
 			t.log.Error("cannot write the audit log", "err", err)
 		}
-		t.log.Info("acted", "rule", f.rule.Name, "pid", r.PID, "action", string(r.Action), "outcome", string(r.Outcome), "dry_run", dry)
+		t.log.Info("acted", attrs...)
 	}
 }
 
@@ -892,14 +1043,17 @@ func (s *session) stop() {
 	defer cancel()
 	for _, f := range s.flying {
 		if !f.escalateAt.IsZero() {
-			// The rule has not done what it says (terminate what still
-			// runs after the grace): not recorded as done, so the watch
-			// that takes this target over (a reload that changed its DSN)
-			// judges the session again, cancel and grace included.
-			s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated; a watch that takes over the target judges it again", "rule", f.rule.Name)
+			// The rule has not done what it says to a session cancelled
+			// whose query may still run (terminate it after the grace):
+			// not recorded as done, so the watch that takes this target
+			// over (a reload that changed its DSN) judges it again, cancel
+			// and grace included. A session terminated at once (idle in a
+			// transaction) has no grace left.
 			f.escalateAt = time.Time{}
 			for i := range f.plan.Results {
-				if r := &f.plan.Results[i]; r.Pending() {
+				if r := &f.plan.Results[i]; r.Pending() && r.Action == action.Cancel {
+					s.t.log.Warn("stopping before a grace ended: the query was cancelled, the session not terminated; a watch that takes over the target judges it again",
+						"rule", f.rule.Name, "pid", r.PID)
 					delete(s.t.done, f.rule.keyOf(&r.Session))
 				}
 			}
@@ -907,7 +1061,7 @@ func (s *session) stop() {
 		if _, err := action.Settle(ctx, s.cn, f.plan); err == nil {
 			action.Expire(f.plan, s.t.now().Sub(f.sent))
 		}
-		s.record(f)
+		s.record(ctx, f)
 	}
 	s.flying = nil
 }
@@ -916,7 +1070,7 @@ func (s *session) stop() {
 func (s *session) abandon(err error) {
 	for _, f := range s.flying {
 		action.Abandon(f.plan, err)
-		s.record(f)
+		s.record(context.Background(), f) // unverified: no released waiters to look for
 	}
 	s.flying = nil
 }
@@ -928,4 +1082,35 @@ func replayLag(snap *activity.Snapshot) time.Duration {
 		return -1
 	}
 	return snap.Replay.Lag(snap.Taken)
+}
+
+// released are, by root, of the sessions that waited behind each root,
+// those its end (or its cancelled query) released: the same backends, no
+// longer waiting on it or on another of its waiters, directly or through
+// others; each with how long it had waited, up to this look.
+func (s *session) released(ctx context.Context, roots []int32, behind map[int32][]*activity.Session) (map[int32][]Released, error) {
+	var of, pids []int32
+	var starts []time.Time
+	since := map[int32]time.Time{}
+	for _, root := range roots {
+		for _, w := range behind[root] {
+			of, pids, starts = append(of, root), append(pids, w.PID), append(starts, w.BackendStart)
+			since[w.PID] = w.WaitStart
+		}
+	}
+	rows, err := s.cn.Query(ctx, releasedSQL, of, pids, starts)
+	if err != nil {
+		return nil, err
+	}
+	defer rows.Close()
+	out := map[int32][]Released{}
+	for rows.Next() {
+		var root, pid int32
+		var now time.Time
+		if err := rows.Scan(&root, &pid, &now); err != nil {
+			return nil, err
+		}
+		out[root] = append(out[root], Released{PID: pid, WaitedSeconds: waitedSeconds(since[pid], now)})
+	}
+	return out, rows.Err()
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/notify"
 	"github.com/pgreap/pgreap/internal/policy"
 	"github.com/pgreap/pgreap/internal/pooler"
 )
@@ -40,6 +41,9 @@ type Options struct {
 	// Clock is the daemon's time (nil: RealClock); tests move a fake
 	// one to prove the schedule without waiting.
 	Clock Clock
+	// Notify tunes the delivery to the policy's webhooks (zero: the
+	// defaults; tests shorten them).
+	Notify notify.Options
 }
 
 // ServerLimits bound what a peer of the metrics port holds: a connection
@@ -92,6 +96,7 @@ type Daemon struct {
 	log     *slog.Logger
 	metrics *Metrics
 	audit   *Audit
+	notify  *notify.Notifier
 	pol     *policy.Policy
 	server  *http.Server
 	ln      net.Listener
@@ -160,6 +165,8 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 	}
 	d.audit = audit
 	audit.SetQuery(pol.AuditQuery)
+	d.notify = notify.New(opt.Logger, d.metrics.Registry, opt.Notify)
+	audit.events = d.notify
 	if pol.MetricsAddr != "" {
 		ln, err := net.Listen("tcp", pol.MetricsAddr)
 		if err != nil {
@@ -178,7 +185,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 		}
 	}
 	for _, t := range pol.Targets {
-		if _, err := targetConfig(t); err != nil {
+		if _, err := targetConfig(t, pol.Interval); err != nil {
 			audit.Close()
 			if d.ln != nil {
 				d.ln.Close()
@@ -186,6 +193,7 @@ func New(pol *policy.Policy, opt Options) (*Daemon, error) {
 			return nil, err
 		}
 	}
+	d.notify.Set(pol.Notify)
 	d.reloaded()
 	return d, nil
 }
@@ -248,14 +256,13 @@ func (d *Daemon) Reload(ctx context.Context) {
 	pol, err := policy.Load(d.opt.Path)
 	if err == nil {
 		for _, t := range pol.Targets {
-			if _, err = targetConfig(t); err != nil {
+			if _, err = targetConfig(t, pol.Interval); err != nil {
 				break
 			}
 		}
 	}
 	if err != nil {
-		d.metrics.ReloadSuccess.Set(0)
-		d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+		d.rejected(err)
 		if rerr := d.audit.Reopen(); rerr != nil {
 			d.log.Error("cannot reopen the audit log", "err", rerr.Error())
 		}
@@ -264,18 +271,25 @@ func (d *Daemon) Reload(ctx context.Context) {
 	// The audit log reopened, or switched to the file the policy names
 	// now: on error, the policy is rejected and the file in use stays.
 	if err := d.audit.Switch(pol.AuditLog); err != nil {
-		d.metrics.ReloadSuccess.Set(0)
-		d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+		d.rejected(err)
 		return
 	}
 	if pol.MetricsAddr != d.pol.MetricsAddr {
 		d.log.Warn("metrics_addr changed: it takes effect at the next start", "in_force", d.pol.MetricsAddr)
 	}
 	d.audit.SetQuery(pol.AuditQuery)
+	d.notify.Set(pol.Notify)
 	d.pol = pol
 	d.apply(ctx, pol)
 	d.reloaded()
 	d.log.Info("policy reloaded", "targets", len(pol.Targets), "rules", len(pol.Rules))
+}
+
+// rejected: a reloaded policy cannot be used; the one in force stays.
+func (d *Daemon) rejected(err error) {
+	d.metrics.ReloadSuccess.Set(0)
+	d.log.Error("policy rejected, keeping the one in force", "err", err.Error())
+	d.notify.Send(notify.Event{Kind: notify.Error, Time: d.opt.Clock.Now(), Text: "policy rejected, keeping the one in force: " + oneLine(err)})
 }
 
 // apply starts the targets new to the policy, stops those gone from it (or
@@ -303,11 +317,10 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 			r.t.policies <- pol
 			continue
 		}
-		cfg, _ := targetConfig(t)                  // checked before
 		poolers, _ := pooler.ParseAll(t.PgBouncer) // checked before
 		tctx, cancel := context.WithCancel(ctx)
 		tg := &target{
-			name: t.Name, cfg: cfg, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit,
+			name: t.Name, spec: t, poolers: poolers, log: d.log.With("target", t.Name), metrics: d.metrics, audit: d.audit, notify: d.notify,
 			dryRun: d.opt.DryRun, clock: d.opt.Clock, now: d.opt.Clock.Now, policies: make(chan *policy.Policy, 1), done: map[key]bool{},
 		}
 		tg.state.Store(Connecting)
@@ -324,7 +337,7 @@ func (d *Daemon) apply(ctx context.Context, pol *policy.Policy) {
 				// stand by behind it), and its last report (down) would
 				// overwrite the new one's.
 				<-prev.done
-				tg.done, tg.stale = prev.t.done, prev.t.stale
+				tg.done, tg.stale, tg.budgets = prev.t.done, prev.t.stale, prev.t.budgets
 			}
 			if tctx.Err() != nil {
 				d.stopped(r)
@@ -409,6 +422,8 @@ func (d *Daemon) shutdown() {
 		defer cancel()
 		_ = d.server.Shutdown(ctx)
 	}
+	// After the targets: their last events (the lead given up) are queued.
+	d.notify.Close()
 	d.audit.Close()
 	d.log.Info("stopped")
 }
@@ -420,11 +435,12 @@ func targetKey(t policy.Target) string {
 }
 
 // targetConfig is the connection of a target: its DSN as for -d, PG*
-// variables filling the rest, pgreap's session settings, and the daemon's
-// application_name.
-func targetConfig(t policy.Target) (*pgx.ConnConfig, error) {
+// variables filling the rest, pgreap's session settings, the daemon's
+// application_name, and keepalives that bound, by the policy's interval,
+// how long the server keeps a leader the network lost (lease).
+func targetConfig(t policy.Target, interval time.Duration) (*pgx.ConnConfig, error) {
 	dsn := t.DSN
-	cfg, err := conn.Config(conn.Params{DSN: dsn})
+	cfg, err := conn.Config(conn.Params{DSN: dsn, Lease: lease(interval)})
 	if err != nil {
 		return nil, fmt.Errorf("target %s: %w", t.Name, err)
 	}
@@ -434,9 +450,24 @@ func targetConfig(t policy.Target) (*pgx.ConnConfig, error) {
 	return cfg, nil
 }
 
+// lease is how long, by the policy's interval, the server keeps the
+// backend of a daemon the network lost (a partition: no close reaches the
+// server), and with it the election lock: the interval, at least 5 s (a
+// shorter one would end a leader on a blip), at most 15 s. A standby then
+// leads within the lease, a fifth of it more (the keepalives' last probe)
+// and one interval (its next try): at most 3 intervals + 15 s. The
+// daemon's own side gives the connection up sooner (at 3/5 of the lease),
+// so the cut-off leader stops before a standby leads.
+func lease(interval time.Duration) time.Duration {
+	return min(max(interval, 5*time.Second), 15*time.Second)
+}
+
 func oneLine(err error) string {
 	if err == nil {
 		return ""
 	}
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
+
+// NotifyMetrics are the series of the notifications (tests read them).
+func (d *Daemon) NotifyMetrics() *notify.Metrics { return d.notify.Metrics() }

@@ -204,6 +204,10 @@ rules:
 	if n := snapshots(t, d); n != 1 {
 		t.Errorf("%d snapshots, want 1 (interval 1m)", n)
 	}
+	// No rule on lock pile-ups: nothing was released, nor looked for.
+	if n, ok := actedLog(t, d, v.PID)["released"]; ok {
+		t.Errorf("the acted log line of a longer_than rule says released %v", n)
+	}
 	// The session stays: a cancel ends the query.
 	v.Exec("SELECT 1")
 	if len(d.entries(t)) != 1 {

@@ -81,6 +81,9 @@ SELECT a.pid,
        CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w)
             THEN coalesce(pb.gids, '{}') END AS blocked_by_prepared,
        a.pid IN (SELECT b.pid FROM replay_blockers AS b) AS blocking_replay,
+       -- When its lock wait began: its statement's start (pg_locks has no
+       -- waitstart before 14; unblock measures a wait so too).
+       CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w) THEN a.query_start END AS wait_start,
        -- The startup process of a hot standby is no client, but it is the
        -- replay: its row carries what pgreap shows of it. Not
        -- pg_is_wal_replay_paused(): it raises an error once recovery ends,

@@ -18,6 +18,7 @@ WITH waiting AS MATERIALIZED (
         -- lock type), and the modes the wait conflicts with as a bit mask
         -- (bit n: mode n, lock.c's LockConflicts).
         SELECT l.pid,
+               l.waitstart,
                pg_catalog.format('%s|%s|%s|%s|%s|%s|%s|%s|%s|%s', l.locktype, l.database, l.relation, l.page,
                   l.tuple, l.virtualxid, l.transactionid, l.classid, l.objid, l.objsubid) AS object,
                (ARRAY[256, 384, 480, 496, 472, 504, 508, 510])[pg_catalog.array_position(
@@ -81,6 +82,11 @@ SELECT a.pid,
        CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w)
             THEN coalesce(pb.gids, '{}') END AS blocked_by_prepared,
        a.pid IN (SELECT b.pid FROM replay_blockers AS b) AS blocking_replay,
+       -- When its lock wait began: pg_locks.waitstart, or, in the moment
+       -- after a wait starts and before the server sets it, the statement's
+       -- start (as unblock measures a wait).
+       CASE WHEN a.pid IN (SELECT w.pid FROM waiting AS w)
+            THEN coalesce((SELECT pg_catalog.min(w.waitstart) FROM waiting AS w WHERE w.pid = a.pid), a.query_start) END AS wait_start,
        -- The startup process of a hot standby is no client, but it is the
        -- replay: its row carries what pgreap shows of it. Not
        -- pg_is_wal_replay_paused(): it raises an error once recovery ends,
