@@ -423,6 +423,20 @@ func (p *Plan) add(s *activity.Session, req Request) {
 	p.Results = append(p.Results, r)
 }
 
+// notClient says why a backend of this type is never acted on. The
+// startup process of a hot standby shows up as the root of lock waits: it
+// holds the ACCESS EXCLUSIVE locks of the primary's transactions it
+// replays, until replay reaches their end.
+func notClient(backendType string) string {
+	switch backendType {
+	case "startup":
+		return "not a client backend: WAL replay (the startup process), which holds the primary's ACCESS EXCLUSIVE locks until it replays the end of their transactions; when replay itself waits for sessions (ls shows it first), pgreap unblock --replay ends them"
+	case "":
+		return "not a client backend (its type is hidden from this role: pg_read_all_stats shows it)"
+	}
+	return fmt.Sprintf("not a client backend (%s)", backendType)
+}
+
 // judge applies the protections to a session seen in the snapshot (the
 // snapshot already leaves out pgreap's own session and non-client rows).
 func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
@@ -445,7 +459,7 @@ func (p *Plan) judge(s *activity.Session, action Kind) (Outcome, string) {
 		// exits (a parallel worker at the end of its query among them).
 		return Protected, "not a client backend (a background worker starting or exiting)"
 	case s.BackendType != "client backend" && s.BackendType != "walsender" && s.BackendType != "autovacuum worker":
-		return Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+		return Protected, notClient(s.BackendType)
 	case action == Cancel && !slices.Contains(selector.Running, s.State):
 		return Changed, fmt.Sprintf("no query running (%s): nothing to cancel", s.State)
 	}
@@ -500,7 +514,7 @@ func (p *Plan) explainMissing(ctx context.Context, conn *pgx.Conn, req Request, 
 			r.Outcome, r.Detail = p.judge(s, req.Action)
 		case s.Datname == "":
 			r.Session = *s
-			r.Outcome, r.Detail = Protected, fmt.Sprintf("not a client backend (%s)", s.BackendType)
+			r.Outcome, r.Detail = Protected, notClient(s.BackendType)
 		default:
 			r.Session = *s
 			r.Outcome, r.Detail, r.why = Changed, "does not match the selection", whyNoMatch
@@ -1059,7 +1073,7 @@ func protectedDetail(code, backendType string) string {
 	case "autovacuum":
 		return "autovacuum worker: --include-autovacuum to allow"
 	}
-	return fmt.Sprintf("not a client backend (%s)", backendType)
+	return notClient(backendType)
 }
 
 // Protects is act.sql's guard on a session of a snapshot read back (watch

@@ -224,7 +224,7 @@ func (r *Replay) Waits() bool { return r.WaitKind() != "" }
 // sees rows a vacuum on the primary removed), "tablespace conflict"
 // (queries using a tablespace the primary drops); "" when it waits for
 // none of them. The server names the sessions only for a lock; it shows
-// conflict waits from 14 on, and the startup process's waits only to a
+// conflict waits from 13 on, and the startup process's waits only to a
 // role that may see it (not Hidden).
 func (r *Replay) WaitKind() string {
 	switch {
@@ -288,6 +288,13 @@ type replayFacts struct {
 	} `json:"conflicts"`
 }
 
+// mayBeStandby reports whether the server may be in recovery, for a
+// snapshot without a row to say: from 14 the server reports
+// in_hot_standby when the connection starts and whenever it changes.
+func mayBeStandby(conn *pgx.Conn, version int) bool {
+	return version < 140000 || conn.PgConn().ParameterStatus("in_hot_standby") != "off"
+}
+
 // hiddenReplay is the replay of a standby whose startup process the
 // snapshot did not show (Replay.Hidden); nil on a primary.
 func hiddenReplay(ctx context.Context, conn *pgx.Conn, version int) (*Replay, error) {
@@ -300,21 +307,25 @@ func hiddenReplay(ctx context.Context, conn *pgx.Conn, version int) (*Replay, er
 	if err != nil {
 		return nil, fmt.Errorf("snapshot: replay: %w", err)
 	}
-	return parseReplay(Session{}, b)
+	return parseReplay(Session{BackendType: "startup"}, b, true)
 }
 
-// parseReplay reads the replay column of the startup process's row s.
-func parseReplay(s Session, b []byte) (*Replay, error) {
+// parseReplay reads the replay column of the startup process's row s;
+// hidden: this role may not see the process (its backend_type was NULL).
+func parseReplay(s Session, b []byte, hidden bool) (*Replay, error) {
 	var f replayFacts
 	if err := json.Unmarshal(b, &f); err != nil {
 		return nil, fmt.Errorf("snapshot: replay: %w", err)
 	}
 	r := &Replay{Startup: s, LockWait: f.LockWait}
 	r.Startup.BlockedBy = f.Blockers
-	if r.Startup.BackendType == "" {
-		// Its row, known by the lock it waits for, or none: this role may
-		// not see what it is (pg_read_all_stats).
-		r.Startup.BackendType, r.Hidden = "startup", true
+	if hidden {
+		// Its row, known by its locks, or none: this role may not see
+		// what it is (pg_read_all_stats). pg_locks says whether it waits.
+		r.Hidden = true
+		if r.LockWait {
+			r.Startup.WaitEventType = "Lock"
+		}
 	}
 	if f.ReplayTimestamp != nil {
 		r.ReplayTimestamp = *f.ReplayTimestamp
@@ -429,10 +440,10 @@ func Statement(version int) (string, error) {
 }
 
 // replayCTEs are the common table expressions of the statements that look
-// at replay: replay_waiter (the lock replay waits for) and replay_blockers
+// at replay: replay_locks (its ACCESS EXCLUSIVE locks, held or awaited) and replay_blockers
 // (who holds it), which reads the waiter's row from the first.
-var replayCTEs = "replay_waiter AS MATERIALIZED (\n" + replayWaiterSQL + "),\n     replay_blockers AS MATERIALIZED (\n" +
-	strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_waiter*/", "SELECT * FROM replay_waiter", 1) + ")"
+var replayCTEs = "replay_locks AS MATERIALIZED (\n" + replayLocksSQL + "),\n     replay_blockers AS MATERIALIZED (\n" +
+	strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_locks*/", "SELECT * FROM replay_locks", 1) + ")"
 
 // replayFactsExpr is the JSON object that says how replay stands, over
 // replayCTEs (pg_locks.waitstart is 14+).
@@ -462,8 +473,9 @@ func Take(ctx context.Context, conn *pgx.Conn, f Filter) (*Snapshot, error) {
 		return nil, err
 	}
 	if f.Where != "" {
-		// The startup process stays: it is the replay, not a session.
-		sql += "   AND (a.backend_type = 'startup' OR (" + f.Where + "))\n"
+		// The startup process stays: it is the replay, not a session
+		// (known by the lock it waits for, to a role that may not see it).
+		sql += "   AND (a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_locks AS w) OR (" + f.Where + "))\n"
 	}
 	if len(f.Marks) > 0 {
 		from := strings.Index(sql, fromActivity)
@@ -541,8 +553,14 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 			s.ClientAddr = addr.Addr()
 			addr = nil
 		}
+		if replayCol != nil && s.BackendType == "" {
+			// The startup process, known by its locks to a role that
+			// may not see what it is (pg_read_all_stats): say so, so
+			// that whatever names it by pid tells it is WAL replay.
+			s.BackendType = "startup"
+		}
 		if replay && replayCol != nil {
-			r, err := parseReplay(s, replayCol)
+			r, err := parseReplay(s, replayCol, !btype.Valid)
 			if err != nil {
 				return nil, err
 			}
@@ -554,7 +572,7 @@ func take(ctx context.Context, conn *pgx.Conn, version int, marks, replay bool, 
 	if err := rows.Err(); err != nil {
 		return nil, fmt.Errorf("snapshot: %w", err)
 	}
-	if replay && snap.Replay == nil && (inRecovery || len(snap.Sessions) == 0) {
+	if replay && snap.Replay == nil && (inRecovery || len(snap.Sessions) == 0 && mayBeStandby(conn, version)) {
 		// A standby whose startup process this role cannot tell from the
 		// other background processes, or no row that says: ask.
 		if snap.Replay, err = hiddenReplay(ctx, conn, version); err != nil {
@@ -655,14 +673,14 @@ var (
 	holdersSQL  = mustSQL("holders.sql")
 	setLocalSQL = mustSQL("set_local.sql")
 
-	replayWaiterSQL = mustSQL("replay_waiter.sql")
-	replayFactsSQL  = mustSQL("replay_facts.sql")
-	replaySQL       = mustSQL("replay.sql")
+	replayLocksSQL = mustSQL("replay_locks.sql")
+	replayFactsSQL = mustSQL("replay_facts.sql")
+	replaySQL      = mustSQL("replay.sql")
 
 	// ReplayBlockersSQL is a statement whose rows are the pids of the
 	// backends that hold up WAL replay on a hot standby (none on a
 	// primary): the selector's blocking_replay, as the snapshot's.
-	ReplayBlockersSQL = strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_waiter*/", replayWaiterSQL, 1)
+	ReplayBlockersSQL = strings.Replace(mustSQL("replay_blockers.sql"), "/*replay_locks*/", replayLocksSQL, 1)
 
 	pooledAskedSQL = mustSQL("pooled_asked.sql")
 	pooledSQL      = mustSQL("pooled.sql")

@@ -88,7 +88,7 @@ func TestUnblockReplayHiddenStartup(t *testing.T) {
 // A snapshot conflict: a vacuum on the primary removed rows an old
 // snapshot on the standby may still see, and replay waits for that
 // snapshot's transaction (max_standby_streaming_delay=-1). The server
-// names no one; from 14 it shows the wait. pgreap says replay is held up
+// names no one; from 13 it shows the wait. pgreap says replay is held up
 // and by what kind of wait, ends nothing, and exits 3.
 func TestUnblockReplaySnapshotConflict(t *testing.T) {
 	t.Parallel()
@@ -112,8 +112,8 @@ func TestUnblockReplaySnapshotConflict(t *testing.T) {
 	if err := sc.s.QueryRow(ctx, "SELECT current_setting('server_version_num')::int").Scan(&version); err != nil {
 		t.Fatal(err)
 	}
-	if version < 140000 {
-		// No wait event says so before 14: replay is behind, and pgreap
+	if version < 130000 {
+		// No wait event says so before 13: replay is behind, and pgreap
 		// can only show its lag and WAL to replay.
 		pgtest.Eventually(t, "replay stuck behind the vacuum", func() (bool, error) {
 			r := run(t, false, "ls", "-o", "json", "-d", sc.dsn)
@@ -142,4 +142,53 @@ func TestUnblockReplaySnapshotConflict(t *testing.T) {
 	}
 	old.Exec("COMMIT")
 	pgtest.WaitReplay(t, sc.standby, sc.primary)
+}
+
+// Replay holds the primary's ACCESS EXCLUSIVE lock while the primary's
+// transaction is open, and a standby query waits for it. A role without
+// pg_read_all_stats still sees which pid is WAL replay (its locks), and
+// unblock names it as replay, not as a nameless backend.
+func TestReplayHoldsALock(t *testing.T) {
+	t.Parallel()
+	sc := newReplayScene(t, "t4")
+	ctx := pgtest.Context(t)
+	if _, err := sc.p.Exec(ctx, "CREATE ROLE replay_plain LOGIN; GRANT SELECT ON t4 TO replay_plain"); err != nil {
+		t.Fatal(err)
+	}
+	tx, err := sc.p.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer tx.Rollback(ctx)
+	if _, err := tx.Exec(ctx, "LOCK TABLE t4 IN ACCESS EXCLUSIVE MODE"); err != nil {
+		t.Fatal(err)
+	}
+	// Written out, so the standby replays the lock while it is held.
+	if _, err := tx.Exec(ctx, "SELECT pg_catalog.txid_current(); SELECT pg_catalog.pg_switch_wal()"); err != nil {
+		t.Fatal(err)
+	}
+	var startup int32
+	pgtest.Eventually(t, "replay holds the lock", func() (bool, error) {
+		err := sc.s.QueryRow(ctx, `SELECT l.pid FROM pg_catalog.pg_locks AS l
+			WHERE l.mode = 'AccessExclusiveLock' AND l.granted AND l.relation = 't4'::regclass`).Scan(&startup)
+		return err == nil, nil
+	})
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{Cluster: sc.standby, User: "replay_plain"})
+	waiter.Start("SELECT * FROM t4")
+	pgtest.Eventually(t, "the reader waits behind replay", func() (bool, error) {
+		var n int
+		err := sc.s.QueryRow(ctx, "SELECT count(*) FROM pg_catalog.pg_locks WHERE pid = $1 AND NOT granted", waiter.PID).Scan(&n)
+		return n == 1, err
+	})
+	dsn := sc.standby.DSN("postgres", "replay_plain")
+	r := run(t, false, "ls", "-o", "json", "-d", dsn)
+	rows := jsonRows(t, r.out)
+	if len(rows) == 0 || rows[0]["backend_type"] != "startup" || rows[0]["pid"] != float64(startup) {
+		t.Fatalf("the replay row, as a role without pg_read_all_stats: want pid %d\n%s", startup, r.out)
+	}
+	r = run(t, false, "unblock", "--longer-than", "0", "--dry-run", "-d", dsn)
+	r.wantCode(t, 3)
+	if !strings.Contains(r.out, "WAL replay (the startup process)") || !strings.Contains(r.out, "protected") {
+		t.Fatalf("unblock as a role without pg_read_all_stats:\nstdout:\n%s\nstderr:\n%s", r.out, r.errOut)
+	}
 }

@@ -104,7 +104,8 @@ locks); --terminate terminates them. A cancel does not end a transaction:
 a blocker idle in its transaction keeps its lock. So unblock looks again,
 for up to --timeout: while replay is still held up, it says by whom (use
 --terminate) and exits 3; also when replay went past that record and
-waits again for another (DROP TABLE a, then DROP TABLE b: run it again). --longer-than is then how long replay has
+waits again for another (DROP TABLE a, then DROP TABLE b: run it
+again). --longer-than is then how long replay has
 waited (default 0: now), which the server says on 14+ only
 (pg_locks.waitstart): on 12 and 13 a --longer-than with --replay is
 refused. The table shows the replay (its wait, lag and WAL to replay)
@@ -112,7 +113,7 @@ with its blockers under it, then their outcomes; JSON and CSV have the
 blockers' rows, and a --dry-run -o json plan records blocking_replay,
 which 'pgreap apply' checks again. Not a standby, or replay not waiting:
 exit 1. Replay waiting for a buffer pin, or for queries whose snapshot
-or tablespace conflicts with it (shown from 14 on), names no one:
+or tablespace conflicts with it (shown from 13 on), names no one:
 nothing ended, exit 3. A role without pg_read_all_stats cannot see the
 startup process: it still sees a lock wait and its holders (pg_locks),
 not the other waits.
@@ -322,6 +323,9 @@ func unblockReplay(ctx context.Context, opts *UnblockOptions, conn *pgx.Conn, mo
 		return err
 	}
 	ferr := finish(opts.IO, opts.Format, opts.Color, opts.Action, u.Plan, u.Results, u.Shown, err, opts.DryRun)
+	if u.Note != "" {
+		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: "+u.Note)
+	}
 	if err != nil || u.Still == "" {
 		return ferr
 	}
@@ -342,7 +346,10 @@ func writeReplayTree(io *IOStreams, snap *activity.Snapshot) {
 		pid = strconv.Itoa(int(r.Startup.PID))
 	}
 	if r.Startup.WaitEventType != "" {
-		on = output.Clean(r.Startup.WaitEventType) + ":" + output.Clean(r.Startup.WaitEvent)
+		on = output.Clean(r.Startup.WaitEventType)
+		if r.Startup.WaitEvent != "" {
+			on += ":" + output.Clean(r.Startup.WaitEvent)
+		}
 	}
 	fmt.Fprintf(io.Out, "%s  WAL replay  %s on %s  %s\n", pid, waits, on, output.ReplaySummary(r, snap.Taken))
 	byPID := map[int32]*activity.Session{}

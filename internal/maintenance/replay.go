@@ -80,6 +80,9 @@ func UnblockReplay(ctx context.Context, conn *pgx.Conn, opts UnblockOptions) (*U
 		return u, err
 	}
 	u.Still, u.After, err = replayStill(ctx, conn, &opts, r, results)
+	if err == nil && u.Still == "" && r.Hidden {
+		u.Note = "replay went past the lock it waited for; whether it now waits for anything else (a buffer pin, a snapshot conflict) this role cannot see (pg_read_all_stats shows the startup process)"
+	}
 	return u, err
 }
 
@@ -90,13 +93,13 @@ func UnblockReplay(ctx context.Context, conn *pgx.Conn, opts UnblockOptions) (*U
 // on.
 func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, first *activity.Replay, results []action.Result) (still, after string, err error) {
 	signalled := map[sessionID]bool{}
-	denied := map[int32]bool{}
+	denied := map[int32]string{} // pid: why it was not signalled
 	for i := range results {
 		switch results[i].Outcome {
 		case action.Cancelled, action.Terminated, action.Survived:
 			signalled[idOf(&results[i].Session)] = true
 		case action.Denied:
-			denied[results[i].PID] = true
+			denied[results[i].PID] = results[i].Detail
 		}
 	}
 	deadline := time.Now().Add(opts.Timeout)
@@ -148,7 +151,7 @@ func replayStill(ctx context.Context, conn *pgx.Conn, opts *UnblockOptions, firs
 // (idle in transaction)", and why what was done did not free it: a
 // signal denied, or a cancel, which does not end a transaction. again:
 // replay went past the record it waited on, and waits on another.
-func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, denied map[int32]bool, kind action.Kind, after string, again bool) string {
+func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, denied map[int32]string, kind action.Kind, after string, again bool) string {
 	still := "WAL replay still waits" + after
 	if again {
 		still = "WAL replay went on, then waits again" + after
@@ -157,7 +160,7 @@ func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, denied 
 		return fmt.Sprintf("%s, for %s; the server does not say which session", still, r.UnknownWhy())
 	}
 	var who []string
-	inXact, refused := false, false
+	inXact, refused := false, ""
 	for _, pid := range r.Startup.BlockedBy {
 		s := byPID[pid]
 		switch {
@@ -165,16 +168,20 @@ func replayHeldBy(r *activity.Replay, byPID map[int32]*activity.Session, denied 
 			who = append(who, strconv.Itoa(int(pid)))
 		case s.IsParallelWorker() && byPID[s.LeaderPID] != nil:
 			continue // its leader is named
+		case s.State == "":
+			who = append(who, strconv.Itoa(int(pid)))
 		default:
 			who = append(who, fmt.Sprintf("%d (%s)", pid, output.Clean(s.State)))
 			inXact = inXact || strings.HasPrefix(s.State, "idle in transaction")
 		}
-		refused = refused || denied[pid]
+		if d, ok := denied[pid]; ok && refused == "" {
+			refused = d
+		}
 	}
 	msg := still + " for " + strings.Join(who, ", ")
 	switch {
-	case refused:
-		msg += ": the signal was denied (this role needs pg_signal_backend, or to be the session's role; a superuser's session only a superuser may end)"
+	case refused != "":
+		msg += ": not signalled, denied: " + output.Clean(refused)
 	case again:
 		msg += ": run unblock --replay again to end those"
 	case kind == action.Cancel && inXact:

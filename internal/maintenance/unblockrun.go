@@ -77,6 +77,9 @@ type Unblocked struct {
 	// transactions left alone, which nothing will end).
 	LimitHit bool
 	After    string
+	// Note says what the run could not see (unblock --replay by a role
+	// that may not see the startup process); "" otherwise.
+	Note string
 }
 
 // Unblock ends the sessions at the root of the lock waits older than

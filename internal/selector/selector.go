@@ -3,6 +3,7 @@ package selector
 import (
 	"context"
 	"fmt"
+	"maps"
 	"net/netip"
 	"reflect"
 	"regexp"
@@ -69,12 +70,14 @@ type Selector struct {
 	// unblock's later rounds; not part of a Spec, never in a plan.
 	BlockingOf []int32
 	// BlockingWaiters narrows BlockingLongerThan's check in a signalling
-	// statement (CompileEach) to the waits of these backends: those a
-	// snapshot saw behind the sessions signalled. pg_blocking_pids reads
-	// the whole lock table at each call; without it, the check asks it of
-	// every wait older than D in the server, hundreds in a big pile-up,
-	// for every session signalled. Not part of a Spec, never in a plan.
-	BlockingWaiters []int32
+	// statement (CompileEach) to the waits a snapshot saw behind each
+	// session signalled: by its pid, the backends (pids) that waited
+	// behind it. pg_blocking_pids reads the whole lock table at each call;
+	// without it, the check asks it of every wait older than D in the
+	// server, hundreds in a big pile-up, for every session signalled, and
+	// with one list for all of them, of every waiter of the statement's
+	// sessions for each. Not part of a Spec, never in a plan.
+	BlockingWaiters map[int32][]int32
 	// LockConflict: holds or awaits a lock on one of its objects that
 	// conflicts with its mode.
 	LockConflict *LockConflict
@@ -488,20 +491,32 @@ func (s *Selector) compile(c compiler) (string, []any) {
 		// Up the wait graph from every wait older than D (as pg_locks
 		// showed them when the statement began), with whom each waits for
 		// read at this session's signal: does it hold one up, directly or
-		// through others? Only the old waits (of BlockingWaiters, when
-		// given) and those above them are asked: pg_blocking_pids reads
-		// the whole lock table at each call.
+		// through others? Only the old waits (those BlockingWaiters names
+		// behind this session, when given) and those above them are
+		// asked: pg_blocking_pids reads the whole lock table at each call.
 		waiters := "true"
 		if len(s.BlockingWaiters) > 0 {
-			waiters = fmt.Sprintf("l.pid = ANY (%s::integer[])", c.arg(s.BlockingWaiters))
+			var roots, pids []int32
+			for _, root := range slices.Sorted(maps.Keys(s.BlockingWaiters)) {
+				for _, pid := range s.BlockingWaiters[root] {
+					roots, pids = append(roots, root), append(pids, pid)
+				}
+			}
+			waiters = fmt.Sprintf(`EXISTS (SELECT FROM ROWS FROM (pg_catalog.unnest(%s::integer[]), pg_catalog.unnest(%s::integer[])) AS bw(root, pid)
+                                          WHERE bw.root = %s.pid AND bw.pid = l.pid)`, c.arg(roots), c.arg(pids), alias)
 		}
+		// The waits named are kept first (OFFSET 0: before the age of
+		// every wait in the server is read as JSON), and each is looked
+		// up alone in the backends' status, not joined with all of them.
 		c.add(fmt.Sprintf(`EXISTS (WITH RECURSIVE long AS (
                  SELECT l.pid
-                   FROM pg_catalog.pg_locks AS l
-                   LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = l.pid
-                  WHERE NOT l.granted AND %[4]s
-                    AND %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
-                    AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
+                   FROM (SELECT l.*
+                           FROM pg_catalog.pg_locks AS l
+                          WHERE NOT l.granted AND l.pid IS NOT NULL AND %[4]s
+                            AND %[1]s.pid IS NOT NULL -- for this session: read again for the next
+                         OFFSET 0) AS l
+                   LEFT JOIN LATERAL pg_catalog.pg_stat_get_activity(l.pid) AS w ON true
+                  WHERE %[3]s < pg_catalog.statement_timestamp() - %[2]s::interval
                ), up(pid) AS (
                  SELECT pg_catalog.unnest(pg_catalog.pg_blocking_pids(long.pid)) FROM long
                  UNION

@@ -365,7 +365,8 @@ func TestParseRefusesTextTheServerCannotTake(t *testing.T) {
 
 // blocking_longer_than in a signalling statement (CompileEach): true for
 // the holder of a wait older than D, not for the waiter, nor when D is
-// longer than the wait; BlockingWaiters narrows it to the waits named.
+// longer than the wait; BlockingWaiters narrows it to the waits named
+// behind the session judged, not behind another one.
 func TestBlockingLongerThanEach(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -395,8 +396,9 @@ func TestBlockingLongerThanEach(t *testing.T) {
 		{"the holder", selector.Selector{BlockingLongerThan: 300 * time.Millisecond}, holder.PID, true},
 		{"the waiter", selector.Selector{BlockingLongerThan: 300 * time.Millisecond}, waiter.PID, false},
 		{"a wait younger than D", selector.Selector{BlockingLongerThan: time.Hour}, holder.PID, false},
-		{"the waiter named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: []int32{waiter.PID}}, holder.PID, true},
-		{"another backend named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: []int32{holder.PID}}, holder.PID, false},
+		{"the waiter named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {waiter.PID}}}, holder.PID, true},
+		{"another backend named", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {holder.PID}}}, holder.PID, false},
+		{"the waiter named behind another session", selector.Selector{BlockingLongerThan: 300 * time.Millisecond, BlockingWaiters: map[int32][]int32{holder.PID: {holder.PID}, waiter.PID: {waiter.PID}}}, holder.PID, false},
 	} {
 		if got := eval(tt.sel, tt.pid); got != tt.want {
 			t.Errorf("%s: %v, want %v", tt.name, got, tt.want)

@@ -107,7 +107,7 @@ func (r *row) render(now time.Time) {
 		r.cells = output.ListCells(s, now)
 	}
 	pid := strconv.Itoa(int(r.s.PID))
-	if r.s.IsPrepared() {
+	if r.s.IsPrepared() || r.replay != nil { // a GID; "?" for a hidden startup process
 		pid = r.cells[colPID]
 	}
 	if r.depth > 0 {

@@ -566,7 +566,7 @@ func (m *Model) detailLines(r *row) []string {
 		xact += " (" + output.Age(now.Sub(s.XactStart)) + ")"
 	}
 	fields := [][2]string{
-		{"pid", strconv.Itoa(int(s.PID))},
+		{"pid", pidOrEmpty(s.PID)}, // none for a prepared transaction or a hidden startup process
 		{"leader_pid", pidOrEmpty(s.LeaderPID)},
 		{"datname", s.Datname},
 		{"usename", s.Usename},
@@ -608,7 +608,11 @@ func (m *Model) detailLines(r *row) []string {
 		}
 		fields = append(fields, [2]string{"parallel workers", joinPIDs(pids)})
 	}
-	lines := []string{m.st.paint(m.st.bold, fmt.Sprintf("session %d", s.PID)), ""}
+	title := "session " + pidOrEmpty(s.PID)
+	if s.PID == 0 {
+		title = "WAL replay" // the startup process, hidden from this role
+	}
+	lines := []string{m.st.paint(m.st.bold, title), ""}
 	for _, f := range fields {
 		lines = append(lines, fmt.Sprintf("  %-18s %s", f[0], clean(f[1])))
 	}

@@ -4,9 +4,11 @@
 -- (or forever, with -1). pg_blocking_pids of the startup process is empty
 -- (measured on 12 to 18): its blockers are found as the server finds them,
 -- a granted lock on the same object (ACCESS EXCLUSIVE conflicts with every
--- mode). pg_locks is readable by every role.
+-- mode). pg_locks is readable by every role. The one-time filter keeps a
+-- primary from reading pg_locks for it (a join reads its first row before
+-- it finds the other side empty).
 SELECT DISTINCT h.pid
-  FROM (/*replay_waiter*/) AS w
+  FROM (/*replay_locks*/) AS w
   JOIN pg_catalog.pg_locks AS h
     ON h.locktype = w.locktype
    AND h.database IS NOT DISTINCT FROM w.database
@@ -20,3 +22,5 @@ SELECT DISTINCT h.pid
    AND h.objsubid IS NOT DISTINCT FROM w.objsubid
    AND h.granted
    AND h.pid <> w.pid
+ WHERE (SELECT pg_catalog.pg_is_in_recovery())
+   AND NOT w.granted

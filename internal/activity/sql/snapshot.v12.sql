@@ -5,8 +5,8 @@
 -- startup process of a hot standby, whatever the filter (the caller adds it
 -- as "AND (a.backend_type = 'startup' OR (filter))"), which is the replay and
 -- is shown as such, never as a session; to a role without pg_read_all_stats
--- its backend_type is NULL, and it is known by the lock it waits for, if any
--- (sql/replay_waiter.sql; sql/replay.sql otherwise).
+-- its backend_type is NULL, and it is known by its ACCESS EXCLUSIVE locks, if any
+-- (sql/replay_locks.sql; sql/replay.sql otherwise).
 -- blocked_by is computed only for sessions waiting on a heavyweight lock:
 -- pg_blocking_pids takes the lock manager's partition locks, so it is costly.
 -- Waiting is a lock not granted in pg_locks, not wait_event_type = 'Lock':
@@ -51,8 +51,8 @@ WITH waiting AS MATERIALIZED (
                   h.mode)) <> 0
            AND EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts)
          GROUP BY w.pid),
-     -- On a hot standby, the lock WAL replay waits for and the backends
-     -- that hold it up (sql/replay_waiter.sql, sql/replay_blockers.sql,
+     -- On a hot standby, the locks of WAL replay and the backends that
+     -- hold it up (sql/replay_locks.sql, sql/replay_blockers.sql,
      -- put here when the statement is read).
      /*replay_ctes*/
 SELECT a.pid,
@@ -88,7 +88,7 @@ SELECT a.pid,
        -- replay: its row carries what pgreap shows of it. Not
        -- pg_is_wal_replay_paused(): it raises an error once recovery ends,
        -- which a standby being promoted may do under this statement.
-       CASE WHEN a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_waiter AS w)
+       CASE WHEN a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_locks AS w)
             THEN /*replay_facts*/ END AS replay,
        (SELECT pg_catalog.pg_is_in_recovery()) AS in_recovery,
        pg_catalog.statement_timestamp() AS now,
@@ -96,4 +96,4 @@ SELECT a.pid,
   FROM pg_catalog.pg_stat_activity AS a
   LEFT JOIN prepared_blockers AS pb ON pb.pid = a.pid
  WHERE a.pid <> pg_catalog.pg_backend_pid()
-   AND (a.datname IS NOT NULL OR a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_waiter AS w))
+   AND (a.datname IS NOT NULL OR a.backend_type = 'startup' OR a.pid IN (SELECT w.pid FROM replay_locks AS w))
