@@ -246,6 +246,12 @@ func (e *execBench) run(b *testing.B, way string, i int) execFigures {
 	if err := load.Start(); err != nil {
 		b.Fatalf("pgbench: %v", err)
 	}
+	defer func() {
+		if load.ProcessState == nil { // a failure before its end
+			_ = load.Process.Kill()
+			_ = load.Wait()
+		}
+	}()
 	admin, err := pgx.ConnectConfig(ctx, e.cfg)
 	if err != nil {
 		b.Fatal(err)
@@ -389,18 +395,15 @@ func (e *execBench) pgreap(b *testing.B, way, ddl string) (time.Time, time.Time,
 			terminated++
 		}
 	}
-	outcome := fmt.Sprintf("exit %d", code)
 	switch {
 	case way == "none" && (code != 3 || committed || attempts != execAttempts):
 		b.Fatalf("pgreap exec --clear none: exit %d, %d attempts, committed %v; want exit 3 after %d\n%s\n%s", code, attempts, committed, execAttempts, stdout.Bytes(), stderr.Bytes())
 	case way == "none":
-		outcome = "gave up, exit 3"
+		return start, end, attempts, "gave up, exit 3"
 	case code != 0 || !committed || terminated != 1:
 		b.Fatalf("pgreap exec --clear terminate: exit %d, committed %v, %d terminated; want exit 0, committed, 1\n%s\n%s", code, committed, terminated, stdout.Bytes(), stderr.Bytes())
-	default:
-		outcome = fmt.Sprintf("committed, %d terminated", terminated)
 	}
-	return start, end, attempts, outcome
+	return start, end, attempts, fmt.Sprintf("committed, %d terminated", terminated)
 }
 
 // waitFor polls sql (arguments want, args…) on conn until it returns true.
