@@ -126,6 +126,7 @@ bench:
 	$(GO) test ./bench -run '^$$' -bench 'Drain$$' -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench DrainPgBouncer -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench Apply -benchtime 3x
+	$(GO) test ./bench -run '^$$' -bench 'Exec$$' -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench WatchOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench WatchBlockingOvershoot -benchtime 3x
 	$(GO) test ./bench -run '^$$' -bench 'Top$$' -benchtime 20x
