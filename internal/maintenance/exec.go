@@ -181,8 +181,9 @@ var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN 
 // waits for and who holds it up; when the lock timeout ends the attempt,
 // those blockers are ended per opts.Clear through the guard, each pinned
 // by its identity (and, for a cancel, its query) and signalled only while it still holds
-// or awaits a lock on that object in a mode that conflicts with the one
-// the attempt asked for (prepared transactions are shown, never touched),
+// (granted) a lock on that object in a mode that conflicts with the one
+// the attempt asked for: the holders, never a session merely queued ahead
+// of the attempt (prepared transactions are shown, never touched),
 // and the SQL is tried again after opts.Between, up to opts.Attempts
 // times. Another error of the SQL ends the run (SQLError), as does a
 // failure of pgreap's own statements; what was done until then is in the
@@ -397,16 +398,18 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 
 // clearBlockers ends the blockers of the attempt a per opts.Clear: the
 // backends through the guard, pinned by their identity (and, for a
-// cancel, their query) as the last look saw them, and re-checked at their signal to still hold or
-// await a lock that conflicts with the attempt's on the object it waited
-// for; the prepared transactions are shown and left alone.
+// cancel, their query) as the last look saw them, and re-checked at their
+// signal to still hold a granted lock that conflicts with the attempt's on
+// the object it waited for; the prepared transactions are shown and left
+// alone.
 func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLook, opts *ExecOptions) error {
 	if opts.Clear == "" || look == nil || len(look.blockers) == 0 {
 		return nil
 	}
-	// The signalling statement re-checks that each still holds or awaits
-	// a lock that conflicts with the attempt's on the object it waited for.
-	sel := &selector.Selector{LockConflict: &selector.LockConflict{Objects: []selector.LockObject{look.lock.Object}, Mode: look.lock.Mode}}
+	// The signalling statement re-checks that each still holds (granted)
+	// a lock that conflicts with the attempt's on the object it waited
+	// for: one only queued for it is not a blocker.
+	sel := &selector.Selector{LockConflict: &selector.LockConflict{Objects: []selector.LockObject{look.lock.Object}, Mode: look.lock.Mode, Held: true}}
 	var sessions []activity.Session
 	var prepared []action.Result
 	for _, b := range look.blockers {

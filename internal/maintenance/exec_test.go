@@ -188,3 +188,56 @@ func TestExecTerminatesATransactionThatMovedOn(t *testing.T) {
 		t.Fatal("the holder is alive, or the column not added")
 	}
 }
+
+// Only the holders of what the attempt waited for are ended: another ALTER
+// and a reader queued ahead of the attempt (pg_blocking_pids names them as
+// soft blockers) hold nothing, get the lock once the holder is gone, and
+// their clients see no error.
+func TestExecEndsOnlyTheHolders(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	alter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	alter.Start("ALTER TABLE t ADD COLUMN other int")
+	alter.WaitState("active", "Lock")
+	reader := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	reader.Start("SELECT count(*) FROM t")
+	reader.WaitState("active", "Lock")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "ALTER TABLE t ADD COLUMN note text", LockTimeout: 500 * time.Millisecond, Attempts: 3,
+		Between: 50 * time.Millisecond, Clear: action.Terminate, Wait: 5 * time.Second,
+		Attempted: func(a *maintenance.Attempt) {
+			if a.N != 1 {
+				return
+			}
+			// The queued ones go on once the holder is gone: the next
+			// attempt finds nothing in its way.
+			if err := alter.Wait(); err != nil {
+				t.Errorf("the queued ALTER's client: %v", err)
+			}
+			if err := reader.Wait(); err != nil {
+				t.Errorf("the queued reader's client: %v", err)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 2 || !ex.Committed() {
+		t.Fatalf("attempts %+v, want the second to commit", ex.Attempts)
+	}
+	a := &ex.Attempts[0]
+	if !slices.Equal(a.BlockedBy(), []int32{holder.PID}) {
+		t.Fatalf("first attempt blocked by %v, want the holder %d only", a.BlockedBy(), holder.PID)
+	}
+	if len(a.Results) != 1 || a.Results[0].PID != holder.PID || a.Results[0].Outcome != action.Terminated {
+		t.Fatalf("results %+v, want the holder terminated", a.Results)
+	}
+	if holder.Alive() || !alter.Alive() || !reader.Alive() || !hasColumn(t, db, "other") || !hasColumn(t, db, "note") {
+		t.Fatal("the holder alive, a queued session ended, or a column missing")
+	}
+}

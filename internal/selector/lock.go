@@ -55,6 +55,12 @@ type LockConflict struct {
 	Objects []LockObject `json:"objects"`
 	// Mode is one of LockModes.
 	Mode string `json:"mode"`
+	// Held narrows the term to granted locks: the holders only, not the
+	// sessions queued for a lock that none of them has yet (exec ends who
+	// holds what its attempt waited for; one merely queued ahead of it
+	// would get the lock once the holders are gone, and is nobody's
+	// blocker).
+	Held bool `json:"held"`
 }
 
 // LockObject names a lockable object as a row of pg_locks does; a nil
@@ -110,7 +116,7 @@ func (l *LockConflict) clone() *LockConflict {
 	if l == nil {
 		return nil
 	}
-	return &LockConflict{Mode: l.Mode, Objects: slices.Clone(l.Objects)}
+	return &LockConflict{Mode: l.Mode, Objects: slices.Clone(l.Objects), Held: l.Held}
 }
 
 // lockConflict adds the term: the session's locks (or its parallel
@@ -196,9 +202,13 @@ func (c *compiler) lockRows(l *LockConflict, locks string) string {
 		text(func(o *LockObject) *string { return num(o.ObjID) }),
 		text(func(o *LockObject) *string { return num(o.ObjSubID) }))
 	mode := c.arg(l.Mode)
+	granted := ""
+	if l.Held {
+		granted = "l.granted AND "
+	}
 	return fmt.Sprintf(`FROM %[1]s
              JOIN (%[2]s) AS lc ON lc.mode = %[3]s::text AND l.mode = ANY (lc.conflicts)
-            WHERE EXISTS (SELECT FROM %[4]s
+            WHERE %[5]sEXISTS (SELECT FROM %[4]s
                            WHERE l.locktype = lo.locktype
                              AND l.database IS NOT DISTINCT FROM lo.database::pg_catalog.oid
                              AND l.relation IS NOT DISTINCT FROM lo.relation::pg_catalog.oid
@@ -209,5 +219,5 @@ func (c *compiler) lockRows(l *LockConflict, locks string) string {
                              AND l.classid IS NOT DISTINCT FROM lo.classid::pg_catalog.oid
                              AND l.objid IS NOT DISTINCT FROM lo.objid::pg_catalog.oid
                              AND l.objsubid IS NOT DISTINCT FROM lo.objsubid::smallint)`,
-		locks, strings.TrimSpace(lockConflictsSQL), mode, objects)
+		locks, strings.TrimSpace(lockConflictsSQL), mode, objects, granted)
 }

@@ -57,20 +57,22 @@ func TestLockConflict(t *testing.T) {
 		mode   string
 		object selector.LockObject
 		want   []*pgtest.Victim
+		held   bool
 	}{
-		{"access exclusive: every lock on t", "ACCESS EXCLUSIVE", onT, []*pgtest.Victim{as, rs, re, sue, waiter}},
-		{"exclusive: all but access share", "exclusive", onT, []*pgtest.Victim{rs, re, sue, waiter}},
-		{"share: row exclusive and share update exclusive, not the share awaited", "Share", onT, []*pgtest.Victim{re, sue}},
-		{"row exclusive: the share awaited", "RowExclusiveLock", onT, []*pgtest.Victim{waiter}},
-		{"access share: nothing on t", "access  share", onT, nil},
-		{"access share on u: its holder", "ACCESS SHARE", onU, []*pgtest.Victim{bystander}},
+		{"access exclusive: every lock on t", "ACCESS EXCLUSIVE", onT, []*pgtest.Victim{as, rs, re, sue, waiter}, false},
+		{"exclusive: all but access share", "exclusive", onT, []*pgtest.Victim{rs, re, sue, waiter}, false},
+		{"share: row exclusive and share update exclusive, not the share awaited", "Share", onT, []*pgtest.Victim{re, sue}, false},
+		{"row exclusive: the share awaited", "RowExclusiveLock", onT, []*pgtest.Victim{waiter}, false},
+		{"access share: nothing on t", "access  share", onT, nil, false},
+		{"access share on u: its holder", "ACCESS SHARE", onU, []*pgtest.Victim{bystander}, false},
+		{"access exclusive held: the holders, not the share awaited", "ACCESS EXCLUSIVE", onT, []*pgtest.Victim{as, rs, re, sue}, true},
 	} {
 		t.Run(tt.name, func(t *testing.T) {
 			mode, err := selector.ParseLockMode(tt.mode)
 			if err != nil {
 				t.Fatal(err)
 			}
-			spec := selector.Spec{App: []string{tag + "-*"}, LockConflict: &selector.LockConflict{Objects: []selector.LockObject{tt.object}, Mode: mode}}
+			spec := selector.Spec{App: []string{tag + "-*"}, LockConflict: &selector.LockConflict{Objects: []selector.LockObject{tt.object}, Mode: mode, Held: tt.held}}
 			check(t, "snapshot", pids(parent, cn, spec), want(tt.want...))
 			sel, err := selector.Parse(spec)
 			if err != nil {

@@ -41,7 +41,11 @@ func (s Spec) Summary() string {
 		parts = append(parts, "blocking WAL replay")
 	}
 	if l := s.LockConflict; l != nil {
-		parts = append(parts, fmt.Sprintf("a lock conflicting with %s on %d object%s", LockModeWords(l.Mode), len(l.Objects), map[bool]string{true: "", false: "s"}[len(l.Objects) == 1]))
+		lock := "a lock"
+		if l.Held {
+			lock = "a granted lock"
+		}
+		parts = append(parts, fmt.Sprintf("%s conflicting with %s on %d object%s", lock, LockModeWords(l.Mode), len(l.Objects), map[bool]string{true: "", false: "s"}[len(l.Objects) == 1]))
 	}
 	return strings.Join(parts, ", ")
 }
