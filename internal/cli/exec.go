@@ -225,7 +225,7 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 	}
 	var sqlErr *maintenance.SQLError
 	switch {
-	case errors.As(err, &sqlErr), errors.Is(err, maintenance.ErrOpenTransaction):
+	case errors.As(err, &sqlErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
 		return usageError(err)
 	case err != nil:
 		return err

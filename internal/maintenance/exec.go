@@ -170,8 +170,49 @@ func (e *SQLError) Error() string {
 func (e *SQLError) Unwrap() error { return e.Err }
 
 // ErrOpenTransaction: the SQL left a transaction open (BEGIN without
-// COMMIT); exec rolled it back.
-var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN without COMMIT): rolled back, nothing committed")
+// COMMIT); exec rolled it back. What an earlier COMMIT of the SQL
+// committed stays: the error says which.
+var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN without COMMIT): exec rolled it back")
+
+// ErrNotCommitted: the SQL ran without error, but its last transaction
+// ended otherwise than by a commit: a ROLLBACK, a COMMIT of a failed
+// transaction (the server answers it ROLLBACK), or PREPARE TRANSACTION.
+// What an earlier COMMIT of the SQL committed stays: the error says which.
+var ErrNotCommitted = errors.New("the SQL's last transaction did not commit")
+
+// notCommitted says whether the SQL, run without error, left its last
+// transaction uncommitted, from the command tags of its statements (tags)
+// and the session's transaction status after it (tx).
+func notCommitted(tags []string, tx byte) error {
+	var ends []string
+	for _, tag := range tags {
+		switch tag {
+		case "COMMIT", "ROLLBACK", "PREPARE TRANSACTION":
+			ends = append(ends, tag)
+		}
+	}
+	// A BEGIN makes the statements of the query before it part of its
+	// transaction: only a COMMIT commits something.
+	stays := func(ends []string) string {
+		if slices.Contains(ends, "COMMIT") {
+			return "; what it committed before (an earlier COMMIT) stays committed"
+		}
+		return ", nothing committed"
+	}
+	switch {
+	case tx != 'I':
+		return fmt.Errorf("%w%s", ErrOpenTransaction, stays(ends))
+	case len(ends) == 0:
+		return nil
+	}
+	switch earlier := ends[:len(ends)-1]; ends[len(ends)-1] {
+	case "ROLLBACK":
+		return fmt.Errorf("%w: the server answered ROLLBACK (a ROLLBACK, or a COMMIT of a failed transaction)%s", ErrNotCommitted, stays(earlier))
+	case "PREPARE TRANSACTION":
+		return fmt.Errorf("%w: it was prepared (PREPARE TRANSACTION), not committed%s", ErrNotCommitted, stays(earlier))
+	}
+	return nil
+}
 
 // Exec runs opts.SQL on run, pgreap's own session (connected without
 // pgreap's search_path, so that the SQL's names mean what they mean to
@@ -208,11 +249,11 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		a := &ex.Attempts[len(ex.Attempts)-1]
 		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.Logger)
 		start := time.Now()
-		err := runSQL(ctx, run, opts.SQL)
+		tags, err := runSQL(ctx, run, opts.SQL)
 		a.Waited = time.Since(start)
 		look, oerr := o.stop()
-		if err == nil && run.PgConn().TxStatus() != 'I' {
-			err = ErrOpenTransaction
+		if err == nil {
+			err = notCommitted(tags, run.PgConn().TxStatus())
 		}
 		if run.PgConn().TxStatus() != 'I' {
 			// A file's own BEGIN leaves the session in its transaction,
@@ -272,7 +313,8 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 // runSQL sends sql as one simple query. An interrupt cancels it on the
 // server (a closed connection would not stop a running statement, which
 // could then commit unseen): the attempt ends as the server says.
-func runSQL(ctx context.Context, run *pgx.Conn, sql string) error {
+// It returns the command tags of the statements that ran.
+func runSQL(ctx context.Context, run *pgx.Conn, sql string) ([]string, error) {
 	pc := run.PgConn()
 	done := make(chan struct{})
 	var wg sync.WaitGroup
@@ -290,10 +332,14 @@ func runSQL(ctx context.Context, run *pgx.Conn, sql string) error {
 	// Not pgx's Exec: its deadline (statement_timeout plus a margin) is
 	// for one statement, and the server times each of several statements
 	// of one query on its own (13+).
-	_, err := pc.Exec(context.WithoutCancel(ctx), sql).ReadAll()
+	results, err := pc.Exec(context.WithoutCancel(ctx), sql).ReadAll()
 	close(done)
 	wg.Wait()
-	return err
+	tags := make([]string, len(results))
+	for i, r := range results {
+		tags[i] = r.CommandTag.String()
+	}
+	return tags, err
 }
 
 // waitLook is one look at a waiting attempt.

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"slices"
+	"strings"
 	"testing"
 	"time"
 
@@ -145,6 +146,27 @@ func TestExecSQLErrors(t *testing.T) {
 	}
 	if hasColumn(t, db, "b") {
 		t.Fatal("an open transaction committed")
+	}
+
+	// A transaction committed before the one left open stays committed:
+	// never "nothing committed".
+	opts.SQL = "BEGIN; ALTER TABLE t ADD COLUMN d int; COMMIT; BEGIN; SELECT 1"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	if !errors.Is(err, maintenance.ErrOpenTransaction) || ex.Committed() || !strings.Contains(err.Error(), "stays committed") {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	if !hasColumn(t, db, "d") {
+		t.Fatal("the first transaction did not commit")
+	}
+
+	// The server's ROLLBACK ends the last transaction: not committed.
+	opts.SQL = "ALTER TABLE t ADD COLUMN e int; ROLLBACK"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	if !errors.Is(err, maintenance.ErrNotCommitted) || ex.Committed() || len(ex.Attempts) != 1 || !strings.Contains(err.Error(), "nothing committed") {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	if hasColumn(t, db, "e") {
+		t.Fatal("a rolled back column exists")
 	}
 
 	// The session is clean for the next run.
