@@ -174,11 +174,27 @@ func (opts *ExecOptions) check(command bool) error {
 	if strings.TrimSpace(opts.SQL) == "" {
 		return errors.New("the SQL is empty")
 	}
+	if concurrently.MatchString(opts.SQL) {
+		return errors.New("the SQL has CONCURRENTLY: exec refuses it (a lock timeout leaves an invalid index that a retry skips or trips over, " +
+			"and it waits for every older transaction, on any table, which exec would end); run it with psql")
+	}
+	if lockTimeout.MatchString(opts.SQL) {
+		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
+	}
 	if opts.Clear != "none" && !opts.Yes && !opts.IO.InTTY {
 		return fmt.Errorf("refusing to %s the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none", opts.Clear)
 	}
 	return nil
 }
+
+// concurrently finds CREATE/DROP INDEX, REINDEX and DETACH PARTITION
+// CONCURRENTLY: mistaken the safe way only (the word in a string).
+var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
+
+// lockTimeout finds a SET, RESET or set_config of lock_timeout: the SQL
+// would lift the bound that keeps exec from holding a queue (mistaken the
+// safe way only: a SHOW).
+var lockTimeout = regexp.MustCompile(`(?i)\block_timeout\b`)
 
 // ownTransactions finds what looks like transaction control: exec then
 // says that the SQL runs as it is, not as one transaction. It may be
@@ -224,8 +240,9 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 		}
 	}
 	var sqlErr *maintenance.SQLError
+	var sessErr *maintenance.SessionError
 	switch {
-	case errors.As(err, &sqlErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
+	case errors.As(err, &sqlErr), errors.As(err, &sessErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
 		return usageError(err)
 	case err != nil:
 		return err

@@ -198,6 +198,13 @@ func TestExecBadInput(t *testing.T) {
 			"pgreap: --lock-timeout 10ms: must be at least 100ms (shorter waits end before pgreap can see who holds them up)\n"},
 		{"no attempts", []string{"-c", "SELECT 1", "--attempts", "0", "--yes"}, "pgreap: --attempts 0: must be 1 or more\n"},
 		{"clear", []string{"-c", "SELECT 1", "--clear", "kill", "--yes"}, "pgreap: --clear \"kill\": must be none, cancel or terminate\n"},
+		{"concurrently", []string{"-c", "create index concurrently on t (id)", "--yes"},
+			"pgreap: the SQL has CONCURRENTLY: exec refuses it (a lock timeout leaves an invalid index that a retry skips or trips over, " +
+				"and it waits for every older transaction, on any table, which exec would end); run it with psql\n"},
+		{"lock timeout", []string{"-c", "SET Lock_Timeout = 0; ALTER TABLE t ADD COLUMN note text", "--yes"},
+			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
+		{"lock timeout by set_config", []string{"-c", "SELECT pg_catalog.set_config('lock_timeout', '0', false)", "--yes"},
+			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
 			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
 	} {
@@ -300,5 +307,34 @@ func TestExecFile(t *testing.T) {
 	r.wantCode(t, 0)
 	if !strings.Contains(r.errOut, "pgreap: note: the SQL has its own transaction control") || columns() != 4 {
 		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
+	}
+}
+
+// exec refuses, before any attempt, a session on which it cannot bound
+// its queue: a statement_timeout no longer than --lock-timeout, or a
+// pooler between it and the server.
+func TestExecRefusesTheSession(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := run(t, false, "exec", "-d", "dbname="+db+" options=-cstatement_timeout=1s", "-c", "ALTER TABLE t ADD COLUMN a int",
+		"--lock-timeout", "1s", "--yes")
+	r.wantCode(t, 2)
+	if r.out != "" || r.errOut != "pgreap: --lock-timeout 1s is not shorter than the session's statement_timeout 1s: an attempt would end by the latter, "+
+		"queueing others all along; give a shorter --lock-timeout, or a longer statement_timeout (-d 'options=-cstatement_timeout=...')\n" {
+		t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+	}
+	// pgreap's settings travel in options, which PgBouncer refuses
+	// unless told to ignore them.
+	b := pgtest.OwnPgBouncer(t, pgtest.Shared(t), pgtest.PgBouncerOptions{PoolMode: "session",
+		Settings: map[string]string{"ignore_startup_parameters": "options,extra_float_digits,search_path"}})
+	r = run(t, false, "exec", "-d", b.DSN(db, pgtest.Superuser), "-c", "ALTER TABLE t ADD COLUMN a int", "--yes")
+	r.wantCode(t, 2)
+	if r.out != "" || !strings.HasPrefix(r.errOut, "pgreap: the connection does not reach the server directly (pg_backend_pid() is ") ||
+		strings.Count(r.errOut, "\n") != 1 {
+		t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("a refused run ended a session")
 	}
 }

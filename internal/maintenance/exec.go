@@ -26,6 +26,8 @@ var (
 	execWaitSQL string
 	//go:embed sql/set_lock_timeout.sql
 	setLockTimeoutSQL string
+	//go:embed sql/exec_session.sql
+	execSessionSQL string
 )
 
 // AttemptOutcome is how one run of exec's SQL ended.
@@ -238,6 +240,9 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		opts.Poll = 20 * time.Millisecond
 	}
 	ex := &Executed{}
+	if err := checkSession(ctx, run, opts.LockTimeout); err != nil {
+		return ex, err
+	}
 	timeout := strconv.FormatInt(max(opts.LockTimeout.Milliseconds(), 1), 10)
 	for n := 1; n <= opts.Attempts; n++ {
 		// Session-level, before each attempt: the SQL may have changed
@@ -308,6 +313,36 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		}
 	}
 	return ex, nil
+}
+
+// SessionError: exec cannot run its SQL on the session it was given;
+// nothing was run.
+type SessionError struct{ Reason string }
+
+// Error is why, in one line.
+func (e *SessionError) Error() string { return e.Reason }
+
+// checkSession refuses a session on which exec cannot keep its promise:
+// one behind a pooler (its backend is not the one the protocol names, so
+// the attempt's waits cannot be watched, and in transaction pooling the
+// lock_timeout may be set on another backend than the SQL runs on), or
+// one whose statement_timeout ends an attempt before its lock_timeout
+// (holding a queue all along).
+func checkSession(ctx context.Context, run *pgx.Conn, lockTimeout time.Duration) error {
+	var pid int32
+	var statementTimeout int64
+	if err := run.QueryRow(ctx, execSessionSQL).Scan(&pid, &statementTimeout); err != nil {
+		return fmt.Errorf("read the session's settings: %w", err)
+	}
+	if uint32(pid) != run.PgConn().PID() {
+		return &SessionError{fmt.Sprintf("the connection does not reach the server directly (pg_backend_pid() is %d, the protocol names %d: a pooler such as PgBouncer?): "+
+			"exec needs a server session of its own; connect to the server", pid, run.PgConn().PID())}
+	}
+	if st := time.Duration(statementTimeout) * time.Millisecond; st > 0 && lockTimeout >= st {
+		return &SessionError{fmt.Sprintf("--lock-timeout %s is not shorter than the session's statement_timeout %s: an attempt would end by the latter, "+
+			"queueing others all along; give a shorter --lock-timeout, or a longer statement_timeout (-d 'options=-cstatement_timeout=...')", lockTimeout, st)}
+	}
+	return nil
 }
 
 // runSQL sends sql as one simple query. An interrupt cancels it on the
