@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"log/slog"
 	"os"
 	"regexp"
 	"slices"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/jackc/pgx/v5"
@@ -161,15 +163,11 @@ func (opts *ExecOptions) check(command bool) error {
 		return fmt.Errorf("--clear %q: must be none, cancel or terminate", opts.Clear)
 	}
 	if opts.File != "" {
-		b, err := os.ReadFile(opts.File)
-		var pe *fs.PathError
-		if errors.As(err, &pe) {
-			return fmt.Errorf("%s: %w", pe.Path, pe.Err)
-		}
+		sql, err := readSQLFile(opts.File)
 		if err != nil {
 			return err
 		}
-		opts.SQL = string(b)
+		opts.SQL = sql
 	}
 	if strings.TrimSpace(opts.SQL) == "" {
 		return errors.New("the SQL is empty")
@@ -185,6 +183,40 @@ func (opts *ExecOptions) check(command bool) error {
 		return fmt.Errorf("refusing to %s the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none", opts.Clear)
 	}
 	return nil
+}
+
+// maxSQLFile bounds what -f reads: a migration, not a dump.
+const maxSQLFile = 16 << 20
+
+// readSQLFile reads -f's file: a regular file (opened without waiting for
+// a writer, so a FIFO cannot hang pgreap; a device is refused before it is
+// read), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
+// psql drops it.
+func readSQLFile(path string) (string, error) {
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	var pe *fs.PathError
+	if errors.As(err, &pe) {
+		return "", fmt.Errorf("%s: %w", pe.Path, pe.Err)
+	}
+	if err != nil {
+		return "", err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("%s: not a regular file", path)
+	}
+	b, err := io.ReadAll(io.LimitReader(f, maxSQLFile+1))
+	if err != nil {
+		return "", fmt.Errorf("%s: %w", path, err)
+	}
+	if len(b) > maxSQLFile {
+		return "", fmt.Errorf("%s: larger than %d MiB: exec runs a migration, not a dump", path, maxSQLFile>>20)
+	}
+	return strings.TrimPrefix(string(b), "\uFEFF"), nil
 }
 
 // concurrently finds CREATE/DROP INDEX, REINDEX and DETACH PARTITION

@@ -7,6 +7,7 @@ import (
 	"strconv"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
@@ -307,6 +308,43 @@ func TestExecFile(t *testing.T) {
 	r.wantCode(t, 0)
 	if !strings.Contains(r.errOut, "pgreap: note: the SQL has its own transaction control") || columns() != 4 {
 		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
+	}
+	// A byte order mark is dropped, as psql drops it.
+	r = run(t, false, "exec", "-d", "dbname="+db, "--clear", "none", "-f",
+		write("bom.sql", "\uFEFFALTER TABLE t ADD COLUMN d int;\n"))
+	r.wantCode(t, 0)
+	if columns() != 5 {
+		t.Fatalf("stderr %q, %d columns", r.errOut, columns())
+	}
+}
+
+// -f reads a regular file of at most 16 MiB: a FIFO (which would block
+// the read until a writer came), a directory or a device is refused at
+// once, as is a larger file.
+func TestExecFileNotRegular(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	fifo := dir + "/fifo.sql"
+	if err := syscall.Mkfifo(fifo, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	big := dir + "/big.sql"
+	if err := os.WriteFile(big, []byte("SELECT 1;"+strings.Repeat(" ", 16<<20)), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct{ name, path, want string }{
+		{"fifo", fifo, "pgreap: " + fifo + ": not a regular file\n"},
+		{"directory", dir, "pgreap: " + dir + ": not a regular file\n"},
+		{"device", "/dev/zero", "pgreap: /dev/zero: not a regular file\n"},
+		{"too large", big, "pgreap: " + big + ": larger than 16 MiB: exec runs a migration, not a dump\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, false, "exec", "-f", tc.path, "--clear", "none")
+			r.wantCode(t, 2)
+			if r.errOut != tc.want || r.out != "" {
+				t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+			}
+		})
 	}
 }
 
