@@ -182,6 +182,20 @@ func TestExecSQLErrorIsNotRetried(t *testing.T) {
 	}
 }
 
+// The SQL's own permission error is the server's, without pgreap's hint
+// about pgreap's privileges.
+func TestExecSQLPermissionError(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	execTable(t, db)
+	role := pgtest.NewRole(t, "NOSUPERUSER")
+	r := run(t, false, "-U", role, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text", "--clear", "none")
+	r.wantCode(t, 2)
+	if r.errOut != "pgreap: the SQL failed: must be owner of table t (SQLSTATE 42501)\n" {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+}
+
 func TestExecBadInput(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)

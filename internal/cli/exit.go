@@ -122,6 +122,9 @@ func Message(err error) string {
 	if !errors.As(err, &ce) && errors.As(err, &pgErr) {
 		switch pgErr.Code {
 		case "42501":
+			if errors.As(err, new(*maintenance.SQLError)) {
+				break // exec's SQL lacks a privilege of its own, not one of pgreap's
+			}
 			msg += " (hint: this needs pg_read_all_stats, or pg_signal_backend to signal other roles' sessions)"
 		case "57014":
 			msg += " (hint: statement_timeout ended it; set a longer one in the connection string, e.g. statement_timeout=2min)"
