@@ -3,6 +3,7 @@ package cli_test
 import (
 	"context"
 	"encoding/csv"
+	"fmt"
 	"os"
 	"strconv"
 	"strings"
@@ -193,6 +194,24 @@ func TestExecSQLPermissionError(t *testing.T) {
 	r.wantCode(t, 2)
 	if r.errOut != "pgreap: the SQL failed: must be owner of table t (SQLSTATE 42501)\n" {
 		t.Fatalf("stderr %q", r.errOut)
+	}
+}
+
+// A blocker whose state this role may not see is said to be hidden.
+func TestExecBlockerStateHidden(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	role := pgtest.NewRole(t, "NOSUPERUSER")
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("ALTER TABLE t OWNER TO " + role)
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	r := run(t, false, "-U", role, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text", "--clear", "none",
+		"--attempts", "1", "--lock-timeout", "300ms")
+	r.wantCode(t, 3)
+	if want := fmt.Sprintf("blocked by %d (state hidden: pg_read_all_stats)\n", holder.PID); !strings.HasSuffix(r.errOut, want) {
+		t.Fatalf("stderr %q, want it to end %q", r.errOut, want)
 	}
 }
 

@@ -540,7 +540,11 @@ func (a *Attempt) Describe() string {
 			parts = append(parts, output.PreparedName(b.GID))
 			continue
 		}
-		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, output.Clean(strings.TrimSpace(b.State))))
+		state := output.Clean(strings.TrimSpace(b.State))
+		if state == "" {
+			state = "state hidden: pg_read_all_stats" // another role's session
+		}
+		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, state))
 	}
 	return strings.Join(parts, ", ")
 }
