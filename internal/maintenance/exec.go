@@ -274,7 +274,13 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		case errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil:
 			a.Outcome = LockTimeout
 		case ctx.Err() != nil:
-			a.Outcome, a.Err = SQLFailed, err
+			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
+			if look != nil {
+				a.Lock, a.Blockers = look.lock, look.blockers
+			}
+			if opts.Attempted != nil {
+				opts.Attempted(a) // the attempt under way is shown as it ended
+			}
 			return ex, &Interrupted{ctx.Err()}
 		case errors.As(err, &pgErr):
 			a.Outcome, a.Err = SQLFailed, &SQLError{pgErr}

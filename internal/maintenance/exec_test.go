@@ -263,3 +263,46 @@ func TestExecEndsOnlyTheHolders(t *testing.T) {
 		t.Fatal("the holder alive, a queued session ended, or a column missing")
 	}
 }
+
+// An interrupt cancels the attempt under way on the server; the attempt is
+// shown as it ended, and nothing of it committed.
+func TestExecInterrupted(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	ctx, cancel := context.WithCancel(pgtest.Context(t))
+	defer cancel()
+	pid := run.PgConn().PID()
+	admin := pgtest.Admin(t)
+	go func() {
+		// Interrupts once the attempt waits for its lock.
+		for ctx.Err() == nil {
+			var waiting bool
+			if err := admin.QueryRow(ctx, "SELECT wait_event_type IS NOT DISTINCT FROM 'Lock' FROM pg_catalog.pg_stat_activity WHERE pid = $1",
+				int32(pid)).Scan(&waiting); err == nil && waiting {
+				cancel()
+				return
+			}
+			time.Sleep(10 * time.Millisecond)
+		}
+	}()
+	var shown []maintenance.Attempt
+	ex, err := maintenance.Exec(ctx, run, observe, maintenance.ExecOptions{
+		SQL: "ALTER TABLE t ADD COLUMN note text", LockTimeout: 20 * time.Second, Attempts: 1, Clear: action.Terminate,
+		Attempted: func(a *maintenance.Attempt) { shown = append(shown, *a) },
+	})
+	var interrupted *maintenance.Interrupted
+	if !errors.As(err, &interrupted) || ex.Committed() {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	if len(shown) != 1 || shown[0].Outcome != maintenance.SQLFailed || shown[0].Err == nil {
+		t.Fatalf("shown %+v, want the interrupted attempt", shown)
+	}
+	if hasColumn(t, db, "note") || !holder.Alive() {
+		t.Fatal("the column was added, or the holder ended")
+	}
+}
