@@ -64,12 +64,14 @@ waits for a lock makes every later request for a conflicting lock on that
 table wait behind it, and the outage is that queue, not the DDL.
 
 While an attempt waits, a second session of pgreap's looks (every 20ms) at
-the lock it waits for and who holds it up (pg_blocking_pids of its
-backend). When --lock-timeout ends the attempt (SQLSTATE 55P03), exec
-ends those blockers per --clear, through the guard: each is pinned by its
+the lock it waits for and who holds it up: of pg_blocking_pids of its
+backend, those holding a granted lock on that object that conflicts (a
+session merely queued ahead of the attempt holds nothing and is never
+ended). When --lock-timeout ends the attempt (SQLSTATE 55P03), exec ends
+those blockers per --clear, through the guard: each is pinned by its
 identity and its query as last seen, and signalled only if it still holds
-or awaits a lock on that object in a mode that conflicts with the one the
-attempt asked for; one that moved on is changed and left alone. Then it
+a lock on that object in a mode that conflicts with the one the attempt
+asked for; one that moved on is changed and left alone. Then it
 waits --between and tries again, up to --attempts times.
 
 --clear terminate (the default) terminates them: a cancel does not end a
@@ -85,9 +87,19 @@ deadlock_timeout).
 transaction. -f runs a file the same way, as one query: its statements
 commit together, or not at all, unless the file has its own BEGIN, COMMIT
 or ROLLBACK (then exec says so: a retry runs the file again from its start).
-A transaction the SQL leaves open is rolled back, and that is an error.
+FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
+dropped, as psql does). A transaction the SQL leaves open is rolled back,
+and that is an error, as is SQL whose last transaction ends in ROLLBACK
+(the message says what an earlier COMMIT of it committed, which stays).
 The SQL runs under the session's statement_timeout (pgreap's 30s, unless
 the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
+
+Refused (exit 2, nothing run): SQL with CONCURRENTLY (a timed-out attempt
+leaves an invalid index, and it waits for every older transaction, on any
+table); SQL that sets or names lock_timeout (exec owns it); a
+--lock-timeout not shorter than a non-zero statement_timeout; a connection
+through a pooler such as PgBouncer (pg_backend_pid() is not the backend
+the protocol names: exec needs a server session of its own).
 Ending sessions asks first on a terminal; without one, --yes is needed
 (checked before the first attempt).
 
@@ -106,7 +118,7 @@ after --attempts (the message names who blocked the last attempt).`,
 		Example: `  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --yes
   pgreap exec -f migrate.sql --lock-timeout 1s --attempts 5
   pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
-  pgreap exec -d 'dbname=shop' -c 'CREATE INDEX ON orders (customer_id)' --clear cancel -o json --yes`,
+  pgreap exec -d 'dbname=shop' -c 'CREATE INDEX ON orders (customer_id)' --clear cancel -o json --yes   # not CONCURRENTLY: refused`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
