@@ -165,7 +165,8 @@ func clearRun(ctx context.Context, opts *ClearOptions) error {
 		}
 	}
 	if opts.Format == output.Table {
-		mopts.Show = func(snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
+		mopts.Show = func(tables []string, snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
+			fmt.Fprintf(opts.IO.Out, "sessions holding or awaiting a lock on %s that conflicts with %s:\n", strings.Join(tables, ", "), selector.LockModeWords(opts.mode))
 			writeTree(opts.IO, snap, tree, waits)
 		}
 	}

@@ -128,7 +128,7 @@ func TestClearTerminatesWhatACancelLeftHolding(t *testing.T) {
 	r = run(t, false, "clear", "t", "--app", tag+"-*", "--cancel", "--yes", "-o", "json", "-d", dsn)
 	r.wantCode(t, 3)
 	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(idle.PID, "cancel", "changed"))
-	if !strings.Contains(r.errOut, "still holding a lock on t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
+	if !strings.Contains(r.errOut, "still holding a lock on public.t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
 	if err := v.Wait(); pgtest.SQLState(err) != "57014" {
@@ -302,5 +302,37 @@ func TestClearAsks(t *testing.T) {
 	r.wantCode(t, 0)
 	if a.Alive() || b.Alive() {
 		t.Fatal("confirmed, and a holder is still there")
+	}
+}
+
+// TestClearSearchPath: a table named without its schema is the one the
+// user's own session would find, with the search_path the connection's
+// options set (psql with the same string finds evil.t, not public.t), and
+// the output names it schema-qualified.
+func TestClearSearchPath(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	in("setup").Exec("CREATE SCHEMA evil; CREATE TABLE evil.t (id int)")
+	public, evil := in("public"), in("evil")
+	public.Exec("BEGIN")
+	public.Exec("SELECT * FROM public.t")
+	evil.Exec("BEGIN")
+	evil.Exec("SELECT * FROM evil.t")
+	withPath := dsn + " options=-csearch_path=evil"
+
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--dry-run", "-o", "json", "-d", withPath)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(evil.PID, "terminate", "planned"))
+	r = run(t, true, "clear", "t", "--app", tag+"-*", "--dry-run", "-d", withPath)
+	r.wantCode(t, 0)
+	if first, _, _ := strings.Cut(r.out, "\n"); !strings.Contains(first, "lock on evil.t that conflicts with ACCESS EXCLUSIVE") {
+		t.Fatalf("the first line does not name the table as resolved:\n%s", r.out)
+	}
+	r = run(t, false, "clear", "t", "--app", tag+"-*", "--dry-run", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(public.PID, "terminate", "planned"))
+	if !public.Alive() || !evil.Alive() {
+		t.Fatal("a dry run ended a session")
 	}
 }

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -52,10 +53,10 @@ type ClearOptions struct {
 	// Confirm, when set, is asked before anything is done (not in a dry
 	// run); an error stops the run, nothing done.
 	Confirm func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error
-	// Show, when set, is given the chosen sessions and prepared
-	// transactions as a tree (each with the sessions queued behind it)
-	// before anything is done.
-	Show func(snap *activity.Snapshot, tree *Tree, waits map[int32]time.Duration)
+	// Show, when set, is given the tables as resolved (schema-qualified)
+	// and the chosen sessions and prepared transactions as a tree (each
+	// with the sessions queued behind it) before anything is done.
+	Show func(tables []string, snap *activity.Snapshot, tree *Tree, waits map[int32]time.Duration)
 }
 
 // Cleared is what Clear did.
@@ -75,8 +76,9 @@ type Cleared struct {
 	Still string
 }
 
-// UnknownTableError: a table named is not in the connected database (or
-// its name is not a name); nothing was done.
+// UnknownTableError: a table named is not in the connected database, or
+// its name is not a name (or has no schema where pgreap cannot know the
+// search_path); nothing was done.
 type UnknownTableError struct {
 	Table  string
 	Reason string
@@ -85,12 +87,19 @@ type UnknownTableError struct {
 func (e *UnknownTableError) Error() string { return fmt.Sprintf("table %q: %s", e.Table, e.Reason) }
 
 // LockTables resolves tables as typed into the lock objects that a query on
-// them locks (each table, its indexes, its TOAST table and index), in the
-// connected database, and the tables schema-qualified. A name without its
-// schema is looked up in the search_path a session of pgreap's role starts
-// with, not in pgreap's own (pg_catalog, pg_temp).
-func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
-	tx, err := conn.Begin(ctx)
+// them locks (each table, its indexes, its TOAST table and index), in the connected
+// database, and the tables schema-qualified. A name without its schema is
+// looked up in the search_path the user's own session would start with
+// (conn.SearchPath, else the role's and database's), not in pgreap's
+// (pg_catalog, pg_temp); when pgreap cannot know it, such a name is
+// refused.
+func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
+	path, set, known := conn.SearchPath(c)
+	var userPath *string
+	if set && known {
+		userPath = &path
+	}
+	tx, err := c.Begin(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -99,9 +108,10 @@ func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selec
 			err = rerr
 		}
 	}()
-	if _, err := tx.Exec(ctx, clearSearchPathSQL); err != nil {
+	if _, err := tx.Exec(ctx, clearSearchPathSQL, userPath); err != nil {
 		return nil, nil, fmt.Errorf("search_path: %w", err)
 	}
+	db := c.Config().Database
 	var objects []selector.LockObject
 	var shown []string
 	for _, t := range tables {
@@ -109,28 +119,29 @@ func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selec
 		if _, err := strconv.ParseUint(t, 10, 32); err == nil {
 			num = &t
 		}
-		var oid, db uint32
-		var name string
+		var oid, database *uint32
+		var bare bool
+		var name *string
 		var rels []uint32
-		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &name, &db, &rels)
+		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &bare, &name, &database, &rels)
 		var pgErr *pgconn.PgError
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			what := "no such relation in database " + conn.Config().Database
-			if num != nil {
-				what = "no relation has this OID in database " + conn.Config().Database
-			}
-			return nil, nil, &UnknownTableError{t, what}
-		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02"):
-			// to_regclass refuses what is not a name ("a.b.c.d", a
-			// quote left open, another database's table).
+		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02" || pgErr.Code == "22023"):
+			// to_regclass and parse_ident refuse what is not a name
+			// ("a.b.c.d", a quote left open, another database's table).
 			return nil, nil, &UnknownTableError{t, pgErr.Message}
 		case err != nil:
 			return nil, nil, fmt.Errorf("table %q: %w", t, err)
+		case bare && !known:
+			return nil, nil, &UnknownTableError{t, "the connection's options set search_path in a way pgreap cannot read exactly: name the table with its schema (e.g. public." + t + ")"}
+		case oid == nil && num != nil:
+			return nil, nil, &UnknownTableError{t, "no relation has this OID in database " + db}
+		case oid == nil:
+			return nil, nil, &UnknownTableError{t, "no such relation in database " + db}
 		}
-		shown = append(shown, name)
+		shown = append(shown, *name)
 		for _, r := range rels {
-			if o := selector.Relation(db, r); !slices.ContainsFunc(objects, func(x selector.LockObject) bool { return *x.Relation == r && *x.Database == db }) {
+			if o := selector.Relation(*database, r); !slices.ContainsFunc(objects, func(x selector.LockObject) bool { return *x.Relation == r && *x.Database == *database }) {
 				objects = append(objects, o)
 			}
 		}
@@ -205,7 +216,7 @@ func Clear(ctx context.Context, conn *pgx.Conn, opts ClearOptions) (*Cleared, er
 		return out, err
 	}
 	if opts.Show != nil {
-		opts.Show(look.snap, tree, look.waits)
+		opts.Show(tables, look.snap, tree, look.waits)
 	}
 	first := append(slices.Clip(plan.Results), prepared...)
 	if opts.Confirm != nil && !opts.DryRun && planned > 0 {
