@@ -336,3 +336,36 @@ func TestClearSearchPath(t *testing.T) {
 		t.Fatal("a dry run ended a session")
 	}
 }
+
+// TestClearPartitions: clearing a partitioned table (or an inheritance
+// parent) clears the way on every partition and child under it, however
+// deep, since ALTER TABLE without ONLY takes their locks too; after it,
+// the DDL gets its locks at once.
+func TestClearPartitions(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	in("setup").Exec(`CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+		CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+		CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10) TO (20) PARTITION BY RANGE (id);
+		CREATE TABLE parted_2a PARTITION OF parted_2 FOR VALUES FROM (10) TO (15);
+		CREATE TABLE inh (id int); CREATE TABLE inh_child () INHERITS (inh)`)
+	holders := map[string]*pgtest.Victim{}
+	for _, table := range []string{"parted_1", "parted_2a", "inh_child", "other"} {
+		v := in(table)
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM " + table)
+		holders[table] = v
+	}
+	r := run(t, false, "clear", "parted", "inh", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(holders["parted_1"].PID, "terminate", "terminated"),
+		row(holders["parted_2a"].PID, "terminate", "terminated"), row(holders["inh_child"].PID, "terminate", "terminated"))
+	if !holders["other"].Alive() {
+		t.Fatal("a session on another table was ended")
+	}
+	ddl := in("ddl")
+	ddl.Exec("SET lock_timeout = '5s'")
+	ddl.Exec("ALTER TABLE parted ADD COLUMN x int")
+	ddl.Exec("ALTER TABLE inh ADD COLUMN x int")
+}

@@ -87,7 +87,8 @@ type UnknownTableError struct {
 func (e *UnknownTableError) Error() string { return fmt.Sprintf("table %q: %s", e.Table, e.Reason) }
 
 // LockTables resolves tables as typed into the lock objects that a query on
-// them locks (each table, its indexes, its TOAST table and index), in the connected
+// them locks (each table, the partitions and inheritance children under
+// it, all their indexes, TOAST tables and TOAST indexes), in the connected
 // database, and the tables schema-qualified. A name without its schema is
 // looked up in the search_path the user's own session would start with
 // (conn.SearchPath, else the role's and database's), not in pgreap's
