@@ -369,3 +369,48 @@ func TestClearPartitions(t *testing.T) {
 	ddl.Exec("ALTER TABLE parted ADD COLUMN x int")
 	ddl.Exec("ALTER TABLE inh ADD COLUMN x int")
 }
+
+// TestClearRefusesWhatIsNotATable: an index, a view, a sequence, a TOAST
+// table, a composite type and the system catalogs (by name or OID) are
+// refused, one line saying why, exit 2, nothing done; a materialized view
+// is a table.
+func TestClearRefusesWhatIsNotATable(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	setup := in("setup")
+	setup.Exec(`CREATE INDEX t_id ON t (id); CREATE VIEW v AS SELECT * FROM t; CREATE SEQUENCE s;
+		CREATE TABLE big (v text); CREATE TYPE ct AS (a int); CREATE MATERIALIZED VIEW mv AS SELECT * FROM t`)
+	var toast string
+	if err := setup.Conn.QueryRow(pgtest.Context(t), "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'big'::regclass").Scan(&toast); err != nil {
+		t.Fatal(err)
+	}
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	for _, tt := range []struct{ table, msg string }{
+		{"t_id", `table "t_id": public.t_id is an index of public.t: clear public.t`},
+		{"v", `table "v": public.v is a view, not a table: a query on it locks the tables it reads`},
+		{"s", `table "s": public.s is a sequence, not a table`},
+		{toast, "is the TOAST table of public.big: clear public.big"},
+		{"ct", `table "ct": public.ct is a composite type, not a table`},
+		{"pg_catalog.pg_class", "pg_catalog.pg_class is a system catalog: every session reads the catalogs"},
+		{"pg_class", "pg_catalog.pg_class is a system catalog"},
+		{"1259", `table "1259": pg_catalog.pg_class is a system catalog`},
+		{"pg_class_oid_index", "pg_catalog.pg_class_oid_index is a system catalog"},
+		{"information_schema.tables", "information_schema.tables is a system catalog"},
+	} {
+		t.Run(tt.table, func(t *testing.T) {
+			r := run(t, false, "clear", "t", tt.table, "--app", tag+"-*", "--yes", "-d", dsn)
+			r.wantCode(t, 2)
+			if !strings.Contains(r.errOut, tt.msg) || strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 {
+				t.Fatalf("stderr %q, want one line with %q", r.errOut, tt.msg)
+			}
+			if !holder.Alive() {
+				t.Fatal("a refused table ended a session")
+			}
+		})
+	}
+	r := run(t, false, "clear", "mv", "--app", tag+"-*", "--yes", "-d", dsn)
+	r.wantCode(t, 1)
+}

@@ -76,15 +76,19 @@ type Cleared struct {
 	Still string
 }
 
-// UnknownTableError: a table named is not in the connected database, or
-// its name is not a name (or has no schema where pgreap cannot know the
-// search_path); nothing was done.
+// UnknownTableError: a table named is not in the connected database, is
+// not a table pgreap clears, or its name is not a name (or has no schema
+// where pgreap cannot know the search_path); nothing was done.
 type UnknownTableError struct {
 	Table  string
 	Reason string
 }
 
 func (e *UnknownTableError) Error() string { return fmt.Sprintf("table %q: %s", e.Table, e.Reason) }
+
+// systemSchemas hold the catalogs, which every session reads: clearing
+// the way on them would end every session.
+var systemSchemas = []string{"pg_catalog", "information_schema", "pg_toast"}
 
 // LockTables resolves tables as typed into the lock objects that a query on
 // them locks (each table, the partitions and inheritance children under
@@ -93,7 +97,8 @@ func (e *UnknownTableError) Error() string { return fmt.Sprintf("table %q: %s", 
 // looked up in the search_path the user's own session would start with
 // (conn.SearchPath, else the role's and database's), not in pgreap's
 // (pg_catalog, pg_temp); when pgreap cannot know it, such a name is
-// refused.
+// refused. Only tables are taken: ordinary, partitioned and foreign
+// tables, materialized views, and no system catalog.
 func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
 	path, set, known := conn.SearchPath(c)
 	var userPath *string
@@ -122,9 +127,9 @@ func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector
 		}
 		var oid, database *uint32
 		var bare bool
-		var name *string
+		var name, schema, kind, of *string
 		var rels []uint32
-		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &bare, &name, &database, &rels)
+		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &bare, &name, &schema, &kind, &of, &database, &rels)
 		var pgErr *pgconn.PgError
 		switch {
 		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02" || pgErr.Code == "22023"):
@@ -140,6 +145,9 @@ func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector
 		case oid == nil:
 			return nil, nil, &UnknownTableError{t, "no such relation in database " + db}
 		}
+		if reason := notATable(*name, *schema, *kind, of); reason != "" {
+			return nil, nil, &UnknownTableError{t, reason}
+		}
 		shown = append(shown, *name)
 		for _, r := range rels {
 			if o := selector.Relation(*database, r); !slices.ContainsFunc(objects, func(x selector.LockObject) bool { return *x.Relation == r && *x.Database == *database }) {
@@ -148,6 +156,34 @@ func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector
 		}
 	}
 	return objects, shown, nil
+}
+
+// notATable says why a relation is not one clear takes, "" when it is.
+func notATable(name, schema, kind string, of *string) string {
+	owner := ""
+	if of != nil {
+		owner = *of
+	}
+	system := func(n string) bool {
+		return slices.ContainsFunc(systemSchemas, func(s string) bool { return strings.HasPrefix(n, s+".") })
+	}
+	switch {
+	case (kind == "i" || kind == "I") && owner != "" && !system(owner):
+		return fmt.Sprintf("%s is an index of %s: clear %s", name, owner, owner)
+	case kind == "t" && owner != "" && !system(owner):
+		return fmt.Sprintf("%s is the TOAST table of %s: clear %s", name, owner, owner)
+	case slices.Contains(systemSchemas, schema) || system(owner):
+		return fmt.Sprintf("%s is a system catalog: every session reads the catalogs, so clearing the way on one would end them all", name)
+	case kind == "v":
+		return fmt.Sprintf("%s is a view, not a table: a query on it locks the tables it reads, and DDL on those waits for them: clear those tables", name)
+	case kind == "S":
+		return fmt.Sprintf("%s is a sequence, not a table: clear the table that uses it", name)
+	case kind == "c":
+		return fmt.Sprintf("%s is a composite type, not a table", name)
+	case kind != "r" && kind != "p" && kind != "f" && kind != "m":
+		return fmt.Sprintf("%s is not a table (relkind %s)", name, kind)
+	}
+	return ""
 }
 
 // Clear ends the sessions that hold or await a lock on the tables that

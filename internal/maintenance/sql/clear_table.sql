@@ -8,12 +8,22 @@
 --  $1 text  the table as typed
 --  $2 text  the OID it is, if a number (NULL: a name)
 -- bare: a name without its schema. shown: schema-qualified whatever the
--- search_path.
+-- search_path. schema and kind say what is not a table; of: the table an
+-- index, TOAST table or TOAST index belongs to.
 -- database is 0 for a shared catalog, as pg_locks has it.
 SELECT c.oid,
        CASE WHEN $2::text IS NOT NULL THEN false
             ELSE pg_catalog.array_length(pg_catalog.parse_ident($1::text), 1) = 1 END AS bare,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS shown,
+       n.nspname AS schema, c.relkind::text AS kind,
+       (SELECT pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.relname)
+          FROM pg_catalog.pg_class AS t
+          JOIN pg_catalog.pg_namespace AS tn ON tn.oid = t.relnamespace
+         WHERE t.oid IN (SELECT i.indrelid FROM pg_catalog.pg_index AS i WHERE i.indexrelid = c.oid)
+            OR t.reltoastrelid = c.oid
+            OR t.reltoastrelid IN (SELECT i.indrelid FROM pg_catalog.pg_index AS i WHERE i.indexrelid = c.oid)
+         ORDER BY t.reltoastrelid = c.oid DESC, t.relkind = 't'
+         LIMIT 1) AS of,
        CASE WHEN c.relisshared THEN 0::pg_catalog.oid
             ELSE (SELECT d.oid FROM pg_catalog.pg_database AS d WHERE d.datname = pg_catalog.current_database())
        END AS database,
