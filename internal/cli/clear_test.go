@@ -414,3 +414,22 @@ func TestClearRefusesWhatIsNotATable(t *testing.T) {
 	r := run(t, false, "clear", "mv", "--app", tag+"-*", "--yes", "-d", dsn)
 	r.wantCode(t, 1)
 }
+
+// TestClearHiddenState: a session this role cannot see the state of (no
+// pg_read_all_stats) and cannot end is named as such, not "()".
+func TestClearHiddenState(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	role := pgtest.NewRole(t, "NOSUPERUSER")
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	r := run(t, false, "-U", role, "clear", "t", "--terminate", "--yes", "--timeout", "0", "-d", dsn)
+	r.wantCode(t, 3)
+	if !strings.Contains(r.errOut, fmt.Sprintf("%d (state hidden: pg_read_all_stats)", holder.PID)) {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("the holder was ended")
+	}
+}

@@ -345,7 +345,11 @@ func clearAgain(ctx context.Context, conn *pgx.Conn, opts *ClearOptions, sel *se
 		if len(still) == 0 || !waiting || !time.Now().Before(deadline) {
 			var parts []string
 			for _, s := range still {
-				parts = append(parts, fmt.Sprintf("%d (%s)", s.PID, s.State))
+				state := s.State
+				if state == "" { // another role's, seen without pg_read_all_stats
+					state = "state hidden: pg_read_all_stats"
+				}
+				parts = append(parts, fmt.Sprintf("%d (%s)", s.PID, state))
 			}
 			out.Still = strings.Join(parts, ", ")
 			return nil
