@@ -123,6 +123,10 @@ func TestStartupOptionsWin(t *testing.T) {
 	if got["statement_timeout"] != "7s" || got["lock_timeout"] != "3s" {
 		t.Errorf("PGOPTIONS ignored: %v", got)
 	}
+	t.Setenv("PGOPTIONS", `-c search_path=app`)
+	if path, set, known := conn.SearchPath(connect(t, conn.Params{})); path != "app" || !set || !known {
+		t.Errorf("SearchPath with PGOPTIONS: %q %v %v", path, set, known)
+	}
 	// The string's own setting wins over its options; search_path is
 	// pgreap's whatever they say.
 	got = settings(t, conn.Params{DSN: `options='-cstatement_timeout=9s -c search_path=public' lock_timeout=1s`})
