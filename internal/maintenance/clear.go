@@ -61,7 +61,7 @@ type ClearOptions struct {
 
 // Cleared is what Clear did.
 type Cleared struct {
-	// Tables are the tables as the server names them.
+	// Tables are the tables as resolved, schema-qualified.
 	Tables []string
 	// Plan is the first round's plan; nil when nothing was chosen.
 	Plan *action.Plan
