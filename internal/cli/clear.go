@@ -45,9 +45,17 @@ behind it. Run it just before the DDL, or use 'pgreap exec', which does
 both and retries.
 
 TABLE is a name as the server resolves it in the connected database
-(schema-qualified or not, quoted as in SQL: '"Orders"'), or an OID. The
-locks looked at are those on the table, its indexes, its TOAST table and
-the TOAST table's index. MODE is one of PostgreSQL's table lock modes,
+(schema-qualified or not, quoted as in SQL: '"Orders"'), or an OID. A name
+without its schema is looked up in the search_path a session of the same
+connection string would have (its options or PGOPTIONS, e.g.
+options=-csearch_path=app; else the role's and database's); the first line
+names each table as resolved, schema-qualified. The locks looked at are
+those on the table, every partition and inheritance child under it, and
+all their indexes, TOAST tables and TOAST indexes. Only tables are taken
+(ordinary, partitioned, foreign, materialized views): an index is refused
+with its table to clear, and so are views (a query on one locks the tables
+it reads: clear those), sequences and the system catalogs (pg_catalog,
+information_schema, pg_toast: every session reads them). MODE is one of PostgreSQL's table lock modes,
 spelled as in LOCK TABLE (ACCESS SHARE, ROW SHARE, ROW EXCLUSIVE, SHARE
 UPDATE EXCLUSIVE, SHARE, SHARE ROW EXCLUSIVE, EXCLUSIVE, ACCESS
 EXCLUSIVE; any case) or as pg_locks spells it (ShareRowExclusiveLock);
@@ -82,12 +90,13 @@ given to 'pgreap apply', which checks the lock again for each session.
 
 The sessions are listed and confirmed on a terminal; without one, --yes
 is needed. Exit status: 0 every session ended, 1 no session holds or
-awaits such a lock, 2 usage or connection error (an unknown table among
-them: nothing done), 3 some session denied, survived, changed, protected
+awaits such a lock, 2 usage or connection error (an unknown or refused
+table among them: nothing done), 3 some session denied, survived, changed, protected
 (a prepared transaction) or still holding its lock.`,
 		Example: `  pgreap clear orders --dry-run
   pgreap clear public.orders public.order_items --yes
   pgreap clear orders --mode SHARE --yes      # before CREATE INDEX: writers stand in its way, readers do not
+  pgreap clear orders -d 'dbname=shop options=-csearch_path=app' --dry-run   # app.orders, as psql with that string
   pgreap clear orders --app 'report*' --cancel
   pgreap clear 16403 --terminate --limit 5`,
 		Args: cobra.MinimumNArgs(1),
@@ -165,7 +174,8 @@ func clearRun(ctx context.Context, opts *ClearOptions) error {
 		}
 	}
 	if opts.Format == output.Table {
-		mopts.Show = func(snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
+		mopts.Show = func(tables []string, snap *activity.Snapshot, tree *maintenance.Tree, waits map[int32]time.Duration) {
+			fmt.Fprintf(opts.IO.Out, "sessions holding or awaiting a lock on %s that conflicts with %s:\n", strings.Join(tables, ", "), selector.LockModeWords(opts.mode))
 			writeTree(opts.IO, snap, tree, waits)
 		}
 	}

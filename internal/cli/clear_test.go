@@ -128,7 +128,7 @@ func TestClearTerminatesWhatACancelLeftHolding(t *testing.T) {
 	r = run(t, false, "clear", "t", "--app", tag+"-*", "--cancel", "--yes", "-o", "json", "-d", dsn)
 	r.wantCode(t, 3)
 	wantRows(t, outcomes(t, r.out), row(v.PID, "cancel", "cancelled"), row(idle.PID, "cancel", "changed"))
-	if !strings.Contains(r.errOut, "still holding a lock on t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
+	if !strings.Contains(r.errOut, "still holding a lock on public.t that conflicts with ACCESS EXCLUSIVE") || !strings.Contains(r.errOut, "--terminate") {
 		t.Fatalf("stderr %q", r.errOut)
 	}
 	if err := v.Wait(); pgtest.SQLState(err) != "57014" {
@@ -302,5 +302,134 @@ func TestClearAsks(t *testing.T) {
 	r.wantCode(t, 0)
 	if a.Alive() || b.Alive() {
 		t.Fatal("confirmed, and a holder is still there")
+	}
+}
+
+// TestClearSearchPath: a table named without its schema is the one the
+// user's own session would find, with the search_path the connection's
+// options set (psql with the same string finds evil.t, not public.t), and
+// the output names it schema-qualified.
+func TestClearSearchPath(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	in("setup").Exec("CREATE SCHEMA evil; CREATE TABLE evil.t (id int)")
+	public, evil := in("public"), in("evil")
+	public.Exec("BEGIN")
+	public.Exec("SELECT * FROM public.t")
+	evil.Exec("BEGIN")
+	evil.Exec("SELECT * FROM evil.t")
+	withPath := dsn + " options=-csearch_path=evil"
+
+	r := run(t, false, "clear", "t", "--app", tag+"-*", "--dry-run", "-o", "json", "-d", withPath)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(evil.PID, "terminate", "planned"))
+	r = run(t, true, "clear", "t", "--app", tag+"-*", "--dry-run", "-d", withPath)
+	r.wantCode(t, 0)
+	if first, _, _ := strings.Cut(r.out, "\n"); !strings.Contains(first, "lock on evil.t that conflicts with ACCESS EXCLUSIVE") {
+		t.Fatalf("the first line does not name the table as resolved:\n%s", r.out)
+	}
+	r = run(t, false, "clear", "t", "--app", tag+"-*", "--dry-run", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(public.PID, "terminate", "planned"))
+	if !public.Alive() || !evil.Alive() {
+		t.Fatal("a dry run ended a session")
+	}
+}
+
+// TestClearPartitions: clearing a partitioned table (or an inheritance
+// parent) clears the way on every partition and child under it, however
+// deep, since ALTER TABLE without ONLY takes their locks too; after it,
+// the DDL gets its locks at once.
+func TestClearPartitions(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	in("setup").Exec(`CREATE TABLE parted (id int PRIMARY KEY, v text) PARTITION BY RANGE (id);
+		CREATE TABLE parted_1 PARTITION OF parted FOR VALUES FROM (0) TO (10);
+		CREATE TABLE parted_2 PARTITION OF parted FOR VALUES FROM (10) TO (20) PARTITION BY RANGE (id);
+		CREATE TABLE parted_2a PARTITION OF parted_2 FOR VALUES FROM (10) TO (15);
+		CREATE TABLE inh (id int); CREATE TABLE inh_child () INHERITS (inh)`)
+	holders := map[string]*pgtest.Victim{}
+	for _, table := range []string{"parted_1", "parted_2a", "inh_child", "other"} {
+		v := in(table)
+		v.Exec("BEGIN")
+		v.Exec("SELECT * FROM " + table)
+		holders[table] = v
+	}
+	r := run(t, false, "clear", "parted", "inh", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+	r.wantCode(t, 0)
+	wantRows(t, outcomes(t, r.out), row(holders["parted_1"].PID, "terminate", "terminated"),
+		row(holders["parted_2a"].PID, "terminate", "terminated"), row(holders["inh_child"].PID, "terminate", "terminated"))
+	if !holders["other"].Alive() {
+		t.Fatal("a session on another table was ended")
+	}
+	ddl := in("ddl")
+	ddl.Exec("SET lock_timeout = '5s'")
+	ddl.Exec("ALTER TABLE parted ADD COLUMN x int")
+	ddl.Exec("ALTER TABLE inh ADD COLUMN x int")
+}
+
+// TestClearRefusesWhatIsNotATable: an index, a view, a sequence, a TOAST
+// table, a composite type and the system catalogs (by name or OID) are
+// refused, one line saying why, exit 2, nothing done; a materialized view
+// is a table.
+func TestClearRefusesWhatIsNotATable(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	setup := in("setup")
+	setup.Exec(`CREATE INDEX t_id ON t (id); CREATE VIEW v AS SELECT * FROM t; CREATE SEQUENCE s;
+		CREATE TABLE big (v text); CREATE TYPE ct AS (a int); CREATE MATERIALIZED VIEW mv AS SELECT * FROM t`)
+	var toast string
+	if err := setup.Conn.QueryRow(pgtest.Context(t), "SELECT reltoastrelid::regclass::text FROM pg_class WHERE oid = 'big'::regclass").Scan(&toast); err != nil {
+		t.Fatal(err)
+	}
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	for _, tt := range []struct{ table, msg string }{
+		{"t_id", `table "t_id": public.t_id is an index of public.t: clear public.t`},
+		{"v", `table "v": public.v is a view, not a table: a query on it locks the tables it reads`},
+		{"s", `table "s": public.s is a sequence, not a table`},
+		{toast, "is the TOAST table of public.big: clear public.big"},
+		{"ct", `table "ct": public.ct is a composite type, not a table`},
+		{"pg_catalog.pg_class", "pg_catalog.pg_class is a system catalog: every session reads the catalogs"},
+		{"pg_class", "pg_catalog.pg_class is a system catalog"},
+		{"1259", `table "1259": pg_catalog.pg_class is a system catalog`},
+		{"pg_class_oid_index", "pg_catalog.pg_class_oid_index is a system catalog"},
+		{"information_schema.tables", "information_schema.tables is a system catalog"},
+	} {
+		t.Run(tt.table, func(t *testing.T) {
+			r := run(t, false, "clear", "t", tt.table, "--app", tag+"-*", "--yes", "-d", dsn)
+			r.wantCode(t, 2)
+			if !strings.Contains(r.errOut, tt.msg) || strings.Count(strings.TrimSpace(r.errOut), "\n") > 0 {
+				t.Fatalf("stderr %q, want one line with %q", r.errOut, tt.msg)
+			}
+			if !holder.Alive() {
+				t.Fatal("a refused table ended a session")
+			}
+		})
+	}
+	r := run(t, false, "clear", "mv", "--app", tag+"-*", "--yes", "-d", dsn)
+	r.wantCode(t, 1)
+}
+
+// TestClearHiddenState: a session this role cannot see the state of (no
+// pg_read_all_stats) and cannot end is named as such, not "()".
+func TestClearHiddenState(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	role := pgtest.NewRole(t, "NOSUPERUSER")
+	holder := in("holder")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT * FROM t")
+	r := run(t, false, "-U", role, "clear", "t", "--terminate", "--yes", "--timeout", "0", "-d", dsn)
+	r.wantCode(t, 3)
+	if !strings.Contains(r.errOut, fmt.Sprintf("%d (state hidden: pg_read_all_stats)", holder.PID)) {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("the holder was ended")
 	}
 }

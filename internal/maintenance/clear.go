@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -52,15 +53,15 @@ type ClearOptions struct {
 	// Confirm, when set, is asked before anything is done (not in a dry
 	// run); an error stops the run, nothing done.
 	Confirm func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error
-	// Show, when set, is given the chosen sessions and prepared
-	// transactions as a tree (each with the sessions queued behind it)
-	// before anything is done.
-	Show func(snap *activity.Snapshot, tree *Tree, waits map[int32]time.Duration)
+	// Show, when set, is given the tables as resolved (schema-qualified)
+	// and the chosen sessions and prepared transactions as a tree (each
+	// with the sessions queued behind it) before anything is done.
+	Show func(tables []string, snap *activity.Snapshot, tree *Tree, waits map[int32]time.Duration)
 }
 
 // Cleared is what Clear did.
 type Cleared struct {
-	// Tables are the tables as the server names them.
+	// Tables are the tables as resolved, schema-qualified.
 	Tables []string
 	// Plan is the first round's plan; nil when nothing was chosen.
 	Plan *action.Plan
@@ -75,8 +76,9 @@ type Cleared struct {
 	Still string
 }
 
-// UnknownTableError: a table named is not in the connected database (or
-// its name is not a name); nothing was done.
+// UnknownTableError: a table named is not in the connected database, is
+// not a table pgreap clears, or its name is not a name (or has no schema
+// where pgreap cannot know the search_path); nothing was done.
 type UnknownTableError struct {
 	Table  string
 	Reason string
@@ -84,13 +86,26 @@ type UnknownTableError struct {
 
 func (e *UnknownTableError) Error() string { return fmt.Sprintf("table %q: %s", e.Table, e.Reason) }
 
+// systemSchemas hold the catalogs, which every session reads: clearing
+// the way on them would end every session.
+var systemSchemas = []string{"pg_catalog", "information_schema", "pg_toast"}
+
 // LockTables resolves tables as typed into the lock objects that a query on
-// them locks (each table, its indexes, its TOAST table and index), in the
-// connected database, and the tables schema-qualified. A name without its
-// schema is looked up in the search_path a session of pgreap's role starts
-// with, not in pgreap's own (pg_catalog, pg_temp).
-func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
-	tx, err := conn.Begin(ctx)
+// them locks (each table, the partitions and inheritance children under
+// it, all their indexes, TOAST tables and TOAST indexes), in the connected
+// database, and the tables schema-qualified. A name without its schema is
+// looked up in the search_path the user's own session would start with
+// (conn.SearchPath, else the role's and database's), not in pgreap's
+// (pg_catalog, pg_temp); when pgreap cannot know it, such a name is
+// refused. Only tables are taken: ordinary, partitioned and foreign
+// tables, materialized views, and no system catalog.
+func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
+	path, set, known := conn.SearchPath(c)
+	var userPath *string
+	if set && known {
+		userPath = &path
+	}
+	tx, err := c.Begin(ctx)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -99,9 +114,10 @@ func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selec
 			err = rerr
 		}
 	}()
-	if _, err := tx.Exec(ctx, clearSearchPathSQL); err != nil {
+	if _, err := tx.Exec(ctx, clearSearchPathSQL, userPath); err != nil {
 		return nil, nil, fmt.Errorf("search_path: %w", err)
 	}
+	db := c.Config().Database
 	var objects []selector.LockObject
 	var shown []string
 	for _, t := range tables {
@@ -109,33 +125,65 @@ func LockTables(ctx context.Context, conn *pgx.Conn, tables []string) (_ []selec
 		if _, err := strconv.ParseUint(t, 10, 32); err == nil {
 			num = &t
 		}
-		var oid, db uint32
-		var name string
+		var oid, database *uint32
+		var bare bool
+		var name, schema, kind, of *string
 		var rels []uint32
-		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &name, &db, &rels)
+		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &bare, &name, &schema, &kind, &of, &database, &rels)
 		var pgErr *pgconn.PgError
 		switch {
-		case errors.Is(err, pgx.ErrNoRows):
-			what := "no such relation in database " + conn.Config().Database
-			if num != nil {
-				what = "no relation has this OID in database " + conn.Config().Database
-			}
-			return nil, nil, &UnknownTableError{t, what}
-		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02"):
-			// to_regclass refuses what is not a name ("a.b.c.d", a
-			// quote left open, another database's table).
+		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02" || pgErr.Code == "22023"):
+			// to_regclass and parse_ident refuse what is not a name
+			// ("a.b.c.d", a quote left open, another database's table).
 			return nil, nil, &UnknownTableError{t, pgErr.Message}
 		case err != nil:
 			return nil, nil, fmt.Errorf("table %q: %w", t, err)
+		case bare && !known:
+			return nil, nil, &UnknownTableError{t, "the connection's options set search_path in a way pgreap cannot read exactly: name the table with its schema (e.g. public." + t + ")"}
+		case oid == nil && num != nil:
+			return nil, nil, &UnknownTableError{t, "no relation has this OID in database " + db}
+		case oid == nil:
+			return nil, nil, &UnknownTableError{t, "no such relation in database " + db}
 		}
-		shown = append(shown, name)
+		if reason := notATable(*name, *schema, *kind, of); reason != "" {
+			return nil, nil, &UnknownTableError{t, reason}
+		}
+		shown = append(shown, *name)
 		for _, r := range rels {
-			if o := selector.Relation(db, r); !slices.ContainsFunc(objects, func(x selector.LockObject) bool { return *x.Relation == r && *x.Database == db }) {
+			if o := selector.Relation(*database, r); !slices.ContainsFunc(objects, func(x selector.LockObject) bool { return *x.Relation == r && *x.Database == *database }) {
 				objects = append(objects, o)
 			}
 		}
 	}
 	return objects, shown, nil
+}
+
+// notATable says why a relation is not one clear takes, "" when it is.
+func notATable(name, schema, kind string, of *string) string {
+	owner := ""
+	if of != nil {
+		owner = *of
+	}
+	system := func(n string) bool {
+		return slices.ContainsFunc(systemSchemas, func(s string) bool { return strings.HasPrefix(n, s+".") })
+	}
+	switch {
+	case (kind == "i" || kind == "I") && owner != "" && !system(owner):
+		return fmt.Sprintf("%s is an index of %s: clear %s", name, owner, owner)
+	case kind == "t" && owner != "" && !system(owner):
+		return fmt.Sprintf("%s is the TOAST table of %s: clear %s", name, owner, owner)
+	case slices.Contains(systemSchemas, schema) || system(owner):
+		return fmt.Sprintf("%s is a system catalog: every session reads the catalogs, so clearing the way on one would end them all", name)
+	case kind == "v":
+		return fmt.Sprintf("%s is a view, not a table: a query on it locks the tables it reads, and DDL on those waits for them: clear those tables", name)
+	case kind == "S":
+		return fmt.Sprintf("%s is a sequence, not a table: clear the table that uses it", name)
+	case kind == "c":
+		return fmt.Sprintf("%s is a composite type, not a table", name)
+	case kind != "r" && kind != "p" && kind != "f" && kind != "m":
+		return fmt.Sprintf("%s is not a table (relkind %s)", name, kind)
+	}
+	return ""
 }
 
 // Clear ends the sessions that hold or await a lock on the tables that
@@ -205,7 +253,7 @@ func Clear(ctx context.Context, conn *pgx.Conn, opts ClearOptions) (*Cleared, er
 		return out, err
 	}
 	if opts.Show != nil {
-		opts.Show(look.snap, tree, look.waits)
+		opts.Show(tables, look.snap, tree, look.waits)
 	}
 	first := append(slices.Clip(plan.Results), prepared...)
 	if opts.Confirm != nil && !opts.DryRun && planned > 0 {
@@ -297,7 +345,11 @@ func clearAgain(ctx context.Context, conn *pgx.Conn, opts *ClearOptions, sel *se
 		if len(still) == 0 || !waiting || !time.Now().Before(deadline) {
 			var parts []string
 			for _, s := range still {
-				parts = append(parts, fmt.Sprintf("%d (%s)", s.PID, s.State))
+				state := s.State
+				if state == "" { // another role's, seen without pg_read_all_stats
+					state = "state hidden: pg_read_all_stats"
+				}
+				parts = append(parts, fmt.Sprintf("%d (%s)", s.PID, state))
 			}
 			out.Still = strings.Join(parts, ", ")
 			return nil
