@@ -23,7 +23,10 @@ import (
 
 var (
 	//go:embed sql/exec_wait.sql
-	execWaitSQL string
+	execWaitText string
+	// execWaitSQL judges conflicts by the selector's table of them, the
+	// one copy pgreap has.
+	execWaitSQL = strings.Replace(execWaitText, "LOCK_CONFLICTS", selector.LockConflictsSQL(), 1)
 	//go:embed sql/set_lock_timeout.sql
 	setLockTimeoutSQL string
 	//go:embed sql/exec_session.sql

@@ -14,6 +14,10 @@ import (
 //go:embed sql/lock_conflicts.sql
 var lockConflictsSQL string
 
+// LockConflictsSQL is that table as a query of (mode, conflicts), for
+// statements of other packages that judge conflicts themselves.
+func LockConflictsSQL() string { return strings.TrimSpace(lockConflictsSQL) }
+
 // LockModes are the eight table lock modes as pg_locks spells them, weakest
 // first; LOCK TABLE spells them as words ("SHARE ROW EXCLUSIVE").
 var LockModes = []string{

@@ -6,9 +6,10 @@
 -- sessions merely queued ahead of the attempt for a conflicting lock (soft
 -- blockers): they hold nothing, get the lock once the holders are gone,
 -- and are nobody's blocker. Only the backends with a granted lock on the
--- same object in a mode that conflicts (lock.c's LockConflicts as bit
--- masks: bit n is mode n) are kept, a parallel worker's lock counting for
--- its leader (pg_blocking_pids names leaders); a prepared transaction's
+-- same object in a mode that conflicts are kept (by the selector's table
+-- of conflicting modes, sql/lock_conflicts.sql, which Go puts in where the
+-- query names it: pgreap's one copy of it), a parallel worker's lock
+-- counting for its leader (pg_blocking_pids names leaders); a prepared transaction's
 -- locks have no pid, and the lock on its transaction id names it. A
 -- backend waits on one lock at a time: no row when it waits on none. The
 -- relation is named as regclass does (schema-qualified when not in the
@@ -54,12 +55,7 @@ SELECT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, l.tran
            AND g.classid IS NOT DISTINCT FROM l.classid
            AND g.objid IS NOT DISTINCT FROM l.objid
            AND g.objsubid IS NOT DISTINCT FROM l.objsubid
-           AND (ARRAY[256, 384, 480, 496, 472, 504, 508, 510])[pg_catalog.array_position(
-                  ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
-                        'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'], l.mode)]
-               & (1 << pg_catalog.array_position(
-                  ARRAY['AccessShareLock', 'RowShareLock', 'RowExclusiveLock', 'ShareUpdateExclusiveLock',
-                        'ShareLock', 'ShareRowExclusiveLock', 'ExclusiveLock', 'AccessExclusiveLock'], g.mode)) <> 0
+           AND EXISTS (SELECT FROM (LOCK_CONFLICTS) AS lc WHERE lc.mode = l.mode AND g.mode = ANY (lc.conflicts))
        ) AS h
  WHERE l.pid = $1::integer AND NOT l.granted
  LIMIT 1
