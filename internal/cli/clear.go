@@ -7,6 +7,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
 
 	"github.com/pgreap/pgreap/internal/action"
@@ -30,6 +31,9 @@ type ClearOptions struct {
 	// Timeout bounds how long clear looks again at the sessions it acted
 	// on.
 	Timeout time.Duration
+	// ConnectUser opens the session the table names are resolved on
+	// (maintenance.ClearOptions.ConnectUser).
+	ConnectUser func(context.Context) (*pgx.Conn, error)
 }
 
 // NewCmdClear builds `pgreap clear`; runF replaces the run in tests.
@@ -46,10 +50,12 @@ both and retries.
 
 TABLE is a name as the server resolves it in the connected database
 (schema-qualified or not, quoted as in SQL: '"Orders"'), or an OID. A name
-without its schema is looked up in the search_path a session of the same
-connection string would have (its options or PGOPTIONS, e.g.
-options=-csearch_path=app; else the role's and database's); the first line
-names each table as resolved, schema-qualified. The locks looked at are
+without its schema is the table psql with the same connection string
+would find: it is resolved on a short session opened with that string and
+no search_path of pgreap's, so the search_path is the one its options or
+PGOPTIONS set (e.g. options=-csearch_path=app), else the role's, the
+database's or the server's; the first line names each table as resolved,
+schema-qualified. The locks looked at are
 those on the table, every partition and inheritance child under it, and
 all their indexes, TOAST tables and TOAST indexes. Only tables are taken
 (ordinary, partitioned, foreign, materialized views): an index is refused
@@ -129,7 +135,7 @@ table among them: nothing done), 3 some session denied, survived, changed, prote
 			case opts.Terminate:
 				opts.Action = action.Terminate
 			}
-			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
+			opts.Color, opts.Connect, opts.ConnectUser, opts.Logger = f.Color(), f.Connect, f.ConnectUser, f.Logger()
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}
@@ -162,7 +168,7 @@ func clearRun(ctx context.Context, opts *ClearOptions) error {
 	}
 	defer conn.Close(context.WithoutCancel(ctx))
 	mopts := maintenance.ClearOptions{
-		Tables: opts.Tables, Mode: opts.mode, Action: opts.Action, Timeout: opts.Timeout, Wait: opts.Wait, Limit: opts.Limit,
+		Tables: opts.Tables, ConnectUser: opts.ConnectUser, Mode: opts.mode, Action: opts.Action, Timeout: opts.Timeout, Wait: opts.Wait, Limit: opts.Limit,
 		DryRun: opts.DryRun, IncludeReplication: opts.IncludeReplication, IncludeAutovacuum: opts.IncludeAutovacuum,
 	}
 	if opts.Selectors.Given() {

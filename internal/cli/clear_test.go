@@ -337,6 +337,89 @@ func TestClearSearchPath(t *testing.T) {
 	}
 }
 
+// TestClearServerSearchPath: a name without its schema is the table psql
+// with the same connection string finds, whatever sets the search_path:
+// the database's settings, the server's postgresql.conf (the attack:
+// pgreap read the built-in default and ended the public.t holder), a
+// schema named "evil, public" that does not exist (psql finds no t:
+// nothing done). Judged from the clients' side: the evil.t holder's
+// connection is gone, the public.t holder's still answers.
+func TestClearServerSearchPath(t *testing.T) {
+	t.Parallel()
+	own := pgtest.Own(t, pgtest.Options{BinDir: pgtest.Shared(t).BinDir, Settings: map[string]string{"search_path": "'evil, public'"}})
+	for _, tt := range []struct {
+		name, setting string
+		cluster       *pgtest.Cluster
+		want          string // the holder ended; "" none (no such t)
+	}{
+		{"database", "evil, public", nil, "evil"},
+		{"database quoted", `"evil, public"`, nil, ""},
+		{"postgresql.conf", "", own, "evil"},
+	} {
+		t.Run(tt.name, func(t *testing.T) {
+			t.Parallel()
+			c := tt.cluster
+			if c == nil {
+				c = pgtest.Shared(t)
+			}
+			tag := pgtest.Tag(t)
+			setup := pgtest.Connect(t, c.DSN("postgres", pgtest.Superuser))
+			ctx := pgtest.Context(t)
+			db := "clear_path"
+			if c == own {
+				if _, err := setup.Exec(ctx, "CREATE DATABASE "+db); err != nil {
+					t.Fatal(err)
+				}
+			} else {
+				db = pgtest.NewDB(t)
+			}
+			if tt.setting != "" {
+				if _, err := setup.Exec(ctx, "ALTER DATABASE "+db+" SET search_path = "+tt.setting); err != nil {
+					t.Fatal(err)
+				}
+			}
+			in := func(name string) *pgtest.Victim {
+				return pgtest.NewVictim(t, pgtest.VictimOptions{Cluster: c, DB: db, App: tag + "-" + name})
+			}
+			in("setup").Exec("CREATE SCHEMA evil; CREATE TABLE evil.t (id int); CREATE TABLE public.t (id int)")
+			holders := map[string]*pgtest.Victim{"public": in("public"), "evil": in("evil")}
+			for schema, v := range holders {
+				v.Exec("BEGIN")
+				v.Exec("SELECT * FROM " + schema + ".t")
+			}
+			dsn := c.DSN(db, pgtest.Superuser)
+			// What psql would find: a plain client with the same string.
+			var found *string
+			if err := pgtest.Connect(t, dsn).QueryRow(ctx, `SELECT (SELECT n.nspname FROM pg_catalog.pg_class AS c JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
+				 WHERE c.oid = pg_catalog.to_regclass('t'))`).Scan(&found); err != nil {
+				t.Fatal(err)
+			}
+			r := run(t, false, "clear", "t", "--app", tag+"-*", "--yes", "-o", "json", "-d", dsn)
+			if tt.want == "" {
+				if found != nil {
+					t.Fatalf("a client finds %s.t", *found)
+				}
+				r.wantCode(t, 2)
+				if !strings.Contains(r.errOut, `table "t": no such relation`) {
+					t.Fatalf("stderr %q", r.errOut)
+				}
+			} else {
+				if found == nil || *found != tt.want {
+					t.Fatalf("a client finds t in %v, want %s", found, tt.want)
+				}
+				r.wantCode(t, 0)
+				wantRows(t, outcomes(t, r.out), row(holders[tt.want].PID, "terminate", "terminated"))
+			}
+			for schema, v := range holders {
+				_, err := v.Conn.Exec(ctx, "SELECT 1")
+				if ended := err != nil; ended != (schema == tt.want) {
+					t.Errorf("the %s.t holder's client: %v", schema, err)
+				}
+			}
+		})
+	}
+}
+
 // TestClearPartitions: clearing a partitioned table (or an inheritance
 // parent) clears the way on every partition and child under it, however
 // deep, since ALTER TABLE without ONLY takes their locks too; after it,

@@ -53,6 +53,19 @@ func (f *Factory) ConnectDB(ctx context.Context, database string) (*pgx.Conn, er
 	return c, nil
 }
 
+// ConnectUser opens a connection as the flags say, but with the search_path
+// a session of the user's (psql's) would have, not pgreap's: only for
+// resolving the names the user typed (conn.Params.UserSearchPath).
+func (f *Factory) ConnectUser(ctx context.Context) (*pgx.Conn, error) {
+	p := f.conn
+	p.UserSearchPath = true
+	cfg, err := conn.Config(p)
+	if err != nil {
+		return nil, usageError(err)
+	}
+	return conn.Connect(ctx, cfg)
+}
+
 // ConnConfig checks the connection flags without connecting, so that bad
 // input is reported before anything is done.
 func (f *Factory) ConnConfig() (*pgx.ConnConfig, error) {

@@ -32,6 +32,13 @@ type Params struct {
 	// string (libpq's keepalives* and tcp_user_timeout for pgreap's side),
 	// its options or PGOPTIONS (the server's settings) set wins.
 	Lease time.Duration
+	// UserSearchPath leaves search_path as a session of the user's, psql's,
+	// would have it (the string, its options, PGOPTIONS, then the role's,
+	// the database's and the server's settings) instead of pgreap's
+	// pg_catalog, pg_temp. It is for a session that resolves the names a
+	// user typed (pg_catalog.to_regclass) and runs nothing else: reading
+	// those settings as the server does is the server's job.
+	UserSearchPath bool
 }
 
 // Defaults for pgreap's own session. The user may set any of them in the
@@ -73,8 +80,7 @@ const (
 //     statements are short, and compiling them costs more than it saves;
 //   - search_path=pg_catalog, pg_temp, so that besides every name being
 //     pg_catalog-qualified, no operator or type in another schema can be
-//     picked up either (the one the user's string, its options or
-//     PGOPTIONS ask for is kept: SearchPath);
+//     picked up either (unless p.UserSearchPath);
 //   - a connect timeout of 10s unless connect_timeout is given;
 //   - one round trip per statement (no separate prepare step).
 //
@@ -110,10 +116,6 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	// defaults go first in the options, so that the user's own, after
 	// them, and a setting the string names win over them.
 	userOptions := rp["options"]
-	sp := requestedSearchPath(userOptions)
-	if _, set := rp["search_path"]; set {
-		sp = searchPath{path: rp["search_path"], set: true, known: true}
-	}
 	var defaults []string
 	settings := [][2]string{{"statement_timeout", DefaultStatementTimeout}, {"lock_timeout", DefaultLockTimeout},
 		{"synchronous_commit", DefaultSynchronousCommit}, {"jit", DefaultJIT}}
@@ -136,7 +138,9 @@ func config(p Params) (*pgx.ConnConfig, error) {
 		}
 	}
 	rp["options"] = strings.TrimSpace(strings.Join(defaults, " ") + " " + userOptions)
-	rp["search_path"] = "pg_catalog, pg_temp"
+	if !p.UserSearchPath {
+		rp["search_path"] = "pg_catalog, pg_temp"
+	}
 	if cfg.ConnectTimeout == 0 {
 		cfg.ConnectTimeout = DefaultConnectTimeout
 	}
@@ -146,7 +150,7 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	// it is pgreap's default, known without a round trip.
 	_, named := rp["statement_timeout"]
 	named = named || strings.Contains(strings.ReplaceAll(strings.ToLower(userOptions), "-", "_"), "statement_timeout")
-	cfg.AfterConnect = afterConnect(named, cfg.ConnectTimeout, sp)
+	cfg.AfterConnect = afterConnect(named, cfg.ConnectTimeout)
 	cfg.Tracer = statementDeadline{}
 	if cfg.Database == "" {
 		// pg_stat_activity is the same from every database; libpq would
@@ -160,19 +164,14 @@ func config(p Params) (*pgx.ConnConfig, error) {
 //go:embed sql/statement_timeout.sql
 var statementTimeoutSQL string
 
-// deadlineData is the key of a connection's deadline in its CustomData;
-// searchPathData, of the search_path the user asked for.
-const (
-	deadlineData   = "pgreap.deadline"
-	searchPathData = "pgreap.search_path"
-)
+// deadlineData is the key of a connection's deadline in its CustomData.
+const deadlineData = "pgreap.deadline"
 
 // afterConnect records the new connection's deadline: its statement_timeout
 // (the server's reading of it if ask, else pgreap's default) plus
 // DeadlineMargin, none for statement_timeout 0.
-func afterConnect(ask bool, timeout time.Duration, sp searchPath) pgconn.AfterConnectFunc {
+func afterConnect(ask bool, timeout time.Duration) pgconn.AfterConnectFunc {
 	return func(ctx context.Context, pc *pgconn.PgConn) error {
-		pc.CustomData()[searchPathData] = sp
 		if !ask {
 			d, _ := time.ParseDuration(DefaultStatementTimeout)
 			pc.CustomData()[deadlineData] = d + DeadlineMargin
@@ -236,87 +235,6 @@ func (statementDeadline) TraceQueryEnd(ctx context.Context, _ *pgx.Conn, _ pgx.T
 	if cancel, ok := ctx.Value(deadlineKey{}).(context.CancelFunc); ok {
 		cancel()
 	}
-}
-
-// searchPath is the search_path the user's connection string, its options
-// or PGOPTIONS set, which pgreap's own session does not use.
-type searchPath struct {
-	path       string
-	set, known bool
-}
-
-// SearchPath is the search_path a session opened with c's connection
-// string and environment, but not by pgreap, would start with, as far as
-// they set it: set false when they set none (the role's and database's
-// settings, then the server's, apply); known false when the options name
-// search_path in a way pgreap does not read exactly as the server would.
-func SearchPath(c *pgx.Conn) (path string, set, known bool) {
-	sp, ok := c.PgConn().CustomData()[searchPathData].(searchPath)
-	if !ok {
-		return "", true, false
-	}
-	return sp.path, sp.set, sp.known
-}
-
-// requestedSearchPath reads search_path out of a startup packet's options
-// as the server does (pg_split_opts: words split at white space, a
-// backslash escaping the next character; then -c name=value, -cname=value
-// or --name=value, a name's dashes read as underscores, any case; the last
-// one wins). A word it does not read that names search_path makes it
-// unknown.
-func requestedSearchPath(options string) searchPath {
-	var words []string
-	var w strings.Builder
-	in := false
-	for i := 0; i < len(options); i++ {
-		switch c := options[i]; {
-		case c == ' ' || c == '\t' || c == '\n' || c == '\r' || c == '\f' || c == '\v':
-			if in {
-				words, in = append(words, w.String()), false
-				w.Reset()
-			}
-		case c == '\\':
-			in = true
-			if i+1 < len(options) {
-				i++
-				w.WriteByte(options[i])
-			}
-		default:
-			in = true
-			w.WriteByte(c)
-		}
-	}
-	if in {
-		words = append(words, w.String())
-	}
-	names := func(s string) bool {
-		return strings.Contains(strings.ReplaceAll(strings.ToLower(s), "-", "_"), "search_path")
-	}
-	sp := searchPath{known: true}
-	for i := 0; i < len(words); i++ {
-		var setting string
-		switch w := words[i]; {
-		case w == "-c" && i+1 < len(words):
-			i++
-			setting = words[i]
-		case strings.HasPrefix(w, "--"):
-			setting = w[2:]
-		case strings.HasPrefix(w, "-c"):
-			setting = w[2:]
-		default:
-			if names(w) {
-				return searchPath{set: true}
-			}
-			continue
-		}
-		name, value, ok := strings.Cut(setting, "=")
-		if strings.ReplaceAll(strings.ToLower(name), "-", "_") == "search_path" && ok {
-			sp = searchPath{path: value, set: true, known: true}
-		} else if names(name) {
-			return searchPath{set: true}
-		}
-	}
-	return sp
 }
 
 // withFlags adds -h, -p and -U to the connection string so they win over

@@ -124,8 +124,8 @@ func TestStartupOptionsWin(t *testing.T) {
 		t.Errorf("PGOPTIONS ignored: %v", got)
 	}
 	t.Setenv("PGOPTIONS", `-c search_path=app`)
-	if path, set, known := conn.SearchPath(connect(t, conn.Params{})); path != "app" || !set || !known {
-		t.Errorf("SearchPath with PGOPTIONS: %q %v %v", path, set, known)
+	if got := settings(t, conn.Params{UserSearchPath: true}); got["search_path"] != "app" {
+		t.Errorf("UserSearchPath with PGOPTIONS: %v", got)
 	}
 	// The string's own setting wins over its options; search_path is
 	// pgreap's whatever they say.
@@ -260,32 +260,30 @@ func TestDeadlineReadsTimeoutsAsTheServer(t *testing.T) {
 	}
 }
 
-// SearchPath is the search_path the server gives a session opened with the
-// same string and options, not pgreap's own; known false only where pgreap
-// does not read the options as the server does.
-func TestSearchPath(t *testing.T) {
+// UserSearchPath leaves the search_path the server gives any client of the
+// same string, whatever sets it (the options, the database's settings).
+func TestUserSearchPath(t *testing.T) {
 	t.Parallel()
-	for _, tt := range []struct {
-		dsn        string
-		set, known bool
-	}{
-		{"", false, true},
-		{`options='-c statement_timeout=9s'`, false, true},
-		{`options='-csearch_path=evil'`, true, true},
-		{`options='-c search_path=evil,\\ public'`, true, true},
-		{`options='--search-path=a -c SEARCH_PATH=b -c jit=off'`, true, true},
-		{`options='-c search_path=a' search_path=c`, true, true},
-		{`options='-c application_name=search_path'`, false, true},
+	db := pgtest.NewDB(t)
+	if _, err := pgtest.Admin(t).Exec(pgtest.Context(t), "ALTER DATABASE "+db+" SET search_path = evil, public"); err != nil {
+		t.Fatal(err)
+	}
+	for _, dsn := range []string{
+		"",
+		"dbname=" + db,
+		`options='-c statement_timeout=9s'`,
+		`options='-csearch_path=evil'`,
+		`options='-c search_path=evil,\\ public'`,
+		`options='--search-path=a -c SEARCH_PATH=b -c jit=off'`,
+		`options='-c search_path=a' search_path=c`,
 	} {
-		t.Run(tt.dsn, func(t *testing.T) {
-			c := connect(t, conn.Params{DSN: tt.dsn})
-			path, set, known := conn.SearchPath(c)
-			if set != tt.set || known != tt.known {
-				t.Fatalf("set %v known %v, want %v %v", set, known, tt.set, tt.known)
+		t.Run(dsn, func(t *testing.T) {
+			var got, want string
+			c := connect(t, conn.Params{DSN: dsn, UserSearchPath: true})
+			if err := c.QueryRow(pgtest.Context(t), "SELECT pg_catalog.current_setting('search_path')").Scan(&got); err != nil {
+				t.Fatal(err)
 			}
-			// What a session of the same string, as any client opens
-			// it, has.
-			cfg, err := pgx.ParseConfig(tt.dsn)
+			cfg, err := pgx.ParseConfig(dsn)
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -294,32 +292,12 @@ func TestSearchPath(t *testing.T) {
 				t.Fatal(err)
 			}
 			defer plain.Close(context.Background())
-			var want, got string
 			if err := plain.QueryRow(pgtest.Context(t), "SELECT pg_catalog.current_setting('search_path')").Scan(&want); err != nil {
 				t.Fatal(err)
 			}
-			if !set {
-				if want != "\"$user\", public" {
-					t.Fatalf("not set, yet the server gives %q", want)
-				}
-				return
-			}
-			if err := c.QueryRow(pgtest.Context(t), "SELECT pg_catalog.set_config('search_path', $1, false)", path).Scan(&got); err != nil {
-				t.Fatal(err)
-			}
 			if got != want {
-				t.Fatalf("search_path %q, the server gives %q", got, want)
+				t.Fatalf("search_path %q, a client's %q", got, want)
 			}
 		})
-	}
-}
-
-// Options that name search_path in a way pgreap does not read leave it
-// unknown (the server refuses most of them).
-func TestSearchPathUnknown(t *testing.T) {
-	for _, o := range []string{"-c search_path", "-x search_path=a", "--search_path"} {
-		if _, set, known := conn.RequestedSearchPath(o); !set || known {
-			t.Errorf("%q: set %v known %v, want unknown", o, set, known)
-		}
 	}
 }

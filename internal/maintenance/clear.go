@@ -15,22 +15,28 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
 var (
 	//go:embed sql/clear_table.sql
 	clearTableSQL string
-	//go:embed sql/clear_search_path.sql
-	clearSearchPathSQL string
+	//go:embed sql/clear_name.sql
+	clearNameSQL string
 )
 
 // ClearOptions say which sessions Clear ends, and how.
 type ClearOptions struct {
 	// Tables are the tables as the user typed them: a name, resolved as
-	// the server resolves it, or an OID.
+	// the server resolves it for ConnectUser's session, or an OID.
 	Tables []string
+	// ConnectUser opens a session with the user's own connection
+	// settings and search_path, not pgreap's (conn.Params.UserSearchPath),
+	// on which the names are resolved and nothing else is run, so that a
+	// name without its schema is the table psql would find with the
+	// same connection string. Nil: names resolve in pgreap's search_path
+	// (pg_catalog, pg_temp), so only schema-qualified ones are found.
+	ConnectUser func(ctx context.Context) (*pgx.Conn, error)
 	// Mode is the lock mode to clear the way for, as pg_locks names it
 	// (selector.LockModes); "" is AccessExclusiveLock.
 	Mode string
@@ -77,8 +83,7 @@ type Cleared struct {
 }
 
 // UnknownTableError: a table named is not in the connected database, is
-// not a table pgreap clears, or its name is not a name (or has no schema
-// where pgreap cannot know the search_path); nothing was done.
+// not a table pgreap clears, or its name is not a name; nothing was done.
 type UnknownTableError struct {
 	Table  string
 	Reason string
@@ -93,56 +98,33 @@ var systemSchemas = []string{"pg_catalog", "information_schema", "pg_toast"}
 // LockTables resolves tables as typed into the lock objects that a query on
 // them locks (each table, the partitions and inheritance children under
 // it, all their indexes, TOAST tables and TOAST indexes), in the connected
-// database, and the tables schema-qualified. A name without its schema is
-// looked up in the search_path the user's own session would start with
-// (conn.SearchPath, else the role's and database's), not in pgreap's
-// (pg_catalog, pg_temp); when pgreap cannot know it, such a name is
-// refused. Only tables are taken: ordinary, partitioned and foreign
-// tables, materialized views, and no system catalog.
-func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector.LockObject, _ []string, err error) {
-	path, set, known := conn.SearchPath(c)
-	var userPath *string
-	if set && known {
-		userPath = &path
-	}
-	tx, err := c.Begin(ctx)
+// database, and the tables schema-qualified. The names are resolved to
+// OIDs on a session connectUser opens (see ClearOptions.ConnectUser; nil:
+// on c), everything else on c by OID. Only tables are taken: ordinary,
+// partitioned and foreign tables, materialized views, and no system
+// catalog.
+func LockTables(ctx context.Context, c *pgx.Conn, connectUser func(context.Context) (*pgx.Conn, error), tables []string) ([]selector.LockObject, []string, error) {
+	oids, err := resolve(ctx, c, connectUser, tables)
 	if err != nil {
 		return nil, nil, err
-	}
-	defer func() {
-		if rerr := tx.Rollback(context.WithoutCancel(ctx)); err == nil && rerr != nil {
-			err = rerr
-		}
-	}()
-	if _, err := tx.Exec(ctx, clearSearchPathSQL, userPath); err != nil {
-		return nil, nil, fmt.Errorf("search_path: %w", err)
 	}
 	db := c.Config().Database
 	var objects []selector.LockObject
 	var shown []string
-	for _, t := range tables {
-		var num *string
-		if _, err := strconv.ParseUint(t, 10, 32); err == nil {
-			num = &t
-		}
+	for i, t := range tables {
 		var oid, database *uint32
-		var bare bool
 		var name, schema, kind, of *string
 		var rels []uint32
-		err := tx.QueryRow(ctx, clearTableSQL, t, num).Scan(&oid, &bare, &name, &schema, &kind, &of, &database, &rels)
-		var pgErr *pgconn.PgError
+		if oids[i] == nil {
+			return nil, nil, &UnknownTableError{t, "no such relation in database " + db}
+		}
+		err := c.QueryRow(ctx, clearTableSQL, *oids[i]).Scan(&oid, &name, &schema, &kind, &of, &database, &rels)
 		switch {
-		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02" || pgErr.Code == "22023"):
-			// to_regclass and parse_ident refuse what is not a name
-			// ("a.b.c.d", a quote left open, another database's table).
-			return nil, nil, &UnknownTableError{t, pgErr.Message}
 		case err != nil:
 			return nil, nil, fmt.Errorf("table %q: %w", t, err)
-		case bare && !known:
-			return nil, nil, &UnknownTableError{t, "the connection's options set search_path in a way pgreap cannot read exactly: name the table with its schema (e.g. public." + t + ")"}
-		case oid == nil && num != nil:
+		case oid == nil && isOID(t):
 			return nil, nil, &UnknownTableError{t, "no relation has this OID in database " + db}
-		case oid == nil:
+		case oid == nil: // dropped since it was resolved
 			return nil, nil, &UnknownTableError{t, "no such relation in database " + db}
 		}
 		if reason := notATable(*name, *schema, *kind, of); reason != "" {
@@ -156,6 +138,45 @@ func LockTables(ctx context.Context, c *pgx.Conn, tables []string) (_ []selector
 		}
 	}
 	return objects, shown, nil
+}
+
+// isOID reports whether a table as typed is an OID.
+func isOID(t string) bool {
+	_, err := strconv.ParseUint(t, 10, 32)
+	return err == nil
+}
+
+// resolve is the OID of each table as typed, nil for a name that names no
+// relation: a number is one; names are looked up with to_regclass on a
+// session connectUser opens for them alone, closed before returning.
+func resolve(ctx context.Context, c *pgx.Conn, connectUser func(context.Context) (*pgx.Conn, error), tables []string) (_ []*uint32, err error) {
+	oids := make([]*uint32, len(tables))
+	on := c
+	for i, t := range tables {
+		if isOID(t) {
+			n, _ := strconv.ParseUint(t, 10, 32)
+			oid := uint32(n)
+			oids[i] = &oid
+			continue
+		}
+		if on == c && connectUser != nil {
+			if on, err = connectUser(ctx); err != nil {
+				return nil, err
+			}
+			defer on.Close(context.WithoutCancel(ctx))
+		}
+		err := on.QueryRow(ctx, clearNameSQL, t).Scan(&oids[i])
+		var pgErr *pgconn.PgError
+		switch {
+		case errors.As(err, &pgErr) && (strings.HasPrefix(pgErr.Code, "42") || pgErr.Code == "0A000" || pgErr.Code == "22P02" || pgErr.Code == "22023"):
+			// to_regclass refuses what is not a name ("a.b.c.d", a
+			// quote left open, another database's table).
+			return nil, &UnknownTableError{t, pgErr.Message}
+		case err != nil:
+			return nil, fmt.Errorf("table %q: %w", t, err)
+		}
+	}
+	return oids, nil
 }
 
 // notATable says why a relation is not one clear takes, "" when it is.
@@ -203,7 +224,7 @@ func Clear(ctx context.Context, conn *pgx.Conn, opts ClearOptions) (*Cleared, er
 	if opts.Mode == "" {
 		opts.Mode = "AccessExclusiveLock"
 	}
-	objects, tables, err := LockTables(ctx, conn, opts.Tables)
+	objects, tables, err := LockTables(ctx, conn, opts.ConnectUser, opts.Tables)
 	if err != nil {
 		return &Cleared{}, err
 	}

@@ -2,18 +2,14 @@
 -- relations whose locks a query on it takes: the table and every partition
 -- or inheritance child under it (ALTER TABLE without ONLY recurses, and a
 -- query on one partition locks it, not its parent), their indexes, TOAST
--- tables and the TOAST tables' indexes. A name is resolved as the server
--- resolves it (search_path, quoting) by to_regclass; a number (the caller
--- checked it is one) is an OID. Always one row: oid NULL when unknown.
---  $1 text  the table as typed
---  $2 text  the OID it is, if a number (NULL: a name)
--- bare: a name without its schema. shown: schema-qualified whatever the
--- search_path. schema and kind say what is not a table; of: the table an
--- index, TOAST table or TOAST index belongs to.
+-- tables and the TOAST tables' indexes. Always one row: oid NULL when no
+-- relation has that OID (a name is resolved beforehand: clear_name.sql).
+--  $1 oid  the table's OID
+-- shown: schema-qualified whatever the search_path. schema and kind say
+-- what is not a table; of: the table an index, TOAST table or TOAST index
+-- belongs to.
 -- database is 0 for a shared catalog, as pg_locks has it.
 SELECT c.oid,
-       CASE WHEN $2::text IS NOT NULL THEN false
-            ELSE pg_catalog.array_length(pg_catalog.parse_ident($1::text), 1) = 1 END AS bare,
        pg_catalog.quote_ident(n.nspname) || '.' || pg_catalog.quote_ident(c.relname) AS shown,
        n.nspname AS schema, c.relkind::text AS kind,
        (SELECT pg_catalog.quote_ident(tn.nspname) || '.' || pg_catalog.quote_ident(t.relname)
@@ -36,7 +32,6 @@ SELECT c.oid,
               UNION SELECT i.indexrelid FROM pg_catalog.pg_class AS r JOIN tree ON r.oid = tree.oid
                       JOIN pg_catalog.pg_index AS i ON i.indrelid = r.reltoastrelid WHERE r.reltoastrelid <> 0
               ORDER BY 1) AS relations
-  FROM (SELECT CASE WHEN $2::text IS NOT NULL THEN $2::text::pg_catalog.oid
-                    ELSE pg_catalog.to_regclass($1::text)::pg_catalog.oid END AS oid) AS q
+  FROM (SELECT $1::pg_catalog.oid AS oid) AS q
   LEFT JOIN pg_catalog.pg_class AS c ON c.oid = q.oid
   LEFT JOIN pg_catalog.pg_namespace AS n ON n.oid = c.relnamespace
