@@ -187,6 +187,12 @@ func TestClearPreparedTransaction(t *testing.T) {
 		!strings.Contains(rows[0]["detail"].(string), "ROLLBACK PREPARED '"+gid+"'") {
 		t.Fatalf("rows %v", rows)
 	}
+	// The tree names it as the table does, though nothing waits on it.
+	r = run(t, true, "clear", "t", "--yes", "-d", dsn)
+	r.wantCode(t, 3)
+	if lines := strings.Split(r.out, "\n"); len(lines) < 2 || !strings.HasPrefix(lines[1], "prepared:"+gid+"  "+db+"  ") {
+		t.Fatalf("the tree does not name the prepared transaction:\n%s", r.out)
+	}
 	if !pgtest.IsPrepared(t, gid) {
 		t.Fatal("the prepared transaction was ended")
 	}

@@ -434,6 +434,13 @@ func clearTree(ctx context.Context, conn *pgx.Conn, plan *action.Plan, prepared 
 	if err := activity.PreparedBlockers(ctx, conn, snap); err != nil {
 		return nil, nil, err
 	}
+	// PreparedBlockers has those a session waits on; a holder nobody
+	// queues behind yet is a root too, named by its row.
+	for i := range prepared {
+		if p := prepared[i].Session; !slices.ContainsFunc(snap.Prepared, func(s activity.Session) bool { return s.GID == p.GID }) {
+			snap.Prepared = append(snap.Prepared, p)
+		}
+	}
 	waits, err := Waits(ctx, conn)
 	if err != nil {
 		return nil, nil, err
