@@ -199,7 +199,7 @@ func clearRun(ctx context.Context, opts *ClearOptions) error {
 	}
 	kind := opts.Action
 	if kind == "" {
-		kind = action.Terminate
+		kind = fellShort(c.Results)
 	}
 	ferr := finish(opts.IO, opts.Format, opts.Color, kind, c.Plan, c.Results, shown, err, opts.DryRun)
 	if err != nil || c.Still == "" {
@@ -211,4 +211,23 @@ func clearRun(ctx context.Context, opts *ClearOptions) error {
 	}
 	return incomplete(fmt.Errorf("still holding a lock on %s that conflicts with %s: %s%s",
 		strings.Join(c.Tables, ", "), selector.LockModeWords(opts.mode), c.Still, hint))
+}
+
+// fellShort is the action the sessions that fell short of it were given,
+// for the summary to name: cancel when each was to be cancelled (by
+// default what runs a statement is), else terminate.
+func fellShort(results []action.Result) action.Kind {
+	kind := action.Kind("")
+	for i := range results {
+		if r := &results[i]; r.Incomplete() && !r.IsPrepared() {
+			if r.Action != action.Cancel {
+				return action.Terminate
+			}
+			kind = action.Cancel
+		}
+	}
+	if kind == "" {
+		return action.Terminate
+	}
+	return kind
 }

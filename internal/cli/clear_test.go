@@ -2,12 +2,14 @@ package cli_test
 
 import (
 	"fmt"
+	"io"
 	"os"
 	"path/filepath"
 	"slices"
 	"strings"
 	"testing"
 
+	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -520,5 +522,54 @@ func TestClearHiddenState(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("the holder was ended")
+	}
+}
+
+// onFirstWrite calls f before the first write goes through to w.
+type onFirstWrite struct {
+	w    io.Writer
+	f    func()
+	done bool
+}
+
+func (o *onFirstWrite) Write(p []byte) (int, error) {
+	if !o.done {
+		o.done = true
+		o.f()
+	}
+	return o.w.Write(p)
+}
+
+// TestClearDryRunMovedOn: a dry run judges each session at its end; a
+// running query planned to be cancelled that ended after the tree was
+// shown is changed, and the summary says it did not reach cancelled (the
+// action planned), not terminated.
+func TestClearDryRunMovedOn(t *testing.T) {
+	t.Parallel()
+	dsn, in := clearDB(t)
+	tag := pgtest.Tag(t)
+	reader := in("reader")
+	reader.Start("SELECT pg_catalog.pg_sleep(600) FROM t")
+	reader.WaitState("active", "Timeout")
+	streams, out, errOut := cli.Test()
+	streams.OutTTY, streams.Width = true, 200
+	// The tree is written after the sessions are chosen and before the
+	// dry run judges them: the reader's query ends in between.
+	streams.Out = &onFirstWrite{w: out, f: func() {
+		if err := reader.Conn.PgConn().CancelRequest(pgtest.Context(t)); err != nil {
+			t.Error(err)
+		}
+		if err := reader.Wait(); pgtest.SQLState(err) != "57014" {
+			t.Errorf("reader: %v, want a cancel", err)
+		}
+	}}
+	code := cli.Run(pgtest.Context(t), []string{"clear", "t", "--app", tag + "-*", "--dry-run", "-d", dsn}, streams)
+	r := result{code, out.String(), errOut.String()}
+	r.wantCode(t, 3)
+	if !strings.Contains(r.errOut, "1 of 1 sessions did not reach cancelled: 1 changed") {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	if !reader.Alive() {
+		t.Fatal("a dry run ended a session")
 	}
 }
