@@ -53,11 +53,15 @@ type LockWait struct {
 	Relname string
 }
 
-// String says what was waited for: "AccessExclusiveLock on t".
+// String says what was waited for: "AccessExclusiveLock on t",
+// "ExclusiveLock on a row of t (tuple)".
 func (w *LockWait) String() string {
 	o := &w.Object
 	on := o.LockType
 	switch {
+	case w.Relname != "" && (o.LockType == "tuple" || o.LockType == "page"):
+		// Not the table's lock: a row's (or a page's) of it.
+		on = "a " + map[string]string{"tuple": "row", "page": "page"}[o.LockType] + " of " + w.Relname + " (" + o.LockType + ")"
 	case w.Relname != "":
 		on = w.Relname
 	case o.Relation != nil:
@@ -82,6 +86,9 @@ type Attempt struct {
 	// Blockers are who held up that wait at the last look: backends,
 	// then prepared transactions (rows with GID set).
 	Blockers []activity.Session
+	// Waiting are the pids of holders of that lock that themselves waited
+	// for another: victims of whoever they wait for, never ended.
+	Waiting []int32
 	// Plan and Results are the ending of the blockers after the attempt
 	// (per Clear), prepared transactions shown protected; nil when
 	// nothing was chosen.
@@ -279,7 +286,7 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
 			if look != nil {
-				a.Lock, a.Blockers = look.lock, look.blockers
+				a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 			}
 			if opts.Attempted != nil {
 				opts.Attempted(a) // the attempt under way is shown as it ended
@@ -294,7 +301,7 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			return ex, fmt.Errorf("look at the waiting attempt: %w", oerr)
 		}
 		if look != nil {
-			a.Lock, a.Blockers = look.lock, look.blockers
+			a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 		}
 		if a.Outcome != LockTimeout {
 			if opts.Attempted != nil {
@@ -390,6 +397,7 @@ func runSQL(ctx context.Context, run *pgx.Conn, sql string) ([]string, error) {
 type waitLook struct {
 	lock     *LockWait
 	blockers []activity.Session
+	waiting  []int32
 	snap     *activity.Snapshot
 }
 
@@ -450,11 +458,12 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 		w        LockWait
 		relname  *string
 		pids     []int32
+		waiting  []int32
 		prepared []string
 	)
 	o := &w.Object
 	err := conn.QueryRow(ctx, execWaitSQL, int32(pid)).Scan(&o.LockType, &o.Database, &o.Relation, &o.Page, &o.Tuple,
-		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &prepared)
+		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &waiting, &prepared)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -466,7 +475,8 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 	}
 	// Never one's own session, whatever the server says.
 	pids = slices.DeleteFunc(pids, func(p int32) bool { return p == int32(pid) })
-	look := &waitLook{lock: &w}
+	waiting = slices.DeleteFunc(waiting, func(p int32) bool { return p == int32(pid) })
+	look := &waitLook{lock: &w, waiting: waiting}
 	if len(pids) > 0 {
 		if look.snap, err = activity.Lookup(ctx, conn, pids); err != nil {
 			return nil, err
@@ -539,7 +549,15 @@ func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLo
 // Describe says who blocked an attempt: "1234 (idle in transaction),
 // prepared:px"; "no one seen" when the look saw no wait.
 func (a *Attempt) Describe() string {
+	via := ""
+	if len(a.Waiting) > 0 {
+		// Named, never ended: pgreap unblock shows whom they wait for.
+		via = fmt.Sprintf("via %s, itself waiting for another session's lock (not ended: see pgreap unblock)", pidList(a.Waiting))
+	}
 	if len(a.Blockers) == 0 {
+		if via != "" {
+			return "no one that holds the lock and waits for nothing; " + via
+		}
 		return "no one seen (the wait was shorter than a look)"
 	}
 	var parts []string
@@ -554,6 +572,9 @@ func (a *Attempt) Describe() string {
 			state = "state hidden: pg_read_all_stats" // another role's session
 		}
 		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, state))
+	}
+	if via != "" {
+		parts = append(parts, via)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -306,3 +306,44 @@ func TestExecInterrupted(t *testing.T) {
 		t.Fatal("the column was added, or the holder ended")
 	}
 }
+
+// A holder of the lock the attempt waits for that itself waits (an UPDATE
+// of a row another transaction updated holds the row's tuple lock while it
+// waits for that transaction) is a victim, never ended: it is named as
+// such, and the row's lock as a row's, not the table's.
+func TestExecLeavesAWaitingHolder(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	first := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	first.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
+	first.Exec("INSERT INTO t VALUES (1, 'a')")
+	first.Exec("BEGIN")
+	first.Exec("UPDATE t SET v = 'X' WHERE id = 1")
+	second := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	second.Start("UPDATE t SET v = 'Z' WHERE id = 1")
+	second.WaitState("active", "Lock")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "UPDATE t SET v = 'E' WHERE id = 1", LockTimeout: 500 * time.Millisecond, Attempts: 2,
+		Between: 50 * time.Millisecond, Clear: action.Terminate, Wait: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &ex.Attempts[0]
+	if a.Outcome != maintenance.LockTimeout || a.Lock == nil {
+		t.Fatalf("first attempt %+v", a)
+	}
+	if slices.Contains(a.BlockedBy(), second.PID) || slices.ContainsFunc(a.Results, func(r action.Result) bool { return r.PID == second.PID }) {
+		t.Fatalf("the waiting holder %d was taken for a blocker: %v, results %+v", second.PID, a.BlockedBy(), a.Results)
+	}
+	if !second.Alive() || !first.Alive() {
+		t.Fatal("a session was ended")
+	}
+	if s := a.Lock.String(); s != "ExclusiveLock on a row of public.t (tuple)" {
+		t.Fatalf("lock %q", s)
+	}
+	if !slices.Equal(a.Waiting, []int32{second.PID}) || !strings.Contains(a.Describe(), "itself waiting") {
+		t.Fatalf("waiting %v, described %q", a.Waiting, a.Describe())
+	}
+}
