@@ -94,9 +94,14 @@ and that is an error, as is SQL whose last transaction ends in ROLLBACK
 The SQL runs under the session's statement_timeout (pgreap's 30s, unless
 the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
 
+A holder that itself waits for a lock (an UPDATE holding a row's tuple
+lock while it waits for the transaction that updated the row) is that
+transaction's victim: named ("via PID, itself waiting"), never ended.
+
 Refused (exit 2, nothing run): SQL with CONCURRENTLY (a timed-out attempt
 leaves an invalid index, and it waits for every older transaction, on any
-table); SQL that sets or names lock_timeout (exec owns it); a
+table); CALL and DO (a procedure or block may COMMIT or ROLLBACK inside,
+and exec could not tell what committed); SQL that sets or names lock_timeout (exec owns it); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
 through a pooler such as PgBouncer (pg_backend_pid() is not the backend
 the protocol names: exec needs a server session of its own).
@@ -188,6 +193,10 @@ func (opts *ExecOptions) check(command bool) error {
 		return errors.New("the SQL has CONCURRENTLY: exec refuses it (a lock timeout leaves an invalid index that a retry skips or trips over, " +
 			"and it waits for every older transaction, on any table, which exec would end); run it with psql")
 	}
+	if callOrDo.MatchString(opts.SQL) {
+		return errors.New("the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
+			"and pgreap could not tell what committed); run it with psql, or give exec its statements")
+	}
 	if lockTimeout.MatchString(opts.SQL) {
 		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
 	}
@@ -234,6 +243,12 @@ func readSQLFile(path string) (string, error) {
 // concurrently finds CREATE/DROP INDEX, REINDEX and DETACH PARTITION
 // CONCURRENTLY: mistaken the safe way only (the word in a string).
 var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
+
+// callOrDo finds a statement that starts with CALL or DO (after comments):
+// its transaction control, inside the procedure or block, shows in no
+// command tag. Mistaken the safe way only (a ';' in a string before the
+// word).
+var callOrDo = regexp.MustCompile(`(?is)(^|;)(\s|--[^\n]*|/\*.*?\*/)*(CALL|DO)\b`)
 
 // lockTimeout finds a SET, RESET or set_config of lock_timeout: the SQL
 // would lift the bound that keeps exec from holding a queue (mistaken the

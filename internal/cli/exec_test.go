@@ -215,6 +215,9 @@ func TestExecBlockerStateHidden(t *testing.T) {
 	}
 }
 
+const callOrDo = "pgreap: the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
+	"and pgreap could not tell what committed); run it with psql, or give exec its statements\n"
+
 func TestExecBadInput(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -239,6 +242,9 @@ func TestExecBadInput(t *testing.T) {
 			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
 		{"lock timeout by set_config", []string{"-c", "SELECT pg_catalog.set_config('lock_timeout', '0', false)", "--yes"},
 			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
+		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
+		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
+		{"CALL", []string{"-c", "/* p */ CALL p()", "--yes"}, callOrDo},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
 			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
 	} {
@@ -252,6 +258,10 @@ func TestExecBadInput(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("bad input ended a session")
+	}
+	var ran bool
+	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL").Scan(&ran); err != nil || ran {
+		t.Fatalf("the refused DO ran (%v)", err)
 	}
 }
 
