@@ -101,7 +101,9 @@ transaction's victim: named ("via PID, itself waiting"), never ended.
 Refused (exit 2, nothing run): SQL with CONCURRENTLY (a timed-out attempt
 leaves an invalid index, and it waits for every older transaction, on any
 table); CALL and DO (a procedure or block may COMMIT or ROLLBACK inside,
-and exec could not tell what committed); SQL that sets or names lock_timeout (exec owns it); a
+and exec could not tell what committed); SQL that sets or names
+lock_timeout (exec owns it: an attempt seen waiting on one lock longer
+than --lock-timeout and 100ms is cancelled all the same, a lock timeout); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
 through a pooler such as PgBouncer (pg_backend_pid() is not the backend
 the protocol names: exec needs a server session of its own).

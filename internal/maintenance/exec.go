@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,7 +32,15 @@ var (
 	setLockTimeoutSQL string
 	//go:embed sql/exec_session.sql
 	execSessionSQL string
+	//go:embed sql/exec_cancel.sql
+	execCancelSQL string
 )
+
+// overdue is how much longer than its lock_timeout an attempt may be seen
+// waiting on one lock before the observer cancels it: the SQL lifted the
+// bound (a set_config that no text check finds), and the queue behind it
+// must stay bounded all the same.
+const overdue = 100 * time.Millisecond
 
 // AttemptOutcome is how one run of exec's SQL ended.
 type AttemptOutcome string
@@ -262,11 +271,11 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		}
 		ex.Attempts = append(ex.Attempts, Attempt{N: n})
 		a := &ex.Attempts[len(ex.Attempts)-1]
-		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.Logger)
+		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.LockTimeout+overdue, opts.Logger)
 		start := time.Now()
 		tags, err := runSQL(ctx, run, opts.SQL)
 		a.Waited = time.Since(start)
-		look, oerr := o.stop()
+		look, cancelled, oerr := o.stop()
 		if err == nil {
 			err = notCommitted(tags, run.PgConn().TxStatus())
 		}
@@ -282,6 +291,9 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		case err == nil:
 			a.Outcome = Committed
 		case errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil:
+			a.Outcome = LockTimeout
+		case cancelled && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
+			// The observer's cancel: a lock timeout the SQL had lifted.
 			a.Outcome = LockTimeout
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
@@ -409,26 +421,48 @@ type waiter struct {
 
 type waiterResult struct {
 	look *waitLook
-	err  error
+	// cancelled: the attempt was seen waiting on one lock for longer
+	// than the limit, and cancelled.
+	cancelled bool
+	err       error
 }
 
 // watchWait looks every poll at what backend pid waits for and who holds
 // it up, until stop; it keeps the last look that saw it wait. Between
 // looks, holders only leave a wait (a new request that conflicts queues
-// behind it): the last look names those that held it up all along.
-func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll time.Duration, logger *slog.Logger) *waiter {
+// behind it): the last look names those that held it up all along. An
+// attempt seen waiting on the same lock in every look for longer than
+// limit is cancelled (once).
+func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time.Duration, logger *slog.Logger) *waiter {
 	w := &waiter{done: make(chan struct{}), out: make(chan waiterResult, 1)}
 	go func() {
 		var res waiterResult
+		var since time.Time // when the wait of the last look was first seen
+		var last *LockWait
 		for {
 			look, err := lookWait(ctx, conn, pid)
 			if err != nil {
 				res.err = err
 				break
 			}
+			switch {
+			case look == nil:
+				last = nil
+			case last == nil || !reflect.DeepEqual(last, look.lock): // the pointers' values
+				last, since = look.lock, time.Now()
+			}
 			if look != nil {
 				res.look = look
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
+				if !res.cancelled && time.Since(since) > limit {
+					var sent bool
+					if err := conn.QueryRow(ctx, execCancelSQL, int32(pid)).Scan(&sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+						res.err = fmt.Errorf("cancel the attempt waiting past its lock timeout: %w", err)
+						break
+					}
+					res.cancelled = sent
+					logger.Debug("attempt waited past its lock timeout", "cancelled", sent)
+				}
 			}
 			select {
 			case <-w.done:
@@ -443,11 +477,12 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll time.Durati
 }
 
 // stop ends the looks (after the one under way, never cancelled: that
-// would close the connection) and returns the last that saw a wait.
-func (w *waiter) stop() (*waitLook, error) {
+// would close the connection) and returns the last that saw a wait, and
+// whether the attempt was cancelled for waiting past its lock timeout.
+func (w *waiter) stop() (*waitLook, bool, error) {
 	close(w.done)
 	r := <-w.out
-	return r.look, r.err
+	return r.look, r.cancelled, r.err
 }
 
 // lookWait is what backend pid waits for and who holds it up, with each

@@ -347,3 +347,29 @@ func TestExecLeavesAWaitingHolder(t *testing.T) {
 		t.Fatalf("waiting %v, described %q", a.Waiting, a.Describe())
 	}
 }
+
+// SQL that lifts its lock_timeout where no text check sees it still waits
+// no longer than --lock-timeout and a margin: the observer cancels it, and
+// the attempt counts as a lock timeout.
+func TestExecBoundsALiftedLockTimeout(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL:         "SELECT pg_catalog.set_config('lock' || '_timeout', '0', false); ALTER TABLE t ADD COLUMN note text",
+		LockTimeout: 200 * time.Millisecond, Attempts: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := &ex.Attempts[0]; a.Outcome != maintenance.LockTimeout || !slices.Equal(a.BlockedBy(), []int32{holder.PID}) {
+		t.Fatalf("attempt %+v, want a lock timeout blocked by %d", a, holder.PID)
+	}
+	if !holder.Alive() || hasColumn(t, db, "note") {
+		t.Fatal("the holder was ended, or the column added")
+	}
+}
