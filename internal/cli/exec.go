@@ -86,7 +86,9 @@ deadlock_timeout).
 -c runs one string as psql -c does: several statements run in one
 transaction. -f runs a file the same way, as one query: its statements
 commit together, or not at all, unless the file has its own BEGIN, COMMIT
-or ROLLBACK (then exec says so: a retry runs the file again from its start).
+or ROLLBACK (then exec says so: a retry runs the file again from its start;
+an attempt that fails after a COMMIT of it completed says that what ran
+before it committed, and one that times out then is not tried again: exit 3).
 FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
 dropped, as psql does). A transaction the SQL leaves open is rolled back,
 and that is an error, as is SQL whose last transaction ends in ROLLBACK
@@ -121,7 +123,8 @@ first, set on attempt rows.
 Exit status: 0 the SQL committed, 2 usage or connection error, or an SQL
 error other than a lock timeout (as the server gave it; never tried
 again: a deadlock and a statement timeout are such errors), 3 gave up
-after --attempts (the message names who blocked the last attempt).`,
+after --attempts (the message names who blocked the last attempt), or an
+attempt timed out after a COMMIT of the SQL (not tried again).`,
 		Example: `  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --yes
   pgreap exec -f migrate.sql --lock-timeout 1s --attempts 5
   pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
@@ -265,7 +268,7 @@ var ownTransactions = regexp.MustCompile(`(?i)\b(BEGIN|COMMIT|ROLLBACK|START\s+T
 func execRun(ctx context.Context, opts *ExecOptions) error {
 	if ownTransactions.MatchString(opts.SQL) {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: the SQL has its own transaction control (BEGIN, COMMIT or ROLLBACK), or looks so: "+
-			"it runs as it is, and a retry runs it again from its start")
+			"it runs as it is; a retry runs it again from its start, and an attempt that times out after a COMMIT of it ends the run")
 	}
 	run, err := opts.ConnectSQL(ctx)
 	if err != nil {
@@ -302,7 +305,10 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 	}
 	var sqlErr *maintenance.SQLError
 	var sessErr *maintenance.SessionError
+	var partly *maintenance.PartlyCommitted
 	switch {
+	case errors.As(err, &partly):
+		return incomplete(err)
 	case errors.As(err, &sqlErr), errors.As(err, &sessErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
 		return usageError(err)
 	case err != nil:

@@ -454,3 +454,21 @@ func TestExecHangup(t *testing.T) {
 		t.Fatalf("the column was added (%v)", err)
 	}
 }
+
+// Timed out after its own COMMIT, the SQL is not tried again: exit 3,
+// saying that what ran before the COMMIT stays committed.
+func TestExecTimedOutAfterItsCommit(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "CREATE TABLE done (); COMMIT; ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", "200ms", "--attempts", "3", "--between", "0s", "--clear", "none")
+	r.wantCode(t, 3)
+	if strings.Count(r.out, ": lock timeout after ") != 1 ||
+		!strings.Contains(r.errOut, "pgreap: attempt 1 timed out waiting for a lock after a COMMIT of the SQL had completed: the statements before the SQL's COMMIT committed, and stay; not tried again") {
+		t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("--clear none ended the blocker")
+	}
+}

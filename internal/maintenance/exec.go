@@ -174,7 +174,12 @@ func (e *Executed) Committed() bool {
 
 // SQLError is an attempt's SQL failing otherwise than by its lock
 // timeout: never tried again.
-type SQLError struct{ Err *pgconn.PgError }
+type SQLError struct {
+	Err *pgconn.PgError
+	// Committed: a COMMIT of the SQL had completed before the error, and
+	// what it committed stays.
+	Committed bool
+}
 
 // Error is the error as the server gave it: message, SQLSTATE, position.
 func (e *SQLError) Error() string {
@@ -185,7 +190,31 @@ func (e *SQLError) Error() string {
 	if e.Err.Detail != "" {
 		msg += "; " + e.Err.Detail
 	}
+	if e.Committed {
+		msg += "; " + committedNote
+	}
 	return msg
+}
+
+// committedNote says what stays of SQL that failed after a COMMIT of its
+// own had completed.
+const committedNote = "the statements before the SQL's COMMIT committed, and stay"
+
+// PartlyCommitted: an attempt timed out after a COMMIT of the SQL had
+// completed. It is not tried again: a retry would run the committed part
+// again.
+type PartlyCommitted struct{ N int }
+
+func (e *PartlyCommitted) Error() string {
+	return fmt.Sprintf("attempt %d timed out waiting for a lock after a COMMIT of the SQL had completed: %s; "+
+		"not tried again (a retry would run them again): run the rest of the SQL once its blocker is gone", e.N, committedNote)
+}
+
+// committedEarlier says whether a COMMIT of the SQL completed, from the
+// command tags of its statements that ran: a COMMIT of a failed
+// transaction is tagged ROLLBACK.
+func committedEarlier(tags []string) bool {
+	return slices.Contains(tags, "COMMIT") || slices.Contains(tags, "COMMIT PREPARED")
 }
 
 func (e *SQLError) Unwrap() error { return e.Err }
@@ -297,6 +326,9 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			a.Outcome = LockTimeout
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
+			if committedEarlier(tags) {
+				a.Err = fmt.Errorf("%w; %s", a.Err, committedNote)
+			}
 			if look != nil {
 				a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 			}
@@ -305,7 +337,7 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			}
 			return ex, &Interrupted{ctx.Err()}
 		case errors.As(err, &pgErr):
-			a.Outcome, a.Err = SQLFailed, &SQLError{pgErr}
+			a.Outcome, a.Err = SQLFailed, &SQLError{Err: pgErr, Committed: committedEarlier(tags)}
 		default:
 			a.Outcome, a.Err = SQLFailed, err
 		}
@@ -315,7 +347,10 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		if look != nil {
 			a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 		}
-		if a.Outcome != LockTimeout {
+		if a.Outcome == LockTimeout && committedEarlier(tags) {
+			a.Err = &PartlyCommitted{N: n}
+		}
+		if a.Outcome != LockTimeout || a.Err != nil {
 			if opts.Attempted != nil {
 				opts.Attempted(a)
 			}

@@ -373,3 +373,36 @@ func TestExecBoundsALiftedLockTimeout(t *testing.T) {
 		t.Fatal("the holder was ended, or the column added")
 	}
 }
+
+// SQL whose own COMMIT completed before it failed says that what ran
+// before the COMMIT stays committed; timed out after it, it is not tried
+// again (the retry would run the committed part again).
+func TestExecFailsAfterItsCommit(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("CREATE TABLE other (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	opts := maintenance.ExecOptions{LockTimeout: 200 * time.Millisecond, Attempts: 3, Between: 10 * time.Millisecond}
+
+	opts.SQL = "INSERT INTO other VALUES (1); COMMIT; ALTER TABLE t ADD COLUMN c int"
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	var partly *maintenance.PartlyCommitted
+	if !errors.As(err, &partly) || len(ex.Attempts) != 1 || ex.Attempts[0].Outcome != maintenance.LockTimeout {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	var n int
+	if err := observe.QueryRow(pgtest.Context(t), "SELECT count(*) FROM public.other").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d rows committed (%v), want 1: a retry ran the committed part again", n, err)
+	}
+
+	opts.SQL = "ALTER TABLE other ADD COLUMN e int; COMMIT; SELECT 1/0"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	var sqlErr *maintenance.SQLError
+	if !errors.As(err, &sqlErr) || !sqlErr.Committed || !strings.Contains(err.Error(), "before the SQL's COMMIT committed") || ex.Committed() {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+}
