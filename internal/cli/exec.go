@@ -89,7 +89,7 @@ commit together, or not at all, unless the file has its own BEGIN, COMMIT
 or ROLLBACK (then exec says so: a retry runs the file again from its start;
 an attempt that fails after a COMMIT of it completed says that what ran
 before it committed, and one that times out then is not tried again: exit 3).
-FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
+FILE is a regular file (not a symbolic link) of at most 16 MiB (a UTF-8 byte order mark is
 dropped, as psql does). A transaction the SQL leaves open is rolled back,
 and that is an error, as is SQL whose last transaction ends in ROLLBACK
 (the message says what an earlier COMMIT of it committed, which stays).
@@ -216,10 +216,16 @@ const maxSQLFile = 16 << 20
 
 // readSQLFile reads -f's file: a regular file (opened without waiting for
 // a writer, so a FIFO cannot hang pgreap; a device is refused before it is
-// read), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
+// read; not through a symbolic link), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
 // psql drops it.
 func readSQLFile(path string) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// O_NOFOLLOW: a link as the last component, which another user may
+	// point at a file only pgreap's user can read (its text would reach
+	// the server log in a syntax error), is refused.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return "", fmt.Errorf("%s: a symbolic link: give the file it points to", path)
+	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		return "", fmt.Errorf("%s: %w", pe.Path, pe.Err)

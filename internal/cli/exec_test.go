@@ -375,7 +375,15 @@ func TestExecFileNotRegular(t *testing.T) {
 	if err := os.WriteFile(big, []byte("SELECT 1;"+strings.Repeat(" ", 16<<20)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	link := dir + "/link.sql"
+	if err := os.WriteFile(dir+"/real.sql", []byte("SELECT 1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir+"/real.sql", link); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, path, want string }{
+		{"symlink", link, "pgreap: " + link + ": a symbolic link: give the file it points to\n"},
 		{"fifo", fifo, "pgreap: " + fifo + ": not a regular file\n"},
 		{"directory", dir, "pgreap: " + dir + ": not a regular file\n"},
 		{"device", "/dev/zero", "pgreap: /dev/zero: not a regular file\n"},
