@@ -86,17 +86,26 @@ deadlock_timeout).
 -c runs one string as psql -c does: several statements run in one
 transaction. -f runs a file the same way, as one query: its statements
 commit together, or not at all, unless the file has its own BEGIN, COMMIT
-or ROLLBACK (then exec says so: a retry runs the file again from its start).
-FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
+or ROLLBACK (then exec says so: a retry runs the file again from its start;
+an attempt that fails after a COMMIT of it completed says that what ran
+before it committed, and one that times out then is not tried again: exit 3).
+FILE is a regular file (not a symbolic link) of at most 16 MiB (a UTF-8 byte order mark is
 dropped, as psql does). A transaction the SQL leaves open is rolled back,
 and that is an error, as is SQL whose last transaction ends in ROLLBACK
 (the message says what an earlier COMMIT of it committed, which stays).
 The SQL runs under the session's statement_timeout (pgreap's 30s, unless
 the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
 
+A holder that itself waits for a lock (an UPDATE holding a row's tuple
+lock while it waits for the transaction that updated the row) is that
+transaction's victim: named ("via PID, itself waiting"), never ended.
+
 Refused (exit 2, nothing run): SQL with CONCURRENTLY (a timed-out attempt
 leaves an invalid index, and it waits for every older transaction, on any
-table); SQL that sets or names lock_timeout (exec owns it); a
+table); CALL and DO (a procedure or block may COMMIT or ROLLBACK inside,
+and exec could not tell what committed); SQL that sets or names
+lock_timeout (exec owns it: an attempt seen waiting on one lock longer
+than --lock-timeout and 100ms is cancelled all the same, a lock timeout); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
 through a pooler such as PgBouncer (pg_backend_pid() is not the backend
 the protocol names: exec needs a server session of its own).
@@ -114,7 +123,8 @@ first, set on attempt rows.
 Exit status: 0 the SQL committed, 2 usage or connection error, or an SQL
 error other than a lock timeout (as the server gave it; never tried
 again: a deadlock and a statement timeout are such errors), 3 gave up
-after --attempts (the message names who blocked the last attempt).`,
+after --attempts (the message names who blocked the last attempt), or an
+attempt timed out after a COMMIT of the SQL (not tried again).`,
 		Example: `  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --yes
   pgreap exec -f migrate.sql --lock-timeout 1s --attempts 5
   pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
@@ -188,6 +198,10 @@ func (opts *ExecOptions) check(command bool) error {
 		return errors.New("the SQL has CONCURRENTLY: exec refuses it (a lock timeout leaves an invalid index that a retry skips or trips over, " +
 			"and it waits for every older transaction, on any table, which exec would end); run it with psql")
 	}
+	if callOrDo.MatchString(opts.SQL) {
+		return errors.New("the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
+			"and pgreap could not tell what committed); run it with psql, or give exec its statements")
+	}
 	if lockTimeout.MatchString(opts.SQL) {
 		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
 	}
@@ -202,10 +216,16 @@ const maxSQLFile = 16 << 20
 
 // readSQLFile reads -f's file: a regular file (opened without waiting for
 // a writer, so a FIFO cannot hang pgreap; a device is refused before it is
-// read), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
+// read; not through a symbolic link), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
 // psql drops it.
 func readSQLFile(path string) (string, error) {
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK, 0)
+	// O_NOFOLLOW: a link as the last component, which another user may
+	// point at a file only pgreap's user can read (its text would reach
+	// the server log in a syntax error), is refused.
+	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	if errors.Is(err, syscall.ELOOP) {
+		return "", fmt.Errorf("%s: a symbolic link: give the file it points to", path)
+	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
 		return "", fmt.Errorf("%s: %w", pe.Path, pe.Err)
@@ -235,6 +255,12 @@ func readSQLFile(path string) (string, error) {
 // CONCURRENTLY: mistaken the safe way only (the word in a string).
 var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
 
+// callOrDo finds a statement that starts with CALL or DO (after comments):
+// its transaction control, inside the procedure or block, shows in no
+// command tag. Mistaken the safe way only (a ';' in a string before the
+// word).
+var callOrDo = regexp.MustCompile(`(?is)(^|;)(\s|--[^\n]*|/\*.*?\*/)*(CALL|DO)\b`)
+
 // lockTimeout finds a SET, RESET or set_config of lock_timeout: the SQL
 // would lift the bound that keeps exec from holding a queue (mistaken the
 // safe way only: a SHOW).
@@ -248,7 +274,7 @@ var ownTransactions = regexp.MustCompile(`(?i)\b(BEGIN|COMMIT|ROLLBACK|START\s+T
 func execRun(ctx context.Context, opts *ExecOptions) error {
 	if ownTransactions.MatchString(opts.SQL) {
 		fmt.Fprintln(opts.IO.ErrOut, "pgreap: note: the SQL has its own transaction control (BEGIN, COMMIT or ROLLBACK), or looks so: "+
-			"it runs as it is, and a retry runs it again from its start")
+			"it runs as it is; a retry runs it again from its start, and an attempt that times out after a COMMIT of it ends the run")
 	}
 	run, err := opts.ConnectSQL(ctx)
 	if err != nil {
@@ -285,7 +311,10 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 	}
 	var sqlErr *maintenance.SQLError
 	var sessErr *maintenance.SessionError
+	var partly *maintenance.PartlyCommitted
 	switch {
+	case errors.As(err, &partly):
+		return incomplete(err)
 	case errors.As(err, &sqlErr), errors.As(err, &sessErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
 		return usageError(err)
 	case err != nil:

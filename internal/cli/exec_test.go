@@ -215,6 +215,9 @@ func TestExecBlockerStateHidden(t *testing.T) {
 	}
 }
 
+const callOrDo = "pgreap: the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
+	"and pgreap could not tell what committed); run it with psql, or give exec its statements\n"
+
 func TestExecBadInput(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
@@ -239,6 +242,9 @@ func TestExecBadInput(t *testing.T) {
 			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
 		{"lock timeout by set_config", []string{"-c", "SELECT pg_catalog.set_config('lock_timeout', '0', false)", "--yes"},
 			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
+		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
+		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
+		{"CALL", []string{"-c", "/* p */ CALL p()", "--yes"}, callOrDo},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
 			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
 	} {
@@ -252,6 +258,10 @@ func TestExecBadInput(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("bad input ended a session")
+	}
+	var ran bool
+	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL").Scan(&ran); err != nil || ran {
+		t.Fatalf("the refused DO ran (%v)", err)
 	}
 }
 
@@ -365,7 +375,15 @@ func TestExecFileNotRegular(t *testing.T) {
 	if err := os.WriteFile(big, []byte("SELECT 1;"+strings.Repeat(" ", 16<<20)), 0o600); err != nil {
 		t.Fatal(err)
 	}
+	link := dir + "/link.sql"
+	if err := os.WriteFile(dir+"/real.sql", []byte("SELECT 1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir+"/real.sql", link); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct{ name, path, want string }{
+		{"symlink", link, "pgreap: " + link + ": a symbolic link: give the file it points to\n"},
 		{"fifo", fifo, "pgreap: " + fifo + ": not a regular file\n"},
 		{"directory", dir, "pgreap: " + dir + ": not a regular file\n"},
 		{"device", "/dev/zero", "pgreap: /dev/zero: not a regular file\n"},
@@ -407,5 +425,58 @@ func TestExecRefusesTheSession(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("a refused run ended a session")
+	}
+}
+
+// A closed terminal (SIGHUP) stops exec as Ctrl-C does: the attempt under
+// way is cancelled on the server and printed, exit 2; killed instead,
+// pgreap would leave it running, to commit unseen.
+func TestExecHangup(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+		t.Fatal(err)
+	}
+	p := startPgreap(t, nil, "exec", "-d", pgtest.Shared(t).DSN(db, pgtest.Superuser), "--clear", "none",
+		"-c", "ALTER TABLE t ADD COLUMN h int; SELECT pg_catalog.pg_sleep(60)")
+	pgtest.Eventually(t, "the attempt sleeping", func() (bool, error) {
+		var n int
+		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'", db).Scan(&n)
+		return n == 1, err
+	})
+	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
+		t.Fatal(err)
+	}
+	p.wait(t)
+	if p.code() != 2 || !strings.HasPrefix(p.out.String(), "attempt 1: error after ") || !strings.Contains(p.out.String(), "interrupted") {
+		t.Fatalf("exit %d, stdout %q, stderr %q", p.code(), p.out.String(), p.errOut.String())
+	}
+	pgtest.Eventually(t, "the attempt gone from the server", func() (bool, error) {
+		var n int
+		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND query LIKE 'ALTER TABLE t%'", db).Scan(&n)
+		return n == 0, err
+	})
+	var added bool
+	if err := setup.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = 'h')").Scan(&added); err != nil || added {
+		t.Fatalf("the column was added (%v)", err)
+	}
+}
+
+// Timed out after its own COMMIT, the SQL is not tried again: exit 3,
+// saying that what ran before the COMMIT stays committed.
+func TestExecTimedOutAfterItsCommit(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	r := run(t, false, "exec", "-d", "dbname="+db, "-c", "CREATE TABLE done (); COMMIT; ALTER TABLE t ADD COLUMN note text",
+		"--lock-timeout", "200ms", "--attempts", "3", "--between", "0s", "--clear", "none")
+	r.wantCode(t, 3)
+	if strings.Count(r.out, ": lock timeout after ") != 1 ||
+		!strings.Contains(r.errOut, "pgreap: attempt 1 timed out waiting for a lock after a COMMIT of the SQL had completed: the statements before the SQL's COMMIT committed, and stay; not tried again") {
+		t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+	}
+	if !holder.Alive() {
+		t.Fatal("--clear none ended the blocker")
 	}
 }

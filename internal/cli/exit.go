@@ -175,13 +175,23 @@ func Main() int {
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
-	return Run(ctx, os.Args[1:], System())
+	return run(ctx, os.Args[1:], System(), true)
 }
 
 // Run runs pgreap with the given arguments and streams and returns the
 // exit code. Errors are printed as one line on standard error.
 func Run(ctx context.Context, args []string, streams *IOStreams) (code int) {
-	f := &Factory{IO: streams}
+	return run(ctx, args, streams, false)
+}
+
+// run is Run; hangup (the process's own run) stops a command on SIGHUP too.
+func run(ctx context.Context, args []string, streams *IOStreams, hangup bool) (code int) {
+	f := &Factory{IO: streams, hangup: hangup}
+	defer func() {
+		if f.stopHangup != nil {
+			f.stopHangup()
+		}
+	}()
 	defer func() {
 		if r := recover(); r != nil {
 			fmt.Fprintf(streams.ErrOut, "pgreap: internal error: %v (please report it, with the output of -v)\n", r)

@@ -7,6 +7,8 @@ import (
 	"io"
 	"log/slog"
 	"os"
+	"os/signal"
+	"syscall"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
@@ -26,7 +28,17 @@ type Factory struct {
 	output    string
 	noColor   bool
 	verbose   bool
+
+	// hangup: a closed terminal (SIGHUP) stops the command as an
+	// interrupt does, unless it handles SIGHUP itself (ownsHangup);
+	// stopHangup undoes that when the command is over.
+	hangup     bool
+	stopHangup func()
 }
+
+// ownsHangup marks a command that handles SIGHUP itself (watch reloads its
+// policy on it).
+const ownsHangup = "pgreap.owns-sighup"
 
 // Connect opens pgreap's own connection as the global flags say.
 func (f *Factory) Connect(ctx context.Context) (*pgx.Conn, error) {
@@ -135,6 +147,16 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
   pgreap -h db1 -U admin ls --db shop -o json`,
 		SilenceUsage:  true,
 		SilenceErrors: true,
+		PersistentPreRun: func(c *cobra.Command, args []string) {
+			// Killed by a closed terminal, a command would leave its work
+			// on the server running unseen (an exec attempt that then
+			// commits): it stops as on Ctrl-C, cancelling that work.
+			if f.hangup && c.Annotations[ownsHangup] == "" {
+				ctx, stop := signal.NotifyContext(c.Context(), syscall.SIGHUP)
+				c.SetContext(ctx)
+				f.stopHangup = stop
+			}
+		},
 	}
 	pf := cmd.PersistentFlags()
 	// -h is the host, as in psql; help is --help only.

@@ -39,8 +39,10 @@ type WatchOptions struct {
 func NewCmdWatch(f *Factory, runF func(context.Context, *WatchOptions) error) *cobra.Command {
 	opts := &WatchOptions{IO: f.IO}
 	cmd := &cobra.Command{
-		Use:   "watch -c POLICY",
-		Short: "Run the policy daemon: end sessions by rules, audit every action, export metrics",
+		// SIGHUP reloads the policy.
+		Annotations: map[string]string{ownsHangup: "reload"},
+		Use:         "watch -c POLICY",
+		Short:       "Run the policy daemon: end sessions by rules, audit every action, export metrics",
 		Long: `Watch one or many servers and act on the sessions the policy's rules
 match, the moment each crosses its threshold (not at the next poll): per
 target one snapshot per interval arms a timer for every session a rule will

@@ -6,6 +6,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"reflect"
 	"slices"
 	"strconv"
 	"strings"
@@ -31,7 +32,15 @@ var (
 	setLockTimeoutSQL string
 	//go:embed sql/exec_session.sql
 	execSessionSQL string
+	//go:embed sql/exec_cancel.sql
+	execCancelSQL string
 )
+
+// overdue is how much longer than its lock_timeout an attempt may be seen
+// waiting on one lock before the observer cancels it: the SQL lifted the
+// bound (a set_config that no text check finds), and the queue behind it
+// must stay bounded all the same.
+const overdue = 100 * time.Millisecond
 
 // AttemptOutcome is how one run of exec's SQL ended.
 type AttemptOutcome string
@@ -53,11 +62,15 @@ type LockWait struct {
 	Relname string
 }
 
-// String says what was waited for: "AccessExclusiveLock on t".
+// String says what was waited for: "AccessExclusiveLock on t",
+// "ExclusiveLock on a row of t (tuple)".
 func (w *LockWait) String() string {
 	o := &w.Object
 	on := o.LockType
 	switch {
+	case w.Relname != "" && (o.LockType == "tuple" || o.LockType == "page"):
+		// Not the table's lock: a row's (or a page's) of it.
+		on = "a " + map[string]string{"tuple": "row", "page": "page"}[o.LockType] + " of " + w.Relname + " (" + o.LockType + ")"
 	case w.Relname != "":
 		on = w.Relname
 	case o.Relation != nil:
@@ -82,6 +95,9 @@ type Attempt struct {
 	// Blockers are who held up that wait at the last look: backends,
 	// then prepared transactions (rows with GID set).
 	Blockers []activity.Session
+	// Waiting are the pids of holders of that lock that themselves waited
+	// for another: victims of whoever they wait for, never ended.
+	Waiting []int32
 	// Plan and Results are the ending of the blockers after the attempt
 	// (per Clear), prepared transactions shown protected; nil when
 	// nothing was chosen.
@@ -158,7 +174,12 @@ func (e *Executed) Committed() bool {
 
 // SQLError is an attempt's SQL failing otherwise than by its lock
 // timeout: never tried again.
-type SQLError struct{ Err *pgconn.PgError }
+type SQLError struct {
+	Err *pgconn.PgError
+	// Committed: a COMMIT of the SQL had completed before the error, and
+	// what it committed stays.
+	Committed bool
+}
 
 // Error is the error as the server gave it: message, SQLSTATE, position.
 func (e *SQLError) Error() string {
@@ -169,7 +190,31 @@ func (e *SQLError) Error() string {
 	if e.Err.Detail != "" {
 		msg += "; " + e.Err.Detail
 	}
+	if e.Committed {
+		msg += "; " + committedNote
+	}
 	return msg
+}
+
+// committedNote says what stays of SQL that failed after a COMMIT of its
+// own had completed.
+const committedNote = "the statements before the SQL's COMMIT committed, and stay"
+
+// PartlyCommitted: an attempt timed out after a COMMIT of the SQL had
+// completed. It is not tried again: a retry would run the committed part
+// again.
+type PartlyCommitted struct{ N int }
+
+func (e *PartlyCommitted) Error() string {
+	return fmt.Sprintf("attempt %d timed out waiting for a lock after a COMMIT of the SQL had completed: %s; "+
+		"not tried again (a retry would run them again): run the rest of the SQL once its blocker is gone", e.N, committedNote)
+}
+
+// committedEarlier says whether a COMMIT of the SQL completed, from the
+// command tags of its statements that ran: a COMMIT of a failed
+// transaction is tagged ROLLBACK.
+func committedEarlier(tags []string) bool {
+	return slices.Contains(tags, "COMMIT") || slices.Contains(tags, "COMMIT PREPARED")
 }
 
 func (e *SQLError) Unwrap() error { return e.Err }
@@ -255,11 +300,11 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		}
 		ex.Attempts = append(ex.Attempts, Attempt{N: n})
 		a := &ex.Attempts[len(ex.Attempts)-1]
-		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.Logger)
+		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.LockTimeout+overdue, opts.Logger)
 		start := time.Now()
 		tags, err := runSQL(ctx, run, opts.SQL)
 		a.Waited = time.Since(start)
-		look, oerr := o.stop()
+		look, cancelled, oerr := o.stop()
 		if err == nil {
 			err = notCommitted(tags, run.PgConn().TxStatus())
 		}
@@ -276,17 +321,23 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			a.Outcome = Committed
 		case errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil:
 			a.Outcome = LockTimeout
+		case cancelled && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
+			// The observer's cancel: a lock timeout the SQL had lifted.
+			a.Outcome = LockTimeout
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
+			if committedEarlier(tags) {
+				a.Err = fmt.Errorf("%w; %s", a.Err, committedNote)
+			}
 			if look != nil {
-				a.Lock, a.Blockers = look.lock, look.blockers
+				a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 			}
 			if opts.Attempted != nil {
 				opts.Attempted(a) // the attempt under way is shown as it ended
 			}
 			return ex, &Interrupted{ctx.Err()}
 		case errors.As(err, &pgErr):
-			a.Outcome, a.Err = SQLFailed, &SQLError{pgErr}
+			a.Outcome, a.Err = SQLFailed, &SQLError{Err: pgErr, Committed: committedEarlier(tags)}
 		default:
 			a.Outcome, a.Err = SQLFailed, err
 		}
@@ -294,9 +345,12 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			return ex, fmt.Errorf("look at the waiting attempt: %w", oerr)
 		}
 		if look != nil {
-			a.Lock, a.Blockers = look.lock, look.blockers
+			a.Lock, a.Blockers, a.Waiting = look.lock, look.blockers, look.waiting
 		}
-		if a.Outcome != LockTimeout {
+		if a.Outcome == LockTimeout && committedEarlier(tags) {
+			a.Err = &PartlyCommitted{N: n}
+		}
+		if a.Outcome != LockTimeout || a.Err != nil {
 			if opts.Attempted != nil {
 				opts.Attempted(a)
 			}
@@ -390,6 +444,7 @@ func runSQL(ctx context.Context, run *pgx.Conn, sql string) ([]string, error) {
 type waitLook struct {
 	lock     *LockWait
 	blockers []activity.Session
+	waiting  []int32
 	snap     *activity.Snapshot
 }
 
@@ -401,26 +456,48 @@ type waiter struct {
 
 type waiterResult struct {
 	look *waitLook
-	err  error
+	// cancelled: the attempt was seen waiting on one lock for longer
+	// than the limit, and cancelled.
+	cancelled bool
+	err       error
 }
 
 // watchWait looks every poll at what backend pid waits for and who holds
 // it up, until stop; it keeps the last look that saw it wait. Between
 // looks, holders only leave a wait (a new request that conflicts queues
-// behind it): the last look names those that held it up all along.
-func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll time.Duration, logger *slog.Logger) *waiter {
+// behind it): the last look names those that held it up all along. An
+// attempt seen waiting on the same lock in every look for longer than
+// limit is cancelled (once).
+func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time.Duration, logger *slog.Logger) *waiter {
 	w := &waiter{done: make(chan struct{}), out: make(chan waiterResult, 1)}
 	go func() {
 		var res waiterResult
+		var since time.Time // when the wait of the last look was first seen
+		var last *LockWait
 		for {
 			look, err := lookWait(ctx, conn, pid)
 			if err != nil {
 				res.err = err
 				break
 			}
+			switch {
+			case look == nil:
+				last = nil
+			case last == nil || !reflect.DeepEqual(last, look.lock): // the pointers' values
+				last, since = look.lock, time.Now()
+			}
 			if look != nil {
 				res.look = look
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
+				if !res.cancelled && time.Since(since) > limit {
+					var sent bool
+					if err := conn.QueryRow(ctx, execCancelSQL, int32(pid)).Scan(&sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+						res.err = fmt.Errorf("cancel the attempt waiting past its lock timeout: %w", err)
+						break
+					}
+					res.cancelled = sent
+					logger.Debug("attempt waited past its lock timeout", "cancelled", sent)
+				}
 			}
 			select {
 			case <-w.done:
@@ -435,11 +512,12 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll time.Durati
 }
 
 // stop ends the looks (after the one under way, never cancelled: that
-// would close the connection) and returns the last that saw a wait.
-func (w *waiter) stop() (*waitLook, error) {
+// would close the connection) and returns the last that saw a wait, and
+// whether the attempt was cancelled for waiting past its lock timeout.
+func (w *waiter) stop() (*waitLook, bool, error) {
 	close(w.done)
 	r := <-w.out
-	return r.look, r.err
+	return r.look, r.cancelled, r.err
 }
 
 // lookWait is what backend pid waits for and who holds it up, with each
@@ -450,11 +528,12 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 		w        LockWait
 		relname  *string
 		pids     []int32
+		waiting  []int32
 		prepared []string
 	)
 	o := &w.Object
 	err := conn.QueryRow(ctx, execWaitSQL, int32(pid)).Scan(&o.LockType, &o.Database, &o.Relation, &o.Page, &o.Tuple,
-		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &prepared)
+		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &waiting, &prepared)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -466,7 +545,8 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 	}
 	// Never one's own session, whatever the server says.
 	pids = slices.DeleteFunc(pids, func(p int32) bool { return p == int32(pid) })
-	look := &waitLook{lock: &w}
+	waiting = slices.DeleteFunc(waiting, func(p int32) bool { return p == int32(pid) })
+	look := &waitLook{lock: &w, waiting: waiting}
 	if len(pids) > 0 {
 		if look.snap, err = activity.Lookup(ctx, conn, pids); err != nil {
 			return nil, err
@@ -539,7 +619,15 @@ func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLo
 // Describe says who blocked an attempt: "1234 (idle in transaction),
 // prepared:px"; "no one seen" when the look saw no wait.
 func (a *Attempt) Describe() string {
+	via := ""
+	if len(a.Waiting) > 0 {
+		// Named, never ended: pgreap unblock shows whom they wait for.
+		via = fmt.Sprintf("via %s, itself waiting for another session's lock (not ended: see pgreap unblock)", pidList(a.Waiting))
+	}
 	if len(a.Blockers) == 0 {
+		if via != "" {
+			return "no one that holds the lock and waits for nothing; " + via
+		}
 		return "no one seen (the wait was shorter than a look)"
 	}
 	var parts []string
@@ -554,6 +642,9 @@ func (a *Attempt) Describe() string {
 			state = "state hidden: pg_read_all_stats" // another role's session
 		}
 		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, state))
+	}
+	if via != "" {
+		parts = append(parts, via)
 	}
 	return strings.Join(parts, ", ")
 }

@@ -306,3 +306,103 @@ func TestExecInterrupted(t *testing.T) {
 		t.Fatal("the column was added, or the holder ended")
 	}
 }
+
+// A holder of the lock the attempt waits for that itself waits (an UPDATE
+// of a row another transaction updated holds the row's tuple lock while it
+// waits for that transaction) is a victim, never ended: it is named as
+// such, and the row's lock as a row's, not the table's.
+func TestExecLeavesAWaitingHolder(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	first := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	first.Exec("CREATE TABLE t (id int PRIMARY KEY, v text)")
+	first.Exec("INSERT INTO t VALUES (1, 'a')")
+	first.Exec("BEGIN")
+	first.Exec("UPDATE t SET v = 'X' WHERE id = 1")
+	second := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	second.Start("UPDATE t SET v = 'Z' WHERE id = 1")
+	second.WaitState("active", "Lock")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "UPDATE t SET v = 'E' WHERE id = 1", LockTimeout: 500 * time.Millisecond, Attempts: 2,
+		Between: 50 * time.Millisecond, Clear: action.Terminate, Wait: 5 * time.Second,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	a := &ex.Attempts[0]
+	if a.Outcome != maintenance.LockTimeout || a.Lock == nil {
+		t.Fatalf("first attempt %+v", a)
+	}
+	if slices.Contains(a.BlockedBy(), second.PID) || slices.ContainsFunc(a.Results, func(r action.Result) bool { return r.PID == second.PID }) {
+		t.Fatalf("the waiting holder %d was taken for a blocker: %v, results %+v", second.PID, a.BlockedBy(), a.Results)
+	}
+	if !second.Alive() || !first.Alive() {
+		t.Fatal("a session was ended")
+	}
+	if s := a.Lock.String(); s != "ExclusiveLock on a row of public.t (tuple)" {
+		t.Fatalf("lock %q", s)
+	}
+	if !slices.Equal(a.Waiting, []int32{second.PID}) || !strings.Contains(a.Describe(), "itself waiting") {
+		t.Fatalf("waiting %v, described %q", a.Waiting, a.Describe())
+	}
+}
+
+// SQL that lifts its lock_timeout where no text check sees it still waits
+// no longer than --lock-timeout and a margin: the observer cancels it, and
+// the attempt counts as a lock timeout.
+func TestExecBoundsALiftedLockTimeout(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL:         "SELECT pg_catalog.set_config('lock' || '_timeout', '0', false); ALTER TABLE t ADD COLUMN note text",
+		LockTimeout: 200 * time.Millisecond, Attempts: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if a := &ex.Attempts[0]; a.Outcome != maintenance.LockTimeout || !slices.Equal(a.BlockedBy(), []int32{holder.PID}) {
+		t.Fatalf("attempt %+v, want a lock timeout blocked by %d", a, holder.PID)
+	}
+	if !holder.Alive() || hasColumn(t, db, "note") {
+		t.Fatal("the holder was ended, or the column added")
+	}
+}
+
+// SQL whose own COMMIT completed before it failed says that what ran
+// before the COMMIT stays committed; timed out after it, it is not tried
+// again (the retry would run the committed part again).
+func TestExecFailsAfterItsCommit(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("CREATE TABLE t (id int)")
+	holder.Exec("CREATE TABLE other (id int)")
+	holder.Exec("BEGIN")
+	holder.Exec("SELECT count(*) FROM t")
+	run, observe := execConns(t, db)
+	opts := maintenance.ExecOptions{LockTimeout: 200 * time.Millisecond, Attempts: 3, Between: 10 * time.Millisecond}
+
+	opts.SQL = "INSERT INTO other VALUES (1); COMMIT; ALTER TABLE t ADD COLUMN c int"
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	var partly *maintenance.PartlyCommitted
+	if !errors.As(err, &partly) || len(ex.Attempts) != 1 || ex.Attempts[0].Outcome != maintenance.LockTimeout {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	var n int
+	if err := observe.QueryRow(pgtest.Context(t), "SELECT count(*) FROM public.other").Scan(&n); err != nil || n != 1 {
+		t.Fatalf("%d rows committed (%v), want 1: a retry ran the committed part again", n, err)
+	}
+
+	opts.SQL = "ALTER TABLE other ADD COLUMN e int; COMMIT; SELECT 1/0"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	var sqlErr *maintenance.SQLError
+	if !errors.As(err, &sqlErr) || !sqlErr.Committed || !strings.Contains(err.Error(), "before the SQL's COMMIT committed") || ex.Committed() {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+}

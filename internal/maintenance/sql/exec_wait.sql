@@ -13,7 +13,10 @@
 -- locks have no pid, and the lock on its transaction id names it. A
 -- backend waits on one lock at a time: no row when it waits on none. The
 -- relation is named as regclass does (schema-qualified when not in the
--- search path).
+-- search path). A holder that itself waits for a lock (one holding a row's
+-- tuple lock while it waits for the transaction that updated that row) is
+-- a victim of whoever it waits for, not a blocker to end: it is named apart
+-- (waiting_holders), and pgreap ends only holders that wait for nothing.
 --  $1 integer  the attempt's backend
 SELECT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, l.transactionid,
        l.classid, l.objid, l.objsubid, l.mode,
@@ -26,6 +29,9 @@ SELECT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, l.tran
        coalesce((SELECT pg_catalog.array_agg(DISTINCT p ORDER BY p)
                    FROM pg_catalog.unnest(b.pids) AS p
                   WHERE p = ANY (h.holders)), '{}') AS blocked_by,
+       coalesce((SELECT pg_catalog.array_agg(DISTINCT p ORDER BY p)
+                   FROM pg_catalog.unnest(b.pids) AS p
+                  WHERE p = ANY (h.waiting)), '{}') AS waiting_holders,
        coalesce((SELECT pg_catalog.array_agg(DISTINCT p.gid ORDER BY p.gid)
                    FROM pg_catalog.pg_locks AS x
                    JOIN pg_catalog.pg_prepared_xacts AS p ON p.transaction = x.transactionid
@@ -40,9 +46,13 @@ SELECT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, l.tran
         -- asked for: backends (a worker as its leader: leader_pid, 13+,
         -- read by name) and prepared transactions.
         SELECT pg_catalog.array_agg(coalesce((pg_catalog.to_jsonb(w) OPERATOR(pg_catalog.->>) 'leader_pid')::integer, g.pid))
-                 FILTER (WHERE g.pid IS NOT NULL) AS holders,
+                 FILTER (WHERE g.pid IS NOT NULL AND NOT g.waits) AS holders,
+               pg_catalog.array_agg(coalesce((pg_catalog.to_jsonb(w) OPERATOR(pg_catalog.->>) 'leader_pid')::integer, g.pid))
+                 FILTER (WHERE g.pid IS NOT NULL AND g.waits) AS waiting,
                pg_catalog.array_agg(g.virtualtransaction) FILTER (WHERE g.pid IS NULL) AS prepared
-          FROM pg_catalog.pg_locks AS g
+          FROM (SELECT x.*, EXISTS (SELECT FROM pg_catalog.pg_locks AS q
+                                     WHERE q.pid = x.pid AND NOT q.granted) AS waits
+                  FROM pg_catalog.pg_locks AS x) AS g
           LEFT JOIN pg_catalog.pg_stat_activity AS w ON w.pid = g.pid
          WHERE g.granted
            AND g.locktype = l.locktype
