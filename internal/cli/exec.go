@@ -19,7 +19,6 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
-	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/output"
 )
@@ -142,14 +141,8 @@ attempt timed out after a COMMIT of the SQL (not tried again).`,
 				return usageError(err)
 			}
 			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
-			opts.ConnectSQL = func(ctx context.Context) (*pgx.Conn, error) {
-				cfg, err := f.ConnConfig()
-				if err != nil {
-					return nil, err
-				}
-				delete(cfg.RuntimeParams, "search_path")
-				return conn.Connect(ctx, cfg)
-			}
+			// The SQL's names mean what they mean to psql.
+			opts.ConnectSQL = f.ConnectUser
 			if runF != nil {
 				return runF(cmd.Context(), opts)
 			}

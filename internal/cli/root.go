@@ -66,8 +66,9 @@ func (f *Factory) ConnectDB(ctx context.Context, database string) (*pgx.Conn, er
 }
 
 // ConnectUser opens a connection as the flags say, but with the search_path
-// a session of the user's (psql's) would have, not pgreap's: only for
-// resolving the names the user typed (conn.Params.UserSearchPath).
+// a session of the user's (psql's) would have, not pgreap's: only for the
+// names the user typed (clear's tables) and the user's own SQL (exec's),
+// never for pgreap's statements (conn.Params.UserSearchPath).
 func (f *Factory) ConnectUser(ctx context.Context) (*pgx.Conn, error) {
 	p := f.conn
 	p.UserSearchPath = true
