@@ -303,8 +303,10 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		o := watchWait(ctx, observe, run.PgConn().PID(), opts.Poll, opts.LockTimeout+overdue, opts.Logger)
 		start := time.Now()
 		tags, err := runSQL(ctx, run, opts.SQL)
-		a.Waited = time.Since(start)
-		look, cancelled, oerr := o.stop()
+		ended := time.Now()
+		a.Waited = ended.Sub(start)
+		seen, oerr := o.stop()
+		look := seen.look
 		if err == nil {
 			err = notCommitted(tags, run.PgConn().TxStatus())
 		}
@@ -319,11 +321,20 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		switch {
 		case err == nil:
 			a.Outcome = Committed
-		case errors.As(err, &pgErr) && pgErr.Code == "55P03" && ctx.Err() == nil:
+		case errors.As(err, &pgErr) && lockTimedOut(pgErr) && ctx.Err() == nil:
 			a.Outcome = LockTimeout
-		case cancelled && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
-			// The observer's cancel: a lock timeout the SQL had lifted.
-			a.Outcome = LockTimeout
+			if look != nil && seen.at.Before(ended.Add(-opts.LockTimeout)) {
+				// Seen before the wait that timed out began: another
+				// statement's wait, which ended (a statement of the SQL
+				// may wait, get its lock, and the next time out on
+				// another between two looks). Its holders did not block
+				// this attempt: no one is ended.
+				look = nil
+			}
+		case seen.cancelled && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
+			// The observer's cancel: a lock timeout the SQL had lifted,
+			// of the wait it saw.
+			a.Outcome, look = LockTimeout, seen.cancelLook
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
 			if committedEarlier(tags) {
@@ -455,17 +466,24 @@ type waiter struct {
 }
 
 type waiterResult struct {
+	// look is the last look that saw a wait, taken at at (when it was
+	// sent: the server read pg_locks after).
 	look *waitLook
+	at   time.Time
 	// cancelled: the attempt was seen waiting on one lock for longer
-	// than the limit, and cancelled.
-	cancelled bool
-	err       error
+	// than the limit, and cancelled; cancelLook is that look.
+	cancelled  bool
+	cancelLook *waitLook
+	err        error
 }
 
 // watchWait looks every poll at what backend pid waits for and who holds
-// it up, until stop; it keeps the last look that saw it wait. Between
-// looks, holders only leave a wait (a new request that conflicts queues
-// behind it): the last look names those that held it up all along. An
+// it up, until stop; it keeps the last look that saw it wait, and when it
+// was taken. Between looks, holders only leave a wait (a new request that
+// conflicts queues behind it): the last look of a wait names those that
+// held it up all along. Whether that wait is the one that timed out is
+// Exec's to judge, by when the look was taken (a look after the wait
+// ended sees none, but one may be under way as the error arrives). An
 // attempt seen waiting on the same lock in every look for longer than
 // limit is cancelled (once).
 func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time.Duration, logger *slog.Logger) *waiter {
@@ -475,6 +493,7 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 		var since time.Time // when the wait of the last look was first seen
 		var last *LockWait
 		for {
+			at := time.Now()
 			look, err := lookWait(ctx, conn, pid)
 			if err != nil {
 				res.err = err
@@ -487,7 +506,7 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 				last, since = look.lock, time.Now()
 			}
 			if look != nil {
-				res.look = look
+				res.look, res.at = look, at
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
 				if !res.cancelled && time.Since(since) > limit {
 					var sent bool
@@ -495,7 +514,7 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 						res.err = fmt.Errorf("cancel the attempt waiting past its lock timeout: %w", err)
 						break
 					}
-					res.cancelled = sent
+					res.cancelled, res.cancelLook = sent, look
 					logger.Debug("attempt waited past its lock timeout", "cancelled", sent)
 				}
 			}
@@ -512,12 +531,22 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 }
 
 // stop ends the looks (after the one under way, never cancelled: that
-// would close the connection) and returns the last that saw a wait, and
-// whether the attempt was cancelled for waiting past its lock timeout.
-func (w *waiter) stop() (*waitLook, bool, error) {
+// would close the connection) and returns what they saw.
+func (w *waiter) stop() (waiterResult, error) {
 	close(w.done)
 	r := <-w.out
-	return r.look, r.cancelled, r.err
+	return r, r.err
+}
+
+// lockTimedOut: the error is the server's lock_timeout, not another
+// "lock not available" of the same SQLSTATE 55P03 (NOWAIT, FOR UPDATE
+// NOWAIT, a RAISE): those are errors of the SQL, whose holders no look
+// of exec's saw block it. The server raises the timeout in
+// ProcessInterrupts (postgres.c, every supported major) and names the
+// routine in each error it sends; a server that names none is judged by
+// the timing of the looks alone.
+func lockTimedOut(e *pgconn.PgError) bool {
+	return e.Code == "55P03" && (e.Routine == "ProcessInterrupts" || e.Routine == "")
 }
 
 // lookWait is what backend pid waits for and who holds it up, with each

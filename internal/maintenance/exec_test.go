@@ -3,6 +3,7 @@ package maintenance_test
 import (
 	"context"
 	"errors"
+	"log/slog"
 	"slices"
 	"strings"
 	"testing"
@@ -404,5 +405,114 @@ func TestExecFailsAfterItsCommit(t *testing.T) {
 	var sqlErr *maintenance.SQLError
 	if !errors.As(err, &sqlErr) || !sqlErr.Committed || !strings.Contains(err.Error(), "before the SQL's COMMIT committed") || ex.Committed() {
 		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+}
+
+// looksHandler passes on each lock exec's observer logs its attempt
+// waiting for.
+type looksHandler struct{ locks chan string }
+
+func (h looksHandler) Enabled(context.Context, slog.Level) bool { return true }
+func (h looksHandler) WithAttrs([]slog.Attr) slog.Handler       { return h }
+func (h looksHandler) WithGroup(string) slog.Handler            { return h }
+func (h looksHandler) Handle(_ context.Context, r slog.Record) error {
+	if r.Message == "attempt waits" {
+		r.Attrs(func(a slog.Attr) bool {
+			if a.Key == "lock" {
+				select {
+				case h.locks <- a.Value.String():
+				default:
+				}
+			}
+			return true
+		})
+	}
+	return nil
+}
+
+// staleLook runs exec on SQL whose first statement waits on o3, held by
+// h1, until a look sees it wait; then h1 commits and at once waits to
+// lock o3 again, behind the attempt, and gets it when the attempt ends.
+// The SQL's second statement (then) fails with 55P03 on o4, held by h2,
+// before the next look (looks are 5s apart): h1 did not block that, and
+// holds o3 again when exec judges the error.
+func staleLook(t *testing.T, then string) (ex *maintenance.Executed, err error, h1, h2 *pgtest.Victim) {
+	t.Helper()
+	db := pgtest.NewDB(t)
+	h1 = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	h1.Exec("CREATE TABLE o3 (id int); CREATE TABLE o4 (id int)")
+	h1.Exec("BEGIN")
+	h1.Exec("LOCK TABLE o3 IN ACCESS EXCLUSIVE MODE")
+	h2 = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	h2.Exec("BEGIN")
+	h2.Exec("LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE")
+	run, observe := execConns(t, db)
+	looks := make(chan string, 1)
+	done := make(chan struct{})
+	go func() {
+		defer close(done)
+		ex, err = maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+			SQL: "SELECT count(*) FROM o3; " + then, LockTimeout: 300 * time.Millisecond, Attempts: 2,
+			Clear: action.Terminate, Wait: 5 * time.Second, Poll: 5 * time.Second,
+			Logger: slog.New(looksHandler{looks}),
+		})
+	}()
+	select {
+	case lock := <-looks:
+		if !strings.Contains(lock, "o3") {
+			t.Fatalf("the first look saw the attempt wait for %s, want o3", lock)
+		}
+	case <-pgtest.Context(t).Done():
+		t.Fatal("no look saw the attempt wait")
+	}
+	h1.Start("COMMIT; BEGIN; LOCK TABLE o3 IN ACCESS EXCLUSIVE MODE")
+	<-done
+	return ex, err, h1, h2
+}
+
+// A 55P03 that is not the lock timeout (LOCK … NOWAIT) is an error of the
+// SQL, given as the server gave it: no one is ended, nothing is tried
+// again, though a look saw an earlier statement of it wait on a session
+// that holds its lock again when the error comes.
+func TestExecLockNotAvailableIsAnSQLError(t *testing.T) {
+	t.Parallel()
+	ex, err, h1, h2 := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE NOWAIT")
+	var sqlErr *maintenance.SQLError
+	if !errors.As(err, &sqlErr) || sqlErr.Err.Code != "55P03" {
+		t.Fatalf("err %v, want the NOWAIT's 55P03 as an SQL error", err)
+	}
+	if len(ex.Attempts) != 1 || ex.Attempts[0].Outcome != maintenance.SQLFailed || ex.Attempts[0].Results != nil {
+		t.Fatalf("attempts %+v", ex.Attempts)
+	}
+	if err := h1.Wait(); err != nil {
+		t.Fatalf("h1 locking o3 again: %v", err)
+	}
+	if !h1.Alive() || !h2.Alive() {
+		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
+	}
+}
+
+// A lock timeout of a wait no look saw (it began after the last look)
+// ends no one: the last look saw an earlier statement of the SQL wait, on
+// a session that holds that lock again when the timeout comes, but that
+// session did not block the wait that timed out.
+func TestExecTimeoutOfAnUnseenWait(t *testing.T) {
+	t.Parallel()
+	ex, err, h1, h2 := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 2 || ex.Committed() {
+		t.Fatalf("attempts %+v", ex.Attempts)
+	}
+	a := &ex.Attempts[0]
+	if a.Outcome != maintenance.LockTimeout || a.Lock != nil || len(a.Blockers) != 0 || len(a.Results) != 0 {
+		t.Fatalf("first attempt %+v: want a lock timeout with no wait seen and no one ended", a)
+	}
+	if err := h1.Wait(); err != nil {
+		t.Fatalf("h1 locking o3 again: %v", err)
+	}
+	if !h1.Alive() || !h2.Alive() {
+		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
 	}
 }
