@@ -108,7 +108,7 @@ table among them: nothing done), 3 some session denied, survived, changed, prote
   pgreap clear -d 'dbname=shop' orders --mode SHARE --yes      # before CREATE INDEX: writers stand in its way, readers do not
   pgreap clear orders -d 'dbname=shop options=-csearch_path=app' --dry-run   # app.orders, as psql with that string
   pgreap clear -d 'dbname=shop' orders --app 'report*' --cancel
-  PGDATABASE=shop pgreap clear 16403 --terminate --limit 5`,
+  pgreap clear -d 'dbname=shop' 16403 --terminate --limit 5`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error

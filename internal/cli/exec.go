@@ -100,8 +100,10 @@ dropped, as psql does), named by a path with no symbolic link in any of
 its components (another user's link could make pgreap read a file only
 you may read): give the path without links. -f - reads the SQL from
 standard input, as psql -f - does (not from a terminal; ending sessions
-then needs --yes, as standard input holds the SQL). A transaction the SQL leaves open is rolled back,
-and that is an error, as is SQL whose last transaction ends in ROLLBACK
+then needs --yes, as standard input holds the SQL).
+
+A transaction the SQL leaves open is rolled back, and that is an error,
+as is SQL whose last transaction ends in ROLLBACK
 (the message says what an earlier COMMIT of it committed, which stays).
 The SQL runs under the session's statement_timeout (pgreap's 30s, unless
 the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
