@@ -48,7 +48,11 @@ take), so that the statement that needs it gets it at once, with no queue
 behind it. Run it just before the DDL, or use 'pgreap exec', which does
 both and retries.
 
-TABLE is a name as the server resolves it in the connected database
+clear works in one database, the one the connection string (-d
+'dbname=NAME', a URL's path, a service) or PGDATABASE names: without one,
+it refuses (exit 2) rather than guess.
+
+TABLE is a name as the server resolves it in that database
 (schema-qualified or not, quoted as in SQL: '"Orders"'), or an OID. A name
 without its schema is the table psql with the same connection string
 would find: it is resolved on a short session opened with that string and
@@ -99,18 +103,19 @@ is needed. Exit status: 0 every session ended, 1 no session holds or
 awaits such a lock, 2 usage or connection error (an unknown or refused
 table among them: nothing done), 3 some session denied, survived, changed, protected
 (a prepared transaction) or still holding its lock.`,
-		Example: `  pgreap clear orders --dry-run
-  pgreap clear public.orders public.order_items --yes
-  pgreap clear orders --mode SHARE --yes      # before CREATE INDEX: writers stand in its way, readers do not
+		Example: `  pgreap clear -d 'dbname=shop' orders --dry-run
+  pgreap clear -d 'dbname=shop' public.orders public.order_items --yes
+  pgreap clear -d 'dbname=shop' orders --mode SHARE --yes      # before CREATE INDEX: writers stand in its way, readers do not
   pgreap clear orders -d 'dbname=shop options=-csearch_path=app' --dry-run   # app.orders, as psql with that string
-  pgreap clear orders --app 'report*' --cancel
-  pgreap clear 16403 --terminate --limit 5`,
+  pgreap clear -d 'dbname=shop' orders --app 'report*' --cancel
+  pgreap clear -d 'dbname=shop' 16403 --terminate --limit 5`,
 		Args: cobra.MinimumNArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			var err error
 			if opts.Format, err = f.Format(); err != nil {
 				return err
 			}
+			f.conn.NeedDatabase = "clear"
 			if _, err := f.ConnConfig(); err != nil {
 				return err
 			}

@@ -7,6 +7,7 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
+	"slices"
 	"strconv"
 	"strings"
 	"testing"
@@ -147,6 +148,12 @@ func TestDocExamplesAreValid(t *testing.T) {
 			continue // it starts a server: TestDemoScript runs the tour
 		}
 		streams, out, errOut := cli.Test()
+		// A file redirected to standard input (exec -f - < migrate.sql):
+		// some SQL, as the shell would give it.
+		if i := slices.Index(args, "<"); i >= 0 && i+1 < len(args) {
+			args = slices.Delete(args, i, i+2)
+			streams.In = strings.NewReader("SELECT 1")
+		}
 		ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 		code := cli.Run(ctx, append(args, "-d", "host=/nonexistent port=1 connect_timeout=1"), streams)
 		cancel()

@@ -8,6 +8,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/spf13/cobra"
+	"golang.org/x/sys/unix"
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
@@ -77,10 +79,15 @@ waits --between and tries again, up to --attempts times.
 transaction, and a session idle in its transaction keeps its locks.
 --clear cancel only cancels their queries; --clear none is the retry loop
 alone. A prepared transaction among the blockers is shown and never
-touched (ROLLBACK PREPARED ends it): it blocks every attempt. pgreap's own
-sessions, parallel workers, walsenders and autovacuum workers are never
-ended (an autovacuum that blocks a lock request cancels itself after
-deadlock_timeout).
+touched (ROLLBACK PREPARED ends it): it blocks every attempt. This exec's
+own two sessions, parallel workers, walsenders and autovacuum workers are
+never ended (an autovacuum that blocks a lock request cancels itself after
+deadlock_timeout); another exec's SQL session is an ordinary blocker: it
+runs someone's SQL, and is ended like any holder.
+
+The SQL runs in the database the connection string (-d 'dbname=NAME', a
+URL's path, a service) or PGDATABASE names: without one, exec refuses
+(exit 2) rather than guess.
 
 -c runs one string as psql -c does: several statements run in one
 transaction. -f runs a file the same way, as one query: its statements
@@ -88,9 +95,15 @@ commit together, or not at all, unless the file has its own BEGIN, COMMIT
 or ROLLBACK (then exec says so: a retry runs the file again from its start;
 an attempt that fails after a COMMIT of it completed says that what ran
 before it committed, and one that times out then is not tried again: exit 3).
-FILE is a regular file (not a symbolic link) of at most 16 MiB (a UTF-8 byte order mark is
-dropped, as psql does). A transaction the SQL leaves open is rolled back,
-and that is an error, as is SQL whose last transaction ends in ROLLBACK
+FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
+dropped, as psql does), named by a path with no symbolic link in any of
+its components (another user's link could make pgreap read a file only
+you may read): give the path without links. -f - reads the SQL from
+standard input, as psql -f - does (not from a terminal; ending sessions
+then needs --yes, as standard input holds the SQL).
+
+A transaction the SQL leaves open is rolled back, and that is an error,
+as is SQL whose last transaction ends in ROLLBACK
 (the message says what an earlier COMMIT of it committed, which stays).
 The SQL runs under the session's statement_timeout (pgreap's 30s, unless
 the connection string or PGOPTIONS set it, e.g. -d 'options=-cstatement_timeout=0').
@@ -102,7 +115,10 @@ transaction's victim: named ("via PID, itself waiting"), never ended.
 Refused (exit 2, nothing run): SQL with CONCURRENTLY (a timed-out attempt
 leaves an invalid index, and it waits for every older transaction, on any
 table); CALL and DO (a procedure or block may COMMIT or ROLLBACK inside,
-and exec could not tell what committed); SQL that sets or names
+and exec could not tell what committed); PREPARE TRANSACTION, COMMIT
+PREPARED and ROLLBACK PREPARED (a prepared transaction keeps the DDL's
+locks after exec ends, with no session to end: exec is no two-phase
+commit coordinator); SQL that sets or names
 lock_timeout (exec owns it: an attempt seen waiting on one lock longer
 than --lock-timeout and 100ms is cancelled all the same, a lock timeout); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
@@ -124,9 +140,10 @@ error other than a lock timeout (as the server gave it; never tried
 again: a deadlock and a statement timeout are such errors), 3 gave up
 after --attempts (the message names who blocked the last attempt), or an
 attempt timed out after a COMMIT of the SQL (not tried again).`,
-		Example: `  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --yes
-  pgreap exec -f migrate.sql --lock-timeout 1s --attempts 5
-  pgreap exec -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
+		Example: `  pgreap exec -d 'dbname=shop' -c 'ALTER TABLE orders ADD COLUMN note text' --yes
+  pgreap exec -d 'dbname=shop' -f migrate.sql --lock-timeout 1s --attempts 5
+  pgreap exec -d 'dbname=shop' -f - --yes < migrate.sql
+  pgreap exec -d 'dbname=shop' -c 'ALTER TABLE orders ADD COLUMN note text' --clear none   # retry only
   pgreap exec -d 'dbname=shop' -c 'CREATE INDEX ON orders (customer_id)' --clear cancel -o json --yes   # not CONCURRENTLY: refused`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, args []string) error {
@@ -134,10 +151,11 @@ attempt timed out after a COMMIT of the SQL (not tried again).`,
 			if opts.Format, err = f.Format(); err != nil {
 				return err
 			}
+			f.conn.NeedDatabase = "exec"
 			if _, err := f.ConnConfig(); err != nil {
 				return err
 			}
-			if err := opts.check(cmd.Flags().Changed("command")); err != nil {
+			if err := opts.check(cmd.Context(), cmd.Flags().Changed("command")); err != nil {
 				return usageError(err)
 			}
 			opts.Color, opts.Connect, opts.Logger = f.Color(), f.Connect, f.Logger()
@@ -151,7 +169,7 @@ attempt timed out after a COMMIT of the SQL (not tried again).`,
 	}
 	fs := cmd.Flags()
 	fs.StringVarP(&opts.SQL, "command", "c", "", "the SQL to run (one string; several statements run in one transaction)")
-	fs.StringVarP(&opts.File, "file", "f", "", "run the SQL in `FILE` (in one transaction unless it has its own)")
+	fs.StringVarP(&opts.File, "file", "f", "", "run the SQL in `FILE` (in one transaction unless it has its own; - reads standard input)")
 	fs.DurationVar(&opts.LockTimeout, "lock-timeout", 2*time.Second, "lock_timeout of each attempt (`D`, at least 100ms)")
 	fs.IntVar(&opts.Attempts, "attempts", 10, "how many times to try (`N`)")
 	fs.DurationVar(&opts.Between, "between", time.Second, "how long to wait before the next attempt (`D`)")
@@ -161,7 +179,7 @@ attempt timed out after a COMMIT of the SQL (not tried again).`,
 }
 
 // check validates the flags and reads -f, before anything is done.
-func (opts *ExecOptions) check(command bool) error {
+func (opts *ExecOptions) check(ctx context.Context, command bool) error {
 	switch {
 	case command && opts.File != "":
 		return errors.New("-c and -f: give one of them")
@@ -178,7 +196,7 @@ func (opts *ExecOptions) check(command bool) error {
 		return fmt.Errorf("--clear %q: must be none, cancel or terminate", opts.Clear)
 	}
 	if opts.File != "" {
-		sql, err := readSQLFile(opts.File)
+		sql, err := opts.readSQL(ctx)
 		if err != nil {
 			return err
 		}
@@ -195,6 +213,10 @@ func (opts *ExecOptions) check(command bool) error {
 		return errors.New("the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
 			"and pgreap could not tell what committed); run it with psql, or give exec its statements")
 	}
+	if twoPhase.MatchString(opts.SQL) {
+		return errors.New("the SQL has PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED: exec refuses it (a prepared transaction " +
+			"keeps the DDL's locks after exec ends, with no session to end, until someone commits or rolls it back; exec is no two-phase commit coordinator); run it with psql")
+	}
 	if lockTimeout.MatchString(opts.SQL) {
 		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
 	}
@@ -207,17 +229,48 @@ func (opts *ExecOptions) check(command bool) error {
 // maxSQLFile bounds what -f reads: a migration, not a dump.
 const maxSQLFile = 16 << 20
 
+// readSQL reads -f's SQL: standard input for "-", as psql -f - does,
+// else the file.
+func (opts *ExecOptions) readSQL(ctx context.Context) (string, error) {
+	if opts.File != "-" {
+		return readSQLFile(opts.File)
+	}
+	// On a terminal the SQL would be typed until Ctrl-D, and the
+	// question before ending sessions asked on the same input: exec runs
+	// a migration, written before.
+	if opts.IO.InTTY {
+		return "", errors.New("-f -: standard input is a terminal: pipe the SQL in (pgreap exec -f - --yes < migrate.sql), or give -c SQL or -f FILE")
+	}
+	type read struct {
+		sql string
+		err error
+	}
+	done := make(chan read, 1)
+	go func() { // abandoned if Ctrl-C comes first: the process ends
+		sql, err := sqlText("standard input", opts.IO.In)
+		done <- read{sql, err}
+	}()
+	select {
+	case <-ctx.Done():
+		return "", errors.New("interrupted while reading the SQL from standard input: nothing done")
+	case r := <-done:
+		return r.sql, r.err
+	}
+}
+
 // readSQLFile reads -f's file: a regular file (opened without waiting for
 // a writer, so a FIFO cannot hang pgreap; a device is refused before it is
-// read; not through a symbolic link), at most maxSQLFile bytes, its UTF-8 byte order mark dropped as
-// psql drops it.
+// read), named without a symbolic link in its path.
 func readSQLFile(path string) (string, error) {
-	// O_NOFOLLOW: a link as the last component, which another user may
-	// point at a file only pgreap's user can read (its text would reach
-	// the server log in a syntax error), is refused.
-	f, err := os.OpenFile(path, os.O_RDONLY|syscall.O_NONBLOCK|syscall.O_NOFOLLOW, 0)
+	// Another user's link, as the file or as a directory on its path
+	// (/tmp/x -> a directory only pgreap's user may read), would have
+	// pgreap read a file they cannot, and its text reach the server log in
+	// a syntax error. The path as given is judged, every component of it:
+	// a link the system has (/var/run) is refused too, with the path
+	// without it to give instead.
+	f, err := openNoLinks(path)
 	if errors.Is(err, syscall.ELOOP) {
-		return "", fmt.Errorf("%s: a symbolic link: give the file it points to", path)
+		return "", linkError(path)
 	}
 	var pe *fs.PathError
 	if errors.As(err, &pe) {
@@ -234,14 +287,95 @@ func readSQLFile(path string) (string, error) {
 	if !fi.Mode().IsRegular() {
 		return "", fmt.Errorf("%s: not a regular file", path)
 	}
-	b, err := io.ReadAll(io.LimitReader(f, maxSQLFile+1))
+	return sqlText(path, f)
+}
+
+// sqlText reads the SQL from r, named name in errors: at most maxSQLFile
+// bytes, its UTF-8 byte order mark dropped as psql drops it.
+func sqlText(name string, r io.Reader) (string, error) {
+	b, err := io.ReadAll(io.LimitReader(r, maxSQLFile+1))
 	if err != nil {
-		return "", fmt.Errorf("%s: %w", path, err)
+		return "", fmt.Errorf("%s: %w", name, err)
 	}
 	if len(b) > maxSQLFile {
-		return "", fmt.Errorf("%s: larger than %d MiB: exec runs a migration, not a dump", path, maxSQLFile>>20)
+		return "", fmt.Errorf("%s: larger than %d MiB: exec runs a migration, not a dump", name, maxSQLFile>>20)
 	}
 	return strings.TrimPrefix(string(b), "\uFEFF"), nil
+}
+
+// linkError refuses path for a symbolic link in it, naming the link and
+// the path to give instead, when they can still be found.
+func linkError(path string) error {
+	msg := path + ": a symbolic link"
+	if link := firstLink(path); link != "" && link != path {
+		msg = fmt.Sprintf("%s: %s is a symbolic link", path, link)
+	}
+	if path == "/dev/stdin" {
+		return errors.New(msg + ": -f - reads standard input")
+	}
+	if abs, err := filepath.Abs(path); err == nil {
+		if real, err := filepath.EvalSymlinks(abs); err == nil {
+			return fmt.Errorf("%s: give the path without links: %s", msg, real)
+		}
+	}
+	return errors.New(msg + ": give the path without links")
+}
+
+// firstLink is the first component of path, as given, that is a symbolic
+// link; "" when none is.
+func firstLink(path string) string {
+	for i := 1; i <= len(path); i++ {
+		if i < len(path) && path[i] != '/' {
+			continue
+		}
+		if fi, err := os.Lstat(path[:i]); err == nil && fi.Mode()&os.ModeSymlink != 0 {
+			return path[:i]
+		}
+	}
+	return ""
+}
+
+// openCheckLinks is openNoLinks where the system cannot refuse links in
+// one call: it opens one component after the other, each in the
+// directory opened before and with O_NOFOLLOW, so that no link can be
+// swapped in between either.
+func openCheckLinks(path string) (*os.File, error) {
+	dir := unix.AT_FDCWD
+	if strings.HasPrefix(path, "/") {
+		dir = -1
+	}
+	parts := slices.DeleteFunc(strings.Split(path, "/"), func(p string) bool { return p == "" })
+	if dir == -1 {
+		parts = append([]string{"/"}, parts...)
+	}
+	if len(parts) == 0 {
+		parts = []string{"."}
+	}
+	for i, part := range parts {
+		flags := unix.O_RDONLY | unix.O_NOFOLLOW | unix.O_NONBLOCK | unix.O_CLOEXEC
+		if i < len(parts)-1 {
+			flags |= unix.O_DIRECTORY
+		}
+		fd, err := unix.Openat(dir, part, flags, 0)
+		for errors.Is(err, unix.EINTR) {
+			fd, err = unix.Openat(dir, part, flags, 0)
+		}
+		if errors.Is(err, unix.ENOTDIR) && i < len(parts)-1 {
+			// O_DIRECTORY is judged on a link itself: not a directory.
+			var st unix.Stat_t
+			if unix.Fstatat(dir, part, &st, unix.AT_SYMLINK_NOFOLLOW) == nil && st.Mode&unix.S_IFMT == unix.S_IFLNK {
+				err = unix.ELOOP
+			}
+		}
+		if dir >= 0 {
+			unix.Close(dir)
+		}
+		if err != nil {
+			return nil, &fs.PathError{Op: "open", Path: path, Err: err}
+		}
+		dir = fd
+	}
+	return os.NewFile(uintptr(dir), path), nil
 }
 
 // concurrently finds CREATE/DROP INDEX, REINDEX and DETACH PARTITION
@@ -253,6 +387,12 @@ var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
 // command tag. Mistaken the safe way only (a ';' in a string before the
 // word).
 var callOrDo = regexp.MustCompile(`(?is)(^|;)(\s|--[^\n]*|/\*.*?\*/)*(CALL|DO)\b`)
+
+// twoPhase finds PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK
+// PREPARED, their words apart by spaces or comments (a comment's body may
+// run over another comment's end: nested ones are found too). Mistaken
+// the safe way only (the words in a string).
+var twoPhase = regexp.MustCompile(`(?is)\b(PREPARE(\s|--[^\n]*|/\*.*\*/)*TRANSACTION|(COMMIT|ROLLBACK)(\s|--[^\n]*|/\*.*\*/)*PREPARED)\b`)
 
 // lockTimeout finds a SET, RESET or set_config of lock_timeout: the SQL
 // would lift the bound that keeps exec from holding a queue (mistaken the

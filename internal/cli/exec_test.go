@@ -3,8 +3,11 @@ package cli_test
 import (
 	"context"
 	"encoding/csv"
+	"errors"
 	"fmt"
+	"io"
 	"os"
+	"path/filepath"
 	"strconv"
 	"strings"
 	"sync"
@@ -12,6 +15,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/pgreap/pgreap/internal/cli"
 	"github.com/pgreap/pgreap/internal/pgtest"
 )
 
@@ -215,6 +219,9 @@ func TestExecBlockerStateHidden(t *testing.T) {
 	}
 }
 
+const twoPhase = "pgreap: the SQL has PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED: exec refuses it (a prepared transaction " +
+	"keeps the DDL's locks after exec ends, with no session to end, until someone commits or rolls it back; exec is no two-phase commit coordinator); run it with psql\n"
+
 const callOrDo = "pgreap: the SQL has CALL or DO: exec refuses it (a procedure or DO block may COMMIT or ROLLBACK on its own, " +
 	"and pgreap could not tell what committed); run it with psql, or give exec its statements\n"
 
@@ -222,6 +229,11 @@ func TestExecBadInput(t *testing.T) {
 	t.Parallel()
 	db := pgtest.NewDB(t)
 	holder := execTable(t, db)
+	gid := pgtest.Tag(t)
+	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	t.Cleanup(func() { // a prepared transaction left would hold its locks, and db
+		_, _ = admin.Exec(context.Background(), "ROLLBACK PREPARED '"+gid+"'")
+	})
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -245,6 +257,10 @@ func TestExecBadInput(t *testing.T) {
 		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
 		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
 		{"CALL", []string{"-c", "/* p */ CALL p()", "--yes"}, callOrDo},
+		{"PREPARE TRANSACTION", []string{"-c", "BEGIN; CREATE TABLE ran (); PREPARE TRANSACTION '" + gid + "'", "--yes"}, twoPhase},
+		{"PREPARE TRANSACTION in comments", []string{"-c", "BEGIN; CREATE TABLE ran (); prepare/* a /* nested */ comment */--\n transaction '" + gid + "'", "--yes"}, twoPhase},
+		{"COMMIT PREPARED", []string{"-c", "COMMIT PREPARED 'other'", "--yes"}, twoPhase},
+		{"ROLLBACK PREPARED", []string{"-c", "ROLLBACK\n\tPREPARED 'other'", "--yes"}, twoPhase},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
 			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
 	} {
@@ -258,6 +274,10 @@ func TestExecBadInput(t *testing.T) {
 	}
 	if !holder.Alive() {
 		t.Fatal("bad input ended a session")
+	}
+	var prepared bool
+	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_prepared_xacts WHERE gid = $1)", gid).Scan(&prepared); err != nil || prepared {
+		t.Fatalf("the refused PREPARE TRANSACTION ran (%v)", err)
 	}
 	var ran bool
 	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL").Scan(&ran); err != nil || ran {
@@ -383,7 +403,7 @@ func TestExecFileNotRegular(t *testing.T) {
 		t.Fatal(err)
 	}
 	for _, tc := range []struct{ name, path, want string }{
-		{"symlink", link, "pgreap: " + link + ": a symbolic link: give the file it points to\n"},
+		{"symlink", link, "pgreap: " + link + ": a symbolic link: give the path without links: " + dir + "/real.sql\n"},
 		{"fifo", fifo, "pgreap: " + fifo + ": not a regular file\n"},
 		{"directory", dir, "pgreap: " + dir + ": not a regular file\n"},
 		{"device", "/dev/zero", "pgreap: /dev/zero: not a regular file\n"},
@@ -479,4 +499,181 @@ func TestExecTimedOutAfterItsCommit(t *testing.T) {
 	if !holder.Alive() {
 		t.Fatal("--clear none ended the blocker")
 	}
+}
+
+// -f refuses a symbolic link anywhere in the path given, not only as its
+// last component: another user's link to a directory only pgreap's user
+// may read would have pgreap send a file from it (its text in the server
+// log, in a syntax error).
+func TestExecFileLinkInPath(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	dir := t.TempDir()
+	if err := os.Mkdir(dir+"/private", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/private/m.sql", []byte("CREATE TABLE linked ()"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Symlink(dir+"/private", dir+"/x"); err != nil {
+		t.Fatal(err)
+	}
+	real, err := filepath.EvalSymlinks(dir + "/private/m.sql")
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := run(t, false, "exec", "-d", "dbname="+db, "-f", dir+"/x/m.sql", "--clear", "none")
+	r.wantCode(t, 2)
+	if want := "pgreap: " + dir + "/x/m.sql: " + dir + "/x is a symbolic link: give the path without links: " + real + "\n"; r.errOut != want || r.out != "" {
+		t.Fatalf("stdout %q, stderr %q, want %q", r.out, r.errOut, want)
+	}
+	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	var ran bool
+	if err := admin.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.linked') IS NOT NULL").Scan(&ran); err != nil || ran {
+		t.Fatalf("the file behind the link ran (%v)", err)
+	}
+	// The path without links is taken.
+	r = run(t, false, "exec", "-d", "dbname="+db, "-f", dir+"/private/m.sql", "--clear", "none")
+	r.wantCode(t, 0)
+}
+
+// Without openat2 (before Linux 5.6), -f opens the path one component
+// after the other, each without following a link.
+func TestOpenCheckLinks(t *testing.T) {
+	t.Parallel()
+	dir := t.TempDir()
+	if err := os.Mkdir(dir+"/d", 0o700); err != nil {
+		t.Fatal(err)
+	}
+	if err := os.WriteFile(dir+"/d/f.sql", []byte("SELECT 1"), 0o600); err != nil {
+		t.Fatal(err)
+	}
+	for _, l := range [][2]string{{dir + "/d", dir + "/dlink"}, {dir + "/d/f.sql", dir + "/d/flink"}} {
+		if err := os.Symlink(l[0], l[1]); err != nil {
+			t.Fatal(err)
+		}
+	}
+	for _, tc := range []struct {
+		name, path string
+		err        error
+	}{
+		{"plain", dir + "/d/f.sql", nil},
+		{"dot dot", dir + "/d/../d//f.sql", nil},
+		{"link in a directory", dir + "/dlink/f.sql", syscall.ELOOP},
+		{"link at the end", dir + "/d/flink", syscall.ELOOP},
+		{"missing", dir + "/d/none.sql", syscall.ENOENT},
+		{"a file as a directory", dir + "/d/f.sql/x", syscall.ENOTDIR},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			f, err := cli.OpenCheckLinks(tc.path)
+			if !errors.Is(err, tc.err) || (err == nil) != (tc.err == nil) {
+				t.Fatalf("error %v, want %v", err, tc.err)
+			}
+			if err != nil {
+				return
+			}
+			defer f.Close()
+			b, err := io.ReadAll(f)
+			if err != nil || string(b) != "SELECT 1" {
+				t.Fatalf("read %q, %v", b, err)
+			}
+		})
+	}
+}
+
+// runIn is run with standard input in, a terminal or not.
+func runIn(t *testing.T, in string, tty bool, args ...string) result {
+	t.Helper()
+	streams, out, errOut := cli.Test()
+	streams.In, streams.InTTY = strings.NewReader(in), tty
+	code := cli.Run(pgtest.Context(t), args, streams)
+	return result{code, out.String(), errOut.String()}
+}
+
+// -f - reads the SQL from standard input, as psql -f - does: the same
+// limit, the byte order mark dropped; standard input then holds the SQL,
+// so ending sessions needs --yes.
+func TestExecFromStdin(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	holder := execTable(t, db)
+	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	columns := func() int {
+		var n int
+		if err := admin.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_attribute WHERE attrelid = 't'::regclass AND attnum > 0").Scan(&n); err != nil {
+			t.Fatal(err)
+		}
+		return n
+	}
+	for _, tc := range []struct {
+		name, in string
+		tty      bool
+		args     []string
+		want     string
+	}{
+		{"needs --yes", "ALTER TABLE t ADD COLUMN a int", false, nil,
+			"pgreap: refusing to terminate the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none\n"},
+		{"a terminal", "ALTER TABLE t ADD COLUMN a int", true, []string{"--yes"},
+			"pgreap: -f -: standard input is a terminal: pipe the SQL in (pgreap exec -f - --yes < migrate.sql), or give -c SQL or -f FILE\n"},
+		{"too large", "SELECT 1;" + strings.Repeat(" ", 16<<20), false, []string{"--yes"},
+			"pgreap: standard input: larger than 16 MiB: exec runs a migration, not a dump\n"},
+		{"empty", "", false, []string{"--yes"}, "pgreap: the SQL is empty\n"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := runIn(t, tc.in, tc.tty, append([]string{"exec", "-d", "dbname=" + db, "-f", "-"}, tc.args...)...)
+			r.wantCode(t, 2)
+			if r.errOut != tc.want || r.out != "" {
+				t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+			}
+		})
+	}
+	if !holder.Alive() || columns() != 1 {
+		t.Fatalf("refused, yet something was done: holder alive %v, %d columns", holder.Alive(), columns())
+	}
+	// /dev/stdin is a link (to /proc/self/fd/0): -f - is the way.
+	r := runIn(t, "SELECT 1", false, "exec", "-d", "dbname="+db, "-f", "/dev/stdin", "--clear", "none")
+	r.wantCode(t, 2)
+	if r.errOut != "pgreap: /dev/stdin: a symbolic link: -f - reads standard input\n" {
+		t.Fatalf("stderr %q", r.errOut)
+	}
+	r = runIn(t, "\uFEFFALTER TABLE t ADD COLUMN a int;\nALTER TABLE t ADD COLUMN b int;\n", false,
+		"exec", "-d", "dbname="+db, "-f", "-", "--yes", "--between", "10ms", "-o", "json")
+	r.wantCode(t, 0)
+	if holder.Alive() || columns() != 3 {
+		t.Fatalf("holder alive %v, %d columns\n%s", holder.Alive(), columns(), r.out)
+	}
+}
+
+// exec and clear work in one database: without one named, they refuse
+// rather than run in postgres (pgreap's own sessions' default) or the
+// user's name (psql's). Not parallel: it unsets PGDATABASE.
+func TestExecAndClearNeedADatabase(t *testing.T) {
+	t.Setenv("PGDATABASE", "")
+	os.Unsetenv("PGDATABASE")
+	for _, tc := range []struct {
+		name string
+		args []string
+	}{
+		{"exec", []string{"exec", "-c", "CREATE TABLE guessed ()", "--clear", "none"}},
+		{"clear", []string{"clear", "pg_class", "--dry-run"}},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			r := run(t, false, tc.args...)
+			r.wantCode(t, 2)
+			want := "pgreap: " + tc.name + " runs in one database: name it with -d 'dbname=NAME' (or PGDATABASE); pgreap does not guess it\n"
+			if r.errOut != want || r.out != "" {
+				t.Fatalf("stdout %q, stderr %q", r.out, r.errOut)
+			}
+		})
+	}
+	var guessed bool
+	if err := pgtest.Admin(t).QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.guessed') IS NOT NULL").Scan(&guessed); err != nil || guessed {
+		t.Fatalf("exec ran in a database it guessed (%v)", err)
+	}
+	// pgreap's own commands still take postgres; a URL's path names one.
+	run(t, false, "ls", "--app", pgtest.Tag(t)).wantCode(t, 1)
+	db := pgtest.NewDB(t)
+	c := pgtest.Shared(t)
+	url := fmt.Sprintf("postgresql://%s@127.0.0.1:%d/%s?sslmode=disable", pgtest.Superuser, c.Port, db)
+	run(t, false, "exec", "-d", url, "-c", "SELECT 1", "--clear", "none").wantCode(t, 0)
 }

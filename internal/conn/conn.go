@@ -39,6 +39,13 @@ type Params struct {
 	// user typed (pg_catalog.to_regclass) and runs nothing else: reading
 	// those settings as the server does is the server's job.
 	UserSearchPath bool
+	// NeedDatabase, when set, is the command (exec, clear) whose work is
+	// in one database: the user's SQL, the user's table names. Config
+	// then refuses, naming it, when neither the string (dbname, a URL's
+	// path, a service) nor PGDATABASE names a database, where pgreap's
+	// own sessions take postgres: psql would take the user's name, and
+	// either guess could run a migration in the wrong database.
+	NeedDatabase string
 }
 
 // Defaults for pgreap's own session. The user may set any of them in the
@@ -81,6 +88,8 @@ const (
 //   - search_path=pg_catalog, pg_temp, so that besides every name being
 //     pg_catalog-qualified, no operator or type in another schema can be
 //     picked up either (unless p.UserSearchPath);
+//   - the database postgres when none is named (pg_stat_activity is the
+//     same from every one), or, for p.NeedDatabase, an error;
 //   - a connect timeout of 10s unless connect_timeout is given;
 //   - one round trip per statement (no separate prepare step).
 //
@@ -152,6 +161,9 @@ func config(p Params) (*pgx.ConnConfig, error) {
 	named = named || strings.Contains(strings.ReplaceAll(strings.ToLower(userOptions), "-", "_"), "statement_timeout")
 	cfg.AfterConnect = afterConnect(named, cfg.ConnectTimeout)
 	cfg.Tracer = statementDeadline{}
+	if cfg.Database == "" && p.NeedDatabase != "" {
+		return nil, fmt.Errorf("%s runs in one database: name it with -d 'dbname=NAME' (or PGDATABASE); pgreap does not guess it", p.NeedDatabase)
+	}
 	if cfg.Database == "" {
 		// pg_stat_activity is the same from every database; libpq would
 		// try a database named after the user, which rarely exists.

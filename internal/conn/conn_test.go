@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"os"
 	"strconv"
 	"strings"
 	"testing"
@@ -299,5 +300,43 @@ func TestUserSearchPath(t *testing.T) {
 				t.Fatalf("search_path %q, a client's %q", got, want)
 			}
 		})
+	}
+}
+
+// A command whose work is in one database (NeedDatabase) takes it from the
+// string, a URL's path or PGDATABASE, never from a default; pgreap's own
+// sessions take postgres. Not parallel: it unsets PGDATABASE.
+func TestNeedDatabase(t *testing.T) {
+	t.Setenv("PGDATABASE", "")
+	os.Unsetenv("PGDATABASE")
+	for _, tc := range []struct {
+		name string
+		p    conn.Params
+		want string // the database, or the error
+	}{
+		{"none", conn.Params{NeedDatabase: "exec"},
+			"exec runs in one database: name it with -d 'dbname=NAME' (or PGDATABASE); pgreap does not guess it"},
+		{"empty dbname", conn.Params{DSN: "dbname=''", NeedDatabase: "clear"},
+			"clear runs in one database: name it with -d 'dbname=NAME' (or PGDATABASE); pgreap does not guess it"},
+		{"dbname", conn.Params{DSN: "dbname=shop", NeedDatabase: "exec"}, "shop"},
+		{"URL", conn.Params{DSN: "postgresql://h/shop", NeedDatabase: "exec"}, "shop"},
+		{"pgreap's own", conn.Params{}, "postgres"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			cfg, err := conn.Config(tc.p)
+			got := ""
+			if err != nil {
+				got = err.Error()
+			} else {
+				got = cfg.Database
+			}
+			if got != tc.want {
+				t.Fatalf("got %q, want %q", got, tc.want)
+			}
+		})
+	}
+	t.Setenv("PGDATABASE", "shop")
+	if cfg, err := conn.Config(conn.Params{NeedDatabase: "exec"}); err != nil || cfg.Database != "shop" {
+		t.Fatalf("PGDATABASE: %v", err)
 	}
 }
