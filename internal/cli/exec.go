@@ -73,7 +73,10 @@ those blockers per --clear, through the guard: each is pinned by its
 identity and its query as last seen, and signalled only if it still holds
 a lock on that object in a mode that conflicts with the one the attempt
 asked for; one that moved on is changed and left alone. Then it
-waits --between and tries again, up to --attempts times.
+waits --between and tries again, up to --attempts times. Only the wait
+that timed out counts: a look taken before it began (an earlier statement
+of the SQL waited there) ends no one ("no one seen"), and another 55P03
+(LOCK ... NOWAIT, FOR UPDATE NOWAIT, a RAISE) is an error of the SQL.
 
 --clear terminate (the default) terminates them: a cancel does not end a
 transaction, and a session idle in its transaction keeps its locks.
