@@ -237,7 +237,8 @@ func TestSearchPathLookalikesChangeNothing(t *testing.T) {
 	runaway.WaitState("active", "Timeout")
 
 	dsn := pgtest.Shared(t).DSN(db, pgtest.Superuser) + " options='-c search_path=evil,pg_catalog'"
-	r := run(t, false, "ls", "-d", dsn, "--waiting", "--longer-than", "1ms", "-o", "json")
+	// --db: the waits of the tests beside this one are theirs.
+	r := run(t, false, "ls", "-d", dsn, "--db", db, "--waiting", "--longer-than", "1ms", "-o", "json")
 	r.wantCode(t, 0)
 	if rows := jsonRows(t, r.out); len(rows) != 1 || rows[0]["pid"] != float64(waiter.PID) {
 		t.Fatalf("ls --waiting: %s", r.out)

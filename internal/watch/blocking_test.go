@@ -191,10 +191,26 @@ rules:
 
 // A cancel rule on the root of a pile-up that runs a query: the query is
 // cancelled, its transaction aborts and releases the lock, and the audit
-// line names the waiters released.
+// line names the waiters released. Both wait on the root alone (two
+// readers), so both hold their locks when the root lets go: with a waiter
+// in between, the reader behind it is released only once that one's ALTER
+// has ended, which may be after the look (TestBlockingLongerThanAtTheThreshold
+// waits for it under a fake clock).
 func TestBlockingLongerThanCancelsTheRoot(t *testing.T) {
 	t.Parallel()
-	root, waiter, reader := pileUp(t, "SELECT pg_catalog.pg_sleep(60)")
+	db := pgtest.NewDB(t)
+	root := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	root.Exec("CREATE TABLE t (id int)")
+	root.Exec("BEGIN")
+	root.Exec("LOCK TABLE t IN ACCESS EXCLUSIVE MODE")
+	root.Start("SELECT pg_catalog.pg_sleep(60)")
+	root.WaitState("active", "")
+	waiter := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	waiter.Start("SELECT count(*) FROM t")
+	waiter.WaitState("active", "Lock")
+	reader := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	reader.Start("SELECT count(*) FROM t")
+	reader.WaitState("active", "Lock")
 	d := startDaemon(t, dsn(t), `
 targets: [{name: TAG, dsn: "DSN"}]
 interval: 200ms
