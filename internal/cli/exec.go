@@ -8,9 +8,10 @@ import (
 	"io/fs"
 	"log/slog"
 	"os"
-	"path/filepath"
+	"os/user"
 	"regexp"
 	"slices"
+	"strconv"
 	"strings"
 	"syscall"
 	"time"
@@ -98,7 +99,7 @@ commit together, or not at all, unless the file has its own BEGIN, COMMIT
 or ROLLBACK (then exec says so: a retry runs the file again from its start;
 an attempt that fails after a COMMIT of it completed says that what ran
 before it committed, and one that times out then is not tried again: exit 3).
-FILE is a regular file of at most 16 MiB (a UTF-8 byte order mark is
+FILE is a regular file of at most 16 MiB, without a NUL byte (a UTF-8 byte order mark is
 dropped, as psql does), named by a path with no symbolic link in any of
 its components (another user's link could make pgreap read a file only
 you may read): give the path without links. -f - reads the SQL from
@@ -303,25 +304,44 @@ func sqlText(name string, r io.Reader) (string, error) {
 	if len(b) > maxSQLFile {
 		return "", fmt.Errorf("%s: larger than %d MiB: exec runs a migration, not a dump", name, maxSQLFile>>20)
 	}
+	if i := strings.IndexByte(string(b), 0); i >= 0 {
+		// The protocol cannot carry it: the server would answer "invalid
+		// message format".
+		return "", fmt.Errorf("%s: a NUL byte at offset %d: not SQL text", name, i)
+	}
 	return strings.TrimPrefix(string(b), "\uFEFF"), nil
 }
 
 // linkError refuses path for a symbolic link in it, naming the link and
-// the path to give instead, when they can still be found.
+// whose it is. It never names where the link points: another user's link
+// would steer the operator to the file it was made to reach.
 func linkError(path string) error {
-	msg := path + ": a symbolic link"
-	if link := firstLink(path); link != "" && link != path {
-		msg = fmt.Sprintf("%s: %s is a symbolic link", path, link)
+	link := firstLink(path)
+	if link == "" {
+		link = path
 	}
+	msg := fmt.Sprintf("%s: %s is a symbolic link%s", path, link, linkOwner(link))
 	if path == "/dev/stdin" {
 		return errors.New(msg + ": -f - reads standard input")
 	}
-	if abs, err := filepath.Abs(path); err == nil {
-		if real, err := filepath.EvalSymlinks(abs); err == nil {
-			return fmt.Errorf("%s: give the path without links: %s", msg, real)
-		}
+	return errors.New(msg + ": exec reads no file through a link; give the file's own path")
+}
+
+// linkOwner is " (user NAME's)" for the link's owner, when it can tell.
+func linkOwner(link string) string {
+	fi, err := os.Lstat(link)
+	if err != nil {
+		return ""
 	}
-	return errors.New(msg + ": give the path without links")
+	st, ok := fi.Sys().(*syscall.Stat_t)
+	if !ok {
+		return ""
+	}
+	id := strconv.FormatUint(uint64(st.Uid), 10)
+	if u, err := user.LookupId(id); err == nil {
+		id = u.Username
+	}
+	return " (user " + output.Clean(id) + "'s)"
 }
 
 // firstLink is the first component of path, as given, that is a symbolic
