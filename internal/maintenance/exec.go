@@ -306,7 +306,10 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		ended := time.Now()
 		a.Waited = ended.Sub(start)
 		seen, oerr := o.stop()
-		look := seen.look
+		var look *waitLook
+		if w := seen.last(); w != nil {
+			look = w.look // shown with any outcome but a lock timeout's
+		}
 		if err == nil {
 			err = notCommitted(tags, run.PgConn().TxStatus())
 		}
@@ -322,19 +325,11 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 		case err == nil:
 			a.Outcome = Committed
 		case errors.As(err, &pgErr) && lockTimedOut(pgErr) && ctx.Err() == nil:
-			a.Outcome = LockTimeout
-			if look != nil && seen.at.Before(ended.Add(-opts.LockTimeout)) {
-				// Seen before the wait that timed out began: another
-				// statement's wait, which ended (a statement of the SQL
-				// may wait, get its lock, and the next time out on
-				// another between two looks). Its holders did not block
-				// this attempt: no one is ended.
-				look = nil
-			}
-		case seen.cancelled && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
+			a.Outcome, look = LockTimeout, seen.timedOut(ended, opts.LockTimeout, opts.Poll)
+		case seen.cancelled != nil && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
 			// The observer's cancel: a lock timeout the SQL had lifted,
 			// of the wait it saw.
-			a.Outcome, look = LockTimeout, seen.cancelLook
+			a.Outcome, look = LockTimeout, seen.cancelled.look
 		case ctx.Err() != nil:
 			a.Outcome, a.Err = SQLFailed, fmt.Errorf("interrupted: %w", err)
 			if committedEarlier(tags) {
@@ -453,6 +448,10 @@ func runSQL(ctx context.Context, run *pgx.Conn, sql string) ([]string, error) {
 
 // waitLook is one look at a waiting attempt.
 type waitLook struct {
+	// start is the wait's pg_locks.waitstart (14+; nil before, and for a
+	// moment after it begins); now the server's clock at the look.
+	start    *time.Time
+	now      time.Time
 	lock     *LockWait
 	blockers []activity.Session
 	waiting  []int32
@@ -466,58 +465,124 @@ type waiter struct {
 }
 
 type waiterResult struct {
-	// look is the last look that saw a wait, taken at at (when it was
-	// sent: the server read pg_locks after).
-	look *waitLook
-	at   time.Time
-	// cancelled: the attempt was seen waiting on one lock for longer
-	// than the limit, and cancelled; cancelLook is that look.
-	cancelled  bool
-	cancelLook *waitLook
-	err        error
+	// waits are the waits the looks saw, in order.
+	waits []seenWait
+	// slowest is the longest a look took.
+	slowest time.Duration
+	// cancelled is the wait seen lasting longer than the limit, and
+	// cancelled; nil when none was.
+	cancelled *seenWait
+	err       error
+}
+
+// seenWait is one wait of an attempt, as the looks saw it: one lock,
+// seen in every look from the first to the last (on 14+, with one
+// waitstart: a wait that ended and a new one on the same object between
+// two looks are two).
+type seenWait struct {
+	lock  *LockWait
+	start *time.Time // pg_locks.waitstart, 14+ (the server's clock)
+	// first and last: when the first and the last look that saw it were
+	// sent; look is the last.
+	first, last time.Time
+	look        *waitLook
+	// lasted is how long it had lasted at its last look: by the server's
+	// clock from its waitstart (14+), else from the first look to the
+	// last (short of its true length by up to two looks).
+	lasted time.Duration
+}
+
+// last is the wait the looks saw last; nil when they saw none.
+func (r *waiterResult) last() *seenWait {
+	if len(r.waits) == 0 {
+		return nil
+	}
+	return &r.waits[len(r.waits)-1]
+}
+
+// timedOut is the last look at the wait a lock timeout of timeout,
+// received at ended, ended; nil when no look saw it. That wait lasted the
+// whole timeout: of the waits seen, the last one seen lasting as long, but
+// for the time between two looks, whose last look was sent no earlier
+// than the timeout before ended (a statement may wait, get its lock, and
+// the next time out on another between two looks: that earlier wait is
+// not the one; a function's exception handler may catch the timeout,
+// wait on another lock and re-raise it: that later, shorter wait is not
+// the one either). No one is ended for a wait no look saw.
+func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *waitLook {
+	between := poll + r.slowest
+	for i := len(r.waits) - 1; i >= 0; i-- {
+		w := &r.waits[i]
+		short := between
+		if w.start == nil {
+			short = 2 * between // from a look after it began to one before it ended
+		}
+		if w.lasted >= timeout-short && !w.last.Before(ended.Add(-timeout)) {
+			return w.look
+		}
+	}
+	return nil
+}
+
+// see records a look sent at at that saw a wait: the same wait as the
+// previous look's (when that one saw a wait: cont), or a new one.
+func (r *waiterResult) see(look *waitLook, at time.Time, cont bool) *seenWait {
+	prev := r.last()
+	same := cont && prev != nil && reflect.DeepEqual(prev.lock, look.lock) && // the pointers' values
+		(prev.start == nil || look.start == nil || prev.start.Equal(*look.start))
+	if !same {
+		r.waits = append(r.waits, seenWait{lock: look.lock, first: at})
+	}
+	w := &r.waits[len(r.waits)-1]
+	w.last, w.look = at, look
+	if look.start != nil {
+		w.start = look.start
+	}
+	if w.start != nil {
+		w.lasted = look.now.Sub(*w.start)
+	} else {
+		w.lasted = at.Sub(w.first)
+	}
+	return w
 }
 
 // watchWait looks every poll at what backend pid waits for and who holds
-// it up, until stop; it keeps the last look that saw it wait, and when it
-// was taken. Between looks, holders only leave a wait (a new request that
-// conflicts queues behind it): the last look of a wait names those that
-// held it up all along. Whether that wait is the one that timed out is
-// Exec's to judge, by when the look was taken (a look after the wait
-// ended sees none, but one may be under way as the error arrives). An
-// attempt seen waiting on the same lock in every look for longer than
-// limit is cancelled (once).
+// it up, until stop, and records each wait it sees (waiterResult.see):
+// which one a lock timeout ended is Exec's to judge, as it knows when the
+// error came (waiterResult.timedOut). Between looks, holders only leave
+// a wait (a new request that conflicts queues behind it): the last look
+// at a wait names those that held it up all along. An attempt seen in
+// one wait for longer than limit is cancelled (once).
 func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time.Duration, logger *slog.Logger) *waiter {
 	w := &waiter{done: make(chan struct{}), out: make(chan waiterResult, 1)}
 	go func() {
 		var res waiterResult
-		var since time.Time // when the wait of the last look was first seen
-		var last *LockWait
+		waiting := false // the previous look saw a wait
 		for {
 			at := time.Now()
 			look, err := lookWait(ctx, conn, pid)
+			res.slowest = max(res.slowest, time.Since(at))
 			if err != nil {
 				res.err = err
 				break
 			}
-			switch {
-			case look == nil:
-				last = nil
-			case last == nil || !reflect.DeepEqual(last, look.lock): // the pointers' values
-				last, since = look.lock, time.Now()
-			}
 			if look != nil {
-				res.look, res.at = look, at
+				cur := res.see(look, at, waiting)
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
-				if !res.cancelled && time.Since(since) > limit {
+				if res.cancelled == nil && cur.lasted > limit {
 					var sent bool
 					if err := conn.QueryRow(ctx, execCancelSQL, int32(pid)).Scan(&sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 						res.err = fmt.Errorf("cancel the attempt waiting past its lock timeout: %w", err)
 						break
 					}
-					res.cancelled, res.cancelLook = sent, look
+					if sent {
+						c := *cur
+						res.cancelled = &c
+					}
 					logger.Debug("attempt waited past its lock timeout", "cancelled", sent)
 				}
 			}
+			waiting = look != nil
 			select {
 			case <-w.done:
 			case <-time.After(poll):
@@ -559,10 +624,12 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 		pids     []int32
 		waiting  []int32
 		prepared []string
+		start    *time.Time
+		now      time.Time
 	)
 	o := &w.Object
 	err := conn.QueryRow(ctx, execWaitSQL, int32(pid)).Scan(&o.LockType, &o.Database, &o.Relation, &o.Page, &o.Tuple,
-		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &relname, &pids, &waiting, &prepared)
+		&o.VirtualXID, &o.TransactionID, &o.ClassID, &o.ObjID, &o.ObjSubID, &w.Mode, &start, &now, &relname, &pids, &waiting, &prepared)
 	if errors.Is(err, pgx.ErrNoRows) {
 		return nil, nil
 	}
@@ -575,7 +642,7 @@ func lookWait(ctx context.Context, conn *pgx.Conn, pid uint32) (*waitLook, error
 	// Never one's own session, whatever the server says.
 	pids = slices.DeleteFunc(pids, func(p int32) bool { return p == int32(pid) })
 	waiting = slices.DeleteFunc(waiting, func(p int32) bool { return p == int32(pid) })
-	look := &waitLook{lock: &w, waiting: waiting}
+	look := &waitLook{lock: &w, waiting: waiting, start: start, now: now}
 	if len(pids) > 0 {
 		if look.snap, err = activity.Lookup(ctx, conn, pids); err != nil {
 			return nil, err

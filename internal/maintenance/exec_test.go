@@ -3,6 +3,7 @@ package maintenance_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -514,5 +515,134 @@ func TestExecTimeoutOfAnUnseenWait(t *testing.T) {
 	}
 	if !h1.Alive() || !h2.Alive() {
 		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
+	}
+}
+
+// waitFor reads the locks exec's observer logs until one names want.
+func waitFor(t *testing.T, locks <-chan string, want string) {
+	t.Helper()
+	for {
+		select {
+		case lock := <-locks:
+			if strings.Contains(lock, want) {
+				return
+			}
+		case <-pgtest.Context(t).Done():
+			t.Fatalf("no look saw the attempt wait for %s", want)
+		}
+	}
+}
+
+// A function whose exception handler catches the lock timeout, waits on
+// another lock and re-raises it: the wait that timed out is the first
+// (on t2, held by b), not the later, shorter one the last looks saw (on
+// t1, held by a, which then takes t1 again behind the attempt). b is
+// ended and the retry commits; a, which never blocked a wait that timed
+// out, is not.
+func TestExecReRaisedTimeout(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	a.Exec(`CREATE TABLE t1 (id int); CREATE TABLE t2 (id int);
+CREATE FUNCTION f() RETURNS void LANGUAGE plpgsql AS $f$
+BEGIN
+    LOCK TABLE t2 IN ACCESS EXCLUSIVE MODE;
+EXCEPTION WHEN lock_not_available THEN
+    LOCK TABLE t1 IN ACCESS EXCLUSIVE MODE;
+    RAISE;
+END$f$`)
+	a.Exec("BEGIN")
+	a.Exec("LOCK TABLE t1 IN ACCESS SHARE MODE")
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	b.Exec("BEGIN")
+	b.Exec("LOCK TABLE t2 IN ACCESS SHARE MODE")
+	run, observe := execConns(t, db)
+	looks := make(chan string, 1)
+	done := make(chan struct{})
+	var ex *maintenance.Executed
+	var err error
+	go func() {
+		defer close(done)
+		ex, err = maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+			SQL: "SELECT f()", LockTimeout: 500 * time.Millisecond, Attempts: 2,
+			Clear: action.Terminate, Wait: 5 * time.Second, Logger: slog.New(looksHandler{looks}),
+		})
+	}()
+	waitFor(t, looks, "t1")
+	a.Start("COMMIT; BEGIN; LOCK TABLE t1 IN ACCESS SHARE MODE")
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 2 || !ex.Committed() {
+		t.Fatalf("attempts %+v", ex.Attempts)
+	}
+	first := &ex.Attempts[0]
+	if first.Lock == nil || first.Lock.Relname != "public.t2" || !slices.Equal(first.BlockedBy(), []int32{b.PID}) {
+		t.Fatalf("the first attempt waited for %v, blocked by %v: want t2, by %d", first.Lock, first.BlockedBy(), b.PID)
+	}
+	if err := a.Wait(); err != nil {
+		t.Fatalf("a locking t1 again: %v", err)
+	}
+	if !a.Alive() || b.Alive() {
+		t.Fatalf("a alive %v (want true), b alive %v (want false)", a.Alive(), b.Alive())
+	}
+}
+
+// Two waits on one object, one right after the other (the SQL releases an
+// advisory lock and asks for it again, and the holder took it in between),
+// are two (pg_locks.waitstart, 14+): together they last longer than the
+// lock timeout and its 100ms, neither does, and the observer cancels
+// nothing. The holder is left alone; the SQL commits once it lets go.
+func TestExecTwoWaitsOnOneLock(t *testing.T) {
+	t.Parallel()
+	if m := pgtest.Shared(t).Major; m < 14 {
+		t.Skipf("pg_locks.waitstart is 14+ (this is %d): before it, two waits on one object with no look between them are one (docs/maintenance.md)", m)
+	}
+	db := pgtest.NewDB(t)
+	holder := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	holder.Exec("SELECT pg_catalog.pg_advisory_lock(1)")
+	run, observe := execConns(t, db)
+	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	done := make(chan struct{})
+	var ex *maintenance.Executed
+	var err error
+	waited := func(d time.Duration) {
+		t.Helper()
+		pgtest.Eventually(t, fmt.Sprintf("the attempt waited %s", d), func() (bool, error) {
+			select {
+			case <-done:
+				return false, fmt.Errorf("the attempt ended: %+v, %v", ex.Attempts, err)
+			default:
+			}
+			var ok bool
+			err := admin.QueryRow(pgtest.Context(t), `SELECT EXISTS (SELECT FROM pg_catalog.pg_locks
+                WHERE pid = $1 AND NOT granted AND waitstart < pg_catalog.clock_timestamp() - $2::interval)`,
+				int32(run.PgConn().PID()), d.String()).Scan(&ok)
+			return ok, err
+		})
+	}
+	go func() {
+		defer close(done)
+		ex, err = maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+			SQL:         "SELECT pg_catalog.pg_advisory_lock(1); SELECT pg_catalog.pg_advisory_unlock(1), pg_catalog.pg_advisory_lock(1)",
+			LockTimeout: 2 * time.Second, Attempts: 1, Clear: action.Terminate, Wait: 5 * time.Second,
+		})
+	}()
+	waited(time.Second)
+	// The attempt gets the lock; the holder asks for it again, behind the
+	// attempt, and gets it when the attempt lets go and asks again.
+	holder.Start("SELECT pg_catalog.pg_advisory_unlock(1), pg_catalog.pg_advisory_lock(1)")
+	if err := holder.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	waited(1200 * time.Millisecond)
+	holder.Exec("SELECT pg_catalog.pg_advisory_unlock(1)")
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ex.Attempts) != 1 || !ex.Committed() || !holder.Alive() {
+		t.Fatalf("attempts %+v, holder alive %v", ex.Attempts, holder.Alive())
 	}
 }

@@ -20,6 +20,12 @@
 --  $1 integer  the attempt's backend
 SELECT l.locktype, l.database, l.relation, l.page, l.tuple, l.virtualxid, l.transactionid,
        l.classid, l.objid, l.objsubid, l.mode,
+       -- When this wait began (14+, read by name; NULL for a moment after
+       -- it begins), by the server's clock, and that clock now: two waits
+       -- on one object, one after the other, are told apart, and how long
+       -- one has lasted is known to the look, not to the poll.
+       (pg_catalog.to_jsonb(l) OPERATOR(pg_catalog.->>) 'waitstart')::timestamptz AS waitstart,
+       pg_catalog.clock_timestamp() AS now,
        -- The relation's name, when it is of this database (another's
        -- OID names nothing here).
        CASE WHEN l.relation IS NOT NULL
