@@ -457,7 +457,18 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 		}
 	}
 	if opts.Format == output.Table {
-		mopts.Attempted = func(a *maintenance.Attempt) { writeAttempt(opts, a) }
+		// An attempt's line and blockers come before the question whether
+		// to end them, its results after.
+		shown := 0
+		mopts.TimedOut = func(a *maintenance.Attempt) { writeAttemptHead(opts, a); shown = a.N }
+		mopts.Attempted = func(a *maintenance.Attempt) {
+			if shown != a.N {
+				writeAttemptHead(opts, a)
+			}
+			if a.Plan != nil && len(a.Results) > 0 {
+				_ = writeResults(opts.IO, output.Table, opts.Color, a.Plan, a.Results, false)
+			}
+		}
 	}
 	ex, err := maintenance.Exec(ctx, run, observe, mopts)
 	if opts.Format != output.Table {
@@ -507,9 +518,9 @@ func attemptLine(a *maintenance.Attempt) string {
 	return line + "; blocked by " + a.Describe()
 }
 
-// writeAttempt prints an attempt as a table does, when it is over: its
-// line, its blockers, and the outcomes of the sessions ended after it.
-func writeAttempt(opts *ExecOptions, a *maintenance.Attempt) {
+// writeAttemptHead prints an attempt as a table does: its line and its
+// blockers (the outcomes of the sessions ended after it follow).
+func writeAttemptHead(opts *ExecOptions, a *maintenance.Attempt) {
 	fmt.Fprintln(opts.IO.Out, attemptLine(a))
 	if a.Outcome != maintenance.LockTimeout {
 		return
@@ -522,9 +533,6 @@ func writeAttempt(opts *ExecOptions, a *maintenance.Attempt) {
 			continue
 		}
 		fmt.Fprintf(opts.IO.Out, "  └ %s\n", describeSession(b.PID, b))
-	}
-	if a.Plan != nil && len(a.Results) > 0 {
-		_ = writeResults(opts.IO, output.Table, opts.Color, a.Plan, a.Results, false)
 	}
 }
 

@@ -298,6 +298,16 @@ func TestExecAsksOnATerminal(t *testing.T) {
 	if !holder.Alive() || !strings.HasPrefix(r.out, "attempt 1: lock timeout after ") {
 		t.Fatalf("ended without a yes, or the attempt not shown:\n%s", r.out)
 	}
+	// On one terminal: the attempt and who blocked it come before the
+	// question whether to end them.
+	streams, both, _ := cli.Test()
+	streams.ErrOut, streams.In, streams.InTTY = both, strings.NewReader("n\n"), true
+	if code := cli.Run(pgtest.Context(t), []string{"exec", "-d", "dbname=" + db, "-c", "ALTER TABLE t ADD COLUMN note text", "--lock-timeout", "200ms"}, streams); code != 2 {
+		t.Fatalf("exit %d", code)
+	}
+	if line, ask := strings.Index(both.String(), "attempt 1: lock timeout"), strings.Index(both.String(), "[y/N]"); line < 0 || ask < 0 || line > ask {
+		t.Fatalf("the question before the attempt's line:\n%s", both)
+	}
 
 	// A cancel leaves a transaction idle: said, with what ends it.
 	r = run(t, false, "exec", "-d", "dbname="+db, "-c", "ALTER TABLE t ADD COLUMN note text", "--lock-timeout", "200ms",

@@ -154,6 +154,10 @@ type ExecOptions struct {
 	// Confirm, when set, is asked before the blockers of an attempt are
 	// ended; an error stops the run, nothing ended in that round.
 	Confirm func(ctx context.Context, plan *action.Plan, rows []action.Result, what string) error
+	// TimedOut, when set, is given an attempt that timed out and is to be
+	// tried again, before its blockers are ended (or asked about): what
+	// blocked it is known, what was done to them not yet.
+	TimedOut func(a *Attempt)
 	// Attempted, when set, is given each attempt when it is over (and its
 	// blockers dealt with).
 	Attempted func(a *Attempt)
@@ -363,6 +367,9 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			return ex, a.Err
 		}
 		if n < opts.Attempts {
+			if opts.TimedOut != nil {
+				opts.TimedOut(a)
+			}
 			if err := clearBlockers(ctx, observe, a, look, &opts); err != nil {
 				if opts.Attempted != nil {
 					opts.Attempted(a) // not confirmed: the attempt is shown still
