@@ -16,6 +16,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/conn"
+	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/pooler"
 )
@@ -144,7 +145,9 @@ func Message(err error) string {
 		}
 	}
 	// One line, always: a server message or a wrapped error may have more.
-	return strings.Join(strings.Fields(msg), " ")
+	// And nothing a terminal would act on: the server's text is anyone's
+	// (a RAISE in a trigger, a relation's name), as a table's cells are.
+	return strings.Join(strings.Fields(output.Clean(msg)), " ")
 }
 
 // lostConnection says whether err means pgreap's connection is gone: the

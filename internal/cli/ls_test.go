@@ -365,3 +365,16 @@ func TestLsParallelWorkers(t *testing.T) {
 		t.Errorf("PostgreSQL %d: the note appears %d times, want %d: %q", pgtest.Shared(t).Major, note, want, r.errOut)
 	}
 }
+
+// The server's text in an error (here a database's name, which anyone who
+// writes a connection string chooses) reaches stderr with nothing a
+// terminal would act on: no escape sequence retitles the window.
+func TestErrorsDriveNoTerminal(t *testing.T) {
+	t.Parallel()
+	dsn := pgtest.Shared(t).DSN("\x1b]2;owned\x07x\u202e", pgtest.Superuser)
+	r := run(t, false, "ls", "-d", dsn)
+	r.wantCode(t, 2)
+	if !strings.Contains(r.errOut, "owned") || strings.ContainsAny(r.errOut, "\x1b\x07\u202e") {
+		t.Fatalf("stderr %q: want the server's message without control characters", r.errOut)
+	}
+}

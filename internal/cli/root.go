@@ -162,7 +162,7 @@ the PG* environment variables, ~/.pgpass and service files apply.`,
 	pf := cmd.PersistentFlags()
 	// -h is the host, as in psql; help is --help only.
 	pf.Bool("help", false, "help for a command")
-	pf.StringVarP(&f.conn.DSN, "dsn", "d", "", "connection string: keyword/value or URL (as psql's -d)")
+	pf.StringVarP(&f.conn.DSN, "dsn", "d", "", "connection string: keyword/value or URL, or a database name (as psql's -d)")
 	pf.StringVarP(&f.conn.Host, "host", "h", "", "server host or socket directory")
 	pf.StringVarP(&f.conn.Port, "port", "p", "", "server port")
 	pf.StringVarP(&f.conn.User, "username", "U", "", "role to connect as")

@@ -332,9 +332,8 @@ func (b *PgBouncer) start(ctx context.Context, c *Cluster) error {
 	cmd.Dir = b.Dir
 	cmd.Env = []string{"PATH=/usr/bin:/bin", "LC_ALL=C", "TZ=UTC"}
 	cmd.Stdout, cmd.Stderr = logf, logf
-	// Pdeathsig: a test binary or demo that dies leaves no pooler behind.
-	// Go sets it after the credentials, which would clear it.
-	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: c.cred, Pdeathsig: syscall.SIGTERM}
+	// A test binary or demo that dies leaves no pooler behind (Linux).
+	cmd.SysProcAttr = childAttr(c.cred)
 	if err := cmd.Start(); err != nil {
 		return err
 	}

@@ -259,6 +259,12 @@ func withFlags(p Params) (string, error) {
 	}
 	set := [][2]string{{"host", p.Host}, {"port", p.Port}, {"user", p.User}}
 	dsn := p.DSN
+	if dsn != "" && !strings.Contains(dsn, "=") && !strings.HasPrefix(dsn, "postgres://") && !strings.HasPrefix(dsn, "postgresql://") {
+		// As libpq reads psql's -d: neither a URL nor keyword=value is a
+		// database's name (-d shop).
+		set = append([][2]string{{"dbname", dsn}}, set...)
+		dsn = ""
+	}
 	if strings.HasPrefix(dsn, "postgres://") || strings.HasPrefix(dsn, "postgresql://") {
 		u, err := url.Parse(dsn)
 		if err != nil {

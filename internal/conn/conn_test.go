@@ -100,6 +100,21 @@ func TestFlagsOverride(t *testing.T) {
 	}
 }
 
+// -d with neither a URL nor keyword=value names the database, as psql's
+// -d does (a database named "shop", or "o'neil shop").
+func TestDSNIsADatabaseName(t *testing.T) {
+	c := pgtest.Shared(t)
+	db := pgtest.NewDB(t)
+	got := settings(t, conn.Params{DSN: db, Host: "127.0.0.1", Port: strconv.Itoa(c.Port), User: pgtest.Superuser})
+	if got["database"] != db {
+		t.Errorf("-d %s: connected to %v", db, got)
+	}
+	cfg, err := conn.Config(conn.Params{DSN: `o'neil \shop`})
+	if err != nil || cfg.Database != `o'neil \shop` {
+		t.Errorf("-d with a quote: %v, database %q", err, cfg.Database)
+	}
+}
+
 func TestConfigErrors(t *testing.T) {
 	for _, p := range []conn.Params{
 		{Port: "0"},
