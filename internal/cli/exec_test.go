@@ -234,6 +234,10 @@ func TestExecBadInput(t *testing.T) {
 	t.Cleanup(func() { // a prepared transaction left would hold its locks, and db
 		_, _ = admin.Exec(context.Background(), "ROLLBACK PREPARED '"+gid+"'")
 	})
+	// Run, it would commit a table of its own: the refusal of CALL is seen.
+	if _, err := admin.Exec(pgtest.Context(t), "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN CREATE TABLE called (); COMMIT; END $$"); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -257,8 +261,11 @@ func TestExecBadInput(t *testing.T) {
 		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
 		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
 		{"CALL", []string{"-c", "/* p */ CALL p()", "--yes"}, callOrDo},
+		// PostgreSQL 16+ takes a vertical tab for white space.
+		{"CALL after a vertical tab", []string{"-c", "\vCALL p()", "--yes"}, callOrDo},
 		{"PREPARE TRANSACTION", []string{"-c", "BEGIN; CREATE TABLE ran (); PREPARE TRANSACTION '" + gid + "'", "--yes"}, twoPhase},
 		{"PREPARE TRANSACTION in comments", []string{"-c", "BEGIN; CREATE TABLE ran (); prepare/* a /* nested */ comment */--\n transaction '" + gid + "'", "--yes"}, twoPhase},
+		{"PREPARE TRANSACTION with a vertical tab", []string{"-c", "BEGIN; CREATE TABLE ran (); PREPARE\vTRANSACTION '" + gid + "'", "--yes"}, twoPhase},
 		{"COMMIT PREPARED", []string{"-c", "COMMIT PREPARED 'other'", "--yes"}, twoPhase},
 		{"ROLLBACK PREPARED", []string{"-c", "ROLLBACK\n\tPREPARED 'other'", "--yes"}, twoPhase},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
@@ -280,8 +287,8 @@ func TestExecBadInput(t *testing.T) {
 		t.Fatalf("the refused PREPARE TRANSACTION ran (%v)", err)
 	}
 	var ran bool
-	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL").Scan(&ran); err != nil || ran {
-		t.Fatalf("the refused DO ran (%v)", err)
+	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL OR pg_catalog.to_regclass('public.called') IS NOT NULL").Scan(&ran); err != nil || ran {
+		t.Fatalf("the refused DO or CALL ran (%v)", err)
 	}
 }
 
