@@ -259,7 +259,10 @@ func notCommitted(tags []string, tx byte) error {
 	case "ROLLBACK":
 		return fmt.Errorf("%w: the server answered ROLLBACK (a ROLLBACK, or a COMMIT of a failed transaction)%s", ErrNotCommitted, stays(earlier))
 	case "PREPARE TRANSACTION":
-		return fmt.Errorf("%w: it was prepared (PREPARE TRANSACTION), not committed%s", ErrNotCommitted, stays(earlier))
+		// No session holds a prepared transaction's locks: nothing exec
+		// or a terminate ends frees them.
+		return fmt.Errorf("%w: it was prepared (PREPARE TRANSACTION), not committed%s; the prepared transaction keeps its locks, with no session, "+
+			"until COMMIT PREPARED or ROLLBACK PREPARED ends it (pg_catalog.pg_prepared_xacts lists it; pgreap unblock shows who waits on it)", ErrNotCommitted, stays(earlier))
 	}
 	return nil
 }

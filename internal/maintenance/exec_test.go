@@ -170,6 +170,18 @@ func TestExecSQLErrors(t *testing.T) {
 		t.Fatal("a rolled back column exists")
 	}
 
+	// A prepared transaction outlives the run, its locks held by no
+	// session: said, with what ends it.
+	gid := pgtest.Name(t, "gx_")
+	t.Cleanup(func() { pgtest.RollbackPrepared(t, db, gid) })
+	opts.SQL = "BEGIN; ALTER TABLE t ADD COLUMN f int; PREPARE TRANSACTION '" + gid + "'"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	if !errors.Is(err, maintenance.ErrNotCommitted) || ex.Committed() || !strings.HasSuffix(err.Error(), "nothing committed; the prepared transaction "+
+		"keeps its locks, with no session, until COMMIT PREPARED or ROLLBACK PREPARED ends it (pg_catalog.pg_prepared_xacts lists it; pgreap unblock shows who waits on it)") || !pgtest.IsPrepared(t, gid) {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	pgtest.RollbackPrepared(t, db, gid)
+
 	// The session is clean for the next run.
 	opts.SQL = "ALTER TABLE t ADD COLUMN c int"
 	if ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts); err != nil || !ex.Committed() || !hasColumn(t, db, "c") {
