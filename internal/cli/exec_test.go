@@ -461,38 +461,48 @@ func TestExecRefusesTheSession(t *testing.T) {
 	}
 }
 
-// A closed terminal (SIGHUP) stops exec as Ctrl-C does: the attempt under
-// way is cancelled on the server and printed, exit 2; killed instead,
-// pgreap would leave it running, to commit unseen.
-func TestExecHangup(t *testing.T) {
+// A closed terminal (SIGHUP) or Ctrl-\ (SIGQUIT) stops exec as Ctrl-C
+// does: the attempt under way is cancelled on the server and printed, exit
+// 2; killed instead, pgreap would leave it running, to commit unseen.
+func TestExecSignals(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
-	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
-		t.Fatal(err)
-	}
-	p := startPgreap(t, nil, "exec", "-d", pgtest.Shared(t).DSN(db, pgtest.Superuser), "--clear", "none",
-		"-c", "ALTER TABLE t ADD COLUMN h int; SELECT pg_catalog.pg_sleep(60)")
-	pgtest.Eventually(t, "the attempt sleeping", func() (bool, error) {
-		var n int
-		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'", db).Scan(&n)
-		return n == 1, err
-	})
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	p.wait(t)
-	if p.code() != 2 || !strings.HasPrefix(p.out.String(), "attempt 1: error after ") || !strings.Contains(p.out.String(), "interrupted") {
-		t.Fatalf("exit %d, stdout %q, stderr %q", p.code(), p.out.String(), p.errOut.String())
-	}
-	pgtest.Eventually(t, "the attempt gone from the server", func() (bool, error) {
-		var n int
-		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND query LIKE 'ALTER TABLE t%'", db).Scan(&n)
-		return n == 0, err
-	})
-	var added bool
-	if err := setup.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = 'h')").Scan(&added); err != nil || added {
-		t.Fatalf("the column was added (%v)", err)
+	for _, tc := range []struct {
+		sig    syscall.Signal
+		column string
+	}{{syscall.SIGHUP, "h"}, {syscall.SIGQUIT, "q"}} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.NewDB(t)
+			setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+			if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			p := startPgreap(t, nil, "exec", "-d", pgtest.Shared(t).DSN(db, pgtest.Superuser), "--clear", "none",
+				"-c", "ALTER TABLE t ADD COLUMN "+tc.column+" int; SELECT pg_catalog.pg_sleep(60)")
+			pgtest.Eventually(t, "the attempt sleeping", func() (bool, error) {
+				var n int
+				err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'", db).Scan(&n)
+				return n == 1, err
+			})
+			if err := p.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			p.wait(t)
+			if p.code() != 2 || !strings.HasPrefix(p.out.String(), "attempt 1: error after ") || !strings.Contains(p.out.String(), "interrupted") ||
+				strings.Contains(p.errOut.String(), "goroutine") {
+				t.Fatalf("exit %d, stdout %q, stderr %q", p.code(), p.out.String(), p.errOut.String())
+			}
+			pgtest.Eventually(t, "the attempt gone from the server", func() (bool, error) {
+				var n int
+				err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND query LIKE 'ALTER TABLE t%'", db).Scan(&n)
+				return n == 0, err
+			})
+			var added bool
+			if err := setup.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = $1)",
+				tc.column).Scan(&added); err != nil || added {
+				t.Fatalf("the column was added (%v)", err)
+			}
+		})
 	}
 }
 
