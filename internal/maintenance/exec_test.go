@@ -3,6 +3,7 @@ package maintenance_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"log/slog"
 	"slices"
 	"strings"
@@ -12,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -526,5 +528,50 @@ func TestExecTimeoutOfAnUnseenWait(t *testing.T) {
 	}
 	if !h1.Alive() || !h2.Alive() {
 		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
+	}
+}
+
+// Describe names a blocker's state, or why it has none: a process that is
+// no client backend has none (a standby's startup process, as a superuser
+// sees it), another role's session hides it; an attempt whose wait no look
+// saw blames no one, whatever kept the looks from seeing it.
+func TestAttemptDescribe(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		blockers []activity.Session
+		want     string
+	}{
+		{"no look saw the wait", nil, "no one seen (no look saw the wait that timed out)"},
+		{"state", []activity.Session{{PID: 10, BackendType: "client backend", State: "idle in transaction"}}, "10 (idle in transaction)"},
+		{"another role's", []activity.Session{{PID: 11}}, "11 (state hidden: pg_read_all_stats)"},
+		{"a client backend with no state", []activity.Session{{PID: 12, BackendType: "client backend"}}, "12 (state hidden: pg_read_all_stats)"},
+		{"startup process", []activity.Session{{PID: 13, BackendType: "startup"}}, "13 (startup)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &maintenance.Attempt{Blockers: tc.blockers}
+			if got := a.Describe(); got != tc.want {
+				t.Fatalf("%q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// A standby's startup process, as the server shows it to a superuser, has
+// no state: a blocker of exec's look is named by what it is.
+func TestAttemptDescribeStartup(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Connect(t, pgtest.Standby(t).DSN("postgres", pgtest.Superuser))
+	var pid int32
+	if err := c.QueryRow(pgtest.Context(t), "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup'").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := activity.Lookup(pgtest.Context(t), c, []int32{pid})
+	if err != nil || len(snap.Sessions) != 1 {
+		t.Fatalf("%v, %+v", err, snap)
+	}
+	a := &maintenance.Attempt{Blockers: snap.Sessions}
+	if got, want := a.Describe(), fmt.Sprintf("%d (startup)", pid); got != want {
+		t.Fatalf("%q, want %q", got, want)
 	}
 }
