@@ -126,9 +126,9 @@ func demoRun(ctx context.Context, opts *DemoOptions) error {
 	if err != nil {
 		return usageError(err)
 	}
-	// Main stops on SIGINT and SIGTERM; a closed terminal (SIGHUP) and
-	// SIGQUIT must stop the demo's server too, not leave it running.
-	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP, syscall.SIGQUIT)
+	// Main stops on SIGINT, SIGTERM and SIGQUIT; a closed terminal
+	// (SIGHUP) must stop the demo's server too, not leave it running.
+	ctx, stop := signal.NotifyContext(ctx, syscall.SIGHUP)
 	defer stop()
 	var pgbouncer string
 	if !opts.NoPgBouncer {

@@ -254,11 +254,11 @@ func stopDemo(t *testing.T, p *process, tmp string, sig syscall.Signal) {
 }
 
 // Interactive, the demo prints what to try and waits; Ctrl-C (SIGINT), a
-// closed terminal (SIGHUP) or SIGTERM stops it, exit 0, the cluster and
-// its directory gone.
+// closed terminal (SIGHUP), SIGTERM or Ctrl-\ (SIGQUIT) stops it, exit 0,
+// the cluster and its directory gone.
 func TestDemoInterrupted(t *testing.T) {
 	t.Parallel()
-	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGTERM} {
+	for _, sig := range []syscall.Signal{syscall.SIGINT, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGQUIT} {
 		t.Run(sig.String(), func(t *testing.T) {
 			t.Parallel()
 			tmp := demoTmp(t)

@@ -401,6 +401,12 @@ func openCheckLinks(path string) (*os.File, error) {
 	return os.NewFile(uintptr(dir), path), nil
 }
 
+// sqlSpace is what PostgreSQL's scanner (scan.l) skips between two words,
+// taken the safe way: its white space (\v since 16, taken on every
+// version: Go's \s lacks it), a -- comment to the end of its line, a /*
+// comment */ (greedy: a nested one ends after an inner */).
+const sqlSpace = `(?:[ \t\n\r\f\v]|--[^\n\r]*|(?s:/\*.*\*/))*`
+
 // concurrently finds CREATE/DROP INDEX, REINDEX and DETACH PARTITION
 // CONCURRENTLY: mistaken the safe way only (the word in a string).
 var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
@@ -409,13 +415,13 @@ var concurrently = regexp.MustCompile(`(?i)\bCONCURRENTLY\b`)
 // its transaction control, inside the procedure or block, shows in no
 // command tag. Mistaken the safe way only (a ';' in a string before the
 // word).
-var callOrDo = regexp.MustCompile(`(?is)(^|;)(\s|--[^\n]*|/\*.*?\*/)*(CALL|DO)\b`)
+var callOrDo = regexp.MustCompile(`(?i)(^|;)` + sqlSpace + `(CALL|DO)\b`)
 
 // twoPhase finds PREPARE TRANSACTION, COMMIT PREPARED and ROLLBACK
 // PREPARED, their words apart by spaces or comments (a comment's body may
 // run over another comment's end: nested ones are found too). Mistaken
 // the safe way only (the words in a string).
-var twoPhase = regexp.MustCompile(`(?is)\b(PREPARE(\s|--[^\n]*|/\*.*\*/)*TRANSACTION|(COMMIT|ROLLBACK)(\s|--[^\n]*|/\*.*\*/)*PREPARED)\b`)
+var twoPhase = regexp.MustCompile(`(?i)\b(PREPARE` + sqlSpace + `TRANSACTION|(COMMIT|ROLLBACK)` + sqlSpace + `PREPARED)\b`)
 
 // lockTimeout finds a SET, RESET or set_config of lock_timeout: the SQL
 // would lift the bound that keeps exec from holding a queue (mistaken the
@@ -425,7 +431,7 @@ var lockTimeout = regexp.MustCompile(`(?i)\block_timeout\b`)
 // ownTransactions finds what looks like transaction control: exec then
 // says that the SQL runs as it is, not as one transaction. It may be
 // mistaken the safe way only (a BEGIN in a function's body).
-var ownTransactions = regexp.MustCompile(`(?i)\b(BEGIN|COMMIT|ROLLBACK|START\s+TRANSACTION)\b`)
+var ownTransactions = regexp.MustCompile(`(?i)\b(BEGIN|COMMIT|ROLLBACK|START` + sqlSpace + `TRANSACTION)\b`)
 
 func execRun(ctx context.Context, opts *ExecOptions) error {
 	if ownTransactions.MatchString(opts.SQL) {

@@ -234,6 +234,10 @@ func TestExecBadInput(t *testing.T) {
 	t.Cleanup(func() { // a prepared transaction left would hold its locks, and db
 		_, _ = admin.Exec(context.Background(), "ROLLBACK PREPARED '"+gid+"'")
 	})
+	// Run, it would commit a table of its own: the refusal of CALL is seen.
+	if _, err := admin.Exec(pgtest.Context(t), "CREATE PROCEDURE p() LANGUAGE plpgsql AS $$ BEGIN CREATE TABLE called (); COMMIT; END $$"); err != nil {
+		t.Fatal(err)
+	}
 	for _, tc := range []struct {
 		name string
 		args []string
@@ -257,8 +261,11 @@ func TestExecBadInput(t *testing.T) {
 		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
 		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
 		{"CALL", []string{"-c", "/* p */ CALL p()", "--yes"}, callOrDo},
+		// PostgreSQL 16+ takes a vertical tab for white space.
+		{"CALL after a vertical tab", []string{"-c", "\vCALL p()", "--yes"}, callOrDo},
 		{"PREPARE TRANSACTION", []string{"-c", "BEGIN; CREATE TABLE ran (); PREPARE TRANSACTION '" + gid + "'", "--yes"}, twoPhase},
 		{"PREPARE TRANSACTION in comments", []string{"-c", "BEGIN; CREATE TABLE ran (); prepare/* a /* nested */ comment */--\n transaction '" + gid + "'", "--yes"}, twoPhase},
+		{"PREPARE TRANSACTION with a vertical tab", []string{"-c", "BEGIN; CREATE TABLE ran (); PREPARE\vTRANSACTION '" + gid + "'", "--yes"}, twoPhase},
 		{"COMMIT PREPARED", []string{"-c", "COMMIT PREPARED 'other'", "--yes"}, twoPhase},
 		{"ROLLBACK PREPARED", []string{"-c", "ROLLBACK\n\tPREPARED 'other'", "--yes"}, twoPhase},
 		{"no terminal", []string{"-c", "ALTER TABLE t ADD COLUMN note text"},
@@ -280,8 +287,8 @@ func TestExecBadInput(t *testing.T) {
 		t.Fatalf("the refused PREPARE TRANSACTION ran (%v)", err)
 	}
 	var ran bool
-	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL").Scan(&ran); err != nil || ran {
-		t.Fatalf("the refused DO ran (%v)", err)
+	if err := holder.Conn.QueryRow(pgtest.Context(t), "SELECT pg_catalog.to_regclass('public.ran') IS NOT NULL OR pg_catalog.to_regclass('public.called') IS NOT NULL").Scan(&ran); err != nil || ran {
+		t.Fatalf("the refused DO or CALL ran (%v)", err)
 	}
 }
 
@@ -464,38 +471,48 @@ func TestExecRefusesTheSession(t *testing.T) {
 	}
 }
 
-// A closed terminal (SIGHUP) stops exec as Ctrl-C does: the attempt under
-// way is cancelled on the server and printed, exit 2; killed instead,
-// pgreap would leave it running, to commit unseen.
-func TestExecHangup(t *testing.T) {
+// A closed terminal (SIGHUP) or Ctrl-\ (SIGQUIT) stops exec as Ctrl-C
+// does: the attempt under way is cancelled on the server and printed, exit
+// 2; killed instead, pgreap would leave it running, to commit unseen.
+func TestExecSignals(t *testing.T) {
 	t.Parallel()
-	db := pgtest.NewDB(t)
-	setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
-	if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
-		t.Fatal(err)
-	}
-	p := startPgreap(t, nil, "exec", "-d", pgtest.Shared(t).DSN(db, pgtest.Superuser), "--clear", "none",
-		"-c", "ALTER TABLE t ADD COLUMN h int; SELECT pg_catalog.pg_sleep(60)")
-	pgtest.Eventually(t, "the attempt sleeping", func() (bool, error) {
-		var n int
-		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'", db).Scan(&n)
-		return n == 1, err
-	})
-	if err := p.cmd.Process.Signal(syscall.SIGHUP); err != nil {
-		t.Fatal(err)
-	}
-	p.wait(t)
-	if p.code() != 2 || !strings.HasPrefix(p.out.String(), "attempt 1: error after ") || !strings.Contains(p.out.String(), "interrupted") {
-		t.Fatalf("exit %d, stdout %q, stderr %q", p.code(), p.out.String(), p.errOut.String())
-	}
-	pgtest.Eventually(t, "the attempt gone from the server", func() (bool, error) {
-		var n int
-		err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND query LIKE 'ALTER TABLE t%'", db).Scan(&n)
-		return n == 0, err
-	})
-	var added bool
-	if err := setup.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = 'h')").Scan(&added); err != nil || added {
-		t.Fatalf("the column was added (%v)", err)
+	for _, tc := range []struct {
+		sig    syscall.Signal
+		column string
+	}{{syscall.SIGHUP, "h"}, {syscall.SIGQUIT, "q"}} {
+		t.Run(tc.sig.String(), func(t *testing.T) {
+			t.Parallel()
+			db := pgtest.NewDB(t)
+			setup := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+			if _, err := setup.Exec(pgtest.Context(t), "CREATE TABLE t (id int)"); err != nil {
+				t.Fatal(err)
+			}
+			p := startPgreap(t, nil, "exec", "-d", pgtest.Shared(t).DSN(db, pgtest.Superuser), "--clear", "none",
+				"-c", "ALTER TABLE t ADD COLUMN "+tc.column+" int; SELECT pg_catalog.pg_sleep(60)")
+			pgtest.Eventually(t, "the attempt sleeping", func() (bool, error) {
+				var n int
+				err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND wait_event = 'PgSleep'", db).Scan(&n)
+				return n == 1, err
+			})
+			if err := p.cmd.Process.Signal(tc.sig); err != nil {
+				t.Fatal(err)
+			}
+			p.wait(t)
+			if p.code() != 2 || !strings.HasPrefix(p.out.String(), "attempt 1: error after ") || !strings.Contains(p.out.String(), "interrupted") ||
+				strings.Contains(p.errOut.String(), "goroutine") {
+				t.Fatalf("exit %d, stdout %q, stderr %q", p.code(), p.out.String(), p.errOut.String())
+			}
+			pgtest.Eventually(t, "the attempt gone from the server", func() (bool, error) {
+				var n int
+				err := setup.QueryRow(pgtest.Context(t), "SELECT count(*) FROM pg_catalog.pg_stat_activity WHERE datname = $1 AND query LIKE 'ALTER TABLE t%'", db).Scan(&n)
+				return n == 0, err
+			})
+			var added bool
+			if err := setup.QueryRow(pgtest.Context(t), "SELECT EXISTS (SELECT FROM pg_catalog.pg_attribute WHERE attrelid = 'public.t'::pg_catalog.regclass AND attname = $1)",
+				tc.column).Scan(&added); err != nil || added {
+				t.Fatalf("the column was added (%v)", err)
+			}
+		})
 	}
 }
 

@@ -176,7 +176,9 @@ func Main() int {
 	if os.Getenv("GOGC") == "" {
 		debug.SetGCPercent(400)
 	}
-	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	// SIGQUIT (Ctrl-\) too: Go's default dumps goroutines and exits, and
+	// the work under way on the server (an exec attempt) runs on unseen.
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM, syscall.SIGQUIT)
 	defer stop()
 	return run(ctx, os.Args[1:], System(), true)
 }

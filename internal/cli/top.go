@@ -159,8 +159,8 @@ func topRun(ctx context.Context, opts *TopOptions) error {
 // topProgram runs a model of top on the whole screen of the streams'
 // terminal.
 func topProgram(m tea.Model, io *IOStreams) *tea.Program {
-	// No signal handler and no context for bubbletea: Main turns SIGINT
-	// and SIGTERM into the end of ctx, and topRun turns that into a quit.
+	// No signal handler and no context for bubbletea: Main turns SIGINT,
+	// SIGTERM and SIGQUIT into the end of ctx, and topRun turns that into a quit.
 	// bubbletea's own handler races with the context (when ctx ends
 	// first, the handler blocks forever sending to a finished event loop:
 	// top hung on SIGTERM), and its kill path closes the input while

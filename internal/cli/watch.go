@@ -79,7 +79,7 @@ intervals + 15 s when the leader's network is cut (keepalives, docs/watch.md).
 
 Signals: SIGHUP reloads the policy (a bad one is rejected with one log line
 and the old one kept) and reopens the audit log; a target whose DSN changed
-reconnects once its old connection has stopped. SIGTERM or SIGINT stops:
+reconnects once its old connection has stopped. SIGTERM, SIGINT or SIGQUIT stops:
 what is in flight is finished, and the exit status is 0.
 
 The policy schema is in docs/watch.md (every key); --check validates a

@@ -15,6 +15,7 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/activity"
+	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/selector"
 )
 
@@ -365,12 +366,8 @@ func clearAgain(ctx context.Context, conn *pgx.Conn, opts *ClearOptions, sel *se
 		})
 		if len(still) == 0 || !waiting || !time.Now().Before(deadline) {
 			var parts []string
-			for _, s := range still {
-				state := s.State
-				if state == "" { // another role's, seen without pg_read_all_stats
-					state = "state hidden: pg_read_all_stats"
-				}
-				parts = append(parts, fmt.Sprintf("%d (%s)", s.PID, state))
+			for i := range still {
+				parts = append(parts, fmt.Sprintf("%d (%s)", still[i].PID, stateOf(&still[i])))
 			}
 			out.Still = strings.Join(parts, ", ")
 			return nil
@@ -473,4 +470,18 @@ func clearTree(ctx context.Context, conn *pgx.Conn, plan *action.Plan, prepared 
 		slices.Sort(tree.Waiters[root])
 	}
 	return look, tree, nil
+}
+
+// stateOf is a session's state for a message. A process with no state,
+// which is no client backend (a standby's startup process, seen by a
+// superuser), is named by its backend_type; a state and backend_type both
+// NULL are another role's session, seen without pg_read_all_stats.
+func stateOf(s *activity.Session) string {
+	if state := output.Clean(strings.TrimSpace(s.State)); state != "" {
+		return state
+	}
+	if s.BackendType != "" && s.BackendType != "client backend" {
+		return output.Clean(s.BackendType)
+	}
+	return "state hidden: pg_read_all_stats"
 }

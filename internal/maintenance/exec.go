@@ -263,7 +263,10 @@ func notCommitted(tags []string, tx byte) error {
 	case "ROLLBACK":
 		return fmt.Errorf("%w: the server answered ROLLBACK (a ROLLBACK, or a COMMIT of a failed transaction)%s", ErrNotCommitted, stays(earlier))
 	case "PREPARE TRANSACTION":
-		return fmt.Errorf("%w: it was prepared (PREPARE TRANSACTION), not committed%s", ErrNotCommitted, stays(earlier))
+		// No session holds a prepared transaction's locks: nothing exec
+		// or a terminate ends frees them.
+		return fmt.Errorf("%w: it was prepared (PREPARE TRANSACTION), not committed%s; the prepared transaction keeps its locks, with no session, "+
+			"until COMMIT PREPARED or ROLLBACK PREPARED ends it (pg_catalog.pg_prepared_xacts lists it; pgreap unblock shows who waits on it)", ErrNotCommitted, stays(earlier))
 	}
 	return nil
 }
@@ -720,7 +723,7 @@ func clearBlockers(ctx context.Context, conn *pgx.Conn, a *Attempt, look *waitLo
 }
 
 // Describe says who blocked an attempt: "1234 (idle in transaction),
-// prepared:px"; "no one seen" when the look saw no wait.
+// prepared:px"; "no one seen" when no look saw the wait.
 func (a *Attempt) Describe() string {
 	via := ""
 	if len(a.Waiting) > 0 {
@@ -731,7 +734,9 @@ func (a *Attempt) Describe() string {
 		if via != "" {
 			return "no one that holds the lock and waits for nothing; " + via
 		}
-		return "no one seen (the wait was shorter than a look)"
+		// The wait may have been shorter than a look, the observer held up
+		// itself, or the look taken before the wait that timed out began.
+		return "no one seen (no look saw the wait that timed out)"
 	}
 	var parts []string
 	for i := range a.Blockers {
@@ -740,11 +745,7 @@ func (a *Attempt) Describe() string {
 			parts = append(parts, output.PreparedName(b.GID))
 			continue
 		}
-		state := output.Clean(strings.TrimSpace(b.State))
-		if state == "" {
-			state = "state hidden: pg_read_all_stats" // another role's session
-		}
-		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, state))
+		parts = append(parts, fmt.Sprintf("%d (%s)", b.PID, stateOf(b)))
 	}
 	if via != "" {
 		parts = append(parts, via)

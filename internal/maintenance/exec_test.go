@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 
 	"github.com/pgreap/pgreap/internal/action"
+	"github.com/pgreap/pgreap/internal/activity"
 	"github.com/pgreap/pgreap/internal/conn"
 	"github.com/pgreap/pgreap/internal/maintenance"
 	"github.com/pgreap/pgreap/internal/pgtest"
@@ -170,6 +171,18 @@ func TestExecSQLErrors(t *testing.T) {
 	if hasColumn(t, db, "e") {
 		t.Fatal("a rolled back column exists")
 	}
+
+	// A prepared transaction outlives the run, its locks held by no
+	// session: said, with what ends it.
+	gid := pgtest.Name(t, "gx_")
+	t.Cleanup(func() { pgtest.RollbackPrepared(t, db, gid) })
+	opts.SQL = "BEGIN; ALTER TABLE t ADD COLUMN f int; PREPARE TRANSACTION '" + gid + "'"
+	ex, err = maintenance.Exec(pgtest.Context(t), run, observe, opts)
+	if !errors.Is(err, maintenance.ErrNotCommitted) || ex.Committed() || !strings.HasSuffix(err.Error(), "nothing committed; the prepared transaction "+
+		"keeps its locks, with no session, until COMMIT PREPARED or ROLLBACK PREPARED ends it (pg_catalog.pg_prepared_xacts lists it; pgreap unblock shows who waits on it)") || !pgtest.IsPrepared(t, gid) {
+		t.Fatalf("%v, attempts %+v", err, ex.Attempts)
+	}
+	pgtest.RollbackPrepared(t, db, gid)
 
 	// The session is clean for the next run.
 	opts.SQL = "ALTER TABLE t ADD COLUMN c int"
@@ -437,7 +450,7 @@ func (h looksHandler) Handle(_ context.Context, r slog.Record) error {
 // The SQL's second statement (then) fails with 55P03 on o4, held by h2,
 // before the next look (looks are 5s apart): h1 did not block that, and
 // holds o3 again when exec judges the error.
-func staleLook(t *testing.T, then string) (ex *maintenance.Executed, err error, h1, h2 *pgtest.Victim) {
+func staleLook(t *testing.T, then string) (ex *maintenance.Executed, h1, h2 *pgtest.Victim, err error) {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	h1 = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
@@ -468,7 +481,7 @@ func staleLook(t *testing.T, then string) (ex *maintenance.Executed, err error, 
 	}
 	h1.Start("COMMIT; BEGIN; LOCK TABLE o3 IN ACCESS EXCLUSIVE MODE")
 	<-done
-	return ex, err, h1, h2
+	return ex, h1, h2, err
 }
 
 // A 55P03 that is not the lock timeout (LOCK … NOWAIT) is an error of the
@@ -477,7 +490,7 @@ func staleLook(t *testing.T, then string) (ex *maintenance.Executed, err error, 
 // that holds its lock again when the error comes.
 func TestExecLockNotAvailableIsAnSQLError(t *testing.T) {
 	t.Parallel()
-	ex, err, h1, h2 := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE NOWAIT")
+	ex, h1, h2, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE NOWAIT")
 	var sqlErr *maintenance.SQLError
 	if !errors.As(err, &sqlErr) || sqlErr.Err.Code != "55P03" {
 		t.Fatalf("err %v, want the NOWAIT's 55P03 as an SQL error", err)
@@ -499,7 +512,7 @@ func TestExecLockNotAvailableIsAnSQLError(t *testing.T) {
 // session did not block the wait that timed out.
 func TestExecTimeoutOfAnUnseenWait(t *testing.T) {
 	t.Parallel()
-	ex, err, h1, h2 := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE")
+	ex, h1, h2, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE")
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -644,5 +657,50 @@ func TestExecTwoWaitsOnOneLock(t *testing.T) {
 	}
 	if len(ex.Attempts) != 1 || !ex.Committed() || !holder.Alive() {
 		t.Fatalf("attempts %+v, holder alive %v", ex.Attempts, holder.Alive())
+	}
+}
+
+// Describe names a blocker's state, or why it has none: a process that is
+// no client backend has none (a standby's startup process, as a superuser
+// sees it), another role's session hides it; an attempt whose wait no look
+// saw blames no one, whatever kept the looks from seeing it.
+func TestAttemptDescribe(t *testing.T) {
+	t.Parallel()
+	for _, tc := range []struct {
+		name     string
+		blockers []activity.Session
+		want     string
+	}{
+		{"no look saw the wait", nil, "no one seen (no look saw the wait that timed out)"},
+		{"state", []activity.Session{{PID: 10, BackendType: "client backend", State: "idle in transaction"}}, "10 (idle in transaction)"},
+		{"another role's", []activity.Session{{PID: 11}}, "11 (state hidden: pg_read_all_stats)"},
+		{"a client backend with no state", []activity.Session{{PID: 12, BackendType: "client backend"}}, "12 (state hidden: pg_read_all_stats)"},
+		{"startup process", []activity.Session{{PID: 13, BackendType: "startup"}}, "13 (startup)"},
+	} {
+		t.Run(tc.name, func(t *testing.T) {
+			a := &maintenance.Attempt{Blockers: tc.blockers}
+			if got := a.Describe(); got != tc.want {
+				t.Fatalf("%q, want %q", got, tc.want)
+			}
+		})
+	}
+}
+
+// A standby's startup process, as the server shows it to a superuser, has
+// no state: a blocker of exec's look is named by what it is.
+func TestAttemptDescribeStartup(t *testing.T) {
+	t.Parallel()
+	c := pgtest.Connect(t, pgtest.Standby(t).DSN("postgres", pgtest.Superuser))
+	var pid int32
+	if err := c.QueryRow(pgtest.Context(t), "SELECT pid FROM pg_catalog.pg_stat_activity WHERE backend_type = 'startup'").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	snap, err := activity.Lookup(pgtest.Context(t), c, []int32{pid})
+	if err != nil || len(snap.Sessions) != 1 {
+		t.Fatalf("%v, %+v", err, snap)
+	}
+	a := &maintenance.Attempt{Blockers: snap.Sessions}
+	if got, want := a.Describe(), fmt.Sprintf("%d (startup)", pid); got != want {
+		t.Fatalf("%q, want %q", got, want)
 	}
 }
