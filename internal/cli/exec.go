@@ -75,9 +75,11 @@ identity and its query as last seen, and signalled only if it still holds
 a lock on that object in a mode that conflicts with the one the attempt
 asked for; one that moved on is changed and left alone. Then it
 waits --between and tries again, up to --attempts times. Only the wait
-that timed out counts: a look taken before it began (an earlier statement
-of the SQL waited there) ends no one ("no one seen"), and another 55P03
-(LOCK ... NOWAIT, FOR UPDATE NOWAIT, a RAISE) is an error of the SQL.
+that timed out counts: the last one seen lasting the whole lock timeout.
+A shorter wait before it (an earlier statement's) or after it (a
+function's exception handler that re-raised the timeout) ends no one, nor
+does a timeout no look saw ("no one seen"); another 55P03 (LOCK ...
+NOWAIT, FOR UPDATE NOWAIT, a RAISE) is an error of the SQL.
 
 --clear terminate (the default) terminates them: a cancel does not end a
 transaction, and a session idle in its transaction keeps its locks.
@@ -270,8 +272,7 @@ func readSQLFile(path string) (string, error) {
 	// (/tmp/x -> a directory only pgreap's user may read), would have
 	// pgreap read a file they cannot, and its text reach the server log in
 	// a syntax error. The path as given is judged, every component of it:
-	// a link the system has (/var/run) is refused too, with the path
-	// without it to give instead.
+	// a link the system has (/var/run) is refused too.
 	f, err := openNoLinks(path)
 	if errors.Is(err, syscall.ELOOP) {
 		return "", linkError(path)
