@@ -581,7 +581,7 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
 				if res.cancelled == nil && cur.lasted > limit {
 					var sent bool
-					if err := conn.QueryRow(ctx, execCancelSQL, int32(pid)).Scan(&sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
+					if err := conn.QueryRow(ctx, execCancelSQL, int32(pid), cur.start).Scan(&sent); err != nil && !errors.Is(err, pgx.ErrNoRows) {
 						res.err = fmt.Errorf("cancel the attempt waiting past its lock timeout: %w", err)
 						break
 					}
