@@ -16,8 +16,8 @@ import (
 
 	"github.com/pgreap/pgreap/internal/action"
 	"github.com/pgreap/pgreap/internal/conn"
-	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/maintenance"
+	"github.com/pgreap/pgreap/internal/output"
 	"github.com/pgreap/pgreap/internal/pooler"
 )
 
