@@ -124,7 +124,8 @@ table); CALL and DO (a procedure or block may COMMIT or ROLLBACK inside,
 and exec could not tell what committed); PREPARE TRANSACTION, COMMIT
 PREPARED and ROLLBACK PREPARED (a prepared transaction keeps the DDL's
 locks after exec ends, with no session to end: exec is no two-phase
-commit coordinator); SQL that sets or names
+commit coordinator); SQL that calls set_config or writes pg_settings
+(either can set lock_timeout under a computed name); SQL that sets or names
 lock_timeout (exec owns it: an attempt seen waiting on one lock longer
 than --lock-timeout and 100ms is cancelled all the same, a lock timeout); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
@@ -222,6 +223,10 @@ func (opts *ExecOptions) check(ctx context.Context, command bool) error {
 	if twoPhase.MatchString(opts.SQL) {
 		return errors.New("the SQL has PREPARE TRANSACTION, COMMIT PREPARED or ROLLBACK PREPARED: exec refuses it (a prepared transaction " +
 			"keeps the DDL's locks after exec ends, with no session to end, until someone commits or rolls it back; exec is no two-phase commit coordinator); run it with psql")
+	}
+	if setsSettings.MatchString(opts.SQL) {
+		return errors.New("the SQL calls set_config or writes pg_settings: exec refuses it (either can set lock_timeout under a name no text check sees, " +
+			"and a shorter one makes exec blame the wrong wait); use SET for other settings")
 	}
 	if lockTimeout.MatchString(opts.SQL) {
 		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
@@ -429,6 +434,10 @@ var twoPhase = regexp.MustCompile(`(?i)\b(PREPARE` + sqlSpace + `TRANSACTION|(CO
 // safe way only: a SHOW).
 var lockTimeout = regexp.MustCompile(`(?i)\block_timeout\b`)
 
+// setsSettings finds set_config and pg_settings (an UPDATE of it calls
+// set_config): mistaken the safe way only (a SELECT of pg_settings).
+var setsSettings = regexp.MustCompile(`(?i)\b(set_config|pg_settings)\b`)
+
 // ownTransactions finds what looks like transaction control: exec then
 // says that the SQL runs as it is, not as one transaction. It may be
 // mistaken the safe way only (a BEGIN in a function's body).
@@ -489,7 +498,8 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 	switch {
 	case errors.As(err, &partly):
 		return incomplete(err)
-	case errors.As(err, &sqlErr), errors.As(err, &sessErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted):
+	case errors.As(err, &sqlErr), errors.As(err, &sessErr), errors.Is(err, maintenance.ErrOpenTransaction), errors.Is(err, maintenance.ErrNotCommitted),
+		errors.Is(err, maintenance.ErrRolledBack):
 		return usageError(err)
 	case err != nil:
 		return err
@@ -506,7 +516,7 @@ func execRun(ctx context.Context, opts *ExecOptions) error {
 		hint = " (a cancel does not end a transaction: --clear terminate)"
 	}
 	return incomplete(fmt.Errorf("gave up after %d attempt%s: the last timed out after %s%s, blocked by %s%s",
-		len(ex.Attempts), plural(len(ex.Attempts)), opts.LockTimeout, what, last.Describe(), hint))
+		len(ex.Attempts), plural(len(ex.Attempts)), last.Waited.Round(time.Millisecond), what, last.Describe(), hint))
 }
 
 // attemptLine is an attempt as one line: its number, outcome, how long it

@@ -106,6 +106,15 @@ type Attempt struct {
 	// Err is the server's error of an attempt that failed otherwise than
 	// by its lock timeout.
 	Err error
+	// TimedOutIn is where a lock timeout raised inside a function or
+	// trigger came from (the error's context, on one line): whom it waited
+	// for is not known, and no one is ended.
+	TimedOutIn string
+}
+
+// oneLine is an error's context on one line: innermost first.
+func oneLine(s string) string {
+	return strings.Join(strings.Split(strings.TrimSpace(s), "\n"), "; ")
 }
 
 // BlockedBy are the pids of the backends among the blockers.
@@ -234,6 +243,11 @@ var ErrOpenTransaction = errors.New("the SQL left its transaction open (a BEGIN 
 // What an earlier COMMIT of the SQL committed stays: the error says which.
 var ErrNotCommitted = errors.New("the SQL's last transaction did not commit")
 
+// ErrRolledBack: the SQL ran without error and its last transaction
+// committed, but a statement of it before was answered ROLLBACK: some of
+// it did not commit, and which is not known.
+var ErrRolledBack = errors.New("the SQL did not all commit")
+
 // notCommitted says whether the SQL, run without error, left its last
 // transaction uncommitted, from the command tags of its statements (tags)
 // and the session's transaction status after it (tx).
@@ -258,6 +272,14 @@ func notCommitted(tags []string, tx byte) error {
 		return fmt.Errorf("%w%s", ErrOpenTransaction, stays(ends))
 	case len(ends) == 0:
 		return nil
+	}
+	if ends[len(ends)-1] == "COMMIT" && slices.Contains(ends, "ROLLBACK") {
+		// A ROLLBACK (or ROLLBACK TO SAVEPOINT, or the COMMIT of a failed
+		// transaction) before the last COMMIT rolled back some of the
+		// SQL, which may be the DDL: the last COMMIT does not make it
+		// committed.
+		return fmt.Errorf("%w: the server answered ROLLBACK to a statement of it before its last COMMIT (a ROLLBACK, ROLLBACK TO SAVEPOINT "+
+			"or COMMIT of a failed transaction): what that rolled back did not commit, and exec cannot tell which statements it was; what the COMMITs committed stays", ErrRolledBack)
 	}
 	switch earlier := ends[:len(ends)-1]; ends[len(ends)-1] {
 	case "ROLLBACK":
@@ -333,6 +355,13 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			a.Outcome = Committed
 		case errors.As(err, &pgErr) && lockTimedOut(pgErr) && ctx.Err() == nil:
 			a.Outcome, look = LockTimeout, seen.timedOut(ended, opts.LockTimeout, opts.Poll)
+			if pgErr.Where != "" {
+				// Raised inside a function or trigger: its SET clause
+				// may have shortened the timeout, its exception handler
+				// waited again before re-raising it. Which wait timed out
+				// is not known: no one is ended.
+				a.TimedOutIn, look = oneLine(pgErr.Where), nil
+			}
 		case seen.cancelled != nil && errors.As(err, &pgErr) && pgErr.Code == "57014" && ctx.Err() == nil:
 			// The observer's cancel: a lock timeout the SQL had lifted,
 			// of the wait it saw.
@@ -511,25 +540,25 @@ func (r *waiterResult) last() *seenWait {
 }
 
 // timedOut is the last look at the wait a lock timeout of timeout,
-// received at ended, ended; nil when no look saw it. That wait lasted the
-// whole timeout: of the waits seen, the last one seen lasting as long, but
-// for the time between two looks, whose last look was sent no earlier
-// than the timeout before ended (a statement may wait, get its lock, and
-// the next time out on another between two looks: that earlier wait is
-// not the one; a function's exception handler may catch the timeout,
-// wait on another lock and re-raise it: that later, shorter wait is not
-// the one either). No one is ended for a wait no look saw.
+// received at ended, ended; nil when no look saw it. Only the last wait
+// the looks saw can be that one (the SQL's statements wait one after the
+// other: a wait seen after another began after that one ended), and only
+// if it lasted the whole timeout, but for the time between two looks, and
+// its last look was sent no earlier than the timeout before ended. A
+// statement may wait, get its lock, and the next time out on another
+// between two looks: that earlier wait is not the one. No one is ended
+// for a wait no look saw.
 func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *waitLook {
-	between := poll + r.slowest
-	for i := len(r.waits) - 1; i >= 0; i-- {
-		w := &r.waits[i]
-		short := between
-		if w.start == nil {
-			short = 2 * between // from a look after it began to one before it ended
-		}
-		if w.lasted >= timeout-short && !w.last.Before(ended.Add(-timeout)) {
-			return w.look
-		}
+	w := r.last()
+	if w == nil {
+		return nil
+	}
+	short := poll + r.slowest
+	if w.start == nil {
+		short *= 2 // from a look after it began to one before it ended
+	}
+	if w.lasted >= timeout-short && !w.last.Before(ended.Add(-timeout)) {
+		return w.look
 	}
 	return nil
 }
@@ -729,6 +758,10 @@ func (a *Attempt) Describe() string {
 	if len(a.Waiting) > 0 {
 		// Named, never ended: pgreap unblock shows whom they wait for.
 		via = fmt.Sprintf("via %s, itself waiting for another session's lock (not ended: see pgreap unblock)", pidList(a.Waiting))
+	}
+	if a.TimedOutIn != "" {
+		return "not known: the lock timeout came from inside a function or trigger (" + output.Clean(a.TimedOutIn) + "), " +
+			"which may shorten it or wait again before raising it; no one ended"
 	}
 	if len(a.Blockers) == 0 {
 		if via != "" {
