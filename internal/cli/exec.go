@@ -564,6 +564,8 @@ func writeAttempts(opts *ExecOptions, ex *maintenance.Executed, version int) err
 		switch {
 		case a.Err != nil:
 			detail = a.Err.Error()
+		case a.TimedOutIn != "":
+			detail = "blocked by " + a.Describe()
 		case a.Lock != nil:
 			detail = "waited for " + a.Lock.String()
 		}
