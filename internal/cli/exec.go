@@ -125,7 +125,8 @@ and exec could not tell what committed); PREPARE TRANSACTION, COMMIT
 PREPARED and ROLLBACK PREPARED (a prepared transaction keeps the DDL's
 locks after exec ends, with no session to end: exec is no two-phase
 commit coordinator); SQL that calls set_config or writes pg_settings
-(either can set lock_timeout under a computed name); SQL that sets or names
+(either can set lock_timeout under a computed name), or has a U&"..."
+identifier (which can spell it in escapes); SQL that sets or names
 lock_timeout (exec owns it: an attempt seen waiting on one lock longer
 than --lock-timeout and 100ms is cancelled all the same, a lock timeout); a
 --lock-timeout not shorter than a non-zero statement_timeout; a connection
@@ -230,6 +231,9 @@ func (opts *ExecOptions) check(ctx context.Context, command bool) error {
 	}
 	if lockTimeout.MatchString(opts.SQL) {
 		return errors.New("the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)")
+	}
+	if unicodeEscape.MatchString(opts.SQL) {
+		return errors.New(`the SQL has a U&"..." identifier: exec refuses it (it can name lock_timeout with escapes no text check reads); write the name plainly`)
 	}
 	if opts.Clear != "none" && !opts.Yes && !opts.IO.InTTY {
 		return fmt.Errorf("refusing to %s the sessions that block the SQL without a terminal to confirm on: add --yes, or --clear none", opts.Clear)
@@ -433,6 +437,11 @@ var twoPhase = regexp.MustCompile(`(?i)\b(PREPARE` + sqlSpace + `TRANSACTION|(CO
 // would lift the bound that keeps exec from holding a queue (mistaken the
 // safe way only: a SHOW).
 var lockTimeout = regexp.MustCompile(`(?i)\block_timeout\b`)
+
+// unicodeEscape finds an identifier written with Unicode escapes
+// (U&"lock\005ftimeout" is lock_timeout): mistaken the safe way only (the
+// characters in a string).
+var unicodeEscape = regexp.MustCompile(`(?i)\bU&"`)
 
 // setsSettings finds set_config and pg_settings (an UPDATE of it calls
 // set_config): mistaken the safe way only (a SELECT of pg_settings).

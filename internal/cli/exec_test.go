@@ -262,6 +262,8 @@ func TestExecBadInput(t *testing.T) {
 			"pgreap: the SQL sets lock_timeout, or names it: exec sets it before each attempt (--lock-timeout)\n"},
 		{"lock timeout by set_config", []string{"-c", "SELECT pg_catalog.set_config('lock_timeout', '0', false)", "--yes"}, setsSettings},
 		{"a computed setting", []string{"-c", "SELECT Set_Config('lock' || '_timeout', '50ms', true); ALTER TABLE t ADD COLUMN note text", "--yes"}, setsSettings},
+		{"U& identifier", []string{"-c", `SET U&"lock\005ftimeout" = '50ms'; ALTER TABLE t ADD COLUMN note text`, "--yes"},
+			"pgreap: the SQL has a U&\"...\" identifier: exec refuses it (it can name lock_timeout with escapes no text check reads); write the name plainly\n"},
 		{"pg_settings", []string{"-c", "UPDATE pg_catalog.pg_settings SET setting = '50ms' WHERE name = 'lock' || '_timeout'; ALTER TABLE t ADD COLUMN note text", "--yes"}, setsSettings},
 		{"DO", []string{"-c", "-- a block\n do $$ BEGIN CREATE TABLE ran (); COMMIT; END $$", "--yes"}, callOrDo},
 		{"DO after another", []string{"-c", "SELECT 1;DO $$ BEGIN NULL; END $$", "--yes"}, callOrDo},
