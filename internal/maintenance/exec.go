@@ -253,10 +253,13 @@ var ErrRolledBack = errors.New("the SQL did not all commit")
 // and the session's transaction status after it (tx).
 func notCommitted(tags []string, tx byte) error {
 	var ends []string
+	after := false // statements ran after the last end: they committed with the query (implicitly)
 	for _, tag := range tags {
 		switch tag {
 		case "COMMIT", "ROLLBACK", "PREPARE TRANSACTION":
-			ends = append(ends, tag)
+			ends, after = append(ends, tag), false
+		default:
+			after = true
 		}
 	}
 	// A BEGIN makes the statements of the query before it part of its
@@ -273,13 +276,19 @@ func notCommitted(tags []string, tx byte) error {
 	case len(ends) == 0:
 		return nil
 	}
-	if ends[len(ends)-1] == "COMMIT" && slices.Contains(ends, "ROLLBACK") {
+	if last := ends[len(ends)-1]; (last != "ROLLBACK" || after) && slices.Contains(ends, "ROLLBACK") {
 		// A ROLLBACK (or ROLLBACK TO SAVEPOINT, or the COMMIT of a failed
-		// transaction) before the last COMMIT rolled back some of the
-		// SQL, which may be the DDL: the last COMMIT does not make it
-		// committed.
-		return fmt.Errorf("%w: the server answered ROLLBACK to a statement of it before its last COMMIT (a ROLLBACK, ROLLBACK TO SAVEPOINT "+
-			"or COMMIT of a failed transaction): what that rolled back did not commit, and exec cannot tell which statements it was; what the COMMITs committed stays", ErrRolledBack)
+		// transaction) rolled back some of the SQL, which may be the DDL,
+		// and a later part committed (a COMMIT, or statements after the
+		// last end, which commit with the query): neither is all of it.
+		return fmt.Errorf("%w: the server answered ROLLBACK to a statement of it (a ROLLBACK, ROLLBACK TO SAVEPOINT or COMMIT of a failed "+
+			"transaction): what that rolled back did not commit, and exec cannot tell which statements it was; what its COMMITs committed, "+
+			"and the statements after its last COMMIT or ROLLBACK, committed, and stay", ErrRolledBack)
+	}
+	if after {
+		// COMMIT; ALTER …: the statements after the last end ran in a
+		// transaction of their own, committed with the query.
+		return nil
 	}
 	switch earlier := ends[:len(ends)-1]; ends[len(ends)-1] {
 	case "ROLLBACK":
@@ -355,6 +364,13 @@ func Exec(ctx context.Context, run, observe *pgx.Conn, opts ExecOptions) (*Execu
 			a.Outcome = Committed
 		case errors.As(err, &pgErr) && lockTimedOut(pgErr) && ctx.Err() == nil:
 			a.Outcome, look = LockTimeout, seen.timedOut(ended, opts.LockTimeout, opts.Poll)
+			if a.Waited < opts.LockTimeout {
+				// The attempt was over before any wait of it could last
+				// the lock timeout: the SQL shortened it (SET in a
+				// function, or a name no text check reads), and which
+				// wait it ended is not known.
+				look = nil
+			}
 			if pgErr.Where != "" {
 				// Raised inside a function or trigger: its SET clause
 				// may have shortened the timeout, its exception handler
@@ -522,9 +538,9 @@ type seenWait struct {
 	lock  *LockWait
 	start *time.Time // pg_locks.waitstart, 14+ (the server's clock)
 	// first and last: when the first and the last look that saw it were
-	// sent; look is the last.
-	first, last time.Time
-	look        *waitLook
+	// sent; back when the last returned; look is the last.
+	first, last, back time.Time
+	look              *waitLook
 	// lasted is how long it had lasted at its last look: by the server's
 	// clock from its waitstart (14+), else from the first look to the
 	// last (short of its true length by up to two looks).
@@ -553,6 +569,22 @@ func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *w
 	if w == nil {
 		return nil
 	}
+	if w.start != nil {
+		// 14+: when, by the server's clock, the error came, against when
+		// this wait would time out. At most the last look's time plus
+		// the time from sending that look to the error: earlier than the
+		// timeout, the wait ended by itself (granted) and a shorter one
+		// after it (a lowered lock_timeout) timed out. About the look's
+		// time plus the time from the middle of that look to the error:
+		// much later, the wait was granted past the timeout (the SQL
+		// lifted it) and another timed out.
+		due := w.start.Add(timeout)
+		latest := w.look.now.Add(ended.Sub(w.last))
+		about := w.look.now.Add(ended.Sub(w.last.Add(w.back.Sub(w.last) / 2)))
+		if latest.Before(due) || about.After(due.Add(poll+r.slowest)) {
+			return nil
+		}
+	}
 	short := poll + r.slowest
 	if w.start == nil {
 		short *= 2 // from a look after it began to one before it ended
@@ -565,7 +597,7 @@ func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *w
 
 // see records a look sent at at that saw a wait: the same wait as the
 // previous look's (when that one saw a wait: cont), or a new one.
-func (r *waiterResult) see(look *waitLook, at time.Time, cont bool) *seenWait {
+func (r *waiterResult) see(look *waitLook, at, back time.Time, cont bool) *seenWait {
 	prev := r.last()
 	same := cont && prev != nil && reflect.DeepEqual(prev.lock, look.lock) && // the pointers' values
 		(prev.start == nil || look.start == nil || prev.start.Equal(*look.start))
@@ -573,7 +605,7 @@ func (r *waiterResult) see(look *waitLook, at time.Time, cont bool) *seenWait {
 		r.waits = append(r.waits, seenWait{lock: look.lock, first: at})
 	}
 	w := &r.waits[len(r.waits)-1]
-	w.last, w.look = at, look
+	w.last, w.back, w.look = at, back, look
 	if look.start != nil {
 		w.start = look.start
 	}
@@ -600,13 +632,14 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 		for {
 			at := time.Now()
 			look, err := lookWait(ctx, conn, pid)
-			res.slowest = max(res.slowest, time.Since(at))
+			back := time.Now()
+			res.slowest = max(res.slowest, back.Sub(at))
 			if err != nil {
 				res.err = err
 				break
 			}
 			if look != nil {
-				cur := res.see(look, at, waiting)
+				cur := res.see(look, at, back, waiting)
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
 				if res.cancelled == nil && cur.lasted > limit {
 					var sent bool

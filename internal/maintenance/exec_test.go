@@ -629,6 +629,75 @@ func TestExecRollbackThenCommit(t *testing.T) {
 			t.Fatalf("%s added the column", sql)
 		}
 	}
+	// What follows the last ROLLBACK ran in a transaction of its own and
+	// committed with the query: not "nothing committed".
+	ex, err := maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+		SQL: "ROLLBACK; ALTER TABLE t ADD COLUMN r int", LockTimeout: 200 * time.Millisecond, Attempts: 2, Clear: action.Terminate,
+	})
+	if !errors.Is(err, maintenance.ErrRolledBack) || !strings.Contains(err.Error(), "the statements after its last COMMIT or ROLLBACK, committed") ||
+		ex.Committed() || !hasColumn(t, db, "r") {
+		t.Fatalf("ROLLBACK; ALTER: %v, committed %v, column %v", err, ex.Committed(), hasColumn(t, db, "r"))
+	}
+}
+
+// SQL that shortens its own lock timeout where no text check sees it (a
+// function that SETs it with a name built at run time; the error then has
+// no context): its wait on a, longer than the short timeout but shorter
+// than --lock-timeout, ends by itself when a's holder lets go and takes a
+// again, then a 1ms wait on b times out. The attempt was over before any
+// wait could last --lock-timeout: no one is ended, not a's holder (who
+// blocked no wait that timed out), not b's (no look saw that wait).
+func TestExecShortenedTimeout(t *testing.T) {
+	t.Parallel()
+	db := pgtest.NewDB(t)
+	a := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	a.Exec(`CREATE TABLE a (id int); CREATE TABLE b (id int);
+CREATE FUNCTION lt(v text) RETURNS void LANGUAGE plpgsql AS $f$
+BEGIN
+    EXECUTE pg_catalog.format('SET lock%stimeout = %L', pg_catalog.chr(95), v);
+END$f$`)
+	a.Exec("BEGIN")
+	a.Exec("LOCK TABLE a IN ACCESS SHARE MODE")
+	b := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	b.Exec("BEGIN")
+	b.Exec("LOCK TABLE b IN ACCESS SHARE MODE")
+	run, observe := execConns(t, db)
+	admin := pgtest.Connect(t, pgtest.Shared(t).DSN(db, pgtest.Superuser))
+	done := make(chan struct{})
+	var ex *maintenance.Executed
+	var err error
+	go func() {
+		defer close(done)
+		// Looks 400ms apart: a wait granted in the last 400ms before the
+		// timeout is as long as one seen to time out.
+		ex, err = maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
+			SQL:         "SELECT lt('10s'); ALTER TABLE a ADD COLUMN x int; SELECT lt('1ms'); ALTER TABLE b ADD COLUMN y int",
+			LockTimeout: time.Second, Attempts: 1, Clear: action.Terminate, Wait: 5 * time.Second, Poll: 400 * time.Millisecond,
+		})
+	}()
+	pgtest.Eventually(t, "the attempt waited 850ms on a", func() (bool, error) {
+		var ok bool
+		err := admin.QueryRow(pgtest.Context(t), `SELECT EXISTS (SELECT FROM pg_catalog.pg_locks
+            WHERE pid = $1 AND NOT granted AND relation = 'public.a'::pg_catalog.regclass
+              AND pg_catalog.clock_timestamp() - (SELECT query_start FROM pg_catalog.pg_stat_activity WHERE pid = $1) > '850ms')`,
+			int32(run.PgConn().PID())).Scan(&ok)
+		return ok, err
+	})
+	a.Start("COMMIT; BEGIN; LOCK TABLE a IN ACCESS SHARE MODE")
+	<-done
+	if err != nil {
+		t.Fatal(err)
+	}
+	at := &ex.Attempts[0]
+	if len(ex.Attempts) != 1 || at.Outcome != maintenance.LockTimeout || at.Lock != nil || len(at.Results) != 0 {
+		t.Fatalf("attempt %+v (%s): want a lock timeout with no wait seen, no one ended", at, at.Describe())
+	}
+	if err := a.Wait(); err != nil {
+		t.Fatal(err)
+	}
+	if !a.Alive() || !b.Alive() {
+		t.Fatalf("ended: a alive %v, b alive %v", a.Alive(), b.Alive())
+	}
 }
 
 // Two waits on one object, one right after the other (the SQL releases an
