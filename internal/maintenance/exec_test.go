@@ -444,13 +444,15 @@ func (h looksHandler) Handle(_ context.Context, r slog.Record) error {
 	return nil
 }
 
-// staleLook runs exec on SQL whose first statement waits on o3, held by
-// h1, until a look sees it wait; then h1 commits and at once waits to
-// lock o3 again, behind the attempt, and gets it when the attempt ends.
-// The SQL's second statement (then) fails with 55P03 on o4, held by h2,
-// before the next look (looks are 5s apart): h1 did not block that, and
-// holds o3 again when exec judges the error.
-func staleLook(t *testing.T, then string) (ex *maintenance.Executed, h1, h2 *pgtest.Victim, err error) {
+// staleLook runs exec (two attempts, looks poll apart) on SQL whose first
+// statement waits on o3, held by h1, until a look sees it wait; then h1
+// commits and at once waits to lock o3 again, behind the attempt, and gets
+// it when the attempt ends. The SQL's second statement (then) fails with
+// 55P03 on o4, held by h2: h1 did not block that, and holds o3 again when
+// exec judges the error. seen says whether a look saw the first wait
+// before the attempt ended (a first look may come before it begins, and
+// the next too late).
+func staleLook(t *testing.T, then string, timeout, poll time.Duration) (ex *maintenance.Executed, h1, h2 *pgtest.Victim, seen bool, err error) {
 	t.Helper()
 	db := pgtest.NewDB(t)
 	h1 = pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
@@ -466,8 +468,8 @@ func staleLook(t *testing.T, then string) (ex *maintenance.Executed, h1, h2 *pgt
 	go func() {
 		defer close(done)
 		ex, err = maintenance.Exec(pgtest.Context(t), run, observe, maintenance.ExecOptions{
-			SQL: "SELECT count(*) FROM o3; " + then, LockTimeout: 300 * time.Millisecond, Attempts: 2,
-			Clear: action.Terminate, Wait: 5 * time.Second, Poll: 5 * time.Second,
+			SQL: "SELECT count(*) FROM o3; " + then, LockTimeout: timeout, Attempts: 2, Between: time.Millisecond,
+			Clear: action.Terminate, Wait: 5 * time.Second, Poll: poll,
 			Logger: slog.New(looksHandler{looks}),
 		})
 	}()
@@ -476,12 +478,17 @@ func staleLook(t *testing.T, then string) (ex *maintenance.Executed, h1, h2 *pgt
 		if !strings.Contains(lock, "o3") {
 			t.Fatalf("the first look saw the attempt wait for %s, want o3", lock)
 		}
-	case <-pgtest.Context(t).Done():
-		t.Fatal("no look saw the attempt wait")
+		seen = true
+		h1.Start("COMMIT; BEGIN; LOCK TABLE o3 IN ACCESS EXCLUSIVE MODE")
+	case <-done:
 	}
-	h1.Start("COMMIT; BEGIN; LOCK TABLE o3 IN ACCESS EXCLUSIVE MODE")
 	<-done
-	return ex, h1, h2, err
+	if seen {
+		if err := h1.Wait(); err != nil {
+			t.Fatalf("h1 locking o3 again: %v", err)
+		}
+	}
+	return ex, h1, h2, seen, err
 }
 
 // A 55P03 that is not the lock timeout (LOCK … NOWAIT) is an error of the
@@ -490,7 +497,11 @@ func staleLook(t *testing.T, then string) (ex *maintenance.Executed, h1, h2 *pgt
 // that holds its lock again when the error comes.
 func TestExecLockNotAvailableIsAnSQLError(t *testing.T) {
 	t.Parallel()
-	ex, h1, h2, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE NOWAIT")
+	// Looks 200ms apart, a lock timeout of 5s: a look sees the first wait.
+	ex, h1, h2, seen, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE NOWAIT", 5*time.Second, 200*time.Millisecond)
+	if !seen {
+		t.Fatalf("no look saw the first wait: %+v, %v", ex.Attempts, err)
+	}
 	var sqlErr *maintenance.SQLError
 	if !errors.As(err, &sqlErr) || sqlErr.Err.Code != "55P03" {
 		t.Fatalf("err %v, want the NOWAIT's 55P03 as an SQL error", err)
@@ -498,33 +509,29 @@ func TestExecLockNotAvailableIsAnSQLError(t *testing.T) {
 	if len(ex.Attempts) != 1 || ex.Attempts[0].Outcome != maintenance.SQLFailed || ex.Attempts[0].Results != nil {
 		t.Fatalf("attempts %+v", ex.Attempts)
 	}
-	if err := h1.Wait(); err != nil {
-		t.Fatalf("h1 locking o3 again: %v", err)
-	}
 	if !h1.Alive() || !h2.Alive() {
 		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
 	}
 }
 
-// A lock timeout of a wait no look saw (it began after the last look)
-// ends no one: the last look saw an earlier statement of the SQL wait, on
-// a session that holds that lock again when the timeout comes, but that
-// session did not block the wait that timed out.
+// A lock timeout of a wait no look saw (looks are 5s apart: the wait on o4
+// began after the last, and timed out before the next) ends no one: the
+// last look saw an earlier statement of the SQL wait, on a session that
+// holds that lock again when the timeout comes, but that session did not
+// block the wait that timed out. (When the first look comes before the
+// first wait begins, no look sees either, and no one is ended either.)
+// The second attempt waits on o3, which h1 holds again: its last, nothing
+// is ended after it.
 func TestExecTimeoutOfAnUnseenWait(t *testing.T) {
 	t.Parallel()
-	ex, h1, h2, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE")
+	ex, h1, h2, seen, err := staleLook(t, "LOCK TABLE o4 IN ACCESS EXCLUSIVE MODE", time.Second, 5*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ex.Attempts) != 2 || ex.Committed() {
-		t.Fatalf("attempts %+v", ex.Attempts)
-	}
+	t.Logf("a look saw the first wait: %v", seen)
 	a := &ex.Attempts[0]
-	if a.Outcome != maintenance.LockTimeout || a.Lock != nil || len(a.Blockers) != 0 || len(a.Results) != 0 {
-		t.Fatalf("first attempt %+v: want a lock timeout with no wait seen and no one ended", a)
-	}
-	if err := h1.Wait(); err != nil {
-		t.Fatalf("h1 locking o3 again: %v", err)
+	if len(ex.Attempts) != 2 || a.Outcome != maintenance.LockTimeout || a.Lock != nil || len(a.Blockers) != 0 || len(a.Results) != 0 {
+		t.Fatalf("attempt %+v: want a lock timeout with no wait seen and no one ended", a)
 	}
 	if !h1.Alive() || !h2.Alive() {
 		t.Fatalf("ended: h1 alive %v, h2 alive %v", h1.Alive(), h2.Alive())
@@ -701,7 +708,8 @@ END$f$`)
 }
 
 // Two waits on one object, one right after the other (the SQL releases an
-// advisory lock and asks for it again, and the holder took it in between),
+// advisory lock and asks for it again, and the next in its queue took it in
+// between),
 // are two (pg_locks.waitstart, 14+): together they last longer than the
 // lock timeout and its 100ms, neither does, and the observer cancels
 // nothing. The holder is left alone; the SQL commits once it lets go.
@@ -741,20 +749,24 @@ func TestExecTwoWaitsOnOneLock(t *testing.T) {
 		})
 	}()
 	waited(time.Second)
-	// The attempt gets the lock; the holder asks for it again, behind the
-	// attempt, and gets it when the attempt lets go and asks again.
-	holder.Start("SELECT pg_catalog.pg_advisory_unlock(1), pg_catalog.pg_advisory_lock(1)")
-	if err := holder.Wait(); err != nil {
+	// next queues behind the attempt; the holder lets go: the attempt gets
+	// the lock, lets go and asks again, and next, queued before that, gets
+	// it in between.
+	next := pgtest.NewVictim(t, pgtest.VictimOptions{DB: db})
+	next.Start("SELECT pg_catalog.pg_advisory_lock(1)")
+	next.WaitState("active", "Lock")
+	holder.Exec("SELECT pg_catalog.pg_advisory_unlock(1)")
+	if err := next.Wait(); err != nil {
 		t.Fatal(err)
 	}
 	waited(1200 * time.Millisecond)
-	holder.Exec("SELECT pg_catalog.pg_advisory_unlock(1)")
+	next.Exec("SELECT pg_catalog.pg_advisory_unlock(1)")
 	<-done
 	if err != nil {
 		t.Fatal(err)
 	}
-	if len(ex.Attempts) != 1 || !ex.Committed() || !holder.Alive() {
-		t.Fatalf("attempts %+v, holder alive %v", ex.Attempts, holder.Alive())
+	if len(ex.Attempts) != 1 || !ex.Committed() || !holder.Alive() || !next.Alive() {
+		t.Fatalf("attempts %+v, holder alive %v, next alive %v", ex.Attempts, holder.Alive(), next.Alive())
 	}
 }
 
