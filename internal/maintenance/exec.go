@@ -538,9 +538,9 @@ type seenWait struct {
 	lock  *LockWait
 	start *time.Time // pg_locks.waitstart, 14+ (the server's clock)
 	// first and last: when the first and the last look that saw it were
-	// sent; back when the last returned; look is the last.
-	first, last, back time.Time
-	look              *waitLook
+	// sent; look is the last.
+	first, last time.Time
+	look        *waitLook
 	// lasted is how long it had lasted at its last look: by the server's
 	// clock from its waitstart (14+), else from the first look to the
 	// last (short of its true length by up to two looks).
@@ -569,21 +569,14 @@ func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *w
 	if w == nil {
 		return nil
 	}
-	if w.start != nil {
-		// 14+: when, by the server's clock, the error came, against when
-		// this wait would time out. At most the last look's time plus
-		// the time from sending that look to the error: earlier than the
-		// timeout, the wait ended by itself (granted) and a shorter one
-		// after it (a lowered lock_timeout) timed out. About the look's
-		// time plus the time from the middle of that look to the error:
-		// much later, the wait was granted past the timeout (the SQL
-		// lifted it) and another timed out.
-		due := w.start.Add(timeout)
-		latest := w.look.now.Add(ended.Sub(w.last))
-		about := w.look.now.Add(ended.Sub(w.last.Add(w.back.Sub(w.last) / 2)))
-		if latest.Before(due) || about.After(due.Add(poll+r.slowest)) {
-			return nil
-		}
+	if w.start != nil && w.look.now.Add(ended.Sub(w.last)).Before(w.start.Add(timeout)) {
+		// 14+: the error came, by the server's clock, before this wait
+		// could time out (at most the last look's time plus the time
+		// from sending that look to the error, against its waitstart
+		// plus the timeout): it ended by itself (granted) and a shorter
+		// one after it (a lowered lock_timeout) timed out. How late the
+		// error came says nothing: under load the client reads it late.
+		return nil
 	}
 	short := poll + r.slowest
 	if w.start == nil {
@@ -597,7 +590,7 @@ func (r *waiterResult) timedOut(ended time.Time, timeout, poll time.Duration) *w
 
 // see records a look sent at at that saw a wait: the same wait as the
 // previous look's (when that one saw a wait: cont), or a new one.
-func (r *waiterResult) see(look *waitLook, at, back time.Time, cont bool) *seenWait {
+func (r *waiterResult) see(look *waitLook, at time.Time, cont bool) *seenWait {
 	prev := r.last()
 	same := cont && prev != nil && reflect.DeepEqual(prev.lock, look.lock) && // the pointers' values
 		(prev.start == nil || look.start == nil || prev.start.Equal(*look.start))
@@ -605,7 +598,7 @@ func (r *waiterResult) see(look *waitLook, at, back time.Time, cont bool) *seenW
 		r.waits = append(r.waits, seenWait{lock: look.lock, first: at})
 	}
 	w := &r.waits[len(r.waits)-1]
-	w.last, w.back, w.look = at, back, look
+	w.last, w.look = at, look
 	if look.start != nil {
 		w.start = look.start
 	}
@@ -632,14 +625,13 @@ func watchWait(ctx context.Context, conn *pgx.Conn, pid uint32, poll, limit time
 		for {
 			at := time.Now()
 			look, err := lookWait(ctx, conn, pid)
-			back := time.Now()
-			res.slowest = max(res.slowest, back.Sub(at))
+			res.slowest = max(res.slowest, time.Since(at))
 			if err != nil {
 				res.err = err
 				break
 			}
 			if look != nil {
-				cur := res.see(look, at, back, waiting)
+				cur := res.see(look, at, waiting)
 				logger.Debug("attempt waits", "lock", look.lock.String(), "blockers", len(look.blockers))
 				if res.cancelled == nil && cur.lasted > limit {
 					var sent bool
