@@ -23,6 +23,19 @@ func TestUnblockReplayWaitsAgain(t *testing.T) {
 		t.Fatal(err)
 	}
 	sc.drop(t, "b")
+	// Replay waits on a's record already: the wait sc.drop looks for says
+	// nothing of b's. The standby must have b's record before unblock
+	// runs, or replay, let go, finds nothing more to wait on (CI saw exit
+	// 0).
+	var lsn string
+	if err := sc.p.QueryRow(pgtest.Context(t), "SELECT pg_catalog.pg_current_wal_lsn()::text").Scan(&lsn); err != nil {
+		t.Fatal(err)
+	}
+	pgtest.Eventually(t, "the standby received b's DROP", func() (bool, error) {
+		var got bool
+		err := sc.s.QueryRow(pgtest.Context(t), "SELECT pg_catalog.pg_last_wal_receive_lsn() >= $1::text::pg_lsn", lsn).Scan(&got)
+		return got, err
+	})
 
 	r := run(t, false, "unblock", "--replay", "--yes", "--timeout", "20s", "-d", sc.dsn)
 	r.wantCode(t, 3)
